@@ -1,0 +1,38 @@
+"""Response families, found by name through one registry.
+
+``get_family("nb")`` or ``get_family(NegativeBinomial())``; an unknown name
+lists the valid ones.
+"""
+from ..exceptions import JSDMError
+from .base import ELL, Family
+from .poisson import Poisson
+
+_REGISTRY = {}
+
+
+def register(cls):
+    """Add a Family subclass to the registry under its name and aliases."""
+    for key in (cls.name, *cls.aliases):
+        _REGISTRY[key.lower()] = cls
+    return cls
+
+
+register(Poisson)
+
+
+def get_family(family, link=None):
+    """Return a Family instance from a name, class or instance."""
+    if isinstance(family, Family):
+        if link is not None and link != family.link:
+            return type(family)(link=link)
+        return family
+    if isinstance(family, type) and issubclass(family, Family):
+        return family(link=link)
+    key = str(family).lower().replace("-", "_").replace(".", "_").replace(" ", "_")
+    if key not in _REGISTRY:
+        names = sorted({c.name for c in _REGISTRY.values()})
+        raise JSDMError(f"unknown family {family!r}; valid families: {', '.join(names)}")
+    return _REGISTRY[key](link=link)
+
+
+__all__ = ["ELL", "Family", "Poisson", "get_family", "register"]

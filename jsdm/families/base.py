@@ -1,0 +1,144 @@
+"""The family contract: everything the engine needs from a response distribution.
+
+The VA engine sees a family only through the scalar function
+
+    ell(y, m, v) = E[log f(y | eta)],   eta ~ N(m, v)
+
+evaluated cell-wise on (n, m) arrays, with its derivatives in m and v (and in
+the species' unconstrained dispersion parameter ``s`` when the family has one).
+By Price's theorem d ell/dm = E[h'(eta)] and d ell/dv = E[h''(eta)] / 2 where
+h(eta) = log f(y | eta); note also d2 ell/dm2 = 2 d ell/dv exactly, which the
+engine uses for Newton steps.
+
+Conventions (all families):
+- ``y``, ``m``, ``v`` are float arrays of one shape (usually (n, m)); ``y`` is
+  never NaN here: the engine fills missing cells with a valid value and gives
+  them zero weight.
+- ``s`` is the unconstrained dispersion parameter, one per species, shape (m,),
+  broadcasting along the last axis. ``dispersion(s)`` maps it to the reported
+  value (NB: phi with Var = mu + phi mu^2; Gaussian: residual sd).
+- ``trials`` is None or an array broadcastable to ``y`` (binomial only).
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .._numerics import gauss_hermite
+from ..exceptions import JSDMError
+
+
+@dataclass
+class ELL:
+    """E_q[log f] per cell and its derivatives (arrays shaped like y).
+
+    ``d_s`` and ``d_ss`` are None for families without dispersion; ``d_ss`` is
+    only filled when ``order=2`` was requested.
+    """
+
+    value: np.ndarray
+    d_m: np.ndarray
+    d_v: np.ndarray
+    d_s: Optional[np.ndarray] = None
+    d_ss: Optional[np.ndarray] = None
+
+
+class Family:
+    """Base class. Subclasses set the class attributes and implement the methods.
+
+    A family whose ``ell`` has no closed form implements ``logpdf_eta`` (h and its
+    first two eta-derivatives, and the s-derivative) and inherits the
+    Gauss-Hermite ``ell`` below.
+    """
+
+    name = "family"
+    aliases: tuple = ()
+    links: tuple = ()
+    default_link: str = ""
+    has_dispersion = False
+    dispersion_name: Optional[str] = None
+    discrete = False
+    n_quad = 24
+
+    def __init__(self, link=None):
+        link = self.default_link if link is None else str(link)
+        if link not in self.links:
+            raise JSDMError(
+                f"family {self.name!r} has no link {link!r}; valid links: {', '.join(self.links)}"
+            )
+        self.link = link
+
+    def __repr__(self):
+        return f"{type(self).__name__}(link={self.link!r})"
+
+    # --- what the engine calls -------------------------------------------------
+    def ell(self, y, m, v, s=None, trials=None, order=1) -> ELL:
+        """Expected log-density under eta ~ N(m, v), by Gauss-Hermite quadrature."""
+        z, w = gauss_hermite(self.n_quad)
+        sd = np.sqrt(v)
+        val = np.zeros(np.shape(m))
+        g1 = np.zeros_like(val)
+        g2 = np.zeros_like(val)
+        gs = np.zeros_like(val) if self.has_dispersion else None
+        gss = np.zeros_like(val) if (self.has_dispersion and order >= 2) else None
+        for zk, wk in zip(z, w):
+            h = self.logpdf_eta(y, m + sd * zk, s, trials, order=order)
+            val += wk * h[0]
+            g1 += wk * h[1]
+            g2 += wk * h[2]
+            if gs is not None:
+                gs += wk * h[3]
+            if gss is not None:
+                gss += wk * h[4]
+        return ELL(val, g1, 0.5 * g2, gs, gss)
+
+    def logpdf_eta(self, y, eta, s=None, trials=None, order=1):
+        """(h, dh/deta, d2h/deta2[, dh/ds[, d2h/ds2]]) at eta."""
+        raise NotImplementedError
+
+    # --- used by starts, residuals, simulation, prediction -----------------------
+    def check_y(self, y, trials=None):
+        """Raise JSDMError when y holds values the family cannot take (NaN allowed)."""
+
+    def loglik(self, y, eta, s=None, trials=None):
+        """log f(y | eta) cell-wise (exact, no latent variables)."""
+        raise NotImplementedError
+
+    def mean(self, eta, trials=None):
+        """Response-scale mean E[y | eta]."""
+        raise NotImplementedError
+
+    def variance(self, mu, s=None, trials=None):
+        """Var[y | eta] as a function of the mean (for Pearson residuals)."""
+        raise NotImplementedError
+
+    def cdf(self, y, eta, s=None, trials=None):
+        """P(Y <= y | eta)."""
+        raise NotImplementedError
+
+    def sample(self, eta, s=None, trials=None, rng=None):
+        """Random draws of y given eta (shape of eta)."""
+        raise NotImplementedError
+
+    def dispersion(self, s):
+        """Reported dispersion from the unconstrained parameter s."""
+        return None if s is None else np.exp(s)
+
+    def dispersion_param(self, disp):
+        """Unconstrained parameter s from a reported dispersion."""
+        return np.log(disp)
+
+    # link-scale variance of the residual for a latent-normal reading of the model
+    # (probit 1, logit pi^2/3; 0 where the family has none)
+    link_residual_variance = 0.0
+
+
+def _check_nonneg_int(y, name):
+    yy = np.asarray(y, dtype=float)
+    ok = np.isnan(yy) | ((yy >= 0) & (np.floor(yy) == yy) & np.isfinite(yy))
+    if not ok.all():
+        bad = np.unique(yy[~ok])[:5]
+        raise JSDMError(
+            f"family {name!r} needs non-negative whole-number counts; found {bad.tolist()}. "
+            "Use family='gaussian' (or 'tweedie') for continuous data, or round the counts."
+        )

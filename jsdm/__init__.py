@@ -2,5 +2,7 @@
 from . import exceptions
 from .exceptions import ConvergenceWarning, DataWarning, HessianWarning, JSDMError, JSDMWarning
 from .families import get_family
+from .api import gllvm
+from .results.fitted import GLLVMResults
 
 __version__ = "0.1.0"

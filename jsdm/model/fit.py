@@ -64,7 +64,7 @@ def normalise(P):
     return P
 
 
-def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-4, verbose=False,
+def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=False,
                 start=None):
     """Fit the model; return the best :class:`FitState` over ``n_init`` starts."""
     t0 = time.perf_counter()

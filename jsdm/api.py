@@ -1,0 +1,51 @@
+"""The user-facing entry point :func:`gllvm`."""
+from .model.fit import fit_problem
+from .model.problem import build_problem
+from .results.fitted import GLLVMResults
+
+
+def gllvm(data, X=None, *, family="poisson", num_lv=2, formula=None, link=None, row_effect=None,
+          offset=None, trials=None, response=None, site=None, species=None, n_init=3, seed=None,
+          maxiter=5000, gtol=1e-3, verbose=False):
+    """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
+
+    Parameters
+    ----------
+    data : Community, DataFrame (sites x species, wide) or long DataFrame
+        With a long table give ``response=``, ``site=`` and ``species=`` column names.
+    X : DataFrame (sites x covariates), optional
+        Site covariates for wide data; every column enters when ``formula`` is None.
+    family : str or Family
+        "poisson", "negative_binomial" ("nb"), "binomial", "gaussian", ... or an instance.
+    num_lv : int
+        Number of latent variables (0 gives independent GLMs per species).
+    formula : str, optional
+        Right-hand side on the site covariates, e.g. "~ SubsDens + WatrCont".
+    link : str, optional
+        Link function where the family offers several (binomial: logit, probit, cloglog).
+    row_effect : None, "fixed" or "random"
+        Site intercepts.
+    offset : array (n,) or (n, m), optional
+    trials : array broadcastable to (n, m), optional
+        Binomial number of trials (1 when omitted).
+    n_init : int
+        Number of starts; the one with the highest ELBO is kept.
+    seed : int, optional
+        Seed for starting values; the same seed gives the same fit.
+    maxiter, gtol : optimiser limits; converged means max |gradient| <= gtol.
+    verbose : bool
+        Print progress to stderr.
+
+    Returns
+    -------
+    GLLVMResults
+    """
+    from .families import get_family
+
+    fam = get_family(family, link=link)
+    prob = build_problem(data, X, family=fam, num_lv=num_lv, formula=formula, row_effect=row_effect,
+                         offset=offset, trials=trials, response=response, site=site, species=species)
+    state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
+    settings = dict(family=fam.name, link=fam.link, num_lv=num_lv, formula=formula,
+                    row_effect=row_effect, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol)
+    return GLLVMResults(prob, state, settings)

@@ -1,0 +1,335 @@
+"""The fitted GLLVM: estimates as labelled tables, information criteria, fitted values.
+
+Derived statistics are cached; the convenience methods at the bottom are
+one-line delegations to results/, analysis/, plotting/ and report/.
+"""
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from ..model.objective import moments
+
+
+class GLLVMResults:
+    """Result of :func:`jsdm.gllvm`. Never mutated after construction.
+
+    Parameters
+    ----------
+    problem : jsdm.model.problem.Problem
+    state : jsdm.model.fit.FitState
+    settings : dict
+        The call's options (seed, n_init, ...), kept for reports and refits.
+    """
+
+    def __init__(self, problem, state, settings=None):
+        self.problem = problem
+        self.state = state
+        self.settings = dict(settings or {})
+
+    # --- identity ---------------------------------------------------------------
+    @property
+    def family(self):
+        return self.problem.family
+
+    @property
+    def num_lv(self):
+        return self.problem.d
+
+    @property
+    def row_effect(self):
+        return self.problem.row_effect
+
+    @property
+    def sites(self):
+        return self.problem.sites
+
+    @property
+    def species(self):
+        return self.problem.species
+
+    @property
+    def terms(self):
+        return list(self.problem.terms)
+
+    @property
+    def community(self):
+        return self.problem.info.get("community")
+
+    @property
+    def lv_names(self):
+        return [f"LV{k + 1}" for k in range(self.num_lv)]
+
+    def __repr__(self):
+        return (f"<GLLVMResults: {self.family.name}({self.family.link}), {self.problem.n} sites x "
+                f"{self.problem.m} species, num_lv={self.num_lv}, ELBO={self.llf:.3f}, "
+                f"{'converged' if self.converged else 'NOT converged'}>")
+
+    # --- fit quality -------------------------------------------------------------
+    @property
+    def llf(self):
+        """The evidence lower bound at the optimum (a lower bound of the log-likelihood)."""
+        return self.state.value
+
+    @property
+    def df(self):
+        """Number of model parameters, counted as R gllvm counts them."""
+        prob = self.problem
+        m, d = prob.m, prob.d
+        k = m * (1 + prob.p) + m * d - d * (d - 1) // 2
+        if prob.family.has_dispersion:
+            k += m
+        if prob.row_effect == "fixed":
+            k += prob.n - 1
+        elif prob.row_effect == "random":
+            k += 1
+        return int(k)
+
+    @property
+    def nobs(self):
+        """Number of observed site x species cells."""
+        return self.problem.nobs
+
+    @property
+    def aic(self):
+        return -2.0 * self.llf + 2.0 * self.df
+
+    @property
+    def aicc(self):
+        k, n = self.df, self.nobs
+        return self.aic + 2.0 * k * (k + 1) / max(n - k - 1, 1)
+
+    @property
+    def bic(self):
+        return -2.0 * self.llf + np.log(self.nobs) * self.df
+
+    @property
+    def converged(self):
+        return self.state.converged
+
+    @property
+    def n_iter(self):
+        return self.state.n_iter
+
+    @property
+    def max_grad(self):
+        return self.state.max_grad
+
+    @property
+    def history(self):
+        """Optimiser history as a DataFrame (iteration, -ELBO, max |gradient|, seconds)."""
+        return pd.DataFrame(self.state.history, columns=["iteration", "neg_elbo", "max_abs_grad", "seconds"])
+
+    @property
+    def fit_time(self):
+        return self.state.elapsed
+
+    # --- estimates as labelled tables ------------------------------------------
+    @property
+    def params_raw(self):
+        """The natural-form parameter arrays (:class:`jsdm.model.params.Params`)."""
+        return self.state.params
+
+    @cached_property
+    def coef(self):
+        """Species x (Intercept, covariate terms) DataFrame."""
+        P = self.state.params
+        vals = np.column_stack([P.beta0, P.B])
+        return pd.DataFrame(vals, index=self.species, columns=["Intercept", *self.terms])
+
+    @cached_property
+    def loadings(self):
+        """Species x LV loadings (theta; zero above the diagonal, positive diagonal)."""
+        return pd.DataFrame(self.state.params.theta, index=self.species, columns=self.lv_names)
+
+    @cached_property
+    def lv(self):
+        """Sites x LV variational means (site scores)."""
+        return pd.DataFrame(self.state.params.a, index=self.sites, columns=self.lv_names)
+
+    @cached_property
+    def lv_cov(self):
+        """Variational covariances of the site scores, ndarray (n, d, d)."""
+        return self.state.params.A
+
+    @cached_property
+    def dispersion(self):
+        """Per-species dispersion (NB: phi with Var = mu + phi mu^2; Gaussian: sd), or None."""
+        s = self.state.params.s
+        if s is None:
+            return None
+        name = self.family.dispersion_name or "dispersion"
+        return pd.Series(self.family.dispersion(s), index=self.species, name=name)
+
+    @property
+    def size(self):
+        """Negative binomial size 1/phi per species (None for other families)."""
+        if self.family.name != "negative_binomial":
+            return None
+        return (1.0 / self.dispersion).rename("size")
+
+    @cached_property
+    def row_effects(self):
+        """Site effects (fixed estimates or random-effect predictions), or None."""
+        a = self.state.params.alpha
+        return None if a is None else pd.Series(a, index=self.sites, name="row_effect")
+
+    @property
+    def row_sigma(self):
+        """Standard deviation of random row effects (None otherwise)."""
+        ls = self.state.params.log_sigma
+        return None if ls is None else float(np.exp(ls))
+
+    @cached_property
+    def params(self):
+        """All model parameters as a Series indexed by (block, species, term)."""
+        rows = []
+        for sp, r in self.coef.iterrows():
+            rows += [(("coef", sp, t), v) for t, v in r.items()]
+        P, tri = self.state.params, np.tril(np.ones((self.problem.m, self.num_lv), bool))
+        for j, sp in enumerate(self.species):
+            rows += [(("loading", sp, f"LV{k + 1}"), P.theta[j, k]) for k in range(self.num_lv) if tri[j, k]]
+        if self.dispersion is not None:
+            rows += [(("dispersion", sp, self.dispersion.name), v) for sp, v in self.dispersion.items()]
+        if self.row_effect == "fixed":
+            rows += [(("row_effect", st, "alpha"), v) for st, v in list(self.row_effects.items())[1:]]
+        elif self.row_effect == "random":
+            rows += [(("row_sigma", "", "sigma"), self.row_sigma)]
+        idx = pd.MultiIndex.from_tuples([r[0] for r in rows], names=["block", "species", "term"])
+        return pd.Series([r[1] for r in rows], index=idx, name="estimate")
+
+    # --- fitted values -----------------------------------------------------------
+    @cached_property
+    def _moments(self):
+        return moments(self.problem, self.state.params)
+
+    def linear_predictor(self):
+        """Sites x species DataFrame of the linear predictor at the site scores."""
+        return pd.DataFrame(self._moments[0], index=self.sites, columns=self.species)
+
+    def fitted(self, type="response"):
+        """Fitted values conditional on the site scores (variational means).
+
+        type : "response" (mean of y) or "link" (linear predictor)
+        """
+        eta = self._moments[0]
+        if type == "link":
+            vals = eta
+        elif type == "response":
+            vals = self.family.mean(eta, self.problem.trials)
+        else:
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        return pd.DataFrame(vals, index=self.sites, columns=self.species)
+
+    # --- inference (results/inference.py, results/summary.py) --------------------
+    def cov_params(self):
+        """Covariance of the model parameters (DataFrame indexed like ``params``)."""
+        from .inference import cov_params
+        return cov_params(self)
+
+    @property
+    def bse(self):
+        """Standard errors of ``params``."""
+        from .inference import bse
+        return bse(self)
+
+    def conf_int(self, alpha=0.05):
+        """Wald confidence intervals for ``params`` (DataFrame with lower, upper)."""
+        from .inference import conf_int
+        return conf_int(self, alpha=alpha)
+
+    @property
+    def tvalues(self):
+        from .inference import tvalues
+        return tvalues(self)
+
+    @property
+    def pvalues(self):
+        from .inference import pvalues
+        return pvalues(self)
+
+    def summary(self, **kwargs):
+        """Summary with coefficients, SEs, z, p, CIs, dispersions and loadings."""
+        from .summary import summary
+        return summary(self, **kwargs)
+
+    def diagnose(self, **kwargs):
+        """Check gradient, Hessian, scaling, collapsed LVs, sparse species; say what to do."""
+        from ..analysis.diagnostics import diagnose
+        return diagnose(self, **kwargs)
+
+    def predict(self, newdata=None, **kwargs):
+        """Predictions on the link or response scale (see :func:`jsdm.results.predict.predict`)."""
+        from .predict import predict
+        return predict(self, newdata=newdata, **kwargs)
+
+    def simulate(self, n=1, **kwargs):
+        """Draw response tables from the fitted model."""
+        from .predict import simulate
+        return simulate(self, n=n, **kwargs)
+
+    def residuals(self, kind="dunn-smyth", **kwargs):
+        """Residuals as a sites x species DataFrame ('dunn-smyth', 'response', 'pearson')."""
+        from .residuals import residuals
+        return residuals(self, kind=kind, **kwargs)
+
+    # --- associations and ordination (analysis/) --------------------------------
+    def residual_covariance(self, **kwargs):
+        from ..analysis.associations import residual_covariance
+        return residual_covariance(self, **kwargs)
+
+    def residual_correlation(self, **kwargs):
+        from ..analysis.associations import residual_correlation
+        return residual_correlation(self, **kwargs)
+
+    def environmental_covariance(self, **kwargs):
+        from ..analysis.associations import environmental_covariance
+        return environmental_covariance(self, **kwargs)
+
+    def environmental_correlation(self, **kwargs):
+        from ..analysis.associations import environmental_correlation
+        return environmental_correlation(self, **kwargs)
+
+    def variance_partition(self, **kwargs):
+        from ..analysis.associations import variance_partition
+        return variance_partition(self, **kwargs)
+
+    def association_table(self, **kwargs):
+        from ..analysis.associations import association_table
+        return association_table(self, **kwargs)
+
+    def ordination(self, **kwargs):
+        from ..analysis.ordination import ordination
+        return ordination(self, **kwargs)
+
+    # --- plots (plotting/) ------------------------------------------------------
+    def plot_ordination(self, **kwargs):
+        from ..plotting import plot_ordination
+        return plot_ordination(self, **kwargs)
+
+    def plot_associations(self, **kwargs):
+        from ..plotting import plot_associations
+        return plot_associations(self, **kwargs)
+
+    def plot_residuals(self, **kwargs):
+        from ..plotting import plot_residuals
+        return plot_residuals(self, **kwargs)
+
+    def plot_coefficients(self, **kwargs):
+        from ..plotting import plot_coefficients
+        return plot_coefficients(self, **kwargs)
+
+    def plot_variance_partition(self, **kwargs):
+        from ..plotting import plot_variance_partition
+        return plot_variance_partition(self, **kwargs)
+
+    # --- report and persistence (report/, results/io.py) ------------------------
+    def report(self, path, **kwargs):
+        """Write the one-file HTML species association report."""
+        from ..report import write_report
+        return write_report(self, path, **kwargs)
+
+    def save(self, path):
+        """Save to an open, versioned format (JSON + npz); reload with :func:`jsdm.load`."""
+        from .io import save
+        return save(self, path)

@@ -2,6 +2,7 @@
 from . import exceptions
 from .exceptions import ConvergenceWarning, DataWarning, HessianWarning, JSDMError, JSDMWarning
 from .families import get_family
+from .data import Community, SimulationTruth, datasets, read_long, read_wide, simulate_community
 from .api import gllvm
 from .results.fitted import GLLVMResults
 

@@ -1,0 +1,172 @@
+"""Draw communities from a GLLVM with known parameters.
+
+The model (sites i, species j, latent variables k = 1..d)::
+
+    eta_ij = beta0_j + x_i' beta_j + z_i' theta_j,   x_i ~ N(0, I_p),  z_i ~ N(0, I_d)
+    y_ij | eta_ij ~ F(g^-1(eta_ij), dispersion_j)
+
+with Theta (species x d) lower triangular with a positive diagonal. Default
+scales give ecologically plausible data: for counts the median species mean
+is about 1-2 individuals per site, some species are rare, a few abundant.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import JSDMError
+from .community import Community
+
+#: default dispersion per family: NB phi (Var = mu + phi mu^2), Gaussian residual sd
+DEFAULT_DISPERSION = {"negative_binomial": 0.5, "gaussian": 1.0}
+
+
+@dataclass
+class SimulationTruth:
+    """The parameters a simulated community was drawn from.
+
+    Attributes
+    ----------
+    beta0 : Series, length n_species
+        Species intercepts.
+    B : DataFrame, shape (n_species, n_covariates)
+        Species covariate effects.
+    theta : DataFrame, shape (n_species, num_lv)
+        Loadings; lower triangular with positive diagonal.
+    z : DataFrame, shape (n_sites, num_lv)
+        Latent variables (site scores).
+    dispersion : Series, length n_species, or None
+        NB phi or Gaussian sd; None for families without dispersion.
+    eta : DataFrame, shape (n_sites, n_species)
+        Linear predictor.
+    family : str
+        Family name.
+    link : str
+        Link function.
+    trials : ndarray, shape (n_sites, n_species), or None
+        Binomial number of trials (None: 0/1 data).
+    """
+
+    beta0: pd.Series
+    B: pd.DataFrame
+    theta: pd.DataFrame
+    z: pd.DataFrame
+    dispersion: Optional[pd.Series]
+    eta: pd.DataFrame
+    family: str = "poisson"
+    link: str = "log"
+    trials: Optional[np.ndarray] = None
+
+    @property
+    def residual_covariance(self):
+        """DataFrame, shape (n_species, n_species): Theta Theta' (link scale)."""
+        th = self.theta.to_numpy()
+        return pd.DataFrame(th @ th.T, index=self.theta.index, columns=self.theta.index)
+
+
+def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_covariates=2,
+                       seed=None, *, link=None, dispersion=None, trials=None,
+                       intercept=None, intercept_sd=1.0, coef_sd=0.5, loading_sd=0.7):
+    """Draw a community from a GLLVM with known truth.
+
+    Parameters
+    ----------
+    n_sites, n_species : int
+        Size of the community.
+    num_lv : int
+        Number of latent variables d (0 <= d <= n_species).
+    family : str or Family
+        "poisson", "negative_binomial" ("nb"), "binomial", "gaussian", or any
+        registered family.
+    n_covariates : int
+        Number of site covariates x1..xp, drawn N(0, 1) (standardised).
+    seed : int, Generator or None
+        Same seed, same community.
+    link : str, optional
+        Link (e.g. "probit" for binomial); default: the family's.
+    dispersion : float or array, shape (n_species,), optional
+        NB phi (Var = mu + phi mu^2, default 0.5) or Gaussian sd (default 1).
+    trials : int or array broadcastable to (n_sites, n_species), optional
+        Binomial trials; None gives 0/1 data.
+    intercept : float, optional
+        Mean of the species intercepts beta0_j ~ N(intercept, intercept_sd^2);
+        default 0 (binomial: 0, i.e. prevalence around one half).
+    intercept_sd, coef_sd, loading_sd : float
+        Spread of intercepts, of covariate effects beta_jk ~ N(0, coef_sd^2) and
+        of loadings theta_jk ~ N(0, loading_sd^2) (diagonal: absolute value).
+
+    Returns
+    -------
+    (Community, SimulationTruth)
+        Sites "site01".., species "sp01".., covariates "x1"..; the truth
+        holds every parameter, the latent variables and eta.
+    """
+    from ..families import get_family
+
+    fam = get_family(family, link=link)
+    _check_sizes(n_sites, n_species, num_lv, n_covariates)
+    rng = np.random.default_rng(seed)
+    sites, species = _labels("site", n_sites), _labels("sp", n_species)
+    covs, lvs = [f"x{k + 1}" for k in range(n_covariates)], [f"LV{k + 1}" for k in range(num_lv)]
+    beta0 = rng.normal(0.0 if intercept is None else intercept, intercept_sd, n_species)
+    B = rng.normal(0.0, coef_sd, (n_species, n_covariates))
+    theta = _loadings(rng, n_species, num_lv, loading_sd)
+    X = rng.standard_normal((n_sites, n_covariates))
+    Z = rng.standard_normal((n_sites, num_lv))
+    eta = beta0 + X @ B.T + Z @ theta.T
+    disp = _dispersion(fam, dispersion, n_species)
+    tri = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float),
+                                                      eta.shape).copy()
+    s = None if disp is None else fam.dispersion_param(disp)
+    y = fam.sample(eta, s, tri, rng)
+    Y = pd.DataFrame(y, index=sites, columns=species)
+    com = Community(Y, pd.DataFrame(X, index=sites, columns=covs) if n_covariates else None)
+    truth = SimulationTruth(
+        beta0=pd.Series(beta0, index=species, name="beta0"),
+        B=pd.DataFrame(B, index=species, columns=covs),
+        theta=pd.DataFrame(theta, index=species, columns=lvs),
+        z=pd.DataFrame(Z, index=sites, columns=lvs),
+        dispersion=None if disp is None else pd.Series(disp, index=species, name="dispersion"),
+        eta=pd.DataFrame(eta, index=sites, columns=species),
+        family=fam.name, link=fam.link, trials=tri,
+    )
+    return com, truth
+
+
+def _check_sizes(n_sites, n_species, num_lv, n_covariates):
+    for name, value, low in (("n_sites", n_sites, 1), ("n_species", n_species, 1),
+                             ("num_lv", num_lv, 0), ("n_covariates", n_covariates, 0)):
+        if int(value) != value or value < low:
+            raise JSDMError(f"{name} must be a whole number >= {low}, got {value!r}.")
+    if num_lv > n_species:
+        raise JSDMError(f"num_lv={num_lv} exceeds n_species={n_species}; the loadings are "
+                        "identifiable only with num_lv <= n_species. Lower num_lv.")
+
+
+def _labels(prefix, n):
+    width = max(2, len(str(n)))
+    return pd.Index([f"{prefix}{i + 1:0{width}d}" for i in range(n)])
+
+
+def _loadings(rng, m, d, sd):
+    """Lower-triangular (m, d) loadings with positive diagonal."""
+    theta = np.tril(rng.normal(0.0, sd, (m, d)))
+    idx = np.arange(d)
+    theta[idx, idx] = np.abs(theta[idx, idx])
+    return theta
+
+
+def _dispersion(fam, dispersion, m):
+    """Per-species dispersion array (m,) or None for families without one."""
+    if not fam.has_dispersion:
+        if dispersion is not None:
+            raise JSDMError(f"family {fam.name!r} has no dispersion parameter; "
+                            f"leave dispersion=None (got {dispersion!r}).")
+        return None
+    if dispersion is None:
+        dispersion = DEFAULT_DISPERSION.get(fam.name, 1.0)
+    disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,)).copy()
+    if not (np.isfinite(disp).all() and (disp > 0).all()):
+        raise JSDMError(f"dispersion must be positive and finite, got {dispersion!r}.")
+    return disp

@@ -5,5 +5,6 @@ from .families import get_family
 from .data import Community, SimulationTruth, datasets, read_long, read_wide, simulate_community
 from .api import gllvm
 from .results.fitted import GLLVMResults
+from .results.io import load
 
 __version__ = "0.1.0"

@@ -1,0 +1,431 @@
+"""Saving and loading fitted models in an open, versioned format (never pickle).
+
+File layout
+-----------
+A saved fit is one ZIP archive (conventionally ``*.jsdm``) that is also a
+valid NumPy ``.npz`` file:
+
+- ``jsdm.json``: the manifest. ``format`` ("jsdm-fit"), ``format_version``,
+  the jsdm version that wrote it, and a description of every object needed to
+  rebuild the fit: the :class:`~jsdm.model.problem.Problem` (labels, terms,
+  family name and link, number of latent variables, row effect, formula), the
+  :class:`~jsdm.data.Community` tables (with their column dtypes, including
+  categoricals with levels and order), the :class:`~jsdm.model.fit.FitState`
+  (ELBO, gradient, convergence, iterations, message, time, start values,
+  history) and the call's settings.
+- ``<path>.npy``: one NumPy array per numeric block (``problem/Y``,
+  ``state/params/theta``, ...), written with ``allow_pickle=False``.
+
+Everything can be read with a ZIP tool, any JSON reader and ``numpy.load``;
+nothing is executed when loading. A file written by a newer format version
+is refused with a :class:`~jsdm.exceptions.JSDMError`.
+"""
+import dataclasses
+import datetime as _dt
+import io
+import json
+import math
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import DataWarning, JSDMError
+
+FORMAT = "jsdm-fit"
+FORMAT_VERSION = 1
+MANIFEST = "jsdm.json"
+
+__all__ = ["save", "load", "FORMAT_VERSION"]
+
+
+# --- public API -----------------------------------------------------------------
+def save(fit, path):
+    """Save a fitted model to one open-format file (JSON manifest + NumPy arrays).
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+        The fitted model (not modified).
+    path : str or Path
+        File to write (overwritten if it exists). ``.jsdm`` is a good suffix.
+
+    Returns
+    -------
+    Path
+        The path written.
+
+    See Also
+    --------
+    load : read the file back.
+    """
+    from .. import __version__
+
+    path = Path(path)
+    arrays = {}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "jsdm_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "summary": {"llf": _finite_or_str(fit.llf), "family": fit.family.name,
+                    "link": fit.family.link, "num_lv": int(fit.num_lv)},
+        "problem": _encode(fit.problem, "problem", arrays),
+        "state": _encode(fit.state, "state", arrays),
+        "settings": _encode(dict(fit.settings), "settings", arrays),
+    }
+    if path.parent and not path.parent.exists():
+        raise JSDMError(f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    _write_zip(path, manifest, arrays)
+    return path
+
+
+def load(path):
+    """Load a fit saved with :func:`save` / ``fit.save(path)``.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    GLLVMResults
+        Same estimates, labels, data and settings as the saved fit; summary,
+        plots, prediction and reports work as on the original.
+
+    Raises
+    ------
+    JSDMError
+        The file is missing, is not a jsdm fit, or was written by a newer
+        format version than this jsdm reads.
+    """
+    from .fitted import GLLVMResults
+
+    manifest, arrays = _read_zip(Path(path))
+    _check_version(manifest, path)
+    ctx = {"arrays": arrays}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        problem = _decode(manifest["problem"], ctx)
+        ctx["problem"] = problem
+        state = _decode(manifest["state"], ctx)
+        settings = _decode(manifest["settings"], ctx)
+    return GLLVMResults(problem, state, settings)
+
+
+# --- archive ----------------------------------------------------------------------
+def _write_zip(path, manifest, arrays):
+    text = json.dumps(manifest, indent=1, allow_nan=False)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST, text)
+        for key, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            zf.writestr(key + ".npy", buf.getvalue())
+
+
+def _read_zip(path):
+    if not path.is_file():
+        where = "a folder, not a file" if path.is_dir() else "not found"
+        raise JSDMError(f"saved fit {str(path)!r} is {where}; check the path")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if MANIFEST not in names:
+                raise JSDMError(f"{str(path)!r} is not a jsdm fit file (no {MANIFEST} inside); "
+                                "save fits with fit.save(path)")
+            manifest = json.loads(zf.read(MANIFEST).decode("utf-8"))
+            arrays = {n[:-4]: np.lib.format.read_array(io.BytesIO(zf.read(n)), allow_pickle=False)
+                      for n in names if n.endswith(".npy")}
+    except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
+        if isinstance(err, JSDMError):
+            raise
+        raise JSDMError(f"{str(path)!r} is not a readable jsdm fit file ({type(err).__name__}: "
+                        f"{err}); save fits with fit.save(path)") from None
+    return manifest, arrays
+
+
+def _check_version(manifest, path):
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise JSDMError(f"{str(path)!r} is not a jsdm fit file (format is "
+                        f"{manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+                        f"expected {FORMAT!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise JSDMError(f"{str(path)!r} has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise JSDMError(
+            f"{str(path)!r} was written with fit-file format version {version} by jsdm "
+            f"{manifest.get('jsdm_version', '?')}; this jsdm reads format versions up to "
+            f"{FORMAT_VERSION}. Upgrade jsdm (pip install -U jsdm) to load it.")
+
+
+# --- encoding ---------------------------------------------------------------------
+def _finite_or_str(x):
+    x = float(x)
+    return x if math.isfinite(x) else repr(x)
+
+
+def _scalar(value):
+    """JSON description of a Python or NumPy scalar (non-finite floats as text)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"kind": "float", "value": repr(value)}
+    return {"kind": "scalar", "value": value}
+
+
+def _encode(value, key, arrays):
+    """Describe ``value`` as JSON; numeric blocks go into ``arrays`` under ``key``."""
+    from ..data import Community
+    from ..families import Family
+    from ..model.params import Layout
+
+    if value is None:
+        return {"kind": "none"}
+    if isinstance(value, (bool, int, float, str, np.generic)):
+        return _scalar(value)
+    if isinstance(value, np.ndarray):
+        return _encode_array(value, key, arrays)
+    if isinstance(value, pd.Index):
+        return {"kind": "index", "name": _label(value.name), **_encode_values(value, key, arrays)}
+    if isinstance(value, pd.DataFrame):
+        return _encode_frame(value, key, arrays)
+    if isinstance(value, Community):
+        return {"kind": "community", **{t: _encode(getattr(value, t), f"{key}/{t}", arrays)
+                                        for t in ("Y", "X", "traits")}}
+    if isinstance(value, Family):
+        return _encode_family(value)
+    if isinstance(value, Layout):
+        return {"kind": "layout"}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"kind": "dataclass", "class": type(value).__name__,
+                "fields": {f.name: _encode(getattr(value, f.name), f"{key}/{f.name}", arrays)
+                           for f in dataclasses.fields(value)}}
+    if isinstance(value, dict):
+        return _encode_dict(value, key, arrays)
+    if isinstance(value, (list, tuple)):
+        return _encode_sequence(value, key, arrays)
+    return {"kind": "dropped", "type": type(value).__name__}
+
+
+def _put(arrays, key, arr):
+    """Store one array (never an object array) and return its key."""
+    arr = np.asarray(arr)
+    if arr.dtype == object:
+        raise JSDMError(f"cannot save {key!r}: it is an object array and jsdm never pickles")
+    arrays[key] = arr
+    return key
+
+
+def _encode_array(value, key, arrays):
+    return {"kind": "array", "array": _put(arrays, key, value)}
+
+
+def _encode_dict(value, key, arrays):
+    items = {k: _encode(v, f"{key}/{k}", arrays) for k, v in value.items() if isinstance(k, str)}
+    return {"kind": "dict", "items": items}
+
+
+def _numeric_rows(value):
+    """True for a non-empty list of equal-length rows of numbers (e.g. an optimiser history)."""
+    if not value or not all(isinstance(r, (list, tuple)) for r in value):
+        return False
+    if len({len(r) for r in value}) != 1:
+        return False
+    return all(isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+               for r in value for x in r)
+
+
+def _encode_sequence(value, key, arrays):
+    """Lists of numeric rows are stored column-wise (exact dtypes); others item by item."""
+    is_tuple = isinstance(value, tuple)
+    if _numeric_rows(value):
+        cols = [_put(arrays, f"{key}/col{k}", [r[k] for r in value]) for k in range(len(value[0]))]
+        return {"kind": "rows", "tuple": is_tuple, "row_tuple": isinstance(value[0], tuple),
+                "columns": cols}
+    if value and all(isinstance(x, (float, np.floating)) for x in value):
+        return {"kind": "float_list", "tuple": is_tuple, "array": _put(arrays, key, np.asarray(value, float))}
+    return {"kind": "list", "tuple": is_tuple,
+            "items": [_encode(v, f"{key}/{i}", arrays) for i, v in enumerate(value)]}
+
+
+def _encode_family(fam):
+    extra = {k: v for k, v in vars(fam).items()
+             if k != "link" and isinstance(v, (bool, int, str))
+             or (isinstance(v, float) and math.isfinite(v))}
+    return {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra}
+
+
+def _encode_frame(df, key, arrays):
+    """A DataFrame keeping dtypes: one 2-D block when all columns share a NumPy numeric
+    dtype (response tables), else column by column (categoricals with levels and order)."""
+    dtypes = set(df.dtypes)
+    if df.shape[1] and len(dtypes) == 1 and isinstance(df.dtypes.iloc[0], np.dtype) \
+            and df.dtypes.iloc[0].kind in "biuf":
+        return {"kind": "frame", "block": _put(arrays, f"{key}/values", df.to_numpy()),
+                "index": {"name": _label(df.index.name), **_encode_values(df.index, f"{key}/index", arrays)},
+                "columns": {"name": _label(df.columns.name), **_encode_values(df.columns, f"{key}/columns", arrays)}}
+    cols = [{"name": _label(df.columns[k]), **_encode_values(df.iloc[:, k], f"{key}/c{k}", arrays)}
+            for k in range(df.shape[1])]
+    return {"kind": "frame",
+            "index": {"name": _label(df.index.name), **_encode_values(df.index, f"{key}/index", arrays)},
+            "columns_name": _label(df.columns.name), "columns_dtype": str(df.columns.dtype),
+            "columns": cols}
+
+
+def _label(x):
+    """A row/column label or an index name as a JSON value."""
+    if isinstance(x, np.generic):
+        x = x.item()
+    if x is None or isinstance(x, (str, int, bool)):
+        return x
+    if isinstance(x, float) and math.isfinite(x):
+        return x
+    return str(x)
+
+
+def _encode_values(values, key, arrays):
+    """The values of a Series or Index and what is needed to rebuild their dtype."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        codes = values.codes if isinstance(values, pd.Index) else values.cat.codes
+        levels = _encode_values(dtype.categories, key + "_levels", arrays)
+        return {"values": "categorical", "array": _put(arrays, key, np.asarray(codes)),
+                "categories": levels, "ordered": bool(dtype.ordered)}
+    if isinstance(dtype, np.dtype) and dtype.kind in "biufcmM":
+        return {"values": "array", "dtype": str(dtype), "array": _put(arrays, key, np.asarray(values))}
+    if isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "biuf":
+        arr = values.to_numpy(dtype=float, na_value=np.nan)
+        return {"values": "masked", "dtype": str(dtype), "array": _put(arrays, key, arr)}
+    items = [None if _is_missing(v) else _label(v) for v in values]
+    return {"values": "list", "dtype": str(dtype), "items": items}
+
+
+def _is_missing(v):
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+# --- decoding ---------------------------------------------------------------------
+_DROP = object()
+
+
+def _decode(meta, ctx):
+    """Rebuild the object described by ``meta`` (arrays and context in ``ctx``)."""
+    kind = meta["kind"]
+    simple = {"none": lambda: None, "scalar": lambda: meta["value"],
+              "float": lambda: float(meta["value"]), "dropped": lambda: _DROP,
+              "layout": lambda: _layout(ctx), "array": lambda: ctx["arrays"][meta["array"]]}
+    if kind in simple:
+        return simple[kind]()
+    decoders = {"index": _decode_index, "frame": _decode_frame, "community": _decode_community,
+                "family": _decode_family, "dataclass": _decode_dataclass, "dict": _decode_dict,
+                "rows": _decode_rows, "float_list": _decode_float_list, "list": _decode_list}
+    if kind not in decoders:
+        raise JSDMError(f"unknown entry kind {kind!r} in the fit file; was it written by a newer jsdm?")
+    return decoders[kind](meta, ctx)
+
+
+def _layout(ctx):
+    from ..model.fit import make_layout
+    return make_layout(ctx["problem"])
+
+
+def _decode_values(meta, ctx):
+    """Values with their original dtype (a Series; the caller makes an Index if needed)."""
+    arrays, how = ctx["arrays"], meta["values"]
+    if how == "categorical":
+        levels = pd.Index(_decode_values(meta["categories"], ctx))
+        codes = arrays[meta["array"]]
+        return pd.Series(pd.Categorical.from_codes(codes, categories=levels, ordered=meta["ordered"]))
+    if how == "array":
+        return pd.Series(arrays[meta["array"]])
+    if how == "masked":
+        return pd.Series(arrays[meta["array"]]).astype(meta["dtype"])
+    try:
+        return pd.Series(meta["items"], dtype=meta["dtype"])
+    except (TypeError, ValueError):
+        return pd.Series(meta["items"], dtype=object)
+
+
+def _decode_index(meta, ctx):
+    return pd.Index(_decode_values(meta, ctx), name=meta["name"])
+
+
+def _decode_frame(meta, ctx):
+    index = _decode_index(meta["index"], ctx)
+    if "block" in meta:
+        return pd.DataFrame(ctx["arrays"][meta["block"]], index=index,
+                            columns=_decode_index(meta["columns"], ctx))
+    data = {k: _decode_values(c, ctx).set_axis(index) for k, c in enumerate(meta["columns"])}
+    df = pd.DataFrame(data, index=index)
+    names = [c["name"] for c in meta["columns"]]
+    try:
+        df.columns = pd.Index(names, dtype=meta["columns_dtype"], name=meta["columns_name"])
+    except (TypeError, ValueError):
+        df.columns = pd.Index(names, name=meta["columns_name"])
+    return df
+
+
+def _decode_community(meta, ctx):
+    from ..data import Community
+    Y, X, T = (_decode(meta[t], ctx) for t in ("Y", "X", "traits"))
+    return Community(Y, X, T)
+
+
+def _decode_family(meta, ctx):
+    from ..families import get_family
+    fam = get_family(meta["name"], link=meta["link"])
+    for k, v in meta.get("attributes", {}).items():
+        if getattr(fam, k, _DROP) != v:
+            setattr(fam, k, v)
+    return fam
+
+
+def _dataclasses():
+    from ..model.fit import FitState
+    from ..model.params import Params
+    from ..model.problem import Problem
+    return {"Problem": Problem, "Params": Params, "FitState": FitState}
+
+
+def _decode_dataclass(meta, ctx):
+    classes = _dataclasses()
+    cls = classes.get(meta["class"])
+    if cls is None:
+        raise JSDMError(f"the fit file holds an unknown object {meta['class']!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: _decode(v, ctx) for k, v in meta["fields"].items() if k in known}
+    kwargs = {k: v for k, v in kwargs.items() if v is not _DROP}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise JSDMError(f"the fit file lacks parts of {meta['class']} that this jsdm needs "
+                        f"({err}); re-save it with a matching jsdm version") from None
+
+
+def _decode_dict(meta, ctx):
+    out = {k: _decode(v, ctx) for k, v in meta["items"].items()}
+    return {k: v for k, v in out.items() if v is not _DROP}
+
+
+def _decode_rows(meta, ctx):
+    cols = [ctx["arrays"][k].tolist() for k in meta["columns"]]
+    make = tuple if meta["row_tuple"] else list
+    rows = [make(r) for r in zip(*cols)]
+    return tuple(rows) if meta["tuple"] else rows
+
+
+def _decode_float_list(meta, ctx):
+    vals = ctx["arrays"][meta["array"]].tolist()
+    return tuple(vals) if meta["tuple"] else vals
+
+
+def _decode_list(meta, ctx):
+    vals = [v for v in (_decode(m, ctx) for m in meta["items"]) if v is not _DROP]
+    return tuple(vals) if meta["tuple"] else vals

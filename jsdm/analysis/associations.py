@@ -1,0 +1,524 @@
+"""Species associations read off a fitted GLLVM.
+
+Residual (latent) associations
+------------------------------
+With ``eta_ij = ... + z_i' theta_j`` and ``z_i ~ N(0, I_d)``, the latent part
+of the linear predictor has the species x species covariance ``Theta Theta'``
+(rank ``d``, invariant to rotating the latent variables). Its correlation
+matrix is the species association matrix. Optionally a family term is added
+to the diagonal (:func:`family_variance`), which reads the model as a latent
+normal on the link scale; it shrinks the correlations towards zero and is
+what R gllvm's ``getResidualCor`` reports for negative binomial and binomial.
+
+Environmental associations
+--------------------------
+The covariance across the observed sites of the covariate part
+``x_i' beta_j`` of the linear predictor, between species.
+
+Intervals
+---------
+Every residual correlation gets a Wald interval by the delta method from the
+loading block of ``fit.cov_params()`` (analytic gradient of
+``cor(Theta Theta')`` in theta), built on Fisher's z scale and mapped back so
+that it stays inside (-1, 1); or, with ``method="bootstrap"``, percentile
+intervals from a parametric bootstrap (simulate from the fitted model with
+fresh latent variables, refit from the estimates, recompute the correlations;
+rotation invariant, so no sign or rotation matching is needed).
+"""
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from ..exceptions import JSDMError
+
+_NB_VARIANCE = ("lognormal", "trigamma")
+
+
+# --- residual covariance -------------------------------------------------------------
+def _theta(fit):
+    """Loadings as an array (m, d)."""
+    return np.asarray(fit.loadings, dtype=float)
+
+
+def family_variance(fit, nb_variance="lognormal"):
+    """Link-scale variance of the observation-level residual, per species.
+
+    What is added to the diagonal of the residual covariance when
+    ``add_family_variance`` is asked for:
+
+    ========================  =========================================
+    binomial, probit link     1 (latent standard normal)
+    binomial, logit link      pi^2 / 3 (latent standard logistic)
+    binomial, cloglog link    pi^2 / 6 (latent standard Gumbel)
+    negative binomial         log(1 + phi_j) (``nb_variance="lognormal"``,
+                              R gllvm's default) or trigamma(1 / phi_j)
+                              (``"trigamma"``: exact variance of log g for the
+                              gamma mixing variable g of the Poisson-gamma
+                              mixture, mean 1, variance phi_j)
+    gaussian (identity)       sd_j^2
+    poisson and others        0, or the family's ``link_residual_variance``
+    ========================  =========================================
+
+    The lognormal value is the variance of a normal on the log scale whose
+    exponential has mean 1 and variance phi_j, the same over-dispersion as the
+    gamma variable; it is the smaller of the two and matches R gllvm.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    nb_variance : {"lognormal", "trigamma"}
+
+    Returns
+    -------
+    Series, length m (species)
+    """
+    if nb_variance not in _NB_VARIANCE:
+        raise JSDMError(f"nb_variance must be one of {_NB_VARIANCE}, got {nb_variance!r}")
+    fam, m = fit.family, len(fit.species)
+    name, link = fam.name, getattr(fam, "link", None)
+    if name == "negative_binomial":
+        phi = np.asarray(fit.dispersion, dtype=float)
+        vals = np.log1p(phi) if nb_variance == "lognormal" else special.polygamma(1, 1.0 / phi)
+    elif name == "gaussian":
+        vals = np.asarray(fit.dispersion, dtype=float) ** 2
+    elif name == "binomial" and link in ("probit", "logit", "cloglog"):
+        vals = np.full(m, {"probit": 1.0, "logit": np.pi ** 2 / 3, "cloglog": np.pi ** 2 / 6}[link])
+    else:
+        vals = np.full(m, float(getattr(fam, "link_residual_variance", 0.0) or 0.0))
+    return pd.Series(vals, index=fit.species, name="family_variance")
+
+
+def _family_diag(fit, add_family_variance):
+    """Diagonal addition (m,) for the ``add_family_variance`` argument."""
+    if add_family_variance is False or add_family_variance is None:
+        return np.zeros(len(fit.species))
+    kind = "lognormal" if add_family_variance is True else add_family_variance
+    if kind not in _NB_VARIANCE:
+        raise JSDMError("add_family_variance must be False, True, 'lognormal' or 'trigamma'; "
+                        f"got {add_family_variance!r}")
+    return family_variance(fit, nb_variance=kind).to_numpy()
+
+
+def residual_covariance(fit, add_family_variance=False):
+    """Residual (latent) covariance ``Theta Theta'`` between species on the link scale.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    add_family_variance : bool or {"lognormal", "trigamma"}
+        Add the family's link-scale residual variance on the diagonal (see
+        :func:`family_variance`); True means "lognormal" for the negative
+        binomial.
+
+    Returns
+    -------
+    DataFrame (m, m), species x species
+    """
+    th = _theta(fit)
+    cov = th @ th.T
+    cov[np.diag_indices_from(cov)] += _family_diag(fit, add_family_variance)
+    return pd.DataFrame(cov, index=fit.species, columns=fit.species)
+
+
+def _cov2cor(cov):
+    """Correlation from covariance; rows with zero variance give NaN (unit diagonal kept)."""
+    sd = np.sqrt(np.diag(cov))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cor = cov / np.outer(sd, sd)
+    np.fill_diagonal(cor, 1.0)
+    return np.clip(cor, -1.0, 1.0)
+
+
+def residual_correlation(fit, add_family_variance=False):
+    """Residual correlation between species: ``cov2cor(Theta Theta' [+ family term])``.
+
+    Symmetric with a unit diagonal and invariant to rotations of the latent
+    variables. A species with all-zero loadings has NaN correlations.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    add_family_variance : bool or {"lognormal", "trigamma"}
+        See :func:`residual_covariance`.
+
+    Returns
+    -------
+    DataFrame (m, m), species x species
+    """
+    cov = residual_covariance(fit, add_family_variance).to_numpy()
+    return pd.DataFrame(_cov2cor(cov), index=fit.species, columns=fit.species)
+
+
+def residual_trace(fit, add_family_variance=False):
+    """Trace of the residual covariance and its share per latent variable.
+
+    The trace of ``Theta Theta'`` splits as the column sums of squared loadings
+    (as R gllvm's ``getResidualCov()$var.q``); the ``principal`` column splits it
+    instead along the principal axes (eigenvalues of ``Theta' Theta``), which is
+    invariant to rotations of the latent variables.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    add_family_variance : bool or {"lognormal", "trigamma"}
+        When set, a row ``family`` holds the sum of the family terms.
+
+    Returns
+    -------
+    DataFrame with rows LV1..LVd[, family], total and columns
+    ``variance``, ``share``, ``principal``, ``principal_share``
+    """
+    th = _theta(fit)
+    per_lv = (th ** 2).sum(0)
+    principal = np.sort(np.linalg.eigvalsh(th.T @ th))[::-1] if th.size else np.zeros(0)
+    rows, var, pri = list(fit.lv_names), list(per_lv), list(principal)
+    if add_family_variance:
+        rows.append("family")
+        fam = float(_family_diag(fit, add_family_variance).sum())
+        var.append(fam)
+        pri.append(fam)
+    total = float(np.sum(var))
+    out = pd.DataFrame({"variance": var + [total], "principal": pri + [total]}, index=rows + ["total"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["share"] = out["variance"] / total
+        out["principal_share"] = out["principal"] / total
+    return out[["variance", "share", "principal", "principal_share"]]
+
+
+# --- environmental associations and variance partitioning ------------------------------
+def _term_columns(fit, terms):
+    """Column positions of ``terms`` (None: all) in the design."""
+    all_terms = list(fit.terms)
+    if terms is None:
+        return list(range(len(all_terms)))
+    terms = [terms] if isinstance(terms, str) else list(terms)
+    bad = [t for t in terms if t not in all_terms]
+    if bad:
+        raise JSDMError(f"unknown covariate terms {bad}; the model's terms are {all_terms}")
+    return [all_terms.index(t) for t in terms]
+
+
+def covariate_part(fit, terms=None):
+    """Covariate part of the linear predictor ``x_i' beta_j`` (sites x species).
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    terms : str or list of str, optional
+        Design columns to include (default: all).
+
+    Returns
+    -------
+    DataFrame (n, m)
+    """
+    cols = _term_columns(fit, terms)
+    X = np.asarray(fit.problem.X, dtype=float)[:, cols]
+    B = fit.coef[[fit.terms[c] for c in cols]].to_numpy(dtype=float)
+    return pd.DataFrame(X @ B.T, index=fit.sites, columns=fit.species)
+
+
+def environmental_covariance(fit, terms=None):
+    """Covariance across sites of the covariate part ``x_i' beta_j`` between species.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    terms : str or list of str, optional
+        Restrict to these design columns (default: all covariates).
+
+    Returns
+    -------
+    DataFrame (m, m), species x species (sample covariance, divisor n - 1)
+    """
+    E = covariate_part(fit, terms).to_numpy()
+    Ec = E - E.mean(0)
+    cov = Ec.T @ Ec / max(E.shape[0] - 1, 1)
+    return pd.DataFrame(cov, index=fit.species, columns=fit.species)
+
+
+def environmental_correlation(fit, terms=None):
+    """Correlation across sites of the covariate parts of two species' linear predictors.
+
+    Raises JSDMError for a model without covariates. Species whose covariate
+    part is constant get NaN correlations.
+
+    Returns
+    -------
+    DataFrame (m, m), species x species
+    """
+    if not fit.terms:
+        raise JSDMError("the model has no covariates, so there are no environmental "
+                        "correlations; refit with formula= or X=")
+    cov = environmental_covariance(fit, terms).to_numpy()
+    return pd.DataFrame(_cov2cor(cov), index=fit.species, columns=fit.species)
+
+
+def _covariate_groups(fit, groups):
+    """Mapping component name -> list of terms."""
+    if not fit.terms:
+        return {}
+    if groups is None:
+        return {"covariates": list(fit.terms)}
+    if groups == "terms":
+        return {t: [t] for t in fit.terms}
+    if not isinstance(groups, dict):
+        raise JSDMError(f"groups must be None, 'terms' or a dict name -> list of terms; got {groups!r}")
+    out = {k: ([v] if isinstance(v, str) else list(v)) for k, v in groups.items()}
+    used = [t for v in out.values() for t in v]
+    _term_columns(fit, used)
+    rest = [t for t in fit.terms if t not in used]
+    if rest:
+        out["other covariates"] = rest
+    return out
+
+
+def variance_partition(fit, groups=None, normalize=True):
+    """Share of each species' linear-predictor variance by component.
+
+    Components: covariates (all together, each term with ``groups="terms"``, or
+    named groups of terms), latent variables and row effects. Covariate parts
+    use the sample variance of ``x_i' beta_j`` across the sites; the latent
+    part is the model-implied ``theta_j' theta_j`` (the diagonal of the
+    residual covariance, z ~ N(0, I)); row effects use ``sigma^2`` when random
+    and the variance of the site effects across sites when fixed. Covariances
+    between components are ignored, so the shares sum to 1.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    groups : None, "terms" or dict name -> list of terms
+        How covariate terms are grouped (terms left out form "other covariates").
+    normalize : bool
+        Return shares (rows sum to 1) rather than variances.
+
+    Returns
+    -------
+    DataFrame (m, components), species x components
+    """
+    out = {}
+    for name, terms in _covariate_groups(fit, groups).items():
+        out[name] = covariate_part(fit, terms).var(axis=0, ddof=1).to_numpy()
+    if fit.num_lv:
+        out["latent variables"] = (_theta(fit) ** 2).sum(1)
+    if fit.row_effect == "random":
+        out["row effect"] = np.full(len(fit.species), fit.row_sigma ** 2)
+    elif fit.row_effect == "fixed":
+        out["row effect"] = np.full(len(fit.species), float(np.var(fit.row_effects, ddof=1)))
+    df = pd.DataFrame(out, index=fit.species)
+    if normalize and df.shape[1]:
+        tot = df.sum(axis=1).replace(0.0, np.nan)
+        df = df.div(tot, axis=0)
+    return df
+
+
+# --- intervals for residual correlations -------------------------------------------------
+@dataclass
+class CorrelationIntervals:
+    """Residual correlations with interval bounds (each a species x species DataFrame).
+
+    Attributes
+    ----------
+    estimate, lower, upper, se : DataFrame (m, m)
+        Point estimate, interval bounds and standard error (delta method on the
+        correlation scale, or the bootstrap standard deviation).
+    method : str
+        "delta" or "bootstrap".
+    alpha : float
+        1 - confidence level.
+    info : dict
+        Method details (bootstrap: replicates used, non-converged refits).
+    """
+
+    estimate: pd.DataFrame
+    lower: pd.DataFrame
+    upper: pd.DataFrame
+    se: pd.DataFrame
+    method: str
+    alpha: float
+    info: dict
+
+
+def _disp_derivative(fit, kind):
+    """d family_variance_j / d dispersion_j (m,), on the reported dispersion scale."""
+    name = fit.family.name
+    if kind is False or kind is None or fit.dispersion is None:
+        return None
+    phi = np.asarray(fit.dispersion, dtype=float)
+    if name == "negative_binomial":
+        if kind == "trigamma":
+            return -special.polygamma(2, 1.0 / phi) / phi ** 2
+        return 1.0 / (1.0 + phi)
+    if name == "gaussian":
+        return 2.0 * phi
+    return None
+
+
+def _species_param_cov(fit, with_disp):
+    """Covariance (m, q, m, q) of each species' loadings (and dispersion, last) from cov_params."""
+    C = fit.cov_params()
+    m, d = len(fit.species), fit.num_lv
+    q = d + int(with_disp)
+    sp_pos = {s: j for j, s in enumerate(fit.species)}
+    lv_pos = {name: k for k, name in enumerate(fit.lv_names)}
+    idx = C.index
+    blocks = idx.get_level_values(0)
+    keep, slot = [], []
+    for r, (blk, sp, term) in enumerate(idx):
+        if blk == "loading":
+            keep.append(r)
+            slot.append(sp_pos[sp] * q + lv_pos[term])
+        elif with_disp and blk == "dispersion":
+            keep.append(r)
+            slot.append(sp_pos[sp] * q + d)
+    if not (blocks == "loading").any():
+        raise JSDMError("fit.cov_params() has no 'loading' block; cannot form intervals")
+    S = np.zeros((m * q, m * q))
+    sub = np.asarray(C.to_numpy(dtype=float))[np.ix_(keep, keep)]
+    S[np.ix_(slot, slot)] = sub
+    return S.reshape(m, q, m, q)
+
+
+def _delta_se(fit, add_family_variance):
+    """Delta-method standard errors (m, m) of the residual correlations."""
+    th = _theta(fit)
+    diag = (th ** 2).sum(1) + _family_diag(fit, add_family_variance)
+    r = residual_correlation(fit, add_family_variance).to_numpy()
+    dD = _disp_derivative(fit, add_family_variance)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.sqrt(np.outer(diag, diag))
+        # dr_jk/dtheta_j = theta_k / s_jk - r_jk theta_j / C_jj, shape (j, k, d)
+        G = th[None, :, :] / s[:, :, None] - (r / diag[:, None])[:, :, None] * th[:, None, :]
+        if dD is not None:
+            Gd = (-0.5 * r / diag[:, None] * dD[:, None])[:, :, None]
+            G = np.concatenate([G, Gd], axis=2)
+    G = np.nan_to_num(G)
+    S = _species_param_cov(fit, dD is not None)
+    Sd = np.einsum("jajb->jab", S)
+    H = np.swapaxes(G, 0, 1)  # H[j, k] = dr_jk/du_k
+    var = (np.einsum("jka,jab,jkb->jk", G, Sd, G) + np.einsum("jka,kab,jkb->jk", H, Sd, H)
+           + 2.0 * np.einsum("jka,jakb,jkb->jk", G, S, H))
+    se = np.sqrt(np.clip(var, 0.0, None))
+    np.fill_diagonal(se, 0.0)
+    return se
+
+
+def _fisher_interval(r, se, alpha):
+    """Wald interval on Fisher's z = atanh(r) scale, mapped back into (-1, 1)."""
+    q = stats.norm.ppf(1.0 - alpha / 2.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rc = np.clip(r, -1.0 + 1e-12, 1.0 - 1e-12)
+        z = np.arctanh(rc)
+        sz = se / (1.0 - rc ** 2)
+        lo, hi = np.tanh(z - q * sz), np.tanh(z + q * sz)
+    flat = ~(se > 0)
+    lo[flat], hi[flat] = r[flat], r[flat]
+    return lo, hi
+
+
+def _draw_response(fit, rng):
+    """Responses simulated from the fitted model with fresh z_i ~ N(0, I) (and row effects)."""
+    from ..model.objective import fixed_part
+
+    prob, P = fit.problem, fit.state.params
+    eta = fixed_part(prob, P)
+    if prob.row_effect == "random":
+        eta += (rng.normal(0.0, fit.row_sigma, prob.n) - P.alpha)[:, None]
+    if prob.d:
+        eta += rng.standard_normal((prob.n, prob.d)) @ P.theta.T
+    Y = np.asarray(prob.family.sample(eta, P.s, prob.trials, rng), dtype=float)
+    return np.where(prob.W > 0, Y, 0.0)
+
+
+def _bootstrap_correlations(fit, n_boot, seed, add_family_variance):
+    """Array (n_boot, m, m) of residual correlations from parametric-bootstrap refits."""
+    import warnings
+
+    from ..model.fit import fit_problem
+    from ..results.fitted import GLLVMResults
+
+    rng = np.random.default_rng(seed)
+    opts = {k: fit.settings[k] for k in ("maxiter", "gtol") if k in fit.settings}
+    draws, n_bad = [], 0
+    for _ in range(int(n_boot)):
+        prob_b = replace(fit.problem, Y=_draw_response(fit, rng))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = fit_problem(prob_b, n_init=1, start=fit.state.params.copy(), **opts)
+        n_bad += not state.converged
+        res = GLLVMResults(prob_b, state, fit.settings)
+        draws.append(residual_correlation(res, add_family_variance).to_numpy())
+    return np.array(draws), {"n_boot": int(n_boot), "not_converged": int(n_bad), "seed": seed}
+
+
+def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_variance=False,
+                                   n_boot=200, seed=None):
+    """Residual correlations with (1 - alpha) intervals for every species pair.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    alpha : float
+        1 - confidence level.
+    method : {"delta", "bootstrap"}
+        "delta": Wald interval on Fisher's z scale with the delta-method standard
+        error from the loading (and, with a family term, dispersion) block of
+        ``fit.cov_params()``. "bootstrap": percentile interval from ``n_boot``
+        parametric-bootstrap refits (seeded by ``seed``), each started at the
+        estimates.
+    add_family_variance : bool or {"lognormal", "trigamma"}
+        See :func:`residual_covariance`.
+
+    Returns
+    -------
+    CorrelationIntervals
+    """
+    if not 0.0 < alpha < 1.0:
+        raise JSDMError(f"alpha must be in (0, 1), got {alpha!r}")
+    r = residual_correlation(fit, add_family_variance).to_numpy()
+    info = {}
+    if method == "delta":
+        se = _delta_se(fit, add_family_variance)
+        lo, hi = _fisher_interval(r, se, alpha)
+    elif method == "bootstrap":
+        draws, info = _bootstrap_correlations(fit, n_boot, seed, add_family_variance)
+        lo, hi = np.nanquantile(draws, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
+        se = np.nanstd(draws, axis=0, ddof=1)
+    else:
+        raise JSDMError(f"method must be 'delta' or 'bootstrap', got {method!r}")
+    frame = lambda a: pd.DataFrame(a, index=fit.species, columns=fit.species)  # noqa: E731
+    return CorrelationIntervals(frame(r), frame(lo), frame(hi), frame(se), method, alpha, info)
+
+
+def association_table(fit, alpha=0.05, method="delta", add_family_variance=False, **kwargs):
+    """Tidy table of species pairs: residual correlation, interval, whether it excludes 0.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    alpha : float
+        1 - confidence level.
+    method : {"delta", "bootstrap"}
+        See :func:`residual_correlation_intervals` (``n_boot``, ``seed`` pass through).
+    add_family_variance : bool or {"lognormal", "trigamma"}
+
+    Returns
+    -------
+    DataFrame with m (m - 1) / 2 rows and columns species_1, species_2, estimate,
+    se, lower, upper, excludes_zero; sorted by |estimate|, largest first.
+    """
+    ci = residual_correlation_intervals(fit, alpha=alpha, method=method,
+                                        add_family_variance=add_family_variance, **kwargs)
+    j, k = np.triu_indices(len(fit.species), 1)
+    sp = np.asarray(fit.species)
+    tab = pd.DataFrame({
+        "species_1": sp[j], "species_2": sp[k],
+        "estimate": ci.estimate.to_numpy()[j, k], "se": ci.se.to_numpy()[j, k],
+        "lower": ci.lower.to_numpy()[j, k], "upper": ci.upper.to_numpy()[j, k],
+    })
+    tab["excludes_zero"] = (tab["lower"] > 0) | (tab["upper"] < 0)
+    order = np.argsort(-np.abs(tab["estimate"].to_numpy()), kind="stable")
+    tab = tab.iloc[order].reset_index(drop=True)
+    tab.attrs.update(method=method, alpha=alpha, **ci.info)
+    return tab

@@ -1,0 +1,295 @@
+"""Covariance of the estimates, standard errors, Wald intervals, z and p values.
+
+The covariance of the model parameters is the model block of the inverse of
+the negative Hessian of the ELBO in *all* packed parameters (model and
+variational). Because the variational block is block-diagonal by site, that
+block is the inverse of the Schur complement
+
+    S = H_pp - sum_i H_pv,i H_vv,i^-1 H_vp,i
+
+computed from the analytic Hessian in :mod:`jsdm.results._hessian` (no finite
+differences of the full gradient). ``-S`` is checked for positive definiteness
+by the eigenvalues of its correlation-scaled form; when it fails, a
+:class:`~jsdm.exceptions.HessianWarning` names the parameters carrying the
+offending eigenvectors, their rows and columns are NaN, and the remaining
+parameters' covariance is the inverse of the remaining block (that is,
+conditional on the flagged ones). There is never a pseudo-inverse.
+
+Units: intercepts, slopes, loadings and fixed row effects are reported as
+estimated. Dispersions are reported on the family's scale (NB phi, Gaussian
+sd) and the random row-effect sd as sigma; their covariance comes from the
+unconstrained parameters (s, log sigma) by the delta method,
+Cov = J Cov_s J' with J = d dispersion / d s. Their confidence intervals are
+computed on the unconstrained scale and transformed back (so they stay
+positive); z and p values for them test the reported value against 0 and
+are of little use (reported for completeness, as R gllvm and statsmodels do).
+"""
+from dataclasses import dataclass, field
+import warnings
+import weakref
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..exceptions import HessianWarning
+from ._hessian import hessian_blocks
+
+#: smallest eigenvalue of the correlation-scaled negative Schur complement
+#: (relative to the largest) below which the Hessian counts as singular
+SINGULAR_TOL = 1e-9
+#: below this it counts as near-singular (reported by diagnose(), SEs kept)
+NEAR_SINGULAR_TOL = 1e-6
+
+_CACHE = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Information:
+    """Curvature of the ELBO in the model parameters at the optimum.
+
+    Attributes
+    ----------
+    neg_schur : ndarray (P, P)
+        Negative Schur complement (observed information, packed order).
+    cov_packed : ndarray (P, P)
+        Its inverse (NaN rows/cols for flagged parameters), packed order.
+    eigenvalues : ndarray (P,)
+        Eigenvalues of the correlation-scaled ``neg_schur`` (ascending).
+    labels : MultiIndex
+        The (block, species, term) label of each packed model parameter.
+    flagged : list of tuple
+        Labels of parameters whose SEs are NaN (not identified by the curvature).
+    bad_sites : list
+        Sites whose variational block is not negative definite.
+    """
+
+    neg_schur: np.ndarray
+    cov_packed: np.ndarray
+    eigenvalues: np.ndarray
+    labels: pd.MultiIndex
+    flagged: list = field(default_factory=list)
+    bad_sites: list = field(default_factory=list)
+    order: np.ndarray = None       # packed position of each fit.params entry
+    jac: np.ndarray = None         # d reported / d packed for each fit.params entry
+
+    @property
+    def min_eigenvalue(self):
+        return float(self.eigenvalues[0]) if self.eigenvalues.size else np.inf
+
+    def weak_directions(self, tol=NEAR_SINGULAR_TOL, top=5):
+        """[(eigenvalue, [labels of the largest components])] for eigenvalues below ``tol``."""
+        _, V = _scaled_eigh(self.neg_schur)
+        out = []
+        for k, w in enumerate(self.eigenvalues):
+            if w > tol * max(self.eigenvalues[-1], 1e-300):
+                break
+            out.append((float(w), _top_labels(V[:, k], self.labels, top)))
+        return out
+
+
+def _packed_labels_and_order(fit):
+    """Labels of the packed model parameters, and the packed position / Jacobian of each params row."""
+    layout, prob = fit.state.layout, fit.problem
+    P = fit.state.params
+    sl = layout.slices
+    labels = [None] * layout.n_model
+    order, jac = [], []
+    for j, sp in enumerate(fit.species):
+        for t, term in enumerate(["Intercept", *fit.terms]):
+            pos = sl["beta0"].start + j if t == 0 else sl["B"].start + j * prob.p + t - 1
+            labels[pos] = ("coef", sp, term)
+            order.append(pos), jac.append(1.0)
+    thpos = np.cumsum(layout.tri_m.ravel()).reshape(layout.tri_m.shape) - 1 + sl["theta"].start
+    for j, sp in enumerate(fit.species):
+        for k in range(prob.d):
+            if layout.tri_m[j, k]:
+                labels[thpos[j, k]] = ("loading", sp, f"LV{k + 1}")
+                order.append(thpos[j, k]), jac.append(1.0)
+    if P.s is not None:
+        name = fit.dispersion.name
+        dj = _dispersion_jacobian(prob.family, P.s)
+        for j, sp in enumerate(fit.species):
+            labels[sl["s"].start + j] = ("dispersion", sp, name)
+            order.append(sl["s"].start + j), jac.append(dj[j])
+    if prob.row_effect == "fixed":
+        for i, st in enumerate(fit.sites[1:]):
+            labels[sl["alpha_fixed"].start + i] = ("row_effect", st, "alpha")
+            order.append(sl["alpha_fixed"].start + i), jac.append(1.0)
+    elif prob.row_effect == "random":
+        labels[sl["log_sigma"].start] = ("row_sigma", "", "sigma")
+        order.append(sl["log_sigma"].start), jac.append(float(np.exp(P.log_sigma)))
+    idx = pd.MultiIndex.from_tuples(labels, names=["block", "species", "term"])
+    return idx, np.array(order, dtype=int), np.array(jac, dtype=float)
+
+
+def _dispersion_jacobian(family, s, h=1e-6):
+    """d dispersion(s) / ds by central differences (any family's mapping)."""
+    step = h * (1.0 + np.abs(s))
+    return (family.dispersion(s + step) - family.dispersion(s - step)) / (2.0 * step)
+
+
+def _scaled_eigh(A):
+    """Eigen-decomposition of D^-1/2 A D^-1/2 (D = |diag A|), ascending."""
+    dg = np.abs(np.diag(A))
+    sc = 1.0 / np.sqrt(np.where(dg > 0, dg, 1.0))
+    return np.linalg.eigh(A * sc[:, None] * sc[None, :])
+
+
+def _top_labels(vec, labels, top):
+    a = np.abs(vec)
+    keep = np.argsort(-a)[:top]
+    keep = [k for k in keep if a[k] >= 0.25 * a.max()]
+    return [labels[k] for k in keep]
+
+
+def _schur(blocks):
+    """Negative Schur complement and the sites whose variational block is not negative definite."""
+    Hpp, Hpv, Hvv = blocks.Hpp, blocks.Hpv, blocks.Hvv
+    P, n, q = Hpv.shape
+    if q == 0 or n == 0:
+        return -Hpp, []
+    w = np.linalg.eigvalsh(-Hvv)
+    bad = np.flatnonzero(~(w[:, 0] > 1e-12 * np.maximum(w[:, -1], 1e-300)))
+    Z = np.linalg.solve(Hvv, np.transpose(Hpv, (1, 2, 0)))             # (n, q, P)
+    S = Hpp - Hpv.reshape(P, n * q) @ Z.reshape(n * q, P)
+    return -0.5 * (S + S.T), bad.tolist()
+
+
+def _invert_checked(A, labels, tol=SINGULAR_TOL, top=5):
+    """Inverse of a symmetric matrix that should be positive definite.
+
+    Parameters whose curvature is not positive (diagonal <= 0) or that carry
+    an eigenvector with a tiny or negative eigenvalue are flagged; they get NaN
+    rows and columns and the rest is inverted without them.
+    """
+    P = A.shape[0]
+    active = np.isfinite(np.diag(A)) & (np.diag(A) > 0)
+    flagged = [labels[k] for k in np.flatnonzero(~active)]
+    cov = np.full((P, P), np.nan)
+    for _ in range(P + 1):
+        sub = A[np.ix_(active, active)]
+        if not sub.size:
+            break
+        w, V = _scaled_eigh(sub)
+        bad = w <= tol * max(w[-1], 1e-300)
+        if not bad.any():
+            dg = np.sqrt(np.diag(sub))
+            inv = np.linalg.inv(sub / dg[:, None] / dg[None, :]) / dg[:, None] / dg[None, :]
+            cov[np.ix_(active, active)] = 0.5 * (inv + inv.T)
+            break
+        idx = np.flatnonzero(active)
+        for k in np.flatnonzero(bad):
+            a = np.abs(V[:, k])
+            big = np.argsort(-a)[:top]
+            hit = idx[big[a[big] >= 0.25 * a.max()]]
+            flagged += [labels[h] for h in hit if active[h]]
+            active[hit] = False
+    return cov, flagged
+
+
+def information(fit):
+    """Curvature of the ELBO at the optimum as an :class:`Information` (cached per fit).
+
+    Emits a :class:`~jsdm.exceptions.HessianWarning` (once per fit) when the
+    Hessian is not negative definite, naming the parameters involved.
+    """
+    if fit in _CACHE:
+        return _CACHE[fit]
+    prob, layout = fit.problem, fit.state.layout
+    labels, order, jac = _packed_labels_and_order(fit)
+    blocks = hessian_blocks(prob, fit.state.params, layout)
+    negS, bad_sites = _schur(blocks)
+    del blocks
+    w = _scaled_eigh(negS)[0] if negS.size else np.zeros(0)
+    cov, flagged = _invert_checked(negS, labels)
+    info = Information(negS, cov, w, labels, flagged, [fit.sites[i] for i in bad_sites], order, jac)
+    _warn(info)
+    _CACHE[fit] = info
+    return info
+
+
+def _warn(info):
+    if info.flagged:
+        names = ", ".join("/".join(str(x) for x in lab if x != "") for lab in info.flagged[:8])
+        more = f" (and {len(info.flagged) - 8} more)" if len(info.flagged) > 8 else ""
+        warnings.warn(
+            f"the Hessian of the ELBO is not negative definite (smallest scaled eigenvalue "
+            f"{info.min_eigenvalue:.2e}); standard errors are NaN for: {names}{more}. These "
+            "parameters are not identified by the data at this optimum: try fewer latent "
+            "variables, drop very rare species, standardise covariates, or refit with more "
+            "starts (n_init=5). See fit.diagnose().", HessianWarning, stacklevel=4)
+    if info.bad_sites:
+        warnings.warn(
+            f"the variational optimum is not a strict maximum for {len(info.bad_sites)} site(s) "
+            f"(e.g. {list(info.bad_sites[:5])}); the fit may not have converged. Refit with a "
+            "larger maxiter or more starts.", HessianWarning, stacklevel=4)
+
+
+def cov_params(fit):
+    """Covariance matrix of the model parameters.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+
+    Returns
+    -------
+    DataFrame, shape (k, k)
+        Indexed and columned like ``fit.params`` (block, species, term).
+        Dispersions and the row-effect sd are on the reported scale (delta
+        method from the unconstrained parameter). NaN rows/columns mark
+        parameters the Hessian does not identify (a HessianWarning said which).
+    """
+    info = information(fit)
+    C = info.cov_packed[np.ix_(info.order, info.order)] * info.jac[:, None] * info.jac[None, :]
+    return pd.DataFrame(C, index=fit.params.index, columns=fit.params.index)
+
+
+def bse(fit):
+    """Standard errors of ``fit.params`` (Series, same index)."""
+    info = information(fit)
+    v = np.diag(info.cov_packed)[info.order]
+    with np.errstate(invalid="ignore"):
+        se = np.sqrt(v) * np.abs(info.jac)
+    return pd.Series(se, index=fit.params.index, name="std_err")
+
+
+def tvalues(fit):
+    """Wald z statistics estimate / SE (Series)."""
+    return (fit.params / bse(fit)).rename("z")
+
+
+def pvalues(fit):
+    """Two-sided normal p-values of the Wald z statistics (Series)."""
+    z = tvalues(fit).to_numpy()
+    return pd.Series(2.0 * stats.norm.sf(np.abs(z)), index=fit.params.index, name="p_value")
+
+
+def conf_int(fit, alpha=0.05):
+    """Wald confidence intervals at level 1 - ``alpha``.
+
+    Dispersions and the row-effect sd use the interval on their unconstrained
+    scale, transformed back (always positive).
+
+    Returns
+    -------
+    DataFrame with columns ``lower``, ``upper``, indexed like ``fit.params``.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}; e.g. alpha=0.05 for 95% intervals")
+    info = information(fit)
+    z = stats.norm.isf(alpha / 2.0)
+    est = fit.params.to_numpy()
+    se = bse(fit).to_numpy()
+    lo, hi = est - z * se, est + z * se
+    block = fit.params.index.get_level_values("block")
+    packed = fit.state.layout.pack(fit.state.params)[info.order]
+    with np.errstate(invalid="ignore"):
+        se_u = np.sqrt(np.diag(info.cov_packed)[info.order])
+    for name, fwd in (("dispersion", fit.family.dispersion), ("row_sigma", np.exp)):
+        sel = np.asarray(block == name)
+        if sel.any():
+            a, b = fwd(packed[sel] - z * se_u[sel]), fwd(packed[sel] + z * se_u[sel])
+            lo[sel], hi[sel] = np.minimum(a, b), np.maximum(a, b)
+    return pd.DataFrame({"lower": lo, "upper": hi}, index=fit.params.index)

@@ -1,0 +1,268 @@
+"""The sections of the species association report, one function each.
+
+Every function takes the fitted model and the report options (a dict) and
+returns the HTML body of its section.
+"""
+import inspect
+
+import numpy as np
+import pandas as pd
+
+from . import tables
+from .html import esc, fmt, img, key_values, p_value, table
+
+
+def _plot(method, figsize, **kwargs):
+    """Call a ``fit.plot_*`` method, on a fresh Axes of ``figsize`` when it takes ``ax=``."""
+    import matplotlib.pyplot as plt
+
+    params = inspect.signature(method).parameters
+    if "ax" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()) and "ax" in kwargs:
+        fig, ax = plt.subplots(figsize=figsize)
+        method(ax=ax, **kwargs)
+        return fig
+    return method(**kwargs)
+
+
+def _pct(x):
+    return f"{100 * x:.0f}%"
+
+
+# --- data -------------------------------------------------------------------------
+def data_section(fit, opts):
+    """Sites, species, prevalence and covariates."""
+    sp = tables.species_table(fit)
+    prev = sp["prevalence"].dropna()
+    W = fit.problem.W
+    com = fit.community
+    facts = [("sites", f"{fit.problem.n}"), ("species", f"{fit.problem.m}"),
+             ("observed cells", f"{int(W.sum())} of {W.size} ({_pct(W.mean())})")]
+    if com is not None:
+        facts.append(("response type", esc(com.response_type)))
+    facts += [("prevalence (share of sites with y &gt; 0)",
+               f"median {prev.median():.2f} (range {prev.min():.2f} to {prev.max():.2f})"),
+              ("species present at fewer than 5 sites", str(int(((sp["prevalence"] * sp["sites observed"]) < 5).sum())))]
+    if com is not None and com.trait_names:
+        facts.append(("species traits", esc(", ".join(map(str, com.trait_names)))))
+    body = key_values(facts)
+    for note in opts.get("notes") or []:
+        body += f'<p class="box">{esc(note)}</p>'
+    cov = tables.covariate_table(fit)
+    if len(cov):
+        body += "<h3>Site covariates</h3>" + table(cov, formatters={"summary": esc, "type": esc})
+    else:
+        body += "<p>No site covariates.</p>"
+    body += ("<details><summary>Per-species summary</summary>"
+             + table(sp.sort_values("prevalence", ascending=False), digits=2) + "</details>")
+    return body
+
+
+# --- model and convergence -------------------------------------------------------
+def model_section(fit, opts):
+    """Model specification, fit statistics and diagnose() in plain words."""
+    fam = fit.family
+    spec = [("family", esc(f"{fam.name} (link: {fam.link})")),
+            ("latent variables (num_lv)", str(fit.num_lv)),
+            ("covariates", esc(fit.problem.formula or (", ".join(fit.terms) or "none"))),
+            ("design terms (species-specific slopes)", esc(", ".join(fit.terms) or "none")),
+            ("row (site) effect", esc(fit.row_effect or "none"))]
+    if fit.row_sigma is not None:
+        spec.append(("row effect sd", fmt(fit.row_sigma)))
+    stats = [(k, fmt(v) if not isinstance(v, str) else esc(v)) for k, v in tables.fit_statistics(fit)]
+    body = ("<h3>Model</h3>" + key_values(spec) + "<h3>Fit</h3>" + key_values(stats)
+            + "<h3>Diagnostics</h3>" + diagnostics_html(fit))
+    if fit.dispersion is not None:
+        disp = fit.dispersion
+        body += (f"<p>Dispersion ({esc(disp.name)}): median {disp.median():.3g}, range "
+                 f"{disp.min():.3g} to {disp.max():.3g} across species.</p>")
+    return body
+
+
+def diagnostics_html(fit):
+    """The result of ``fit.diagnose()`` as plain sentences."""
+    diag = fit.diagnose()
+    if getattr(diag, "ok", False):
+        return ('<p class="box"><span class="ok">No problems found.</span> The gradient is '
+                f"close to zero at the optimum (max |gradient| {fit.max_grad:.2g}), and the checks "
+                "of the Hessian, coefficient sizes, covariate scaling, latent variables and sparse "
+                "species found nothing to act on.</p>")
+    items = []
+    for prob in _problems(diag):
+        items.append('<div class="box problem">' + "<br>".join(esc(x) for x in prob if x) + "</div>")
+    if not items:
+        items.append(f'<pre>{esc(str(diag))}</pre>')
+    return '<p class="warn">Diagnostics found problems:</p>' + "".join(items)
+
+
+def _problems(diag):
+    """(title, evidence, remedy) triples from a diagnostics object's records."""
+    out = []
+    for rec in getattr(diag, "problems", None) or []:
+        if isinstance(rec, dict):
+            get = rec.get
+        else:
+            def get(k, rec=rec):
+                return getattr(rec, k, None)
+        title = get("message") or get("title") or get("check") or str(rec)
+        evidence = get("evidence")
+        remedy = get("remedy")
+        out.append((str(title), f"Evidence: {evidence}" if evidence else "",
+                    f"What to do: {remedy}" if remedy else ""))
+    return out
+
+
+# --- model selection ---------------------------------------------------------------
+def selection_section(fit, opts):
+    """The table of candidate models (numbers of latent variables) with the chosen one marked."""
+    tab = opts["select_table"]
+    tab = tab if isinstance(tab, pd.DataFrame) else pd.DataFrame(tab)
+    crit = opts.get("criterion") or next((c for c in ("aicc", "AICc", "aic", "AIC", "bic", "BIC")
+                                          if c in tab.columns), None)
+    best = tab[crit].idxmin() if crit in tab.columns else None
+    note = (f"<p>Candidate models differ in the number of latent variables; the row with the "
+            f"smallest {esc(crit)} is highlighted.</p>" if best is not None else "")
+    return note + table(tab, row_class=lambda lab: "best" if lab == best else None)
+
+
+# --- coefficients --------------------------------------------------------------------
+def coefficients_section(fit, opts):
+    """Slope table (estimate and interval per species and covariate) and the forest plot."""
+    coefs = tables.coefficient_table(fit, alpha=opts.get("alpha", 0.05))
+    level = f"{100 * (1 - opts.get('alpha', 0.05)):.0f}%"
+    body = ""
+    if fit.terms:
+        fig = _plot(fit.plot_coefficients, (9, 1.2 + 0.18 * fit.problem.m * max(1, len(fit.terms)) ** 0.5))
+        body += img(fig, "coefficient plot", f"Slopes per species with {level} Wald intervals; "
+                    "species whose interval excludes zero differ from no effect.", opts.get("dpi", 100))
+    body += f"<p>Estimate [{level} interval]; bold where the interval excludes zero.</p>"
+    body += table(_wide_coefficients(coefs, fit), index=True,
+                  formatters={c: (lambda v: v) for c in ["Intercept", *fit.terms]})
+    full = coefs.copy()
+    body += ("<details><summary>All parameters with standard errors, z and p</summary>"
+             + table(full, formatters={"p": p_value}) + "</details>")
+    return body
+
+
+def _wide_coefficients(coefs, fit):
+    """Species x term table of 'estimate [lower, upper]' cells (HTML)."""
+    sub = coefs.xs("coef", level="block")
+    cells = {}
+    for (sp, term), row in sub.iterrows():
+        sig = np.isfinite(row["lower"]) and (row["lower"] > 0 or row["upper"] < 0)
+        txt = f"{row['estimate']:.2f} [{row['lower']:.2f}, {row['upper']:.2f}]"
+        cells.setdefault(sp, {})[term] = f'<b>{txt}</b>' if sig else txt
+    wide = pd.DataFrame.from_dict(cells, orient="index").reindex(index=list(fit.species))
+    wide.index.name = "species"
+    wide = wide[[c for c in ["Intercept", *fit.terms] if c in wide.columns]]
+    if fit.dispersion is not None:
+        wide[fit.dispersion.name] = [f"{v:.3g}" for v in fit.dispersion.reindex(wide.index)]
+    return wide
+
+
+# --- associations ------------------------------------------------------------------
+def associations_section(fit, opts):
+    """Residual correlation heatmap and the strongest pairs with intervals."""
+    if fit.num_lv == 0:
+        return "<p>The model has no latent variables, so it estimates no residual associations.</p>"
+    m = fit.problem.m
+    size = min(12, 3.5 + 0.22 * m)
+    fig = _plot(fit.plot_associations, (size + 1.2, size))
+    alpha = opts.get("alpha", 0.05)
+    tab = fit.association_table(alpha=alpha)
+    level = f"{100 * (1 - alpha):.0f}%"
+    how = tab.attrs.get("method", "delta")
+    how = ("delta-method intervals on Fisher's z scale" if how == "delta"
+           else "parametric-bootstrap percentile intervals")
+    n_ex = int(tab["excludes_zero"].sum())
+    body = img(fig, "residual correlation heatmap",
+               "Residual correlations between species (latent-variable part of the linear predictor, "
+               "link scale), species ordered by hierarchical clustering; red positive, blue negative.",
+               opts.get("dpi", 100))
+    body += (f"<p>{n_ex} of {len(tab)} species pairs have a {level} interval that excludes zero "
+             f"({how}). The {min(len(tab), opts.get('top_pairs', 15))} strongest associations:</p>")
+    top = tab.head(opts.get("top_pairs", 15)).drop(columns=["se"], errors="ignore")
+    top.index = np.arange(1, len(top) + 1)
+    top.index.name = "rank"
+    body += table(top, digits=2, formatters={"species_1": esc, "species_2": esc})
+    return body
+
+
+# --- ordination ----------------------------------------------------------------------
+def ordination_section(fit, opts):
+    """The latent-variable biplot."""
+    if fit.num_lv == 0:
+        return "<p>The model has no latent variables, so there is no ordination.</p>"
+    fig = _plot(fit.plot_ordination, (8.5, 7.5), biplot=True)
+    text = ("Sites (points) and species (labels) on the latent variables rotated to principal axes; "
+            "species near each other co-occur more than the covariates explain.")
+    body = img(fig, "ordination biplot", text, opts.get("dpi", 100))
+    if fit.num_lv == 1:
+        body = "<p>With one latent variable the ordination is one-dimensional.</p>" + body
+    return body
+
+
+# --- variance partition --------------------------------------------------------------
+def variance_section(fit, opts):
+    """Share of each species' linear-predictor variance by covariates, latent variables, row effects."""
+    vp = fit.variance_partition()
+    fig = _plot(fit.plot_variance_partition, (10, 4.5))
+    body = img(fig, "variance partition", "Share of each species' variance in the linear predictor "
+               "explained by each component.", opts.get("dpi", 100))
+    body += table(tables.variance_summary(vp), digits=2)
+    return body
+
+
+# --- residuals -------------------------------------------------------------------------
+def residuals_section(fit, opts):
+    """Dunn-Smyth residual panels."""
+    fig = _plot(fit.plot_residuals, None)
+    return img(fig, "residual panels",
+               "Dunn-Smyth randomised quantile residuals (conditional on the site scores). For a "
+               "well-specified model they look like standard normal noise: no trend against the "
+               "linear predictor, points on the QQ line, even spread across sites and species.",
+               opts.get("dpi", 100))
+
+
+# --- methods -----------------------------------------------------------------------------
+_FAMILY_TEXT = {
+    "poisson": "a Poisson distribution",
+    "negative_binomial": ("a negative binomial distribution with species-specific dispersion "
+                          "&phi;<sub>j</sub> (variance &mu; + &phi;<sub>j</sub>&mu;<sup>2</sup>)"),
+    "binomial": "a binomial distribution",
+    "gaussian": "a Gaussian distribution with species-specific residual standard deviation",
+}
+
+
+def methods_section(fit, opts):
+    """A methods paragraph for a paper: model, family, estimation, software, seed."""
+    from .. import __version__
+
+    prob, s = fit.problem, fit.settings
+    fam = _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
+    cov = (f"species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
+           if fit.terms else "no covariates")
+    row = {"fixed": " and fixed site effects", "random": " and normally distributed random site "
+           "effects"}.get(fit.row_effect, "")
+    lv = (f"{fit.num_lv} latent variable{'s' if fit.num_lv != 1 else ''} with species-specific "
+          f"loadings &Theta;, so that residual associations between species are given by the "
+          f"rank-{fit.num_lv} covariance &Theta;&Theta;&prime;" if fit.num_lv else "no latent variables")
+    notes = " ".join(esc(n) for n in opts.get("notes") or [])
+    text = (
+        f"We fitted a generalized linear latent variable model (GLLVM), a joint species distribution "
+        f"model, to the responses of {prob.m} species at {prob.n} sites. Responses were modelled with "
+        f"{fam} and {esc(fit.family.link)} link. The linear predictor had species-specific intercepts, "
+        f"{cov}{row}, and {lv}. {notes} "
+        "Parameters were estimated by maximising the exact variational lower bound (evidence lower "
+        "bound, ELBO) of the marginal log-likelihood, with a Gaussian variational distribution for "
+        "each site's latent variables; expectations without a closed form were computed by "
+        "one-dimensional Gauss-Hermite quadrature, so the bound is exact for every family. "
+        f"The optimiser was run from {s.get('n_init', 1)} starting value{'s' if s.get('n_init', 1) != 1 else ''} "
+        f"(per-species GLMs and a factor analysis of their residuals) with random seed {esc(s.get('seed'))}, "
+        f"keeping the best bound; the fit {'converged' if fit.converged else 'did NOT converge'} "
+        f"(max |gradient| {fit.max_grad:.1e}). Standard errors came from the Hessian of the bound; "
+        "intervals for residual correlations by the delta method. Model fit was checked with "
+        "Dunn-Smyth randomised quantile residuals. Analyses used jsdm "
+        f"{esc(__version__)} (Python).")
+    if opts.get("select_table") is not None:
+        text += " The number of latent variables was chosen by information criterion (see Model selection)."
+    return f'<p class="methods">{text}</p>'

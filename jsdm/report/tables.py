@@ -1,0 +1,102 @@
+"""Tidy tables shared by the HTML report and the command line's CSV output.
+
+Each function takes a fitted model and returns a labelled DataFrame; none
+modifies the fit.
+"""
+import numpy as np
+import pandas as pd
+
+
+def coefficient_table(fit, alpha=0.05):
+    """Every model parameter with its Wald standard error, z, p and interval.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    alpha : float
+        1 - confidence level of the interval.
+
+    Returns
+    -------
+    DataFrame
+        Index (block, species, term) as ``fit.params``; columns estimate, se,
+        z, p, lower, upper.
+    """
+    est = fit.params
+    ci = fit.conf_int(alpha=alpha)
+    out = pd.DataFrame({"estimate": est, "se": fit.bse.reindex(est.index),
+                        "z": fit.tvalues.reindex(est.index), "p": fit.pvalues.reindex(est.index)})
+    ci = ci.reindex(est.index)
+    out["lower"] = ci.iloc[:, 0].to_numpy()
+    out["upper"] = ci.iloc[:, 1].to_numpy()
+    return out
+
+
+def species_table(fit):
+    """Per-species data summary: observed sites, prevalence, mean and max response.
+
+    Returns
+    -------
+    DataFrame (m species x 4)
+    """
+    Y = pd.DataFrame(np.where(fit.problem.W > 0, fit.problem.Y, np.nan),
+                     index=fit.sites, columns=fit.species)
+    return pd.DataFrame({"sites observed": Y.notna().sum(),
+                         "prevalence": (Y > 0).sum() / Y.notna().sum(),
+                         "mean": Y.mean(), "max": Y.max()})
+
+
+def covariate_table(fit):
+    """Site covariates of the data: type, summary, and whether the model uses them.
+
+    Returns
+    -------
+    DataFrame indexed by covariate name, or an empty DataFrame without covariates.
+    """
+    com = fit.community
+    X = None if com is None else com.X
+    if X is None or X.shape[1] == 0:
+        return pd.DataFrame(columns=["type", "summary", "in model"])
+    formula = fit.problem.formula or ""
+    terms = " ".join(fit.terms)
+    rows = {}
+    for name, col in X.items():
+        used = (str(name) in formula) if formula else (str(name) in terms)
+        rows[name] = {"type": _kind(col), "summary": _describe(col), "in model": bool(used)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _kind(col):
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return "ordered factor" if col.dtype.ordered else "factor"
+    if pd.api.types.is_bool_dtype(col):
+        return "logical"
+    if pd.api.types.is_numeric_dtype(col):
+        return "numeric"
+    return "text"
+
+
+def _describe(col):
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        c = col.astype(float)
+        return f"mean {c.mean():.3g}, sd {c.std():.3g}, range {c.min():.3g} to {c.max():.3g}"
+    counts = col.value_counts(sort=False)
+    levels = [f"{k} ({v})" for k, v in counts.items()]
+    more = f", ... ({len(levels)} levels)" if len(levels) > 6 else ""
+    return ", ".join(levels[:6]) + more
+
+
+def fit_statistics(fit):
+    """ELBO, df, information criteria and convergence as an ordered list of (label, value)."""
+    st = fit.state
+    return [("ELBO (variational lower bound of the log-likelihood)", fit.llf),
+            ("parameters (df)", fit.df), ("observations (site x species cells)", fit.nobs),
+            ("AIC", fit.aic), ("AICc", fit.aicc), ("BIC", fit.bic),
+            ("converged", bool(fit.converged)), ("max |gradient|", fit.max_grad),
+            ("iterations", fit.n_iter), ("fit time (s)", st.elapsed),
+            ("starts (ELBO of each)", ", ".join(f"{v:.2f}" for v in st.start_values))]
+
+
+def variance_summary(vp):
+    """Mean, min and max share per component across species of a variance partition."""
+    return pd.DataFrame({"mean share": vp.mean(), "min": vp.min(), "max": vp.max()})

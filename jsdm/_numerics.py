@@ -40,3 +40,345 @@ def gauss_hermite(k):
     z.setflags(write=False)
     w.setflags(write=False)
     return z, w
+
+
+# --- expectations under a normal: the hot path of every quadrature family ---------------
+
+_CHUNK = 4096          # cells per binning decision
+_BLOCK = 24576         # nodes x cells per quadrature block (keeps temporaries in cache)
+
+
+@lru_cache(maxsize=None)
+def gauss_legendre(k, a, b):
+    """Nodes and weights of the ``k``-point Gauss-Legendre rule on ``[a, b]`` (read-only)."""
+    x, w = np.polynomial.legendre.leggauss(int(k))
+    t = a + (x + 1.0) * (0.5 * (b - a))
+    w = w * (0.5 * (b - a))
+    t.setflags(write=False)
+    w.setflags(write=False)
+    return t, w
+
+
+def gh_rule(fun, k):
+    """Wrap a pointwise ``fun(u) -> tuple of arrays`` into a ``k``-node normal expectation.
+
+    Returns ``rule(mu, sd) -> tuple`` with ``E[f(U)]``, U ~ N(mu, sd^2), for each
+    output of ``fun`` (1-D ``mu``, ``sd`` of one length). ``fun`` receives a
+    (k, len(mu)) array of nodes and may overwrite it.
+    """
+    z, w = gauss_hermite(k)
+
+    def block(mu, sd):
+        u = np.multiply.outer(z, sd)
+        u += mu
+        return tuple(np.dot(w, f) for f in fun(u))
+
+    return blocked(block, k)
+
+
+def blocked(block, k):
+    """Run ``block(mu, sd)`` on slices of at most ``_BLOCK // k`` cells."""
+    step = max(64, _BLOCK // k)
+
+    def rule(mu, sd):
+        if mu.size <= step:
+            return block(mu, sd)
+        parts = [block(mu[i:i + step], sd[i:i + step]) for i in range(0, mu.size, step)]
+        return tuple(np.concatenate(col) for col in zip(*parts))
+
+    return rule
+
+
+def binned_expectation(mu, var, bins, n_out, assign=None):
+    """Apply quadrature rules chosen per cell by the variance, chunk by chunk.
+
+    Parameters
+    ----------
+    mu, var : ndarray
+        Means and variances of the normal, broadcastable to one shape S.
+    bins : sequence of (float, callable)
+        ``(v_max, rule)`` sorted by ``v_max``; a cell with ``var <= v_max`` (the
+        first such) uses ``rule(mu, sd) -> tuple of n_out arrays``; the last
+        ``v_max`` should be ``inf``.
+    n_out : int
+        Number of outputs of every rule.
+    assign : callable, optional
+        ``assign(mu, var, which) -> which``: adjusts the bin index chosen by the
+        variance (e.g. to send cells whose kink lies far in a tail to a cheaper
+        rule with better relative accuracy).
+
+    Returns
+    -------
+    tuple of ndarray
+        ``n_out`` arrays of shape S.
+    """
+    mu, var = np.broadcast_arrays(np.asarray(mu, dtype=float), np.asarray(var, dtype=float))
+    shape = mu.shape
+    mu, var = mu.ravel(), var.ravel()
+    out = [np.empty(mu.size) for _ in range(n_out)]
+    edges = np.array([b[0] for b in bins])
+    for lo in range(0, mu.size, _CHUNK):
+        sl = slice(lo, min(lo + _CHUNK, mu.size))
+        mc, vc = mu[sl], np.maximum(var[sl], 0.0)
+        which = np.searchsorted(edges, vc)
+        if assign is not None:
+            which = assign(mc, vc, which)
+        first = which[0]
+        if (which == first).all():
+            _apply(bins[first][1], mc, vc, out, sl)
+            continue
+        for b in np.unique(which):
+            idx = np.flatnonzero(which == b) + lo
+            _apply(bins[b][1], mu[idx], np.maximum(var[idx], 0.0), out, idx)
+    return tuple(o.reshape(shape) for o in out)
+
+
+def _apply(rule, mc, vc, out, where):
+    res = rule(mc, np.sqrt(vc))
+    for o, r in zip(out, res):
+        o[where] = r
+
+
+# --- logistic-normal integrals (logit binomial, negative binomial) ------------------------
+
+def _logistic_nodes(u):
+    """softplus, expit, expit(-u), expit' at nodes u, from one exp and one log1p."""
+    e = np.abs(u)
+    np.negative(e, out=e)
+    np.exp(e, out=e)                       # e = exp(-|u|) in (0, 1]
+    pos = u >= 0.0
+    sp = np.maximum(u, 0.0)
+    sp += np.log1p(e)
+    q = e + 1.0
+    np.reciprocal(q, out=q)                # q = expit(|u|)
+    e *= q                                 # e = expit(-|u|)
+    p = np.where(pos, q, e)                # expit(u)
+    pm = np.where(pos, e, q)               # expit(-u), accurate where expit(u) ~ 1
+    e *= q                                 # expit'(u)
+    return sp, p, pm, e
+
+
+def _logistic_urule(k, t_max=34.0):
+    """Wide-variance rule: closed-form kink terms plus Gauss-Legendre in u on [0, t_max].
+
+    softplus(u) = u^+ + r0(|u|), expit(u) = 1[u > 0] - sign(u) r1(|u|),
+    expit'(u) = r2(|u|), with r0, r1, r2 decaying like exp(-t); the r-parts are
+    integrated against the normal density in u, which is smooth on the scale of
+    sd >= 0.8, so the rule converges fast; the truncation error is exp(-t_max).
+    """
+    t, c = gauss_legendre(k, 0.0, t_max)
+    c0 = c * np.log1p(np.exp(-t))
+    c1 = c * special.expit(-t)
+    c2 = c1 * special.expit(t)
+
+    def block(mu, sd):
+        scale = np.sqrt(0.5) / sd
+        a = _neg_half_square(np.subtract.outer(t, mu), scale)   # N(+t) sd sqrt(2 pi)
+        b = _neg_half_square(np.add.outer(t, mu), scale)        # N(-t) sd sqrt(2 pi)
+        dens = scale * (1.0 / np.sqrt(np.pi))
+        a += b
+        even, f2 = np.dot(c0, a) * dens, np.dot(c2, a) * dens
+        b *= 2.0
+        b -= a                                                 # N(-t) - N(+t)
+        odd = np.dot(c1, b) * dens
+        zr = mu / sd
+        phi_z = np.exp(-0.5 * zr * zr) * (1.0 / np.sqrt(2.0 * np.pi))
+        f0 = mu * special.ndtr(zr) + sd * phi_z + even
+        return f0, special.ndtr(zr) + odd, special.ndtr(-zr) - odd, f2
+
+    return blocked(block, k)
+
+
+def _neg_half_square(a, scale):
+    """exp(-(a * scale)^2) in place."""
+    a *= scale
+    np.square(a, out=a)
+    np.negative(a, out=a)
+    return np.exp(a, out=a)
+
+
+def _exact_rule(fun):
+    def rule(mu, sd):
+        return fun(mu)
+    return rule
+
+
+def _logistic_point(mu):
+    return _logistic_nodes(np.array(mu, dtype=float))
+
+
+# (v_max, rule): Hermite rules while the normal is narrow, the u-rule once it is wide.
+# Measured max abs error over mu in [-30, 30] against adaptive quadrature: < 3e-12.
+_LOGISTIC_BINS = (
+    (0.0, _exact_rule(_logistic_point)),
+    (0.01, gh_rule(_logistic_nodes, 6)),
+    (0.1, gh_rule(_logistic_nodes, 10)),
+    (0.3, gh_rule(_logistic_nodes, 14)),
+    (0.5, gh_rule(_logistic_nodes, 20)),
+    (0.75, gh_rule(_logistic_nodes, 24)),
+    (1.0, _logistic_urule(56)),
+    (1.5, _logistic_urule(48)),
+    (np.inf, _logistic_urule(40)),
+)
+
+
+_LOGISTIC_WIDE = 6          # first u-rule bin
+_LOGISTIC_TAIL = 5          # Hermite-24 bin, used for wide cells far from the kink
+
+
+def _logistic_assign(mu, var, which):
+    """Wide cells whose kink at u = 0 has negligible weight go to Hermite-24.
+
+    There softplus/expit are ~ exp(u) (or u + exp(-u)), entire functions that
+    Hermite integrates to full *relative* accuracy, which matters when tiny
+    f0, f1 or g1 are multiplied by a huge NB size r; the kink's relative weight
+    is exp(-(|mu| - var)^2 / (2 var)) < exp(-32).
+    """
+    far = (np.abs(mu) - var) > 8.0 * np.sqrt(var)
+    return np.where((which >= _LOGISTIC_WIDE) & far, _LOGISTIC_TAIL, which)
+
+
+def logistic_normal(mu, var):
+    """Expectations of the logistic building blocks under U ~ N(mu, var).
+
+    Parameters
+    ----------
+    mu, var : array_like
+        Mean and variance (>= 0), broadcastable.
+
+    Returns
+    -------
+    f0, f1, g1, f2 : ndarray
+        ``E[log(1 + e^U)]``, ``E[expit(U)]``, ``E[expit(-U)]`` (= 1 - f1, but
+        accurate when f1 is near 1) and ``E[expit(U) expit(-U)]``.
+    """
+    return binned_expectation(mu, var, _LOGISTIC_BINS, 4, _logistic_assign)
+
+
+# --- probit and complementary log-log building blocks --------------------------------------
+
+def _probit_nodes(u):
+    """log Phi(u), the inverse Mills ratio lam = phi/Phi, and lam' = -lam (u + lam)."""
+    lp = special.log_ndtr(u)
+    lam = np.square(u)
+    lam *= -0.5
+    lam -= 0.5 * LOG_2PI
+    lam -= lp
+    np.exp(lam, out=lam)
+    d2 = u + lam
+    d2 *= lam
+    np.negative(d2, out=d2)
+    return lp, lam, d2
+
+
+def _cloglog_nodes(u):
+    """L = log(1 - exp(-e^u)) and its first two derivatives in u.
+
+    With t = e^u: L' = exp(u - t - L) and L'' = L' (1 - t - L').
+    """
+    u = np.minimum(u, 700.0)
+    t = np.exp(u)
+    big = -np.expm1(-np.maximum(t, 1e-300))
+    np.log(big, out=big)
+    lo = u - 0.5 * t
+    L = np.where(u < -30.0, lo, big)
+    g1 = u - t
+    g1 -= L
+    np.exp(g1, out=g1)
+    g2 = 1.0 - t
+    g2 -= g1
+    g2 *= g1
+    return L, g1, g2
+
+
+def _point(fun):
+    def rule(mu, sd):
+        return fun(np.array(mu, dtype=float))
+    return rule
+
+
+def _gh_bins(fun, table):
+    """Bins ((v_max, k), ...) -> ((v_max, rule), ...) with an exact rule at v = 0."""
+    return ((0.0, _point(fun)),) + tuple((v, gh_rule(fun, k)) for v, k in table)
+
+
+# Hermite rules by variance; see tests/test_families.py and the module notes for the
+# measured errors (probit: < 1e-9 for v <= 2; cloglog: < 1e-10 for v <= 0.5).
+_PROBIT_BINS = _gh_bins(_probit_nodes, ((0.05, 8), (0.2, 12), (0.5, 20), (1.0, 32), (2.0, 48),
+                                        (4.0, 64), (np.inf, 96)))
+_CLOGLOG_BINS = _gh_bins(_cloglog_nodes, ((0.01, 8), (0.05, 12), (0.1, 16), (0.3, 32), (0.5, 48),
+                                          (np.inf, 64)))
+
+
+def probit_normal(mu, var):
+    """``E[log Phi(U)]``, ``E[lam(U)]``, ``E[lam'(U)]`` for U ~ N(mu, var) (lam = phi / Phi)."""
+    return binned_expectation(mu, var, _PROBIT_BINS, 3)
+
+
+def cloglog_normal(mu, var):
+    """``E[L(U)]``, ``E[L'(U)]``, ``E[L''(U)]`` for U ~ N(mu, var), L(u) = log(1 - exp(-e^u))."""
+    return binned_expectation(mu, var, _CLOGLOG_BINS, 3)
+
+
+# --- differences of log-gamma functions (negative binomial), stable for huge r --------------
+
+_R_ASYMPTOTIC = 100.0
+
+
+def log1pmx(x):
+    """``log(1 + x) - x`` for x > -1, accurate for small x."""
+    x = np.asarray(x, dtype=float)
+    small = np.abs(x) < 0.01
+    xs = np.where(small, x, 0.0)
+    series = -xs * xs * (0.5 - xs * (1 / 3 - xs * (0.25 - xs * (0.2 - xs * (1 / 6 - xs * (1 / 7 - xs / 8))))))
+    return np.where(small, series, np.log1p(np.where(small, 0.0, x)) - x)
+
+
+def _split(y, r):
+    y, r = np.broadcast_arrays(np.asarray(y, dtype=float), np.asarray(r, dtype=float))
+    big = r > _R_ASYMPTOTIC
+    return y, r, big
+
+
+def lgamma_ratio(y, r):
+    """``lgamma(y + r) - lgamma(r) - y log(r)``, accurate as r -> inf (the Poisson limit)."""
+    y, r, big = _split(y, r)
+    rs = np.where(big, 1.0, r)
+    out = np.asarray(special.gammaln(y + rs) - special.gammaln(rs) - y * np.log(rs))
+    if big.any():
+        yb, rb = y[big], r[big]
+        a = yb + rb
+        ia, ir = 1.0 / a, 1.0 / rb
+        corr = (-yb * ia * ir / 12.0 - (ia ** 3 - ir ** 3) / 360.0 + (ia ** 5 - ir ** 5) / 1260.0
+                - (ia ** 7 - ir ** 7) / 1680.0)
+        out[big] = (a - 0.5) * log1pmx(yb * ir) + yb * (yb - 0.5) * ir + corr
+    return out
+
+
+def digamma_diff(y, r):
+    """``digamma(y + r) - digamma(r)``, accurate for huge r."""
+    y, r, big = _split(y, r)
+    rs = np.where(big, 1.0, r)
+    out = np.asarray(special.digamma(y + rs) - special.digamma(rs))
+    if big.any():
+        yb, rb = y[big], r[big]
+        a = yb + rb
+        ia, ir = 1.0 / a, 1.0 / rb
+        out[big] = (np.log1p(yb * ir) + 0.5 * yb * ia * ir - (ia ** 2 - ir ** 2) / 12.0
+                    + (ia ** 4 - ir ** 4) / 120.0 - (ia ** 6 - ir ** 6) / 252.0)
+    return out
+
+
+def trigamma_diff(y, r):
+    """``trigamma(y + r) - trigamma(r)`` (<= 0), accurate for huge r."""
+    y, r, big = _split(y, r)
+    rs = np.where(big, 1.0, r)
+    out = np.asarray(special.polygamma(1, y + rs) - special.polygamma(1, rs))
+    if big.any():
+        yb, rb = y[big], r[big]
+        a = yb + rb
+        ia, ir = 1.0 / a, 1.0 / rb
+        out[big] = (-yb * ia * ir - 0.5 * yb * (a + rb) * (ia * ir) ** 2
+                    - yb * (a * a + a * rb + rb * rb) * (ia * ir) ** 3 / 6.0
+                    - (ia ** 5 - ir ** 5) / 30.0 + (ia ** 7 - ir ** 7) / 42.0)
+    return out

@@ -5,6 +5,9 @@ lists the valid ones.
 """
 from ..exceptions import JSDMError
 from .base import ELL, Family
+from .binomial import Binomial
+from .gaussian import Gaussian
+from .negative_binomial import NegativeBinomial
 from .poisson import Poisson
 
 _REGISTRY = {}
@@ -17,7 +20,8 @@ def register(cls):
     return cls
 
 
-register(Poisson)
+for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian):
+    register(_cls)
 
 
 def get_family(family, link=None):
@@ -35,4 +39,5 @@ def get_family(family, link=None):
     return _REGISTRY[key](link=link)
 
 
-__all__ = ["ELL", "Family", "Poisson", "get_family", "register"]
+__all__ = ["ELL", "Binomial", "Family", "Gaussian", "NegativeBinomial", "Poisson", "get_family",
+           "register"]

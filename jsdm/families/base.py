@@ -116,6 +116,17 @@ class Family:
         """P(Y <= y | eta)."""
         raise NotImplementedError
 
+    def cdf_lower(self, y, eta, s=None, trials=None):
+        """P(Y < y | eta): ``cdf(y - 1)`` (0 at y = 0) when discrete, else ``cdf(y)``.
+
+        Dunn-Smyth residuals draw uniformly between ``cdf_lower`` and ``cdf``.
+        """
+        if not self.discrete:
+            return self.cdf(y, eta, s, trials)
+        y = np.asarray(y, dtype=float)
+        lo = self.cdf(np.maximum(y - 1.0, 0.0), eta, s, trials)
+        return np.where(y > 0, lo, 0.0)
+
     def sample(self, eta, s=None, trials=None, rng=None):
         """Random draws of y given eta (shape of eta)."""
         raise NotImplementedError
@@ -127,6 +138,14 @@ class Family:
     def dispersion_param(self, disp):
         """Unconstrained parameter s from a reported dispersion."""
         return np.log(disp)
+
+    def dispersion_start(self, y, mu):
+        """Per-species moment estimate of ``s`` (shape (m,)) from y and fitted means.
+
+        ``y`` (n, m) may hold NaN for missing cells; ``mu`` is broadcastable to it.
+        Returns None for families without dispersion.
+        """
+        return None
 
     # link-scale variance of the residual for a latent-normal reading of the model
     # (probit 1, logit pi^2/3; 0 where the family has none)

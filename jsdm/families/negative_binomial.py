@@ -1,0 +1,102 @@
+"""Negative binomial (NB2) with log link: Var = mu + phi mu^2, size r = 1 / phi.
+
+With s = log(phi) (so r = exp(-s)) the log-density splits as
+
+    log f = lgamma_ratio(y, r) - lgamma(y + 1) + y eta - (y + r) softplus(eta + s)
+
+where ``lgamma_ratio(y, r) = lgamma(y + r) - lgamma(r) - y log r``. Only the
+softplus term depends non-linearly on eta, so under eta ~ N(m, v)
+
+    ell = lgamma_ratio(y, r) - lgamma(y + 1) + y m - (y + r) F0,
+
+with F0, F1, F2 the expectations of softplus, expit and expit' at U = eta + s ~
+N(m + s, v) (``_numerics.logistic_normal``: y-free, so one set of quadrature
+sums serves every count). Derivatives, with dpsi = digamma(y + r) - digamma(r)
+and dpsi1 = trigamma(y + r) - trigamma(r):
+
+    d_m  = y - (y + r) F1                      (computed as y G1 - r F1)
+    d_v  = -(y + r) F2 / 2
+    d_s  = y - r dpsi + r F0 - (y + r) F1
+    d_ss = r dpsi + r^2 dpsi1 - r F0 + 2 r F1 - (y + r) F2
+
+Accuracy: that of ``logistic_normal`` (max abs error in F0, F1, F2 below 4e-12
+for v in [0, 20], |m + s| <= 30, measured against adaptive quadrature), times
+(y + r) for the value and d_v.
+"""
+import numpy as np
+from scipy import special, stats
+
+from .._numerics import digamma_diff, lgamma_ratio, log1pexp, logistic_normal, trigamma_diff
+from .base import ELL, Family, _check_nonneg_int
+
+
+class NegativeBinomial(Family):
+    """Negative binomial counts, log link, species dispersion phi (s = log phi)."""
+
+    name = "negative_binomial"
+    aliases = ("nb", "negbin", "nb2")
+    links = ("log",)
+    default_link = "log"
+    has_dispersion = True
+    dispersion_name = "phi"
+    discrete = True
+
+    def ell(self, y, m, v, s=None, trials=None, order=1):
+        """Exact E[log f(y | eta)], eta ~ N(m, v), and its derivatives (see module notes)."""
+        y = np.asarray(y, dtype=float)
+        s = np.asarray(s, dtype=float)
+        r = np.exp(-s)
+        f0, f1, g1, f2 = logistic_normal(m + s, v)
+        yr = y + r
+        val = lgamma_ratio(y, r) - special.gammaln(y + 1.0) + y * m - yr * f0
+        d_m = y * g1 - r * f1
+        dpsi = digamma_diff(y, r)
+        d_s = d_m + r * (f0 - dpsi)
+        d_ss = None
+        if order >= 2:
+            d_ss = r * dpsi + r * r * trigamma_diff(y, r) - r * f0 + 2.0 * r * f1 - yr * f2
+        return ELL(val, d_m, -0.5 * yr * f2, d_s, d_ss)
+
+    def check_y(self, y, trials=None):
+        """Counts must be non-negative whole numbers (NaN allowed)."""
+        _check_nonneg_int(y, self.name)
+
+    def loglik(self, y, eta, s=None, trials=None):
+        """Exact log f(y | eta) for dispersion phi = exp(s)."""
+        y = np.asarray(y, dtype=float)
+        r = np.exp(-np.asarray(s, dtype=float))
+        return (lgamma_ratio(y, r) - special.gammaln(y + 1.0) + y * eta
+                - (y + r) * log1pexp(eta + s))
+
+    def mean(self, eta, trials=None):
+        """mu = exp(eta)."""
+        return np.exp(eta)
+
+    def variance(self, mu, s=None, trials=None):
+        """mu + phi mu^2."""
+        return mu + np.exp(s) * mu * mu
+
+    def _scipy(self, eta, s):
+        r = np.exp(-np.asarray(s, dtype=float))
+        return stats.nbinom(r, special.expit(-(eta + s)))     # p = 1 / (1 + phi mu)
+
+    def cdf(self, y, eta, s=None, trials=None):
+        """P(Y <= y | eta)."""
+        return self._scipy(eta, s).cdf(y)
+
+    def sample(self, eta, s=None, trials=None, rng=None):
+        """Gamma-Poisson draws (seeded by ``rng``), float array shaped like eta."""
+        rng = np.random.default_rng(rng)
+        eta, s = np.broadcast_arrays(np.asarray(eta, dtype=float), np.asarray(s, dtype=float))
+        lam = rng.gamma(np.exp(-s), np.exp(eta + s))
+        return rng.poisson(lam).astype(float)
+
+    def dispersion_start(self, y, mu):
+        """Moment estimate log(sum((y - mu)^2 - mu) / sum(mu^2)) per species, phi in [1e-3, 1e3]."""
+        y = np.asarray(y, dtype=float)
+        mu = np.broadcast_to(np.asarray(mu, dtype=float), y.shape)
+        ok = ~np.isnan(y)
+        num = np.where(ok, (np.where(ok, y, 0.0) - mu) ** 2 - mu, 0.0).sum(0)
+        den = np.where(ok, mu * mu, 0.0).sum(0)
+        phi = num / np.maximum(den, 1e-300)
+        return np.log(np.clip(phi, 1e-3, 1e3))

@@ -218,12 +218,12 @@ def _warn(info):
             f"{info.min_eigenvalue:.2e}); standard errors are NaN for: {names}{more}. These "
             "parameters are not identified by the data at this optimum: try fewer latent "
             "variables, drop very rare species, standardise covariates, or refit with more "
-            "starts (n_init=5). See fit.diagnose().", HessianWarning, stacklevel=4)
+            "starts (n_init=5). See fit.diagnose().", HessianWarning, stacklevel=5)
     if info.bad_sites:
         warnings.warn(
             f"the variational optimum is not a strict maximum for {len(info.bad_sites)} site(s) "
             f"(e.g. {list(info.bad_sites[:5])}); the fit may not have converged. Refit with a "
-            "larger maxiter or more starts.", HessianWarning, stacklevel=4)
+            "larger maxiter or more starts.", HessianWarning, stacklevel=5)
 
 
 def cov_params(fit):

@@ -1,0 +1,275 @@
+"""Predictions and simulation from a fitted GLLVM.
+
+Two ways to treat the latent variables z_i ~ N(0, I):
+
+- ``lv="conditional"`` (fitted sites only): plug in the site scores (the
+  variational means a_i), eta_ij = fixed_ij + a_i' theta_j.
+- ``lv="marginal"`` (fitted or new sites): integrate z out. On the link scale
+  the mean of eta_ij is the fixed part; on the response scale
+  E[y_ij] = E[g^-1(eta_ij)] with eta_ij ~ N(fixed_ij, theta_j' theta_j
+  [+ sigma^2 for random row effects]), which is exp(fixed + var / 2) for the
+  log link and a Gauss-Hermite integral otherwise. Never z = 0.
+"""
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from .._numerics import gauss_hermite
+from ..exceptions import JSDMError
+
+TYPES = ("link", "response")
+LVS = ("conditional", "marginal")
+INTERVALS = (None, "confidence", "prediction")
+_N_GH = 40
+
+# link function g and its derivative, on the per-trial mean scale
+_LINKS = {
+    "log": (np.log, lambda mu: 1.0 / mu),
+    "identity": (lambda mu: mu, np.ones_like),
+    "logit": (special.logit, lambda mu: 1.0 / (mu * (1.0 - mu))),
+    "probit": (special.ndtri, lambda mu: 1.0 / stats.norm.pdf(special.ndtri(mu))),
+    "cloglog": (lambda mu: np.log(-np.log1p(-mu)), lambda mu: -1.0 / ((1.0 - mu) * np.log1p(-mu))),
+}
+
+
+def _check_choice(name, value, options):
+    if value not in options:
+        raise JSDMError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+
+
+def new_design(fit, newdata):
+    """Design matrix (k, p) for new sites, encoded exactly as the fitted design."""
+    prob = fit.problem
+    if not isinstance(newdata, pd.DataFrame):
+        raise JSDMError("newdata must be a DataFrame of site covariates (one row per new site), "
+                        f"got {type(newdata).__name__}")
+    if prob.p == 0:
+        return np.zeros((len(newdata), 0))
+    import formulaic
+
+    Xtrain = fit.community.X
+    formula = prob.formula or "~ " + " + ".join(f"`{c}`" for c in Xtrain.columns)
+    rhs = formula.split("~", 1)[1] if "~" in formula else formula
+    spec = formulaic.model_matrix("~ " + rhs, Xtrain).model_spec
+    try:
+        mm = pd.DataFrame(spec.get_model_matrix(newdata, na_action="raise"))
+    except Exception as exc:  # formulaic raises many types
+        raise JSDMError(f"could not encode newdata with the fitted formula {formula!r}: {exc}. "
+                        f"newdata needs the covariates {list(Xtrain.columns)}") from None
+    mm = mm.drop(columns=[c for c in mm.columns if c == "Intercept"])
+    if tuple(str(c) for c in mm.columns) != tuple(prob.terms):
+        raise JSDMError(f"newdata encodes to columns {list(mm.columns)}, the fit used "
+                        f"{list(prob.terms)}; give newdata the same covariates and levels")
+    return mm.to_numpy(dtype=float)
+
+
+def _setup(fit, newdata, lv, offset, trials):
+    """Fixed part (k, m), LV-score part or None, extra marginal variance (k,), labels, trials."""
+    prob, P = fit.problem, fit.state.params
+    if newdata is None:
+        F = P.beta0 + (prob.X @ P.B.T if prob.p else 0.0)
+        F = F + (prob.offset if prob.offset is not None else 0.0)
+        extra = np.zeros(prob.n)
+        if prob.row_effect == "fixed" or (prob.row_effect == "random" and lv == "conditional"):
+            F = F + P.alpha[:, None]
+        elif prob.row_effect == "random":
+            extra += np.exp(2.0 * P.log_sigma)
+        scores = P.a @ P.theta.T if (lv == "conditional" and prob.d) else None
+        return F, scores, extra, fit.sites, prob.trials if trials is None else trials
+    if lv == "conditional":
+        raise JSDMError("new sites have no fitted site scores: use lv='marginal' with newdata "
+                        "(it integrates over the latent variables)")
+    if prob.row_effect == "fixed":
+        raise JSDMError("a fit with fixed row effects cannot predict new sites (their effect is "
+                        "unknown); refit with row_effect='random' or None")
+    Xn = new_design(fit, newdata)
+    F = np.broadcast_to(P.beta0, (len(newdata), prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
+    if offset is not None:
+        off = np.asarray(offset, dtype=float)
+        F = F + (off[:, None] if off.ndim == 1 else off)
+    extra = np.full(len(newdata), np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
+    return np.asarray(F, dtype=float), None, extra, newdata.index, trials
+
+
+def marginal_mean(family, F, var):
+    """E[g^-1(eta)] per trial for eta ~ N(F, var), arrays of one shape."""
+    if family.link == "log":
+        return np.exp(F + 0.5 * var)
+    if family.link == "identity":
+        return np.asarray(F, dtype=float)
+    z, w = gauss_hermite(_N_GH)
+    sd = np.sqrt(var)
+    out = np.zeros(np.shape(F))
+    for zk, wk in zip(z, w):
+        out += wk * family.mean(F + sd * zk, None)
+    return out
+
+
+def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, offset=None,
+            trials=None, n_draws=1000, seed=None):
+    """Predict on the link or response scale for fitted or new sites.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    newdata : DataFrame (k sites x covariates), optional
+        New sites' covariates; None predicts the fitted sites.
+    type : {"link", "response"}
+    lv : {"conditional", "marginal"}, optional
+        Default "conditional" for fitted sites, "marginal" (the only choice)
+        for new sites. See the module docstring.
+    interval : {None, "confidence", "prediction"}
+        "confidence" (``lv="marginal"`` only): delta-method interval for the
+        predicted mean from ``cov_params`` (uncertainty of intercepts, slopes
+        and loadings), built on the link scale and transformed back.
+        "prediction": central interval of a new response y, from ``n_draws``
+        simulated draws (parameters held at their estimates).
+    level : float
+        Coverage of the interval.
+    offset : array (k,) or (k, m), optional
+        Offset for new sites (fitted sites use the fit's offset).
+    trials : array, optional
+        Binomial trials for new sites (default: 1, i.e. probabilities).
+    n_draws, seed : Monte Carlo size and seed for prediction intervals.
+
+    Returns
+    -------
+    DataFrame
+        Without ``interval``: sites x species. With it: long, indexed by
+        (site, species), columns ``prediction``, ``lower``, ``upper``.
+    """
+    lv = ("conditional" if newdata is None else "marginal") if lv is None else lv
+    _check_choice("type", type, TYPES)
+    _check_choice("lv", lv, LVS)
+    _check_choice("interval", interval, INTERVALS)
+    fam, P = fit.problem.family, fit.state.params
+    F, scores, extra, sites, tr = _setup(fit, newdata, lv, offset, trials)
+    var = (P.theta ** 2).sum(1)[None, :] + extra[:, None]
+    if lv == "conditional":
+        eta = F if scores is None else F + scores
+        pred = eta if type == "link" else fam.mean(eta, tr)
+    else:
+        pred = F if type == "link" else _scale(marginal_mean(fam, F, var), tr)
+    pred = pd.DataFrame(pred, index=sites, columns=fit.species)
+    if interval is None:
+        return pred
+    if interval == "confidence":
+        if lv != "marginal":
+            raise JSDMError("confidence intervals need lv='marginal' (conditional predictions "
+                            "would need the joint uncertainty of the site scores); or use "
+                            "interval='prediction'")
+        lo, hi = _confidence(fit, newdata, F, var, type, level, tr)
+    else:
+        eta_fn = _eta_sampler(F, scores, var, lv)
+        lo, hi = _prediction(fam, eta_fn, P.s, tr, level, n_draws, seed)
+    out = pred.stack().rename("prediction").to_frame()
+    out["lower"] = np.asarray(lo).ravel()
+    out["upper"] = np.asarray(hi).ravel()
+    out.index.names = ["site", "species"]
+    return out
+
+
+def _scale(mu, trials):
+    return mu if trials is None else mu * np.asarray(trials, dtype=float)
+
+
+def _species_cov(fit):
+    """Per-species covariance (m, k, k) of (beta0, B, theta) in natural units."""
+    from ._hessian import species_positions
+    from .inference import information
+
+    info = information(fit)
+    pos = species_positions(fit.state.layout)[:, : 1 + fit.problem.p + fit.problem.d]
+    C = info.cov_packed
+    ok = pos >= 0
+    safe = np.where(ok, pos, 0)
+    out = C[safe[:, :, None], safe[:, None, :]]
+    return np.where(ok[:, :, None] & ok[:, None, :], out, 0.0)
+
+
+def _confidence(fit, newdata, F, var, type, level, trials):
+    """Delta-method interval (k, m) for the marginal mean."""
+    prob, P, fam = fit.problem, fit.state.params, fit.problem.family
+    X = prob.X if newdata is None else new_design(fit, newdata)
+    z = stats.norm.isf((1.0 - level) / 2.0)
+    Cs = _species_cov(fit)
+    k, p, d = F.shape[0], prob.p, prob.d
+    Xt = np.column_stack([np.ones(k), X])                              # (k, 1 + p)
+    if type == "link":
+        se = np.sqrt(np.einsum("ia,jab,ib->ij", Xt, Cs[:, :1 + p, :1 + p], Xt))
+        return F - z * se, F + z * se
+    h = 1e-5
+    mu = marginal_mean(fam, F, var)
+    dF = (marginal_mean(fam, F + h, var) - marginal_mean(fam, F - h, var)) / (2 * h)
+    hv = h * (1.0 + var)
+    dV = (marginal_mean(fam, F, var + hv) - marginal_mean(fam, F, np.maximum(var - hv, 0))) \
+        / (var + hv - np.maximum(var - hv, 0))
+    G = np.concatenate([dF[:, :, None] * Xt[:, None, :],
+                        (2.0 * dV[:, :, None]) * P.theta[None, :, :]], axis=2)   # (k, m, 1+p+d)
+    se_mu = np.sqrt(np.einsum("ija,jab,ijb->ij", G, Cs[:, :1 + p + d, :1 + p + d], G))
+    g, dg = _LINKS[fam.link]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c, se_c = g(mu), np.abs(dg(mu)) * se_mu
+    inv = _inverse_link(fam)
+    return _scale(inv(c - z * se_c), trials), _scale(inv(c + z * se_c), trials)
+
+
+def _inverse_link(fam):
+    return lambda eta: fam.mean(eta, None)
+
+
+def _eta_sampler(F, scores, var, lv):
+    """Function rng -> one draw of eta (k, m)."""
+    if lv == "conditional":
+        eta = F if scores is None else F + scores
+        return lambda rng: eta
+    sd = np.sqrt(var)
+    return lambda rng: F + sd * rng.standard_normal(F.shape)
+
+
+def _prediction(fam, eta_fn, s, trials, level, n_draws, seed):
+    """Central Monte Carlo interval of a new response."""
+    rng = np.random.default_rng(seed)
+    draws = np.stack([fam.sample(eta_fn(rng), s, trials, rng) for _ in range(int(n_draws))])
+    a = (1.0 - level) / 2.0
+    return np.quantile(draws, a, axis=0), np.quantile(draws, 1.0 - a, axis=0)
+
+
+def simulate(fit, n=1, conditional=True, seed=None):
+    """Draw response tables from the fitted model.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    n : int
+        Number of tables.
+    conditional : bool
+        True: given the fitted site scores (eta = fitted linear predictor).
+        False: fresh latent variables z_i ~ N(0, I) (and random row effects
+        ~ N(0, sigma^2)) for every table.
+    seed : int or Generator, optional
+
+    Returns
+    -------
+    DataFrame
+        n == 1: sites x species. n > 1: rows indexed by (draw, site).
+    """
+    if int(n) != n or n < 1:
+        raise JSDMError(f"n must be a whole number >= 1, got {n!r}")
+    rng = np.random.default_rng(seed)
+    lv = "conditional" if conditional else "marginal"
+    prob, P = fit.problem, fit.state.params
+    F, scores, extra, sites, tr = _setup(fit, None, lv, None, None)
+    row_sd = np.sqrt(extra)[:, None]
+    tables = []
+    for _ in range(int(n)):
+        if conditional:
+            eta = F if scores is None else F + scores
+        else:
+            z = rng.standard_normal((prob.n, prob.d))
+            eta = F + z @ P.theta.T + row_sd * rng.standard_normal((prob.n, 1))
+        y = prob.family.sample(eta, P.s, tr, rng)
+        tables.append(pd.DataFrame(y, index=sites, columns=fit.species))
+    if n == 1:
+        return tables[0]
+    return pd.concat(tables, keys=range(int(n)), names=["draw", "site"])

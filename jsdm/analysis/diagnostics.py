@@ -1,0 +1,354 @@
+"""Checks of a fitted GLLVM, in the spirit of glmmTMB's diagnose() and lme4's warnings.
+
+Each check returns :class:`Problem` records (what is wrong, the evidence, what
+to do, the parameters involved). :func:`diagnose` runs them all, including the
+Hessian; :func:`quick_checks` runs the cheap ones (no Hessian) and is meant
+for the end of every fit (:func:`warn_quick_checks` turns them into warnings).
+
+Thresholds (module constants, documented in the messages):
+
+- gradient: max |gradient| of the ELBO above the fit's ``gtol`` (default 1e-3);
+- Hessian: smallest eigenvalue of the correlation-scaled negative Schur
+  complement <= 1e-9 (not definite: SEs are NaN) or <= 1e-6 (near-singular);
+- large coefficients (non-identity links): |estimate| > 10 or SE > 10 on the
+  link scale (separation, or a parameter the data do not pin down);
+- covariate scaling: design column sd outside [0.1, 10] or |mean| > 10 sd
+  (0/1 dummy columns exempt);
+- collapsed latent variable: root-mean-square loading < 0.1 on the link scale
+  (divided by the residual sd for identity links), or < 1% of the trace of
+  Theta Theta';
+- sparse species: informative records (non-zeros; for binomial also
+  non-full) not exceeding the species' number of parameters;
+- random row effects: sd < 0.01.
+"""
+from dataclasses import dataclass, field
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import DataWarning, HessianWarning, JSDMWarning
+
+LARGE_COEF = 10.0
+LARGE_SE = 10.0
+SCALE_RANGE = (0.1, 10.0)
+LV_RMS = 0.1
+LV_SHARE = 0.01
+ROW_SD = 0.01
+#: skip the Hessian in diagnose() above this many entries in the model x variational block
+HESSIAN_MAX_ENTRIES = 3e8
+
+
+@dataclass
+class Problem:
+    """One finding of :func:`diagnose`.
+
+    Attributes
+    ----------
+    kind : str
+        Short name ("convergence", "hessian", "near_singular", "large_coefficient",
+        "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance").
+    message : str
+        One-line statement of the problem.
+    evidence : str
+        The numbers behind it.
+    remedy : str
+        What to do.
+    parameters : list
+        Labels (block, species/site, term) of the parameters or names involved.
+    """
+
+    kind: str
+    message: str
+    evidence: str
+    remedy: str
+    parameters: list = field(default_factory=list)
+
+    def __str__(self):
+        return f"[{self.kind}] {self.message}\n    evidence: {self.evidence}\n    remedy:   {self.remedy}"
+
+
+@dataclass
+class Diagnosis:
+    """Result of :func:`diagnose`: ``.ok``, ``.problems`` (records) and a readable report."""
+
+    problems: list
+    stats: dict
+
+    @property
+    def ok(self):
+        return not self.problems
+
+    def to_frame(self):
+        """Problems as a DataFrame (one row each; empty when ok)."""
+        cols = ["kind", "message", "evidence", "remedy", "parameters"]
+        rows = [[p.kind, p.message, p.evidence, p.remedy, "; ".join(_fmt(x) for x in p.parameters)]
+                for p in self.problems]
+        return pd.DataFrame(rows, columns=cols)
+
+    def __str__(self):
+        head = ["GLLVM diagnostics", "=" * 17]
+        head += [f"{k}: {_fmt_val(v)}" for k, v in self.stats.items()]
+        if self.ok:
+            return "\n".join(head + ["", "No problems found."])
+        body = [f"{len(self.problems)} problem(s) found:"] + [f"{k + 1}. {p}" for k, p in enumerate(self.problems)]
+        return "\n".join(head + [""] + body)
+
+    def __repr__(self):
+        return str(self)
+
+    def _repr_html_(self):
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
+def _fmt(lab):
+    if isinstance(lab, tuple):
+        return "/".join(str(x) for x in lab if x != "")
+    return str(lab)
+
+
+def _fmt_val(v):
+    return f"{v:.3g}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def _names(labels, k=6):
+    s = ", ".join(_fmt(x) for x in labels[:k])
+    return s + (f" (+{len(labels) - k} more)" if len(labels) > k else "")
+
+
+# --- packed labels of every parameter (model and variational) --------------------------
+def packed_labels(fit):
+    """Label of every entry of the packed parameter vector (model and variational)."""
+    from ..results.inference import _packed_labels_and_order
+
+    layout, sl = fit.state.layout, fit.state.layout.slices
+    labels = list(_packed_labels_and_order(fit)[0]) + [None] * (layout.size - layout.n_model)
+    d, sites = layout.d, fit.sites
+    tri = np.tril_indices(d)
+    for name, what, term in (("alpha_random", "row_effect_mean", "alpha"),
+                             ("log_rho", "row_effect_sd", "log_rho")):
+        for i in range(sl[name].stop - sl[name].start):
+            labels[sl[name].start + i] = (what, sites[i], term)
+    for i in range(layout.n):
+        for k in range(d):
+            labels[sl["a"].start + i * d + k] = ("lv_mean", sites[i], f"LV{k + 1}")
+        for t, (r, c) in enumerate(zip(*tri)):
+            labels[sl["L"].start + i * len(tri[0]) + t] = ("lv_chol", sites[i], f"L{r + 1}{c + 1}")
+    return labels
+
+
+# --- checks ---------------------------------------------------------------------------
+def check_convergence(fit):
+    """Large gradient at the returned parameters, and the parameters carrying it."""
+    gtol = float(fit.settings.get("gtol", 1e-3))
+    g = np.abs(fit.state.grad)
+    gmax = float(g.max()) if g.size else 0.0
+    if fit.converged and gmax <= gtol:
+        return []
+    top = np.argsort(-g)[:5]
+    labels = packed_labels(fit)
+    who = [labels[k] for k in top]
+    return [Problem(
+        "convergence", "the optimiser stopped before the gradient was small",
+        f"max |gradient| = {gmax:.3g} (tolerance {gtol:g}) after {fit.n_iter} iterations; "
+        f"largest at {_names(who)}",
+        "refit with a larger maxiter and more starts (n_init=5); standardise covariates; "
+        "if the large gradient sits on one species, check that species' data", who)]
+
+
+def check_hessian(fit):
+    """Not negative definite / near-singular Hessian of the ELBO, and which parameters."""
+    from ..results.inference import NEAR_SINGULAR_TOL, information
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HessianWarning)
+        info = information(fit)
+    out = []
+    if info.flagged:
+        out.append(Problem(
+            "hessian", "the Hessian of the ELBO is not negative definite",
+            f"smallest scaled eigenvalue {info.min_eigenvalue:.2e}; standard errors are NaN for "
+            f"{_names(info.flagged)}",
+            "these parameters are not identified at this optimum: use fewer latent variables, "
+            "drop very rare species, standardise covariates, or refit with more starts", list(info.flagged)))
+    elif info.min_eigenvalue < NEAR_SINGULAR_TOL:
+        weak = info.weak_directions()
+        who = [lab for _, labs in weak for lab in labs]
+        out.append(Problem(
+            "near_singular", "the Hessian of the ELBO is near-singular",
+            f"smallest scaled eigenvalue {info.min_eigenvalue:.2e} (< {NEAR_SINGULAR_TOL:g}); weak "
+            f"direction(s) carried by {_names(who)}",
+            "standard errors of these parameters are unreliable: simplify the model (fewer "
+            "latent variables or covariates) or standardise covariates", who))
+    if info.bad_sites:
+        out.append(Problem(
+            "hessian", "the variational optimum is not a strict maximum for some sites",
+            f"{len(info.bad_sites)} site(s), e.g. {list(info.bad_sites[:5])}",
+            "refit with a larger maxiter or more starts (n_init=5)", list(info.bad_sites)))
+    return out
+
+
+def check_large_coefficients(fit, se=None):
+    """Huge estimates or SEs on the link scale (separation, unidentified parameters)."""
+    if fit.family.link == "identity":
+        return []
+    par = fit.params
+    blocks = par.index.get_level_values("block")
+    sel = np.asarray((blocks == "coef") | (blocks == "loading"))
+    est = par.to_numpy()
+    bad = sel & (np.abs(est) > LARGE_COEF)
+    if se is not None:
+        s = se.to_numpy()
+        bad |= sel & np.isfinite(s) & (s > LARGE_SE)
+    if not bad.any():
+        return []
+    who = list(par.index[bad])
+    ex = [f"{_fmt(lab)} = {est[k]:.3g}" + (f" (SE {se.iloc[k]:.3g})" if se is not None else "")
+          for k, lab in zip(np.flatnonzero(bad)[:4], who[:4])]
+    return [Problem(
+        "large_coefficient", f"{len(who)} suspiciously large coefficient(s) or standard error(s) "
+        "on the link scale", "; ".join(ex) + f" (limits |estimate| {LARGE_COEF:g}, SE {LARGE_SE:g})",
+        "a species present (or absent) only on one side of a covariate gives separation; drop "
+        "or merge that species or covariate level, standardise covariates, or use fewer latent "
+        "variables", who)]
+
+
+def check_covariate_scaling(fit):
+    """Design columns with sd far from 1 or far from centred; suggest standardising."""
+    X, terms = fit.problem.X, fit.terms
+    out = []
+    if not X.size:
+        return out
+    sd, mean = X.std(0, ddof=1) if X.shape[0] > 1 else np.ones(X.shape[1]), X.mean(0)
+    dummy = np.array([np.isin(np.unique(X[:, k]), (0.0, 1.0)).all() for k in range(X.shape[1])])
+    lo, hi = SCALE_RANGE
+    bad = ~dummy & ((sd < lo) | (sd > hi) | (np.abs(mean) > hi * np.maximum(sd, 1e-300)))
+    if bad.any():
+        who = [terms[k] for k in np.flatnonzero(bad)]
+        ev = "; ".join(f"{terms[k]}: mean {mean[k]:.3g}, sd {sd[k]:.3g}" for k in np.flatnonzero(bad)[:5])
+        out.append(Problem(
+            "covariate_scaling", f"badly scaled covariate(s): {', '.join(who)}",
+            ev + f" (wanted: sd within [{lo:g}, {hi:g}], mean within {hi:g} sd of 0)",
+            "standardise them, e.g. X = (X - X.mean()) / X.std(), or use scale(x) in the formula; "
+            "coefficients are then per sd and the optimiser is better conditioned", who))
+    return out
+
+
+def check_collapsed_lvs(fit):
+    """Latent variables whose loadings have shrunk to ~0 (too many LVs)."""
+    d = fit.num_lv
+    if not d:
+        return []
+    th = fit.loadings.to_numpy()
+    if fit.family.link == "identity" and fit.dispersion is not None:
+        th = th / fit.dispersion.to_numpy()[:, None]
+    rms = np.sqrt((th ** 2).mean(0))
+    share = (th ** 2).sum(0) / max((th ** 2).sum(), 1e-300)
+    bad = (rms < LV_RMS) | (share < LV_SHARE)
+    if not bad.any():
+        return []
+    who = [fit.lv_names[k] for k in np.flatnonzero(bad)]
+    ev = "; ".join(f"{fit.lv_names[k]}: rms loading {rms[k]:.3g}, share of trace {share[k]:.1%}"
+                   for k in np.flatnonzero(bad))
+    keep = d - int(bad.sum())
+    return [Problem(
+        "collapsed_lv", f"latent variable(s) {', '.join(who)} have collapsed to ~0",
+        ev + f" (limits: rms {LV_RMS:g}, share {LV_SHARE:.0%})",
+        f"fit fewer latent variables (num_lv={keep}) and compare with jsdm.anova or "
+        "jsdm.select_num_lv", who)]
+
+
+def check_sparse_species(fit):
+    """Species with no more informative records than species-specific parameters."""
+    prob = fit.problem
+    if fit.family.name == "gaussian":
+        return []
+    Y = np.where(prob.W > 0, prob.Y, np.nan)
+    info = np.nansum(Y > 0, axis=0)
+    if fit.family.name == "binomial":
+        tr = 1.0 if prob.trials is None else prob.trials
+        info = np.minimum(info, np.nansum(Y < tr, axis=0))
+    k = 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + int(fit.family.has_dispersion)
+    bad = info <= k
+    if not bad.any():
+        return []
+    who = list(fit.species[bad])
+    ev = "; ".join(f"{sp}: {int(info[j])} informative record(s) for {int(k[j])} parameters"
+                   for sp, j in zip(who[:5], np.flatnonzero(bad)[:5]))
+    return [Problem(
+        "sparse_species", f"{len(who)} species with too few non-zero records for their parameters",
+        ev, "drop these species (Community.subset / drop_empty), pool them, or use fewer "
+        "covariates; their estimates and SEs are unreliable", who)]
+
+
+def check_row_variance(fit):
+    """Near-zero variance of random row effects."""
+    if fit.row_effect != "random" or fit.row_sigma is None or fit.row_sigma >= ROW_SD:
+        return []
+    return [Problem(
+        "row_variance", "the random row-effect standard deviation is near zero",
+        f"sigma = {fit.row_sigma:.3g} (< {ROW_SD:g})",
+        "the site effects are not needed: refit with row_effect=None", [("row_sigma", "", "sigma")])]
+
+
+QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
+         check_large_coefficients)
+
+
+def quick_checks(fit):
+    """Cheap checks (no Hessian) for the end of every fit: list of :class:`Problem`."""
+    out = []
+    for check in QUICK:
+        out += check(fit)
+    return out
+
+
+def warn_quick_checks(fit, stacklevel=3):
+    """Emit one warning per :func:`quick_checks` problem (DataWarning or JSDMWarning); return them."""
+    probs = quick_checks(fit)
+    for p in probs:
+        cat = DataWarning if p.kind in ("covariate_scaling", "sparse_species") else JSDMWarning
+        warnings.warn(f"{p.message}: {p.evidence}. What to do: {p.remedy}.", cat, stacklevel=stacklevel)
+    return probs
+
+
+def diagnose(fit, hessian=True):
+    """Run every check on a fitted GLLVM.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    hessian : bool
+        Include the Hessian check (eigenvalues of the covariance's inverse) and
+        SE-based checks; skipped automatically for very large problems.
+
+    Returns
+    -------
+    Diagnosis
+        ``.ok`` is True when nothing is wrong; ``.problems`` lists
+        :class:`Problem` records; ``print()`` gives a readable report.
+    """
+    layout = fit.state.layout
+    q = layout.size - layout.n_model
+    use_h = hessian and layout.n_model * q <= HESSIAN_MAX_ENTRIES
+    problems = check_convergence(fit)
+    se = None
+    if use_h:
+        problems += check_hessian(fit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", HessianWarning)
+            se = fit.bse
+    problems += check_large_coefficients(fit, se)
+    for check in (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance):
+        problems += check(fit)
+    stats = {"family": f"{fit.family.name} ({fit.family.link})", "sites x species": f"{fit.problem.n} x {fit.problem.m}",
+             "num_lv": fit.num_lv, "ELBO": float(fit.llf), "converged": bool(fit.converged),
+             "max |gradient|": float(fit.max_grad)}
+    if use_h:
+        from ..results.inference import information
+        stats["min scaled Hessian eigenvalue"] = information(fit).min_eigenvalue
+    else:
+        stats["Hessian"] = "not checked (" + ("problem too large" if hessian else "hessian=False") + ")"
+    return Diagnosis(problems, stats)

@@ -6,5 +6,6 @@ from .data import Community, SimulationTruth, datasets, read_long, read_wide, si
 from .api import gllvm
 from .results.fitted import GLLVMResults
 from .results.io import load
+from .results.anova import anova, select_num_lv
 
 __version__ = "0.1.0"

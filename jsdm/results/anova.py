@@ -1,0 +1,194 @@
+"""Likelihood-ratio tests between nested fits, and selection of the number of latent variables.
+
+Both use the ELBO in place of the log-likelihood (as R gllvm does for VA
+fits): the statistic 2 (ELBO_b - ELBO_a) approximates the likelihood ratio
+statistic when both bounds are equally tight.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..exceptions import JSDMError
+
+CRITERIA = ("aic", "aicc", "bic")
+
+
+def _observed(prob):
+    return np.where(prob.W > 0, prob.Y, np.nan)
+
+
+def _same_array(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+
+
+def _check_same_data(fits, names):
+    """Raise JSDMError naming the first difference between the fits' data."""
+    ref, rn = fits[0].problem, names[0]
+    for fit, nm in zip(fits[1:], names[1:]):
+        prob = fit.problem
+        checks = [
+            (list(prob.species) == list(ref.species), "species (columns of the response)"),
+            (list(prob.sites) == list(ref.sites), "sites (rows of the response)"),
+            (_same_array(_observed(prob), _observed(ref)), "response values or missing cells"),
+            ((prob.family.name, prob.family.link) == (ref.family.name, ref.family.link),
+             f"family ({prob.family.name}/{prob.family.link} vs {ref.family.name}/{ref.family.link})"),
+            (_same_array(prob.trials, ref.trials), "binomial trials"),
+            (_same_array(prob.offset, ref.offset), "offsets"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise JSDMError(f"models {rn!r} and {nm!r} differ in their {what}; a likelihood-ratio "
+                                "test needs nested models fitted to the same data. Refit both on "
+                                "the same Community with the same family.")
+
+
+def _in_span(Xa, Xb, tol=1e-8):
+    """True when every column of Xa lies in the span of [1, Xb]."""
+    if Xa.shape[1] == 0:
+        return True
+    B = np.column_stack([np.ones(Xb.shape[0]), Xb])
+    coef = np.linalg.lstsq(B, Xa, rcond=None)[0]
+    resid = Xa - B @ coef
+    return bool(np.all(np.abs(resid) <= tol * (1.0 + np.abs(Xa).max(0))))
+
+
+def _check_nested(a, b, na, nb):
+    """Raise unless fit ``a`` is nested in fit ``b``; return True when the test is on a boundary."""
+    pa, pb = a.problem, b.problem
+    problems = []
+    if pa.d > pb.d:
+        problems.append(f"{na!r} has more latent variables ({pa.d} > {pb.d})")
+    if not _in_span(pa.X, pb.X):
+        problems.append(f"the covariates of {na!r} ({', '.join(pa.terms) or 'none'}) are not "
+                        f"contained in those of {nb!r} ({', '.join(pb.terms) or 'none'})")
+    if pa.row_effect is not None and pa.row_effect != pb.row_effect:
+        problems.append(f"row effects {pa.row_effect!r} vs {pb.row_effect!r}")
+    if problems:
+        raise JSDMError(f"model {na!r} is not nested in {nb!r}: " + "; ".join(problems)
+                        + ". Compare non-nested models by AIC/BIC instead.")
+    return pa.d != pb.d or (pa.row_effect is None and pb.row_effect == "random")
+
+
+def anova(*fits, names=None):
+    """Likelihood-ratio tests of nested GLLVM fits on the same data.
+
+    Parameters
+    ----------
+    *fits : GLLVMResults
+        Two or more fits; they are ordered by their number of parameters and
+        each is tested against the previous one.
+    names : list of str, optional
+        Row labels (default "model 1", ... in the order given).
+
+    Returns
+    -------
+    DataFrame
+        One row per model: family, num_lv, df, llf (ELBO), AIC, BIC and, from
+        the second row, ``statistic`` = 2 (llf - llf_previous), ``df_diff``,
+        ``p_value`` (chi-square upper tail) and ``boundary``. A test on the
+        boundary of the parameter space (more latent variables, or adding a
+        random row effect) has a conservative p-value (mixture of chi-squares).
+
+    Raises
+    ------
+    JSDMError
+        Fits on different data, different families, or not nested.
+    """
+    if len(fits) < 2:
+        raise JSDMError(f"anova needs at least two fits to compare, got {len(fits)}")
+    names = [f"model {k + 1}" for k in range(len(fits))] if names is None else [str(n) for n in names]
+    if len(names) != len(fits):
+        raise JSDMError(f"got {len(names)} names for {len(fits)} fits")
+    _check_same_data(fits, names)
+    order = sorted(range(len(fits)), key=lambda k: fits[k].df)
+    rows = []
+    for pos, k in enumerate(order):
+        f = fits[k]
+        row = {"model": names[k], "family": f.family.name, "num_lv": f.num_lv,
+               "covariates": ", ".join(f.terms) or "-", "df": f.df, "llf": f.llf,
+               "aic": f.aic, "bic": f.bic, "statistic": np.nan, "df_diff": np.nan,
+               "p_value": np.nan, "boundary": False}
+        if pos:
+            prev = fits[order[pos - 1]]
+            boundary = _check_nested(prev, f, names[order[pos - 1]], names[k])
+            ddf = f.df - prev.df
+            stat = 2.0 * (f.llf - prev.llf)
+            row.update(statistic=stat, df_diff=ddf, boundary=boundary,
+                       p_value=float(stats.chi2.sf(max(stat, 0.0), ddf)) if ddf > 0 else np.nan)
+        rows.append(row)
+    out = pd.DataFrame(rows).set_index("model")
+    out.attrs["note"] = ("statistic = 2 (ELBO - ELBO of the previous row); boundary=True: the "
+                         "p-value is conservative (the null is on the boundary).")
+    return out
+
+
+@dataclass
+class Selection:
+    """Result of :func:`select_num_lv`; unpacks as ``table, best = select_num_lv(...)``.
+
+    Attributes
+    ----------
+    table : DataFrame indexed by num_lv (df, llf, aic, aicc, bic, converged, best)
+    best : GLLVMResults (smallest criterion)
+    fits : dict num_lv -> GLLVMResults
+    criterion : str
+    """
+
+    table: pd.DataFrame
+    best: object
+    fits: dict = field(default_factory=dict)
+    criterion: str = "aicc"
+
+    @property
+    def best_fit(self):
+        return self.best
+
+    def __iter__(self):
+        return iter((self.table, self.best))
+
+
+def select_num_lv(data, X=None, *, num_lv=range(0, 5), criterion="aicc", **kwargs):
+    """Fit several numbers of latent variables and pick the best by an information criterion.
+
+    Parameters
+    ----------
+    data, X : as for :func:`jsdm.gllvm`
+    num_lv : iterable of int
+        Candidates (default 0..4; values above the number of species are dropped).
+    criterion : {"aicc", "aic", "bic"}
+    **kwargs
+        Passed to :func:`jsdm.gllvm` (family, formula, seed, n_init, ...).
+
+    Returns
+    -------
+    Selection
+        ``.table`` (one row per candidate, the chosen one marked in ``best``),
+        ``.best`` (the chosen fit), ``.fits``.
+    """
+    from ..api import gllvm
+
+    crit = str(criterion).lower()
+    if crit not in CRITERIA:
+        raise JSDMError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
+    cands = sorted({int(k) for k in num_lv})
+    if not cands or cands[0] < 0:
+        raise JSDMError(f"num_lv candidates must be whole numbers >= 0, got {list(num_lv)!r}")
+    fits, rows = {}, []
+    for k in cands:
+        try:
+            fit = gllvm(data, X, num_lv=k, **kwargs)
+        except JSDMError:
+            if fits:          # e.g. more LVs than species: stop at the largest valid
+                break
+            raise
+        fits[k] = fit
+        rows.append({"num_lv": k, "df": fit.df, "llf": fit.llf, "aic": fit.aic, "aicc": fit.aicc,
+                     "bic": fit.bic, "converged": fit.converged})
+    table = pd.DataFrame(rows).set_index("num_lv")
+    best_k = int(table[crit].idxmin())
+    table["best"] = table.index == best_k
+    return Selection(table, fits[best_k], fits, crit)

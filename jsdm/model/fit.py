@@ -9,6 +9,8 @@ from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import evaluate
 from .params import Layout, Params
+from .blocks import curvature_diagonal, squarem_ascent
+from .newton import newton_ascent
 from .start import glm_start, initial_params, lower_triangularise
 
 
@@ -76,7 +78,17 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
     for k in range(max(1, int(n_init)) if start is None else 1):
         P0 = start if start is not None else initial_params(prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
         cb = _printer(k, t0) if verbose else None
-        res = minimize_lbfgs(fg, layout.pack(P0), maxiter=maxiter, gtol=gtol * 0.1, callback=cb)
+        P0, _ = squarem_ascent(prob, layout, P0, max_iter=10, rtol=1e-10)
+        P0, _ = newton_ascent(prob, P0, max_iter=15, rtol=1e-11)
+        scale = np.sqrt(curvature_diagonal(prob, layout, P0))
+        x0 = layout.pack(P0)
+
+        def fg_scaled(y):
+            f, g = fg(x0 + y / scale)
+            return f, g / scale
+
+        res = minimize_lbfgs(fg_scaled, np.zeros_like(x0), maxiter=maxiter, gtol=gtol * 0.1, callback=cb)
+        res.x = x0 + res.x / scale
         values.append(-res.fun)
         if best is None or -res.fun > -best.fun:
             best = res

@@ -1,0 +1,239 @@
+"""Block Newton updates that exploit the model's structure.
+
+Given the species parameters, the ELBO separates over sites; given the site
+(variational) parameters, it separates over species. Each block update below
+is a batch of small Newton steps, one per site or per species, computed with
+matrix products and accepted per site/species only where the ELBO increases.
+
+Site step (exact Hessian in the means, since d2 ell/dm2 = 2 d ell/dv):
+    a_i <- a_i + Lambda_i^-1 (sum_j Gm_ij theta_j - a_i),  A_i <- Lambda_i^-1,
+    Lambda_i = I - 2 sum_j Gv_ij theta_j theta_j'
+(the second is the fixed point of dELBO/dA_i = 0). Species step: a Newton step
+in (beta0_j, B_j, theta_j) with the Gauss-Newton-type Hessian
+    sum_i 2 Gv_ij x_i x_i' + blockdiag(0, 2 sum_i Gv_ij A_i),  x_i = (1, x_i, a_i),
+and a one-dimensional Newton step for the dispersion.
+"""
+import numpy as np
+
+from .objective import kl_terms, moments
+
+_NHALF = 6
+
+
+def cell_eval(prob, P, order=1):
+    """ELL at P with weighted derivatives; returns a dict of arrays."""
+    M, V = moments(prob, P)
+    e = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=order)
+    W = prob.W
+    out = {"M": M, "V": V, "val": W * e.value, "Gm": W * e.d_m, "Gv": np.minimum(W * e.d_v, 0.0)}
+    out["Gs"] = None if e.d_s is None else W * e.d_s
+    out["Gss"] = None if e.d_ss is None else W * e.d_ss
+    out["site"] = out["val"].sum(1) - kl_terms(prob, P)
+    out["species"] = out["val"].sum(0)
+    return out
+
+
+def _chol_inv(S):
+    """Cholesky factor of S^-1 for a batch of SPD matrices S (k, d, d)."""
+    Sinv = np.linalg.inv(S)
+    Sinv = 0.5 * (Sinv + np.swapaxes(Sinv, 1, 2))
+    return np.linalg.cholesky(Sinv), Sinv
+
+
+def site_step(prob, P, ce):
+    """One batched Newton step over sites; returns (P_new, cell_eval at P_new)."""
+    n, d = prob.n, prob.d
+    Gm, Gv = ce["Gm"], ce["Gv"]
+    cols = [np.ones((prob.m, 1))] if prob.row_effect is not None else []
+    U = np.column_stack(cols + [P.theta]) if (cols or d) else np.zeros((prob.m, 0))
+    k = U.shape[1]
+    if k == 0:
+        return P, ce
+    U2 = (U[:, :, None] * U[:, None, :]).reshape(prob.m, k * k)
+    H = -(2.0 * Gv @ U2).reshape(n, k, k)          # minus Hessian of the ell part
+    g = Gm @ U
+    off = k - d
+    idx = np.arange(off, k)
+    H[:, idx, idx] += 1.0
+    g[:, off:] -= P.a
+    if prob.row_effect == "random":
+        s2 = np.exp(2.0 * P.log_sigma)
+        H[:, 0, 0] += 1.0 / s2
+        g[:, 0] -= P.alpha / s2
+    if prob.row_effect == "fixed":
+        g[0, 0] = 0.0
+        H[0, 0, :] = H[0, :, 0] = 0.0
+        H[0, 0, 0] = 1.0
+    step = np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    new = P.copy()
+    if d:
+        Lam = H[:, off:, off:]
+        new.L, _ = _chol_inv(Lam)
+    if prob.row_effect == "random":
+        prec = 1.0 / s2 - 2.0 * Gv.sum(1)
+        new.log_rho = -0.5 * np.log(prec)
+    return _accept_sites(prob, P, new, step, off, ce)
+
+
+def _accept_sites(prob, P, new, step, off, ce):
+    frac = np.ones(prob.n)
+    for it in range(_NHALF + 1):
+        T = new.copy()
+        if prob.d:
+            T.a = P.a + frac[:, None] * step[:, off:]
+        if off:
+            T.alpha = P.alpha + frac * step[:, 0]
+        if it > 0:  # after a failed full step, keep the old covariances where it failed
+            keep = frac < 1.0
+            T.L[keep] = P.L[keep]
+            if T.log_rho is not None:
+                T.log_rho = np.where(keep, P.log_rho, T.log_rho)
+        ct = cell_eval(prob, T)
+        bad = ~(ct["site"] >= ce["site"] - 1e-10 * np.abs(ce["site"]))
+        if not bad.any():
+            return T, ct
+        frac = np.where(bad, frac * 0.5 if it < _NHALF - 1 else 0.0, frac)
+    return T, ct
+
+
+def species_step(prob, P, ce, only_dispersion=False):
+    """One batched Newton step over species; returns (P_new, cell_eval at P_new)."""
+    n, m, p, d = prob.n, prob.m, prob.p, prob.d
+    Gm, Gv = ce["Gm"], ce["Gv"]
+    Xt = np.column_stack([np.ones(n), prob.X, P.a])
+    k = Xt.shape[1]
+    g = Gm.T @ Xt
+    X2 = (Xt[:, :, None] * Xt[:, None, :]).reshape(n, k * k)
+    H = -(2.0 * Gv.T @ X2).reshape(m, k, k)
+    if d:
+        A = P.A
+        Q = (Gv.T @ A.reshape(n, d * d)).reshape(m, d, d)   # sum_i Gv A_i
+        g[:, 1 + p:] += 2.0 * np.einsum("jkl,jl->jk", Q, P.theta)
+        H[:, 1 + p:, 1 + p:] -= 2.0 * Q
+        fixed = ~np.tril(np.ones((m, d), bool))            # theta_jk = 0 for k > j
+        if fixed.any():
+            jj, kk = np.nonzero(fixed)
+            g[jj, 1 + p + kk] = 0.0
+            H[jj, 1 + p + kk, :] = 0.0
+            H[jj, :, 1 + p + kk] = 0.0
+            H[jj, 1 + p + kk, 1 + p + kk] = 1.0
+    H += 1e-10 * np.eye(k)
+    step = np.zeros_like(g) if only_dispersion else np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    ds = None
+    if P.s is not None:
+        if ce["Gss"] is None:
+            ce = cell_eval(prob, P, order=2)
+        gs, gss = ce["Gs"].sum(0), ce["Gss"].sum(0)
+        ds = np.where(gss < 0, -gs / np.minimum(gss, -1e-12), np.sign(gs) * 0.25)
+        ds = np.clip(ds, -2.0, 2.0)
+    return _accept_species(prob, P, step, ds, ce)
+
+
+def _accept_species(prob, P, step, ds, ce):
+    p = prob.p
+    frac = np.ones(prob.m)
+    for it in range(_NHALF + 1):
+        T = P.copy()
+        T.beta0 = P.beta0 + frac * step[:, 0]
+        T.B = P.B + frac[:, None] * step[:, 1:1 + p]
+        T.theta = np.tril(P.theta + frac[:, None] * step[:, 1 + p:])
+        if ds is not None:
+            T.s = P.s + frac * ds
+        ct = cell_eval(prob, T)
+        bad = ~(ct["species"] >= ce["species"] - 1e-10 * np.abs(ce["species"]))
+        if not bad.any():
+            return T, ct
+        frac = np.where(bad, frac * 0.5 if it < _NHALF - 1 else 0.0, frac)
+    return T, ct
+
+
+def block_ascent(prob, P, max_sweeps=200, rtol=1e-7, callback=None):
+    """Alternate site and species Newton steps until the ELBO stalls.
+
+    Returns (P, history) where history holds (sweep, ELBO) pairs.
+    """
+    ce = cell_eval(prob, P)
+    hist, prev = [], ce["site"].sum()
+    for sweep in range(max_sweeps):
+        P, ce = site_step(prob, P, ce)
+        P, ce = species_step(prob, P, ce)
+        val = float(ce["site"].sum())
+        hist.append((sweep + 1, val))
+        if callback is not None:
+            callback(sweep + 1, val)
+        if abs(val - prev) <= rtol * (1.0 + abs(val)):
+            break
+        prev = val
+    return P, hist
+
+
+def _sweep(prob, P, ce):
+    P, ce = site_step(prob, P, ce)
+    return species_step(prob, P, ce)
+
+
+def squarem_ascent(prob, layout, P, max_iter=500, rtol=1e-10, callback=None):
+    """Block sweeps accelerated by SQUAREM extrapolation (Varadhan & Roland 2008).
+
+    Each iteration takes two sweeps x1 = F(x0), x2 = F(x1), extrapolates
+    x' = x0 - 2 a r + a^2 v (r = x1 - x0, v = x2 - 2 x1 + x0, a = -|r|/|v|),
+    then one sweep from x'; the result is kept only if its ELBO beats x2's.
+    """
+    order = 1
+    ce = cell_eval(prob, P)
+    hist, prev = [], float(ce["site"].sum())
+    for it in range(max_iter):
+        P1, c1 = _sweep(prob, P, ce)
+        P2, c2 = _sweep(prob, P1, c1)
+        x0, x1, x2 = layout.pack(P), layout.pack(P1), layout.pack(P2)
+        r, v = x1 - x0, x2 - 2 * x1 + x0
+        nv = np.linalg.norm(v)
+        P, ce = P2, c2
+        if nv > 0:
+            alpha = min(-np.linalg.norm(r) / nv, -1.0)
+            for _ in range(4):
+                xs = x0 - 2 * alpha * r + alpha ** 2 * v
+                Ps = layout.unpack(xs)
+                cs = cell_eval(prob, Ps, order=order)
+                if np.all(np.isfinite(cs["site"])):
+                    Ps, cs = _sweep(prob, Ps, cs)
+                    if cs["site"].sum() > c2["site"].sum():
+                        P, ce = Ps, cs
+                        break
+                alpha = (alpha - 1.0) / 2.0
+        val = float(ce["site"].sum())
+        hist.append((it + 1, val))
+        if callback is not None:
+            callback(it + 1, val)
+        if abs(val - prev) <= rtol * (1.0 + abs(val)):
+            break
+        prev = val
+    return P, hist
+
+
+def curvature_diagonal(prob, layout, P):
+    """Approximate diagonal of the negative Hessian in packed coordinates (for scaling)."""
+    ce = cell_eval(prob, P, order=2 if P.s is not None else 1)
+    C = -2.0 * ce["Gv"]                         # -d2 ell/dm2 per cell, >= 0
+    n, m, d = prob.n, prob.m, prob.d
+    G = P.__class__(beta0=C.sum(0), B=C.T @ prob.X ** 2 if prob.p else np.zeros((m, 0)),
+                    theta=np.zeros((m, d)), a=np.zeros((n, d)), L=np.zeros((n, d, d)))
+    if d:
+        A = P.A
+        second = P.a ** 2 + np.diagonal(A, axis1=1, axis2=2)
+        G.theta = C.T @ second
+        G.a = 1.0 + C @ P.theta ** 2
+        lam = G.a                               # precision diagonal of each site
+        Lsq = P.L ** 2
+        G.L = np.broadcast_to(lam[:, :, None], (n, d, d)).copy()
+        idx = np.arange(d)
+        G.L[:, idx, idx] = 1.0 + lam * Lsq[:, idx, idx]   # log-diagonal scale
+    if P.s is not None:
+        G.s = np.maximum(-ce["Gss"].sum(0), 1e-8)
+    if prob.row_effect is not None:
+        G.alpha = C.sum(1) + (0.0 if prob.row_effect == "fixed" else np.exp(-2.0 * P.log_sigma))
+    if prob.row_effect == "random":
+        G.log_rho = 2.0 + 0.0 * P.log_rho
+        G.log_sigma = 2.0 * n
+    h = layout.pack_grad(G, P.__class__(**{**P.__dict__, "L": np.ones_like(P.L)}))
+    return np.maximum(h, 1e-8)

@@ -17,7 +17,7 @@ CSS = """
 * { box-sizing: border-box; }
 body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
        color: var(--ink); margin: 0; background: #fff; line-height: 1.5; font-size: 15px; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 64px; }
+main { max-width: 1200px; margin: 0 auto; padding: 24px 32px 64px; }
 header { border-bottom: 3px solid var(--accent); margin-bottom: 8px; }
 h1 { font-size: 28px; margin: 8px 0 4px; }
 h2 { font-size: 21px; margin: 36px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line);
@@ -47,6 +47,8 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 details { margin: 6px 0 12px; }
 summary { cursor: pointer; color: var(--accent); }
 .scroll { overflow-x: auto; }
+.row { display: flex; flex-wrap: wrap; gap: 8px 36px; align-items: flex-start; }
+.row > * { flex: 0 1 auto; min-width: 0; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
@@ -83,7 +85,8 @@ def p_value(p):
     return "&lt;0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def table(df, index=True, digits=3, formatters=None, row_class=None, cls=None, max_rows=None):
+def table(df, index=True, digits=3, formatters=None, row_class=None, cls=None, max_rows=None,
+          left=()):
     """An HTML table from a DataFrame.
 
     Parameters
@@ -101,21 +104,27 @@ def table(df, index=True, digits=3, formatters=None, row_class=None, cls=None, m
         CSS class of the table.
     max_rows : int, optional
         Show at most this many rows (a note says how many were left out).
+    left : sequence of str
+        Columns to align left (text columns without a formatter always are).
     """
     formatters = formatters or {}
     shown = df if max_rows is None else df.iloc[:max_rows]
     names = list(df.index.names) if index else []
     head = "".join(f'<th class="l">{esc("" if n is None else n)}</th>' for n in names)
-    head += "".join(f"<th>{esc(c)}</th>" for c in df.columns)
+    left_cols = {c for c in df.columns if c not in formatters and isinstance(df[c], pd.Series)
+                 and not pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
+    left_cols |= set(left)
+    lcls = ' class="l"'
+    head += "".join(f"<th{lcls if c in left_cols else ''}>{esc(c)}</th>" for c in df.columns)
     rows = []
-    for label, row in shown.iterrows():
+    for label, values in shown.iterrows():
         cells = ""
         if index:
             labels = label if isinstance(label, tuple) else (label,)
             cells += "".join(f'<td class="l">{esc(x)}</td>' for x in labels)
-        for col, val in row.items():
+        for col, val in values.items():
             f = formatters.get(col)
-            cells += f"<td>{f(val) if f else fmt(val, digits)}</td>"
+            cells += f"<td{lcls if col in left_cols else ''}>{f(val) if f else fmt(val, digits)}</td>"
         rc = row_class(label) if row_class else None
         rows.append(f'<tr class="{rc}">{cells}</tr>' if rc else f"<tr>{cells}</tr>")
     more = "" if max_rows is None or len(df) <= max_rows else (
@@ -144,9 +153,10 @@ def figure_of(obj):
 
 
 def png_data_uri(fig, dpi=100):
-    """Render a Figure to PNG and return a ``data:image/png;base64,...`` URI; closes the figure."""
+    """Render a Figure (or the Figure of an Axes) to PNG and return a ``data:image/png;base64,...`` URI; closes the figure."""
     import matplotlib.pyplot as plt
 
+    fig = figure_of(fig)
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
@@ -157,9 +167,11 @@ def png_data_uri(fig, dpi=100):
 
 def img(fig, alt, caption=None, dpi=100, width=None):
     """A ``<figure>`` with the embedded PNG of ``fig`` and an optional caption."""
-    style = f' style="width:{int(width)}px"' if width else ""
+    fstyle = f' style="width:{int(width)}px;max-width:100%"' if width else ""
+    istyle = ' style="width:100%"' if width else ""
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f'<figure><img src="{png_data_uri(fig, dpi)}" alt="{esc(alt)}"{style}>{cap}</figure>'
+    return (f'<figure{fstyle}><img src="{png_data_uri(fig, dpi)}" alt="{esc(alt)}"{istyle}>'
+            f"{cap}</figure>")
 
 
 def section(sid, title, body):
@@ -193,3 +205,8 @@ def as_frame(obj):
         if isinstance(val, pd.DataFrame):
             return val
     return pd.DataFrame(obj)
+
+
+def row(*parts):
+    """Place blocks side by side (wrapping on narrow screens)."""
+    return '<div class="row">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"

@@ -9,19 +9,24 @@ import numpy as np
 import pandas as pd
 
 from . import tables
-from .html import esc, fmt, img, key_values, p_value, table
+from .html import esc, fmt, img, key_values, p_value, row, table
 
 
-def _plot(method, figsize, **kwargs):
-    """Call a ``fit.plot_*`` method, on a fresh Axes of ``figsize`` when it takes ``ax=``."""
+def _plot(fit, name, figsize, **kwargs):
+    """Call ``jsdm.plotting.<name>(fit, ...)``, on a fresh Axes of ``figsize`` when it takes ``ax=``.
+
+    Returns the matplotlib Figure (or whatever the plot function returned).
+    """
     import matplotlib.pyplot as plt
 
-    params = inspect.signature(method).parameters
-    if "ax" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()) and "ax" in kwargs:
+    from .. import plotting
+
+    func = getattr(plotting, name)
+    if figsize is not None and "ax" in inspect.signature(func).parameters:
         fig, ax = plt.subplots(figsize=figsize)
-        method(ax=ax, **kwargs)
+        func(fit, ax=ax, **kwargs)
         return fig
-    return method(**kwargs)
+    return func(fit, **kwargs)
 
 
 def _pct(x):
@@ -39,19 +44,17 @@ def data_section(fit, opts):
              ("observed cells", f"{int(W.sum())} of {W.size} ({_pct(W.mean())})")]
     if com is not None:
         facts.append(("response type", esc(com.response_type)))
-    facts += [("prevalence (share of sites with y &gt; 0)",
+    facts += [("prevalence (share of sites with y > 0)",
                f"median {prev.median():.2f} (range {prev.min():.2f} to {prev.max():.2f})"),
               ("species present at fewer than 5 sites", str(int(((sp["prevalence"] * sp["sites observed"]) < 5).sum())))]
     if com is not None and com.trait_names:
         facts.append(("species traits", esc(", ".join(map(str, com.trait_names)))))
-    body = key_values(facts)
+    cov = tables.covariate_table(fit)
+    cov_html = ("<h3>Site covariates</h3>" + table(cov, left=("type", "summary"))
+                if len(cov) else "<h3>Site covariates</h3><p>No site covariates.</p>")
+    body = row("<h3>Overview</h3>" + key_values(facts), cov_html)
     for note in opts.get("notes") or []:
         body += f'<p class="box">{esc(note)}</p>'
-    cov = tables.covariate_table(fit)
-    if len(cov):
-        body += "<h3>Site covariates</h3>" + table(cov, formatters={"summary": esc, "type": esc})
-    else:
-        body += "<p>No site covariates.</p>"
     body += ("<details><summary>Per-species summary</summary>"
              + table(sp.sort_values("prevalence", ascending=False), digits=2) + "</details>")
     return body
@@ -129,14 +132,16 @@ def coefficients_section(fit, opts):
     """Slope table (estimate and interval per species and covariate) and the forest plot."""
     coefs = tables.coefficient_table(fit, alpha=opts.get("alpha", 0.05))
     level = f"{100 * (1 - opts.get('alpha', 0.05)):.0f}%"
-    body = ""
+    tab = (f"<p>Estimate [{level} interval]; bold where the interval excludes zero.</p>"
+           + table(_wide_coefficients(coefs, fit), index=True,
+                   formatters={c: (lambda v: v) for c in ["Intercept", *fit.terms]}))
     if fit.terms:
-        fig = _plot(fit.plot_coefficients, (9, 1.2 + 0.18 * fit.problem.m * max(1, len(fit.terms)) ** 0.5))
-        body += img(fig, "coefficient plot", f"Slopes per species with {level} Wald intervals; "
-                    "species whose interval excludes zero differ from no effect.", opts.get("dpi", 100))
-    body += f"<p>Estimate [{level} interval]; bold where the interval excludes zero.</p>"
-    body += table(_wide_coefficients(coefs, fit), index=True,
-                  formatters={c: (lambda v: v) for c in ["Intercept", *fit.terms]})
+        fig = _plot(fit, "plot_coefficients", None, alpha=opts.get("alpha", 0.05))
+        width = min(540, 290 * len(fit.terms))
+        body = row(img(fig, "coefficient plot", f"Slopes per species with {level} Wald intervals; "
+                       "red where the interval excludes zero.", opts.get("dpi", 100), width=width), tab)
+    else:
+        body = "<p>The model has no covariates; the table shows the species intercepts.</p>" + tab
     full = coefs.copy()
     body += ("<details><summary>All parameters with standard errors, z and p</summary>"
              + table(full, formatters={"p": p_value}) + "</details>")
@@ -164,58 +169,66 @@ def associations_section(fit, opts):
     """Residual correlation heatmap and the strongest pairs with intervals."""
     if fit.num_lv == 0:
         return "<p>The model has no latent variables, so it estimates no residual associations.</p>"
-    m = fit.problem.m
-    size = min(12, 3.5 + 0.22 * m)
-    fig = _plot(fit.plot_associations, (size + 1.2, size))
-    alpha = opts.get("alpha", 0.05)
+    alpha, top_n = opts.get("alpha", 0.05), opts.get("top_pairs", 15)
+    size = min(9.0, 3.0 + 0.17 * fit.problem.m)
+    fig = _plot(fit, "plot_associations", (size + 1.0, size), alpha=alpha)
     tab = fit.association_table(alpha=alpha)
     level = f"{100 * (1 - alpha):.0f}%"
-    how = tab.attrs.get("method", "delta")
-    how = ("delta-method intervals on Fisher's z scale" if how == "delta"
+    how = ("delta-method intervals on Fisher's z scale" if tab.attrs.get("method", "delta") == "delta"
            else "parametric-bootstrap percentile intervals")
-    n_ex = int(tab["excludes_zero"].sum())
-    body = img(fig, "residual correlation heatmap",
-               "Residual correlations between species (latent-variable part of the linear predictor, "
-               "link scale), species ordered by hierarchical clustering; red positive, blue negative.",
-               opts.get("dpi", 100))
-    body += (f"<p>{n_ex} of {len(tab)} species pairs have a {level} interval that excludes zero "
-             f"({how}). The {min(len(tab), opts.get('top_pairs', 15))} strongest associations:</p>")
-    top = tab.head(opts.get("top_pairs", 15)).drop(columns=["se"], errors="ignore")
+    sig = tab[tab["excludes_zero"].astype(bool)]
+    n_ex = len(sig)
+    pick = sig if n_ex else tab
+    which = ("whose interval excludes zero" if n_ex else "(no interval excludes zero)")
+    top = pick.head(top_n).drop(columns=["se", "excludes_zero"], errors="ignore")
     top.index = np.arange(1, len(top) + 1)
     top.index.name = "rank"
-    body += table(top, digits=2, formatters={"species_1": esc, "species_2": esc})
-    return body
+    text = ('<p style="max-width:430px">'
+            f"{n_ex} of {len(tab)} species pairs have a {level} interval that excludes zero "
+            f"({how}). The {len(top)} strongest associations {which}:</p>")
+    heat = img(fig, "residual correlation heatmap",
+               "Residual correlations between species (latent-variable part of the linear predictor, "
+               "link scale), species ordered by hierarchical clustering; red positive, blue negative.",
+               opts.get("dpi", 100), width=min(640, 90 + 60 * size))
+    return row(heat, text + table(top, digits=2))
 
 
 # --- ordination ----------------------------------------------------------------------
 def ordination_section(fit, opts):
-    """The latent-variable biplot."""
+    """The latent-variable biplot and the residual variance along each principal axis."""
+    from ..analysis.associations import residual_trace
+
     if fit.num_lv == 0:
         return "<p>The model has no latent variables, so there is no ordination.</p>"
-    fig = _plot(fit.plot_ordination, (8.5, 7.5), biplot=True)
+    fig = _plot(fit, "plot_ordination", (8.0, 7.0), biplot=True)
     text = ("Sites (points) and species (labels) on the latent variables rotated to principal axes; "
             "species near each other co-occur more than the covariates explain.")
-    body = img(fig, "ordination biplot", text, opts.get("dpi", 100))
+    pic = img(fig, "ordination biplot", text, opts.get("dpi", 100), width=660)
+    tr = residual_trace(fit)[["principal", "principal_share"]]
+    tr = tr.rename(columns={"principal": "variance", "principal_share": "share"})
+    tr.index = [f"axis {i + 1}" if str(r).startswith("LV") else r for i, r in enumerate(tr.index)]
+    side = ('<h3>Residual variance by axis</h3><p style="max-width:380px">Trace of the residual '
+            "covariance &Theta;&Theta;&prime; split along the principal axes of the ordination."
+            "</p>" + table(tr, digits=2))
     if fit.num_lv == 1:
-        body = "<p>With one latent variable the ordination is one-dimensional.</p>" + body
-    return body
+        side = "<p>With one latent variable the ordination is one-dimensional.</p>" + side
+    return row(pic, side)
 
 
 # --- variance partition --------------------------------------------------------------
 def variance_section(fit, opts):
     """Share of each species' linear-predictor variance by covariates, latent variables, row effects."""
     vp = fit.variance_partition()
-    fig = _plot(fit.plot_variance_partition, (10, 4.5))
-    body = img(fig, "variance partition", "Share of each species' variance in the linear predictor "
-               "explained by each component.", opts.get("dpi", 100))
-    body += table(tables.variance_summary(vp), digits=2)
-    return body
+    fig = _plot(fit, "plot_variance_partition", (10, 4.5))
+    pic = img(fig, "variance partition", "Share of each species' variance in the linear predictor "
+              "explained by each component.", opts.get("dpi", 100), width=760)
+    return row(pic, "<h3>Across species</h3>" + table(tables.variance_summary(vp), digits=2))
 
 
 # --- residuals -------------------------------------------------------------------------
 def residuals_section(fit, opts):
     """Dunn-Smyth residual panels."""
-    fig = _plot(fit.plot_residuals, None)
+    fig = _plot(fit, "plot_residuals", None)
     return img(fig, "residual panels",
                "Dunn-Smyth randomised quantile residuals (conditional on the site scores). For a "
                "well-specified model they look like standard normal noise: no trend against the "
@@ -255,7 +268,7 @@ def methods_section(fit, opts):
         "Parameters were estimated by maximising the exact variational lower bound (evidence lower "
         "bound, ELBO) of the marginal log-likelihood, with a Gaussian variational distribution for "
         "each site's latent variables; expectations without a closed form were computed by "
-        "one-dimensional Gauss-Hermite quadrature, so the bound is exact for every family. "
+        "one-dimensional Gauss-Hermite quadrature, so the bound itself is not approximated further. "
         f"The optimiser was run from {s.get('n_init', 1)} starting value{'s' if s.get('n_init', 1) != 1 else ''} "
         f"(per-species GLMs and a factor analysis of their residuals) with random seed {esc(s.get('seed'))}, "
         f"keeping the best bound; the fit {'converged' if fit.converged else 'did NOT converge'} "

@@ -79,7 +79,9 @@ def _kind(col):
 def _describe(col):
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         c = col.astype(float)
-        return f"mean {c.mean():.3g}, sd {c.std():.3g}, range {c.min():.3g} to {c.max():.3g}"
+        mean, sd = c.mean(), c.std()
+        mean = 0.0 if abs(mean) < 1e-10 * max(sd, 1e-300) else mean
+        return f"mean {mean:.3g}, sd {sd:.3g}, range {c.min():.3g} to {c.max():.3g}"
     counts = col.value_counts(sort=False)
     levels = [f"{k} ({v})" for k, v in counts.items()]
     more = f", ... ({len(levels)} levels)" if len(levels) > 6 else ""

@@ -6,7 +6,7 @@ from .results.fitted import GLLVMResults
 
 def gllvm(data, X=None, *, family="poisson", num_lv=2, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, n_init=3, seed=None,
-          maxiter=5000, gtol=1e-3, verbose=False):
+          maxiter=5000, gtol=1e-3, verbose=False, checks=True):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -35,6 +35,9 @@ def gllvm(data, X=None, *, family="poisson", num_lv=2, formula=None, link=None, 
     maxiter, gtol : optimiser limits; converged means max |gradient| <= gtol.
     verbose : bool
         Print progress to stderr.
+    checks : bool
+        Run the cheap diagnostics (covariate scaling, sparse species, collapsed
+        latent variables, ...) at the end and warn about what they find.
 
     Returns
     -------
@@ -48,4 +51,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=2, formula=None, link=None, 
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
     settings = dict(family=fam.name, link=fam.link, num_lv=num_lv, formula=formula,
                     row_effect=row_effect, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol)
-    return GLLVMResults(prob, state, settings)
+    fit = GLLVMResults(prob, state, settings)
+    if checks:
+        from .analysis.diagnostics import warn_quick_checks
+        warn_quick_checks(fit, stacklevel=3)
+    return fit

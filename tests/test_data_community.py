@@ -233,3 +233,8 @@ def test_exported_at_top_level():
     assert jsdm.Community is Community
     assert callable(jsdm.read_wide) and callable(jsdm.read_long)
     assert jsdm.datasets.simulate_community is jsdm.simulate_community
+
+
+def test_empty_table_is_an_error():
+    with pytest.raises(JSDMError, match=r"shape \(0, 2\)"):
+        Community(pd.DataFrame(columns=["a", "b"], dtype=float))

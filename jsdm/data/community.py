@@ -313,7 +313,7 @@ def _long_checked(df, site, species, response):
         )
     val.check_unique(df.columns, "long table columns", "column", "Rename the repeated columns.")
     col = df[response]
-    if not val._numeric_column(col):
+    if not val.is_numeric_column(col):
         bad = pd.to_numeric(col.astype(object), errors="coerce").isna() & col.notna()
         rows = list(zip(df.loc[bad, site], df.loc[bad, species], col[bad]))
         raise JSDMError(

@@ -91,7 +91,8 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
         Binomial trials; None gives 0/1 data.
     intercept : float, optional
         Mean of the species intercepts beta0_j ~ N(intercept, intercept_sd^2);
-        default 0 (binomial: 0, i.e. prevalence around one half).
+        default 0 (counts: median species mean about 1-2; binomial: prevalence
+        around one half).
     intercept_sd, coef_sd, loading_sd : float
         Spread of intercepts, of covariate effects beta_jk ~ N(0, coef_sd^2) and
         of loadings theta_jk ~ N(0, loading_sd^2) (diagonal: absolute value).
@@ -100,7 +101,9 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
     -------
     (Community, SimulationTruth)
         Sites "site01".., species "sp01".., covariates "x1"..; the truth
-        holds every parameter, the latent variables and eta.
+        holds every parameter, the latent variables and eta. With binomial
+        ``trials`` the Community holds the successes and ``truth.trials`` the
+        trials.
     """
     from ..families import get_family
 

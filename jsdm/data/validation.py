@@ -139,7 +139,10 @@ def check_response(Y):
     DataFrame, shape (n_sites, n_species)
         float64 copy; missing values (None, pd.NA) become NaN.
     """
-    bad = [c for c in Y.columns if not _numeric_column(Y[c])]
+    if Y.shape[0] == 0 or Y.shape[1] == 0:
+        raise JSDMError(f"Y has shape {Y.shape}; a community needs at least one site (row) "
+                        "and one species (column).")
+    bad = [c for c in Y.columns if not is_numeric_column(Y[c])]
     if bad:
         examples = _non_numeric_examples(Y[bad[0]])
         raise JSDMError(
@@ -159,7 +162,8 @@ def check_response(Y):
     return out
 
 
-def _numeric_column(col):
+def is_numeric_column(col):
+    """True for numeric (incl. bool and nullable) columns and object columns of numbers."""
     dtype = col.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         return False

@@ -110,8 +110,6 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
     fam = get_family(family, link=link)
     _check_sizes(n_sites, n_species, num_lv, n_covariates)
     rng = np.random.default_rng(seed)
-    sites, species = _labels("site", n_sites), _labels("sp", n_species)
-    covs, lvs = [f"x{k + 1}" for k in range(n_covariates)], [f"LV{k + 1}" for k in range(num_lv)]
     beta0 = rng.normal(0.0 if intercept is None else intercept, intercept_sd, n_species)
     B = rng.normal(0.0, coef_sd, (n_species, n_covariates))
     theta = _loadings(rng, n_species, num_lv, loading_sd)
@@ -121,10 +119,17 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
     disp = _dispersion(fam, dispersion, n_species)
     tri = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float),
                                                       eta.shape).copy()
-    s = None if disp is None else fam.dispersion_param(disp)
-    y = fam.sample(eta, s, tri, rng)
+    y = fam.sample(eta, None if disp is None else fam.dispersion_param(disp), tri, rng)
+    return _label(fam, y, X, beta0, B, theta, Z, disp, eta, tri)
+
+
+def _label(fam, y, X, beta0, B, theta, Z, disp, eta, trials):
+    """Wrap the simulated arrays into a Community and a labelled SimulationTruth."""
+    (n, m), p, d = y.shape, B.shape[1], theta.shape[1]
+    sites, species = _labels("site", n), _labels("sp", m)
+    covs, lvs = [f"x{k + 1}" for k in range(p)], [f"LV{k + 1}" for k in range(d)]
     Y = pd.DataFrame(y, index=sites, columns=species)
-    com = Community(Y, pd.DataFrame(X, index=sites, columns=covs) if n_covariates else None)
+    com = Community(Y, pd.DataFrame(X, index=sites, columns=covs) if p else None)
     truth = SimulationTruth(
         beta0=pd.Series(beta0, index=species, name="beta0"),
         B=pd.DataFrame(B, index=species, columns=covs),
@@ -132,7 +137,7 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
         z=pd.DataFrame(Z, index=sites, columns=lvs),
         dispersion=None if disp is None else pd.Series(disp, index=species, name="dispersion"),
         eta=pd.DataFrame(eta, index=sites, columns=species),
-        family=fam.name, link=fam.link, trials=tri,
+        family=fam.name, link=fam.link, trials=trials,
     )
     return com, truth
 

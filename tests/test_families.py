@@ -1,0 +1,376 @@
+"""Response families: exact ell, its derivatives, log-densities, moments, CDFs, validation.
+
+Every family is checked against an independent computation: ``ell`` against
+adaptive quadrature of ``loglik`` times the normal density, the derivatives
+against central differences of ``ell``, ``loglik``/``cdf`` against
+scipy.stats, and the sample moments against ``mean``/``variance``.
+"""
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from jsdm.exceptions import JSDMError
+from jsdm.families import (Binomial, Family, Gaussian, NegativeBinomial, Poisson, get_family)
+
+# (name, link, y values, s values); y grids include huge counts, s grids tiny/huge dispersion
+CASES = {
+    "poisson": ("poisson", None, [0.0, 1.0, 7.0, 250.0, 1e5], [None]),
+    "nb": ("negative_binomial", None, [0.0, 1.0, 7.0, 250.0, 1e5], [-12.0, -2.0, 0.5, 6.0]),
+    "binomial-logit": ("binomial", "logit", [0.0, 1.0], [None]),
+    "binomial-probit": ("binomial", "probit", [0.0, 1.0], [None]),
+    "binomial-cloglog": ("binomial", "cloglog", [0.0, 1.0], [None]),
+    "gaussian": ("gaussian", None, [-40.0, -1.3, 0.0, 2.5, 35.0], [-3.0, 0.0, 2.0]),
+}
+IDS = list(CASES)
+M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
+V_GRID = np.array([0.0, 1e-4, 0.05, 0.4, 0.9, 1.3, 5.0, 12.0])
+
+
+def make(case):
+    name, link, ys, ss = CASES[case]
+    return get_family(name, link), ys, ss
+
+
+def grid(case, m=M_GRID, v=V_GRID):
+    """Cells (y, m, v) as flat arrays and the dispersion values to try."""
+    fam, ys, ss = make(case)
+    Y, Mm, Vv = np.meshgrid(np.asarray(ys), m, v, indexing="ij")
+    return fam, Y.ravel(), Mm.ravel(), Vv.ravel(), ss
+
+
+def sarr(s, like):
+    return None if s is None else np.full(np.shape(like), s)
+
+
+def quad_ell(fam, y, m, v, s):
+    """E[log f(y | m + sqrt(v) Z)] by adaptive quadrature (independent of the families' rules)."""
+    if v == 0:
+        return float(fam.loglik(np.array([y]), np.array([m]), sarr(s, [1]))[0])
+    sd = np.sqrt(v)
+    sa = sarr(s, [1])
+
+    def f(z):
+        return float(fam.loglik(np.array([y]), np.array([m + sd * z]), sa)[0]) * stats.norm.pdf(z)
+
+    kink = -m / sd if abs(m / sd) < 12 else None     # where the link's curvature sits
+    pts = [p for p in (kink, -8.0, 8.0) if p is not None]
+    val, _ = integrate.quad(f, -14.0, 14.0, points=pts, epsabs=1e-300, epsrel=1e-12, limit=400)
+    return val
+
+
+def max_v(case):
+    """Probit's Hermite rule is documented to ~1e-9 up to v = 5; beyond, looser."""
+    return 5.0 if case == "binomial-probit" else np.inf
+
+
+# --- ell is the exact expectation --------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+@pytest.mark.parametrize("case", IDS)
+def test_ell_matches_adaptive_quadrature(case):
+    fam, Y, Mm, Vv, ss = grid(case)
+    keep = Vv <= max_v(case)
+    Y, Mm, Vv = Y[keep], Mm[keep], Vv[keep]
+    rng = np.random.default_rng(0)
+    for s in ss:
+        got = fam.ell(Y, Mm, Vv, sarr(s, Y)).value
+        pick = rng.choice(Y.size, size=48 // len(ss), replace=False)   # a random third: fast
+        for i in pick:
+            ref = quad_ell(fam, Y[i], Mm[i], Vv[i], s)
+            assert got[i] == pytest.approx(ref, rel=1e-9, abs=1e-9), (Y[i], Mm[i], Vv[i], s)
+
+
+def dense_ell(fam, y, m, v, s):
+    """E[log f] by composite 20-point Gauss-Legendre on 60 panels of z in [-15, 15] (vectorised)."""
+    x, w = np.polynomial.legendre.leggauss(20)
+    edges = np.linspace(-15.0, 15.0, 61)
+    half = 0.5 * np.diff(edges)
+    z = ((edges[:-1] + half)[:, None] + half[:, None] * x).ravel()
+    wz = (half[:, None] * w).ravel() * stats.norm.pdf(z)
+    eta = m[:, None] + np.sqrt(v)[:, None] * z
+    s2 = None if s is None else np.full(eta.shape, s)
+    return fam.loglik(np.broadcast_to(y[:, None], eta.shape), eta, s2) @ wz
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_ell_matches_dense_reference_on_full_grid(case):
+    fam, Y, Mm, Vv, ss = grid(case)
+    keep = Vv <= max_v(case)
+    Y, Mm, Vv = Y[keep], Mm[keep], Vv[keep]
+    for s in ss:
+        got = fam.ell(Y, Mm, Vv, sarr(s, Y)).value
+        np.testing.assert_allclose(got, dense_ell(fam, Y, Mm, Vv, s), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_ell_at_zero_variance_is_loglik(case):
+    fam, Y, Mm, Vv, ss = grid(case, v=np.array([0.0]))
+    for s in ss:
+        e = fam.ell(Y, Mm, Vv, sarr(s, Y))
+        np.testing.assert_allclose(e.value, fam.loglik(Y, Mm, sarr(s, Y)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_ell_is_below_loglik_at_the_mean_for_concave_h(case):
+    """Jensen: ell <= h(m) when h is concave in eta (all families here)."""
+    fam, Y, Mm, Vv, ss = grid(case)
+    for s in ss:
+        e = fam.ell(Y, Mm, Vv, sarr(s, Y))
+        h = fam.loglik(Y, Mm, sarr(s, Y))
+        assert np.all(e.value <= h + 1e-9 * np.maximum(1.0, np.abs(h)))
+
+
+# --- derivatives ----------------------------------------------------------------------------
+
+def fd(fun, x, h=1e-3):
+    """Richardson-extrapolated central difference (error O(h^4)) and a noise estimate.
+
+    Counts like 1e5 make the terms of ell ~ 1e6 while the derivatives are O(1),
+    so a quotient carries ~eps * 1e6 / h of rounding noise. The spread of the
+    quotients at four step sizes estimates it; a wrong derivative still fails,
+    since the quotients then agree with each other, not with it.
+    """
+    def quotient(k):
+        return (fun(x + k) - fun(x - k)) / (2.0 * k)
+
+    q = np.array([quotient(h / 2 ** i) for i in range(4)])
+    return (4.0 * q[1] - q[0]) / 3.0, q.max(0) - q.min(0)
+
+
+def close(a, b_noise, tol):
+    b, noise = b_noise
+    scale = np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
+    bad = np.abs(a - b) > tol * scale + 2.0 * noise
+    assert not bad.any(), (np.flatnonzero(bad)[:5], a[bad][:5], b[bad][:5])
+
+
+DERIV_M = np.array([-30.0, -6.0, -1.0, 0.0, 0.6, 3.0, 9.0, 30.0])
+# away from the variance bins' edges (a rule switch is a ~1e-11 step in ell)
+DERIV_V = np.array([0.004, 0.03, 0.15, 0.4, 0.65, 0.9, 1.25, 3.0, 8.0])
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_dm_dv_match_finite_differences(case):
+    fam, Y, Mm, Vv, ss = grid(case, DERIV_M, DERIV_V)
+    for s in ss:
+        sa = sarr(s, Y)
+        e = fam.ell(Y, Mm, Vv, sa)
+        close(e.d_m, fd(lambda x: fam.ell(Y, x, Vv, sa).value, Mm), 1e-6)
+        close(e.d_v, fd(lambda x: fam.ell(Y, Mm, x, sa).value, Vv), 1e-6)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_second_m_derivative_is_twice_dv(case):
+    """d2 ell / dm2 = 2 d ell / dv (Price), which Newton steps in the engine rely on."""
+    fam, Y, Mm, Vv, ss = grid(case, DERIV_M, DERIV_V)
+    for s in ss:
+        sa = sarr(s, Y)
+        e = fam.ell(Y, Mm, Vv, sa)
+        close(2.0 * e.d_v, fd(lambda x: fam.ell(Y, x, Vv, sa).d_m, Mm), 1e-6)
+
+
+@pytest.mark.parametrize("case", [c for c in IDS if get_family(*CASES[c][:2]).has_dispersion])
+def test_ds_dss_match_finite_differences(case):
+    fam, Y, Mm, Vv, ss = grid(case, DERIV_M, DERIV_V)
+    for s in ss:
+        e = fam.ell(Y, Mm, Vv, sarr(s, Y), order=2)
+        close(e.d_s, fd(lambda x: fam.ell(Y, Mm, Vv, np.full(Y.shape, x)).value, s), 1e-6)
+        close(e.d_ss, fd(lambda x: fam.ell(Y, Mm, Vv, np.full(Y.shape, x)).d_s, s), 1e-6)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_ell_shapes_and_order(case):
+    fam, ys, ss = make(case)
+    y = np.tile(np.asarray(ys)[:3, None], (1, 4))
+    m, v = np.zeros(y.shape), np.full(y.shape, 0.5)
+    s = None if ss[0] is None else np.zeros(4)        # one dispersion per species (column)
+    e1, e2 = fam.ell(y, m, v, s), fam.ell(y, m, v, s, order=2)
+    for a in (e1.value, e1.d_m, e1.d_v):
+        assert np.shape(a) == y.shape
+    if fam.has_dispersion:
+        assert e1.d_s.shape == y.shape and e1.d_ss is None and e2.d_ss.shape == y.shape
+    else:
+        assert e1.d_s is None and e2.d_s is None
+
+
+# --- extremes stay finite and silent (RuntimeWarning from jsdm is an error here) -----------
+
+@pytest.mark.parametrize("case", IDS)
+def test_extremes_are_finite(case):
+    fam, ys, ss = make(case)
+    m = np.array([-700.0, -60.0, -30.0, 30.0, 60.0, 300.0])
+    if fam.name in ("poisson", "negative_binomial"):
+        m = m[m < 300] if fam.name == "negative_binomial" else m[(m > -700) & (m < 300)]
+    for v in (0.0, 1e-12, 20.0):
+        for s in ss + [s for s in (-30.0, 30.0) if ss[0] is not None]:
+            y = np.full(m.shape, ys[-1])
+            e = fam.ell(y, m, np.full(m.shape, v), sarr(s, m), order=2)
+            for a in (e.value, e.d_m, e.d_v, e.d_s, e.d_ss):
+                if a is not None and not (fam.name == "poisson" and a is e.value):
+                    assert np.all(np.isfinite(a) | (a == -np.inf)), (case, v, s, a)
+
+
+def test_negative_binomial_poisson_limit():
+    nb, po = NegativeBinomial(), Poisson()
+    y = np.array([0.0, 3.0, 40.0, 1e5])
+    m, v = np.log(np.array([0.5, 3.0, 35.0, 1.1e5])), np.array([0.0, 0.3, 1.0, 0.01])
+    e_nb, e_po = nb.ell(y, m, v, np.full(4, -45.0), order=2), po.ell(y, m, v)   # phi = 3e-20
+    np.testing.assert_allclose(e_nb.value, e_po.value, rtol=1e-12)
+    np.testing.assert_allclose(e_nb.d_m, e_po.d_m, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(e_nb.d_v, e_po.d_v, rtol=1e-9)
+    np.testing.assert_allclose(e_nb.d_s, 0.0, atol=1e-9)
+    np.testing.assert_allclose(nb.loglik(y, m, np.full(4, -45.0)), po.loglik(y, m), rtol=1e-12)
+
+
+# --- exact log-densities, CDFs, moments against scipy.stats ---------------------------------
+
+def scipy_dist(fam, eta, s, n=1):
+    if fam.name == "poisson":
+        return stats.poisson(np.exp(eta))
+    if fam.name == "negative_binomial":
+        phi = np.exp(s)
+        return stats.nbinom(1.0 / phi, 1.0 / (1.0 + phi * np.exp(eta)))
+    if fam.name == "gaussian":
+        return stats.norm(eta, np.exp(s))
+    p = {"logit": stats.logistic.cdf, "probit": stats.norm.cdf,
+         "cloglog": lambda e: 1.0 - np.exp(-np.exp(e))}[fam.link](eta)
+    return stats.binom(n, p)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_loglik_and_cdf_match_scipy(case):
+    fam, ys, ss = make(case)
+    eta = np.array([-3.0, -0.5, 0.0, 1.2, 2.0])
+    for s in ss:
+        for y in ys[:4]:
+            d = scipy_dist(fam, eta, s)
+            yy = np.full(eta.shape, y)
+            np.testing.assert_allclose(fam.loglik(yy, eta, sarr(s, eta)),
+                                       d.logpdf(yy) if fam.name == "gaussian" else d.logpmf(yy),
+                                       rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(fam.cdf(yy, eta, sarr(s, eta)), d.cdf(yy), rtol=1e-9, atol=1e-12)
+            lower = d.cdf(yy - 1) if fam.discrete else d.cdf(yy)
+            np.testing.assert_allclose(fam.cdf_lower(yy, eta, sarr(s, eta)), lower, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("link", ["logit", "probit", "cloglog"])
+def test_binomial_with_trials(link):
+    fam = Binomial(link)
+    n = np.array([[1.0, 5.0, 20.0]])
+    y = np.array([[1.0, 2.0, 20.0]])
+    eta = np.array([[0.3, -1.0, 2.0]])
+    d = scipy_dist(fam, eta, None, n)
+    np.testing.assert_allclose(fam.loglik(y, eta, trials=n), d.logpmf(y), rtol=1e-10)
+    np.testing.assert_allclose(fam.cdf(y, eta, trials=n), d.cdf(y), rtol=1e-10)
+    np.testing.assert_allclose(fam.mean(eta, trials=n), d.mean(), rtol=1e-12)
+    for v in (0.0, 0.3, 2.0):
+        got = fam.ell(y, eta, np.full(y.shape, v), trials=n).value.ravel()
+        ref = [quad_ell_trials(fam, y.ravel()[i], eta.ravel()[i], v, n.ravel()[i]) for i in range(3)]
+        np.testing.assert_allclose(got, ref, rtol=1e-9)
+
+
+def quad_ell_trials(fam, y, m, v, n):
+    if v == 0:
+        return float(fam.loglik(np.array([y]), np.array([m]), trials=np.array([n]))[0])
+    sd = np.sqrt(v)
+
+    def f(z):
+        return float(fam.loglik(np.array([y]), np.array([m + sd * z]), trials=np.array([n]))[0]) \
+            * stats.norm.pdf(z)
+    return integrate.quad(f, -14, 14, epsabs=1e-300, epsrel=1e-12, limit=400)[0]
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_sample_moments_match_mean_and_variance(case):
+    fam, ys, ss = make(case)
+    eta = np.array([-1.0, 0.0, 0.5]) if fam.name == "binomial" else np.array([-1.0, 0.5, 2.0])
+    s = None if ss[0] is None else np.array([-1.0, 0.0, 0.7])
+    n_draw = 40000
+    draws = fam.sample(np.broadcast_to(eta, (n_draw, 3)), s, rng=123)
+    assert draws.shape == (n_draw, 3)
+    mu = fam.mean(eta)
+    var = fam.variance(mu, s)
+    se_mean = np.sqrt(var / n_draw)
+    assert np.all(np.abs(draws.mean(0) - mu) < 5 * se_mean)
+    np.testing.assert_allclose(draws.var(0), var, rtol=0.08)
+    again = fam.sample(np.broadcast_to(eta, (n_draw, 3)), s, rng=123)
+    np.testing.assert_array_equal(draws, again)
+    fam.check_y(draws)
+
+
+# --- validation, registry, starting values -----------------------------------------------
+
+@pytest.mark.parametrize("case,bad,needle", [
+    ("poisson", [1.0, -1.0], "non-negative"),
+    ("nb", [2.0, 0.5], "whole-number"),
+    ("binomial-logit", [0.0, 2.0], "0/1"),
+    ("binomial-probit", [0.0, 0.5], "0/1"),
+    ("gaussian", [0.0, np.inf], "finite"),
+])
+def test_check_y_rejects_bad_values(case, bad, needle):
+    fam, _, _ = make(case)
+    with pytest.raises(JSDMError, match=needle) as err:
+        fam.check_y(np.array(bad))
+    assert str(bad[1])[:3] in str(err.value)          # the message echoes the bad value
+    fam.check_y(np.array([bad[0], np.nan]))             # NaN (missing) is allowed
+
+
+def test_check_y_binomial_trials():
+    fam = Binomial()
+    fam.check_y(np.array([[0.0, 3.0]]), trials=np.array([[2.0, 5.0]]))
+    with pytest.raises(JSDMError, match="between 0 and trials"):
+        fam.check_y(np.array([[3.0, 3.0]]), trials=np.array([[2.0, 5.0]]))
+    with pytest.raises(JSDMError, match="trials must be positive"):
+        fam.check_y(np.array([[0.0]]), trials=np.array([[0.0]]))
+
+
+@pytest.mark.parametrize("key,cls,link", [
+    ("poisson", Poisson, "log"), ("negative_binomial", NegativeBinomial, "log"),
+    ("nb", NegativeBinomial, "log"), ("negbin", NegativeBinomial, "log"),
+    ("negative.binomial", NegativeBinomial, "log"), ("Negative-Binomial", NegativeBinomial, "log"),
+    ("binomial", Binomial, "logit"), ("bernoulli", Binomial, "logit"),
+    ("gaussian", Gaussian, "identity"), ("normal", Gaussian, "identity"),
+])
+def test_get_family_by_name_and_alias(key, cls, link):
+    fam = get_family(key)
+    assert type(fam) is cls and fam.link == link
+
+
+def test_get_family_instance_class_and_link():
+    nb = NegativeBinomial()
+    assert get_family(nb) is nb
+    assert isinstance(get_family(Gaussian), Gaussian)
+    assert get_family("binomial", link="probit").link == "probit"
+    assert get_family(Binomial(), link="cloglog").link == "cloglog"
+
+
+def test_get_family_errors_list_valid_choices():
+    with pytest.raises(JSDMError, match="valid families: .*binomial.*gaussian.*negative_binomial"):
+        get_family("weibull")
+    with pytest.raises(JSDMError, match="valid links: logit, probit, cloglog"):
+        get_family("binomial", link="log")
+
+
+def test_link_residual_variances():
+    assert Binomial("probit").link_residual_variance == 1.0
+    assert Binomial("logit").link_residual_variance == pytest.approx(np.pi ** 2 / 3)
+    assert Binomial("cloglog").link_residual_variance == pytest.approx(np.pi ** 2 / 6)
+    assert Poisson().link_residual_variance == 0.0
+
+
+@pytest.mark.parametrize("cls,true_disp", [(NegativeBinomial, np.array([0.2, 1.5])),
+                                          (Gaussian, np.array([0.3, 4.0]))])
+def test_dispersion_start_recovers_simulated_dispersion(cls, true_disp):
+    fam = cls()
+    s = fam.dispersion_param(true_disp)
+    eta = np.broadcast_to(np.array([1.5, 2.5]), (4000, 2))
+    y = fam.sample(eta, s, rng=7)
+    y[::50, 0] = np.nan                                   # missing cells are skipped
+    got = fam.dispersion(fam.dispersion_start(y, fam.mean(eta)))
+    np.testing.assert_allclose(got, true_disp, rtol=0.15)
+    np.testing.assert_allclose(fam.dispersion(s), true_disp)
+
+
+def test_dispersion_start_none_without_dispersion():
+    assert Poisson().dispersion_start(np.ones((3, 2)), np.ones((3, 2))) is None
+    assert Family.dispersion_start(Binomial(), np.ones((3, 2)), np.ones((3, 2))) is None

@@ -412,7 +412,7 @@ def _fisher_interval(r, se, alpha):
         z = np.arctanh(rc)
         sz = se / (1.0 - rc ** 2)
         lo, hi = np.tanh(z - q * sz), np.tanh(z + q * sz)
-    flat = ~(se > 0)
+    flat = se == 0          # exactly determined (e.g. d = 1 or the diagonal); NaN se stays NaN
     lo[flat], hi[flat] = r[flat], r[flat]
     return lo, hi
 

@@ -1,0 +1,126 @@
+"""Species association heatmap and variance-partition bars."""
+import numpy as np
+
+from ._util import get_ax, label_fontsize
+
+
+def cluster_order(cor):
+    """Leaf order of average-linkage clustering on the distance 1 - correlation.
+
+    Parameters
+    ----------
+    cor : ndarray (m, m)
+
+    Returns
+    -------
+    ndarray (m,) of positions
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    m = cor.shape[0]
+    if m < 3:
+        return np.arange(m)
+    dist = np.clip(1.0 - np.nan_to_num(cor, nan=0.0), 0.0, 2.0)
+    dist = (dist + dist.T) / 2.0
+    np.fill_diagonal(dist, 0.0)
+    return leaves_list(linkage(squareform(dist, checks=False), method="average", optimal_ordering=True))
+
+
+def plot_associations(fit, cluster=True, only_significant=False, ax=None, *, alpha=0.05,
+                      method="delta", add_family_variance=False, cmap="RdBu_r", **kwargs):
+    """Heatmap of residual correlations (lower triangle) with a colour bar.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    cluster : bool
+        Order species by hierarchical clustering (average linkage on 1 - r);
+        otherwise keep the fit's species order.
+    only_significant : bool
+        Blank out pairs whose (1 - alpha) interval contains 0 (intervals from
+        :func:`jsdm.analysis.associations.residual_correlation_intervals` with
+        ``method`` and ``**kwargs``).
+    ax : matplotlib Axes, optional
+    alpha : float
+    method : {"delta", "bootstrap"}
+    add_family_variance : bool or str
+        See :func:`jsdm.analysis.associations.residual_covariance`.
+    cmap : str
+        Diverging colour map, centred at 0 (limits -1, 1).
+
+    Returns
+    -------
+    matplotlib Axes (its image has gid "associations")
+    """
+    from ..analysis import associations as assoc
+
+    R = assoc.residual_correlation(fit, add_family_variance=add_family_variance)
+    vals = R.to_numpy().copy()
+    if only_significant:
+        ci = assoc.residual_correlation_intervals(fit, alpha=alpha, method=method,
+                                                  add_family_variance=add_family_variance, **kwargs)
+        keep = (ci.lower.to_numpy() > 0) | (ci.upper.to_numpy() < 0)
+        np.fill_diagonal(keep, True)
+        vals[~keep] = np.nan
+    order = cluster_order(R.to_numpy()) if cluster else np.arange(len(R))
+    vals = vals[np.ix_(order, order)]
+    vals[np.triu_indices_from(vals, 1)] = np.nan
+    names = R.index[order]
+    m = len(names)
+    ax = get_ax(ax, (0.18 * m + 2.5, 0.16 * m + 2.0))
+    img = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=-1.0, vmax=1.0,
+                    interpolation="nearest", aspect="equal")
+    img.set_gid("associations")
+    fs = label_fontsize(m)
+    ax.set_xticks(np.arange(m), labels=[str(s) for s in names], rotation=90, fontsize=fs)
+    ax.set_yticks(np.arange(m), labels=[str(s) for s in names], fontsize=fs)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.figure.colorbar(img, ax=ax, shrink=0.7, label="residual correlation")
+    title = "Residual correlations"
+    ax.set_title(title + (f" (interval excludes 0, {100 * (1 - alpha):.0f}%)" if only_significant else ""))
+    return ax
+
+
+def plot_variance_partition(fit, ax=None, *, groups=None, sort=False, colors=None):
+    """Stacked bars per species: share of linear-predictor variance by component.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    ax : matplotlib Axes, optional
+    groups : None, "terms" or dict
+        Covariate grouping (see :func:`jsdm.analysis.associations.variance_partition`).
+    sort : bool
+        Order species by the share of the first component.
+    colors : list of colours, optional
+
+    Returns
+    -------
+    matplotlib Axes (one bar container per component, labelled, in ``ax.containers``)
+    """
+    import matplotlib.pyplot as plt
+
+    from ..analysis.associations import variance_partition
+
+    vp = variance_partition(fit, groups=groups)
+    if sort and vp.shape[1]:
+        vp = vp.sort_values(vp.columns[0], ascending=False)
+    m = vp.shape[0]
+    ax = get_ax(ax, (max(6.0, 0.22 * m + 2.0), 4.5))
+    colors = colors or plt.get_cmap("tab10").colors
+    x = np.arange(m)
+    bottom = np.zeros(m)
+    for k, comp in enumerate(vp.columns):
+        h = vp[comp].fillna(0.0).to_numpy()
+        ax.bar(x, h, bottom=bottom, width=0.85, color=colors[k % len(colors)], label=str(comp),
+               edgecolor="white", linewidth=0.3, gid=str(comp))
+        bottom += h
+    ax.set_xticks(x, labels=[str(s) for s in vp.index], rotation=90, fontsize=label_fontsize(m))
+    ax.set_xlim(-0.6, m - 0.4)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of linear-predictor variance")
+    ax.set_title("Variance partitioning")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return ax

@@ -1,0 +1,148 @@
+"""Ordination biplot of a fitted GLLVM."""
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..exceptions import JSDMError
+from ._util import get_ax
+
+
+def _site_colors(fit, color):
+    """(values, is_categorical) aligned with the sites, or (None, False)."""
+    if color is None:
+        return None, False
+    if isinstance(color, str):
+        X = getattr(fit.community, "X", None)
+        if X is None or color not in X.columns:
+            avail = [] if X is None else list(X.columns)
+            raise JSDMError(f"color={color!r} is not a site covariate; available: {avail}")
+        color = X[color]
+    col = pd.Series(color) if not isinstance(color, pd.Series) else color
+    if isinstance(color, pd.Series) and col.index.isin(fit.sites).all() and len(col) >= len(fit.sites):
+        col = col.reindex(fit.sites)
+    elif len(col) != len(fit.sites):
+        raise JSDMError(f"color has {len(col)} values for {len(fit.sites)} sites")
+    numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+    return col, not numeric
+
+
+def _draw_sites(ax, xy, col, categorical, cname):
+    """Scatter the sites; colour bar or legend for the colouring variable."""
+    kw = dict(s=22, edgecolor="white", linewidth=0.4, zorder=3, gid="sites")
+    if col is None:
+        return ax.scatter(xy[:, 0], xy[:, 1], color="0.35", **kw)
+    if not categorical:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=col.to_numpy(float), cmap="viridis", **kw)
+        ax.figure.colorbar(sc, ax=ax, label=cname, shrink=0.8)
+        return sc
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    cat = col.astype("category")
+    cmap = plt.get_cmap("tab10" if len(cat.cat.categories) <= 10 else "tab20")
+    colors = [cmap(c % cmap.N) for c in cat.cat.codes]
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=colors, **kw)
+    handles = [Line2D([], [], marker="o", ls="", color=cmap(k % cmap.N), label=str(lev))
+               for k, lev in enumerate(cat.cat.categories)]
+    ax.legend(handles=handles, title=cname, fontsize=7, title_fontsize=8, loc="best")
+    return sc
+
+
+def _draw_ellipses(ax, xy, cov, level):
+    """Prediction ellipses of the site scores from their (2 x 2) variational covariances."""
+    from matplotlib.patches import Ellipse
+
+    r = np.sqrt(stats.chi2.ppf(level, df=2))
+    vals, vecs = np.linalg.eigh(cov)
+    for (x, y), w, v in zip(xy, vals, vecs):
+        ang = np.degrees(np.arctan2(v[1, 1], v[0, 1]))
+        w = np.sqrt(np.clip(w, 0.0, None))
+        ax.add_patch(Ellipse((x, y), 2 * r * w[1], 2 * r * w[0], angle=ang, fill=False,
+                             lw=0.6, color="0.55", alpha=0.7, gid="ellipse"))
+
+
+def _draw_arrows(ax, xy, names, color, gid, fontsize=7):
+    """Arrows from the origin with a text label at each tip."""
+    from matplotlib.patches import FancyArrowPatch
+
+    for (x, y), name in zip(xy, names):
+        ax.add_artist(FancyArrowPatch((0, 0), (x, y), arrowstyle="->", mutation_scale=8,
+                                      color=color, lw=0.8, alpha=0.8, gid=gid))
+        t = ax.text(x * 1.06, y * 1.06, str(name), color=color, fontsize=fontsize,
+                    ha="left" if x >= 0 else "right", va="bottom" if y >= 0 else "top")
+        t.set_gid(gid)
+    ax.update_datalim(np.vstack([np.asarray(xy) * 1.2, [[0.0, 0.0]]]))
+
+
+def _radius(xy):
+    return float(np.max(np.linalg.norm(xy, axis=1))) if len(xy) else 1.0
+
+
+def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, axes=(0, 1),
+                    scaling="symmetric", alpha=0.5, species_scale="auto", covariate_arrows=False,
+                    level=0.95, site_labels=False):
+    """Ordination plot: sites as points, species as labelled arrows (a biplot).
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+        A fit with at least two latent variables.
+    biplot : bool
+        Draw species as arrows labelled with their names.
+    color : str, Series or array-like, optional
+        Site covariate name, or values per site (Series indexed by site or in
+        site order); numeric gives a colour bar, categorical a legend.
+    ellipses : bool
+        Draw ``level`` prediction ellipses of the site scores from their
+        variational covariances.
+    ax : matplotlib Axes, optional
+    axes : (int, int)
+        Principal axes to show (0-based).
+    scaling, alpha :
+        Biplot scaling (see :func:`jsdm.analysis.ordination.ordination`).
+    species_scale : "auto" or float
+        Factor applied to species scores for display; "auto" scales the
+        longest arrow to 90% of the farthest site (noted on the plot).
+    covariate_arrows : bool
+        Arrows for the correlations of site covariates with the site scores.
+    level : float
+        Coverage of the ellipses.
+    site_labels : bool
+        Write site names next to the points.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    from ..analysis.ordination import ordination
+
+    if fit.num_lv < 2:
+        raise JSDMError(f"an ordination plot needs num_lv >= 2; this fit has num_lv={fit.num_lv}")
+    o = ordination(fit, scaling=scaling, alpha=alpha, covariates=covariate_arrows)
+    i, j = axes
+    ax = get_ax(ax, (7.0, 6.0))
+    xy = o.sites.iloc[:, [i, j]].to_numpy()
+    col, categorical = _site_colors(fit, color)
+    _draw_sites(ax, xy, col, categorical, color if isinstance(color, str) else "group")
+    if ellipses:
+        _draw_ellipses(ax, xy, o.site_cov[:, [i, j]][:, :, [i, j]], level)
+    if site_labels:
+        for (x, y), name in zip(xy, o.sites.index):
+            ax.text(x, y, f" {name}", fontsize=6, color="0.3", gid="site_label")
+    if biplot:
+        sp = o.species.iloc[:, [i, j]].to_numpy()
+        f = 0.9 * _radius(xy) / _radius(sp) if species_scale == "auto" else float(species_scale)
+        _draw_arrows(ax, sp * f, o.species.index, "firebrick", "species")
+        if species_scale == "auto" and not np.isclose(f, 1.0):
+            ax.text(0.01, 0.01, f"species scores x {f:.2g}", transform=ax.transAxes,
+                    fontsize=7, color="firebrick", gid="note")
+    if covariate_arrows and o.covariates is not None:
+        cov = o.covariates.iloc[:, [i, j]].to_numpy() * _radius(xy)
+        _draw_arrows(ax, cov, o.covariates.index, "navy", "covariate", fontsize=8)
+    ax.axhline(0, color="0.8", lw=0.6, zorder=0)
+    ax.axvline(0, color="0.8", lw=0.6, zorder=0)
+    ax.set_xlabel(o.axis_labels[i])
+    ax.set_ylabel(o.axis_labels[j])
+    ax.set_title(f"Ordination ({o.scaling} scaling)")
+    ax.autoscale_view()
+    return ax

@@ -1,0 +1,153 @@
+"""Residuals, predictions and simulation from fitted GLLVMs."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special, stats
+
+import jsdm
+from jsdm.exceptions import JSDMError
+from jsdm.results.predict import marginal_mean
+
+
+def _quiet_fit(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        return jsdm.gllvm(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def nb_data():
+    com, _ = jsdm.simulate_community(80, 30, num_lv=2, family="nb", n_covariates=1, seed=3,
+                                     intercept=1.0, dispersion=0.5)
+    return com
+
+
+@pytest.fixture(scope="module")
+def pois_fit():
+    com, _ = jsdm.simulate_community(60, 6, num_lv=2, family="poisson", n_covariates=2, seed=4, intercept=0.5)
+    Y = com.Y.copy()
+    Y.iloc[2, 1] = np.nan
+    return _quiet_fit(jsdm.Community(Y, com.X), family="poisson", num_lv=2, seed=1, n_init=1)
+
+
+# --- residuals -------------------------------------------------------------------------------
+def test_dunn_smyth_residuals_normal_for_correct_model_not_for_misspecified(nb_data):
+    good = _quiet_fit(nb_data, family="nb", num_lv=2, seed=1, n_init=1)
+    r = good.residuals(seed=1)
+    assert r.shape == nb_data.Y.shape and r.index.equals(nb_data.sites)
+    assert stats.kstest(r.to_numpy().ravel(), "norm").pvalue > 0.01
+    bad = _quiet_fit(nb_data, family="poisson", num_lv=2, seed=1, n_init=1)
+    rb = bad.residuals(seed=1).to_numpy().ravel()
+    assert stats.kstest(rb, "norm").pvalue < 1e-6
+    assert rb.std() > 1.2                       # overdispersion left in the residuals
+
+
+def test_residuals_seeded_missing_and_kinds(pois_fit):
+    fit = pois_fit
+    a, b = fit.residuals(seed=7), fit.residuals(seed=7)
+    assert a.equals(b) and not a.equals(fit.residuals(seed=8))
+    assert np.isnan(a.iloc[2, 1]) and a.isna().sum().sum() == 1
+    y = fit.community.Y
+    mu = fit.fitted()
+    assert np.allclose(fit.residuals("response"), y - mu, equal_nan=True)
+    assert np.allclose(fit.residuals("pearson"), (y - mu) / np.sqrt(mu), equal_nan=True)
+    with pytest.raises(ValueError, match="dunn-smyth"):
+        fit.residuals("deviance")
+
+
+# --- predict ---------------------------------------------------------------------------------
+def test_conditional_predictions_are_the_fitted_values(pois_fit):
+    fit = pois_fit
+    assert np.allclose(fit.predict(), fit.linear_predictor())
+    assert np.allclose(fit.predict(type="response"), fit.fitted())
+    assert fit.predict().columns.equals(fit.species)
+
+
+def test_marginal_predictions_integrate_over_latent_variables(pois_fit):
+    fit = pois_fit
+    P = fit.state.params
+    fixed = P.beta0 + fit.problem.X @ P.B.T
+    marg = fit.predict(type="response", lv="marginal").to_numpy()
+    assert np.allclose(marg, np.exp(fixed + 0.5 * (P.theta ** 2).sum(1)))
+    z = np.random.default_rng(0).standard_normal((100_000, fit.num_lv))
+    mc = np.exp(fixed[0] + z @ P.theta.T).mean(0)
+    assert np.allclose(marg[0], mc, rtol=0.02)
+    assert np.allclose(fit.predict(lv="marginal"), fixed)
+    assert not np.allclose(marg, np.exp(fixed))          # not the z = 0 plug-in
+
+
+def test_gauss_hermite_marginal_mean_matches_probit_closed_form():
+    fam = jsdm.get_family("binomial", link="probit")
+    F = np.linspace(-3, 3, 13)[:, None] * np.ones((1, 3))
+    var = np.array([0.1, 1.0, 4.0])[None, :] * np.ones_like(F)
+    exact = special.ndtr(F / np.sqrt(1.0 + var))
+    assert np.allclose(marginal_mean(fam, F, var), exact, atol=1e-6)
+
+
+def test_predict_new_sites_from_covariates(pois_fit):
+    fit = pois_fit
+    new = fit.community.X.iloc[[5, 0, 3]]
+    pred = fit.predict(new, type="response")
+    assert pred.index.equals(new.index)
+    assert np.allclose(pred, fit.predict(type="response", lv="marginal").loc[new.index])
+    with pytest.raises(JSDMError, match="marginal"):
+        fit.predict(new, lv="conditional")
+    with pytest.raises(JSDMError, match="x2"):
+        fit.predict(new[["x1"]])
+
+
+def test_new_site_design_keeps_categorical_levels():
+    com = jsdm.datasets.load_mite()
+    X = com.X.copy()
+    X["SubsDens"] = (X["SubsDens"] - X["SubsDens"].mean()) / X["SubsDens"].std()
+    sub = jsdm.Community(com.Y.iloc[:, :8], X).subset(sites=com.Y.index[com.Y.iloc[:, :8].sum(1) > 0])
+    fit = _quiet_fit(sub, family="poisson", num_lv=0, formula="~ SubsDens + Topo", n_init=1, seed=1)
+    new = X.iloc[[0, 1]]
+    assert (new["Topo"] == new["Topo"].iloc[0]).all()     # one level only in newdata
+    assert np.allclose(fit.predict(new), fit.predict().iloc[[0, 1]])
+
+
+def test_confidence_interval_delta_method(pois_fit):
+    fit = pois_fit
+    new = fit.community.X.iloc[:4]
+    ci = fit.predict(new, type="link", interval="confidence", level=0.9)
+    assert list(ci.columns) == ["prediction", "lower", "upper"]
+    C = fit.cov_params()
+    sp = fit.species[2]
+    idx = [("coef", sp, t) for t in ["Intercept", "x1", "x2"]]
+    x = np.r_[1.0, new.iloc[1].to_numpy()]
+    se = np.sqrt(x @ C.loc[idx, idx].to_numpy() @ x)
+    row = ci.loc[(new.index[1], sp)]
+    assert row["upper"] - row["prediction"] == pytest.approx(stats.norm.isf(0.05) * se)
+    resp = fit.predict(new, type="response", interval="confidence")
+    assert (resp["lower"] < resp["prediction"]).all() and (resp["prediction"] < resp["upper"]).all()
+    with pytest.raises(JSDMError, match="marginal"):
+        fit.predict(type="link", interval="confidence")
+
+
+def test_prediction_interval_covers_new_draws(pois_fit):
+    fit = pois_fit
+    pi = fit.predict(type="response", interval="prediction", level=0.9, seed=1, n_draws=400)
+    y = fit.simulate(n=200, seed=2)
+    lo = pi["lower"].unstack().to_numpy()
+    hi = pi["upper"].unstack().to_numpy()
+    inside = [((t.to_numpy() >= lo) & (t.to_numpy() <= hi)).mean() for _, t in y.groupby(level="draw")]
+    assert np.mean(inside) >= 0.88                       # discrete: at least the nominal 0.9 - MC error
+
+
+# --- simulate --------------------------------------------------------------------------------
+def test_simulate_seeded_and_moments(pois_fit):
+    fit = pois_fit
+    a = fit.simulate(seed=3)
+    assert a.equals(fit.simulate(seed=3)) and a.shape == fit.community.Y.shape
+    many = fit.simulate(n=300, seed=4)
+    assert many.index.names == ["draw", "site"]
+    cond_mean = many.groupby(level="site").mean().loc[fit.sites]
+    assert np.allclose(cond_mean, fit.fitted(), rtol=0.25, atol=0.3)
+    marg = fit.simulate(n=300, conditional=False, seed=5).groupby(level="site").mean().loc[fit.sites]
+    expected = fit.predict(type="response", lv="marginal")
+    assert np.median(np.abs(marg.to_numpy() / expected.to_numpy() - 1)) < 0.15
+    with pytest.raises(JSDMError, match="n must"):
+        fit.simulate(n=0)

@@ -85,10 +85,13 @@ def diagnostics_html(fit):
     """The result of ``fit.diagnose()`` as plain sentences."""
     diag = fit.diagnose()
     if getattr(diag, "ok", False):
+        eig = (getattr(diag, "stats", None) or {}).get("min scaled Hessian eigenvalue")
+        hess = ("" if eig is None else f" (smallest scaled eigenvalue of the negative Hessian "
+                f"{eig:.2g} &gt; 0: a maximum)")
         return ('<p class="box"><span class="ok">No problems found.</span> The gradient is '
-                f"close to zero at the optimum (max |gradient| {fit.max_grad:.2g}), and the checks "
-                "of the Hessian, coefficient sizes, covariate scaling, latent variables and sparse "
-                "species found nothing to act on.</p>")
+                f"close to zero at the optimum (max |gradient| {fit.max_grad:.2g}), the Hessian is "
+                f"negative definite{hess}, and the checks of coefficient sizes, covariate scaling, "
+                "latent variables and sparse species found nothing to act on.</p>")
     items = []
     for prob in _problems(diag):
         items.append('<div class="box problem">' + "<br>".join(esc(x) for x in prob if x) + "</div>")

@@ -102,9 +102,10 @@ def test_new_site_design_keeps_categorical_levels():
     com = jsdm.datasets.load_mite()
     X = com.X.copy()
     X["SubsDens"] = (X["SubsDens"] - X["SubsDens"].mean()) / X["SubsDens"].std()
-    sub = jsdm.Community(com.Y.iloc[:, :8], X).subset(sites=com.Y.index[com.Y.iloc[:, :8].sum(1) > 0])
+    keep = com.Y.index[com.Y.iloc[:, :8].sum(1) > 0]
+    sub = jsdm.Community(com.Y.loc[keep].iloc[:, :8], X.loc[keep])
     fit = _quiet_fit(sub, family="poisson", num_lv=0, formula="~ SubsDens + Topo", n_init=1, seed=1)
-    new = X.iloc[[0, 1]]
+    new = X.loc[keep].iloc[[0, 1]]
     assert (new["Topo"] == new["Topo"].iloc[0]).all()     # one level only in newdata
     assert np.allclose(fit.predict(new), fit.predict().iloc[[0, 1]])
 

@@ -37,6 +37,13 @@ def test_read_wide_response_only(wide_files):
     assert com.X is None and com.traits is None and com.Y.shape == (3, 3)
 
 
+def test_read_wide_accepts_utf8_bom(tmp_path):
+    y = tmp_path / "bom.csv"
+    y.write_bytes("\ufeffsite,Picéa,b\nu,1,2\nv,0,3\n".encode("utf-8"))
+    com = jsdm.read_wide(y)
+    assert com.sites.name == "site" and list(com.species) == ["Picéa", "b"]
+
+
 def test_read_wide_semicolon(tmp_path):
     y = write(tmp_path / "y.csv", "id;a;b\nu;1;2\nv;0;3\n")
     assert jsdm.read_wide(y, sep=";").Y.to_numpy().tolist() == [[1, 2], [0, 3]]
@@ -53,7 +60,7 @@ def test_read_wide_errors(tmp_path, wide_files):
         jsdm.read_wide(empty)
     binary = tmp_path / "bin.csv"
     binary.write_bytes(b"\xff\xfe\x00\x81\x82" * 50)
-    with pytest.raises(JSDMError, match="could not read"):
+    with pytest.raises(JSDMError, match="could not read.*not UTF-8"):
         jsdm.read_wide(binary)
     one_col = write(tmp_path / "one.csv", "site\nu\nv\n")
     with pytest.raises(JSDMError, match="needs the id column first"):

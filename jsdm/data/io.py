@@ -53,9 +53,11 @@ def read_csv_table(path, what, index=True, label_columns=(), sep=","):
         df = pd.read_csv(path, sep=sep, dtype={c: str for c in text_cols},
                          keep_default_na=False, na_values=NA_VALUES)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        fix = ("It is not UTF-8 text: save it as 'CSV UTF-8' (or convert it) and try again."
+               if isinstance(err, UnicodeDecodeError) else
+               f"Check that it is a text CSV with one header row and {sep!r} between fields.")
         raise JSDMError(
-            f"could not read {what} file {str(path)!r} as CSV ({type(err).__name__}: {err}). "
-            f"Check that it is a text CSV with one header row and {sep!r} between fields."
+            f"could not read {what} file {str(path)!r} as CSV ({type(err).__name__}: {err}). {fix}"
         ) from err
     if index:
         if df.shape[1] < 2:

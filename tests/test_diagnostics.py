@@ -1,0 +1,144 @@
+"""diagnose(): each problem flagged on data built to cause it, quiet on a clean fit."""
+from dataclasses import replace
+import warnings
+
+import numpy as np
+import pytest
+
+import jsdm
+from jsdm.analysis.diagnostics import Diagnosis, quick_checks, warn_quick_checks
+from jsdm.model.objective import evaluate
+from jsdm.results.fitted import GLLVMResults
+
+
+def _quiet_fit(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        return jsdm.gllvm(*args, **kwargs)
+
+
+def _kinds(diag):
+    return [p.kind for p in diag.problems]
+
+
+@pytest.fixture(scope="module")
+def clean():
+    com, _ = jsdm.simulate_community(100, 10, num_lv=2, family="poisson", n_covariates=2, seed=11, intercept=1.0)
+    return com, _quiet_fit(com, family="poisson", num_lv=2, seed=1, n_init=1)
+
+
+def test_clean_simulated_fit_is_quiet(clean):
+    com, fit = clean
+    diag = fit.diagnose()
+    assert isinstance(diag, Diagnosis)
+    assert diag.ok, str(diag)
+    assert "No problems found" in str(diag)
+    assert diag.to_frame().empty
+    assert quick_checks(fit) == []
+
+
+def test_badly_scaled_covariate_is_named(clean):
+    com, _ = clean
+    X = com.X.copy()
+    X["x1"] = X["x1"] * 1e4
+    fit = _quiet_fit(jsdm.Community(com.Y, X), family="poisson", num_lv=2, seed=1, n_init=1)
+    diag = fit.diagnose()
+    prob = next(p for p in diag.problems if p.kind == "covariate_scaling")
+    assert prob.parameters == ["x1"] and "standardise" in prob.remedy
+    with pytest.warns(jsdm.DataWarning, match="x1"):
+        warn_quick_checks(fit)
+
+
+def test_collapsed_latent_variables_with_too_many_lvs():
+    com, _ = jsdm.simulate_community(60, 10, num_lv=0, family="poisson", n_covariates=1, seed=3,
+                                     intercept=3.0, intercept_sd=0.5)
+    fit = _quiet_fit(com, family="poisson", num_lv=2, seed=1, n_init=1)
+    diag = fit.diagnose()
+    prob = next(p for p in diag.problems if p.kind == "collapsed_lv")
+    assert "LV2" in prob.parameters and "num_lv" in prob.remedy
+    assert not diag.ok
+
+
+def test_species_with_one_nonzero_record(clean):
+    com, _ = clean
+    Y = com.Y.copy()
+    Y["sp04"] = 0.0
+    Y.iloc[5, Y.columns.get_loc("sp04")] = 2.0
+    fit = _quiet_fit(jsdm.Community(Y, com.X), family="poisson", num_lv=2, seed=1, n_init=1)
+    prob = next(p for p in fit.diagnose().problems if p.kind == "sparse_species")
+    assert prob.parameters == ["sp04"]
+    assert "1 informative record" in prob.evidence
+
+
+def test_separation_gives_large_coefficient(clean):
+    com, _ = clean
+    Y = (com.Y > 0).astype(float)
+    Y["sp01"] = (com.X["x1"] > 0).astype(float)          # completely separated by x1
+    keep = [c for c in Y.columns if 0.1 < Y[c].mean() < 0.9]
+    fit = _quiet_fit(jsdm.Community(Y[keep], com.X), family="binomial", num_lv=1, seed=1, n_init=1)
+    diag = fit.diagnose()
+    prob = next(p for p in diag.problems if p.kind == "large_coefficient")
+    assert any(lab[1] == "sp01" for lab in prob.parameters)
+    assert all(lab[1] == "sp01" for lab in prob.parameters if lab[0] == "coef")
+    assert "separation" in prob.remedy
+
+
+def test_non_convergence_is_reported_with_parameters(clean):
+    com, fit = clean
+    # a fit stopped early: the optimum with two slopes moved away, as after maxiter=5
+    P = fit.state.params.copy()
+    P.B[2, 0] += 0.5
+    P.B[7, 1] -= 0.5
+    g = fit.state.layout.pack_grad(evaluate(fit.problem, P).grad, P)
+    state = replace(fit.state, params=P, grad=g, converged=False, n_iter=5)
+    early = GLLVMResults(fit.problem, state, fit.settings)
+    prob = next(p for p in early.diagnose().problems if p.kind == "convergence")
+    assert ("coef", "sp03", "x1") in prob.parameters or ("coef", "sp08", "x2") in prob.parameters
+    assert "maxiter" in prob.remedy
+
+
+def test_maxiter_stop_is_flagged_when_the_engine_stops_early(clean):
+    com, _ = clean
+    fit = _quiet_fit(com, family="poisson", num_lv=2, seed=1, n_init=1, maxiter=5, gtol=1e-9)
+    assert not fit.converged
+    assert "convergence" in _kinds(fit.diagnose(hessian=False))
+
+
+def test_unidentified_parameters_flag_the_hessian(clean):
+    com, _ = clean
+    X = com.X.copy()
+    X["x1copy"] = X["x1"]
+    fit = _quiet_fit(jsdm.Community(com.Y, X), family="poisson", num_lv=1, seed=1, n_init=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # diagnose() itself must not warn
+        diag = fit.diagnose()
+    prob = next(p for p in diag.problems if p.kind == "hessian")
+    assert any(lab[2] == "x1copy" for lab in prob.parameters)
+    assert "NaN" in prob.evidence
+
+
+def test_near_zero_random_row_variance(clean):
+    com, _ = clean
+    fit = _quiet_fit(com, family="poisson", num_lv=1, seed=1, n_init=1, row_effect="random")
+    P = fit.state.params.copy()
+    P.log_sigma = np.log(1e-3)
+    small = GLLVMResults(fit.problem, replace(fit.state, params=P), fit.settings)
+    prob = next(p for p in quick_checks(small) if p.kind == "row_variance")
+    assert "row_effect=None" in prob.remedy
+
+
+def test_report_text_lists_evidence_and_remedy(clean):
+    com, _ = clean
+    Y = com.Y.copy()
+    Y["sp04"] = 0.0
+    Y.iloc[5, Y.columns.get_loc("sp04")] = 2.0
+    X = com.X.copy()
+    X["x2"] = X["x2"] * 50.0
+    fit = _quiet_fit(jsdm.Community(Y, X), family="poisson", num_lv=2, seed=1, n_init=1)
+    diag = fit.diagnose(hessian=False)
+    text = str(diag)
+    assert {"covariate_scaling", "sparse_species"} <= set(_kinds(diag))
+    assert text.count("evidence:") == len(diag.problems) == text.count("remedy:")
+    frame = diag.to_frame()
+    assert list(frame.columns) == ["kind", "message", "evidence", "remedy", "parameters"]
+    assert "Hessian: not checked" in text

@@ -25,13 +25,14 @@ intervals from a parametric bootstrap (simulate from the fitted model with
 fresh latent variables, refit from the estimates, recompute the correlations;
 rotation invariant, so no sign or rotation matching is needed).
 """
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from ..exceptions import JSDMError
+from ..exceptions import ConvergenceWarning, JSDMError
 
 _NB_VARIANCE = ("lognormal", "trigamma")
 
@@ -433,23 +434,32 @@ def _draw_response(fit, rng):
 
 def _bootstrap_correlations(fit, n_boot, seed, add_family_variance):
     """Array (n_boot, m, m) of residual correlations from parametric-bootstrap refits."""
-    import warnings
 
     from ..model.fit import fit_problem
     from ..results.fitted import GLLVMResults
 
     rng = np.random.default_rng(seed)
     opts = {k: fit.settings[k] for k in ("maxiter", "gtol") if k in fit.settings}
-    draws, n_bad = [], 0
+    draws, n_bad, n_fail = [], 0, 0
     for _ in range(int(n_boot)):
         prob_b = replace(fit.problem, Y=_draw_response(fit, rng))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = fit_problem(prob_b, n_init=1, start=fit.state.params.copy(), **opts)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = fit_problem(prob_b, n_init=1, start=fit.state.params.copy(), **opts)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            n_fail += 1
+            continue
         n_bad += not state.converged
         res = GLLVMResults(prob_b, state, fit.settings)
         draws.append(residual_correlation(res, add_family_variance).to_numpy())
-    return np.array(draws), {"n_boot": int(n_boot), "not_converged": int(n_bad), "seed": seed}
+    if n_fail:
+        warnings.warn(f"{n_fail} of {n_boot} bootstrap refits failed and were left out",
+                      ConvergenceWarning, stacklevel=3)
+    if not draws:
+        raise JSDMError("every bootstrap refit failed; use method='delta'")
+    info = {"n_boot": len(draws), "not_converged": int(n_bad), "failed": n_fail, "seed": seed}
+    return np.array(draws), info
 
 
 def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_variance=False,

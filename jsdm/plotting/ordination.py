@@ -74,6 +74,16 @@ def _draw_arrows(ax, xy, names, color, gid, fontsize=7):
     ax.update_datalim(np.vstack([np.asarray(xy) * 1.2, [[0.0, 0.0]]]))
 
 
+def _draw_species(ax, scores, site_radius, species_scale):
+    """Species arrows, scaled for display (the factor is written on the plot)."""
+    sp = scores.to_numpy()
+    f = 0.9 * site_radius / _radius(sp) if species_scale == "auto" else float(species_scale)
+    _draw_arrows(ax, sp * f, scores.index, "firebrick", "species")
+    if not np.isclose(f, 1.0):
+        ax.text(0.01, 0.01, f"species scores x {f:.2g}", transform=ax.transAxes,
+                fontsize=7, color="firebrick", gid="note")
+
+
 def _radius(xy):
     return float(np.max(np.linalg.norm(xy, axis=1))) if len(xy) else 1.0
 
@@ -123,19 +133,15 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
     ax = get_ax(ax, (7.0, 6.0))
     xy = o.sites.iloc[:, [i, j]].to_numpy()
     col, categorical = _site_colors(fit, color)
-    _draw_sites(ax, xy, col, categorical, color if isinstance(color, str) else "group")
+    cname = color if isinstance(color, str) else (getattr(color, "name", None) or "group")
+    _draw_sites(ax, xy, col, categorical, str(cname))
     if ellipses:
         _draw_ellipses(ax, xy, o.site_cov[:, [i, j]][:, :, [i, j]], level)
     if site_labels:
         for (x, y), name in zip(xy, o.sites.index):
             ax.text(x, y, f" {name}", fontsize=6, color="0.3", gid="site_label")
     if biplot:
-        sp = o.species.iloc[:, [i, j]].to_numpy()
-        f = 0.9 * _radius(xy) / _radius(sp) if species_scale == "auto" else float(species_scale)
-        _draw_arrows(ax, sp * f, o.species.index, "firebrick", "species")
-        if species_scale == "auto" and not np.isclose(f, 1.0):
-            ax.text(0.01, 0.01, f"species scores x {f:.2g}", transform=ax.transAxes,
-                    fontsize=7, color="firebrick", gid="note")
+        _draw_species(ax, o.species.iloc[:, [i, j]], _radius(xy), species_scale)
     if covariate_arrows and o.covariates is not None:
         cov = o.covariates.iloc[:, [i, j]].to_numpy() * _radius(xy)
         _draw_arrows(ax, cov, o.covariates.index, "navy", "covariate", fontsize=8)

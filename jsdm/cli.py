@@ -26,6 +26,7 @@ Errors are one line on stderr with exit status 1 (2 for bad arguments);
 silences it (warnings are still shown).
 """
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -110,8 +111,12 @@ class _Console:
         print(f"jsdm: warning: {category.__name__}: {text}{where}", file=sys.stderr, flush=True)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """An exception's message on one line, without terminal colour codes."""
+    return " ".join(_ANSI.sub("", str(exc)).split()) or type(exc).__name__
 
 
 # --- data --------------------------------------------------------------------------------
@@ -298,6 +303,9 @@ def _run(args, con):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder")
+    from .families import get_family
+
+    get_family(args.family, link=args.link)     # fail fast on an unknown family or link
     com, spec, notes, title = _prepare(args)
     fit, table = _fit(com, _fit_options(args, spec), args, con)
     out.mkdir(parents=True, exist_ok=True)

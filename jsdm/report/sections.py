@@ -203,6 +203,11 @@ def ordination_section(fit, opts):
 
     if fit.num_lv == 0:
         return "<p>The model has no latent variables, so there is no ordination.</p>"
+    if fit.num_lv == 1:
+        load = fit.loadings.sort_values("LV1", ascending=False)
+        return ("<p>With one latent variable there is no two-dimensional ordination. Species "
+                "loadings on LV1, sorted (species at the same end co-occur more than the "
+                "covariates explain):</p>" + table(load, digits=2))
     fig = _plot(fit, "plot_ordination", (8.0, 7.0), biplot=True)
     text = ("Sites (points) and species (labels) on the latent variables rotated to principal axes; "
             "species near each other co-occur more than the covariates explain.")
@@ -213,8 +218,6 @@ def ordination_section(fit, opts):
     side = ('<h3>Residual variance by axis</h3><p style="max-width:380px">Trace of the residual '
             "covariance &Theta;&Theta;&prime; split along the principal axes of the ordination."
             "</p>" + table(tr, digits=2))
-    if fit.num_lv == 1:
-        side = "<p>With one latent variable the ordination is one-dimensional.</p>" + side
     return row(pic, side)
 
 

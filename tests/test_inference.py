@@ -25,6 +25,9 @@ from jsdm.model.problem import build_problem
 from jsdm.results import inference
 from jsdm.results._hessian import hessian_blocks
 
+# small simulated data sets have empty sites; that is beside the point here
+pytestmark = pytest.mark.filterwarnings("ignore::jsdm.exceptions.DataWarning")
+
 
 def _reference_dir():
     env = os.environ.get("JSDM_REFERENCE")
@@ -215,8 +218,9 @@ def test_num_lv0_negative_binomial_dispersion_se_matches_statsmodels():
     com, _ = jsdm.simulate_community(150, 2, num_lv=0, family="nb", n_covariates=1, seed=4, intercept=1.5)
     fit = _quiet_fit(com, family="nb", num_lv=0, seed=1, n_init=1, gtol=1e-8)
     for sp in com.species:
-        res = sm.NegativeBinomial(com.Y[sp], sm.add_constant(com.X)).fit(disp=0, method="bfgs",
-                                                                          maxiter=2000, gtol=1e-10)
+        res = sm.NegativeBinomial(com.Y[sp], sm.add_constant(com.X)).fit(disp=0, method="newton",
+                                                                          maxiter=200, tol=1e-12)
+        assert res.mle_retvals["converged"]
         ours = np.r_[fit.bse.xs(("coef", sp)).to_numpy(), fit.bse[("dispersion", sp, "phi")]]
         assert np.allclose(ours, res.bse.to_numpy(), rtol=2e-3)
 

@@ -102,7 +102,7 @@ def test_new_site_design_keeps_categorical_levels():
     com = jsdm.datasets.load_mite()
     X = com.X.copy()
     X["SubsDens"] = (X["SubsDens"] - X["SubsDens"].mean()) / X["SubsDens"].std()
-    keep = com.Y.index[com.Y.iloc[:, :8].sum(1) > 0]
+    keep = com.Y.index[com.Y.iloc[:, :8].sum(axis=1) > 0]
     sub = jsdm.Community(com.Y.loc[keep].iloc[:, :8], X.loc[keep])
     fit = _quiet_fit(sub, family="poisson", num_lv=0, formula="~ SubsDens + Topo", n_init=1, seed=1)
     new = X.loc[keep].iloc[[0, 1]]

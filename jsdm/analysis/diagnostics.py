@@ -36,8 +36,6 @@ SCALE_RANGE = (0.1, 10.0)
 LV_RMS = 0.1
 LV_SHARE = 0.01
 ROW_SD = 0.01
-#: skip the Hessian in diagnose() above this many entries in the model x variational block
-HESSIAN_MAX_ENTRIES = 3e8
 
 
 @dataclass
@@ -343,9 +341,11 @@ def diagnose(fit, hessian=True):
         ``.ok`` is True when nothing is wrong; ``.problems`` lists
         :class:`Problem` records; ``print()`` gives a readable report.
     """
+    from ..results.inference import MAX_CROSS_ENTRIES
+
     layout = fit.state.layout
     q = layout.size - layout.n_model
-    use_h = hessian and layout.n_model * q <= HESSIAN_MAX_ENTRIES
+    use_h = hessian and float(layout.n_model) * q <= MAX_CROSS_ENTRIES
     problems = check_convergence(fit)
     se = None
     if use_h:

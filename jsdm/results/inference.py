@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..exceptions import HessianWarning
+from ..exceptions import HessianWarning, JSDMError
 from ._hessian import hessian_blocks
 
 #: smallest eigenvalue of the correlation-scaled negative Schur complement
@@ -40,6 +40,9 @@ from ._hessian import hessian_blocks
 SINGULAR_TOL = 1e-9
 #: below this it counts as near-singular (reported by diagnose(), SEs kept)
 NEAR_SINGULAR_TOL = 1e-6
+
+#: largest model x variational block (entries) built in memory (three copies of it are alive)
+MAX_CROSS_ENTRIES = 2e8
 
 _CACHE = weakref.WeakKeyDictionary()
 
@@ -151,7 +154,10 @@ def _schur(blocks):
         return -Hpp, []
     w = np.linalg.eigvalsh(-Hvv)
     bad = np.flatnonzero(~(w[:, 0] > 1e-12 * np.maximum(w[:, -1], 1e-300)))
-    Z = np.linalg.solve(Hvv, np.transpose(Hpv, (1, 2, 0)))             # (n, q, P)
+    try:
+        Z = np.linalg.solve(Hvv, np.transpose(Hpv, (1, 2, 0)))         # (n, q, P)
+    except np.linalg.LinAlgError:                                      # a singular site block
+        return np.full((P, P), np.nan), bad.tolist()
     S = Hpp - Hpv.reshape(P, n * q) @ Z.reshape(n * q, P)
     return -0.5 * (S + S.T), bad.tolist()
 
@@ -164,7 +170,7 @@ def _invert_checked(A, labels, tol=SINGULAR_TOL, top=5):
     rows and columns and the rest is inverted without them.
     """
     P = A.shape[0]
-    active = np.isfinite(np.diag(A)) & (np.diag(A) > 0)
+    active = np.isfinite(A).all(axis=1) & (np.diag(A) > 0)
     flagged = [labels[k] for k in np.flatnonzero(~active)]
     cov = np.full((P, P), np.nan)
     for _ in range(P + 1):
@@ -197,11 +203,18 @@ def information(fit):
     if fit in _CACHE:
         return _CACHE[fit]
     prob, layout = fit.problem, fit.state.layout
+    entries = float(layout.n_model) * (layout.size - layout.n_model)
+    if entries > MAX_CROSS_ENTRIES:
+        raise JSDMError(
+            f"the covariance of {layout.n_model} model parameters with {layout.size - layout.n_model} "
+            f"variational ones needs about {3 * entries * 8 / 2**30:.1f} GiB; that is above the limit "
+            f"({MAX_CROSS_ENTRIES:.0e} entries, jsdm.results.inference.MAX_CROSS_ENTRIES). Fit a "
+            "subset of species or sites for standard errors, or raise the limit if memory allows.")
     labels, order, jac = _packed_labels_and_order(fit)
     blocks = hessian_blocks(prob, fit.state.params, layout)
     negS, bad_sites = _schur(blocks)
     del blocks
-    w = _scaled_eigh(negS)[0] if negS.size else np.zeros(0)
+    w = _scaled_eigh(negS)[0] if negS.size and np.isfinite(negS).all() else np.full(len(labels), np.nan)
     cov, flagged = _invert_checked(negS, labels)
     info = Information(negS, cov, w, labels, flagged, [fit.sites[i] for i in bad_sites], order, jac)
     _warn(info)

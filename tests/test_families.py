@@ -10,7 +10,8 @@ import pytest
 from scipy import integrate, stats
 
 from jsdm.exceptions import JSDMError
-from jsdm.families import (Binomial, Family, Gaussian, NegativeBinomial, Poisson, get_family)
+from jsdm.families import (Binomial, Family, Gamma, Gaussian, NegativeBinomial, Poisson,
+                           get_family)
 
 # (name, link, y values, s values); y grids include huge counts, s grids tiny/huge dispersion
 CASES = {
@@ -20,6 +21,7 @@ CASES = {
     "binomial-probit": ("binomial", "probit", [0.0, 1.0], [None]),
     "binomial-cloglog": ("binomial", "cloglog", [0.0, 1.0], [None]),
     "gaussian": ("gaussian", None, [-40.0, -1.3, 0.0, 2.5, 35.0], [-3.0, 0.0, 2.0]),
+    "gamma": ("gamma", None, [1e-3, 0.4, 3.0, 250.0], [-4.0, 0.0, 2.0]),
 }
 IDS = list(CASES)
 M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
@@ -199,7 +201,7 @@ def test_ell_shapes_and_order(case):
 def test_extremes_are_finite(case):
     fam, ys, ss = make(case)
     m = np.array([-700.0, -60.0, -30.0, 30.0, 60.0, 300.0])
-    if fam.name in ("poisson", "negative_binomial"):
+    if fam.name in ("poisson", "negative_binomial", "gamma"):      # e^(+-eta) must stay finite
         m = m[m < 300] if fam.name == "negative_binomial" else m[(m > -700) & (m < 300)]
     for v in (0.0, 1e-12, 20.0):
         for s in ss + [s for s in (-30.0, 30.0) if ss[0] is not None]:
@@ -232,6 +234,8 @@ def scipy_dist(fam, eta, s, n=1):
         return stats.nbinom(1.0 / phi, 1.0 / (1.0 + phi * np.exp(eta)))
     if fam.name == "gaussian":
         return stats.norm(eta, np.exp(s))
+    if fam.name == "gamma":
+        return stats.gamma(np.exp(-s), scale=np.exp(eta + s))
     p = {"logit": stats.logistic.cdf, "probit": stats.norm.cdf,
          "cloglog": lambda e: 1.0 - np.exp(-np.exp(e))}[fam.link](eta)
     return stats.binom(n, p)
@@ -246,7 +250,7 @@ def test_loglik_and_cdf_match_scipy(case):
             d = scipy_dist(fam, eta, s)
             yy = np.full(eta.shape, y)
             np.testing.assert_allclose(fam.loglik(yy, eta, sarr(s, eta)),
-                                       d.logpdf(yy) if fam.name == "gaussian" else d.logpmf(yy),
+                                       d.logpmf(yy) if fam.discrete else d.logpdf(yy),
                                        rtol=1e-10, atol=1e-10)
             np.testing.assert_allclose(fam.cdf(yy, eta, sarr(s, eta)), d.cdf(yy), rtol=1e-9, atol=1e-12)
             lower = d.cdf(yy - 1) if fam.discrete else d.cdf(yy)
@@ -306,6 +310,7 @@ def test_sample_moments_match_mean_and_variance(case):
     ("binomial-logit", [0.0, 2.0], "0/1"),
     ("binomial-probit", [0.0, 0.5], "0/1"),
     ("gaussian", [0.0, np.inf], "finite"),
+    ("gamma", [1.0, 0.0], "strictly positive"),
 ])
 def test_check_y_rejects_bad_values(case, bad, needle):
     fam, _, _ = make(case)
@@ -329,7 +334,7 @@ def test_check_y_binomial_trials():
     ("nb", NegativeBinomial, "log"), ("negbin", NegativeBinomial, "log"),
     ("negative.binomial", NegativeBinomial, "log"), ("Negative-Binomial", NegativeBinomial, "log"),
     ("binomial", Binomial, "logit"), ("bernoulli", Binomial, "logit"),
-    ("gaussian", Gaussian, "identity"), ("normal", Gaussian, "identity"),
+    ("gaussian", Gaussian, "identity"), ("normal", Gaussian, "identity"), ("Gamma", Gamma, "log"),
 ])
 def test_get_family_by_name_and_alias(key, cls, link):
     fam = get_family(key)
@@ -359,7 +364,8 @@ def test_link_residual_variances():
 
 
 @pytest.mark.parametrize("cls,true_disp", [(NegativeBinomial, np.array([0.2, 1.5])),
-                                          (Gaussian, np.array([0.3, 4.0]))])
+                                          (Gaussian, np.array([0.3, 4.0])),
+                                          (Gamma, np.array([0.1, 2.0]))])
 def test_dispersion_start_recovers_simulated_dispersion(cls, true_disp):
     fam = cls()
     s = fam.dispersion_param(true_disp)

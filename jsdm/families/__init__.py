@@ -6,6 +6,7 @@ lists the valid ones.
 from ..exceptions import JSDMError
 from .base import ELL, Family
 from .binomial import Binomial
+from .gamma import Gamma
 from .gaussian import Gaussian
 from .negative_binomial import NegativeBinomial
 from .poisson import Poisson
@@ -20,7 +21,7 @@ def register(cls):
     return cls
 
 
-for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian):
+for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma):
     register(_cls)
 
 
@@ -39,5 +40,5 @@ def get_family(family, link=None):
     return _REGISTRY[key](link=link)
 
 
-__all__ = ["ELL", "Binomial", "Family", "Gaussian", "NegativeBinomial", "Poisson", "get_family",
+__all__ = ["ELL", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Poisson", "get_family",
            "register"]

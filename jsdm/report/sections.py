@@ -72,7 +72,7 @@ def model_section(fit, opts):
     if fit.row_sigma is not None:
         spec.append(("row effect sd", fmt(fit.row_sigma)))
     stats = [(k, fmt(v) if not isinstance(v, str) else esc(v)) for k, v in tables.fit_statistics(fit)]
-    body = ("<h3>Model</h3>" + key_values(spec) + "<h3>Fit</h3>" + key_values(stats)
+    body = (row("<h3>Model</h3>" + key_values(spec), "<h3>Fit</h3>" + key_values(stats))
             + "<h3>Diagnostics</h3>" + diagnostics_html(fit))
     if fit.dispersion is not None:
         disp = fit.dispersion

@@ -146,6 +146,19 @@ def test_cov_params_labels_units_and_consistency(small_nb_fit):
         fit.conf_int(alpha=1.5)
 
 
+def test_dispersion_at_the_poisson_boundary_gives_a_wide_positive_interval():
+    com, _ = jsdm.simulate_community(40, 4, num_lv=1, family="nb", n_covariates=1, seed=5,
+                                     intercept=1.0, dispersion=0.6)
+    fit = _quiet_fit(com, family="nb", num_lv=1, seed=1, n_init=1, gtol=1e-5)
+    phi = fit.dispersion
+    assert phi.min() < 1e-6                                   # one species has phi -> 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ci = fit.conf_int().xs("dispersion", level="block").droplevel("term")
+    low = phi.idxmin()
+    assert ci.loc[low, "lower"] >= 0 and ci.loc[low, "upper"] > 1e3 * phi[low]
+
+
 def test_singular_hessian_warns_names_parameters_and_gives_nan():
     com, _ = jsdm.simulate_community(60, 4, num_lv=1, family="poisson", n_covariates=1, seed=3, intercept=1.0)
     X = com.X.copy()
@@ -195,6 +208,30 @@ def test_standard_errors_match_r_gllvm_on_mite_poisson():
     r = _r_theta_ses(fit)
     rt = pd.Series({k: (sd["sigma.lv"][k[1]] if k[0] == "sigma.lv" else th.loc[k]) for k in r.index})
     assert ((r / rt - 1).abs()).median() < 0.10
+
+
+def test_negative_binomial_standard_errors_near_r_gllvm_despite_different_bound():
+    """NB: R gllvm maximises a looser (Jensen) bound, so its optimum differs from ours.
+
+    Our exact ELBO is higher by a wide margin, R's dispersions come out larger,
+    and the SEs of intercepts and slopes agree in the bulk (median relative
+    difference ~5% on the mite data) but not species by species (rare species
+    differ by up to a factor 2). See docs/inference.md.
+    """
+    path = _reference_dir() / "mite_nb_lv2_X2_va_sd.json"
+    if not path.exists():
+        pytest.skip(f"R reference not found at {path} (set JSDM_REFERENCE)")
+    ref = json.loads(path.read_text())["fit"]
+    com = jsdm.datasets.load_mite()
+    X = com.X[["SubsDens", "WatrCont"]]
+    X = (X - X.mean()) / X.std(ddof=1)
+    fit = _quiet_fit(com.Y, X, family="nb", num_lv=2, seed=1, n_init=3)
+    assert fit.llf > ref["logLik"] + 10
+    se, sd = fit.bse.xs("coef", level="block"), ref["sd"]
+    rel = [(se.xs("Intercept", level="term") / pd.Series(sd["beta0"]) - 1).abs()]
+    Xs = pd.DataFrame(sd["Xcoef"]["values"], index=sd["Xcoef"]["rownames"], columns=sd["Xcoef"]["colnames"])
+    rel += [(se.xs(c, level="term") / Xs[c] - 1).abs() for c in Xs]
+    assert pd.concat(rel).median() < 0.15
 
 
 # --- against statsmodels (num_lv = 0) -----------------------------------------------------

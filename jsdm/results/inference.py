@@ -303,6 +303,7 @@ def conf_int(fit, alpha=0.05):
     for name, fwd in (("dispersion", fit.family.dispersion), ("row_sigma", np.exp)):
         sel = np.asarray(block == name)
         if sel.any():
-            a, b = fwd(packed[sel] - z * se_u[sel]), fwd(packed[sel] + z * se_u[sel])
+            with np.errstate(over="ignore"):          # a huge SE gives an unbounded interval
+                a, b = fwd(packed[sel] - z * se_u[sel]), fwd(packed[sel] + z * se_u[sel])
             lo[sel], hi[sel] = np.minimum(a, b), np.maximum(a, b)
     return pd.DataFrame({"lower": lo, "upper": hi}, index=fit.params.index)

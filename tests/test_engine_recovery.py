@@ -76,3 +76,41 @@ def test_dispersion_recovered(recovered):
         pytest.skip("family without dispersion")
     phi, phi0 = fit.dispersion.to_numpy(), truth.dispersion.to_numpy()
     assert 0.6 < np.median(phi) / np.median(phi0) < 1.6
+
+
+# --- random row effects ----------------------------------------------------------------------
+def with_site_effects(com, truth, sigma, seed):
+    """The simulated community redrawn with N(0, sigma^2) site effects added to eta."""
+    import pandas as pd
+
+    fam = jsdm.get_family(truth.family, link=truth.link)
+    rng = np.random.default_rng(seed)
+    eta = truth.eta.to_numpy() + rng.normal(0.0, sigma, (com.n_sites, 1))
+    s = None if truth.dispersion is None else fam.dispersion_param(truth.dispersion.to_numpy())
+    Y = pd.DataFrame(fam.sample(eta, s, truth.trials, rng), index=com.sites, columns=com.species)
+    return jsdm.Community(Y, com.X)
+
+
+@pytest.mark.filterwarnings("ignore::jsdm.JSDMWarning")
+@pytest.mark.parametrize("d", [1, 2], ids=lambda d: f"d{d}")
+def test_random_row_effects_nest_no_row_effects(d):
+    """sigma -> 0 gives back the model without site effects, so the fit with random row
+    effects must converge and reach at least the ELBO of the fit without them."""
+    com, _ = jsdm.simulate_community(40, 8, num_lv=d, family="poisson", n_covariates=1, seed=17,
+                                     intercept=0.5)
+    plain = jsdm.gllvm(com, family="poisson", num_lv=d, n_init=1, seed=0)
+    rand = jsdm.gllvm(com, family="poisson", num_lv=d, row_effect="random", n_init=1, seed=0)
+    assert rand.converged, f"max |gradient| {rand.max_grad:.3g} after {rand.n_iter} iterations"
+    assert rand.llf >= plain.llf - 1e-3
+
+
+@pytest.mark.filterwarnings("ignore::jsdm.JSDMWarning")
+def test_random_row_effect_sd_recovered():
+    com, truth = jsdm.simulate_community(200, 20, num_lv=2, family="poisson", n_covariates=1,
+                                         seed=31, intercept=0.5)
+    com = with_site_effects(com, truth, sigma=0.6, seed=32)
+    fit = jsdm.gllvm(com, family="poisson", num_lv=2, row_effect="random", n_init=1, seed=0)
+    assert fit.converged
+    assert 0.4 < fit.row_sigma < 0.8
+    th, th0 = fit.loadings.to_numpy(), truth.theta.to_numpy()
+    assert corr(th @ th.T, th0 @ th0.T) > 0.9

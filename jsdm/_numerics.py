@@ -59,36 +59,38 @@ def gauss_legendre(k, a, b):
 
 
 def gh_rule(fun, k):
-    """Wrap a pointwise ``fun(u) -> tuple of arrays`` into a ``k``-node normal expectation.
+    """Wrap a pointwise ``fun(u, *extra) -> tuple of arrays`` into a ``k``-node normal expectation.
 
-    Returns ``rule(mu, sd) -> tuple`` with ``E[f(U)]``, U ~ N(mu, sd^2), for each
-    output of ``fun`` (1-D ``mu``, ``sd`` of one length). ``fun`` receives a
-    (k, len(mu)) array of nodes and may overwrite it.
+    Returns ``rule(mu, sd, *extra) -> tuple`` with ``E[f(U)]``, U ~ N(mu, sd^2),
+    for each output of ``fun`` (1-D ``mu``, ``sd``, ``extra`` of one length).
+    ``fun`` receives a (k, len(mu)) array of nodes, which it may overwrite, and
+    the per-cell ``extra`` arrays (length len(mu), broadcasting along nodes).
     """
     z, w = gauss_hermite(k)
 
-    def block(mu, sd):
+    def block(mu, sd, *extra):
         u = np.multiply.outer(z, sd)
         u += mu
-        return tuple(np.dot(w, f) for f in fun(u))
+        return tuple(np.dot(w, f) for f in fun(u, *extra))
 
     return blocked(block, k)
 
 
 def blocked(block, k):
-    """Run ``block(mu, sd)`` on slices of at most ``_BLOCK // k`` cells."""
+    """Run ``block(mu, sd, *extra)`` on slices of at most ``_BLOCK // k`` cells."""
     step = max(64, _BLOCK // k)
 
-    def rule(mu, sd):
+    def rule(mu, sd, *extra):
         if mu.size <= step:
-            return block(mu, sd)
-        parts = [block(mu[i:i + step], sd[i:i + step]) for i in range(0, mu.size, step)]
+            return block(mu, sd, *extra)
+        parts = [block(mu[i:i + step], sd[i:i + step], *(e[i:i + step] for e in extra))
+                 for i in range(0, mu.size, step)]
         return tuple(np.concatenate(col) for col in zip(*parts))
 
     return rule
 
 
-def binned_expectation(mu, var, bins, n_out, assign=None):
+def binned_expectation(mu, var, bins, n_out, assign=None, extra=()):
     """Apply quadrature rules chosen per cell by the variance.
 
     Cells are grouped by rule (one stable radix sort), each group is run in
@@ -108,30 +110,34 @@ def binned_expectation(mu, var, bins, n_out, assign=None):
         ``assign(mu, var, which) -> which``: adjusts the bin index chosen by the
         variance (e.g. to send cells whose kink lies far in a tail to a cheaper
         rule with better relative accuracy).
+    extra : tuple of array_like
+        Per-cell parameters (broadcastable to S) handed on to the rules.
 
     Returns
     -------
     tuple of ndarray
         ``n_out`` arrays of shape S.
     """
-    mu, var = np.broadcast_arrays(np.asarray(mu, dtype=float), np.asarray(var, dtype=float))
+    mu, var, *extra = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (mu, var, *extra)))
     shape = mu.shape
     mu, var = mu.ravel(), np.maximum(var.ravel(), 0.0)
+    extra = [e.ravel() for e in extra]
     which = np.searchsorted(np.array([b[0] for b in bins]), var)
     if assign is not None:
         which = assign(mu, var, which)
     counts = np.bincount(which, minlength=len(bins))
     if np.count_nonzero(counts) == 1:                   # one rule serves every cell
-        res = bins[int(np.argmax(counts))][1](mu, np.sqrt(var))
+        res = bins[int(np.argmax(counts))][1](mu, np.sqrt(var), *extra)
         return tuple(np.broadcast_to(r, mu.shape).reshape(shape) for r in res)
     order = np.argsort(which.astype(np.int8), kind="stable")   # radix sort: cells by rule
     mu, sd = mu[order], np.sqrt(var[order])
+    extra = [e[order] for e in extra]
     out = [np.empty(mu.size) for _ in range(n_out)]
     lo = 0
     for (_, rule), c in zip(bins, counts):
         if c:
             idx = order[lo:lo + c]
-            for o, r in zip(out, rule(mu[lo:lo + c], sd[lo:lo + c])):
+            for o, r in zip(out, rule(mu[lo:lo + c], sd[lo:lo + c], *(e[lo:lo + c] for e in extra))):
                 o[idx] = r
             lo += c
     return tuple(o.reshape(shape) for o in out)
@@ -296,8 +302,8 @@ def _cloglog_nodes(u):
 
 
 def _point(fun):
-    def rule(mu, sd):
-        return fun(np.array(mu, dtype=float))
+    def rule(mu, sd, *extra):
+        return fun(np.array(mu, dtype=float), *extra)
     return rule
 
 
@@ -432,3 +438,20 @@ def trigamma_diff(y, r):
                 - (ia ** 5 - ir ** 5) / 30.0 + (ia ** 7 - ir ** 7) / 42.0)
 
     return _gamma_diff(y, r, direct, asymptotic)
+
+
+def safe_solve(H, g):
+    """Batched solve of H x = g over the leading axes of H (k, d, d) and g (k, d).
+
+    Systems with non-finite entries get a zero step; if any system is singular,
+    all get a small ridge (1e-8 of their largest diagonal entry) and are solved again.
+    """
+    eye = np.eye(H.shape[-1])
+    ok = np.isfinite(H).all(axis=(-2, -1)) & np.isfinite(g).all(axis=-1)
+    H = np.where(ok[..., None, None], H, eye)
+    g = np.where(ok[..., None], g, 0.0)
+    try:
+        return np.linalg.solve(H, g[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        scale = np.abs(np.diagonal(H, axis1=-2, axis2=-1)).max(axis=-1) + 1.0
+        return np.linalg.solve(H + 1e-8 * scale[..., None, None] * eye, g[..., None])[..., 0]

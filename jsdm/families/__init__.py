@@ -40,5 +40,5 @@ def get_family(family, link=None):
     return _REGISTRY[key](link=link)
 
 
-__all__ = ["ELL", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Poisson", "get_family",
-           "register"]
+__all__ = ["ELL", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Poisson",
+           "get_family", "register"]

@@ -104,8 +104,8 @@ class Family:
         """log f(y | eta) cell-wise (exact, no latent variables)."""
         raise NotImplementedError
 
-    def mean(self, eta, trials=None):
-        """Response-scale mean E[y | eta]."""
+    def mean(self, eta, trials=None, s=None):
+        """Response-scale mean E[y | eta] (``s`` only matters for zero-inflated families)."""
         raise NotImplementedError
 
     def variance(self, mu, s=None, trials=None):

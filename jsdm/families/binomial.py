@@ -116,7 +116,7 @@ class Binomial(Family):
             return special.ndtr(eta)
         return -np.expm1(-np.exp(np.minimum(eta, 700.0)))
 
-    def mean(self, eta, trials=None):
+    def mean(self, eta, trials=None, s=None):
         """n p: the expected number of successes."""
         p = self.prob(eta)
         return p if trials is None else np.asarray(trials, dtype=float) * p

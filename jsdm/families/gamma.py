@@ -55,7 +55,7 @@ class Gamma(Family):
         ly = np.log(y)
         return _klogk_lgamma(k) + (k - 1.0) * ly - k * (eta + np.exp(ly - eta))
 
-    def mean(self, eta, trials=None):
+    def mean(self, eta, trials=None, s=None):
         """mu = exp(eta)."""
         return np.exp(eta)
 

@@ -50,7 +50,7 @@ class Gaussian(Family):
         z = (np.asarray(y, dtype=float) - eta) * np.exp(-s)
         return -0.5 * LOG_2PI - s - 0.5 * z * z
 
-    def mean(self, eta, trials=None):
+    def mean(self, eta, trials=None, s=None):
         """Identity: mu = eta."""
         return np.asarray(eta, dtype=float)
 

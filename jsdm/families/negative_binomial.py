@@ -68,7 +68,7 @@ class NegativeBinomial(Family):
         return (lgamma_ratio(y, r) - special.gammaln(y + 1.0) + y * eta
                 - (y + r) * log1pexp(eta + s))
 
-    def mean(self, eta, trials=None):
+    def mean(self, eta, trials=None, s=None):
         """mu = exp(eta)."""
         return np.exp(eta)
 

@@ -22,7 +22,7 @@ class Poisson(Family):
     def loglik(self, y, eta, s=None, trials=None):
         return y * eta - np.exp(eta) - special.gammaln(y + 1.0)
 
-    def mean(self, eta, trials=None):
+    def mean(self, eta, trials=None, s=None):
         return np.exp(eta)
 
     def variance(self, mu, s=None, trials=None):

@@ -15,7 +15,10 @@ and a one-dimensional Newton step for the dispersion.
 """
 import numpy as np
 
+from .._numerics import safe_solve
+
 from .objective import kl_terms, moments
+from .params import S_BOUNDS
 
 _NHALF = 6
 
@@ -64,7 +67,7 @@ def site_step(prob, P, ce):
         g[0, 0] = 0.0
         H[0, 0, :] = H[0, :, 0] = 0.0
         H[0, 0, 0] = 1.0
-    step = np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    step = safe_solve(H, g)
     new = P.copy()
     if d:
         Lam = H[:, off:, off:]
@@ -118,7 +121,7 @@ def species_step(prob, P, ce, only_dispersion=False):
             H[jj, :, 1 + p + kk] = 0.0
             H[jj, 1 + p + kk, 1 + p + kk] = 1.0
     H += 1e-10 * np.eye(k)
-    step = np.zeros_like(g) if only_dispersion else np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    step = np.zeros_like(g) if only_dispersion else safe_solve(H, g)
     ds = None
     if P.s is not None:
         if ce["Gss"] is None:
@@ -138,7 +141,7 @@ def _accept_species(prob, P, step, ds, ce):
         T.B = P.B + frac[:, None] * step[:, 1:1 + p]
         T.theta = np.tril(P.theta + frac[:, None] * step[:, 1 + p:])
         if ds is not None:
-            T.s = P.s + frac * ds
+            T.s = np.clip(P.s + frac * ds, *S_BOUNDS)
         ct = cell_eval(prob, T)
         bad = ~(ct["species"] >= ce["species"] - 1e-10 * np.abs(ce["species"]))
         if not bad.any():

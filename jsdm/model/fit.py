@@ -111,7 +111,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     P = normalise(P)
     ev = evaluate(prob, P)
     g = layout.pack_grad(ev.grad, P)
-    scaled = np.abs(g) / np.sqrt(np.maximum(curvature_diagonal(prob, layout, P), 1.0))
+    scaled = np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(np.maximum(curvature_diagonal(prob, layout, P), 1.0))
     smax = float(scaled.max()) if g.size else 0.0
     state = FitState(P, ev.value, g, smax <= gtol, n_iter, n_eval, message,
                      time.perf_counter() - t0, layout, values, hist, smax)
@@ -161,7 +161,9 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
         if cb is not None:
             cb("lbfgs", it, f, gmax)
 
-    res = minimize_lbfgs(fg_scaled, np.zeros_like(x0), maxiter=left, gtol=gtol * 0.1, callback=lcb)
+    lo, hi = layout.bounds()
+    res = minimize_lbfgs(fg_scaled, np.zeros_like(x0), maxiter=left, gtol=gtol * 0.1, callback=lcb,
+                         bounds=((lo - x0) * scale, (hi - x0) * scale))
     P = layout.unpack(x0 + res.x / scale)
     return P, -res.fun, len(h1) + len(h2) + res.n_iter, res.n_eval, res.message, hist
 

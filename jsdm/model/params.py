@@ -21,6 +21,11 @@ from typing import Optional
 
 import numpy as np
 
+# Box for the unconstrained dispersion parameter s: wide enough for any real data
+# (NB: phi from 2e-9, practically Poisson, to 3e6), and it keeps the optimiser
+# away from the boundary phi -> 0 where s drifts to -infinity.
+S_BOUNDS = (-20.0, 15.0)
+
 
 @dataclass
 class Params:
@@ -129,6 +134,20 @@ class Layout:
         gL = G.L[:, self.tri_d[0], self.tri_d[1]].copy()
         gL[:, self.diag_pos] *= P.L[:, self.tri_d[0], self.tri_d[1]][:, self.diag_pos]
         g[sl["L"]] = gL.ravel()
+        return g
+
+    def bounds(self):
+        """(lower, upper) arrays for the packed vector (inf where unbounded)."""
+        lo, hi = np.full(self.size, -np.inf), np.full(self.size, np.inf)
+        lo[self.slices["s"]], hi[self.slices["s"]] = S_BOUNDS
+        return lo, hi
+
+    def projected(self, x, g):
+        """Gradient of the ELBO with components pushing out of the bounds zeroed."""
+        lo, hi = self.bounds()
+        g = g.copy()
+        g[(x <= lo) & (g < 0)] = 0.0
+        g[(x >= hi) & (g > 0)] = 0.0
         return g
 
     def model_mask(self):

@@ -135,6 +135,15 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     off = None if offset is None else np.broadcast_to(
         np.asarray(offset, dtype=float).reshape(-1, 1) if np.ndim(offset) == 1 else
         np.asarray(offset, dtype=float), Y.shape).copy()
+    if row_effect == "fixed" and Xmat.shape[1]:
+        import warnings
+        from ..exceptions import DataWarning
+        warnings.warn(
+            "fixed row effects absorb every site-level covariate: the slopes of "
+            f"{', '.join(terms)} are identified only up to a shift shared by all species, and "
+            "their standard errors will not exist. Use row_effect='random' (or no row effect) to "
+            "estimate covariate effects, or keep fixed row effects and read only differences "
+            "between species' slopes.", DataWarning, stacklevel=4)
     if int(num_lv) > Y.shape[1]:
         raise JSDMError(f"num_lv={num_lv} exceeds the number of species ({Y.shape[1]})")
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,

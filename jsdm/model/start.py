@@ -1,7 +1,9 @@
 """Starting values: per-species GLMs, then an SVD of their Dunn-Smyth residuals."""
 import numpy as np
 
-from .params import Params
+from .._numerics import safe_solve
+
+from .params import S_BOUNDS, Params
 from .residuals import dunn_smyth
 
 _MAX_STEP = 5.0
@@ -38,13 +40,13 @@ def glm_start(prob, n_iter=50, tol=1e-8):
         g = Gm.T @ Xt
         H = np.einsum("ik,ij,il->jkl", Xt, 2.0 * Gv, Xt)
         H -= 1e-8 * np.eye(Xt.shape[1])
-        step = -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+        step = -safe_solve(H, g)
         step = np.clip(step, -_MAX_STEP, _MAX_STEP)
         snew = s
         if s is not None:
             gs, gss = (W * e.d_s).sum(0), (W * e.d_ss).sum(0)
             ds = np.where(gss < 0, -gs / np.minimum(gss, -1e-12), np.sign(gs) * 0.5)
-            snew = np.clip(s + np.clip(ds, -2, 2), -15, 15)
+            snew = np.clip(s + np.clip(ds, -2, 2), *S_BOUNDS)
         b, s, ll_new, e = _accept(loglik, b, s, step, snew, ll)
         if np.max(np.abs(ll_new - ll)) < tol * (1 + np.abs(ll).max()):
             ll = ll_new

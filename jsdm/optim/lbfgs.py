@@ -22,10 +22,11 @@ class OptimResult:
 
 
 def minimize_lbfgs(fun_grad, x0, *, maxiter=5000, gtol=1e-6, ftol=1e-14, memory=20,
-                   callback=None):
+                   callback=None, bounds=None):
     """Minimise with L-BFGS-B; ``fun_grad(x) -> (f, g)``.
 
-    Stops when max |g| <= gtol or the relative reduction of f falls below ftol.
+    ``bounds``: optional (lower, upper) arrays (use +-inf where unbounded).
+    Stops when max |projected g| <= gtol or the relative reduction of f falls below ftol.
     ``callback(iteration, f, max_abs_grad)`` is called once per iteration.
     """
     t0 = time.perf_counter()
@@ -44,7 +45,9 @@ def minimize_lbfgs(fun_grad, x0, *, maxiter=5000, gtol=1e-6, ftol=1e-14, memory=
         if callback is not None:
             callback(len(hist), f, gmax)
 
-    res = optimize.minimize(fg, x0, jac=True, method="L-BFGS-B", callback=cb,
+    if bounds is not None:
+        bounds = optimize.Bounds(bounds[0], bounds[1])
+    res = optimize.minimize(fg, x0, jac=True, method="L-BFGS-B", callback=cb, bounds=bounds,
                             options={"maxiter": maxiter, "maxcor": memory, "gtol": gtol,
                                      "ftol": ftol, "maxfun": 3 * maxiter, "maxls": 40})
     f, g = fun_grad(res.x)

@@ -33,6 +33,12 @@ import warnings
 from pathlib import Path
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
+
+
+class UsageError(Exception):
+    """Inconsistent command-line options (exit status 2)."""
+
+
 EXAMPLE = {"mite": dict(family="negative_binomial", num_lv=2, formula="~ SubsDens + WatrCont")}
 
 
@@ -146,19 +152,11 @@ def _read_user_data(args):
 
     if args.long:
         if args.covariates or args.traits:
-            raise_usage("--covariates/--traits are for wide files; a long file carries its "
-                        "covariate and trait columns itself")
+            raise UsageError("--covariates/--traits are for wide files; a long file carries its "
+                             "covariate and trait columns itself")
         return read_long(args.responses, site=args.site, species=args.species,
                          response=args.response, sep=args.sep)
     return read_wide(args.responses, covariates=args.covariates, traits=args.traits, sep=args.sep)
-
-
-class UsageError(Exception):
-    """Inconsistent command-line options (exit status 2)."""
-
-
-def raise_usage(msg):
-    raise UsageError(msg)
 
 
 # --- fitting -------------------------------------------------------------------------------
@@ -188,45 +186,15 @@ def _fit(com, kw, args, con):
 
 
 def _select(com, kw):
-    """Fit 0..4 latent variables with ``jsdm.select_num_lv``; (table, best fit)."""
+    """Fit 0..4 latent variables with :func:`jsdm.select_num_lv`; (table, best fit by AICc)."""
     from .results.anova import select_num_lv
 
     kw = {k: v for k, v in kw.items() if k != "num_lv"}
-    upper = min(4, com.n_species)
-    res = select_num_lv(com, num_lv=range(0, upper + 1), criterion="aicc", **kw)
-    return _selection_parts(res)
-
-
-def _selection_parts(res):
-    """(table, best fit) from what ``select_num_lv`` returns."""
-    import pandas as pd
-
-    table = res if isinstance(res, pd.DataFrame) else getattr(res, "table", None)
-    fit = None
-    for name in ("best_fit", "best", "fit"):
-        cand = getattr(res, name, None) if not isinstance(res, pd.DataFrame) else res.attrs.get(name)
-        if cand is not None and hasattr(cand, "llf"):
-            fit = cand
-            break
-    if table is None or fit is None:
-        raise RuntimeError(f"unexpected result from select_num_lv: {type(res).__name__}")
-    return table, fit
+    res = select_num_lv(com, num_lv=range(0, min(4, com.n_species) + 1), criterion="aicc", **kw)
+    return res.table, res.best
 
 
 # --- outputs --------------------------------------------------------------------------------
-def _diagnostics_frame(fit):
-    """diagnose() problems as a table (no rows when all checks pass)."""
-    import pandas as pd
-
-    diag = fit.diagnose()
-    if hasattr(diag, "to_frame"):
-        return diag.to_frame()
-    rows = []
-    for rec in getattr(diag, "problems", None) or []:
-        rows.append(rec if isinstance(rec, dict) else dict(vars(rec)))
-    return pd.DataFrame(rows, columns=None if rows else ["check", "message", "evidence", "remedy"])
-
-
 def _tables(fit, select_table):
     """(file name, function returning a DataFrame or None, write the index?)."""
     from .report.tables import coefficient_table
@@ -238,7 +206,7 @@ def _tables(fit, select_table):
         ("site_scores.csv", lambda: fit.lv if lv else None, True),
         ("loadings.csv", lambda: fit.loadings if lv else None, True),
         ("variance_partition.csv", lambda: fit.variance_partition(), True),
-        ("diagnostics.csv", lambda: _diagnostics_frame(fit), False),
+        ("diagnostics.csv", lambda: fit.diagnose().to_frame(), False),
         ("model_selection.csv", lambda: select_table, True),
     ]
 

@@ -167,14 +167,14 @@ def test_methods_paragraph_is_citable(report, fit):
     for text in ("generalized linear latent variable model", "8 species at 30 sites",
                  "Poisson distribution", "exact variational lower bound", f"jsdm {jsdm.__version__}",
                  "random seed 1", "SubsDens, WatrCont", "2 latent variables",
-                 "chosen by information criterion", "Covariates were standardised."):
+                 "number of latent variables was chosen by AICc", "Covariates were standardised."):
         assert text in body, text
 
 
 def test_without_selection_table_the_section_is_left_out(fit, tmp_path):
     text = write_report(fit, tmp_path / "r.html", strict=True).read_text()
     assert 'id="selection"' not in text and 'href="#selection"' not in text
-    assert "chosen by information criterion" not in text
+    assert "was chosen by" not in text
 
 
 def test_fit_report_delegates_and_leaves_the_fit_alone(fit, tmp_path):

@@ -122,12 +122,17 @@ def selection_section(fit, opts):
     """The table of candidate models (numbers of latent variables) with the chosen one marked."""
     tab = opts["select_table"]
     tab = tab if isinstance(tab, pd.DataFrame) else pd.DataFrame(tab)
-    crit = opts.get("criterion") or next((c for c in ("aicc", "AICc", "aic", "AIC", "bic", "BIC")
-                                          if c in tab.columns), None)
+    crit = _criterion(tab, opts)
     best = tab[crit].idxmin() if crit in tab.columns else None
     note = (f"<p>Candidate models differ in the number of latent variables; the row with the "
             f"smallest {esc(crit)} is highlighted.</p>" if best is not None else "")
     return note + table(tab, row_class=lambda lab: "best" if lab == best else None)
+
+
+def _criterion(tab, opts):
+    """Column of the selection table that chose the model (given, or the first of aicc/aic/bic)."""
+    return opts.get("criterion") or next((c for c in ("aicc", "AICc", "aic", "AIC", "bic", "BIC")
+                                          if c in tab.columns), None)
 
 
 # --- coefficients --------------------------------------------------------------------
@@ -258,8 +263,8 @@ def methods_section(fit, opts):
 
     prob, s = fit.problem, fit.settings
     fam = _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
-    cov = (f"species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
-           if fit.terms else "no covariates")
+    cov = (f", species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
+           if fit.terms else "")
     row = {"fixed": " and fixed site effects", "random": " and normally distributed random site "
            "effects"}.get(fit.row_effect, "")
     lv = (f"{fit.num_lv} latent variable{'s' if fit.num_lv != 1 else ''} with species-specific "
@@ -269,7 +274,7 @@ def methods_section(fit, opts):
     text = (
         f"We fitted a generalized linear latent variable model (GLLVM), a joint species distribution "
         f"model, to the responses of {prob.m} species at {prob.n} sites. Responses were modelled with "
-        f"{fam} and {esc(fit.family.link)} link. The linear predictor had species-specific intercepts, "
+        f"{fam} and {esc(fit.family.link)} link. The linear predictor had species-specific intercepts"
         f"{cov}{row}, and {lv}. {notes} "
         "Parameters were estimated by maximising the exact variational lower bound (evidence lower "
         "bound, ELBO) of the marginal log-likelihood, with a Gaussian variational distribution for "
@@ -283,5 +288,7 @@ def methods_section(fit, opts):
         "Dunn-Smyth randomised quantile residuals. Analyses used jsdm "
         f"{esc(__version__)} (Python).")
     if opts.get("select_table") is not None:
-        text += " The number of latent variables was chosen by information criterion (see Model selection)."
+        crit = _criterion(pd.DataFrame(opts["select_table"]), opts)
+        name = {"aicc": "AICc", "aic": "AIC", "bic": "BIC"}.get(str(crit).lower(), "information criterion")
+        text += f" The number of latent variables was chosen by {esc(name)} (see Model selection)."
     return f'<p class="methods">{text}</p>'

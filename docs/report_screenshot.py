@@ -80,6 +80,7 @@ def screenshot(html, png, width=1280, height=None):
 
 
 def main(argv=None):
+    """Command line of this script (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--png", default=str(HERE / "mite_report.png"), help="screenshot file")
     parser.add_argument("--width", type=int, default=1280)

@@ -108,10 +108,12 @@ class _Console:
         self.quiet, self.debug = quiet, debug
 
     def say(self, msg):
+        """Print a progress line (unless quiet)."""
         if not self.quiet:
             print(f"jsdm: {msg}", file=sys.stderr, flush=True)
 
     def show_warning(self, message, category, filename, lineno, file=None, line=None):
+        """Replacement for :func:`warnings.showwarning`: one line, no source excerpt."""
         text = " ".join(str(message).split())
         where = f" ({filename}:{lineno})" if self.debug else ""
         print(f"jsdm: warning: {category.__name__}: {text}{where}", file=sys.stderr, flush=True)

@@ -101,18 +101,11 @@ def diagnostics_html(fit):
 
 
 def _problems(diag):
-    """(title, evidence, remedy) triples from a diagnostics object's records."""
+    """(statement, evidence, remedy) of each :class:`jsdm.analysis.diagnostics.Problem` record."""
     out = []
     for rec in getattr(diag, "problems", None) or []:
-        if isinstance(rec, dict):
-            get = rec.get
-        else:
-            def get(k, rec=rec):
-                return getattr(rec, k, None)
-        title = get("message") or get("title") or get("check") or str(rec)
-        evidence = get("evidence")
-        remedy = get("remedy")
-        out.append((str(title), f"Evidence: {evidence}" if evidence else "",
+        evidence, remedy = getattr(rec, "evidence", ""), getattr(rec, "remedy", "")
+        out.append((str(getattr(rec, "message", rec)), f"Evidence: {evidence}" if evidence else "",
                     f"What to do: {remedy}" if remedy else ""))
     return out
 

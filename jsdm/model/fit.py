@@ -9,7 +9,7 @@ from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import evaluate
 from .params import Layout, Params
-from .blocks import curvature_diagonal, squarem_ascent
+from .blocks import cell_eval, curvature_diagonal, squarem_ascent
 from .newton import newton_ascent
 from .start import glm_start, initial_params, lower_triangularise
 
@@ -48,6 +48,67 @@ def neg_elbo(prob, layout):
         if not np.isfinite(ev.value):
             return np.inf, np.zeros_like(x)
         return -ev.value, -layout.pack_grad(ev.grad, P)
+    return fg
+
+
+class NonCentred:
+    """Optimiser coordinates for random row effects: alpha_i = sigma u_i, rho_i = |sigma| tau_i.
+
+    In the packed (centred) coordinates the ELBO is badly curved as sigma -> 0
+    (prior precision 1/sigma^2 on alpha); in (sigma, u, log tau) the KL term no
+    longer involves sigma and sigma can approach 0 smoothly. Only the random-row
+    slots change; everything else passes through.
+    """
+
+    def __init__(self, prob, layout):
+        self.prob, self.layout = prob, layout
+        sl = layout.slices
+        self.on = prob.row_effect == "random"
+        self.ls, self.al, self.lr = sl["log_sigma"], sl["alpha_random"], sl["log_rho"]
+
+    def to_opt(self, x):
+        if not self.on:
+            return x
+        y = x.copy()
+        sig = np.exp(x[self.ls])
+        y[self.ls] = sig
+        y[self.al] = x[self.al] / sig
+        y[self.lr] = x[self.lr] - x[self.ls]
+        return y
+
+    def from_opt(self, y):
+        if not self.on:
+            return y
+        x = y.copy()
+        sig = max(abs(float(y[self.ls][0])), 1e-300)
+        x[self.ls] = np.log(sig)
+        x[self.al] = y[self.al] * y[self.ls][0]
+        x[self.lr] = y[self.lr] + np.log(sig)
+        return x
+
+    def grad_to_opt(self, y, g, ev):
+        """Chain rule for the gradient of the ELBO; g is the packed (centred) gradient."""
+        if not self.on:
+            return g
+        out = g.copy()
+        sig, u, tau2 = y[self.ls][0], y[self.al], np.exp(2.0 * y[self.lr])
+        # d/du_i: the ell part gives sigma * sum_j Gm_ij, the KL part -u_i
+        out[self.al] = sig * ev.Gm.sum(1) - u
+        # d/dlog tau_i: 2 sigma^2 tau_i^2 sum_j Gv_ij (ell) - tau_i^2 + 1 (KL)
+        out[self.lr] = 2.0 * sig * sig * tau2 * ev.Gv.sum(1) - tau2 + 1.0
+        out[self.ls] = (ev.Gm.sum(1) * u).sum() + 2.0 * sig * (ev.Gv.sum(1) * tau2).sum()
+        return out
+
+
+def neg_elbo_opt(prob, layout, nc):
+    """f(y) = -ELBO and its gradient in the optimiser's coordinates (see NonCentred)."""
+    def fg(y):
+        x = nc.from_opt(y)
+        P = layout.unpack(x)
+        ev = evaluate(prob, P)
+        if not np.isfinite(ev.value):
+            return np.inf, np.zeros_like(y)
+        return -ev.value, -nc.grad_to_opt(y, layout.pack_grad(ev.grad, P), ev)
     return fg
 
 
@@ -148,9 +209,13 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
     if left <= 0:
         val = evaluate(prob, P, grad=False).value
         return P, val, len(h1) + len(h2), 0, "iteration limit reached", hist
+    nc = NonCentred(prob, layout)
     scale = np.sqrt(curvature_diagonal(prob, layout, P))
-    x0 = layout.pack(P)
-    fg = neg_elbo(prob, layout)
+    if nc.on:   # curvature in the non-centred slots: u and log tau near 1, sigma ~ sum of Gv
+        scale[nc.al], scale[nc.lr] = 1.0, np.sqrt(2.0)
+        scale[nc.ls] = np.sqrt(max(float(-2.0 * cell_eval(prob, P)["Gv"].sum()), 1.0))
+    x0 = nc.to_opt(layout.pack(P))
+    fg = neg_elbo_opt(prob, layout, nc)
 
     def fg_scaled(y):
         f, g = fg(x0 + y / scale)
@@ -164,7 +229,7 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
     lo, hi = layout.bounds()
     res = minimize_lbfgs(fg_scaled, np.zeros_like(x0), maxiter=left, gtol=gtol * 0.1, callback=lcb,
                          bounds=((lo - x0) * scale, (hi - x0) * scale))
-    P = layout.unpack(x0 + res.x / scale)
+    P = layout.unpack(nc.from_opt(x0 + res.x / scale))
     return P, -res.fun, len(h1) + len(h2) + res.n_iter, res.n_eval, res.message, hist
 
 

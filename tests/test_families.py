@@ -7,11 +7,11 @@ scipy.stats, and the sample moments against ``mean``/``variance``.
 """
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from jsdm.exceptions import JSDMError
 from jsdm.families import (Binomial, Family, Gamma, Gaussian, NegativeBinomial, Poisson,
-                           get_family)
+                           Tweedie, get_family)
 
 # (name, link, y values, s values); y grids include huge counts, s grids tiny/huge dispersion
 CASES = {
@@ -22,6 +22,7 @@ CASES = {
     "binomial-cloglog": ("binomial", "cloglog", [0.0, 1.0], [None]),
     "gaussian": ("gaussian", None, [-40.0, -1.3, 0.0, 2.5, 35.0], [-3.0, 0.0, 2.0]),
     "gamma": ("gamma", None, [1e-3, 0.4, 3.0, 250.0], [-4.0, 0.0, 2.0]),
+    "tweedie": ("tweedie", None, [0.0, 0.02, 1.0, 40.0], [-3.0, 0.0, 2.0]),
 }
 IDS = list(CASES)
 M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
@@ -201,7 +202,7 @@ def test_ell_shapes_and_order(case):
 def test_extremes_are_finite(case):
     fam, ys, ss = make(case)
     m = np.array([-700.0, -60.0, -30.0, 30.0, 60.0, 300.0])
-    if fam.name in ("poisson", "negative_binomial", "gamma"):      # e^(+-eta) must stay finite
+    if fam.name in ("poisson", "negative_binomial", "gamma", "tweedie"):   # e^(+-eta) stays finite
         m = m[m < 300] if fam.name == "negative_binomial" else m[(m > -700) & (m < 300)]
     for v in (0.0, 1e-12, 20.0):
         for s in ss + [s for s in (-30.0, 30.0) if ss[0] is not None]:
@@ -236,9 +237,31 @@ def scipy_dist(fam, eta, s, n=1):
         return stats.norm(eta, np.exp(s))
     if fam.name == "gamma":
         return stats.gamma(np.exp(-s), scale=np.exp(eta + s))
+    if fam.name == "tweedie":
+        return CompoundPoissonGamma(np.exp(eta), np.exp(s), fam.power)
     p = {"logit": stats.logistic.cdf, "probit": stats.norm.cdf,
          "cloglog": lambda e: 1.0 - np.exp(-np.exp(e))}[fam.link](eta)
     return stats.binom(n, p)
+
+
+class CompoundPoissonGamma:
+    """Tweedie (1 < p < 2) as sum over N ~ Poisson(lam) of N gamma(beta, gam) jumps."""
+
+    def __init__(self, mu, phi, p):
+        self.lam = mu ** (2 - p) / (phi * (2 - p))
+        self.shape, self.scale = (2 - p) / (p - 1), phi * (p - 1) * mu ** (p - 1)
+
+    N = np.arange(1, 3000)[:, None]
+
+    def logpdf(self, y):
+        terms = stats.poisson.logpmf(self.N, self.lam) + stats.gamma.logpdf(
+            np.where(y == 0, 1.0, y), self.N * self.shape, scale=self.scale)
+        return np.where(y == 0, -self.lam, special.logsumexp(terms, axis=0))
+
+    def cdf(self, y):
+        terms = stats.poisson.pmf(self.N, self.lam) * stats.gamma.cdf(y, self.N * self.shape,
+                                                                       scale=self.scale)
+        return np.exp(-self.lam) + terms.sum(0)
 
 
 @pytest.mark.parametrize("case", IDS)
@@ -253,7 +276,8 @@ def test_loglik_and_cdf_match_scipy(case):
                                        d.logpmf(yy) if fam.discrete else d.logpdf(yy),
                                        rtol=1e-10, atol=1e-10)
             np.testing.assert_allclose(fam.cdf(yy, eta, sarr(s, eta)), d.cdf(yy), rtol=1e-9, atol=1e-12)
-            lower = d.cdf(yy - 1) if fam.discrete else d.cdf(yy)
+            lower = d.cdf(yy - 1) if fam.discrete else np.where(yy > 0, d.cdf(yy), 0.0) \
+                if fam.name == "tweedie" else d.cdf(yy)
             np.testing.assert_allclose(fam.cdf_lower(yy, eta, sarr(s, eta)), lower, rtol=1e-9, atol=1e-12)
 
 
@@ -311,6 +335,7 @@ def test_sample_moments_match_mean_and_variance(case):
     ("binomial-probit", [0.0, 0.5], "0/1"),
     ("gaussian", [0.0, np.inf], "finite"),
     ("gamma", [1.0, 0.0], "strictly positive"),
+    ("tweedie", [0.0, -1.0], "non-negative"),
 ])
 def test_check_y_rejects_bad_values(case, bad, needle):
     fam, _, _ = make(case)
@@ -335,6 +360,7 @@ def test_check_y_binomial_trials():
     ("negative.binomial", NegativeBinomial, "log"), ("Negative-Binomial", NegativeBinomial, "log"),
     ("binomial", Binomial, "logit"), ("bernoulli", Binomial, "logit"),
     ("gaussian", Gaussian, "identity"), ("normal", Gaussian, "identity"), ("Gamma", Gamma, "log"),
+    ("tweedie", Tweedie, "log"),
 ])
 def test_get_family_by_name_and_alias(key, cls, link):
     fam = get_family(key)
@@ -356,6 +382,21 @@ def test_get_family_errors_list_valid_choices():
         get_family("binomial", link="log")
 
 
+def test_tweedie_power():
+    assert Tweedie(power=1.7).power == 1.7 and get_family("tweedie").power == 1.5
+    with pytest.raises(JSDMError, match="strictly between 1 and 2"):
+        Tweedie(power=2.0)
+
+
+def test_tweedie_series_switch_is_seamless():
+    """Direct sum and the Euler-Maclaurin integral agree where the rule switches."""
+    fam = Tweedie(power=1.3)
+    y = np.linspace(20.0, 400.0, 400)
+    ll = fam.loglik(y, np.full(y.shape, 3.0), np.full(y.shape, -2.5))
+    ref = CompoundPoissonGamma(np.exp(3.0), np.exp(-2.5), 1.3).logpdf(y)
+    np.testing.assert_allclose(ll, ref, rtol=1e-10)
+
+
 def test_link_residual_variances():
     assert Binomial("probit").link_residual_variance == 1.0
     assert Binomial("logit").link_residual_variance == pytest.approx(np.pi ** 2 / 3)
@@ -365,7 +406,8 @@ def test_link_residual_variances():
 
 @pytest.mark.parametrize("cls,true_disp", [(NegativeBinomial, np.array([0.2, 1.5])),
                                           (Gaussian, np.array([0.3, 4.0])),
-                                          (Gamma, np.array([0.1, 2.0]))])
+                                          (Gamma, np.array([0.1, 2.0])),
+                                          (Tweedie, np.array([0.5, 2.0]))])
 def test_dispersion_start_recovers_simulated_dispersion(cls, true_disp):
     fam = cls()
     s = fam.dispersion_param(true_disp)

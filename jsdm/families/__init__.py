@@ -10,6 +10,7 @@ from .gamma import Gamma
 from .gaussian import Gaussian
 from .negative_binomial import NegativeBinomial
 from .poisson import Poisson
+from .tweedie import Tweedie
 
 _REGISTRY = {}
 
@@ -21,7 +22,7 @@ def register(cls):
     return cls
 
 
-for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma):
+for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie):
     register(_cls)
 
 
@@ -41,4 +42,4 @@ def get_family(family, link=None):
 
 
 __all__ = ["ELL", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Poisson",
-           "get_family", "register"]
+           "Tweedie", "get_family", "register"]

@@ -309,9 +309,15 @@ QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, che
 
 
 def quick_checks(fit):
-    """Cheap checks (no Hessian) for the end of every fit: list of :class:`Problem`."""
+    """Cheap checks (no Hessian) for the end of every fit: list of :class:`Problem`.
+
+    On a fit that did not converge only the data checks run (scaling, sparse
+    species): the estimates are not at an optimum, and the ConvergenceWarning
+    already says so.
+    """
+    checks = QUICK if fit.converged else (check_covariate_scaling, check_sparse_species)
     out = []
-    for check in QUICK:
+    for check in checks:
         out += check(fit)
     return out
 

@@ -143,16 +143,15 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
 
 
 def _blas_threads(prob):
-    """Limit BLAS to one thread unless the Newton system is big enough to gain from more.
+    """Run the fit with one BLAS thread (the Newton step's big products ask for more).
 
-    Multithreaded BLAS on the many small matrices of a fit is slower than one thread
-    (measured: a 175 x 175 Cholesky took 27 ms with OpenBLAS threads on a busy 2-core
-    machine and 0.8 ms with one).
+    Multithreaded BLAS on the many small matrices of a fit, and for Cholesky
+    factors, was slower than one thread here (a 175 x 175 Cholesky: 27 ms with
+    OpenBLAS threads on a busy 2-core machine, 0.8 ms with one).
     """
     from threadpoolctl import threadpool_limits
 
-    big = prob.m * (1 + prob.p + prob.d) >= 1500
-    return threadpool_limits(limits=None if big else 1, user_api="blas")
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):

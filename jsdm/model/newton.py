@@ -86,7 +86,32 @@ def newton_means(prob, P, ce):
     idx = np.arange(m)
     S.reshape(m, ks, m, ks)[idx, :, idx, :] = Hbb
     rhs = gb.reshape(-1).copy()
-    Cs = []
+    with _all_threads((m * ks) ** 2 * n * kv):
+        _accumulate(prob, ce, Xt, U, free, Dinv, gu, S, rhs)
+    fixed = (free.reshape(-1) == 0)
+    S[fixed, :] = 0.0
+    S[:, fixed] = 0.0
+    S[fixed, fixed] = -1.0
+    db = _solve_nd(S, -rhs).reshape(m, ks)
+    du = np.empty((n, kv))
+    for start in range(0, n, _SITE_CHUNK):   # C is rebuilt rather than kept: memory
+        rows = slice(start, min(n, start + _SITE_CHUNK))
+        C = _cross(prob, ce, Xt, U, rows, free)
+        t = gu[rows] + np.einsum("jkil,jk->il", C, db)
+        du[rows] = -np.einsum("ilq,iq->il", Dinv[rows], t)
+    return _line_search(prob, P, ce, db, du)
+
+
+def _all_threads(flops):
+    """All BLAS threads for a Schur-complement product of at least 1e9 flops, else one."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=None if flops >= 1e9 else 1, user_api="blas")
+
+
+def _accumulate(prob, ce, Xt, U, free, Dinv, gu, S, rhs):
+    """S -= C D^-1 C' and rhs -= C D^-1 g_u, over chunks of sites (in place)."""
+    n, m, ks, kv = prob.n, prob.m, Xt.shape[1], U.shape[1]
     for start in range(0, n, _SITE_CHUNK):
         rows = slice(start, min(n, start + _SITE_CHUNK))
         C = _cross(prob, ce, Xt, U, rows, free)
@@ -94,18 +119,6 @@ def newton_means(prob, P, ce):
         CD = np.einsum("jkil,ilq->jkiq", C, Dinv[rows]).reshape(m * ks, r * kv)
         S -= CD @ C.reshape(m * ks, r * kv).T
         rhs -= CD @ gu[rows].reshape(-1)
-        Cs.append(C)
-    fixed = (free.reshape(-1) == 0)
-    S[fixed, :] = 0.0
-    S[:, fixed] = 0.0
-    S[fixed, fixed] = -1.0
-    db = _solve_nd(S, -rhs).reshape(m, ks)
-    du = np.empty((n, kv))
-    for C, start in zip(Cs, range(0, n, _SITE_CHUNK)):
-        rows = slice(start, min(n, start + _SITE_CHUNK))
-        t = gu[rows] + np.einsum("jkil,jk->il", C, db)
-        du[rows] = -np.einsum("ilq,iq->il", Dinv[rows], t)
-    return _line_search(prob, P, ce, db, du)
 
 
 def _solve_nd(S, rhs):

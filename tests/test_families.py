@@ -10,8 +10,8 @@ import pytest
 from scipy import integrate, special, stats
 
 from jsdm.exceptions import JSDMError
-from jsdm.families import (Binomial, Family, Gamma, Gaussian, NegativeBinomial, Poisson,
-                           Tweedie, get_family)
+from jsdm.families import (Binomial, Family, Gamma, Gaussian, NegativeBinomial, Ordinal,
+                           Poisson, Tweedie, get_family)
 
 # (name, link, y values, s values); y grids include huge counts, s grids tiny/huge dispersion
 CASES = {
@@ -422,3 +422,99 @@ def test_dispersion_start_recovers_simulated_dispersion(cls, true_disp):
 def test_dispersion_start_none_without_dispersion():
     assert Poisson().dispersion_start(np.ones((3, 2)), np.ones((3, 2))) is None
     assert Family.dispersion_start(Binomial(), np.ones((3, 2)), np.ones((3, 2))) is None
+
+
+# --- ordinal: a matrix of nuisance parameters per species ----------------------------------
+
+ORD_LINKS = ["probit", "logit"]
+
+
+def ordinal_grid(K=4):
+    ys = np.arange(K, dtype=float)
+    Y, Mm, Vv = np.meshgrid(ys, DERIV_M, DERIV_V, indexing="ij")
+    Y, Mm, Vv = Y.ravel(), Mm.ravel(), Vv.ravel()
+    gaps = np.tile(np.array([[0.3, -0.5]]), (Y.size, 1))   # one "species" per cell: s is (N, K-2)
+    return Y, Mm, Vv, gaps
+
+
+@pytest.mark.parametrize("link", ORD_LINKS)
+def test_ordinal_ell_matches_quadrature(link):
+    fam = Ordinal(link)
+    Y, Mm, Vv, c = ordinal_grid()
+    Vv = np.where(Vv > 5, 5.0, Vv)
+    got = fam.ell(Y, Mm, Vv, c).value
+    sd = np.sqrt(Vv)
+    x, w = np.polynomial.legendre.leggauss(20)
+    edges = np.linspace(-15.0, 15.0, 61)
+    half = 0.5 * np.diff(edges)
+    z = ((edges[:-1] + half)[:, None] + half[:, None] * x).ravel()
+    wz = (half[:, None] * w).ravel() * stats.norm.pdf(z)
+    eta = Mm[:, None] + sd[:, None] * z
+    dense = np.array([fam.loglik(np.full(z.shape, Y[i]), eta[i], np.tile(c[i], (z.size, 1))) @ wz
+                      for i in range(Y.size)])
+    np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("link", ORD_LINKS)
+def test_ordinal_derivatives_match_finite_differences(link):
+    fam = Ordinal(link)
+    Y, Mm, Vv, c = ordinal_grid()
+    e = fam.ell(Y, Mm, Vv, c, order=2)
+    assert e.d_s.shape == (Y.size, 2) and e.d_ss.shape == (Y.size, 2, 2)
+    close(e.d_m, fd(lambda x: fam.ell(Y, x, Vv, c).value, Mm), 1e-6)
+    close(e.d_v, fd(lambda x: fam.ell(Y, Mm, x, c).value, Vv), 1e-6)
+    close(2.0 * e.d_v, fd(lambda x: fam.ell(Y, x, Vv, c).d_m, Mm), 1e-6)
+    for j in range(2):
+        def at(x, j=j, what="value"):
+            cc = c.copy()
+            cc[:, j] = x
+            return getattr(fam.ell(Y, Mm, Vv, cc, order=1), what)
+        close(e.d_s[:, j], fd(at, c[:, j]), 1e-6)
+        close(e.d_ss[:, :, j], fd(lambda x: at(x, what="d_s"), c[:, j]), 1e-6)
+        np.testing.assert_allclose(e.d_ss[:, j, :], e.d_ss[:, :, j])
+
+
+@pytest.mark.parametrize("link", ORD_LINKS)
+def test_ordinal_probabilities_cdf_and_samples(link):
+    fam = Ordinal(link)
+    dist = stats.norm if link == "probit" else stats.logistic
+    s = np.array([[0.2, -0.4], [1.0, 0.5]])                 # two species, K = 4
+    tau = fam.cutpoints(s)
+    np.testing.assert_allclose(tau[:, 0], 0.0)
+    assert np.all(np.diff(tau, axis=1) > 0)
+    eta = np.array([[-0.5, 1.5], [2.0, -3.0], [0.0, 40.0]])
+    p = fam.probs(eta, s)
+    np.testing.assert_allclose(p.sum(-1), 1.0)
+    for k in range(4):
+        y = np.full(eta.shape, float(k))
+        b = tau[np.arange(2), k] - eta if k < 3 else np.full(eta.shape, np.inf)
+        a = tau[np.arange(2), k - 1] - eta if k > 0 else np.full(eta.shape, -np.inf)
+        up, lo = dist.cdf(b), dist.cdf(a)
+        ref = np.where(a > 0, dist.sf(a) - dist.sf(b), up - lo)      # no cancellation near 1
+        np.testing.assert_allclose(np.exp(fam.loglik(y, eta, s)), ref, rtol=1e-9, atol=1e-300)
+        np.testing.assert_allclose(fam.cdf(y, eta, s), up, rtol=1e-12)
+        np.testing.assert_allclose(fam.cdf_lower(y, eta, s), lo, rtol=1e-12)
+    draws = fam.sample(np.broadcast_to(eta[0], (20000, 2)), s, rng=5)
+    freq = np.stack([(draws == k).mean(0) for k in range(4)], axis=-1)
+    np.testing.assert_allclose(freq, p[0], atol=0.015)
+    np.testing.assert_allclose(fam.mean(eta, s=s), p @ np.arange(4.0))
+
+
+def test_ordinal_extremes_validation_and_starts():
+    fam = get_family("ordinal")
+    assert fam.link == "probit" and get_family("ordered", link="logit").link == "logit"
+    y = np.array([[0.0, 3.0], [3.0, 0.0]])
+    s = np.zeros((2, 2))
+    for m in (-700.0, -40.0, 40.0, 700.0):
+        for v in (0.0, 1e-9, 20.0):
+            e = fam.ell(y, np.full(y.shape, m), np.full(y.shape, v), s, order=2)
+            for a in (e.value, e.d_m, e.d_v, e.d_s, e.d_ss):
+                assert np.all(np.isfinite(a))
+    with pytest.raises(JSDMError, match="0, 1, ..., K-1"):
+        fam.check_y(np.array([0.0, 1.5]))
+    with pytest.raises(JSDMError, match=r"\(m, K-2\)"):
+        fam.ell(y, y, y, np.zeros(2))
+    sim = fam.sample(np.zeros((3000, 3)), np.tile(np.log([1.0, 0.5]), (3, 1)), rng=2)
+    tau = fam.cutpoints(fam.dispersion_start(sim, None))
+    np.testing.assert_allclose(tau, np.tile([0.0, 1.0, 1.5], (3, 1)), atol=0.12)
+    np.testing.assert_allclose(fam.dispersion_param(fam.dispersion(s)), s, atol=1e-12)

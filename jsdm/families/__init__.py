@@ -9,6 +9,7 @@ from .binomial import Binomial
 from .gamma import Gamma
 from .gaussian import Gaussian
 from .negative_binomial import NegativeBinomial
+from .ordinal import Ordinal
 from .poisson import Poisson
 from .tweedie import Tweedie
 
@@ -22,7 +23,7 @@ def register(cls):
     return cls
 
 
-for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie):
+for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal):
     register(_cls)
 
 
@@ -41,5 +42,5 @@ def get_family(family, link=None):
     return _REGISTRY[key](link=link)
 
 
-__all__ = ["ELL", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Poisson",
+__all__ = ["ELL", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Ordinal", "Poisson",
            "Tweedie", "get_family", "register"]

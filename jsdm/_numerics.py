@@ -1,4 +1,6 @@
 """Numerically stable building blocks shared by the families and the engine."""
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -77,17 +79,49 @@ def gh_rule(fun, k):
 
 
 def blocked(block, k):
-    """Run ``block(mu, sd, *extra)`` on slices of at most ``_BLOCK // k`` cells."""
+    """Run ``block(mu, sd, *extra)`` on slices of at most ``_BLOCK // k`` cells.
+
+    Slices go to a small thread pool (numpy releases the GIL in ufuncs); each
+    slice is computed the same way whatever the number of threads, so results
+    are bit-for-bit reproducible.
+    """
     step = max(64, _BLOCK // k)
 
     def rule(mu, sd, *extra):
         if mu.size <= step:
             return block(mu, sd, *extra)
-        parts = [block(mu[i:i + step], sd[i:i + step], *(e[i:i + step] for e in extra))
-                 for i in range(0, mu.size, step)]
+
+        def run(i):
+            return block(mu[i:i + step], sd[i:i + step], *(e[i:i + step] for e in extra))
+
+        parts = _map(run, range(0, mu.size, step))
         return tuple(np.concatenate(col) for col in zip(*parts))
 
     return rule
+
+
+_POOL = {"n": None, "pool": None, "pid": None}
+
+
+def set_num_threads(n=None):
+    """Threads for the quadrature kernels (default: env JSDM_NUM_THREADS, else min(cpus, 4))."""
+    if n is None:
+        n = int(os.environ.get("JSDM_NUM_THREADS", min(os.cpu_count() or 1, 4)))
+    n = max(1, int(n))
+    if _POOL["pool"] is not None and _POOL["pid"] == os.getpid():
+        _POOL["pool"].shutdown(wait=True)
+    _POOL.update(n=n, pid=os.getpid(),
+                 pool=ThreadPoolExecutor(n, thread_name_prefix="jsdm") if n > 1 else None)
+    return n
+
+
+def _map(fun, items):
+    if _POOL["n"] is None or _POOL["pid"] != os.getpid():     # first use, or a forked child
+        set_num_threads(_POOL["n"])
+    items = list(items)
+    if _POOL["pool"] is None or len(items) < 4:
+        return [fun(i) for i in items]
+    return list(_POOL["pool"].map(fun, items))
 
 
 def binned_expectation(mu, var, bins, n_out, assign=None, extra=()):

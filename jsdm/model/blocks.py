@@ -195,9 +195,10 @@ def squarem_ascent(prob, layout, P, max_iter=500, rtol=1e-10, callback=None):
         if nv > 0:
             alpha = min(-np.linalg.norm(r) / nv, -1.0)
             for _ in range(4):
-                xs = x0 - 2 * alpha * r + alpha ** 2 * v
-                Ps = layout.unpack(xs)
-                cs = cell_eval(prob, Ps, order=order)
+                xs = np.clip(x0 - 2 * alpha * r + alpha ** 2 * v, *layout.bounds())
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    Ps = layout.unpack(xs)    # an extrapolated point may be wild: judged below
+                    cs = cell_eval(prob, Ps, order=order)
                 if np.all(np.isfinite(cs["site"])):
                     Ps, cs = _sweep(prob, Ps, cs)
                     if cs["site"].sum() > c2["site"].sum():

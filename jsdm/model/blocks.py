@@ -150,20 +150,19 @@ def _accept_species(prob, P, step, ds, ce):
     return T, ct
 
 
-def block_ascent(prob, P, max_sweeps=200, rtol=1e-7, callback=None):
-    """Alternate site and species Newton steps until the ELBO stalls.
+def ascend(step, prob, P, max_iter, rtol, callback=None):
+    """Repeat ``step(P, ce) -> (P, ce)`` until the ELBO changes by at most rtol (relative).
 
-    Returns (P, history) where history holds (sweep, ELBO) pairs.
+    Returns (P, history) with history a list of (iteration, ELBO).
     """
     ce = cell_eval(prob, P)
-    hist, prev = [], ce["site"].sum()
-    for sweep in range(max_sweeps):
-        P, ce = site_step(prob, P, ce)
-        P, ce = species_step(prob, P, ce)
+    hist, prev = [], float(ce["site"].sum())
+    for it in range(max_iter):
+        P, ce = step(P, ce)
         val = float(ce["site"].sum())
-        hist.append((sweep + 1, val))
+        hist.append((it + 1, val))
         if callback is not None:
-            callback(sweep + 1, val)
+            callback(it + 1, val)
         if abs(val - prev) <= rtol * (1.0 + abs(val)):
             break
         prev = val
@@ -182,37 +181,28 @@ def squarem_ascent(prob, layout, P, max_iter=500, rtol=1e-10, callback=None):
     x' = x0 - 2 a r + a^2 v (r = x1 - x0, v = x2 - 2 x1 + x0, a = -|r|/|v|),
     then one sweep from x'; the result is kept only if its ELBO beats x2's.
     """
-    order = 1
-    ce = cell_eval(prob, P)
-    hist, prev = [], float(ce["site"].sum())
-    for it in range(max_iter):
+    def step(P, ce):
         P1, c1 = _sweep(prob, P, ce)
         P2, c2 = _sweep(prob, P1, c1)
         x0, x1, x2 = layout.pack(P), layout.pack(P1), layout.pack(P2)
         r, v = x1 - x0, x2 - 2 * x1 + x0
         nv = np.linalg.norm(v)
-        P, ce = P2, c2
-        if nv > 0:
-            alpha = min(-np.linalg.norm(r) / nv, -1.0)
-            for _ in range(4):
-                xs = np.clip(x0 - 2 * alpha * r + alpha ** 2 * v, *layout.bounds())
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    Ps = layout.unpack(xs)    # an extrapolated point may be wild: judged below
-                    cs = cell_eval(prob, Ps, order=order)
-                if np.all(np.isfinite(cs["site"])):
-                    Ps, cs = _sweep(prob, Ps, cs)
-                    if cs["site"].sum() > c2["site"].sum():
-                        P, ce = Ps, cs
-                        break
-                alpha = (alpha - 1.0) / 2.0
-        val = float(ce["site"].sum())
-        hist.append((it + 1, val))
-        if callback is not None:
-            callback(it + 1, val)
-        if abs(val - prev) <= rtol * (1.0 + abs(val)):
-            break
-        prev = val
-    return P, hist
+        if nv == 0:
+            return P2, c2
+        alpha = min(-np.linalg.norm(r) / nv, -1.0)
+        for _ in range(4):
+            xs = np.clip(x0 - 2 * alpha * r + alpha ** 2 * v, *layout.bounds())
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                Ps = layout.unpack(xs)    # an extrapolated point may be wild: judged below
+                cs = cell_eval(prob, Ps)
+            if np.all(np.isfinite(cs["site"])):
+                Ps, cs = _sweep(prob, Ps, cs)
+                if cs["site"].sum() > c2["site"].sum():
+                    return Ps, cs
+            alpha = (alpha - 1.0) / 2.0
+        return P2, c2
+
+    return ascend(step, prob, P, max_iter, rtol, callback)
 
 
 def curvature_diagonal(prob, layout, P):

@@ -14,9 +14,9 @@ steps. Every stage is accepted only if the ELBO increases.
 """
 import numpy as np
 
-from .blocks import cell_eval, species_step
+from .blocks import ascend, cell_eval, species_step
 
-_SITE_CHUNK = 2000
+_SITE_CHUNK = 500
 
 
 def _site_design(prob, P):
@@ -149,12 +149,11 @@ def _apply(prob, P, db, du, t):
 
 
 def _line_search(prob, P, ce, db, du):
-    order = 1
     old = float(ce["site"].sum())
     t = 1.0
     for _ in range(12):
         T = _apply(prob, P, db, du, t)
-        ct = cell_eval(prob, T, order=order)
+        ct = cell_eval(prob, T)
         val = float(ct["site"].sum())
         if np.isfinite(val) and val >= old:
             return T, ct, True
@@ -174,34 +173,26 @@ def covariance_step(prob, P, ce):
     if prob.row_effect == "random":
         prec = np.exp(-2.0 * P.log_sigma) - 2.0 * ce["Gv"].sum(1)
         new.log_rho = -0.5 * np.log(prec)
-    order = 1
-    ct = cell_eval(prob, new, order=order)
+    ct = cell_eval(prob, new)
     keep = ~(ct["site"] >= ce["site"])
     if keep.any():
         new.L[keep] = P.L[keep]
         if new.log_rho is not None:
             new.log_rho = np.where(keep, P.log_rho, new.log_rho)
-        ct = cell_eval(prob, new, order=order)
+        ct = cell_eval(prob, new)
     if prob.row_effect == "random":   # exact maximiser of the ELBO in sigma
         new.log_sigma = 0.5 * np.log(np.mean(new.alpha ** 2 + np.exp(2 * new.log_rho)))
-        ct = cell_eval(prob, new, order=order)
+        ct = cell_eval(prob, new)
     return new, ct
 
 
 def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None):
     """Alternate joint mean Newton steps, covariance and dispersion updates."""
-    ce = cell_eval(prob, P)
-    hist, prev = [], float(ce["site"].sum())
-    for it in range(max_iter):
+    def step(P, ce):
         P, ce, _ = newton_means(prob, P, ce)
         P, ce = covariance_step(prob, P, ce)
         if P.s is not None:
             P, ce = species_step(prob, P, ce, only_dispersion=True)
-        val = float(ce["site"].sum())
-        hist.append((it + 1, val))
-        if callback is not None:
-            callback(it + 1, val)
-        if abs(val - prev) <= rtol * (1.0 + abs(val)):
-            break
-        prev = val
-    return P, hist
+        return P, ce
+
+    return ascend(step, prob, P, max_iter, rtol, callback)

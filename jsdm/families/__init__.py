@@ -12,6 +12,7 @@ from .negative_binomial import NegativeBinomial
 from .ordinal import Ordinal
 from .poisson import Poisson
 from .tweedie import Tweedie
+from .zip import ZeroInflatedPoisson
 
 _REGISTRY = {}
 
@@ -23,7 +24,8 @@ def register(cls):
     return cls
 
 
-for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal):
+for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal,
+             ZeroInflatedPoisson):
     register(_cls)
 
 
@@ -43,4 +45,4 @@ def get_family(family, link=None):
 
 
 __all__ = ["ELL", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Ordinal", "Poisson",
-           "Tweedie", "get_family", "register"]
+           "Tweedie", "ZeroInflatedPoisson", "get_family", "register"]

@@ -299,6 +299,40 @@ def logistic_normal(mu, var):
     return binned_expectation(mu, var, _LOGISTIC_BINS, 4, _logistic_assign)
 
 
+# --- composite rule for integrands with a sharp, cell-specific corner ----------------------
+
+_FIXED_Z = np.array([-9.0, -6.0, -4.0, -2.5, -1.25, 0.0, 1.25, 2.5, 4.0, 6.0, 9.0])
+_GRADED = np.array([-32.0, -16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+
+
+def graded_expectation(fun, mu, sd, corner, width, extra=(), n_gl=10):
+    """E[f(U)], U ~ N(mu, sd^2), for f smooth except near a corner of the given width.
+
+    Composite Gauss-Legendre in z = (u - mu) / sd on [-9, 9], with panels at
+    fixed z (resolving the normal density) and at ``corner + width * g`` for
+    g = 0, +-1, +-2, ..., +-32 (geometric grading resolves the corner with a
+    fixed number of nodes per panel, whatever ``sd / width``). All arguments are
+    1-D arrays of one length (``sd > 0``); ``fun(u, *extra)`` as in ``gh_rule``.
+    About 230 nodes per cell: for the cells Hermite cannot do.
+    """
+    x, w = np.polynomial.legendre.leggauss(n_gl)
+    n_br = _FIXED_Z.size + _GRADED.size
+
+    def block(mu, sd, corner, width, *extra):
+        zc, zw = (corner - mu) / sd, width / sd
+        br = np.concatenate([np.broadcast_to(_FIXED_Z[:, None], (_FIXED_Z.size, mu.size)),
+                             np.clip(zc + zw * _GRADED[:, None], -9.0, 9.0)])
+        br.sort(axis=0)
+        half = 0.5 * np.diff(br, axis=0)                               # (panels, C)
+        z = (br[:-1] + half)[:, None, :] + half[:, None, :] * x[None, :, None]
+        wz = half[:, None, :] * w[None, :, None] * np.exp(-0.5 * z * z) * (1.0 / np.sqrt(2.0 * np.pi))
+        z, wz = z.reshape(-1, mu.size), wz.reshape(-1, mu.size)
+        return tuple(np.einsum("kc,kc->c", wz, f) for f in fun(mu + sd * z, *extra))
+
+    rule = blocked(block, (n_br - 1) * n_gl)
+    return rule(*(np.asarray(a, dtype=float) for a in (mu, sd, corner, width, *extra)))
+
+
 # --- probit and complementary log-log building blocks --------------------------------------
 
 def _probit_nodes(u):
@@ -384,11 +418,16 @@ def _cloglog_urule(k_left, k_right, left=-36.0, right=3.7):
 
 
 # Rules by variance, with measured max errors (abs, or relative where |value| > 1)
-# against adaptive quadrature over mu in [-30, 30]:
-# probit (Hermite only): < 1e-10 for v <= 2, 1e-8 at v = 3, 5e-8 at v = 5, ~1e-6 at 10;
-# cloglog: < 1e-10 for all v (Hermite to v = 0.5, then the u-rule).
-_PROBIT_BINS = _gh_bins(_probit_nodes, ((0.05, 8), (0.2, 12), (0.5, 20), (1.0, 32), (2.0, 48),
-                                        (4.0, 64), (np.inf, 96)))
+# against adaptive quadrature over mu in [-30, 30], v in [0, 20]:
+# probit: < 2e-10 (Hermite to v = 2, then the graded composite rule);
+# cloglog: < 1e-10 (Hermite to v = 0.5, then the u-rule).
+def _probit_graded(mu, sd):
+    """Wide normals: graded composite rule about the probit's bend at u = 0."""
+    return graded_expectation(_probit_nodes, mu, sd, np.zeros(mu.shape), np.ones(mu.shape))
+
+
+_PROBIT_BINS = _gh_bins(_probit_nodes, ((0.05, 8), (0.2, 12), (0.5, 20), (1.0, 32), (2.0, 48))) + (
+    (np.inf, _probit_graded),)
 _CLOGLOG_BINS = _gh_bins(_cloglog_nodes, ((0.01, 8), (0.05, 12), (0.1, 16), (0.2, 24), (0.3, 32),
                                           (0.5, 48))) + (
     (0.7, _cloglog_urule(64, 24)), (np.inf, _cloglog_urule(56, 24)))
@@ -489,37 +528,3 @@ def safe_solve(H, g):
     except np.linalg.LinAlgError:
         scale = np.abs(np.diagonal(H, axis1=-2, axis2=-1)).max(axis=-1) + 1.0
         return np.linalg.solve(H + 1e-8 * scale[..., None, None] * eye, g[..., None])[..., 0]
-
-
-# --- composite rule for integrands with a sharp, cell-specific corner ----------------------
-
-_FIXED_Z = np.array([-9.0, -6.0, -4.0, -2.5, -1.25, 0.0, 1.25, 2.5, 4.0, 6.0, 9.0])
-_GRADED = np.array([-32.0, -16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
-
-
-def graded_expectation(fun, mu, sd, corner, width, extra=(), n_gl=10):
-    """E[f(U)], U ~ N(mu, sd^2), for f smooth except near a corner of the given width.
-
-    Composite Gauss-Legendre in z = (u - mu) / sd on [-9, 9], with panels at
-    fixed z (resolving the normal density) and at ``corner + width * g`` for
-    g = 0, +-1, +-2, ..., +-32 (geometric grading resolves the corner with a
-    fixed number of nodes per panel, whatever ``sd / width``). All arguments are
-    1-D arrays of one length (``sd > 0``); ``fun(u, *extra)`` as in ``gh_rule``.
-    About 230 nodes per cell: for the cells Hermite cannot do.
-    """
-    x, w = np.polynomial.legendre.leggauss(n_gl)
-    n_br = _FIXED_Z.size + _GRADED.size
-
-    def block(mu, sd, corner, width, *extra):
-        zc, zw = (corner - mu) / sd, width / sd
-        br = np.concatenate([np.broadcast_to(_FIXED_Z[:, None], (_FIXED_Z.size, mu.size)),
-                             np.clip(zc + zw * _GRADED[:, None], -9.0, 9.0)])
-        br.sort(axis=0)
-        half = 0.5 * np.diff(br, axis=0)                               # (panels, C)
-        z = (br[:-1] + half)[:, None, :] + half[:, None, :] * x[None, :, None]
-        wz = half[:, None, :] * w[None, :, None] * np.exp(-0.5 * z * z) * (1.0 / np.sqrt(2.0 * np.pi))
-        z, wz = z.reshape(-1, mu.size), wz.reshape(-1, mu.size)
-        return tuple(np.einsum("kc,kc->c", wz, f) for f in fun(mu + sd * z, *extra))
-
-    rule = blocked(block, (n_br - 1) * n_gl)
-    return rule(*(np.asarray(a, dtype=float) for a in (mu, sd, corner, width, *extra)))

@@ -9,33 +9,41 @@ from .residuals import dunn_smyth
 _MAX_STEP = 5.0
 
 
-def glm_start(prob, n_iter=50, tol=1e-8):
+def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
     """Independent per-species GLMs (no latent variables, no row effects), batched Newton.
+
+    Only starting values: with more than ``max_sites`` sites they are fitted on an
+    evenly spaced subset of ``max_sites`` sites (deterministic, so fits stay
+    reproducible); the full fit refines everything.
 
     Returns ``(b, s)``: b (m, 1 + p) intercepts and slopes, s (m,) or None.
     """
-    fam, Y, W = prob.family, prob.Y, prob.W
-    Xt = np.column_stack([np.ones(prob.n), prob.X])
-    off = 0.0 if prob.offset is None else prob.offset
+    rows = np.unique(np.linspace(0, prob.n - 1, min(prob.n, max_sites)).round().astype(int))
+    fam, Y, W = prob.family, prob.Y[rows], prob.W[rows]
+    Xt = np.column_stack([np.ones(len(rows)), prob.X[rows]])
+    off = 0.0 if prob.offset is None else prob.offset[rows]
+    trials = None if prob.trials is None else prob.trials[rows]
     b = np.zeros((prob.m, Xt.shape[1]))
-    b[:, 0] = _intercept_guess(prob)
+    b[:, 0] = _intercept_guess(fam, Y, W, trials)
     s = None
     if fam.has_dispersion:
         s = np.zeros(prob.m)
         guess = getattr(fam, "dispersion_start", None)
         if guess is not None:
-            mu0 = fam.mean(np.broadcast_to(b[:, 0], Y.shape), prob.trials)
+            mu0 = fam.mean(np.broadcast_to(b[:, 0], Y.shape), trials)
             g = guess(np.where(W > 0, Y, np.nan), mu0)
             if g is not None:
                 s = np.clip(np.asarray(g, dtype=float), -10, 10)
     zero_v = np.zeros_like(Y)
 
-    def loglik(b, s):
-        e = fam.ell(Y, Xt @ b.T + off, zero_v, s, prob.trials, order=2)
+    def loglik(b, s, order=1):
+        e = fam.ell(Y, Xt @ b.T + off, zero_v, s, trials, order=order)
         return (W * e.value).sum(0), e
 
     ll, e = loglik(b, s)
     for _ in range(n_iter):
+        if s is not None:       # second derivatives in s only where the step is taken
+            ll, e = loglik(b, s, order=2)
         Gm, Gv = W * e.d_m, W * e.d_v
         g = Gm.T @ Xt
         H = np.einsum("ik,ij,il->jkl", Xt, 2.0 * Gv, Xt)
@@ -73,11 +81,10 @@ def _accept(loglik, b, s, step, snew, ll):
     return bt, st, llt, e
 
 
-def _intercept_guess(prob):
-    fam, Y, W = prob.family, prob.Y, prob.W
+def _intercept_guess(fam, Y, W, trials):
     ybar = (W * Y).sum(0) / np.maximum(W.sum(0), 1)
     if fam.name == "binomial":
-        nt = 1.0 if prob.trials is None else (W * prob.trials).sum(0) / np.maximum(W.sum(0), 1)
+        nt = 1.0 if trials is None else (W * trials).sum(0) / np.maximum(W.sum(0), 1)
         pbar = np.clip(ybar / nt, 0.02, 0.98)
         from scipy import special
         return special.logit(pbar) if fam.link == "logit" else special.ndtri(pbar) \
@@ -98,10 +105,22 @@ def lv_start(prob, b, s, rng, jitter=0.0):
     if jitter:
         R = R + jitter * rng.standard_normal(R.shape)
     R -= R.mean(0)
-    U, S, Vt = np.linalg.svd(R, full_matrices=False)
-    a = U[:, :d] * np.sqrt(n)
-    theta = (Vt[:d].T * S[:d]) / np.sqrt(n)
+    a, theta = _leading_factors(R, d)
     return lower_triangularise(a, theta)
+
+
+def _leading_factors(R, d):
+    """a (n, d) with unit-variance columns and theta (m, d) with a theta' the best rank-d fit to R.
+
+    From the eigenvectors of the m x m Gram matrix R'R (cheaper than a full SVD
+    when n >> m, and only d components are needed).
+    """
+    n = R.shape[0]
+    lam, V = np.linalg.eigh(R.T @ R)
+    lam, V = lam[::-1][:d], V[:, ::-1][:, :d]
+    sv = np.sqrt(np.maximum(lam, 1e-12))
+    U = (R @ V) / sv
+    return U * np.sqrt(n), (V * sv) / np.sqrt(n)
 
 
 def lower_triangularise(a, theta):

@@ -4,7 +4,7 @@ from .model.problem import build_problem
 from .results.fitted import GLLVMResults
 
 
-def gllvm(data, X=None, *, family="poisson", num_lv=2, formula=None, link=None, row_effect=None,
+def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, n_init=3, seed=None,
           maxiter=5000, gtol=1e-3, verbose=False, checks=True):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
@@ -17,10 +17,14 @@ def gllvm(data, X=None, *, family="poisson", num_lv=2, formula=None, link=None, 
         Site covariates for wide data; every column enters when ``formula`` is None.
     family : str or Family
         "poisson", "negative_binomial" ("nb"), "binomial", "gaussian", ... or an instance.
-    num_lv : int
-        Number of latent variables (0 gives independent GLMs per species).
+    num_lv : int, optional
+        Number of latent variables (0 gives independent GLMs per species); default 2,
+        or the d of ``rr()`` with an lme4-style formula.
     formula : str, optional
-        Right-hand side on the site covariates, e.g. "~ SubsDens + WatrCont".
+        Right-hand side on the site covariates, e.g. "~ SubsDens + WatrCont"; or an
+        lme4/glmmTMB-style formula on long data, e.g.
+        "count ~ species + species:SubsDens + rr(0 + species | site, d = 2)"
+        (see docs/formula.md and :func:`jsdm.model.formula.parse_formula`).
     link : str, optional
         Link function where the family offers several (binomial: logit, probit, cloglog).
     row_effect : None, "fixed" or "random"
@@ -46,11 +50,21 @@ def gllvm(data, X=None, *, family="poisson", num_lv=2, formula=None, link=None, 
     from .families import get_family
 
     fam = get_family(family, link=link)
-    prob = build_problem(data, X, family=fam, num_lv=num_lv, formula=formula, row_effect=row_effect,
-                         offset=offset, trials=trials, response=response, site=site, species=species)
+    call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
+                response=response, site=site, species=species)
+    # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
+    from .model.formula import is_lme4_formula, translate_call
+    if is_lme4_formula(formula, species):
+        data, X, call = translate_call(data, X, **call)
+    # ---
+    call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
+    prob = build_problem(data, X, family=fam, trials=trials, **call)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
-    settings = dict(family=fam.name, link=fam.link, num_lv=num_lv, formula=formula,
-                    row_effect=row_effect, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol)
+    settings = dict(family=fam.name, link=fam.link, num_lv=call["num_lv"], formula=formula,
+                    row_effect=call["row_effect"], n_init=n_init, seed=seed, maxiter=maxiter,
+                    gtol=gtol)
+    if call["formula"] != formula:
+        settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)
     if checks:
         from .analysis.diagnostics import warn_quick_checks

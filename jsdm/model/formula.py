@@ -1,0 +1,670 @@
+"""lme4 / glmmTMB formula syntax on long data, translated onto the jsdm engine.
+
+Users coming from mixed models write one formula for a long table (one row
+per site x species), e.g.::
+
+    count ~ species + species:SubsDens + rr(0 + species | site, d = 2) + (1 | site)
+
+This module parses such a formula (:func:`parse_formula`) and translates it
+into the arguments of the ordinary wide call (:func:`translate_call`): a
+:class:`~jsdm.data.Community`, the engine's site formula ("~ SubsDens"),
+``num_lv``, ``row_effect`` and ``offset``. The fit is then exactly the fit of
+that wide call. Terms the engine cannot fit raise a
+:class:`~jsdm.exceptions.JSDMError` that names the term; no term is ever
+dropped silently.
+
+Mapping (``site`` and ``species`` stand for the id columns' names):
+
+============================================  ==========================================
+formula term                                  jsdm
+============================================  ==========================================
+``y ~``                                       response column ``y``
+``species``, ``0 + species``, ``species - 1``  species intercepts (always in the model)
+``species:x``, ``species/x``, ``species*x``    species-specific slopes on site covariate x
+``site`` (fixed)                              ``row_effect="fixed"``
+``(1 | site)``                                ``row_effect="random"``
+``rr(0 + species | site, d = k)``             ``num_lv=k`` (glmmTMB's default k = 2);
+                                              no ``rr()`` term: ``num_lv=0``
+``offset(expr)``                              ``offset`` = expr evaluated per row
+============================================  ==========================================
+"""
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import JSDMError
+
+__all__ = ["ParsedFormula", "parse_formula", "is_lme4_formula", "translate_call"]
+
+DEFAULT_RANK = 2   # glmmTMB: "d ... defaults to 2" (vignette "Covariance structures with glmmTMB")
+COVSTRUCTS = ("rr", "us", "diag", "homdiag", "cs", "homcs", "ar1", "hetar1", "ou", "exp",
+              "gau", "mat", "toep", "homtoep", "propto", "equalto")
+_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+_CALL = re.compile(r"^([A-Za-z_.][A-Za-z0-9_.]*)\s*\(")
+
+
+def _supported(site, species):
+    return (f"Supported: {species} (species intercepts), {species}:x (species-specific slopes "
+            f"on a site covariate x), {site} (fixed site effects), (1 | {site}) (random site "
+            f"effects), rr(0 + {species} | {site}, d = k) (k latent variables), offset(expr).")
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """The pieces of an lme4/glmmTMB-style formula, as the engine will use them.
+
+    Attributes
+    ----------
+    formula : str
+        The formula as the user wrote it.
+    response : str or None
+        Response column (the left-hand side); None for a one-sided formula.
+    site, species : str
+        Names of the site and species id columns.
+    slopes : tuple of str
+        Site-covariate terms with species-specific slopes, in engine syntax
+        (``"SubsDens"``, ``"log(WatrCont)"``, ``"x:z"``).
+    absorbed : tuple of str
+        Shared slopes written next to their species-specific version (as in
+        ``species*x``): the same model, so nothing is added.
+    num_lv : int
+        Rank ``d`` of the ``rr()`` term (0 without one).
+    row_effect : None, "fixed" or "random"
+    offsets : tuple of str
+        Expressions inside ``offset(...)``, summed.
+    terms : tuple of (str, str)
+        Each term as read and what it becomes (see ``str(parsed)``).
+    """
+
+    formula: str
+    response: Optional[str]
+    site: str
+    species: str
+    slopes: tuple = ()
+    absorbed: tuple = ()
+    num_lv: int = 0
+    row_effect: Optional[str] = None
+    offsets: tuple = ()
+    terms: tuple = ()
+
+    @property
+    def site_formula(self):
+        """str or None: the engine's site-covariate formula, e.g. ``"~ SubsDens + WatrCont"``."""
+        return "~ " + " + ".join(self.slopes) if self.slopes else None
+
+    def gllvm_arguments(self):
+        """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call."""
+        return dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+
+    def __str__(self):
+        width = max([len(t) for t, _ in self.terms] + [10])
+        lines = [f"formula: {self.formula}"]
+        lines += [f"  {t:<{width}}  ->  {meaning}" for t, meaning in self.terms]
+        args = ", ".join(f"{k}={v!r}" for k, v in self.gllvm_arguments().items())
+        lines.append(f"equivalent wide call: jsdm.gllvm(community, {args}"
+                     + (", offset=<offset matrix>)" if self.offsets else ")"))
+        return "\n".join(lines)
+
+
+# --- scanning ----------------------------------------------------------------------------
+def _scan(text):
+    """Yield (index, char, depth) for characters outside quotes and backticks.
+
+    An opening bracket is reported at the depth outside it and its closing
+    bracket at the same depth, so top-level characters have depth 0.
+    """
+    depth, quote = 0, None
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+            continue
+        if ch in "`'\"":
+            quote = ch
+            continue
+        if ch in "([{":
+            yield i, ch, depth
+            depth += 1
+            continue
+        if ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise JSDMError(f"unbalanced brackets in formula part {text!r}: a closing "
+                                f"{ch!r} at position {i} has no opening one; fix the brackets.")
+        yield i, ch, depth
+    if depth or quote:
+        raise JSDMError(f"unbalanced {'quotes' if quote else 'brackets'} in formula part "
+                        f"{text!r}; close every bracket, quote and backtick.")
+
+
+def _split_top(text, seps):
+    """Split ``text`` at top-level characters in ``seps``; returns the stripped parts."""
+    cuts = [i for i, ch, depth in _scan(text) if depth == 0 and ch in seps]
+    bounds = zip([-1] + cuts, cuts + [len(text)])
+    return [text[a + 1:b].strip() for a, b in bounds]
+
+
+def _additive_pieces(rhs):
+    """Top-level ``+``/``-`` separated pieces of a right-hand side, as (sign, text)."""
+    pieces, sign, start = [], "+", 0
+    for i, ch, depth in _scan(rhs):
+        if depth == 0 and ch in "+-":
+            text = rhs[start:i].strip()
+            if text:
+                pieces.append((sign, text))
+                sign = ch
+            elif ch == "-":
+                sign = "-" if sign == "+" else "+"
+            start = i + 1
+    text = rhs[start:].strip()
+    if text:
+        pieces.append((sign, text))
+    elif rhs.strip():
+        raise JSDMError(f"the formula's right-hand side {rhs.strip()!r} ends with an operator; "
+                        "remove the trailing '+' or '-'.")
+    return pieces
+
+
+def _wrapped(piece):
+    """The inside of ``( ... )`` when the brackets enclose the whole piece, else None."""
+    if not piece.startswith("("):
+        return None
+    for i, ch, depth in _scan(piece):
+        if ch == ")" and depth == 0:
+            return piece[1:-1].strip() if i == len(piece) - 1 else None
+    return None
+
+
+def _call(piece):
+    """(name, inside) when the piece is one call ``name(...)``, else None."""
+    match = _CALL.match(piece)
+    if not match:
+        return None
+    inner = _wrapped(piece[match.end() - 1:])
+    return None if inner is None else (match.group(1), inner)
+
+
+def _has_top(text, ch):
+    return any(c == ch and d == 0 for _, c, d in _scan(text))
+
+
+# --- parsing -----------------------------------------------------------------------------
+class _Parts:
+    """Mutable collector used while reading the terms of one formula."""
+
+    def __init__(self, formula, site, species):
+        self.formula, self.site, self.species = formula, site, species
+        self.fixed, self.terms, self.offsets, self.random_terms = [], [], [], []
+        self.num_lv, self.random_site, self.fixed_site = None, None, None
+        self.has_species = False
+
+    def fail(self, term, why):
+        raise JSDMError(f"formula term {term!r} in {self.formula!r}: {why} "
+                        + _supported(self.site, self.species))
+
+
+def parse_formula(formula, site="site", species="species"):
+    """Parse an lme4/glmmTMB-style formula for long community data.
+
+    Parameters
+    ----------
+    formula : str
+        E.g. ``"count ~ species + species:soil_dry + rr(0 + species | site, d = 2)"``.
+    site, species : str
+        Names of the site and species id columns used in the formula.
+
+    Returns
+    -------
+    ParsedFormula
+        ``str()`` of it shows each term and the equivalent wide call.
+
+    Raises
+    ------
+    JSDMError
+        Syntax errors, and terms the engine cannot fit (named in the message,
+        with the supported forms).
+
+    Examples
+    --------
+    >>> p = parse_formula("y ~ 0 + species + species:WatrCont + rr(0 + species | site, d = 2)")
+    >>> p.site_formula, p.num_lv, p.row_effect
+    ('~ WatrCont', 2, None)
+    """
+    if not isinstance(formula, str) or not formula.strip():
+        raise JSDMError(f"formula must be a non-empty string, got {formula!r}; e.g. "
+                        f"'count ~ {species} + {species}:x + rr(0 + {species} | {site}, d = 2)'.")
+    sides = _split_top(formula, "~")
+    if len(sides) > 2:
+        raise JSDMError(f"formula {formula!r} has more than one '~'; write 'response ~ terms'.")
+    lhs, rhs = sides if len(sides) == 2 else ("", sides[0])
+    response = _response_name(lhs, formula)
+    if not rhs:
+        raise JSDMError(f"formula {formula!r} has no terms after '~'; add at least '{species}'.")
+    parts = _Parts(formula, site, species)
+    if response is not None:
+        parts.terms.append((lhs.strip(), f"response column {response!r}"))
+    for sign, piece in _additive_pieces(rhs):
+        _read_piece(parts, sign, piece)
+    slopes, absorbed = _read_fixed(parts)
+    return _finish(parts, response, slopes, absorbed)
+
+
+def _response_name(lhs, formula):
+    """The response column named on the left of ``~`` (None when empty)."""
+    lhs = lhs.strip()
+    if not lhs:
+        return None
+    if lhs.startswith("`") and lhs.endswith("`") and lhs.count("`") == 2:
+        return lhs[1:-1]
+    if _NAME.fullmatch(lhs):
+        return lhs
+    raise JSDMError(f"the left side of formula {formula!r} must be one response column, got "
+                    f"{lhs!r}. Transform the column in the table first; for binomial counts give "
+                    "the successes on the left and trials= to gllvm (cbind() is not supported).")
+
+
+def _read_piece(parts, sign, piece):
+    """Route one top-level term: random-effect bar, covariance structure, offset or fixed."""
+    inner = _wrapped(piece)
+    call = _call(piece)
+    if inner is not None and _has_top(inner, "|"):
+        _read_bar(parts, sign, piece, inner)
+    elif call and call[0] in COVSTRUCTS:
+        _read_covstruct(parts, sign, piece, *call)
+    elif call and call[0] == "offset":
+        if sign == "-":
+            parts.fail("-" + piece, "an offset cannot be subtracted; write offset(-(expr)).")
+        parts.offsets.append(call[1])
+        parts.random_terms.append((piece, f"offset {call[1]} (coefficient fixed at 1)"))
+    elif any(ch == "|" for _, ch, _d in _scan(piece)):
+        parts.fail(piece, "a random-effect term must stand alone in brackets, e.g. (1 | site), "
+                          "and cannot be part of a product or a function other than rr().")
+    else:
+        parts.fixed.append((sign, piece))
+
+
+def _bar_sides(parts, term, text):
+    """(left, group) of ``left | group``; rejects ``||``."""
+    cuts = [i for i, ch, d in _scan(text) if ch == "|" and d == 0]
+    if len(cuts) == 2 and cuts[1] == cuts[0] + 1:
+        parts.fail(term, "double-bar (uncorrelated) random effects '||' are not supported.")
+    if len(cuts) != 1:
+        parts.fail(term, "a random-effect term needs exactly one '|' (left | group).")
+    left, group = text[:cuts[0]].strip(), text[cuts[0] + 1:].strip()
+    if not left or not group:
+        parts.fail(term, "both sides of '|' must be filled in, e.g. (1 | site).")
+    return left, _group_name(parts, term, group)
+
+
+def _group_name(parts, term, group):
+    """Grouping column of a bar term; nested and interaction groupings are refused."""
+    if _has_top(group, "/"):
+        parts.fail(term, "nested random effects (1 | a/b), i.e. (1 | a) + (1 | a:b) as in lme4, "
+                         "are not supported yet.")
+    if _has_top(group, ":"):
+        parts.fail(term, "random effects on an interaction of grouping factors (a:b) are not "
+                         "supported yet.")
+    name = group[1:-1] if group.startswith("`") and group.endswith("`") else group
+    if not _NAME.fullmatch(group) and name == group:
+        parts.fail(term, f"the grouping {group!r} must be one column name.")
+    return name
+
+
+def _left_terms(parts, term, left):
+    """Terms on the left of a bar as a set of strings; the intercept is '1'."""
+    from formulaic import Formula
+
+    try:
+        return {str(t) for t in Formula(left)}
+    except Exception as exc:  # formulaic raises many types
+        parts.fail(term, f"could not read {left!r} ({exc}).")
+    return set()
+
+
+def _read_bar(parts, sign, piece, inner):
+    """An lme4 random-effect term ``(left | group)``: only ``(1 | site)`` is supported."""
+    left, group = _bar_sides(parts, piece, inner)
+    lt = _left_terms(parts, piece, left)
+    site, species = parts.site, parts.species
+    if sign == "-":
+        parts.fail("-" + piece, "a random-effect term cannot be subtracted.")
+    if group == site and lt == {"1"}:
+        if parts.random_site:
+            parts.fail(piece, f"(1 | {site}) is given twice.")
+        parts.random_site = piece
+        parts.random_terms.append((piece, "random site effects -> row_effect='random'"))
+        return
+    if group == site and species in lt:
+        parts.fail(piece, f"an unstructured species covariance by site is not supported; write "
+                          f"rr(0 + {species} | {site}, d = k) for k latent variables.")
+    if group == site:
+        parts.fail(piece, f"random slopes by {site} are not supported; only (1 | {site}).")
+    if group == species and lt == {"1"}:
+        parts.fail(piece, f"random species intercepts are not supported: the engine always fits "
+                          f"fixed species intercepts (write {species}).")
+    if group == species:
+        parts.fail(piece, f"species-specific random slopes (0 + x | {species}) are not supported "
+                          f"yet; fixed species-specific slopes are written {species}:x.")
+    parts.fail(piece, f"random effects grouped by {group!r} (other than {site}) are not "
+                      "supported yet.")
+
+
+def _read_covstruct(parts, sign, piece, name, inner):
+    """glmmTMB covariance-structure terms: only ``rr(0 + species | site, d = k)``."""
+    site, species = parts.site, parts.species
+    if name != "rr":
+        parts.fail(piece, f"the glmmTMB covariance structure {name}() is not supported yet; the "
+                          f"only structured term is rr(0 + {species} | {site}, d = k).")
+    if sign == "-":
+        parts.fail("-" + piece, "an rr() term cannot be subtracted.")
+    args = _split_top(inner, ",")
+    left, group = _bar_sides(parts, piece, args[0])
+    if group != site or _left_terms(parts, piece, left) - {"1"} != {species}:
+        parts.fail(piece, f"the reduced-rank term must be rr(0 + {species} | {site}, d = k): "
+                          f"latent variables by {site} with loadings by {species}.")
+    if parts.num_lv is not None:
+        parts.fail(piece, "only one rr() term is allowed.")
+    parts.num_lv = _rank(parts, piece, args[1:])
+    d = parts.num_lv
+    parts.random_terms.append((piece, f"{d} latent variable(s) -> num_lv={d}"))
+
+
+def _rank(parts, piece, args):
+    """The rank d of an rr() term from its remaining arguments (default 2)."""
+    if not args:
+        return DEFAULT_RANK
+    if len(args) > 1:
+        parts.fail(piece, f"rr() takes the bar term and one rank d; got extra {args[1:]!r}.")
+    key, _, value = args[0].rpartition("=")
+    if key.strip() not in ("", "d"):
+        parts.fail(piece, f"rr() has no argument {key.strip()!r}; the rank is given as d = k.")
+    value = value.strip()
+    value = value[:-1] if value.endswith("L") else value   # R integer literal 2L
+    if not value.isdigit() or int(value) < 1:
+        parts.fail(piece, f"the rank d must be a whole number >= 1, got {value!r}; leave the "
+                          "rr() term out to fit no latent variables.")
+    return int(value)
+
+
+def _read_fixed(parts):
+    """Expand the fixed-effect part with formulaic and sort its terms into engine pieces."""
+    from formulaic import Formula
+
+    text = " ".join(f"{s} {p}" for s, p in parts.fixed).lstrip("+ ").strip()
+    try:
+        terms = list(Formula(text)) if text else []
+    except Exception as exc:  # formulaic raises many types
+        raise JSDMError(f"could not read the fixed-effect terms {text!r} of formula "
+                        f"{parts.formula!r}: {exc}") from None
+    slopes, bare = [], []
+    for term in terms:
+        _read_fixed_term(parts, term, slopes, bare)
+    absorbed = []
+    for text_, shown in bare:
+        if text_ not in slopes:
+            parts.fail(shown, f"a slope shared by all species is not available in the engine "
+                              f"(every slope is species-specific); write "
+                              f"{parts.species}:{shown} (or {parts.species}*{shown}) instead.")
+        absorbed.append(text_)
+        parts.terms.append((shown, f"absorbed by {parts.species}:{shown} (same model; the "
+                                   "slope is reported per species)"))
+    return tuple(slopes), tuple(absorbed)
+
+
+def _factor_text(parts, factor, term):
+    """Engine (formulaic) text of one factor; names that are not identifiers get backticks."""
+    kind = getattr(factor.eval_method, "value", str(factor.eval_method))
+    if kind == "lookup":
+        return factor.expr if factor.expr.isidentifier() else f"`{factor.expr}`"
+    if kind == "literal":
+        parts.fail(str(term), "a number cannot be part of an interaction.")
+    return factor.expr
+
+
+def _read_fixed_term(parts, term, slopes, bare):
+    """Sort one expanded fixed term into intercepts, site effects, slopes or bare slopes."""
+    site, species = parts.site, parts.species
+    names = [f.expr for f in term.factors]
+    if names in ([], ["1"]):
+        parts.terms.append(("1", "overall intercept: absorbed by the species intercepts"))
+    elif names == [species]:
+        parts.terms.append((species, "species-specific intercepts (always in the model)"))
+        parts.has_species = True
+    elif names == [site]:
+        parts.fixed_site = site
+        parts.terms.append((site, "fixed site effects -> row_effect='fixed'"))
+    elif site in names:
+        parts.fail(str(term), f"interactions with {site} are not supported (one parameter per "
+                              f"{site} and {species} or covariate).")
+    elif species in names:
+        rest = [_factor_text(parts, f, term) for f in term.factors if f.expr != species]
+        slope = ":".join(rest)
+        if slope not in slopes:
+            slopes.append(slope)
+        parts.terms.append((str(term), f"species-specific slope on site covariate {slope}"))
+    else:
+        shown = ":".join(_factor_text(parts, f, term) for f in term.factors)
+        bare.append((shown, shown))
+
+
+def _finish(parts, response, slopes, absorbed):
+    """Check the combination of terms and build the :class:`ParsedFormula`."""
+    site, species = parts.site, parts.species
+    if not parts.has_species:
+        raise JSDMError(f"formula {parts.formula!r} has no {species} term: the engine always fits "
+                        f"one intercept per species, so write it, e.g. '... ~ {species} + ...' "
+                        f"(or 0 + {species}). " + _supported(site, species))
+    if parts.random_site and parts.fixed_site:
+        parts.fail(parts.random_site, f"{site} is both a fixed term and (1 | {site}); keep one "
+                                      "(fixed or random site effects).")
+    row_effect = "random" if parts.random_site else ("fixed" if parts.fixed_site else None)
+    num_lv = parts.num_lv if parts.num_lv is not None else 0
+    terms = parts.terms + parts.random_terms
+    if parts.num_lv is None:
+        terms.append(("(no rr() term)", "no latent variables -> num_lv=0"))
+    return ParsedFormula(formula=parts.formula, response=response, site=site, species=species,
+                         slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
+                         offsets=tuple(parts.offsets), terms=tuple(terms))
+
+
+# --- detection and translation -------------------------------------------------------------
+def is_lme4_formula(formula, species=None):
+    """True when ``formula`` is in lme4/glmmTMB style rather than a site-covariate formula.
+
+    That is: it has a left-hand side, a ``|`` (random effects, ``rr()``), or a
+    term on the species column.
+
+    Parameters
+    ----------
+    formula : str or None
+    species : str, optional
+        Name of the species column (default "species").
+
+    Returns
+    -------
+    bool
+    """
+    if not isinstance(formula, str):
+        return False
+    try:
+        sides = _split_top(formula, "~")
+    except JSDMError:
+        return False
+    if len(sides) > 1 and sides[0] or "|" in formula:
+        return True
+    species = species or "species"
+    pattern = r"(?<![\w.])" + re.escape(species) + r"(?![\w.])|`" + re.escape(species) + "`"
+    return re.search(pattern, sides[-1]) is not None
+
+
+def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=None,
+                   response=None, site=None, species=None):
+    """Turn a :func:`jsdm.gllvm` call with an lme4/glmmTMB formula into the wide call.
+
+    Parameters
+    ----------
+    data : long DataFrame (one row per site x species) or Community
+        Not modified.
+    X : None
+        Site covariates come from the long table's columns.
+    formula : str
+        lme4/glmmTMB-style formula (see :func:`parse_formula`).
+    num_lv, row_effect, offset, response, site, species
+        As passed to :func:`jsdm.gllvm`; ``num_lv``, ``row_effect`` and
+        ``response`` must agree with the formula when given. ``site`` and
+        ``species`` default to "site" and "species".
+
+    Returns
+    -------
+    (Community, None, dict)
+        ``data`` and ``X`` for :func:`~jsdm.model.problem.build_problem`, and
+        its keyword arguments ``formula`` (the engine's site formula),
+        ``num_lv``, ``row_effect``, ``offset`` (an (n, m) array when the
+        formula has ``offset()``), ``response``, ``site`` and ``species``
+        (None: the Community is already built).
+    """
+    from ..data import Community
+
+    site, species = site or "site", species or "species"
+    parsed = parse_formula(formula, site=site, species=species)
+    resp = _response_column(parsed, response)
+    if X is not None:
+        raise JSDMError(f"X= cannot be combined with the formula {formula!r}: with an lme4-style "
+                        "formula the site covariates are columns of the long table. Join them "
+                        "to the long table (or use a one-sided formula '~ x' with X=).")
+    long = _long_table(data, resp, site, species)
+    covs = _covariate_columns(parsed, long, resp)
+    com = Community.from_long(long[[site, species, resp] + covs], site=site, species=species,
+                              response=resp, covariates=covs, traits=[])
+    args = _merge_arguments(parsed, num_lv, row_effect, offset)
+    if parsed.offsets:
+        args["offset"] = _offset_matrix(parsed, long, com, resp)
+    args.update(response=None, site=None, species=None)
+    return com, None, args
+
+
+def _response_column(parsed, response):
+    """The response column: the formula's left side, or ``response=`` for a one-sided formula."""
+    if parsed.response is None and response is None:
+        raise JSDMError(f"formula {parsed.formula!r} names no response; write it on the left, "
+                        f"e.g. 'count ~ {parsed.formula.strip().lstrip('~').strip()}'.")
+    if parsed.response is not None and response is not None and response != parsed.response:
+        raise JSDMError(f"response={response!r} contradicts the formula {parsed.formula!r}, whose "
+                        f"response is {parsed.response!r}; name the response in one place.")
+    return parsed.response if parsed.response is not None else response
+
+
+def _long_table(data, resp, site, species):
+    """The long table to read (a Community is stacked into one); checked for the id columns."""
+    from ..data import Community
+    from ..data.validation import show
+
+    if isinstance(data, Community):
+        data = data.to_long(response=resp)
+    if not isinstance(data, pd.DataFrame):
+        raise JSDMError(f"an lme4-style formula needs a long pandas DataFrame (one row per site x "
+                        f"species), got {type(data).__name__}.")
+    missing = [c for c in (resp, site, species) if c not in data.columns]
+    if missing:
+        raise JSDMError(
+            f"the long table has no column(s) {show(missing)}; its columns are "
+            f"{show(data.columns, 20)}. An lme4-style formula needs a long table: name its "
+            "response on the left of '~' and its id columns with site= and species= (defaults "
+            "'site', 'species'); wide tables take a one-sided formula such as '~ x'.")
+    return data
+
+
+def _columns_in(expr, columns):
+    """Columns of the long table named in one term (plain, dotted or backticked names)."""
+    names = set(re.findall(r"`([^`]*)`", expr))
+    for token in _NAME.findall(re.sub(r"`[^`]*`", " ", expr)):
+        names.add(token)
+        names.update(token.split("."))
+    return [c for c in columns if c in names]
+
+
+def _covariate_columns(parsed, long, resp):
+    """Site covariates used by the slopes, checked to be constant within site."""
+    from ..data.reshape import varies_within
+    from ..data.validation import show
+
+    site, species = parsed.site, parsed.species
+    covs = []
+    for slope in parsed.slopes:
+        used = _columns_in(slope, list(long.columns))
+        if not used:
+            raise JSDMError(f"the term {species}:{slope} names no column of the long table; its "
+                            f"columns are {show(long.columns, 20)}.")
+        for col in used:
+            if col in (site, species, resp):
+                raise JSDMError(f"the term {species}:{slope} uses the id or response column "
+                                f"{col!r}; a slope needs a site covariate.")
+            bad = varies_within(long, site, col)
+            if len(bad):
+                raise JSDMError(
+                    f"{species}:{slope} needs {col!r} to be a site covariate (one value per "
+                    f"{site}), but it takes several values within {site} {show(bad)}. The engine's "
+                    f"slopes are on site covariates only; fix those rows, or leave {col!r} out.")
+            if col not in covs:
+                covs.append(col)
+    return covs
+
+
+def _merge_arguments(parsed, num_lv, row_effect, offset):
+    """Engine arguments from the formula, refusing explicit arguments that contradict it."""
+    where = f"the formula {parsed.formula!r}"
+    if num_lv is not None and (isinstance(num_lv, bool) or num_lv != parsed.num_lv):
+        rr = f"rr(0 + {parsed.species} | {parsed.site}, d = k)"
+        raise JSDMError(
+            f"num_lv={num_lv!r} contradicts {where}, which has num_lv={parsed.num_lv} (the d of "
+            f"{rr}; no rr() term means 0). Give the number of latent variables in one place: "
+            f"set d in {rr} and leave num_lv out.")
+    if row_effect is not None and row_effect != parsed.row_effect:
+        raise JSDMError(
+            f"row_effect={row_effect!r} contradicts {where}, which has row_effect="
+            f"{parsed.row_effect!r}. Write site effects in the formula ((1 | {parsed.site}) for "
+            f"random, + {parsed.site} for fixed) and leave row_effect out.")
+    if offset is not None and parsed.offsets:
+        raise JSDMError(f"an offset is given twice: offset= and offset({parsed.offsets[0]}) in "
+                        f"{where}; keep one.")
+    return dict(formula=parsed.site_formula, num_lv=parsed.num_lv, row_effect=parsed.row_effect,
+                offset=offset)
+
+
+def _offset_values(expr, long):
+    """One offset expression evaluated on every row of the long table."""
+    import formulaic
+
+    try:
+        with np.errstate(all="ignore"):
+            mm = formulaic.model_matrix(f"0 + I({expr})", long, na_action="ignore")
+        values = np.asarray(mm, dtype=float)
+    except Exception as exc:  # formulaic raises many types
+        raise JSDMError(f"could not evaluate offset({expr}) on the long table: {exc}. Its "
+                        f"columns are {list(long.columns)[:20]}.") from None
+    if values.ndim != 2 or values.shape[1] != 1:
+        raise JSDMError(f"offset({expr}) must give one number per row, got {values.shape[1]} "
+                        "columns (is it categorical?).")
+    return values[:, 0]
+
+
+def _offset_matrix(parsed, long, com, resp):
+    """Sum of the offset expressions as an (n_sites, n_species) matrix in community order."""
+    from ..data.validation import show
+
+    values = sum(_offset_values(expr, long) for expr in parsed.offsets)
+    observed = long[resp].notna().to_numpy()
+    bad = observed & ~np.isfinite(values)
+    if bad.any():
+        rows = list(zip(long[parsed.site].to_numpy()[bad], long[parsed.species].to_numpy()[bad],
+                        values[bad]))
+        raise JSDMError(
+            f"the offset {' + '.join(parsed.offsets)} is missing or infinite at (site, species, "
+            f"value) {show(rows)}; e.g. log(0) for zero effort. Fix or drop those rows.")
+    i = com.sites.get_indexer(long[parsed.site].to_numpy())
+    j = com.species.get_indexer(long[parsed.species].to_numpy())
+    out = np.zeros((com.n_sites, com.n_species))
+    out[i[observed], j[observed]] = values[observed]
+    return out

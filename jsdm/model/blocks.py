@@ -24,16 +24,35 @@ _NHALF = 6
 
 
 def cell_eval(prob, P, order=1):
-    """ELL at P with weighted derivatives; returns a dict of arrays."""
+    """Weighted ELL derivatives and the ELBO's per-site and per-species sums at P.
+
+    Returns a dict: Gm, Gv (Gv clipped at 0 from above), Gs, Gss (n, m) arrays or
+    None, and the sums "site" (n,: ell minus KL) and "species" (m,). The family's
+    arrays are weighted in place, so a cell evaluation holds four (n, m) arrays.
+    """
     M, V = moments(prob, P)
     e = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=order)
+    del M, V
     W = prob.W
-    out = {"M": M, "V": V, "val": W * e.value, "Gm": W * e.d_m, "Gv": np.minimum(W * e.d_v, 0.0)}
-    out["Gs"] = None if e.d_s is None else W * e.d_s
-    out["Gss"] = None if e.d_ss is None else W * e.d_ss
-    out["site"] = out["val"].sum(1) - kl_terms(prob, P)
-    out["species"] = out["val"].sum(0)
+    val = e.value
+    val *= W
+    out = {"site": val.sum(1) - kl_terms(prob, P), "species": val.sum(0)}
+    del val, e.value
+    out["Gm"] = _weighted(e.d_m, W)
+    gv = _weighted(e.d_v, W)
+    out["Gv"] = np.minimum(gv, 0.0, out=gv)
+    out["Gs"] = None if e.d_s is None else _weighted(e.d_s, W)
+    out["Gss"] = None if e.d_ss is None else _weighted(e.d_ss, W)
     return out
+
+
+def _weighted(a, W):
+    """a * W, in place when ``a`` is a float array of W's shape that owns its data."""
+    a = np.asarray(a)
+    if a.shape == W.shape and a.flags.owndata and a.flags.writeable and a.dtype == float:
+        a *= W
+        return a
+    return a * W
 
 
 def _chol_inv(S):

@@ -201,18 +201,34 @@ def check_hessian(fit):
     return out
 
 
+def _per_sd(fit, index):
+    """Scale factors putting slopes per sd of their design column (1 elsewhere).
+
+    A slope on a column with a small spread (e.g. orthogonal polynomials) is
+    large per unit but not per sd; judging it per sd avoids false alarms.
+    """
+    sd = dict(zip(fit.terms, fit.problem.X.std(axis=0))) if fit.problem.p else {}
+    return np.array([sd.get(term, 1.0) if block == "coef" else 1.0
+                     for block, _, term in index])
+
+
 def check_large_coefficients(fit, se=None):
-    """Huge estimates or SEs on the link scale (separation, unidentified parameters)."""
+    """Huge estimates or SEs on the link scale (separation, unidentified parameters).
+
+    Slopes are judged per sd of their covariate (the change in the linear
+    predictor over one sd), intercepts and loadings as they are.
+    """
     if fit.family.link == "identity":
         return []
     par = fit.params
     blocks = par.index.get_level_values("block")
     sel = np.asarray((blocks == "coef") | (blocks == "loading"))
+    unit = _per_sd(fit, par.index)
     est = par.to_numpy()
-    bad = sel & (np.abs(est) > LARGE_COEF)
+    bad = sel & (np.abs(est * unit) > LARGE_COEF)
     if se is not None:
         s = se.to_numpy()
-        bad |= sel & np.isfinite(s) & (s > LARGE_SE)
+        bad |= sel & np.isfinite(s) & (s * unit > LARGE_SE)
     if not bad.any():
         return []
     who = list(par.index[bad])
@@ -220,7 +236,8 @@ def check_large_coefficients(fit, se=None):
           for k, lab in zip(np.flatnonzero(bad)[:4], who[:4])]
     return [Problem(
         "large_coefficient", f"{len(who)} suspiciously large coefficient(s) or standard error(s) "
-        "on the link scale", "; ".join(ex) + f" (limits |estimate| {LARGE_COEF:g}, SE {LARGE_SE:g})",
+        "on the link scale", "; ".join(ex) + f" (limits |estimate| {LARGE_COEF:g}, SE {LARGE_SE:g}; "
+        "slopes per sd of their covariate)",
         "a species present (or absent) only on one side of a covariate gives separation; drop "
         "or merge that species or covariate level, standardise covariates, or use fewer latent "
         "variables", who)]

@@ -30,8 +30,9 @@ def cell_eval(prob, P, order=1):
     None, and the sums "site" (n,: ell minus KL) and "species" (m,). The family's
     arrays are weighted in place, so a cell evaluation holds four (n, m) arrays.
     """
-    M, V = moments(prob, P)
-    e = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=order)
+    with np.errstate(over="ignore", invalid="ignore"):   # trial points may be wild:
+        M, V = moments(prob, P)                           # non-finite sums are rejected
+        e = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=order)
     del M, V
     W = prob.W
     val = e.value

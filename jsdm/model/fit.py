@@ -104,8 +104,9 @@ def neg_elbo_opt(prob, layout, nc):
     """f(y) = -ELBO and its gradient in the optimiser's coordinates (see NonCentred)."""
     def fg(y):
         x = nc.from_opt(y)
-        P = layout.unpack(x)
-        ev = evaluate(prob, P)
+        with np.errstate(over="ignore", invalid="ignore"):   # a line-search trial may be wild
+            P = layout.unpack(x)
+            ev = evaluate(prob, P)
         if not np.isfinite(ev.value):
             return np.inf, np.zeros_like(y)
         return -ev.value, -nc.grad_to_opt(y, layout.pack_grad(ev.grad, P), ev)

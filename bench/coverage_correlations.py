@@ -8,9 +8,10 @@ For each replicate: draw a community from a GLLVM with known loadings
 model, and check whether each 95% interval for cor(Theta Theta') covers the
 true correlation. Intervals compared:
 
-- ``delta_fisher``: jsdm's default (delta-method SE from ``fit.cov_params()``,
-  Wald interval on Fisher's z scale);
-- ``delta_raw``: the same SE, Wald interval on the correlation scale (clipped);
+- ``delta_angle``: jsdm's default: delta-method SE from ``fit.cov_params()``,
+  Wald interval for the angle arccos(r) between the two species' loading vectors;
+- ``delta_fisher``: the same SE, Wald interval on Fisher's z = atanh(r) scale;
+- ``delta_none``: the same SE, Wald interval on the correlation scale (clipped);
 - ``bootstrap`` (optional, ``--boot-reps`` replicates): parametric bootstrap
   percentile intervals with ``--n-boot`` refits each.
 
@@ -26,7 +27,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 import jsdm
 from jsdm.analysis import associations as A
@@ -52,9 +52,7 @@ def one_replicate(family, n, m, seed, n_boot=0):
         r0 = R0[iu]
         ci = A.residual_correlation_intervals(fit, alpha=0.05)
         est, se = ci.estimate.to_numpy()[iu], ci.se.to_numpy()[iu]
-        q = stats.norm.ppf(0.975)
-        out = {"delta_fisher": (ci.lower.to_numpy()[iu], ci.upper.to_numpy()[iu]),
-               "delta_raw": (np.clip(est - q * se, -1, 1), np.clip(est + q * se, -1, 1))}
+        out = {f"delta_{t}": A.wald_interval(est, se, 0.05, t) for t in ("angle", "fisher", "none")}
         if n_boot:
             b = A.residual_correlation_intervals(fit, alpha=0.05, method="bootstrap", n_boot=n_boot, seed=seed)
             out["bootstrap"] = (b.lower.to_numpy()[iu], b.upper.to_numpy()[iu])

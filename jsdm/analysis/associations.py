@@ -18,12 +18,19 @@ The covariance across the observed sites of the covariate part
 Intervals
 ---------
 Every residual correlation gets a Wald interval by the delta method from the
-loading block of ``fit.cov_params()`` (analytic gradient of
-``cor(Theta Theta')`` in theta), built on Fisher's z scale and mapped back so
-that it stays inside (-1, 1); or, with ``method="bootstrap"``, percentile
-intervals from a parametric bootstrap (simulate from the fitted model with
-fresh latent variables, refit from the estimates, recompute the correlations;
-rotation invariant, so no sign or rotation matching is needed).
+loading (and, with a family term, dispersion) block of ``fit.cov_params()``,
+with the analytic gradient of ``cor(Theta Theta')`` in theta. The interval is
+built for the angle ``arccos(r)`` between the two species' loading vectors and
+mapped back (default ``transform="angle"``): by simulation (bench/
+coverage_correlations.py, docs/coverage_correlations.png) its 95% coverage
+is 0.945 (Poisson) and 0.939 (NB) at n=200, m=12, d=2, flat across |r|,
+where Fisher's z under-covers strong correlations (0.87 / 0.84 for
+|r| > 0.9) and the plain scale under-covers everywhere (0.90). With
+``method="bootstrap"``: percentile intervals from a parametric bootstrap
+(simulate from the fitted model with fresh latent variables, refit from the
+estimates, recompute the correlations; rotation invariant, so no sign or
+rotation matching is needed); it is slower and covered 0.91-0.93 with 50
+refits.
 """
 import warnings
 from dataclasses import dataclass, replace
@@ -405,14 +412,43 @@ def _delta_se(fit, add_family_variance):
     return se
 
 
-def _fisher_interval(r, se, alpha):
-    """Wald interval on Fisher's z = atanh(r) scale, mapped back into (-1, 1)."""
+_TRANSFORMS = ("angle", "fisher", "none")
+
+
+def wald_interval(r, se, alpha, transform="angle"):
+    """Wald interval for correlations on a transformed scale, mapped back into [-1, 1].
+
+    Parameters
+    ----------
+    r, se : ndarray
+        Correlations and their delta-method standard errors (same shape).
+    alpha : float
+    transform : {"angle", "fisher", "none"}
+        "angle": phi = arccos(r), se_phi = se / sqrt(1 - r^2), interval clipped to
+        [0, pi]. A residual correlation is the cosine of the angle between two
+        species' loading vectors (augmented by the family term when added), and
+        with isotropic estimation noise the angle's SE does not depend on the
+        angle. "fisher": z = atanh(r), se_z = se / (1 - r^2). "none": r +- q se,
+        clipped to [-1, 1].
+
+    Returns
+    -------
+    lower, upper : ndarray
+    """
+    if transform not in _TRANSFORMS:
+        raise JSDMError(f"transform must be one of {_TRANSFORMS}, got {transform!r}")
     q = stats.norm.ppf(1.0 - alpha / 2.0)
+    r = np.asarray(r, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         rc = np.clip(r, -1.0 + 1e-12, 1.0 - 1e-12)
-        z = np.arctanh(rc)
-        sz = se / (1.0 - rc ** 2)
-        lo, hi = np.tanh(z - q * sz), np.tanh(z + q * sz)
+        if transform == "angle":
+            phi, sp = np.arccos(rc), se / np.sqrt(1.0 - rc ** 2)
+            lo, hi = np.cos(np.minimum(phi + q * sp, np.pi)), np.cos(np.maximum(phi - q * sp, 0.0))
+        elif transform == "fisher":
+            z, sz = np.arctanh(rc), se / (1.0 - rc ** 2)
+            lo, hi = np.tanh(z - q * sz), np.tanh(z + q * sz)
+        else:
+            lo, hi = np.clip(r - q * se, -1.0, 1.0), np.clip(r + q * se, -1.0, 1.0)
     flat = se == 0          # exactly determined (e.g. d = 1 or the diagonal); NaN se stays NaN
     lo[flat], hi[flat] = r[flat], r[flat]
     return lo, hi
@@ -463,7 +499,7 @@ def _bootstrap_correlations(fit, n_boot, seed, add_family_variance):
 
 
 def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_variance=False,
-                                   n_boot=200, seed=None):
+                                   n_boot=200, seed=None, transform="angle"):
     """Residual correlations with (1 - alpha) intervals for every species pair.
 
     Parameters
@@ -472,13 +508,19 @@ def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_v
     alpha : float
         1 - confidence level.
     method : {"delta", "bootstrap"}
-        "delta": Wald interval on Fisher's z scale with the delta-method standard
-        error from the loading (and, with a family term, dispersion) block of
-        ``fit.cov_params()``. "bootstrap": percentile interval from ``n_boot``
-        parametric-bootstrap refits (seeded by ``seed``), each started at the
-        estimates.
+        "delta": Wald interval with the delta-method standard error from the
+        loading (and, with a family term, dispersion) block of
+        ``fit.cov_params()``, on the scale given by ``transform``.
+        "bootstrap": percentile interval from ``n_boot`` parametric-bootstrap
+        refits (seeded by ``seed``), each started at the estimates; failed
+        refits are left out with a ConvergenceWarning.
     add_family_variance : bool or {"lognormal", "trigamma"}
         See :func:`residual_covariance`.
+    n_boot, seed : int
+        Bootstrap replicates and seed (``method="bootstrap"``).
+    transform : {"angle", "fisher", "none"}
+        Scale of the delta-method interval (see :func:`wald_interval`); "angle"
+        had the best coverage in simulation (module docstring).
 
     Returns
     -------
@@ -490,7 +532,7 @@ def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_v
     info = {}
     if method == "delta":
         se = _delta_se(fit, add_family_variance)
-        lo, hi = _fisher_interval(r, se, alpha)
+        lo, hi = wald_interval(r, se, alpha, transform)
     elif method == "bootstrap":
         draws, info = _bootstrap_correlations(fit, n_boot, seed, add_family_variance)
         lo, hi = np.nanquantile(draws, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)

@@ -321,3 +321,26 @@ def test_wide_path_is_unchanged(sim):
     fit = quiet_fit(com, formula="~ x1")
     assert fit.num_lv == 2 and fit.settings["num_lv"] == 2
     assert fit.settings["formula"] == "~ x1" and "site_formula" not in fit.settings
+
+
+def test_with_rank_rewrites_or_drops_the_rr_term():
+    from jsdm.model.formula import parse_formula, with_rank
+
+    f = "y ~ 0 + species + species:WatrCont + rr(0 + species | site, d = 2) + (1 | site)"
+    assert parse_formula(with_rank(f, 3)).num_lv == 3
+    assert parse_formula(with_rank(f, 0)).num_lv == 0
+    assert parse_formula(with_rank(f, 0)).row_effect == "random"
+    assert parse_formula(with_rank("y ~ species", 1)).num_lv == 1
+
+
+def test_select_num_lv_accepts_an_lme4_formula():
+    import warnings
+
+    long = jsdm.datasets.load_mite().to_long()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        sel = jsdm.select_num_lv(long, formula="y ~ species + rr(0 + species | site, d = 2)",
+                                 num_lv=[0, 1], family="poisson", n_init=1, seed=1)
+    assert list(sel.table.index) == [0, 1]
+    assert sel.fits[1].num_lv == 1 and sel.fits[0].num_lv == 0
+    assert sel.table.loc[1, "llf"] > sel.table.loc[0, "llf"]

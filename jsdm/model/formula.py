@@ -668,3 +668,22 @@ def _offset_matrix(parsed, long, com, resp):
     out = np.zeros((com.n_sites, com.n_species))
     out[i[observed], j[observed]] = values[observed]
     return out
+
+
+def with_rank(formula, k, site="site", species="species"):
+    """The lme4-style ``formula`` with its reduced-rank term set to ``d = k`` (none for k = 0).
+
+    Used to compare numbers of latent variables (:func:`jsdm.select_num_lv`) on a
+    formula written with ``rr(0 + species | site, d = ...)``.
+    """
+    lhs, rhs = formula.split("~", 1) if "~" in formula else ("", formula)
+    kept = []
+    for sign, piece in _additive_pieces(rhs):
+        call = _call(piece)
+        if call is not None and call[0] == "rr":
+            continue
+        kept.append(f"{sign} {piece}")
+    if k > 0:
+        kept.append(f"+ rr(0 + {species} | {site}, d = {int(k)})")
+    body = " ".join(kept).lstrip("+ ").strip()
+    return f"{lhs.strip()} ~ {body}".strip()

@@ -151,6 +151,17 @@ class Selection:
         return iter((self.table, self.best))
 
 
+def _rank_arguments(k, kwargs):
+    """gllvm arguments for k latent variables: num_lv=k, or k written into an lme4 formula."""
+    from ..model.formula import is_lme4_formula, with_rank
+
+    formula = kwargs.get("formula")
+    if formula is not None and is_lme4_formula(formula, kwargs.get("species")):
+        names = {key: kwargs[key] for key in ("site", "species") if kwargs.get(key)}
+        return {**kwargs, "formula": with_rank(formula, k, **names)}
+    return {**kwargs, "num_lv": k}
+
+
 def select_num_lv(data, X=None, *, num_lv=range(0, 5), criterion="aicc", **kwargs):
     """Fit several numbers of latent variables and pick the best by an information criterion.
 
@@ -180,7 +191,7 @@ def select_num_lv(data, X=None, *, num_lv=range(0, 5), criterion="aicc", **kwarg
     fits, rows = {}, []
     for k in cands:
         try:
-            fit = gllvm(data, X, num_lv=k, **kwargs)
+            fit = gllvm(data, X, **_rank_arguments(k, kwargs))
         except JSDMError:
             if fits:          # e.g. more LVs than species: stop at the largest valid
                 break

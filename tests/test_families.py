@@ -10,7 +10,7 @@ import pytest
 from scipy import integrate, special, stats
 
 from jsdm.exceptions import JSDMError
-from jsdm.families import (Binomial, Family, Gamma, Gaussian, NegativeBinomial, Ordinal,
+from jsdm.families import (Beta, Binomial, Family, Gamma, Gaussian, NegativeBinomial, Ordinal,
                            Poisson, Tweedie, ZeroInflatedPoisson, get_family)
 
 # (name, link, y values, s values); y grids include huge counts, s grids tiny/huge dispersion
@@ -24,6 +24,7 @@ CASES = {
     "gamma": ("gamma", None, [1e-3, 0.4, 3.0, 250.0], [-4.0, 0.0, 2.0]),
     "tweedie": ("tweedie", None, [0.0, 0.02, 1.0, 40.0], [-3.0, 0.0, 2.0]),
     "zip": ("zip", None, [0.0, 1.0, 7.0, 250.0], [-9.0, -2.0, 0.0, 3.0]),
+    "beta": ("beta", None, [1e-4, 0.2, 0.7, 0.9999], [-0.5, 1.0, 6.0]),
 }
 IDS = list(CASES)
 M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
@@ -115,7 +116,7 @@ def test_ell_at_zero_variance_is_loglik(case):
         np.testing.assert_allclose(e.value, fam.loglik(Y, Mm, sarr(s, Y)), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", [c for c in IDS if c != "zip"])     # zip's h has a convex corner
+@pytest.mark.parametrize("case", [c for c in IDS if c not in ("zip", "beta")])   # h not concave
 def test_ell_is_below_loglik_at_the_mean_for_concave_h(case):
     """Jensen: ell <= h(m) when h is concave in eta."""
     fam, Y, Mm, Vv, ss = grid(case)
@@ -248,6 +249,8 @@ def scipy_dist(fam, eta, s, n=1):
         return CompoundPoissonGamma(np.exp(eta), np.exp(s), fam.power)
     if fam.name == "zip":
         return ZeroInflated(stats.poisson(np.exp(eta)), special.expit(s))
+    if fam.name == "beta":
+        return stats.beta(np.exp(s) * special.expit(eta), np.exp(s) * special.expit(-eta))
     p = {"logit": stats.logistic.cdf, "probit": stats.norm.cdf,
          "cloglog": lambda e: 1.0 - np.exp(-np.exp(e))}[fam.link](eta)
     return stats.binom(n, p)
@@ -360,6 +363,7 @@ def test_sample_moments_match_mean_and_variance(case):
     ("gamma", [1.0, 0.0], "strictly positive"),
     ("tweedie", [0.0, -1.0], "non-negative"),
     ("zip", [3.0, 2.5], "whole-number"),
+    ("beta", [0.5, 1.0], "strictly between 0 and 1"),
 ])
 def test_check_y_rejects_bad_values(case, bad, needle):
     fam, _, _ = make(case)
@@ -385,7 +389,7 @@ def test_check_y_binomial_trials():
     ("binomial", Binomial, "logit"), ("bernoulli", Binomial, "logit"),
     ("gaussian", Gaussian, "identity"), ("normal", Gaussian, "identity"), ("Gamma", Gamma, "log"),
     ("tweedie", Tweedie, "log"), ("zip", ZeroInflatedPoisson, "log"),
-    ("zero-inflated-poisson", ZeroInflatedPoisson, "log"),
+    ("zero-inflated-poisson", ZeroInflatedPoisson, "log"), ("beta", Beta, "logit"),
 ])
 def test_get_family_by_name_and_alias(key, cls, link):
     fam = get_family(key)
@@ -433,7 +437,8 @@ def test_link_residual_variances():
                                           (Gaussian, np.array([0.3, 4.0])),
                                           (Gamma, np.array([0.1, 2.0])),
                                           (Tweedie, np.array([0.5, 2.0])),
-                                          (ZeroInflatedPoisson, np.array([0.2, 0.5]))])
+                                          (ZeroInflatedPoisson, np.array([0.2, 0.5])),
+                                          (Beta, np.array([5.0, 50.0]))])
 def test_dispersion_start_recovers_simulated_dispersion(cls, true_disp):
     fam = cls()
     s = fam.dispersion_param(true_disp)

@@ -5,6 +5,7 @@ lists the valid ones.
 """
 from ..exceptions import JSDMError
 from .base import ELL, Family
+from .beta import Beta
 from .binomial import Binomial
 from .gamma import Gamma
 from .gaussian import Gaussian
@@ -25,7 +26,7 @@ def register(cls):
 
 
 for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal,
-             ZeroInflatedPoisson):
+             ZeroInflatedPoisson, Beta):
     register(_cls)
 
 
@@ -44,5 +45,5 @@ def get_family(family, link=None):
     return _REGISTRY[key](link=link)
 
 
-__all__ = ["ELL", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Ordinal", "Poisson",
+__all__ = ["ELL", "Beta", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Ordinal", "Poisson",
            "Tweedie", "ZeroInflatedPoisson", "get_family", "register"]

@@ -549,3 +549,43 @@ def test_ordinal_extremes_validation_and_starts():
     tau = fam.cutpoints(fam.dispersion_start(sim, None))
     np.testing.assert_allclose(tau, np.tile([0.0, 1.0, 1.5], (3, 1)), atol=0.12)
     np.testing.assert_allclose(fam.dispersion_param(fam.dispersion(s)), s, atol=1e-12)
+
+
+# --- the base class's generic quadrature ell (for families that give only logpdf_eta) -------
+
+class _QuadNB(Family):
+    """Negative binomial through logpdf_eta only, to check the inherited quadrature ell."""
+
+    name = "quad_nb"
+    links = ("log",)
+    default_link = "log"
+    has_dispersion = True
+
+    def logpdf_eta(self, y, eta, s=None, trials=None, order=1):
+        r = np.exp(-s)
+        nb = NegativeBinomial()
+        p = special.expit(eta + s)
+        h = nb.loglik(y, eta, s)
+        h1 = y - (y + r) * p
+        h2 = -(y + r) * p * (1 - p)
+        hs = y - r * (special.digamma(y + r) - special.digamma(r)) + r * np.logaddexp(0, eta + s) \
+            - (y + r) * p
+        out = [h, h1, h2, hs]
+        if order >= 2:
+            dpsi = special.digamma(y + r) - special.digamma(r)
+            out.append(r * dpsi + r * r * (special.polygamma(1, y + r) - special.polygamma(1, r))
+                       - r * np.logaddexp(0, eta + s) + 2 * r * p - (y + r) * p * (1 - p))
+        return out
+
+
+def test_base_quadrature_ell_matches_closed_form_family():
+    fam, ref = _QuadNB(), NegativeBinomial()
+    Y, Mm, Vv = np.meshgrid([0.0, 3.0, 40.0], [-3.0, 0.0, 2.0, 5.0], [0.0, 0.02, 0.3, 0.8, 3.0, 12.0],
+                            indexing="ij")
+    Y, Mm, Vv = Y.ravel(), Mm.ravel(), Vv.ravel()
+    s = np.full(Y.shape, 0.4)
+    got, want = fam.ell(Y, Mm, Vv, s, order=2), ref.ell(Y, Mm, Vv, s, order=2)
+    for a, b in ((got.value, want.value), (got.d_m, want.d_m), (got.d_v, want.d_v), (got.d_s, want.d_s),
+                 (got.d_ss, want.d_ss)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    assert fam.ell(Y, Mm, Vv, s).d_ss is None

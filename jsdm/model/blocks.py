@@ -23,37 +23,47 @@ from .params import S_BOUNDS
 _NHALF = 6
 
 
+_CHUNK_CELLS = 1_000_000
+
+
 def cell_eval(prob, P, order=1):
     """Weighted ELL derivatives and the ELBO's per-site and per-species sums at P.
 
-    Returns a dict: Gm, Gv (Gv clipped at 0 from above), Gs, Gss (n, m) arrays or
-    None, and the sums "site" (n,: ell minus KL) and "species" (m,). The family's
-    arrays are weighted in place, so a cell evaluation holds four (n, m) arrays.
+    Returns a dict: Gm, Gv (Gv clipped at 0 from above) as (n, m) arrays, Gs and
+    Gss likewise when ``order`` is 2 and the family has a dispersion (else None),
+    and the sums "site" (n,: ell minus KL) and "species" (m,). Sites are taken in
+    chunks of about a million cells, so the family's temporaries stay small.
     """
-    with np.errstate(over="ignore", invalid="ignore"):   # trial points may be wild:
-        M, V = moments(prob, P)                           # non-finite sums are rejected
-        e = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=order)
-    del M, V
-    W = prob.W
-    val = e.value
-    val *= W
-    out = {"site": val.sum(1) - kl_terms(prob, P), "species": val.sum(0)}
-    del val, e.value
-    out["Gm"] = _weighted(e.d_m, W)
-    gv = _weighted(e.d_v, W)
-    out["Gv"] = np.minimum(gv, 0.0, out=gv)
-    out["Gs"] = None if e.d_s is None else _weighted(e.d_s, W)
-    out["Gss"] = None if e.d_ss is None else _weighted(e.d_ss, W)
+    n, m = prob.n, prob.m
+    keep_s = order >= 2 and prob.family.has_dispersion
+    out = {"Gm": np.empty((n, m)), "Gv": np.empty((n, m)),
+           "Gs": np.empty((n, m)) if keep_s else None,
+           "Gss": np.empty((n, m)) if keep_s else None,
+           "site": np.empty(n), "species": np.zeros(m)}
+    step = max(1, _CHUNK_CELLS // max(m, 1))
+    for start in range(0, n, step):
+        _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
+    out["site"] -= kl_terms(prob, P)
     return out
 
 
-def _weighted(a, W):
-    """a * W, in place when ``a`` is a float array of W's shape that owns its data."""
-    a = np.asarray(a)
-    if a.shape == W.shape and a.flags.owndata and a.flags.writeable and a.dtype == float:
-        a *= W
-        return a
-    return a * W
+def _eval_rows(prob, P, rows, order, out):
+    """Fill ``out`` for the sites in ``rows`` (one chunk of cell_eval)."""
+    with np.errstate(over="ignore", invalid="ignore"):   # trial points may be wild:
+        M, V = moments(prob, P, rows)                     # non-finite sums are rejected
+        trials = None if prob.trials is None else prob.trials[rows]
+        e = prob.family.ell(prob.Y[rows], M, V, P.s, trials, order=order)
+    W = prob.W[rows]
+    val = np.asarray(e.value) * W
+    out["site"][rows] = val.sum(1)
+    out["species"] += val.sum(0)
+    np.multiply(e.d_m, W, out=out["Gm"][rows])
+    gv = out["Gv"][rows]
+    np.multiply(e.d_v, W, out=gv)
+    np.minimum(gv, 0.0, out=gv)
+    if out["Gs"] is not None:
+        np.multiply(e.d_s, W, out=out["Gs"][rows])
+        np.multiply(e.d_ss, W, out=out["Gss"][rows])
 
 
 def _chol_inv(S):
@@ -204,6 +214,7 @@ def squarem_ascent(prob, layout, P, max_iter=500, rtol=1e-10, callback=None):
     def step(P, ce):
         P1, c1 = _sweep(prob, P, ce)
         P2, c2 = _sweep(prob, P1, c1)
+        del c1                            # (n, m) arrays: keep at most three sets alive
         x0, x1, x2 = layout.pack(P), layout.pack(P1), layout.pack(P2)
         r, v = x1 - x0, x2 - 2 * x1 + x0
         nv = np.linalg.norm(v)
@@ -219,6 +230,7 @@ def squarem_ascent(prob, layout, P, max_iter=500, rtol=1e-10, callback=None):
                 Ps, cs = _sweep(prob, Ps, cs)
                 if cs["site"].sum() > c2["site"].sum():
                     return Ps, cs
+            del cs
             alpha = (alpha - 1.0) / 2.0
         return P2, c2
 

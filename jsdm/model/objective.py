@@ -29,31 +29,33 @@ class Evaluation:
     grad: Optional[Params] = None
 
 
-def fixed_part(prob, P):
-    """offset + alpha_i + beta0_j + x_i' B_j, shape (n, m)."""
-    F = np.broadcast_to(P.beta0, (prob.n, prob.m)).copy()
+def fixed_part(prob, P, rows=slice(None)):
+    """offset + alpha_i + beta0_j + x_i' B_j for the sites in ``rows``, shape (r, m)."""
+    X = prob.X[rows]
+    F = np.broadcast_to(P.beta0, (X.shape[0], prob.m)).copy()
     if prob.p:
-        F += prob.X @ P.B.T
+        F += X @ P.B.T
     if prob.offset is not None:
-        F += prob.offset
+        F += prob.offset[rows]
     if P.alpha is not None:
-        F += P.alpha[:, None]
+        F += P.alpha[rows, None]
     return F
 
 
-def moments(prob, P):
-    """Means and variances (n, m) of the linear predictor under q."""
-    M = fixed_part(prob, P)
+def moments(prob, P, rows=slice(None)):
+    """Means and variances (r, m) of the linear predictor under q, for the sites in ``rows``."""
+    M = fixed_part(prob, P, rows)
     d = prob.d
     if d:
-        M += P.a @ P.theta.T
+        M += P.a[rows] @ P.theta.T
         th2 = (P.theta[:, :, None] * P.theta[:, None, :]).reshape(prob.m, d * d)
-        V = P.A.reshape(prob.n, d * d) @ th2.T
+        L = P.L[rows]
+        V = (L @ np.swapaxes(L, 1, 2)).reshape(-1, d * d) @ th2.T
         np.maximum(V, 0.0, out=V)
     else:
         V = np.zeros_like(M)
     if prob.row_effect == "random":
-        V += np.exp(2.0 * P.log_rho)[:, None]
+        V += np.exp(2.0 * P.log_rho[rows])[:, None]
     return M, V
 
 

@@ -282,6 +282,10 @@ class GLLVMResults:
         from ..analysis.associations import residual_correlation
         return residual_correlation(self, **kwargs)
 
+    def residual_trace(self, **kwargs):
+        from ..analysis.associations import residual_trace
+        return residual_trace(self, **kwargs)
+
     def environmental_covariance(self, **kwargs):
         from ..analysis.associations import environmental_covariance
         return environmental_covariance(self, **kwargs)

@@ -41,21 +41,42 @@ class NegativeBinomial(Family):
     dispersion_name = "phi"
     discrete = True
 
-    def ell(self, y, m, v, s=None, trials=None, order=1):
-        """Exact E[log f(y | eta)], eta ~ N(m, v), and its derivatives (see module notes)."""
+    accepts_cache = True
+
+    def ell(self, y, m, v, s=None, trials=None, order=1, cache=None):
+        """Exact E[log f(y | eta)], eta ~ N(m, v), and its derivatives (see module notes).
+
+        ``cache``: optional dict owned by the caller for one fixed ``y``; the
+        y-and-s-only terms (log-gamma, digamma, trigamma differences) are kept
+        there and reused while ``s`` is unchanged.
+        """
         y = np.asarray(y, dtype=float)
         s = np.asarray(s, dtype=float)
         r = np.exp(-s)
+        const, dpsi, tpsi = self._y_terms(y, s, r, order, cache)
         f0, f1, g1, f2 = logistic_normal(m + s, v)
         yr = y + r
-        val = lgamma_ratio(y, r) - special.gammaln(y + 1.0) + y * m - yr * f0
+        val = const + y * m - yr * f0
         d_m = y * g1 - r * f1
-        dpsi = digamma_diff(y, r)
         d_s = d_m + r * (f0 - dpsi)
         d_ss = None
         if order >= 2:
-            d_ss = r * dpsi + r * r * trigamma_diff(y, r) - r * f0 + 2.0 * r * f1 - yr * f2
+            d_ss = r * dpsi + r * r * tpsi - r * f0 + 2.0 * r * f1 - yr * f2
         return ELL(val, d_m, -0.5 * yr * f2, d_s, d_ss)
+
+    @staticmethod
+    def _y_terms(y, s, r, order, cache):
+        """(lgamma_ratio - lgamma(y + 1), digamma diff, trigamma diff or None), cached by s."""
+        if cache is not None and cache.get("s") is not None and np.array_equal(cache["s"], s):
+            if order < 2 or cache.get("tpsi") is not None:
+                return cache["const"], cache["dpsi"], cache.get("tpsi")
+        const = lgamma_ratio(y, r) - special.gammaln(y + 1.0)
+        dpsi = digamma_diff(y, r)
+        tpsi = trigamma_diff(y, r) if order >= 2 else None
+        if cache is not None:
+            cache.clear()
+            cache.update(s=s.copy(), const=const, dpsi=dpsi, tpsi=tpsi)
+        return const, dpsi, tpsi
 
     def check_y(self, y, trials=None):
         """Counts must be non-negative whole numbers (NaN allowed)."""

@@ -11,7 +11,8 @@ Site step (exact Hessian in the means, since d2 ell/dm2 = 2 d ell/dv):
 (the second is the fixed point of dELBO/dA_i = 0). Species step: a Newton step
 in (beta0_j, B_j, theta_j) with the Gauss-Newton-type Hessian
     sum_i 2 Gv_ij x_i x_i' + blockdiag(0, 2 sum_i Gv_ij A_i),  x_i = (1, x_i, a_i),
-and a one-dimensional Newton step for the dispersion.
+and a Newton step for the dispersion (one-dimensional, or a q x q solve per
+species for a vector dispersion such as ordinal cut points).
 """
 import numpy as np
 
@@ -24,21 +25,25 @@ _NHALF = 6
 
 
 _CHUNK_CELLS = 1_000_000
+CACHE_KEY = "_ell_cache"     # in Problem.info while a fit runs; removed at its end
 
 
 def cell_eval(prob, P, order=1):
     """Weighted ELL derivatives and the ELBO's per-site and per-species sums at P.
 
     Returns a dict: Gm, Gv (Gv clipped at 0 from above) as (n, m) arrays, Gs and
-    Gss likewise when ``order`` is 2 and the family has a dispersion (else None),
-    and the sums "site" (n,: ell minus KL) and "species" (m,). Sites are taken in
-    chunks of about a million cells, so the family's temporaries stay small.
+    Gss when ``order`` is 2 and the family has a dispersion (else None): (n, m)
+    each, or (n, m, q) and (n, m, q, q) for a vector dispersion; and the sums
+    "site" (n,: ell minus KL) and "species" (m,). Sites are taken in chunks of
+    about a million cells, so the family's temporaries stay small.
     """
     n, m = prob.n, prob.m
     keep_s = order >= 2 and prob.family.has_dispersion
+    q = prob.n_disp if keep_s else None
+    vec, mat = ((n, m), (n, m)) if q is None else ((n, m, q), (n, m, q, q))
     out = {"Gm": np.empty((n, m)), "Gv": np.empty((n, m)),
-           "Gs": np.empty((n, m)) if keep_s else None,
-           "Gss": np.empty((n, m)) if keep_s else None,
+           "Gs": np.empty(vec) if keep_s else None,
+           "Gss": np.empty(mat) if keep_s else None,
            "site": np.empty(n), "species": np.zeros(m)}
     step = max(1, _CHUNK_CELLS // max(m, 1))
     for start in range(0, n, step):
@@ -47,12 +52,20 @@ def cell_eval(prob, P, order=1):
     return out
 
 
+def _cache(prob, rows):
+    """The family's per-chunk cache of y-only terms (families that accept one), as kwargs."""
+    if not getattr(prob.family, "accepts_cache", False):
+        return {}
+    store = prob.info.setdefault(CACHE_KEY, {})
+    return {"cache": store.setdefault((rows.start, rows.stop), {})}
+
+
 def _eval_rows(prob, P, rows, order, out):
     """Fill ``out`` for the sites in ``rows`` (one chunk of cell_eval)."""
     with np.errstate(over="ignore", invalid="ignore"):   # trial points may be wild:
         M, V = moments(prob, P, rows)                     # non-finite sums are rejected
         trials = None if prob.trials is None else prob.trials[rows]
-        e = prob.family.ell(prob.Y[rows], M, V, P.s, trials, order=order)
+        e = prob.family.ell(prob.Y[rows], M, V, P.s, trials, order=order, **_cache(prob, rows))
     W = prob.W[rows]
     val = np.asarray(e.value) * W
     out["site"][rows] = val.sum(1)
@@ -62,8 +75,12 @@ def _eval_rows(prob, P, rows, order, out):
     np.multiply(e.d_v, W, out=gv)
     np.minimum(gv, 0.0, out=gv)
     if out["Gs"] is not None:
-        np.multiply(e.d_s, W, out=out["Gs"][rows])
-        np.multiply(e.d_ss, W, out=out["Gss"][rows])
+        if out["Gs"].ndim == 2:
+            np.multiply(e.d_s, W, out=out["Gs"][rows])
+            np.multiply(e.d_ss, W, out=out["Gss"][rows])
+        else:
+            np.multiply(e.d_s, W[:, :, None], out=out["Gs"][rows])
+            np.multiply(e.d_ss, W[:, :, None, None], out=out["Gss"][rows])
 
 
 def _chol_inv(S):
@@ -156,10 +173,43 @@ def species_step(prob, P, ce, only_dispersion=False):
     if P.s is not None:
         if ce["Gss"] is None:
             ce = cell_eval(prob, P, order=2)
-        gs, gss = ce["Gs"].sum(0), ce["Gss"].sum(0)
-        ds = np.where(gss < 0, -gs / np.minimum(gss, -1e-12), np.sign(gs) * 0.25)
+        ds = dispersion_step(ce["Gs"].sum(0), ce["Gss"].sum(0), 0.25)
         ds = np.clip(ds, -2.0, 2.0)
     return _accept_species(prob, P, step, ds, ce)
+
+
+def dispersion_step(gs, gss, fallback):
+    """Newton step in each species' dispersion, -gss^-1 gs, from summed derivatives.
+
+    Parameters
+    ----------
+    gs : ndarray (m,) or (m, q)
+        d ELBO / ds per species.
+    gss : ndarray (m,) or (m, q, q)
+        d2 ELBO / ds2 per species.
+    fallback : float
+        Size of the step along sign(gs) where the curvature is not negative.
+
+    Returns
+    -------
+    ndarray, the shape of ``gs``. For a vector dispersion the q x q system is
+    solved where -gss is positive definite; other species take the scalar rule
+    coordinate by coordinate (Newton on the diagonal where it is negative,
+    else ``fallback`` along the sign of the gradient).
+    """
+    if gs.ndim == 1:
+        return np.where(gss < 0, -gs / np.minimum(gss, -1e-12), np.sign(gs) * fallback)
+    dg = np.diagonal(gss, axis1=-2, axis2=-1)
+    ds = np.where(dg < 0, -gs / np.minimum(dg, -1e-12), np.sign(gs) * fallback)
+    neg = -0.5 * (gss + np.swapaxes(gss, -1, -2))
+    ok = np.isfinite(neg).all(axis=(-2, -1)) & np.isfinite(gs).all(axis=-1)
+    if ok.any():
+        w = np.linalg.eigvalsh(neg[ok])
+        spd = np.zeros_like(ok)
+        spd[ok] = w[:, 0] > 1e-10 * np.maximum(w[:, -1], 1e-300)
+        if spd.any():
+            ds[spd] = np.linalg.solve(neg[spd], gs[spd][..., None])[..., 0]
+    return np.where(np.isfinite(ds), ds, 0.0)
 
 
 def _accept_species(prob, P, step, ds, ce):
@@ -171,7 +221,7 @@ def _accept_species(prob, P, step, ds, ce):
         T.B = P.B + frac[:, None] * step[:, 1:1 + p]
         T.theta = np.tril(P.theta + frac[:, None] * step[:, 1 + p:])
         if ds is not None:
-            T.s = np.clip(P.s + frac * ds, *S_BOUNDS)
+            T.s = np.clip(P.s + (frac if ds.ndim == 1 else frac[:, None]) * ds, *S_BOUNDS)
         ct = cell_eval(prob, T)
         bad = ~(ct["species"] >= ce["species"] - 1e-10 * np.abs(ce["species"]))
         if not bad.any():
@@ -255,7 +305,8 @@ def curvature_diagonal(prob, layout, P):
         idx = np.arange(d)
         G.L[:, idx, idx] = 1.0 + lam * Lsq[:, idx, idx]   # log-diagonal scale
     if P.s is not None:
-        G.s = np.maximum(-ce["Gss"].sum(0), 1e-8)
+        gss = ce["Gss"].sum(0)
+        G.s = np.maximum(-(gss if gss.ndim == 1 else np.diagonal(gss, axis1=1, axis2=2)), 1e-8)
     if prob.row_effect is not None:
         G.alpha = C.sum(1) + (0.0 if prob.row_effect == "fixed" else np.exp(-2.0 * P.log_sigma))
     if prob.row_effect == "random":

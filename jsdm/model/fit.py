@@ -9,7 +9,7 @@ from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import evaluate
 from .params import Layout, Params
-from .blocks import cell_eval, curvature_diagonal, squarem_ascent
+from .blocks import CACHE_KEY, cell_eval, curvature_diagonal, squarem_ascent
 from .newton import newton_ascent
 from .start import glm_start, initial_params, lower_triangularise
 
@@ -37,7 +37,8 @@ class FitState:
 
 
 def make_layout(prob):
-    return Layout(prob.n, prob.m, prob.p, prob.d, prob.family.has_dispersion, prob.row_effect)
+    return Layout(prob.n, prob.m, prob.p, prob.d, prob.family.has_dispersion, prob.row_effect,
+                  prob.n_disp)
 
 
 def neg_elbo(prob, layout):
@@ -139,8 +140,11 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
     gradient max_k |g_k| / sqrt(max(h_k, 1)) is at most ``gtol``, with h_k the
     curvature of the ELBO along parameter k.
     """
-    with _blas_threads(prob):
-        return _fit(prob, n_init, seed, maxiter, gtol, verbose, start)
+    try:
+        with _blas_threads(prob):
+            return _fit(prob, n_init, seed, maxiter, gtol, verbose, start)
+    finally:
+        prob.info.pop(CACHE_KEY, None)      # the family's y-only terms: memory, not results
 
 
 def _blas_threads(prob):

@@ -161,6 +161,15 @@ class Family:
         """Unconstrained parameter s from a reported dispersion."""
         return np.log(disp)
 
+    def n_dispersion(self, y, species=None):
+        """Length q of each species' dispersion vector, or None when ``s`` is a scalar per species.
+
+        The engine stores ``s`` as (m,) when this is None (every family but
+        ordinal) and as (m, q) otherwise; q may depend on the data ``y`` (n, m;
+        NaN for missing cells). ``species`` (labels) is only used in messages.
+        """
+        return None
+
     def dispersion_start(self, y, mu):
         """Per-species moment estimate of ``s`` (shape (m,)) from y and fitted means.
 

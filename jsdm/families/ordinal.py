@@ -22,6 +22,15 @@ and the chain rule through d tau_j / d c_i = exp(c_i) 1(2 <= i <= j). The
 expectations under eta ~ N(m, v) use Hermite rules binned by the variance
 (as ``probit_normal``; measured max abs error < 1e-9 for v <= 2 and ~1e-7
 at v = 10 over |m| <= 30).
+
+K is common to all species: 1 + the largest category in the data
+(``n_dispersion``). A species that never shows some category has cut points
+the data do not identify (the gap below an empty middle class tends to 0, the
+cut points above its largest class to +inf, the maximum of the likelihood
+being their limit); the engine keeps their log gaps inside its box, the
+likelihood is then within rounding of its supremum, and a DataWarning names
+those species. Their reported cut points and standard errors carry no
+information.
 """
 import numpy as np
 from scipy import special
@@ -163,16 +172,65 @@ class Ordinal(Family):
         """s = log gaps of the cut points (tau_1 is taken as 0)."""
         return np.log(np.diff(np.asarray(disp, dtype=float), axis=-1))
 
-    def dispersion_start(self, y, mu):
-        """Cut points from the pooled category frequencies (F^-1 of cumulative shares), gaps logged."""
+    def n_dispersion(self, y, species=None):
+        """q = K - 2 free cut points per species, K = 1 + the largest category in ``y`` (n, m).
+
+        Warns (DataWarning, naming them) about species that do not use every
+        category 0..K-1: their cut points next to the unused ones are not identified.
+        """
         y = np.asarray(y, dtype=float)
-        K = int(np.nanmax(y)) + 1
+        K = int(np.nanmax(y)) + 1 if np.isfinite(y).any() else 0
+        if K < 3:
+            raise JSDMError(f"ordinal needs at least 3 categories (0, 1, 2, ...); the data have {K}. "
+                            "Use family='binomial' for two categories.")
+        _warn_unused(y, K, species)
+        return K - 2
+
+    def dispersion_labels(self, k):
+        """Names of the k = K - 1 reported cut points: "0|1", "1|2", ... (as R's ordinal/MASS)."""
+        return [f"{i}|{i + 1}" for i in range(k)]
+
+    def dispersion_start(self, y, mu, n_dispersion=None):
+        """Cut points from the pooled category frequencies (F^-1 of cumulative shares), gaps logged.
+
+        ``n_dispersion`` (q) fixes K = q + 2 when ``y`` is a subset of the data
+        that may miss the top category.
+        """
+        y = np.asarray(y, dtype=float)
+        K = int(np.nanmax(y)) + 1 if n_dispersion is None else int(n_dispersion) + 2
         if K < 3:
             raise JSDMError("ordinal needs at least 3 categories; use family='binomial' for 2")
         share = np.array([np.nanmean(y <= k) for k in range(K - 1)])
         tau = _quantile(np.clip(share, 0.01, 0.99), self.link)
         gaps = np.maximum(np.diff(tau), 0.05)
         return np.tile(np.log(gaps), (y.shape[-1], 1))
+
+
+def _warn_unused(y, K, species):
+    """DataWarning naming the species that never show some category 0..K-1."""
+    import warnings
+
+    from ..exceptions import DataWarning
+
+    m = y.shape[-1] if y.ndim else 1
+    names = list(species) if species is not None else [f"column {j}" for j in range(m)]
+    cats = np.arange(K)
+    gaps = []
+    for j in range(m):
+        seen = np.unique(y[..., j][np.isfinite(y[..., j])])
+        if seen.size:
+            miss = np.setdiff1d(cats, seen)
+            if miss.size:
+                gaps.append(f"{names[j]} (no {', '.join(str(int(k)) for k in miss)})")
+    if gaps:
+        more = f"; and {len(gaps) - 5} more" if len(gaps) > 5 else ""
+        warnings.warn(
+            f"family 'ordinal': {len(gaps)} of {m} species do not use every category 0..{K - 1}: "
+            f"{'; '.join(gaps[:5])}{more}. The cut points next to a species' unused categories are "
+            "not identified (they tend to a zero gap or to +inf); the fit keeps them bounded, and "
+            "those cut points and their standard errors carry no information. To avoid this, "
+            "merge rare categories (e.g. Y.clip(upper=k)) so that every species uses every "
+            "category.", DataWarning, stacklevel=5)
 
 
 # --- link functions on the latent scale --------------------------------------------------

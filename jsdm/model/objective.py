@@ -25,8 +25,14 @@ class Evaluation:
     V: np.ndarray               # (n, m) variances of eta under q
     Gm: np.ndarray              # (n, m) w * d ell / dm
     Gv: np.ndarray              # (n, m) w * d ell / dv
-    Gs: Optional[np.ndarray]    # (n, m) w * d ell / ds or None
+    Gs: Optional[np.ndarray]    # (n, m) or (n, m, q) w * d ell / ds, or None
     grad: Optional[Params] = None
+
+
+def weighted(W, D):
+    """W (n, m) times D (n, m, ...): the cell weights broadcast over D's trailing axes."""
+    D = np.asarray(D)
+    return (W.reshape(W.shape + (1,) * (D.ndim - W.ndim)) if D.ndim > W.ndim else W) * D
 
 
 def fixed_part(prob, P, rows=slice(None)):
@@ -79,7 +85,7 @@ def evaluate(prob, P, grad=True):
     W = prob.W
     site_terms = (W * e.value).sum(1) - kl_terms(prob, P)
     Gm, Gv = W * e.d_m, W * e.d_v
-    Gs = None if e.d_s is None else W * e.d_s
+    Gs = None if e.d_s is None else weighted(W, e.d_s)
     ev = Evaluation(float(site_terms.sum()), site_terms, M, V, Gm, Gv, Gs)
     if grad:
         ev.grad = gradient(prob, P, ev)

@@ -4,7 +4,8 @@ Natural form (a :class:`Params`):
 
 - ``beta0`` (m,), ``B`` (m, p): species intercepts and slopes
 - ``theta`` (m, d): loadings, zero above the diagonal
-- ``s`` (m,) or None: unconstrained dispersion parameters
+- ``s`` (m,), (m, q) or None: unconstrained dispersion parameters, one per
+  species or a vector of q per species (ordinal cut points, q = K - 2)
 - ``alpha`` (n,) or None: fixed row effects (alpha[0] == 0) or, for random row
   effects, the variational means of the site effects
 - ``log_sigma`` float or None: log sd of random row effects
@@ -14,7 +15,7 @@ Natural form (a :class:`Params`):
 
 The packed vector stores free entries only: theta's lower triangle, L's lower
 triangle with its diagonal on the log scale, alpha without its first entry
-when fixed.
+when fixed; a vector dispersion (m, q) is stored species by species (s.ravel()).
 """
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -54,15 +55,17 @@ class Layout:
 
     MODEL_BLOCKS = ("beta0", "B", "theta", "s", "alpha_fixed", "log_sigma")
 
-    def __init__(self, n, m, p, d, has_disp, row_effect):
+    def __init__(self, n, m, p, d, has_disp, row_effect, n_disp=None):
         self.n, self.m, self.p, self.d = n, m, p, d
         self.has_disp, self.row_effect = has_disp, row_effect
+        self.n_disp = None if (n_disp is None or not has_disp) else int(n_disp)
+        self.disp_width = (self.n_disp or 1) if has_disp else 0     # entries of s per species
         self.tri_m = np.tril(np.ones((m, d), dtype=bool))
         self.tri_d = np.tril_indices(d)
         self.diag_pos = np.array([k for k, (r, c) in enumerate(zip(*self.tri_d)) if r == c], dtype=int)
         nl = d * (d + 1) // 2
         sizes = [("beta0", m), ("B", m * p), ("theta", int(self.tri_m.sum())),
-                 ("s", m if has_disp else 0),
+                 ("s", m * self.disp_width),
                  ("alpha_fixed", n - 1 if row_effect == "fixed" else 0),
                  ("log_sigma", 1 if row_effect == "random" else 0),
                  ("alpha_random", n if row_effect == "random" else 0),
@@ -82,7 +85,7 @@ class Layout:
         x[sl["B"]] = P.B.ravel()
         x[sl["theta"]] = P.theta[self.tri_m]
         if self.has_disp:
-            x[sl["s"]] = P.s
+            x[sl["s"]] = np.ravel(P.s)
         if self.row_effect == "fixed":
             x[sl["alpha_fixed"]] = P.alpha[1:]
         elif self.row_effect == "random":
@@ -107,6 +110,8 @@ class Layout:
                    a=x[sl["a"]].reshape(n, d).copy(), L=L)
         if self.has_disp:
             P.s = x[sl["s"]].copy()
+            if self.n_disp is not None:
+                P.s = P.s.reshape(m, self.n_disp)
         if self.row_effect == "fixed":
             P.alpha = np.concatenate([[0.0], x[sl["alpha_fixed"]]])
         elif self.row_effect == "random":
@@ -123,7 +128,7 @@ class Layout:
         g[sl["B"]] = G.B.ravel()
         g[sl["theta"]] = G.theta[self.tri_m]
         if self.has_disp:
-            g[sl["s"]] = G.s
+            g[sl["s"]] = np.ravel(G.s)
         if self.row_effect == "fixed":
             g[sl["alpha_fixed"]] = G.alpha[1:]
         elif self.row_effect == "random":

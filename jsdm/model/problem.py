@@ -5,11 +5,12 @@ optimiser state lives elsewhere (:class:`jsdm.model.params.Params`).
 """
 from dataclasses import dataclass, field
 from typing import Optional
+import warnings
 
 import numpy as np
 import pandas as pd
 
-from ..exceptions import JSDMError
+from ..exceptions import DataWarning, JSDMError
 from ..families import Family, get_family
 
 ROW_EFFECTS = (None, "fixed", "random")
@@ -61,6 +62,29 @@ class Problem:
     @property
     def nobs(self):
         return int(self.W.sum())
+
+    @property
+    def n_disp(self):
+        """q when each species' dispersion is a vector (ordinal cut points), else None.
+
+        Read from ``info["n_dispersion"]`` (set by :func:`build_problem`), or
+        asked of the family for problems built by hand.
+        """
+        if "n_dispersion" in self.info:
+            return self.info["n_dispersion"]
+        if not self.family.has_dispersion:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            return self.family.n_dispersion(np.where(self.W > 0, self.Y, np.nan))
+
+    @property
+    def s_shape(self):
+        """Shape of the dispersion parameter s: (m,), (m, q) or None without dispersion."""
+        if not self.family.has_dispersion:
+            return None
+        q = self.n_disp
+        return (self.m,) if q is None else (self.m, q)
 
 
 def _as_community(data, X=None, response=None, site=None, species=None):
@@ -146,6 +170,10 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
             "between species' slopes.", DataWarning, stacklevel=4)
     if int(num_lv) > Y.shape[1]:
         raise JSDMError(f"num_lv={num_lv} exceeds the number of species ({Y.shape[1]})")
+    info = {"community": com}
+    q = fam.n_dispersion(Y, species=Ydf.columns) if fam.has_dispersion else None
+    if q is not None:
+        info["n_dispersion"] = int(q)
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
-                   offset=off, trials=tr, formula=formula, info={"community": com})
+                   offset=off, trials=tr, formula=formula, info=info)

@@ -3,6 +3,8 @@ import numpy as np
 
 from .._numerics import safe_solve
 
+from .blocks import dispersion_step
+from .objective import weighted
 from .params import S_BOUNDS, Params
 from .residuals import dunn_smyth
 
@@ -16,7 +18,7 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
     evenly spaced subset of ``max_sites`` sites (deterministic, so fits stay
     reproducible); the full fit refines everything.
 
-    Returns ``(b, s)``: b (m, 1 + p) intercepts and slopes, s (m,) or None.
+    Returns ``(b, s)``: b (m, 1 + p) intercepts and slopes, s (m,), (m, q) or None.
     """
     rows = np.unique(np.linspace(0, prob.n - 1, min(prob.n, max_sites)).round().astype(int))
     fam, Y, W = prob.family, prob.Y[rows], prob.W[rows]
@@ -27,11 +29,12 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
     b[:, 0] = _intercept_guess(fam, Y, W, trials)
     s = None
     if fam.has_dispersion:
-        s = np.zeros(prob.m)
+        s = np.zeros(prob.s_shape)
         guess = getattr(fam, "dispersion_start", None)
         if guess is not None:
             mu0 = fam.mean(np.broadcast_to(b[:, 0], Y.shape), trials)
-            g = guess(np.where(W > 0, Y, np.nan), mu0)
+            kw = {} if s.ndim == 1 else {"n_dispersion": prob.n_disp}   # K from all the data
+            g = guess(np.where(W > 0, Y, np.nan), mu0, **kw)
             if g is not None:
                 s = np.clip(np.asarray(g, dtype=float), -10, 10)
     zero_v = np.zeros_like(Y)
@@ -52,8 +55,8 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
         step = np.clip(step, -_MAX_STEP, _MAX_STEP)
         snew = s
         if s is not None:
-            gs, gss = (W * e.d_s).sum(0), (W * e.d_ss).sum(0)
-            ds = np.where(gss < 0, -gs / np.minimum(gss, -1e-12), np.sign(gs) * 0.5)
+            gs, gss = weighted(W, e.d_s).sum(0), weighted(W, e.d_ss).sum(0)
+            ds = dispersion_step(gs, gss, 0.5)
             snew = np.clip(s + np.clip(ds, -2, 2), *S_BOUNDS)
         b, s, ll_new, e = _accept(loglik, b, s, step, snew, ll)
         if np.max(np.abs(ll_new - ll)) < tol * (1 + np.abs(ll).max()):
@@ -66,9 +69,10 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
 def _accept(loglik, b, s, step, snew, ll):
     """Per-species step halving: keep each species' step only where it improves."""
     frac = np.ones(b.shape[0])
+    fs = (lambda f: f) if s is None or s.ndim == 1 else (lambda f: f[:, None])
     for _ in range(8):
         bt = b + frac[:, None] * step
-        st = None if s is None else s + frac * (snew - s)
+        st = None if s is None else s + fs(frac) * (snew - s)
         llt, e = loglik(bt, st)
         bad = ~(llt >= ll - 1e-10)
         if not bad.any():
@@ -76,7 +80,7 @@ def _accept(loglik, b, s, step, snew, ll):
         frac = np.where(bad, frac * 0.5, frac)
     frac = np.where(bad, 0.0, frac)
     bt = b + frac[:, None] * step
-    st = None if s is None else s + frac * (snew - s)
+    st = None if s is None else s + fs(frac) * (snew - s)
     llt, e = loglik(bt, st)
     return bt, st, llt, e
 
@@ -91,6 +95,10 @@ def _intercept_guess(fam, Y, W, trials):
             if fam.link == "probit" else np.log(-np.log1p(-pbar))
     if fam.link == "log":
         return np.log(np.maximum(ybar, 0.05))
+    if fam.name == "ordinal":       # P(y = 0) = F(tau_1 - eta) with tau_1 = 0
+        from scipy import special
+        p0 = np.clip((W * (Y == 0)).sum(0) / np.maximum(W.sum(0), 1), 0.02, 0.98)
+        return -special.ndtri(p0) if fam.link == "probit" else -special.logit(p0)
     return ybar
 
 

@@ -74,8 +74,12 @@ def model_section(fit, opts):
     stats = [(k, fmt(v) if not isinstance(v, str) else esc(v)) for k, v in tables.fit_statistics(fit)]
     body = (row("<h3>Model</h3>" + key_values(spec), "<h3>Fit</h3>" + key_values(stats))
             + "<h3>Diagnostics</h3>" + diagnostics_html(fit))
-    if fit.dispersion is not None:
-        disp = fit.dispersion
+    disp = fit.dispersion
+    if isinstance(disp, pd.DataFrame):      # ordinal cut points: species x cut point
+        body += (f"<p>Cut points: {disp.shape[1]} per species ({esc(', '.join(map(str, disp.columns)))}; "
+                 "the first is 0 by definition, the intercept sets the location). Cut points next "
+                 "to categories a species never shows are not identified.</p>")
+    elif disp is not None:
         body += (f"<p>Dispersion ({esc(disp.name)}): median {disp.median():.3g}, range "
                  f"{disp.min():.3g} to {disp.max():.3g} across species.</p>")
     return body
@@ -160,8 +164,12 @@ def _wide_coefficients(coefs, fit):
     wide = pd.DataFrame.from_dict(cells, orient="index").reindex(index=list(fit.species))
     wide.index.name = "species"
     wide = wide[[c for c in ["Intercept", *fit.terms] if c in wide.columns]]
-    if fit.dispersion is not None:
-        wide[fit.dispersion.name] = [f"{v:.3g}" for v in fit.dispersion.reindex(wide.index)]
+    disp = fit.dispersion
+    if isinstance(disp, pd.DataFrame):
+        wide[disp.columns.name or "cut points"] = [
+            " < ".join(f"{v:.3g}" for v in r) for r in disp.reindex(wide.index).to_numpy()]
+    elif disp is not None:
+        wide[disp.name] = [f"{v:.3g}" for v in disp.reindex(wide.index)]
     return wide
 
 
@@ -247,6 +255,7 @@ _FAMILY_TEXT = {
                           "&phi;<sub>j</sub> (variance &mu; + &phi;<sub>j</sub>&mu;<sup>2</sup>)"),
     "binomial": "a binomial distribution",
     "gaussian": "a Gaussian distribution with species-specific residual standard deviation",
+    "ordinal": "a cumulative model for ordered categories with species-specific cut points",
 }
 
 

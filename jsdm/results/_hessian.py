@@ -13,6 +13,10 @@ matrix of second derivatives of ell in (m, v, s). ``E_mm = 2 ell_v`` exactly;
 family's analytic first derivatives (four extra ``ell`` calls on the whole
 (n, m) array), ``E_ss`` from the family (``order=2``).
 
+A vector dispersion s_j = (s_j1, ..., s_jq) (ordinal cut points) enters as q
+channels "s0", ..., "s(q-1)" in place of "s", with E the (2 + q) x (2 + q)
+matrix of second derivatives in (m, v, s_j1, ..., s_jq).
+
 The parameters split into species-local blocks phi_j = (beta0_j, B_j, theta_j,
 s_j), site-local variational blocks psi_i = (alpha_i, log rho_i [random row
 effects], a_i, L_i) and a few others (fixed row effects alpha_i, log sigma).
@@ -61,7 +65,8 @@ class HessianBlocks:
 def cell_curvature(prob, P, M, V, h=_STEP):
     """Weighted second derivatives of ell per cell: dict of (n, m) arrays.
 
-    Keys ``mm, mv, vv`` and, with a dispersion, ``ms, vs, ss``.
+    Keys ``mm, mv, vv`` and, with a dispersion, ``ms, vs, ss`` (scalar s) or
+    ``ms0, vs0, s0s0, s0s1, ...`` (vector s, channels of :func:`s_channels`).
     """
     fam, Y, W, s, tr = prob.family, prob.Y, prob.W, P.s, prob.trials
     e0 = fam.ell(Y, M, V, s, tr, order=2)
@@ -71,22 +76,35 @@ def cell_curvature(prob, P, M, V, h=_STEP):
     vp, vm = fam.ell(Y, M, V + hv, s, tr), fam.ell(Y, M, vlo, s, tr)
     dv = (V + hv) - vlo
     E = {"mm": 2.0 * e0.d_v, "mv": (ep.d_v - em.d_v) / (2.0 * h), "vv": (vp.d_v - vm.d_v) / dv}
-    if fam.has_dispersion:
+    if fam.has_dispersion and np.ndim(s) == 2:
+        ms, vs = (ep.d_s - em.d_s) / (2.0 * h), (vp.d_s - vm.d_s) / dv[..., None]
+        for k, a in enumerate(s_channels(s)):
+            E["m" + a], E["v" + a] = ms[..., k], vs[..., k]
+            for l, b in enumerate(s_channels(s)[k:], start=k):
+                E[a + b] = e0.d_ss[..., k, l]
+    elif fam.has_dispersion:
         E["ms"] = (ep.d_s - em.d_s) / (2.0 * h)
         E["vs"] = (vp.d_s - vm.d_s) / dv
         E["ss"] = e0.d_ss
     return {k: W * np.asarray(v, dtype=float) for k, v in E.items()}
 
 
+def s_channels(s):
+    """Names of the dispersion channels: [] without, ["s"] for a scalar, ["s0", ...] for a vector."""
+    if s is None:
+        return []
+    return ["s"] if np.ndim(s) == 1 else [f"s{k}" for k in range(np.shape(s)[1])]
+
+
 def _contract(E, J):
-    """K_b = sum_a E_ab J_a for b in (m, v, s); J is a dict of (n, m, k) arrays or None."""
+    """K_b = sum_a E_ab J_a for the channels b of J (m, v, s...); J: dict of (n, m, k) arrays or None."""
     def e(a, b):
         return E.get(a + b, E.get(b + a))
 
     out = {}
-    for b in ("m", "v", "s"):
+    for b in J:
         acc = None
-        for a in ("m", "v", "s"):
+        for a in J:
             if J.get(a) is None or e(a, b) is None:
                 continue
             term = e(a, b)[:, :, None] * J[a]
@@ -98,15 +116,24 @@ def _contract(E, J):
 def _pair(K, J, spec):
     """sum_b einsum(spec, K_b, J_b) over the channels both sides have."""
     acc = 0.0
-    for b in ("m", "v", "s"):
+    for b in K:
         if K.get(b) is not None and J.get(b) is not None:
             acc = acc + np.einsum(spec, K[b], J[b], optimize=True)
     return acc
 
 
 def _species_jacobian(prob, P):
-    """Jacobians of (m, v, s) in phi_j = (beta0_j, B_j, theta_j, s_j), each (n, m, k_phi)."""
+    """Jacobians of (m, v, s...) in phi_j = (beta0_j, B_j, theta_j, s_j), each (n, m, k_phi)."""
     n, m, p, d = prob.n, prob.m, prob.p, prob.d
+    chans = s_channels(P.s)
+    if len(chans) > 1:                      # vector dispersion: one channel per entry of s_j
+        k = 1 + p + d + len(chans)
+        Jm, Jv = _mean_var_jacobian(prob, P, k)
+        J = {"m": Jm, "v": Jv}
+        for c, name in enumerate(chans):
+            J[name] = np.zeros((n, m, k))
+            J[name][:, :, 1 + p + d + c] = 1.0
+        return J
     hs = 1 if P.s is not None else 0
     k = 1 + p + d + hs
     Jm = np.zeros((n, m, k))
@@ -121,6 +148,19 @@ def _species_jacobian(prob, P):
         Js = np.zeros((n, m, k))
         Js[:, :, -1] = 1.0
     return {"m": Jm, "v": Jv, "s": Js}
+
+
+def _mean_var_jacobian(prob, P, k):
+    """Jacobians (n, m, k) of m and v in (beta0_j, B_j, theta_j, ...) (zero beyond theta)."""
+    n, m, p, d = prob.n, prob.m, prob.p, prob.d
+    Jm = np.zeros((n, m, k))
+    Jm[:, :, 0] = 1.0
+    Jm[:, :, 1:1 + p] = prob.X[:, None, :]
+    Jm[:, :, 1 + p:1 + p + d] = P.a[:, None, :]
+    Jv = np.zeros((n, m, k))
+    if d:
+        Jv[:, :, 1 + p:1 + p + d] = 2.0 * np.einsum("ikl,jl->ijk", P.A, P.theta)
+    return Jm, Jv
 
 
 def _site_jacobian(prob, P):
@@ -169,7 +209,7 @@ def _second_order_site(prob, P, ev, r, tri):
 def _second_order_cross(prob, P, ev, r, tri):
     """Species x site block from ell_m * d2m and ell_v * d2v, shape (n, m, k_phi, q)."""
     n, m, p, d = prob.n, prob.m, prob.p, prob.d
-    hs = 1 if P.s is not None else 0
+    hs = len(s_channels(P.s))
     q = r + d + len(tri[0])
     C = np.zeros((n, m, 1 + p + d + hs, q))
     if not d:
@@ -215,7 +255,8 @@ def species_positions(layout):
     th[layout.tri_m] = sl["theta"].start + np.arange(int(layout.tri_m.sum()))
     cols.append(th)
     if layout.has_disp:
-        cols.append(sl["s"].start + np.arange(m)[:, None])
+        w = layout.disp_width
+        cols.append(sl["s"].start + np.arange(m)[:, None] * w + np.arange(w)[None, :])
     return np.hstack(cols).astype(int)
 
 
@@ -245,17 +286,18 @@ def hessian_blocks(prob, P, layout, h=_STEP):
     Kpsi = _contract(E, Jpsi)
     Hvv = _pair(Kpsi, Jpsi, "ijk,ijl->ikl") + _second_order_site(prob, P, ev, r, tri)
     Hcross = _pair(Kphi, Jpsi, "ijk,ijl->ijkl") + _second_order_cross(prob, P, ev, r, tri)
-    alpha = _fixed_alpha_parts(prob, E, Jphi, Jpsi) if prob.row_effect == "fixed" else None
+    alpha = _fixed_alpha_parts(prob, E, Jphi, Jpsi, P) if prob.row_effect == "fixed" else None
     _log_diag_chain(prob, P, ev, r, tri, Hvv,
                     [Hcross] + ([alpha[2]] if alpha is not None else []))
     return _assemble(prob, P, layout, Hphiphi, Hcross, Hvv, alpha)
 
 
-def _fixed_alpha_parts(prob, E, Jphi, Jpsi):
+def _fixed_alpha_parts(prob, E, Jphi, Jpsi, P):
     """Fixed row effects (m_ij linear in alpha_i, no second-order terms)."""
     Ka = {"m": E["mm"], "v": E["mv"], "s": E.get("ms")}
+    Ka.update({c: E["m" + c] for c in s_channels(P.s) if c != "s"})
     Haa = Ka["m"].sum(1)                                        # (n,)
-    Hap = sum(Ka[b][:, :, None] * Jphi[b] for b in ("m", "v", "s") if Jphi.get(b) is not None)
+    Hap = sum(Ka[b][:, :, None] * Jphi[b] for b in Jphi if Jphi.get(b) is not None)
     Hav = sum((Ka[b][:, :, None] * Jpsi[b]).sum(1) for b in ("m", "v"))
     return Haa, Hap, np.asarray(Hav, dtype=float).reshape(prob.n, -1)
 

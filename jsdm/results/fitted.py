@@ -78,7 +78,7 @@ class GLLVMResults:
         m, d = prob.m, prob.d
         k = m * (1 + prob.p) + m * d - d * (d - 1) // 2
         if prob.family.has_dispersion:
-            k += m
+            k += m * (prob.n_disp or 1)
         if prob.row_effect == "fixed":
             k += prob.n - 1
         elif prob.row_effect == "random":
@@ -154,12 +154,30 @@ class GLLVMResults:
 
     @cached_property
     def dispersion(self):
-        """Per-species dispersion (NB: phi with Var = mu + phi mu^2; Gaussian: sd), or None."""
+        """Per-species dispersion (NB: phi with Var = mu + phi mu^2; Gaussian: sd), or None.
+
+        A Series over species, except for families with a vector of dispersion
+        parameters per species: ordinal gives a species x cut-point DataFrame
+        with columns "0|1", "1|2", ..., "K-2|K-1" (the cut points tau_1 = 0 <
+        tau_2 < ... between consecutive categories, on the scale of the linear
+        predictor; P(y <= k) = F(tau_(k+1) - eta)). The first column is 0 by
+        definition (the intercept sets the location): the thresholds of R's
+        ``ordinal::clm`` / ``MASS::polr`` parameterisation are tau_k - intercept.
+        """
         s = self.state.params.s
         if s is None:
             return None
         name = self.family.dispersion_name or "dispersion"
-        return pd.Series(self.family.dispersion(s), index=self.species, name=name)
+        val = self.family.dispersion(s)
+        if np.ndim(val) == 2:
+            cols = self._dispersion_labels(val.shape[1])
+            return pd.DataFrame(val, index=self.species,
+                                columns=pd.Index(cols, name=name))
+        return pd.Series(val, index=self.species, name=name)
+
+    def _dispersion_labels(self, k):
+        labels = getattr(self.family, "dispersion_labels", None)
+        return list(labels(k)) if labels is not None else [f"cut{i + 1}" for i in range(k)]
 
     @property
     def size(self):
@@ -189,8 +207,12 @@ class GLLVMResults:
         P, tri = self.state.params, np.tril(np.ones((self.problem.m, self.num_lv), bool))
         for j, sp in enumerate(self.species):
             rows += [(("loading", sp, f"LV{k + 1}"), P.theta[j, k]) for k in range(self.num_lv) if tri[j, k]]
-        if self.dispersion is not None:
-            rows += [(("dispersion", sp, self.dispersion.name), v) for sp, v in self.dispersion.items()]
+        disp = self.dispersion
+        if isinstance(disp, pd.DataFrame):      # free entries only (ordinal: tau_1 = 0 is fixed)
+            free = disp.iloc[:, disp.shape[1] - self.problem.n_disp:]
+            rows += [(("dispersion", sp, c), v) for sp, r in free.iterrows() for c, v in r.items()]
+        elif disp is not None:
+            rows += [(("dispersion", sp, disp.name), v) for sp, v in disp.items()]
         if self.row_effect == "fixed":
             rows += [(("row_effect", st, "alpha"), v) for st, v in list(self.row_effects.items())[1:]]
         elif self.row_effect == "random":
@@ -210,13 +232,15 @@ class GLLVMResults:
     def fitted(self, type="response"):
         """Fitted values conditional on the site scores (variational means).
 
-        type : "response" (mean of y) or "link" (linear predictor)
+        type : "response" (mean of y; ordinal: the expected category) or "link"
+            (linear predictor)
         """
         eta = self._moments[0]
         if type == "link":
             vals = eta
         elif type == "response":
-            vals = self.family.mean(eta, self.problem.trials)
+            from .predict import response_mean
+            vals = response_mean(self.family, eta, self.problem.trials, self.state.params.s)
         else:
             raise ValueError(f"type must be 'response' or 'link', got {type!r}")
         return pd.DataFrame(vals, index=self.sites, columns=self.species)

@@ -23,6 +23,13 @@ Cov = J Cov_s J' with J = d dispersion / d s. Their confidence intervals are
 computed on the unconstrained scale and transformed back (so they stay
 positive); z and p values for them test the reported value against 0 and
 are of little use (reported for completeness, as R gllvm and statsmodels do).
+
+Ordinal cut points: the free cut points tau_2 < ... < tau_(K-1) of each species
+are reported; each depends on several log gaps (tau_k = sum_(i<=k) exp(c_i)),
+so their covariance is J Cov_c J' with J a full (lower triangular) block per
+species (``Information.jmat``), a cut point's SE is NaN when any gap it
+depends on is flagged, and intervals are built on the log scale of the cut
+point (they stay positive).
 """
 from dataclasses import dataclass, field
 import warnings
@@ -75,6 +82,7 @@ class Information:
     bad_sites: list = field(default_factory=list)
     order: np.ndarray = None       # packed position of each fit.params entry
     jac: np.ndarray = None         # d reported / d packed for each fit.params entry
+    jmat: np.ndarray = None        # full d reported / d packed (k, P) where not diagonal, else None
 
     @property
     def min_eigenvalue(self):
@@ -109,7 +117,9 @@ def _packed_labels_and_order(fit):
             if layout.tri_m[j, k]:
                 labels[thpos[j, k]] = ("loading", sp, f"LV{k + 1}")
                 order.append(thpos[j, k]), jac.append(1.0)
-    if P.s is not None:
+    if P.s is not None and np.ndim(P.s) == 2:
+        _vector_dispersion_labels(fit, labels, order, jac)
+    elif P.s is not None:
         name = fit.dispersion.name
         dj = _dispersion_jacobian(prob.family, P.s)
         for j, sp in enumerate(fit.species):
@@ -124,6 +134,63 @@ def _packed_labels_and_order(fit):
         order.append(sl["log_sigma"].start), jac.append(float(np.exp(P.log_sigma)))
     idx = pd.MultiIndex.from_tuples(labels, names=["block", "species", "term"])
     return idx, np.array(order, dtype=int), np.array(jac, dtype=float)
+
+
+def _vector_dispersion_labels(fit, labels, order, jac):
+    """Labels, packed positions and diagonal Jacobian of a vector dispersion's free entries (in place)."""
+    s, start = fit.state.params.s, fit.state.layout.slices["s"].start
+    m, q = s.shape
+    names = list(fit.dispersion.columns[-q:])
+    D = _vector_dispersion_jacobian(fit.family, s)
+    for j, sp in enumerate(fit.species):
+        for k in range(q):
+            labels[start + j * q + k] = ("dispersion", sp, names[k])
+            order.append(start + j * q + k), jac.append(D[j, k, k])
+
+
+def _vector_dispersion_jacobian(family, s, h=1e-6):
+    """d (free reported dispersions) / d s per species, (m, q, q), by central differences.
+
+    The reported entries are the last q columns of ``family.dispersion(s)``.
+    """
+    m, q = s.shape
+    D = np.empty((m, q, q))
+    for i in range(q):
+        step = np.zeros_like(s)
+        step[:, i] = h * (1.0 + np.abs(s[:, i]))
+        diff = family.dispersion(s + step)[:, -q:] - family.dispersion(s - step)[:, -q:]
+        D[:, :, i] = diff / (2.0 * step[:, i:i + 1])
+    return D
+
+
+def _reported_jacobian(fit, order, jac):
+    """Dense d reported / d packed (k, P) when a vector dispersion makes it non-diagonal, else None."""
+    P = fit.state.params
+    if P.s is None or np.ndim(P.s) != 2:
+        return None
+    layout = fit.state.layout
+    J = np.zeros((len(order), layout.n_model))
+    J[np.arange(len(order)), order] = jac
+    m, q = P.s.shape
+    D = _vector_dispersion_jacobian(fit.family, P.s)
+    start = layout.slices["s"].start
+    rows = np.flatnonzero((order >= start) & (order < start + m * q))
+    for r in rows:
+        j, k = divmod(int(order[r]) - start, q)
+        J[r, start + j * q: start + (j + 1) * q] = D[j, k]
+    return J
+
+
+def _reported_cov(info):
+    """J Cov J' for a non-diagonal Jacobian; NaN rows/columns for entries that touch a flagged parameter."""
+    C = info.cov_packed
+    bad = ~np.isfinite(np.diag(C))
+    J = info.jmat
+    out = J @ np.where(np.isfinite(C), C, 0.0) @ J.T
+    hit = (J[:, bad] != 0).any(axis=1)
+    out[hit, :] = np.nan
+    out[:, hit] = np.nan
+    return 0.5 * (out + out.T)
 
 
 def _dispersion_jacobian(family, s, h=1e-6):
@@ -211,12 +278,14 @@ def information(fit):
             f"({MAX_CROSS_ENTRIES:.0e} entries, jsdm.results.inference.MAX_CROSS_ENTRIES). Fit a "
             "subset of species or sites for standard errors, or raise the limit if memory allows.")
     labels, order, jac = _packed_labels_and_order(fit)
+    jmat = _reported_jacobian(fit, order, jac)
     blocks = hessian_blocks(prob, fit.state.params, layout)
     negS, bad_sites = _schur(blocks)
     del blocks
     w = _scaled_eigh(negS)[0] if negS.size and np.isfinite(negS).all() else np.full(len(labels), np.nan)
     cov, flagged = _invert_checked(negS, labels)
-    info = Information(negS, cov, w, labels, flagged, [fit.sites[i] for i in bad_sites], order, jac)
+    info = Information(negS, cov, w, labels, flagged, [fit.sites[i] for i in bad_sites], order, jac,
+                       jmat)
     _warn(info)
     _CACHE[fit] = info
     return info
@@ -255,13 +324,20 @@ def cov_params(fit):
         parameters the Hessian does not identify (a HessianWarning said which).
     """
     info = information(fit)
-    C = info.cov_packed[np.ix_(info.order, info.order)] * info.jac[:, None] * info.jac[None, :]
+    if info.jmat is not None:
+        C = _reported_cov(info)
+    else:
+        C = info.cov_packed[np.ix_(info.order, info.order)] * info.jac[:, None] * info.jac[None, :]
     return pd.DataFrame(C, index=fit.params.index, columns=fit.params.index)
 
 
 def bse(fit):
     """Standard errors of ``fit.params`` (Series, same index)."""
     info = information(fit)
+    if info.jmat is not None:
+        with np.errstate(invalid="ignore"):
+            se = np.sqrt(np.diag(_reported_cov(info)))
+        return pd.Series(se, index=fit.params.index, name="std_err")
     v = np.diag(info.cov_packed)[info.order]
     with np.errstate(invalid="ignore"):
         se = np.sqrt(v) * np.abs(info.jac)
@@ -300,7 +376,14 @@ def conf_int(fit, alpha=0.05):
     packed = fit.state.layout.pack(fit.state.params)[info.order]
     with np.errstate(invalid="ignore"):
         se_u = np.sqrt(np.diag(info.cov_packed)[info.order])
+    if info.jmat is not None:          # cut points: Wald interval for log(tau), mapped back
+        sel = np.asarray(block == "dispersion")
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            w = z * se[sel] / est[sel]
+            lo[sel], hi[sel] = est[sel] * np.exp(-w), est[sel] * np.exp(w)
     for name, fwd in (("dispersion", fit.family.dispersion), ("row_sigma", np.exp)):
+        if name == "dispersion" and info.jmat is not None:
+            continue
         sel = np.asarray(block == name)
         if sel.any():
             with np.errstate(over="ignore"):          # a huge SE gives an unbounded interval

@@ -69,6 +69,7 @@ def _setup(fit, newdata, lv, offset, trials):
     if newdata is None:
         F = P.beta0 + (prob.X @ P.B.T if prob.p else 0.0)
         F = F + (prob.offset if prob.offset is not None else 0.0)
+        F = np.broadcast_to(F, (prob.n, prob.m)).astype(float)     # (m,) without covariates
         extra = np.zeros(prob.n)
         if prob.row_effect == "fixed" or (prob.row_effect == "random" and lv == "conditional"):
             F = F + P.alpha[:, None]
@@ -91,17 +92,23 @@ def _setup(fit, newdata, lv, offset, trials):
     return np.asarray(F, dtype=float), None, extra, newdata.index, trials
 
 
-def marginal_mean(family, F, var):
-    """E[g^-1(eta)] per trial for eta ~ N(F, var), arrays of one shape."""
+def response_mean(family, eta, trials, s):
+    """E[y | eta] (k, m). The dispersion ``s`` is passed on only when it is a vector
+    per species (ordinal: the mean category depends on the cut points)."""
+    return family.mean(eta, trials, s=s) if np.ndim(s) == 2 else family.mean(eta, trials)
+
+
+def marginal_mean(family, F, var, s=None):
+    """E[g^-1(eta)] per trial for eta ~ N(F, var), arrays of one shape (ordinal: E[y], given s)."""
     if family.link == "log":
         return np.exp(F + 0.5 * var)
     if family.link == "identity":
         return np.asarray(F, dtype=float)
     z, w = gauss_hermite(_N_GH)
     sd = np.sqrt(var)
-    out = np.zeros(np.shape(F))
+    out = np.zeros(np.broadcast(F, sd).shape)
     for zk, wk in zip(z, w):
-        out += wk * family.mean(F + sd * zk, None)
+        out += wk * response_mean(family, F + sd * zk, None, s)
     return out
 
 
@@ -147,9 +154,9 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
     var = (P.theta ** 2).sum(1)[None, :] + extra[:, None]
     if lv == "conditional":
         eta = F if scores is None else F + scores
-        pred = eta if type == "link" else fam.mean(eta, tr)
+        pred = eta if type == "link" else response_mean(fam, eta, tr, P.s)
     else:
-        pred = F if type == "link" else _scale(marginal_mean(fam, F, var), tr)
+        pred = F if type == "link" else _scale(marginal_mean(fam, F, var, P.s), tr)
     pred = pd.DataFrame(pred, index=sites, columns=fit.species)
     if interval is None:
         return pred
@@ -190,6 +197,10 @@ def _species_cov(fit):
 def _confidence(fit, newdata, F, var, type, level, trials):
     """Delta-method interval (k, m) for the marginal mean."""
     prob, P, fam = fit.problem, fit.state.params, fit.problem.family
+    if type == "response" and np.ndim(P.s) == 2:
+        raise JSDMError(f"confidence intervals on the response scale are not available for family "
+                        f"{fam.name!r} (its mean depends on the cut points); use type='link', or "
+                        "interval='prediction'")
     X = prob.X if newdata is None else new_design(fit, newdata)
     z = stats.norm.isf((1.0 - level) / 2.0)
     Cs = _species_cov(fit)

@@ -7,7 +7,9 @@ and the Dunn-Smyth residual plots use).
 import numpy as np
 import pandas as pd
 
+from ..exceptions import JSDMError
 from ..model.residuals import dunn_smyth
+from .predict import response_mean
 
 KINDS = ("dunn-smyth", "response", "pearson")
 
@@ -40,10 +42,19 @@ def residuals(fit, kind="dunn-smyth", seed=None):
     if key == "dunn-smyth":
         r = dunn_smyth(prob.family, y, eta, P.s, prob.trials, rng=seed)
     else:
-        mu = prob.family.mean(eta, prob.trials)
+        mu = response_mean(prob.family, eta, prob.trials, P.s)
         r = y - mu
         if key == "pearson":
-            var = prob.family.variance(mu, P.s, prob.trials)
+            var = _variance(prob.family, mu, P.s, prob.trials)
             with np.errstate(divide="ignore", invalid="ignore"):
                 r = r / np.sqrt(var)
     return pd.DataFrame(r, index=fit.sites, columns=fit.species)
+
+
+def _variance(family, mu, s, trials):
+    """Var(y | mu), or a JSDMError for families whose variance is not a function of the mean."""
+    try:
+        return family.variance(mu, s, trials)
+    except NotImplementedError:
+        raise JSDMError(f"Pearson residuals need Var(y) as a function of the mean, which family "
+                        f"{family.name!r} does not have; use kind='dunn-smyth' (or 'response')") from None

@@ -231,7 +231,7 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
             cb("lbfgs", it, f, gmax)
 
     lo, hi = layout.bounds()
-    res = minimize_lbfgs(fg_scaled, np.zeros_like(x0), maxiter=left, gtol=gtol * 0.1, callback=lcb,
+    res = minimize_lbfgs(fg_scaled, np.zeros_like(x0), maxiter=left, gtol=gtol * 0.5, callback=lcb,
                          bounds=((lo - x0) * scale, (hi - x0) * scale))
     P = layout.unpack(nc.from_opt(x0 + res.x / scale))
     return P, -res.fun, len(h1) + len(h2) + res.n_iter, res.n_eval, res.message, hist

@@ -70,8 +70,16 @@ def _cross(prob, ce, Xt, U, rows, free):
     return C
 
 
+_DIRECT_MAX = 200       # species-block unknowns up to which the Schur system is built densely
+
+
 def newton_means(prob, P, ce):
-    """One joint Newton step on species coefficients/loadings and site means."""
+    """One joint Newton step on species coefficients/loadings and site means.
+
+    The Schur complement is formed and factorised when it has at most
+    ``_DIRECT_MAX`` unknowns; beyond that it is solved by preconditioned
+    conjugate gradients with matrix-free products (cost O(n m) per product).
+    """
     n, m, p, d = prob.n, prob.m, prob.p, prob.d
     Xt = np.column_stack([np.ones(n), prob.X, P.a])
     U = _site_design(prob, P)
@@ -80,26 +88,115 @@ def newton_means(prob, P, ce):
     free[:, 1 + p:] = np.tril(np.ones((m, d)))
     Hbb, gb = _species_blocks(prob, P, ce, Xt)
     D, gu = _site_blocks(prob, P, ce, U)
-    Dinv = np.linalg.inv(D)
-    gb *= free
+    op = _Schur(prob, ce, Xt, U, free, Hbb, np.linalg.inv(D))
+    rhs = gb * free - op.c(op.dinv(gu))
+    if m * ks <= _DIRECT_MAX:
+        db = _solve_nd(_dense_schur(prob, ce, op), -rhs.reshape(-1)).reshape(m, ks)
+    else:
+        db = op.solve_cg(rhs)
+    du = -op.dinv(gu + op.ct(db))
+    return _line_search(prob, P, ce, db, du)
+
+
+class _Schur:
+    """Products with the cross-curvature C (species x sites) and the Schur complement.
+
+    C[j, :, i, :] = 2 Gv_ij x_i t_j' + Gm_ij E, never formed: C' x and C y are
+    computed with (n, m) matrix products.
+    """
+
+    def __init__(self, prob, ce, Xt, U, free, Hbb, Dinv):
+        self.prob, self.ce, self.Xt, self.U, self.free = prob, ce, Xt, U, free
+        self.Hbb, self.Dinv = Hbb, Dinv
+        self.p, self.d, self.kv = prob.p, prob.d, U.shape[1]
+        self.fixed_alpha = prob.row_effect == "fixed"
+
+    def dinv(self, y):
+        return np.einsum("ilq,iq->il", self.Dinv, y)
+
+    def ct(self, x):
+        """C' x for x (m, ks): (n, kv)."""
+        x = x * self.free
+        Gv, Gm = self.ce["Gv"], self.ce["Gm"]
+        y = (2.0 * Gv * (self.Xt @ x.T)) @ self.U
+        y[:, self.kv - self.d:] += Gm @ x[:, 1 + self.p:]
+        if self.fixed_alpha:
+            y[0, 0] = 0.0
+        return y
+
+    def c(self, y):
+        """C y for y (n, kv): (m, ks)."""
+        if self.fixed_alpha:
+            y = y.copy()
+            y[0, 0] = 0.0
+        Gv, Gm = self.ce["Gv"], self.ce["Gm"]
+        z = (2.0 * Gv * (y @ self.U.T)).T @ self.Xt
+        z[:, 1 + self.p:] += Gm.T @ y[:, self.kv - self.d:]
+        return z * self.free
+
+    def neg_schur(self, x):
+        """-(H_bb - C D^-1 C') x, identity on fixed entries (positive definite near an optimum)."""
+        hx = np.einsum("jkl,jl->jk", self.Hbb, x * self.free)
+        out = (self.c(self.dinv(self.ct(x))) - hx) * self.free
+        return out + x * (1.0 - self.free)
+
+    def block_preconditioner(self):
+        """Inverses of the species-diagonal blocks of -S, (m, ks, ks)."""
+        prob, m, ks = self.prob, *self.free.shape
+        B = -self.Hbb.copy()
+        for start in range(0, prob.n, _SITE_CHUNK):
+            rows = slice(start, min(prob.n, start + _SITE_CHUNK))
+            C = _cross(prob, self.ce, self.Xt, self.U, rows, self.free)
+            B += np.einsum("jkil,ilq,jriq->jkr", C, self.Dinv[rows], C, optimize=True)
+        fixed = self.free == 0
+        jj, kk = np.nonzero(fixed)
+        B[jj, kk, :] = 0.0
+        B[jj, :, kk] = 0.0
+        B[jj, kk, kk] = 1.0
+        ridge = 1e-10 * np.abs(np.diagonal(B, axis1=1, axis2=2)).max(axis=1) + 1e-12
+        B += ridge[:, None, None] * np.eye(ks)
+        return np.linalg.inv(B)
+
+    def solve_cg(self, rhs, rtol=1e-4, maxiter=200):
+        """Preconditioned CG on -S x = rhs; stops early at negative curvature (truncated Newton)."""
+        Minv = self.block_preconditioner()
+        prec = lambda r: np.einsum("jkl,jl->jk", Minv, r)   # noqa: E731
+        x = np.zeros_like(rhs)
+        r = rhs.copy()
+        z = prec(r)
+        q, rz = z.copy(), float((r * z).sum())
+        stop = rtol * np.sqrt(float((rhs * rhs).sum()))
+        for _ in range(maxiter):
+            Aq = self.neg_schur(q)
+            curv = float((q * Aq).sum())
+            if curv <= 0:
+                return x if x.any() else z          # no positive curvature: preconditioned gradient
+            step = rz / curv
+            x += step * q
+            r -= step * Aq
+            if np.sqrt(float((r * r).sum())) <= stop:
+                break
+            z = prec(r)
+            rz_new = float((r * z).sum())
+            q = z + (rz_new / rz) * q
+            rz = rz_new
+        return x
+
+
+def _dense_schur(prob, ce, op):
+    """The Schur complement S = H_bb - C D^-1 C' as a dense matrix (fixed entries -1 on the diagonal)."""
+    m, ks = op.free.shape
+    n, kv = prob.n, op.kv
     S = np.zeros((m * ks, m * ks))
     idx = np.arange(m)
-    S.reshape(m, ks, m, ks)[idx, :, idx, :] = Hbb
-    rhs = gb.reshape(-1).copy()
+    S.reshape(m, ks, m, ks)[idx, :, idx, :] = op.Hbb
     with _all_threads((m * ks) ** 2 * n * kv):
-        _accumulate(prob, ce, Xt, U, free, Dinv, gu, S, rhs)
-    fixed = (free.reshape(-1) == 0)
+        _accumulate(prob, ce, op.Xt, op.U, op.free, op.Dinv, S)
+    fixed = (op.free.reshape(-1) == 0)
     S[fixed, :] = 0.0
     S[:, fixed] = 0.0
     S[fixed, fixed] = -1.0
-    db = _solve_nd(S, -rhs).reshape(m, ks)
-    du = np.empty((n, kv))
-    for start in range(0, n, _SITE_CHUNK):   # C is rebuilt rather than kept: memory
-        rows = slice(start, min(n, start + _SITE_CHUNK))
-        C = _cross(prob, ce, Xt, U, rows, free)
-        t = gu[rows] + np.einsum("jkil,jk->il", C, db)
-        du[rows] = -np.einsum("ilq,iq->il", Dinv[rows], t)
-    return _line_search(prob, P, ce, db, du)
+    return S
 
 
 def _all_threads(flops):
@@ -109,8 +206,8 @@ def _all_threads(flops):
     return threadpool_limits(limits=None if flops >= 1e9 else 1, user_api="blas")
 
 
-def _accumulate(prob, ce, Xt, U, free, Dinv, gu, S, rhs):
-    """S -= C D^-1 C' and rhs -= C D^-1 g_u, over chunks of sites (in place)."""
+def _accumulate(prob, ce, Xt, U, free, Dinv, S):
+    """S -= C D^-1 C' over chunks of sites (in place)."""
     n, m, ks, kv = prob.n, prob.m, Xt.shape[1], U.shape[1]
     for start in range(0, n, _SITE_CHUNK):
         rows = slice(start, min(n, start + _SITE_CHUNK))
@@ -118,7 +215,6 @@ def _accumulate(prob, ce, Xt, U, free, Dinv, gu, S, rhs):
         r = rows.stop - rows.start
         CD = np.einsum("jkil,ilq->jkiq", C, Dinv[rows]).reshape(m * ks, r * kv)
         S -= CD @ C.reshape(m * ks, r * kv).T
-        rhs -= CD @ gu[rows].reshape(-1)
 
 
 def _solve_nd(S, rhs):

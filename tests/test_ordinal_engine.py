@@ -25,6 +25,9 @@ from jsdm.model.params import S_BOUNDS
 from jsdm.model.problem import Problem, build_problem
 from jsdm.results._hessian import hessian_blocks
 
+# sites at category 0 for every species are beside the point here
+pytestmark = pytest.mark.filterwarnings("ignore:sites with no non-zero:jsdm.exceptions.DataWarning")
+
 LINKS = ["probit", "logit"]
 ROW_EFFECTS = [None, "fixed", "random"]
 

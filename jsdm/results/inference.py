@@ -82,7 +82,7 @@ class Information:
     bad_sites: list = field(default_factory=list)
     order: np.ndarray = None       # packed position of each fit.params entry
     jac: np.ndarray = None         # d reported / d packed for each fit.params entry
-    jmat: np.ndarray = None        # full d reported / d packed (k, P) where not diagonal, else None
+    jmat: object = None            # sparse d reported / d packed (k, P) where not diagonal, else None
 
     @property
     def min_eigenvalue(self):
@@ -164,12 +164,14 @@ def _vector_dispersion_jacobian(family, s, h=1e-6):
 
 
 def _reported_jacobian(fit, order, jac):
-    """Dense d reported / d packed (k, P) when a vector dispersion makes it non-diagonal, else None."""
+    """Sparse d reported / d packed (k, P) when a vector dispersion makes it non-diagonal, else None."""
+    from scipy import sparse
+
     P = fit.state.params
     if P.s is None or np.ndim(P.s) != 2:
         return None
     layout = fit.state.layout
-    J = np.zeros((len(order), layout.n_model))
+    J = sparse.lil_matrix((len(order), layout.n_model))
     J[np.arange(len(order)), order] = jac
     m, q = P.s.shape
     D = _vector_dispersion_jacobian(fit.family, P.s)
@@ -178,7 +180,7 @@ def _reported_jacobian(fit, order, jac):
     for r in rows:
         j, k = divmod(int(order[r]) - start, q)
         J[r, start + j * q: start + (j + 1) * q] = D[j, k]
-    return J
+    return J.tocsr()
 
 
 def _reported_cov(info):
@@ -186,8 +188,9 @@ def _reported_cov(info):
     C = info.cov_packed
     bad = ~np.isfinite(np.diag(C))
     J = info.jmat
-    out = J @ np.where(np.isfinite(C), C, 0.0) @ J.T
-    hit = (J[:, bad] != 0).any(axis=1)
+    JC = np.asarray(J @ np.where(np.isfinite(C), C, 0.0))
+    out = np.asarray(J @ JC.T)
+    hit = J[:, np.flatnonzero(bad)].getnnz(axis=1) > 0
     out[hit, :] = np.nan
     out[:, hit] = np.nan
     return 0.5 * (out + out.T)

@@ -14,13 +14,15 @@ _MAX_STEP = 5.0
 def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
     """Independent per-species GLMs (no latent variables, no row effects), batched Newton.
 
-    Only starting values: with more than ``max_sites`` sites they are fitted on an
-    evenly spaced subset of ``max_sites`` sites (deterministic, so fits stay
-    reproducible); the full fit refines everything.
+    Only starting values: with more than ``max_sites`` sites (or more than about
+    500,000 cells, but never fewer than 200 sites) they are fitted on an evenly
+    spaced subset of sites (deterministic, so fits stay reproducible); the full
+    fit refines everything.
 
     Returns ``(b, s)``: b (m, 1 + p) intercepts and slopes, s (m,), (m, q) or None.
     """
-    rows = np.unique(np.linspace(0, prob.n - 1, min(prob.n, max_sites)).round().astype(int))
+    keep = min(prob.n, max_sites, max(200, 500_000 // max(prob.m, 1)))
+    rows = np.unique(np.linspace(0, prob.n - 1, keep).round().astype(int))
     fam, Y, W = prob.family, prob.Y[rows], prob.W[rows]
     Xt = np.column_stack([np.ones(len(rows)), prob.X[rows]])
     off = 0.0 if prob.offset is None else prob.offset[rows]

@@ -93,9 +93,9 @@ def _setup(fit, newdata, lv, offset, trials):
 
 
 def response_mean(family, eta, trials, s):
-    """E[y | eta] (k, m). The dispersion ``s`` is passed on only when it is a vector
-    per species (ordinal: the mean category depends on the cut points)."""
-    return family.mean(eta, trials, s=s) if np.ndim(s) == 2 else family.mean(eta, trials)
+    """E[y | eta] (k, m); ``s`` matters where the mean depends on it (zero-inflation,
+    ordinal cut points) and is ignored by the other families."""
+    return family.mean(eta, trials, s=s)
 
 
 def marginal_mean(family, F, var, s=None):

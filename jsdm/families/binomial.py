@@ -12,7 +12,7 @@ only where that part has a non-zero coefficient; cloglog: ``cloglog_normal``
 only where y > 0).
 
 Measured max abs errors of the kernels against adaptive quadrature, |m| <= 30:
-logit < 4e-12, probit < 2e-10, cloglog < 1e-10, for v in [0, 20]
+logit < 4e-12, probit < 4e-10, cloglog < 1e-10, for v in [0, 20]
 (see the accuracy notes in ``jsdm._numerics``).
 """
 import numpy as np

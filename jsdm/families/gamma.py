@@ -14,6 +14,7 @@ All closed form (exact): no quadrature.
 import numpy as np
 from scipy import special, stats
 
+from .._numerics import trigamma
 from ..exceptions import JSDMError
 from .base import ELL, Family
 
@@ -36,7 +37,7 @@ class Gamma(Family):
         E = np.exp(ly - m + 0.5 * v)
         val = _klogk_lgamma(k) + (k - 1.0) * ly - k * (m + E)
         g = np.log(k) + 1.0 - special.digamma(k) + ly - m - E
-        d_ss = k * g + k - k * k * special.polygamma(1, k) if order >= 2 else None
+        d_ss = k * g + k - k * k * trigamma(k) if order >= 2 else None
         return ELL(val, k * (E - 1.0), -0.5 * k * E, -k * g, d_ss)
 
     def check_y(self, y, trials=None):

@@ -162,7 +162,7 @@ def binned_expectation(mu, var, bins, n_out, assign=None, extra=()):
     counts = np.bincount(which, minlength=len(bins))
     if np.count_nonzero(counts) == 1:                   # one rule serves every cell
         res = bins[int(np.argmax(counts))][1](mu, np.sqrt(var), *extra)
-        return tuple(np.broadcast_to(r, mu.shape).reshape(shape) for r in res)
+        return tuple(_full(r, mu.shape).reshape(shape) for r in res)
     order = np.argsort(which.astype(np.int8), kind="stable")   # radix sort: cells by rule
     mu, sd = mu[order], np.sqrt(var[order])
     extra = [e[order] for e in extra]
@@ -175,6 +175,13 @@ def binned_expectation(mu, var, bins, n_out, assign=None, extra=()):
                 o[idx] = r
             lo += c
     return tuple(o.reshape(shape) for o in out)
+
+
+def _full(r, shape):
+    """r as a writeable array of the given shape (rules may return scalars or views)."""
+    if isinstance(r, np.ndarray) and r.shape == shape and r.flags.writeable:
+        return r
+    return np.array(np.broadcast_to(r, shape))
 
 
 # --- logistic-normal integrals (logit binomial, negative binomial) ------------------------

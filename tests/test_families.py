@@ -589,3 +589,15 @@ def test_base_quadrature_ell_matches_closed_form_family():
                  (got.d_ss, want.d_ss)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
     assert fam.ell(Y, Mm, Vv, s).d_ss is None
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_ell_arrays_are_writeable(case):
+    """The engine may update ELL arrays in place (e.g. zero the weights of missing cells)."""
+    fam, ys, ss = make(case)
+    y = np.tile(np.asarray(ys)[:2, None], (1, 3))
+    s = None if ss[0] is None else np.zeros(3)
+    for v in (0.0, 3.0):
+        e = fam.ell(y, np.zeros(y.shape), np.full(y.shape, v), s, order=2)
+        for a in (e.value, e.d_m, e.d_v, e.d_s, e.d_ss):
+            assert a is None or (a.flags.writeable and a.shape == y.shape)

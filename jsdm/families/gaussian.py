@@ -32,7 +32,7 @@ class Gaussian(Family):
         q = r * r + v
         qp = q * prec
         val = -0.5 * LOG_2PI - s - 0.5 * qp
-        d_v = np.broadcast_to(-0.5 * prec, np.shape(val))
+        d_v = np.zeros(np.shape(val)) - 0.5 * prec
         d_ss = -2.0 * qp if order >= 2 else None
         return ELL(val, r * prec, d_v, qp - 1.0, d_ss)
 
@@ -56,7 +56,7 @@ class Gaussian(Family):
 
     def variance(self, mu, s=None, trials=None):
         """sd^2, whatever the mean."""
-        return np.broadcast_to(np.exp(2.0 * np.asarray(s, dtype=float)), np.broadcast(mu, s).shape)
+        return np.zeros(np.broadcast(mu, s).shape) + np.exp(2.0 * np.asarray(s, dtype=float))
 
     def cdf(self, y, eta, s=None, trials=None):
         """Phi((y - eta) / sd)."""

@@ -9,8 +9,6 @@
 - anova's statistic and df, and AIC, by hand.
 """
 import json
-import os
-from pathlib import Path
 import warnings
 
 import numpy as np
@@ -24,14 +22,11 @@ from jsdm.model.fit import make_layout, neg_elbo
 from jsdm.model.problem import build_problem
 from jsdm.results import inference
 from jsdm.results._hessian import hessian_blocks
+from _analysis_helpers import reference_dir
 
 # small simulated data sets have empty sites; that is beside the point here
 pytestmark = pytest.mark.filterwarnings("ignore::jsdm.exceptions.DataWarning")
 
-
-def _reference_dir():
-    env = os.environ.get("JSDM_REFERENCE")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
 def _quiet_fit(*args, **kwargs):
@@ -187,7 +182,7 @@ def _r_theta_ses(fit):
 
 
 def test_standard_errors_match_r_gllvm_on_mite_poisson():
-    path = _reference_dir() / "mite_poisson_lv2_X2_va_sd.json"
+    path = reference_dir() / "mite_poisson_lv2_X2_va_sd.json"
     if not path.exists():
         pytest.skip(f"R reference not found at {path} (set JSDM_REFERENCE)")
     ref = json.loads(path.read_text())["fit"]
@@ -218,7 +213,7 @@ def test_negative_binomial_standard_errors_near_r_gllvm_despite_different_bound(
     difference ~5% on the mite data) but not species by species (rare species
     differ by up to a factor 2). See docs/inference.md.
     """
-    path = _reference_dir() / "mite_nb_lv2_X2_va_sd.json"
+    path = reference_dir() / "mite_nb_lv2_X2_va_sd.json"
     if not path.exists():
         pytest.skip(f"R reference not found at {path} (set JSDM_REFERENCE)")
     ref = json.loads(path.read_text())["fit"]

@@ -14,23 +14,14 @@ The tests skip cleanly when the folder is absent.
 Run with ``-s`` to see the comparison printed.
 """
 import json
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import jsdm
-
-
-def reference_dir():
-    env = os.environ.get("JSDM_REFERENCE")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
+from _analysis_helpers import reference_dir
 
 REF = reference_dir()
 pytestmark = pytest.mark.skipif(not (REF / "mite_poisson_lv2_va.json").is_file(),

@@ -1,4 +1,30 @@
-"""Numerically stable building blocks shared by the families and the engine."""
+"""Numerically stable building blocks shared by the families and the engine.
+
+Quadrature kernels (the engine's hot path)
+------------------------------------------
+``E[f(U)]``, U ~ N(mu, v), is computed cell-wise for f that do not depend on y
+(so one set of node evaluations serves every count): ``logistic_normal``
+(softplus, expit, expit' - negative binomial and logit binomial),
+``probit_normal``, ``cloglog_normal``. Cells are grouped by v and each group gets
+the cheapest rule that is exact to ~1e-10 for it:
+
+- Gauss-Hermite with k nodes while the normal is narrow (logistic: k = 6, 10,
+  14, 20, 24 for v <= 0.01, 0.1, 0.3, 0.5, 0.75);
+- for wide normals, a rule in u rather than z: the kinked closed-form part
+  (u^+, 1[u > 0], ...) is integrated exactly and the remainder, which decays
+  like e^-|u|, by Gauss-Legendre against the normal density (``_logistic_urule``,
+  ``u_rule``), or a composite Gauss-Legendre rule graded toward the bend
+  (``graded_expectation``) or uniform in u (``uniform_expectation``).
+
+Measured max error (absolute, or relative where |value| > 1) against adaptive
+quadrature over mu in [-30, 30] and v in [0, 20], values and derivatives:
+logistic < 4e-12, probit < 4e-10, cloglog < 1e-10 (Hermite alone would give
+1e-3 to 1e-2 at v = 10 with 24 nodes). Work runs in cache-sized blocks
+(``_BLOCK`` nodes x cells) on a small thread pool (``set_num_threads``).
+Cost per cell and node is ~8-13 ns for the logistic Hermite rule and ~6 ns for
+the u-rule (numpy, one core): E over 1e6 cells takes ~0.07 s at v = 0,
+~0.2 s for v ~ U(0, 0.5) and ~0.4 s for v ~ U(0, 3).
+"""
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -159,14 +185,16 @@ def binned_expectation(mu, var, bins, n_out, assign=None, extra=()):
     which = np.searchsorted(np.array([b[0] for b in bins]), var)
     if assign is not None:
         which = assign(mu, var, which)
-    counts = np.bincount(which, minlength=len(bins))
-    if np.count_nonzero(counts) == 1:                   # one rule serves every cell
+    bad = ~(np.isfinite(mu) & np.isfinite(var))
+    which = np.where(bad, len(bins), which)            # non-finite input: NaN out, quietly
+    counts = np.bincount(which, minlength=len(bins) + 1)
+    if np.count_nonzero(counts) == 1 and not counts[-1]:     # one rule serves every cell
         res = bins[int(np.argmax(counts))][1](mu, np.sqrt(var), *extra)
         return tuple(_full(r, mu.shape).reshape(shape) for r in res)
     order = np.argsort(which.astype(np.int8), kind="stable")   # radix sort: cells by rule
-    mu, sd = mu[order], np.sqrt(var[order])
+    mu, sd = mu[order], np.sqrt(np.where(bad, 0.0, var)[order])
     extra = [e[order] for e in extra]
-    out = [np.empty(mu.size) for _ in range(n_out)]
+    out = [np.full(mu.size, np.nan) for _ in range(n_out)]
     lo = 0
     for (_, rule), c in zip(bins, counts):
         if c:

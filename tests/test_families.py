@@ -601,3 +601,16 @@ def test_ell_arrays_are_writeable(case):
         e = fam.ell(y, np.zeros(y.shape), np.full(y.shape, v), s, order=2)
         for a in (e.value, e.d_m, e.d_v, e.d_s, e.d_ss):
             assert a is None or (a.flags.writeable and a.shape == y.shape)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_non_finite_moments_give_nan_quietly(case):
+    """A diverged optimiser step (NaN/inf in m or v) yields NaN, never garbage or warnings."""
+    fam, ys, ss = make(case)
+    y = np.full((1, 4), ys[1])
+    s = None if ss[0] is None else np.zeros(4)
+    m = np.array([[0.0, np.nan, 1.0, 0.5]])
+    v = np.array([[0.3, 0.3, np.nan, 0.2]])
+    e = fam.ell(y, m, v, s)
+    assert np.isnan(e.value[0, 1]) and np.isnan(e.value[0, 2])
+    assert np.all(np.isfinite(e.value[0, [0, 3]])) and np.all(np.isfinite(e.d_m[0, [0, 3]]))

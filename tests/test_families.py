@@ -450,6 +450,14 @@ def test_dispersion_start_recovers_simulated_dispersion(cls, true_disp):
     np.testing.assert_allclose(fam.dispersion(s), true_disp)
 
 
+def test_nuisance_shapes():
+    assert Poisson().nuisance_shape() is None and Binomial().nuisance_shape() is None
+    assert NegativeBinomial().nuisance_shape() == () and Gaussian().nuisance_shape(np.ones(3)) == ()
+    assert Ordinal().nuisance_shape(np.array([[0.0, 4.0], [2.0, np.nan]])) == (3,)
+    with pytest.raises(JSDMError, match="at least 3 categories"):
+        Ordinal().nuisance_shape(np.array([0.0, 1.0]))
+
+
 def test_dispersion_start_none_without_dispersion():
     assert Poisson().dispersion_start(np.ones((3, 2)), np.ones((3, 2))) is None
     assert Family.dispersion_start(Binomial(), np.ones((3, 2)), np.ones((3, 2))) is None

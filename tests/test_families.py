@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from jsdm.exceptions import JSDMError
+from jsdm.exceptions import DataWarning, JSDMError
 from jsdm.families import (Beta, Binomial, Family, Gamma, Gaussian, NegativeBinomial, Ordinal,
                            Poisson, Tweedie, ZeroInflatedPoisson, get_family)
 
@@ -450,12 +450,12 @@ def test_dispersion_start_recovers_simulated_dispersion(cls, true_disp):
     np.testing.assert_allclose(fam.dispersion(s), true_disp)
 
 
-def test_nuisance_shapes():
-    assert Poisson().nuisance_shape() is None and Binomial().nuisance_shape() is None
-    assert NegativeBinomial().nuisance_shape() == () and Gaussian().nuisance_shape(np.ones(3)) == ()
-    assert Ordinal().nuisance_shape(np.array([[0.0, 4.0], [2.0, np.nan]])) == (3,)
+def test_n_dispersion():
+    assert NegativeBinomial().n_dispersion(np.ones((3, 2))) is None
+    with pytest.warns(DataWarning, match="do not use every category"):
+        assert Ordinal().n_dispersion(np.array([[0.0, 4.0], [2.0, np.nan]])) == 3
     with pytest.raises(JSDMError, match="at least 3 categories"):
-        Ordinal().nuisance_shape(np.array([0.0, 1.0]))
+        Ordinal().n_dispersion(np.array([[0.0], [1.0]]))
 
 
 def test_dispersion_start_none_without_dispersion():

@@ -170,12 +170,6 @@ class Family:
         """
         return None
 
-    def nuisance_shape(self, y=None):
-        """Shape of one species' nuisance parameter: None (no dispersion), () (a scalar s_j),
-        or (q,) for a vector (ordinal cut points; then s is (m, q), ``ELL.d_s`` (..., q) and
-        ``ELL.d_ss`` (..., q, q))."""
-        return () if self.has_dispersion else None
-
     def dispersion_start(self, y, mu):
         """Per-species moment estimate of ``s`` (shape (m,)) from y and fitted means.
 

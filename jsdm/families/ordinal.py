@@ -164,15 +164,6 @@ class Ordinal(Family):
         tau = self.cutpoints(s)
         return (eta[..., None] + noise[..., None] > tau).sum(-1).astype(float)
 
-    def nuisance_shape(self, y=None):
-        """(K - 2,) with K = max(y) + 1 categories (K >= 3)."""
-        if y is None:
-            raise JSDMError("ordinal's nuisance shape depends on the number of categories: pass y")
-        K = int(np.nanmax(np.asarray(y, dtype=float))) + 1
-        if K < 3:
-            raise JSDMError(f"ordinal needs at least 3 categories, found {K}; use family='binomial' for 2")
-        return (K - 2,)
-
     def dispersion(self, s):
         """The cut points tau_1..tau_(K-1), (m, K-1)."""
         return None if s is None else self.cutpoints(s)

@@ -98,13 +98,19 @@ class Tweedie(Family):
         return mu ** (2 - p) / (phi * (2 - p)), (2 - p) / (p - 1), phi * (p - 1) * mu ** (p - 1)
 
     def cdf(self, y, eta, s=None, trials=None):
-        """P(Y <= y): the Poisson mixture of gamma CDFs, summed over the Poisson's support."""
+        """P(Y <= y): the Poisson(lambda) mixture of gamma CDFs, summed per cell over the
+        Poisson counts within lambda +- 12 sqrt(lambda) (the rest weighs < 1e-30)."""
         y, eta, s = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (y, eta, s)))
         lam, shape, scale = self._poisson_gamma(eta, s)
-        n_max = int(np.max(lam + 12.0 * np.sqrt(lam) + 12.0)) if lam.size else 0
+        lo = np.maximum(1.0, np.floor(lam - 12.0 * np.sqrt(lam) - 5.0))
+        size = np.maximum(16, 2 ** np.ceil(np.log2(24.0 * np.sqrt(lam) + 12.0)))
         total = np.exp(-lam)
-        for n in range(1, n_max + 1):
-            total = total + stats.poisson.pmf(n, lam) * stats.gamma.cdf(y, n * shape, scale=scale)
+        x = np.maximum(y, 0.0) / scale
+        for n_terms in np.unique(size):
+            sel = size == n_terms
+            n = lo[sel] + np.arange(n_terms)[:, None]
+            terms = stats.poisson.pmf(n, lam[sel]) * special.gammainc(n * shape, x[sel])
+            total[sel] += terms.sum(0)
         return np.where(y < 0, 0.0, np.minimum(total, 1.0))
 
     def cdf_lower(self, y, eta, s=None, trials=None):

@@ -151,3 +151,19 @@ def test_simulate_seeded_and_moments(pois_fit):
     assert np.median(np.abs(marg.to_numpy() / expected.to_numpy() - 1)) < 0.15
     with pytest.raises(JSDMError, match="n must"):
         fit.simulate(n=0)
+
+
+def test_dunn_smyth_randomises_at_the_atom_of_a_continuous_family():
+    """Tweedie has a point mass at zero: its zeros must get spread residuals, not one value."""
+    from jsdm.model.residuals import dunn_smyth
+
+    fam = jsdm.get_family("tweedie")
+    rng = np.random.default_rng(0)
+    eta = np.full((400, 3), -0.5)
+    s = np.zeros(3)
+    y = fam.sample(eta, s, None, rng)
+    r = dunn_smyth(fam, y, eta, s, None, rng=1)
+    zeros = r[y == 0]
+    assert (y == 0).sum() > 50
+    assert np.unique(np.round(zeros, 12)).size == zeros.size
+    assert stats.kstest(r.ravel(), "norm").pvalue > 0.01

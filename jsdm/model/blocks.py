@@ -138,8 +138,8 @@ def _accept_sites(prob, P, new, step, off, ce):
             T.L[keep] = P.L[keep]
             if T.log_rho is not None:
                 T.log_rho = np.where(keep, P.log_rho, T.log_rho)
-        ct = cell_eval(prob, T)
-        bad = ~(ct["site"] >= ce["site"] - 1e-10 * np.abs(ce["site"]))
+        ct = cell_eval(prob, T, 2 if P.s is not None else 1)   # order 2: the species step's
+        bad = ~(ct["site"] >= ce["site"] - 1e-10 * np.abs(ce["site"]))   # dispersion step
         if not bad.any():
             return T, ct
         frac = np.where(bad, frac * 0.5 if it < _NHALF - 1 else 0.0, frac)

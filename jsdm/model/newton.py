@@ -269,16 +269,17 @@ def covariance_step(prob, P, ce):
     if prob.row_effect == "random":
         prec = np.exp(-2.0 * P.log_sigma) - 2.0 * ce["Gv"].sum(1)
         new.log_rho = -0.5 * np.log(prec)
-    ct = cell_eval(prob, new)
+    order = 2 if P.s is not None else 1    # the dispersion step that follows needs order 2
+    ct = cell_eval(prob, new, order)
     keep = ~(ct["site"] >= ce["site"])
     if keep.any():
         new.L[keep] = P.L[keep]
         if new.log_rho is not None:
             new.log_rho = np.where(keep, P.log_rho, new.log_rho)
-        ct = cell_eval(prob, new)
+        ct = cell_eval(prob, new, order)
     if prob.row_effect == "random":   # exact maximiser of the ELBO in sigma
         new.log_sigma = 0.5 * np.log(np.mean(new.alpha ** 2 + np.exp(2 * new.log_rho)))
-        ct = cell_eval(prob, new)
+        ct = cell_eval(prob, new, order)
     return new, ct
 
 

@@ -4,7 +4,7 @@ from scipy import special
 
 
 def dunn_smyth(family, y, eta, s=None, trials=None, rng=None):
-    """Randomised quantile residuals Phi^-1(u), u ~ U(F(y-), F(y)) for discrete families.
+    """Randomised quantile residuals Phi^-1(u), u ~ U(F(y-), F(y)) (u = F(y) without an atom at y).
 
     Parameters
     ----------
@@ -19,15 +19,10 @@ def dunn_smyth(family, y, eta, s=None, trials=None, rng=None):
     miss = np.isnan(y)
     yf = np.where(miss, 0.0, y)
     hi = np.asarray(family.cdf(yf, eta, s, trials), dtype=float)
-    if family.discrete:
-        lo_fn = getattr(family, "cdf_lower", None)
-        if lo_fn is not None:
-            lo = np.asarray(lo_fn(yf, eta, s, trials), dtype=float)
-        else:
-            lo = np.where(yf > 0, family.cdf(yf - 1.0, eta, s, trials), 0.0)
-        u = lo + rng.uniform(size=y.shape) * (hi - lo)
-    else:
-        u = hi
+    # P(Y < y): equal to the cdf where the distribution has no atom at y, so the draw
+    # randomises exactly at atoms (all values of discrete families, Tweedie's zeros)
+    lo = np.asarray(family.cdf_lower(yf, eta, s, trials), dtype=float)
+    u = lo + rng.uniform(size=y.shape) * (hi - lo)
     eps = 1e-12
     r = special.ndtri(np.clip(u, eps, 1.0 - eps))
     r[miss] = np.nan

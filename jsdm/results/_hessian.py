@@ -123,31 +123,19 @@ def _pair(K, J, spec):
 
 
 def _species_jacobian(prob, P):
-    """Jacobians of (m, v, s...) in phi_j = (beta0_j, B_j, theta_j, s_j), each (n, m, k_phi)."""
+    """Jacobians of (m, v, s...) in phi_j = (beta0_j, B_j, theta_j, s_j), each (n, m, k_phi).
+
+    One dispersion channel per entry of s_j (none without a dispersion).
+    """
     n, m, p, d = prob.n, prob.m, prob.p, prob.d
     chans = s_channels(P.s)
-    if len(chans) > 1:                      # vector dispersion: one channel per entry of s_j
-        k = 1 + p + d + len(chans)
-        Jm, Jv = _mean_var_jacobian(prob, P, k)
-        J = {"m": Jm, "v": Jv}
-        for c, name in enumerate(chans):
-            J[name] = np.zeros((n, m, k))
-            J[name][:, :, 1 + p + d + c] = 1.0
-        return J
-    hs = 1 if P.s is not None else 0
-    k = 1 + p + d + hs
-    Jm = np.zeros((n, m, k))
-    Jm[:, :, 0] = 1.0
-    Jm[:, :, 1:1 + p] = prob.X[:, None, :]
-    Jm[:, :, 1 + p:1 + p + d] = P.a[:, None, :]
-    Jv = np.zeros((n, m, k))
-    if d:
-        Jv[:, :, 1 + p:1 + p + d] = 2.0 * np.einsum("ikl,jl->ijk", P.A, P.theta)
-    Js = None
-    if hs:
-        Js = np.zeros((n, m, k))
-        Js[:, :, -1] = 1.0
-    return {"m": Jm, "v": Jv, "s": Js}
+    k = 1 + p + d + len(chans)
+    Jm, Jv = _mean_var_jacobian(prob, P, k)
+    J = {"m": Jm, "v": Jv}
+    for c, name in enumerate(chans):
+        J[name] = np.zeros((n, m, k))
+        J[name][:, :, 1 + p + d + c] = 1.0
+    return J
 
 
 def _mean_var_jacobian(prob, P, k):

@@ -31,19 +31,20 @@ CACHE_KEY = "_ell_cache"     # in Problem.info while a fit runs; removed at its 
 def cell_eval(prob, P, order=1):
     """Weighted ELL derivatives and the ELBO's per-site and per-species sums at P.
 
-    Returns a dict: Gm, Gv (Gv clipped at 0 from above) as (n, m) arrays, Gs and
-    Gss when ``order`` is 2 and the family has a dispersion (else None): (n, m)
-    each, or (n, m, q) and (n, m, q, q) for a vector dispersion; and the sums
-    "site" (n,: ell minus KL) and "species" (m,). Sites are taken in chunks of
-    about a million cells, so the family's temporaries stay small.
+    Returns a dict: Gm, Gv (Gv clipped at 0 from above) as (n, m) arrays; "gs"
+    and "gss", the per-species sums over sites of the weighted first and second
+    derivatives in the dispersion (shape (m,), or (m, q) and (m, q, q) for a
+    vector dispersion), when ``order`` is 2 and the family has a dispersion (else
+    None); and the sums "site" (n,: ell minus KL) and "species" (m,). Sites are
+    taken in chunks of about a million cells, so the family's temporaries stay small.
     """
     n, m = prob.n, prob.m
     keep_s = order >= 2 and prob.family.has_dispersion
     q = prob.n_disp if keep_s else None
-    vec, mat = ((n, m), (n, m)) if q is None else ((n, m, q), (n, m, q, q))
+    vec, mat = ((m,), (m,)) if q is None else ((m, q), (m, q, q))
     out = {"Gm": np.empty((n, m)), "Gv": np.empty((n, m)),
-           "Gs": np.empty(vec) if keep_s else None,
-           "Gss": np.empty(mat) if keep_s else None,
+           "gs": np.zeros(vec) if keep_s else None,
+           "gss": np.zeros(mat) if keep_s else None,
            "site": np.empty(n), "species": np.zeros(m)}
     step = max(1, _CHUNK_CELLS // max(m, 1))
     for start in range(0, n, step):
@@ -74,13 +75,9 @@ def _eval_rows(prob, P, rows, order, out):
     gv = out["Gv"][rows]
     np.multiply(e.d_v, W, out=gv)
     np.minimum(gv, 0.0, out=gv)
-    if out["Gs"] is not None:
-        if out["Gs"].ndim == 2:
-            np.multiply(e.d_s, W, out=out["Gs"][rows])
-            np.multiply(e.d_ss, W, out=out["Gss"][rows])
-        else:
-            np.multiply(e.d_s, W[:, :, None], out=out["Gs"][rows])
-            np.multiply(e.d_ss, W[:, :, None, None], out=out["Gss"][rows])
+    if out["gs"] is not None:     # sums over sites: all the dispersion step needs
+        out["gs"] += np.einsum("ij,ij...->j...", W, e.d_s)
+        out["gss"] += np.einsum("ij,ij...->j...", W, e.d_ss)
 
 
 def _chol_inv(S):
@@ -171,9 +168,9 @@ def species_step(prob, P, ce, only_dispersion=False):
     step = np.zeros_like(g) if only_dispersion else safe_solve(H, g)
     ds = None
     if P.s is not None:
-        if ce["Gss"] is None:
+        if ce["gss"] is None:
             ce = cell_eval(prob, P, order=2)
-        ds = dispersion_step(ce["Gs"].sum(0), ce["Gss"].sum(0), 0.25)
+        ds = dispersion_step(ce["gs"], ce["gss"], 0.25)
         ds = np.clip(ds, -2.0, 2.0)
     return _accept_species(prob, P, step, ds, ce)
 
@@ -305,7 +302,7 @@ def curvature_diagonal(prob, layout, P):
         idx = np.arange(d)
         G.L[:, idx, idx] = 1.0 + lam * Lsq[:, idx, idx]   # log-diagonal scale
     if P.s is not None:
-        gss = ce["Gss"].sum(0)
+        gss = ce["gss"]
         G.s = np.maximum(-(gss if gss.ndim == 1 else np.diagonal(gss, axis1=1, axis2=2)), 1e-8)
     if prob.row_effect is not None:
         G.alpha = C.sum(1) + (0.0 if prob.row_effect == "fixed" else np.exp(-2.0 * P.log_sigma))

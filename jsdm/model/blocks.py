@@ -18,66 +18,10 @@ import numpy as np
 
 from .._numerics import safe_solve
 
-from .objective import kl_terms, moments
+from .objective import cell_eval
 from .params import S_BOUNDS
 
 _NHALF = 6
-
-
-_CHUNK_CELLS = 1_000_000
-CACHE_KEY = "_ell_cache"     # in Problem.info while a fit runs; removed at its end
-
-
-def cell_eval(prob, P, order=1):
-    """Weighted ELL derivatives and the ELBO's per-site and per-species sums at P.
-
-    Returns a dict: Gm, Gv (Gv clipped at 0 from above) as (n, m) arrays; "gs"
-    and "gss", the per-species sums over sites of the weighted first and second
-    derivatives in the dispersion (shape (m,), or (m, q) and (m, q, q) for a
-    vector dispersion), when ``order`` is 2 and the family has a dispersion (else
-    None); and the sums "site" (n,: ell minus KL) and "species" (m,). Sites are
-    taken in chunks of about a million cells, so the family's temporaries stay small.
-    """
-    n, m = prob.n, prob.m
-    keep_s = order >= 2 and prob.family.has_dispersion
-    q = prob.n_disp if keep_s else None
-    vec, mat = ((m,), (m,)) if q is None else ((m, q), (m, q, q))
-    out = {"Gm": np.empty((n, m)), "Gv": np.empty((n, m)),
-           "gs": np.zeros(vec) if keep_s else None,
-           "gss": np.zeros(mat) if keep_s else None,
-           "site": np.empty(n), "species": np.zeros(m)}
-    step = max(1, _CHUNK_CELLS // max(m, 1))
-    for start in range(0, n, step):
-        _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
-    out["site"] -= kl_terms(prob, P)
-    return out
-
-
-def _cache(prob, rows):
-    """The family's per-chunk cache of y-only terms (families that accept one), as kwargs."""
-    if not getattr(prob.family, "accepts_cache", False):
-        return {}
-    store = prob.info.setdefault(CACHE_KEY, {})
-    return {"cache": store.setdefault((rows.start, rows.stop), {})}
-
-
-def _eval_rows(prob, P, rows, order, out):
-    """Fill ``out`` for the sites in ``rows`` (one chunk of cell_eval)."""
-    with np.errstate(over="ignore", invalid="ignore"):   # trial points may be wild:
-        M, V = moments(prob, P, rows)                     # non-finite sums are rejected
-        trials = None if prob.trials is None else prob.trials[rows]
-        e = prob.family.ell(prob.Y[rows], M, V, P.s, trials, order=order, **_cache(prob, rows))
-    W = prob.W[rows]
-    val = np.asarray(e.value) * W
-    out["site"][rows] = val.sum(1)
-    out["species"] += val.sum(0)
-    np.multiply(e.d_m, W, out=out["Gm"][rows])
-    gv = out["Gv"][rows]
-    np.multiply(e.d_v, W, out=gv)
-    np.minimum(gv, 0.0, out=gv)
-    if out["gs"] is not None:     # sums over sites: all the dispersion step needs
-        out["gs"] += np.einsum("ij,ij...->j...", W, e.d_s)
-        out["gss"] += np.einsum("ij,ij...->j...", W, e.d_ss)
 
 
 def _chol_inv(S):

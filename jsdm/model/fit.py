@@ -7,11 +7,11 @@ import numpy as np
 
 from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
-from .objective import evaluate
+from .objective import CACHE_KEY, cell_eval, evaluate
 from .params import Layout, Params
-from .blocks import CACHE_KEY, cell_eval, curvature_diagonal, squarem_ascent
+from .blocks import curvature_diagonal, squarem_ascent
 from .newton import newton_ascent
-from .start import glm_start, initial_params, lower_triangularise
+from .start import glm_start, initial_params
 
 
 @dataclass

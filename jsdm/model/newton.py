@@ -14,7 +14,8 @@ steps. Every stage is accepted only if the ELBO increases.
 """
 import numpy as np
 
-from .blocks import ascend, cell_eval, species_step
+from .blocks import ascend, species_step
+from .objective import cell_eval
 
 _SITE_CHUNK = 500
 
@@ -83,7 +84,7 @@ def newton_means(prob, P, ce):
     n, m, p, d = prob.n, prob.m, prob.p, prob.d
     Xt = np.column_stack([np.ones(n), prob.X, P.a])
     U = _site_design(prob, P)
-    ks, kv = Xt.shape[1], U.shape[1]
+    ks = Xt.shape[1]
     free = np.ones((m, ks))
     free[:, 1 + p:] = np.tril(np.ones((m, d)))
     Hbb, gb = _species_blocks(prob, P, ce, Xt)
@@ -142,7 +143,7 @@ class _Schur:
 
     def block_preconditioner(self):
         """Inverses of the species-diagonal blocks of -S, (m, ks, ks)."""
-        prob, m, ks = self.prob, *self.free.shape
+        prob, ks = self.prob, self.free.shape[1]
         B = -self.Hbb.copy()
         for start in range(0, prob.n, _SITE_CHUNK):
             rows = slice(start, min(prob.n, start + _SITE_CHUNK))

@@ -21,11 +21,11 @@ class Evaluation:
 
     value: float
     site_terms: np.ndarray      # (n,) sum_j w ell - KL_i (- KL row_i)
-    M: np.ndarray               # (n, m) means of eta under q
-    V: np.ndarray               # (n, m) variances of eta under q
+    M: Optional[np.ndarray]     # (n, m) means of eta under q (None when not kept)
+    V: Optional[np.ndarray]     # (n, m) variances of eta under q (None when not kept)
     Gm: np.ndarray              # (n, m) w * d ell / dm
     Gv: np.ndarray              # (n, m) w * d ell / dv
-    Gs: Optional[np.ndarray]    # (n, m) or (n, m, q) w * d ell / ds, or None
+    gs: Optional[np.ndarray]    # (m,) or (m, q): sum_i w * d ell / ds, or None
     grad: Optional[Params] = None
 
 
@@ -78,18 +78,84 @@ def kl_terms(prob, P):
     return kl
 
 
+_CHUNK_CELLS = 1_000_000
+CACHE_KEY = "_ell_cache"     # in Problem.info while a fit runs; removed at its end
+
+
+def cell_eval(prob, P, order=1, clip=True):
+    """Weighted ELL derivatives and the ELBO's per-site and per-species sums at P.
+
+    Returns a dict: Gm, Gv as (n, m) arrays (Gv clipped at 0 from above when
+    ``clip``, as Newton steps want it); "gs", the per-species sum over sites of
+    the weighted derivative in the dispersion (shape (m,) or (m, q)), and "gss",
+    that of the second derivative ((m,) or (m, q, q)) when ``order`` is 2 (None
+    without a dispersion); and the sums "site" (n,: ell minus KL) and "species"
+    (m,). Sites are taken in chunks of about a million cells, so the family's
+    temporaries stay small.
+    """
+    n, m = prob.n, prob.m
+    disp = prob.family.has_dispersion
+    q = prob.n_disp if disp else None
+    vec, mat = ((m,), (m,)) if q is None else ((m, q), (m, q, q))
+    out = {"Gm": np.empty((n, m)), "Gv": np.empty((n, m)), "clip": clip,
+           "gs": np.zeros(vec) if disp else None,
+           "gss": np.zeros(mat) if disp and order >= 2 else None,
+           "site": np.empty(n), "species": np.zeros(m)}
+    step = max(1, _CHUNK_CELLS // max(m, 1))
+    for start in range(0, n, step):
+        _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
+    out["site"] -= kl_terms(prob, P)
+    return out
+
+
+def _cache(prob, rows):
+    """The family's per-chunk cache of y-only terms (families that accept one), as kwargs."""
+    if not getattr(prob.family, "accepts_cache", False):
+        return {}
+    store = prob.info.setdefault(CACHE_KEY, {})
+    return {"cache": store.setdefault((rows.start, rows.stop), {})}
+
+
+def _eval_rows(prob, P, rows, order, out):
+    """Fill ``out`` for the sites in ``rows`` (one chunk of cell_eval)."""
+    with np.errstate(over="ignore", invalid="ignore"):   # trial points may be wild:
+        M, V = moments(prob, P, rows)                     # non-finite sums are rejected
+        trials = None if prob.trials is None else prob.trials[rows]
+        e = prob.family.ell(prob.Y[rows], M, V, P.s, trials, order=order, **_cache(prob, rows))
+    W = prob.W[rows]
+    val = np.asarray(e.value) * W
+    out["site"][rows] = val.sum(1)
+    out["species"] += val.sum(0)
+    np.multiply(e.d_m, W, out=out["Gm"][rows])
+    gv = out["Gv"][rows]
+    np.multiply(e.d_v, W, out=gv)
+    if out["clip"]:
+        np.minimum(gv, 0.0, out=gv)
+    if out["gs"] is not None:     # sums over sites: all the gradient and dispersion step need
+        out["gs"] += np.einsum("ij,ij...->j...", W, e.d_s)
+    if out["gss"] is not None:
+        out["gss"] += np.einsum("ij,ij...->j...", W, e.d_ss)
+
+
 def evaluate(prob, P, grad=True):
-    """ELBO at P, with its gradient in natural coordinates when ``grad``."""
+    """ELBO at P, with its gradient in natural coordinates when ``grad``.
+
+    With ``grad`` the cells are evaluated in chunks (``cell_eval``) and M, V are
+    not kept; without, M and V (n, m) are returned for callers that need them.
+    """
+    if grad:
+        ce = cell_eval(prob, P, clip=False)
+        ev = Evaluation(float(ce["site"].sum()), ce["site"], None, None, ce["Gm"], ce["Gv"],
+                        ce["gs"])
+        ev.grad = gradient(prob, P, ev)
+        return ev
     M, V = moments(prob, P)
     e = prob.family.ell(prob.Y, M, V, P.s, prob.trials)
     W = prob.W
     site_terms = (W * e.value).sum(1) - kl_terms(prob, P)
     Gm, Gv = W * e.d_m, W * e.d_v
-    Gs = None if e.d_s is None else weighted(W, e.d_s)
-    ev = Evaluation(float(site_terms.sum()), site_terms, M, V, Gm, Gv, Gs)
-    if grad:
-        ev.grad = gradient(prob, P, ev)
-    return ev
+    gs = None if e.d_s is None else weighted(W, e.d_s).sum(0)
+    return Evaluation(float(site_terms.sum()), site_terms, M, V, Gm, Gv, gs)
 
 
 def gradient(prob, P, ev):
@@ -110,8 +176,8 @@ def gradient(prob, P, ev):
         idx = np.arange(d)
         gL[:, idx, idx] += 1.0 / P.L[:, idx, idx]
         g.L = np.tril(gL)
-    if ev.Gs is not None:
-        g.s = ev.Gs.sum(0)
+    if ev.gs is not None:
+        g.s = ev.gs
     if prob.row_effect == "fixed":
         g.alpha = Gm.sum(1)
     elif prob.row_effect == "random":

@@ -105,8 +105,8 @@ def _intercept_guess(fam, Y, W, trials):
 
 
 def lv_start(prob, b, s, rng, jitter=0.0):
-    """Latent-variable means and loadings from an SVD of Dunn-Smyth residuals."""
-    n, m, d = prob.n, prob.m, prob.d
+    """Latent-variable means and loadings from the leading factors of Dunn-Smyth residuals."""
+    n, d = prob.n, prob.d
     Xt = np.column_stack([np.ones(n), prob.X])
     eta = Xt @ b.T + (0.0 if prob.offset is None else prob.offset)
     y = np.where(prob.W > 0, prob.Y, np.nan)

@@ -237,12 +237,17 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
     return P, -res.fun, len(h1) + len(h2) + res.n_iter, res.n_eval, res.message, hist
 
 
-def _printer(k, t0):
+def _printer(k, t0, every=1.0):
+    """Progress lines on stderr: the first iteration of a start, then at most one per ``every`` s."""
     import sys
 
+    last = [-np.inf]
+
     def cb(phase, it, f, gmax):
-        if phase != "lbfgs" or it % 25 == 0:
+        now = time.perf_counter()
+        if (phase == "blocks" and it == 1) or now - last[0] >= every:
+            last[0] = now
             g = "" if np.isnan(gmax) else f"  max|grad| {gmax:.2e}"
             print(f"[jsdm] start {k + 1} {phase:6s} iter {it:4d}  ELBO {-f:.4f}{g}  "
-                  f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+                  f"{now - t0:.1f}s", file=sys.stderr)
     return cb

@@ -622,3 +622,11 @@ def test_non_finite_moments_give_nan_quietly(case):
     e = fam.ell(y, m, v, s)
     assert np.isnan(e.value[0, 1]) and np.isnan(e.value[0, 2])
     assert np.all(np.isfinite(e.value[0, [0, 3]])) and np.all(np.isfinite(e.d_m[0, [0, 3]]))
+
+
+def test_unknown_family_suggests_the_closest_name():
+    with pytest.raises(JSDMError, match="did you mean 'negative_binomial'"):
+        get_family("negbinom")
+    with pytest.raises(JSDMError) as info:
+        get_family("xyz")
+    assert "did you mean" not in str(info.value) and "poisson" in str(info.value)

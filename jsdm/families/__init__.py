@@ -57,8 +57,12 @@ def get_family(family, link=None):
         return family(link=link)
     key = str(family).lower().replace("-", "_").replace(".", "_").replace(" ", "_")
     if key not in _REGISTRY:
+        import difflib
+
         names = sorted({c.name for c in _REGISTRY.values()})
-        raise JSDMError(f"unknown family {family!r}; valid families: {', '.join(names)}")
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=1, cutoff=0.6)
+        hint = f" (did you mean {_REGISTRY[close[0]].name!r}?)" if close else ""
+        raise JSDMError(f"unknown family {family!r}{hint}; valid families: {', '.join(names)}")
     return _REGISTRY[key](link=link)
 
 

@@ -141,13 +141,13 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
     curvature of the ELBO along parameter k.
     """
     try:
-        with _blas_threads(prob):
+        with _one_blas_thread():
             return _fit(prob, n_init, seed, maxiter, gtol, verbose, start)
     finally:
         prob.info.pop(CACHE_KEY, None)      # the family's y-only terms: memory, not results
 
 
-def _blas_threads(prob):
+def _one_blas_thread():
     """Run the fit with one BLAS thread (the Newton step's big products ask for more).
 
     Multithreaded BLAS on the many small matrices of a fit, and for Cholesky
@@ -176,8 +176,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     P = normalise(P)
     ev = evaluate(prob, P)
     g = layout.pack_grad(ev.grad, P)
-    scaled = np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(np.maximum(curvature_diagonal(prob, layout, P), 1.0))
-    smax = float(scaled.max()) if g.size else 0.0
+    smax = _max_scaled_gradient(prob, layout, P, g)
     state = FitState(P, ev.value, g, smax <= gtol, n_iter, n_eval, message,
                      time.perf_counter() - t0, layout, values, hist, smax)
     if not state.converged:
@@ -188,6 +187,18 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
             "latent variables; fit.diagnose() shows which parameters carry the gradient.",
             ConvergenceWarning, stacklevel=3)
     return state
+
+
+def _max_scaled_gradient(prob, layout, P, g):
+    """max_k |g_k| / sqrt(max(h_k, 1)), components pushing out of the bounds left out."""
+    if not g.size:
+        return 0.0
+    h = np.maximum(curvature_diagonal(prob, layout, P), 1.0)
+    return float((np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(h)).max())
+
+
+SQUAREM_ITERATIONS = 4      # block sweeps: cheap progress from the start
+NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergence)
 
 
 def _run_start(prob, layout, P, maxiter, gtol, cb):
@@ -202,9 +213,9 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
                 cb(phase, it, -val, np.nan)
         return rec
 
-    n_sq = min(4, maxiter)
+    n_sq = min(SQUAREM_ITERATIONS, maxiter)
     P, h1 = squarem_ascent(prob, layout, P, max_iter=n_sq, rtol=1e-10, callback=record("blocks"))
-    n_nt = min(15, maxiter - len(h1))
+    n_nt = min(NEWTON_ITERATIONS, maxiter - len(h1))
     if n_nt > 0:
         P, h2 = newton_ascent(prob, P, max_iter=n_nt, rtol=1e-9, callback=record("newton"))
     else:

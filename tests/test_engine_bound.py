@@ -19,11 +19,11 @@ import pytest
 from scipy import special, stats
 
 import jsdm
-from jsdm.exceptions import JSDMError
 from jsdm.families import get_family
 from jsdm.model.objective import evaluate
 from jsdm.model.params import Layout
 from jsdm.model.problem import Problem
+from _engine_helpers import family_or_skip
 
 # (id, family, link, trials)
 FAMILIES = [
@@ -35,13 +35,6 @@ FAMILIES = [
     ("binomial-logit-trials4", "binomial", "logit", 4),
     ("gaussian", "gaussian", None, None),
 ]
-
-
-def family_or_skip(name, link):
-    try:
-        return get_family(name, link=link)
-    except JSDMError as exc:
-        pytest.skip(f"family {name!r} (link {link!r}) not available yet: {exc}")
 
 
 # --- reference log-densities, independent of jsdm's family code ---------------------------

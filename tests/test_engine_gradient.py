@@ -11,11 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jsdm.exceptions import JSDMError
-from jsdm.families import get_family
 from jsdm.model.objective import evaluate
 from jsdm.model.params import Layout
 from jsdm.model.problem import Problem
+from _engine_helpers import family_or_skip
 
 # (id, family name, link, trials)
 FAMILIES = [
@@ -29,13 +28,6 @@ FAMILIES = [
     ("gaussian", "gaussian", None, None),
 ]
 ROW_EFFECTS = [None, "fixed", "random"]
-
-
-def family_or_skip(name, link):
-    try:
-        return get_family(name, link=link)
-    except JSDMError as exc:
-        pytest.skip(f"family {name!r} (link {link!r}) not available yet: {exc}")
 
 
 def tiny_problem(fam, *, n=6, m=5, p=2, d=2, row_effect=None, trials=None, seed=0,

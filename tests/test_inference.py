@@ -17,6 +17,7 @@ import pytest
 from scipy import optimize, stats
 
 import jsdm
+from _engine_helpers import fd_hessian
 from jsdm.exceptions import HessianWarning, JSDMError
 from jsdm.model.fit import make_layout, neg_elbo
 from jsdm.model.problem import build_problem
@@ -57,12 +58,7 @@ def test_hessian_matches_finite_differences_of_gradient(family, row_effect, d):
     layout = make_layout(prob)
     x = rng.normal(scale=0.3, size=layout.size)
     H = hessian_blocks(prob, layout.unpack(x), layout).dense(layout.size)
-    fg, h = neg_elbo(prob, layout), 1e-5
-    Hfd = np.empty_like(H)
-    for k in range(layout.size):
-        e = np.zeros(layout.size)
-        e[k] = h
-        Hfd[:, k] = -(fg(x + e)[1] - fg(x - e)[1]) / (2 * h)
+    Hfd = fd_hessian(neg_elbo(prob, layout), x)
     assert np.abs(H - Hfd).max() <= 1e-6 * np.abs(Hfd).max()
     assert np.allclose(H, H.T)
 

@@ -177,15 +177,20 @@ def _r_theta_ses(fit):
     return pd.Series(out)
 
 
-def test_standard_errors_match_r_gllvm_on_mite_poisson():
-    path = reference_dir() / "mite_poisson_lv2_X2_va_sd.json"
+def _mite_like_r(name, family):
+    """The R reference record ``name`` and our fit of the same model (skip when absent)."""
+    path = reference_dir() / f"{name}.json"
     if not path.exists():
         pytest.skip(f"R reference not found at {path} (set JSDM_REFERENCE)")
-    ref = json.loads(path.read_text())["fit"]
     com = jsdm.datasets.load_mite()
     X = com.X[["SubsDens", "WatrCont"]]
-    X = (X - X.mean()) / X.std(ddof=1)
-    fit = _quiet_fit(com.Y, X, family="poisson", num_lv=2, seed=1, n_init=3)
+    X = (X - X.mean()) / X.std(ddof=1)          # R's scale()
+    fit = _quiet_fit(com.Y, X, family=family, num_lv=2, seed=1, n_init=3)
+    return json.loads(path.read_text())["fit"], fit
+
+
+def test_standard_errors_match_r_gllvm_on_mite_poisson():
+    ref, fit = _mite_like_r("mite_poisson_lv2_X2_va_sd", "poisson")
     se, sd = fit.bse.xs("coef", level="block"), ref["sd"]
     ours, theirs = [se.xs("Intercept", level="term")], [pd.Series(sd["beta0"])]
     Xs = pd.DataFrame(sd["Xcoef"]["values"], index=sd["Xcoef"]["rownames"], columns=sd["Xcoef"]["colnames"])
@@ -209,14 +214,7 @@ def test_negative_binomial_standard_errors_near_r_gllvm_despite_different_bound(
     difference ~5% on the mite data) but not species by species (rare species
     differ by up to a factor 2). See docs/inference.md.
     """
-    path = reference_dir() / "mite_nb_lv2_X2_va_sd.json"
-    if not path.exists():
-        pytest.skip(f"R reference not found at {path} (set JSDM_REFERENCE)")
-    ref = json.loads(path.read_text())["fit"]
-    com = jsdm.datasets.load_mite()
-    X = com.X[["SubsDens", "WatrCont"]]
-    X = (X - X.mean()) / X.std(ddof=1)
-    fit = _quiet_fit(com.Y, X, family="nb", num_lv=2, seed=1, n_init=3)
+    ref, fit = _mite_like_r("mite_nb_lv2_X2_va_sd", "nb")
     assert fit.llf > ref["logLik"] + 10
     se, sd = fit.bse.xs("coef", level="block"), ref["sd"]
     rel = [(se.xs("Intercept", level="term") / pd.Series(sd["beta0"]) - 1).abs()]

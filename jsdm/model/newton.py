@@ -14,7 +14,7 @@ steps. Every stage is accepted only if the ELBO increases.
 """
 import numpy as np
 
-from .blocks import ascend, species_step
+from .blocks import _chol_inv, ascend, species_step
 from .objective import cell_eval
 
 _SITE_CHUNK = 500
@@ -265,8 +265,7 @@ def covariance_step(prob, P, ce):
     if d:
         th2 = (P.theta[:, :, None] * P.theta[:, None, :]).reshape(prob.m, d * d)
         Lam = np.eye(d) - (2.0 * ce["Gv"] @ th2).reshape(n, d, d)
-        Sinv = np.linalg.inv(Lam)
-        new.L = np.linalg.cholesky(0.5 * (Sinv + np.swapaxes(Sinv, 1, 2)))
+        new.L, _ = _chol_inv(Lam)
     if prob.row_effect == "random":
         prec = np.exp(-2.0 * P.log_sigma) - 2.0 * ce["Gv"].sum(1)
         new.log_rho = -0.5 * np.log(prec)

@@ -87,7 +87,7 @@ def _accept_sites(prob, P, new, step, off, ce):
     return T, ct
 
 
-def species_step(prob, P, ce, only_dispersion=False):
+def species_step(prob, P, ce, only_dispersion=False, order=1):
     """One batched Newton step over species; returns (P_new, cell_eval at P_new)."""
     n, m, p, d = prob.n, prob.m, prob.p, prob.d
     Gm, Gv = ce["Gm"], ce["Gv"]
@@ -116,7 +116,7 @@ def species_step(prob, P, ce, only_dispersion=False):
             ce = cell_eval(prob, P, order=2)
         ds = dispersion_step(ce["gs"], ce["gss"], 0.25)
         ds = np.clip(ds, -2.0, 2.0)
-    return _accept_species(prob, P, step, ds, ce)
+    return _accept_species(prob, P, step, ds, ce, order)
 
 
 def dispersion_step(gs, gss, fallback):
@@ -153,7 +153,7 @@ def dispersion_step(gs, gss, fallback):
     return np.where(np.isfinite(ds), ds, 0.0)
 
 
-def _accept_species(prob, P, step, ds, ce):
+def _accept_species(prob, P, step, ds, ce, order=1):
     p = prob.p
     frac = np.ones(prob.m)
     for it in range(_NHALF + 1):
@@ -163,7 +163,7 @@ def _accept_species(prob, P, step, ds, ce):
         T.theta = np.tril(P.theta + frac[:, None] * step[:, 1 + p:])
         if ds is not None:
             T.s = np.clip(P.s + (frac if ds.ndim == 1 else frac[:, None]) * ds, *S_BOUNDS)
-        ct = cell_eval(prob, T)
+        ct = cell_eval(prob, T, order)
         bad = ~(ct["species"] >= ce["species"] - 1e-10 * np.abs(ce["species"]))
         if not bad.any():
             return T, ct
@@ -171,10 +171,11 @@ def _accept_species(prob, P, step, ds, ce):
     return T, ct
 
 
-def ascend(step, prob, P, max_iter, rtol, callback=None):
+def ascend(step, prob, P, max_iter, rtol, callback=None, done=None):
     """Repeat ``step(P, ce) -> (P, ce)`` until the ELBO changes by at most rtol (relative).
 
-    Returns (P, history) with history a list of (iteration, ELBO).
+    ``done(P, ce) -> bool``, when given, is asked after every step and ends the
+    loop when true. Returns (P, history) with history a list of (iteration, ELBO).
     """
     ce = cell_eval(prob, P)
     hist, prev = [], float(ce["site"].sum())
@@ -184,7 +185,7 @@ def ascend(step, prob, P, max_iter, rtol, callback=None):
         hist.append((it + 1, val))
         if callback is not None:
             callback(it + 1, val)
-        if abs(val - prev) <= rtol * (1.0 + abs(val)):
+        if abs(val - prev) <= rtol * (1.0 + abs(val)) or (done is not None and done(P, ce)):
             break
         prev = val
     return P, hist
@@ -228,9 +229,30 @@ def squarem_ascent(prob, layout, P, max_iter=500, rtol=1e-10, callback=None):
     return ascend(step, prob, P, max_iter, rtol, callback)
 
 
-def curvature_diagonal(prob, layout, P):
-    """Approximate diagonal of the negative Hessian in packed coordinates (for scaling)."""
-    ce = cell_eval(prob, P, order=2 if P.s is not None else 1)
+def scaled_gradient(prob, layout, P, ce=None):
+    """max_k |g_k| / sqrt(max(h_k, 1)) with h the curvature diagonal; bound-pushing parts left out.
+
+    ``ce``: a ``cell_eval`` result at P to reuse (its Gm, Gv and, with a
+    dispersion, "gss"); otherwise the cells are evaluated here.
+    """
+    from .objective import gradient_from
+
+    if layout.size == 0:
+        return 0.0
+    if ce is None or ce["clipped"] or (P.s is not None and ce["gss"] is None):
+        ce = cell_eval(prob, P, order=2 if P.s is not None else 1, clip=False)
+    g = layout.pack_grad(gradient_from(prob, P, ce), P)
+    h = np.maximum(curvature_diagonal(prob, layout, P, ce), 1.0)
+    return float((np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(h)).max())
+
+
+def curvature_diagonal(prob, layout, P, ce=None):
+    """Approximate diagonal of the negative Hessian in packed coordinates (for scaling).
+
+    ``ce``: a ``cell_eval`` result at P to reuse (with "gss" when P has a dispersion).
+    """
+    if ce is None or (P.s is not None and ce["gss"] is None):
+        ce = cell_eval(prob, P, order=2 if P.s is not None else 1)
     C = -2.0 * ce["Gv"]                         # -d2 ell/dm2 per cell, >= 0
     n, m, d = prob.n, prob.m, prob.d
     G = P.__class__(beta0=C.sum(0), B=C.T @ prob.X ** 2 if prob.p else np.zeros((m, 0)),

@@ -197,7 +197,7 @@ def _max_scaled_gradient(prob, layout, P, g):
     return float((np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(h)).max())
 
 
-SQUAREM_ITERATIONS = 4      # block sweeps: cheap progress from the start
+SQUAREM_ITERATIONS = 2      # block sweeps: cheap progress from the start
 NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergence)
 
 
@@ -214,16 +214,21 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
         return rec
 
     n_sq = min(SQUAREM_ITERATIONS, maxiter)
-    P, h1 = squarem_ascent(prob, layout, P, max_iter=n_sq, rtol=1e-10, callback=record("blocks"))
+    h1 = []
+    if n_sq > 0:
+        P, h1 = squarem_ascent(prob, layout, P, max_iter=n_sq, rtol=1e-10,
+                               callback=record("blocks"))
     n_nt = min(NEWTON_ITERATIONS, maxiter - len(h1))
     if n_nt > 0:
-        P, h2 = newton_ascent(prob, P, max_iter=n_nt, rtol=1e-9, callback=record("newton"))
+        P, h2, done = newton_ascent(prob, P, max_iter=n_nt, rtol=1e-9, callback=record("newton"),
+                                    layout=layout, gtol=0.5 * gtol)
     else:
-        h2 = []
+        h2, done = [], False
     left = maxiter - len(h1) - len(h2)
-    if left <= 0:
-        val = evaluate(prob, P, grad=False).value
-        return P, val, len(h1) + len(h2), 0, "iteration limit reached", hist
+    if done or left <= 0:
+        val = float(cell_eval(prob, P)["site"].sum())
+        return (P, val, len(h1) + len(h2), 0,
+                "converged in the Newton phase" if done else "iteration limit reached", hist)
     nc = NonCentred(prob, layout)
     scale = np.sqrt(curvature_diagonal(prob, layout, P))
     if nc.on:   # curvature in the non-centred slots: u and log tau near 1, sigma ~ sum of Gv

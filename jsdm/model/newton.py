@@ -1,11 +1,20 @@
 """Joint Newton steps on all means, with the site blocks eliminated (Schur complement).
 
 Species blocks b_j = (beta0_j, B_j, theta_j) and site blocks u_i = (alpha_i, a_i)
-are coupled through every cell. With the Gauss-Newton-type curvature
+are coupled through every cell. With the variational covariances A_i held fixed,
+the Hessian of the ELBO in the means is, per cell, with m_ij = ... + x_i' b_j,
+v_ij = theta_j' A_i theta_j, w_ij = dv_ij / db_j = (0, 0, 2 A_i theta_j) and
+E_mm = 2 Gv, E_mv, E_vv the second derivatives of ell in (m, v):
 
-    H_bb[j]   = sum_i 2 Gv_ij x_i x_i' + blockdiag(0, 2 sum_i Gv_ij A_i),  x_i = (1, x_i, a_i)
-    H_uu[i]   = sum_j 2 Gv_ij t_j t_j' - prior precision,                t_j = (1, theta_j)
-    H_bu[j,i] = 2 Gv_ij x_i t_j' + Gm_ij E   (E: identity in the theta-a block)
+    H_bb[j]   = sum_i E_mm x_i x_i' + E_mv (x_i w_ij' + w_ij x_i') + E_vv w_ij w_ij'
+                + blockdiag(0, 2 sum_i Gv_ij A_i),                      x_i = (1, x_i, a_i)
+    H_uu[i]   = sum_j E_mm t_j t_j' - prior precision,                  t_j = (1, theta_j)
+    H_bu[j,i] = E_mm x_i t_j' + E_mv w_ij t_j' + Gm_ij E   (E: identity in the theta-a block)
+
+E_mm = 2 Gv is exact (d2/dm2 = 2 d/dv under a normal); E_mv and E_vv come from
+one extra evaluation of the family at v + h (1 + v) (a forward difference of
+Gm and Gv). Without them (the Gauss-Newton-type curvature) the step converges
+only linearly once the A_i are not small.
 
 the species step solves S db = -(g_b - C D^-1 g_u), S = H_bb - C D^-1 C', and the
 site step follows as du_i = -D_i^-1 (g_u,i + C_i' db). The variational covariances
@@ -14,8 +23,8 @@ steps. Every stage is accepted only if the ELBO increases.
 """
 import numpy as np
 
-from .blocks import _chol_inv, ascend, species_step
-from .objective import cell_eval
+from .blocks import _chol_inv, ascend, scaled_gradient, species_step
+from .objective import _CHUNK_CELLS, _cache, cell_eval, moments
 
 _SITE_CHUNK = 500
 
@@ -45,26 +54,83 @@ def _site_blocks(prob, P, ce, U):
     return D, g
 
 
-def _species_blocks(prob, P, ce, Xt):
+_FD_STEP = 1e-4
+
+
+def mv_curvature(prob, P, ce, h=_FD_STEP):
+    """Weighted E_mv and E_vv per cell, (n, m) each, by a forward difference in v.
+
+    One evaluation of the family at (m, v + h (1 + v)), in chunks of sites; cells
+    whose Gv was clipped (or is zero) get 0, the Gauss-Newton-type value.
+    """
+    n, m = prob.n, prob.m
+    Emv, Evv = np.empty((n, m)), np.empty((n, m))
+    step = max(1, _CHUNK_CELLS // max(m, 1))
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        with np.errstate(over="ignore", invalid="ignore"):
+            M, V = moments(prob, P, rows)
+            hv = h * (1.0 + V)
+            trials = None if prob.trials is None else prob.trials[rows]
+            e = prob.family.ell(prob.Y[rows], M, V + hv, P.s, trials, **_cache(prob, rows))
+        W, Gv = prob.W[rows], ce["Gv"][rows]
+        live = Gv != 0.0
+        Emv[rows] = np.where(live, (W * e.d_m - ce["Gm"][rows]) / hv, 0.0)
+        Evv[rows] = np.where(live, (W * e.d_v - Gv) / hv, 0.0)
+    bad = ~(np.isfinite(Emv) & np.isfinite(Evv))
+    if bad.any():
+        Emv[bad] = Evv[bad] = 0.0
+    return Emv, Evv
+
+
+_EXACT_FROM = 0.05
+
+
+def _third_order_matters(P, A):
+    """Whether the E_mv, E_vv terms are worth their extra evaluation.
+
+    Their part of the loadings' curvature relative to the E_mm part is of the
+    order of |dv/dtheta_j| / |x_i| ~ 2 |A_i theta_j|; below ``_EXACT_FROM`` on
+    average the Gauss-Newton-type step is as good (measured: same iterations).
+    """
+    tr = np.trace(A, axis1=1, axis2=2).mean()
+    return 2.0 * tr * np.sqrt((P.theta ** 2).sum(1).mean()) > _EXACT_FROM
+
+
+def _species_blocks(prob, P, ce, Xt, A=None):
     n, m, p, d = prob.n, prob.m, prob.p, prob.d
     ks = Xt.shape[1]
+    A = P.A if A is None else A
     X2 = (Xt[:, :, None] * Xt[:, None, :]).reshape(n, ks * ks)
     H = (2.0 * ce["Gv"].T @ X2).reshape(m, ks, ks)
     g = ce["Gm"].T @ Xt
-    Q = (ce["Gv"].T @ P.A.reshape(n, d * d)).reshape(m, d, d)
+    Q = (ce["Gv"].T @ A.reshape(n, d * d)).reshape(m, d, d)
     g[:, 1 + p:] += 2.0 * np.einsum("jkl,jl->jk", Q, P.theta)
     H[:, 1 + p:, 1 + p:] += 2.0 * Q
+    if d and "Emv" in ce:
+        th = P.theta
+        XA = (Xt[:, :, None, None] * A[:, None, :, :]).reshape(n, ks * d * d)
+        T1 = (ce["Emv"].T @ XA).reshape(m, ks, d, d)
+        G = 2.0 * np.einsum("jklr,jr->jkl", T1, th)          # sum_i E_mv x_i (A_i theta_j)'
+        H[:, :, 1 + p:] += G
+        H[:, 1 + p:, :] += np.swapaxes(G, 1, 2)
+        AA = (A[:, :, :, None, None] * A[:, None, None, :, :]).reshape(n, d ** 4)
+        T2 = (ce["Evv"].T @ AA).reshape(m, d, d, d, d)
+        H[:, 1 + p:, 1 + p:] += 4.0 * np.einsum("jlrst,jr,jt->jls", T2, th, th)
     return H, g
 
 
-def _cross(prob, ce, Xt, U, rows, free):
-    """C[j, :, i, :] = 2 Gv_ij x_i t_j' + Gm_ij E for sites in ``rows``; (m, ks, r, kv)."""
+def _cross(prob, ce, Xt, U, rows, free, A=None):
+    """C[j, :, i, :] = 2 Gv_ij x_i t_j' + E_mv w_ij t_j' + Gm_ij E for sites in ``rows``; (m, ks, r, kv)."""
     p, d = prob.p, prob.d
     Gv, Gm = ce["Gv"][rows], ce["Gm"][rows]
     C = 2.0 * np.einsum("ij,ik,jl->jkil", Gv, Xt[rows], U)
     kv = U.shape[1]
     for k in range(d):
         C[:, 1 + p + k, :, kv - d + k] += Gm.T
+    if d and "Emv" in ce:
+        At = np.einsum("ilr,jr->jli", A[rows], ce["theta"])           # (m, d, r): A_i theta_j
+        C[:, 1 + p:, :, :] += 2.0 * (ce["Emv"][rows].T[:, None, :] * At)[..., None] * U[:, None, None, :]
     C *= free[:, :, None, None]
     if prob.row_effect == "fixed" and rows.start == 0:
         C[:, :, 0, 0] = 0.0
@@ -87,16 +153,21 @@ def newton_means(prob, P, ce):
     ks = Xt.shape[1]
     free = np.ones((m, ks))
     free[:, 1 + p:] = np.tril(np.ones((m, d)))
-    Hbb, gb = _species_blocks(prob, P, ce, Xt)
+    A, ce0 = P.A, ce
+    if d and _third_order_matters(P, A):
+        Emv, Evv = mv_curvature(prob, P, ce)
+        ce = {**ce, "Emv": Emv, "Evv": Evv, "theta": P.theta}
+    Hbb, gb = _species_blocks(prob, P, ce, Xt, A)
     D, gu = _site_blocks(prob, P, ce, U)
-    op = _Schur(prob, ce, Xt, U, free, Hbb, np.linalg.inv(D))
+    op = _Schur(prob, ce, Xt, U, free, Hbb, np.linalg.inv(D), A)
     rhs = gb * free - op.c(op.dinv(gu))
     if m * ks <= _DIRECT_MAX:
         db = _solve_nd(_dense_schur(prob, ce, op), -rhs.reshape(-1)).reshape(m, ks)
     else:
         db = op.solve_cg(rhs)
     du = -op.dinv(gu + op.ct(db))
-    return _line_search(prob, P, ce, db, du)
+    del op, ce
+    return _line_search(prob, P, ce0, db, du)
 
 
 class _Schur:
@@ -106,11 +177,14 @@ class _Schur:
     computed with (n, m) matrix products.
     """
 
-    def __init__(self, prob, ce, Xt, U, free, Hbb, Dinv):
+    def __init__(self, prob, ce, Xt, U, free, Hbb, Dinv, A=None):
         self.prob, self.ce, self.Xt, self.U, self.free = prob, ce, Xt, U, free
         self.Hbb, self.Dinv = Hbb, Dinv
         self.p, self.d, self.kv = prob.p, prob.d, U.shape[1]
         self.fixed_alpha = prob.row_effect == "fixed"
+        self.exact = self.d > 0 and "Emv" in ce
+        self.A = A
+        self.A2 = None if A is None else A.reshape(prob.n, self.d * self.d)
 
     def dinv(self, y):
         return np.einsum("ilq,iq->il", self.Dinv, y)
@@ -119,7 +193,12 @@ class _Schur:
         """C' x for x (m, ks): (n, kv)."""
         x = x * self.free
         Gv, Gm = self.ce["Gv"], self.ce["Gm"]
-        y = (2.0 * Gv * (self.Xt @ x.T)) @ self.U
+        R = 2.0 * Gv * (self.Xt @ x.T)
+        if self.exact:      # + E_mv (w_ij' x_j): w_ij' x_j = 2 theta_j' A_i x_theta_j
+            th, xt = self.ce["theta"], x[:, 1 + self.p:]
+            sym = (th[:, :, None] * xt[:, None, :]).reshape(len(th), -1)
+            R += 2.0 * self.ce["Emv"] * (self.A2 @ sym.T)
+        y = R @ self.U
         y[:, self.kv - self.d:] += Gm @ x[:, 1 + self.p:]
         if self.fixed_alpha:
             y[0, 0] = 0.0
@@ -131,8 +210,13 @@ class _Schur:
             y = y.copy()
             y[0, 0] = 0.0
         Gv, Gm = self.ce["Gv"], self.ce["Gm"]
-        z = (2.0 * Gv * (y @ self.U.T)).T @ self.Xt
+        r = y @ self.U.T
+        z = (2.0 * Gv * r).T @ self.Xt
         z[:, 1 + self.p:] += Gm.T @ y[:, self.kv - self.d:]
+        if self.exact:      # + sum_i E_mv (t_j' y_i) 2 A_i theta_j
+            d = self.d
+            Q = ((self.ce["Emv"] * r).T @ self.A2).reshape(-1, d, d)
+            z[:, 1 + self.p:] += 2.0 * np.einsum("jlr,jr->jl", Q, self.ce["theta"])
         return z * self.free
 
     def neg_schur(self, x):
@@ -147,7 +231,7 @@ class _Schur:
         B = -self.Hbb.copy()
         for start in range(0, prob.n, _SITE_CHUNK):
             rows = slice(start, min(prob.n, start + _SITE_CHUNK))
-            C = _cross(prob, self.ce, self.Xt, self.U, rows, self.free)
+            C = _cross(prob, self.ce, self.Xt, self.U, rows, self.free, self.A)
             B += np.einsum("jkil,ilq,jriq->jkr", C, self.Dinv[rows], C, optimize=True)
         fixed = self.free == 0
         jj, kk = np.nonzero(fixed)
@@ -192,7 +276,7 @@ def _dense_schur(prob, ce, op):
     idx = np.arange(m)
     S.reshape(m, ks, m, ks)[idx, :, idx, :] = op.Hbb
     with _all_threads((m * ks) ** 2 * n * kv):
-        _accumulate(prob, ce, op.Xt, op.U, op.free, op.Dinv, S)
+        _accumulate(prob, op.ce, op.Xt, op.U, op.free, op.Dinv, S, op.A)
     fixed = (op.free.reshape(-1) == 0)
     S[fixed, :] = 0.0
     S[:, fixed] = 0.0
@@ -207,12 +291,12 @@ def _all_threads(flops):
     return threadpool_limits(limits=None if flops >= 1e9 else 1, user_api="blas")
 
 
-def _accumulate(prob, ce, Xt, U, free, Dinv, S):
+def _accumulate(prob, ce, Xt, U, free, Dinv, S, A=None):
     """S -= C D^-1 C' over chunks of sites (in place)."""
     n, m, ks, kv = prob.n, prob.m, Xt.shape[1], U.shape[1]
     for start in range(0, n, _SITE_CHUNK):
         rows = slice(start, min(n, start + _SITE_CHUNK))
-        C = _cross(prob, ce, Xt, U, rows, free)
+        C = _cross(prob, ce, Xt, U, rows, free, A)
         r = rows.stop - rows.start
         CD = np.einsum("jkil,ilq->jkiq", C, Dinv[rows]).reshape(m * ks, r * kv)
         S -= CD @ C.reshape(m * ks, r * kv).T
@@ -283,13 +367,25 @@ def covariance_step(prob, P, ce):
     return new, ct
 
 
-def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None):
-    """Alternate joint mean Newton steps, covariance and dispersion updates."""
+def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None, gtol=None):
+    """Alternate joint mean Newton steps, covariance and dispersion updates.
+
+    Stops after ``max_iter`` steps, when the ELBO changes by at most ``rtol``
+    (relative), or, given ``layout`` and ``gtol``, once the scaled gradient
+    (:func:`blocks.scaled_gradient`) is at most ``gtol``.
+    """
     def step(P, ce):
         P, ce, _ = newton_means(prob, P, ce)
         P, ce = covariance_step(prob, P, ce)
-        if P.s is not None:
-            P, ce = species_step(prob, P, ce, only_dispersion=True)
+        if P.s is not None:     # order 2: the stopping rule's curvature of the dispersion
+            P, ce = species_step(prob, P, ce, only_dispersion=True, order=2)
         return P, ce
 
-    return ascend(step, prob, P, max_iter, rtol, callback)
+    done, last = None, {}
+    if gtol is not None and layout is not None:
+        def done(P, ce):
+            last["value"] = float(ce["site"].sum())
+            last["converged"] = scaled_gradient(prob, layout, P, ce) <= gtol
+            return last["converged"]
+    P, hist = ascend(step, prob, P, max_iter, rtol, callback, done)
+    return P, hist, last.get("converged", False)

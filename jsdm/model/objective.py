@@ -100,7 +100,7 @@ def cell_eval(prob, P, order=1, clip=True):
     out = {"Gm": np.empty((n, m)), "Gv": np.empty((n, m)), "clip": clip,
            "gs": np.zeros(vec) if disp else None,
            "gss": np.zeros(mat) if disp and order >= 2 else None,
-           "site": np.empty(n), "species": np.zeros(m)}
+           "site": np.empty(n), "species": np.zeros(m), "clipped": False}
     step = max(1, _CHUNK_CELLS // max(m, 1))
     for start in range(0, n, step):
         _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
@@ -130,6 +130,8 @@ def _eval_rows(prob, P, rows, order, out):
     gv = out["Gv"][rows]
     np.multiply(e.d_v, W, out=gv)
     if out["clip"]:
+        if not out["clipped"] and (gv > 0.0).any():
+            out["clipped"] = True       # Gv is then not the gradient's (see ``gradient_from``)
         np.minimum(gv, 0.0, out=gv)
     if out["gs"] is not None:     # sums over sites: all the gradient and dispersion step need
         out["gs"] += np.einsum("ij,ij...->j...", W, e.d_s)
@@ -156,6 +158,14 @@ def evaluate(prob, P, grad=True):
     Gm, Gv = W * e.d_m, W * e.d_v
     gs = None if e.d_s is None else weighted(W, e.d_s).sum(0)
     return Evaluation(float(site_terms.sum()), site_terms, M, V, Gm, Gv, gs)
+
+
+def gradient_from(prob, P, ce):
+    """The ELBO's gradient from a ``cell_eval`` result at P, or None where Gv was clipped."""
+    if ce.get("clipped"):
+        return None
+    ev = Evaluation(float(ce["site"].sum()), ce["site"], None, None, ce["Gm"], ce["Gv"], ce["gs"])
+    return gradient(prob, P, ev)
 
 
 def gradient(prob, P, ev):

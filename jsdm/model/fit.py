@@ -197,7 +197,7 @@ def _max_scaled_gradient(prob, layout, P, g):
     return float((np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(h)).max())
 
 
-SQUAREM_ITERATIONS = 2      # block sweeps: cheap progress from the start
+SQUAREM_ITERATIONS = 4      # block sweeps: cheap progress from the start
 NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergence)
 
 

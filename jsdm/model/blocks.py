@@ -242,8 +242,14 @@ def scaled_gradient(prob, layout, P, ce=None):
     if ce is None or ce["clipped"] or (P.s is not None and ce["gss"] is None):
         ce = cell_eval(prob, P, order=2 if P.s is not None else 1, clip=False)
     g = layout.pack_grad(gradient_from(prob, P, ce), P)
-    h = np.maximum(curvature_diagonal(prob, layout, P, ce), 1.0)
-    return float((np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(h)).max())
+    return scaled_max(layout, P, g, curvature_diagonal(prob, layout, P, ce))
+
+
+def scaled_max(layout, P, g, h):
+    """max_k |g_k| / sqrt(max(h_k, 1)) for a packed gradient g and curvature diagonal h."""
+    if not g.size:
+        return 0.0
+    return float((np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(np.maximum(h, 1.0))).max())
 
 
 def curvature_diagonal(prob, layout, P, ce=None):

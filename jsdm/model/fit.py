@@ -9,7 +9,7 @@ from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import CACHE_KEY, cell_eval, evaluate
 from .params import Layout, Params
-from .blocks import curvature_diagonal, squarem_ascent
+from .blocks import curvature_diagonal, scaled_max, squarem_ascent
 from .newton import newton_ascent
 from .start import glm_start, initial_params
 
@@ -191,10 +191,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
 
 def _max_scaled_gradient(prob, layout, P, g):
     """max_k |g_k| / sqrt(max(h_k, 1)), components pushing out of the bounds left out."""
-    if not g.size:
-        return 0.0
-    h = np.maximum(curvature_diagonal(prob, layout, P), 1.0)
-    return float((np.abs(layout.projected(layout.pack(P), g)) / np.sqrt(h)).max())
+    return scaled_max(layout, P, g, curvature_diagonal(prob, layout, P) if g.size else g)
 
 
 SQUAREM_ITERATIONS = 4      # block sweeps: cheap progress from the start

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._numerics import safe_solve
 
-from .objective import cell_eval
+from .objective import cell_eval, column_moments
 from .params import S_BOUNDS
 
 _NHALF = 6
@@ -114,7 +114,7 @@ def species_step(prob, P, ce, only_dispersion=False, order=1):
     if P.s is not None:
         if ce["gss"] is None:
             ce = cell_eval(prob, P, order=2)
-        ds = dispersion_step(ce["gs"], ce["gss"], 0.25)
+        ds = dispersion_step(ce["gs"], ce["gss"], 1.0)
         ds = np.clip(ds, -2.0, 2.0)
     return _accept_species(prob, P, step, ds, ce, order)
 
@@ -151,6 +151,101 @@ def dispersion_step(gs, gss, fallback):
         if spd.any():
             ds[spd] = np.linalg.solve(neg[spd], gs[spd][..., None])[..., 0]
     return np.where(np.isfinite(ds), ds, 0.0)
+
+
+_POLISH_CELLS = 2_000_000     # cells per batch of species in ``polish_dispersion``
+
+
+def polish_dispersion(prob, P, ce, tol, max_iter=30):
+    """Newton iterations on the dispersions of the species whose scaled gradient exceeds ``tol``.
+
+    A rare species' dispersion can sit where its ELBO is not concave in s (phi
+    far too small or large for its few non-zero counts); one joint step per
+    outer iteration then crawls there. Here only those species' columns are
+    evaluated (the means and variances do not depend on s), each iterating with
+    its own step halving until its scaled gradient |g| / sqrt(max(-h, 1)) is
+    below ``tol / 10``. Scalar dispersions only (vector ones are returned as they
+    are). ``ce`` (a ``cell_eval`` result at P with "gss") is updated in place for
+    the species changed; returns (P, ce).
+    """
+    if P.s is None or np.ndim(P.s) != 1 or ce.get("gss") is None:
+        return P, ce
+    lo, hi = S_BOUNDS
+    gs_all = ce["gs"]
+
+    def scaled(s, gs, gss):
+        pushing = ((s <= lo) & (gs < 0)) | ((s >= hi) & (gs > 0))
+        return np.where(pushing, 0.0, np.abs(gs)) / np.sqrt(np.maximum(-gss, 1.0))
+
+    J = np.nonzero(scaled(P.s, gs_all, ce["gss"]) > tol)[0]
+    if not J.size:
+        return P, ce
+    A2 = P.A.reshape(prob.n, -1) if prob.d else None
+    s_new = P.s.copy()
+    batch = max(1, _POLISH_CELLS // max(prob.n, 1))
+    for b in range(0, J.size, batch):
+        cols = J[b:b + batch]
+        _polish_columns(prob, P, ce, cols, A2, s_new, scaled, tol / 10.0, max_iter)
+    P = P.copy()
+    P.s = s_new
+    return P, ce
+
+
+def _polish_columns(prob, P, ce, cols, A2, s_new, scaled, tol, max_iter):
+    """``polish_dispersion`` for one batch of species; writes s_new[cols] and ce's columns."""
+    M, V = column_moments(prob, P, cols, A2)
+    Y, W = prob.Y[:, cols], prob.W[:, cols]
+    tr = None if prob.trials is None else prob.trials[:, cols]
+
+    def ev(idx, s):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return prob.family.ell(Y[:, idx], M[:, idx], V[:, idx], s,
+                                   None if tr is None else tr[:, idx], order=2)
+
+    allc = np.arange(cols.size)
+    e = ev(allc, P.s[cols])
+    old_val = W * e.value
+    cur = {"val": old_val.copy(), "dm": np.asarray(e.d_m) * W, "dv": np.asarray(e.d_v) * W}
+    s = P.s[cols].copy()
+    val = old_val.sum(0)
+    gs, gss = (W * e.d_s).sum(0), (W * e.d_ss).sum(0)
+    mult = np.ones(cols.size)
+    for _ in range(max_iter):
+        live = np.nonzero((scaled(s, gs, gss) > tol) & (mult > 1e-3))[0]
+        if not live.size:
+            break
+        step = np.clip(dispersion_step(gs[live], gss[live], 1.0), -2.0, 2.0) * mult[live]
+        trial = np.clip(s[live] + step, *S_BOUNDS)
+        e = ev(live, trial)
+        tv = W[:, live] * e.value
+        tsum = tv.sum(0)
+        ok = np.isfinite(tsum) & (tsum >= val[live] - 1e-12 * np.abs(val[live]))
+        acc, rej = live[ok], live[~ok]
+        mult[rej] *= 0.5
+        mult[acc] = 1.0
+        if acc.size:
+            s[acc], val[acc] = trial[ok], tsum[ok]
+            Wa = W[:, acc]
+            gs[acc] = (Wa * e.d_s[:, ok]).sum(0)
+            gss[acc] = (Wa * e.d_ss[:, ok]).sum(0)
+            cur["val"][:, acc] = tv[:, ok]
+            cur["dm"][:, acc] = Wa * e.d_m[:, ok]
+            cur["dv"][:, acc] = Wa * e.d_v[:, ok]
+    moved = s != P.s[cols]
+    if not moved.any():
+        return
+    c, k = cols[moved], np.nonzero(moved)[0]
+    s_new[c] = s[k]
+    ce["site"] += (cur["val"][:, k] - old_val[:, k]).sum(1)
+    ce["species"][c] = val[k]
+    ce["gs"][c], ce["gss"][c] = gs[k], gss[k]
+    ce["Gm"][:, c] = cur["dm"][:, k]
+    gv = cur["dv"][:, k]
+    if ce["clip"]:
+        if (gv > 0.0).any():
+            ce["clipped"] = True
+        gv = np.minimum(gv, 0.0)
+    ce["Gv"][:, c] = gv
 
 
 def _accept_species(prob, P, step, ds, ce, order=1):

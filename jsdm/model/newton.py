@@ -23,7 +23,7 @@ steps. Every stage is accepted only if the ELBO increases.
 """
 import numpy as np
 
-from .blocks import _chol_inv, ascend, scaled_gradient, species_step
+from .blocks import _chol_inv, ascend, polish_dispersion, scaled_gradient, species_step
 from .objective import _CHUNK_CELLS, _cache, cell_eval, moments
 
 _SITE_CHUNK = 500
@@ -330,13 +330,15 @@ def _apply(prob, P, db, du, t):
 
 
 def _line_search(prob, P, ce, db, du):
+    """Halve the step until the ELBO does not fall (by more than its rounding, 1e-12 relative)."""
     old = float(ce["site"].sum())
+    floor = old - 1e-12 * abs(old)
     t = 1.0
     for _ in range(12):
         T = _apply(prob, P, db, du, t)
         ct = cell_eval(prob, T)
         val = float(ct["site"].sum())
-        if np.isfinite(val) and val >= old:
+        if np.isfinite(val) and val >= floor:
             return T, ct, True
         t *= 0.5
     return P, ce, False
@@ -368,17 +370,26 @@ def covariance_step(prob, P, ce):
 
 
 def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None, gtol=None):
-    """Alternate joint mean Newton steps, covariance and dispersion updates.
+    """Alternate joint mean Newton steps, covariance, gauge and dispersion updates.
+
+    Each iteration: ``newton_means``; ``covariance_step``; ``gauge_step`` (the
+    latent variables' scale and shear, closed form); with a dispersion, one
+    joint dispersion step and ``polish_dispersion`` for the species it left
+    behind.
 
     Stops after ``max_iter`` steps, when the ELBO changes by at most ``rtol``
     (relative), or, given ``layout`` and ``gtol``, once the scaled gradient
     (:func:`blocks.scaled_gradient`) is at most ``gtol``.
     """
+    polish_tol = 1e-4 if gtol is None else gtol
+
     def step(P, ce):
         P, ce, _ = newton_means(prob, P, ce)
         P, ce = covariance_step(prob, P, ce)
+        P, ce = gauge_step(prob, P, ce)
         if P.s is not None:     # order 2: the stopping rule's curvature of the dispersion
             P, ce = species_step(prob, P, ce, only_dispersion=True, order=2)
+            P, ce = polish_dispersion(prob, P, ce, polish_tol)
         return P, ce
 
     done, last = None, {}
@@ -389,3 +400,48 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
             return last["converged"]
     P, hist = ascend(step, prob, P, max_iter, rtol, callback, done)
     return P, hist, last.get("converged", False)
+
+
+def gauge_step(prob, P, ce=None):
+    """Exact ELBO maximisation over the latent variables' linear reparametrisations.
+
+    For any invertible T, a_i -> T a_i, A_i -> T A_i T', theta_j -> T^-T theta_j
+    leaves every m_ij and v_ij, hence the likelihood part, unchanged; only the
+    KL terms move: 0.5 tr(T M T') - n log|det T| + const, M = sum_i (a_i a_i' + A_i).
+    That is least at T M T' = n I; among those T, the one keeping theta lower
+    triangular with a positive diagonal is T = R S^-1/2 (S = M / n, R from a QR
+    factorisation of (theta_top S^1/2)'). These are the slow directions of the
+    alternating updates (scale and shear of the latent variables against the
+    loadings), so one closed-form step replaces many iterations. No cell is
+    evaluated; ``ce["site"]`` (when given) is updated for the new KL terms.
+    """
+    from .objective import kl_terms
+
+    n, d = prob.n, prob.d
+    if d == 0 or n == 0:
+        return P, ce
+    A = P.A
+    S = (P.a.T @ P.a + A.sum(0)) / n
+    w, V = np.linalg.eigh(0.5 * (S + S.T))
+    if not (np.all(np.isfinite(w)) and w.min() > 1e-12 * max(w.max(), 1e-300)):
+        return P, ce
+    S_half, S_mhalf = (V * np.sqrt(w)) @ V.T, (V / np.sqrt(w)) @ V.T
+    Q, R = np.linalg.qr((P.theta[:d] @ S_half).T)
+    sign = np.sign(np.diag(R))
+    sign[sign == 0] = 1.0
+    Q = Q * sign
+    T = Q.T @ S_mhalf
+    new = P.copy()
+    new.theta = np.tril(P.theta @ S_half @ Q)
+    new.a = P.a @ T.T
+    At = T @ A @ T.T
+    try:
+        new.L = np.linalg.cholesky(0.5 * (At + np.swapaxes(At, 1, 2)))
+    except np.linalg.LinAlgError:
+        return P, ce
+    if ce is None:
+        return new, ce
+    site = ce["site"] + kl_terms(prob, P) - kl_terms(prob, new)
+    if not float(site.sum()) >= float(ce["site"].sum()):
+        return P, ce
+    return new, {**ce, "site": site}

@@ -65,6 +65,33 @@ def moments(prob, P, rows=slice(None)):
     return M, V
 
 
+def column_moments(prob, P, cols, A2=None):
+    """Means and variances (n, len(cols)) of the linear predictor for the species in ``cols``.
+
+    ``A2``: the variational covariances reshaped (n, d * d), when already at hand.
+    """
+    cols = np.asarray(cols)
+    M = np.broadcast_to(P.beta0[cols], (prob.n, cols.size)).copy()
+    if prob.p:
+        M += prob.X @ P.B[cols].T
+    if prob.offset is not None:
+        M += prob.offset[:, cols]
+    if P.alpha is not None:
+        M += P.alpha[:, None]
+    d = prob.d
+    if d:
+        th = P.theta[cols]
+        M += P.a @ th.T
+        A2 = P.A.reshape(prob.n, d * d) if A2 is None else A2
+        V = A2 @ (th[:, :, None] * th[:, None, :]).reshape(cols.size, d * d).T
+        np.maximum(V, 0.0, out=V)
+    else:
+        V = np.zeros_like(M)
+    if prob.row_effect == "random":
+        V += np.exp(2.0 * P.log_rho)[:, None]
+    return M, V
+
+
 def kl_terms(prob, P):
     """Per-site KL of the variational posteriors from their priors, shape (n,)."""
     kl = np.zeros(prob.n)

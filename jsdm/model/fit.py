@@ -7,7 +7,7 @@ import numpy as np
 
 from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
-from .objective import CACHE_KEY, cell_eval, evaluate
+from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
 from .params import Layout, Params
 from .blocks import curvature_diagonal, scaled_max, squarem_ascent
 from .newton import newton_ascent
@@ -174,10 +174,8 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
             best = run
     P, _, n_iter, n_eval, message, hist = best
     P = normalise(P)
-    ev = evaluate(prob, P)
-    g = layout.pack_grad(ev.grad, P)
-    smax = _max_scaled_gradient(prob, layout, P, g)
-    state = FitState(P, ev.value, g, smax <= gtol, n_iter, n_eval, message,
+    value, g, smax = _final_check(prob, layout, P)
+    state = FitState(P, value, g, smax <= gtol, n_iter, n_eval, message,
                      time.perf_counter() - t0, layout, values, hist, smax)
     if not state.converged:
         warnings.warn(
@@ -189,12 +187,20 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     return state
 
 
+def _final_check(prob, layout, P):
+    """(ELBO, packed gradient, max scaled gradient) at P from one evaluation of the cells."""
+    ce = cell_eval(prob, P, order=2 if P.s is not None else 1, clip=False)
+    g = layout.pack_grad(gradient_from(prob, P, ce), P)
+    h = curvature_diagonal(prob, layout, P, ce) if g.size else g
+    return float(ce["site"].sum()), g, scaled_max(layout, P, g, h)
+
+
 def _max_scaled_gradient(prob, layout, P, g):
     """max_k |g_k| / sqrt(max(h_k, 1)), components pushing out of the bounds left out."""
     return scaled_max(layout, P, g, curvature_diagonal(prob, layout, P) if g.size else g)
 
 
-SQUAREM_ITERATIONS = 4      # block sweeps: cheap progress from the start
+SQUAREM_ITERATIONS = 2      # block sweeps: cheap progress from the start
 NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergence)
 
 
@@ -223,7 +229,7 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
         h2, done = [], False
     left = maxiter - len(h1) - len(h2)
     if done or left <= 0:
-        val = float(cell_eval(prob, P)["site"].sum())
+        val = h2[-1][1] if h2 else float(cell_eval(prob, P)["site"].sum())
         return (P, val, len(h1) + len(h2), 0,
                 "converged in the Newton phase" if done else "iteration limit reached", hist)
     nc = NonCentred(prob, layout)

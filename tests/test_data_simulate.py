@@ -170,5 +170,17 @@ def test_gaussian_moments():
     np.testing.assert_allclose(resid.std(axis=0), sd, rtol=0.03)
 
 
+def test_zero_inflated_poisson_default_and_zero_share():
+    """Default pi = 0.3 (not 1, which would give only zeros); zeros = pi + (1 - pi) e^-mu."""
+    com, truth = simulate_community(N_BIG, 3, family="zip", seed=10)
+    np.testing.assert_allclose(truth.dispersion, 0.3)
+    y, mu = com.Y.to_numpy(), np.exp(truth.eta.to_numpy())
+    expected = (0.3 + 0.7 * np.exp(-mu)).mean(axis=0)
+    se = np.sqrt(expected * (1 - expected) / N_BIG)
+    assert np.all(np.abs((y == 0).mean(axis=0) - expected) < 4.5 * se)
+    with pytest.raises(JSDMError, match="below 1"):
+        simulate_community(20, 3, family="zip", dispersion=1.0)
+
+
 def test_reachable_from_datasets():
     assert jsdm.datasets.simulate_community is simulate_community

@@ -19,7 +19,8 @@ from ..exceptions import JSDMError
 from .community import Community
 
 #: default dispersion per family: NB phi (Var = mu + phi mu^2), Gaussian residual sd
-DEFAULT_DISPERSION = {"negative_binomial": 0.5, "gaussian": 1.0}
+DEFAULT_DISPERSION = {"negative_binomial": 0.5, "gaussian": 1.0, "zip": 0.3, "tweedie": 1.0,
+                      "beta": 10.0, "gamma": 1.0}
 
 
 @dataclass
@@ -86,7 +87,10 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
     link : str, optional
         Link (e.g. "probit" for binomial); default: the family's.
     dispersion : float or array, shape (n_species,), optional
-        NB phi (Var = mu + phi mu^2, default 0.5) or Gaussian sd (default 1).
+        The family's dispersion on its reported scale: NB phi (Var = mu + phi mu^2,
+        default 0.5), Gaussian sd (default 1), zero-inflation probability pi for
+        "zip" (default 0.3), beta precision phi (default 10), Tweedie and gamma
+        phi (default 1).
     trials : int or array broadcastable to (n_sites, n_species), optional
         Binomial trials; None gives 0/1 data.
     intercept : float, optional
@@ -177,4 +181,10 @@ def _dispersion(fam, dispersion, m):
     disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,)).copy()
     if not (np.isfinite(disp).all() and (disp > 0).all()):
         raise JSDMError(f"dispersion must be positive and finite, got {dispersion!r}.")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ok = np.isfinite(fam.dispersion_param(disp))
+    if not ok.all():
+        raise JSDMError(f"dispersion {float(disp[~ok][0]):g} is outside what family {fam.name!r} allows "
+                        f"for its {fam.dispersion_name} (e.g. a zero-inflation probability must be "
+                        "below 1).")
     return disp

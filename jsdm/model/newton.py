@@ -25,7 +25,6 @@ import numpy as np
 
 from .blocks import _chol_inv, ascend, polish_dispersion, scaled_gradient, species_step
 from .objective import _CHUNK_CELLS, _cache, cell_eval, moments
-from .params import S_BOUNDS
 
 _SITE_CHUNK = 500
 
@@ -87,50 +86,6 @@ def mv_curvature(prob, P, ce, h=_FD_STEP):
 _EXACT_FROM = 0.05
 
 
-def ms_curvature(prob, P, ce, h=1e-5):
-    """Weighted E_ms, E_vs (n, m) and the species sums of d2 ell/ds2 (m,), by a forward difference in s.
-
-    One evaluation of the family at s + h; the second derivatives in s are taken
-    from ``ce["gss"]`` when it is there (analytic), else from the difference of
-    the summed first derivatives. Cells whose Gv was clipped get E_vs = 0.
-    """
-    n, m = prob.n, prob.m
-    Ems, Evs = np.empty((n, m)), np.empty((n, m))
-    gs_h = np.zeros(m)
-    sh = P.s + h
-    step = max(1, _CHUNK_CELLS // max(m, 1))
-    for start in range(0, n, step):
-        rows = slice(start, min(n, start + step))
-        with np.errstate(over="ignore", invalid="ignore"):
-            M, V = moments(prob, P, rows)
-            trials = None if prob.trials is None else prob.trials[rows]
-            e = prob.family.ell(prob.Y[rows], M, V, sh, trials)
-        W, Gv = prob.W[rows], ce["Gv"][rows]
-        Ems[rows] = (W * e.d_m - ce["Gm"][rows]) / h
-        Evs[rows] = np.where(Gv != 0.0, (W * e.d_v - Gv) / h, 0.0)
-        gs_h += (W * e.d_s).sum(0)
-    gss = ce["gss"] if ce.get("gss") is not None else (gs_h - ce["gs"]) / h
-    bad = ~(np.isfinite(Ems) & np.isfinite(Evs))
-    if bad.any():
-        Ems[bad] = Evs[bad] = 0.0
-    return Ems, Evs, np.where(np.isfinite(gss), gss, 0.0)
-
-
-JOINT_DISPERSION_MAX_CELLS = 2_000_000
-
-
-def _dispersion_joins(prob, P):
-    """Whether the species' (scalar) dispersions take part in the joint step.
-
-    They couple to the loadings (a smaller phi leaves more variance to the latent
-    variables), which the separate dispersion step follows only slowly. The
-    cost is one more evaluation of the family per step, so for now only up to
-    ``JOINT_DISPERSION_MAX_CELLS`` cells.
-    """
-    return (P.s is not None and np.ndim(P.s) == 1
-            and prob.n * prob.m <= JOINT_DISPERSION_MAX_CELLS)
-
-
 def _third_order_matters(P, A):
     """Whether the E_mv, E_vv terms are worth their extra evaluation.
 
@@ -142,88 +97,40 @@ def _third_order_matters(P, A):
     return 2.0 * tr * np.sqrt((P.theta ** 2).sum(1).mean()) > _EXACT_FROM
 
 
-def _dispersion_concave(B, ks, rel=1e-6):
-    """Per species: whether -S's block is positive definite in s given the rest, (m,) floats 0/1.
-
-    The curvature in s left after the species' other parameters are optimised,
-    B_ss - B_sb B_bb^-1 B_bs, must exceed ``rel`` (1 + B_ss); a species near
-    phi -> 0 (flat in s) or in a non-concave stretch keeps its dispersion out
-    of the joint step (the separate dispersion step and polish take it).
-    """
-    Bbb, Bbs, Bss = B[:, :ks, :ks], B[:, :ks, ks], B[:, ks, ks]
-    ok = np.isfinite(B).all(axis=(1, 2))
-    c = np.full(len(B), -np.inf)
-    if ok.any():
-        try:
-            sol = np.linalg.solve(Bbb[ok], Bbs[ok][..., None])[..., 0]
-            c[ok] = Bss[ok] - (Bbs[ok] * sol).sum(1)
-        except np.linalg.LinAlgError:
-            pass
-    w = np.linalg.eigvalsh(np.where(ok[:, None, None], Bbb, np.eye(ks)))
-    good = ok & (w[:, 0] > 0) & np.isfinite(c) & (c > rel * (1.0 + np.abs(Bss)))
-    return good.astype(float)
-
-
 def _species_blocks(prob, P, ce, Xt, A=None):
-    """Curvature (m, kb, kb) and gradient (m, kb) of the species blocks.
-
-    kb = 1 + p + d, plus 1 when the dispersion joins the step (``"Ems"`` in ce):
-    its row holds sum_i E_ms x_i (+ E_vs 2 A_i theta_j in the loadings) and gss_j.
-    """
     n, m, p, d = prob.n, prob.m, prob.p, prob.d
     ks = Xt.shape[1]
-    sd = "Ems" in ce
-    kb = ks + sd
-    tt = slice(1 + p, 1 + p + d)
     A = P.A if A is None else A
     X2 = (Xt[:, :, None] * Xt[:, None, :]).reshape(n, ks * ks)
-    H = np.zeros((m, kb, kb))
-    g = np.zeros((m, kb))
-    H[:, :ks, :ks] = (2.0 * ce["Gv"].T @ X2).reshape(m, ks, ks)
-    g[:, :ks] = ce["Gm"].T @ Xt
+    H = (2.0 * ce["Gv"].T @ X2).reshape(m, ks, ks)
+    g = ce["Gm"].T @ Xt
     Q = (ce["Gv"].T @ A.reshape(n, d * d)).reshape(m, d, d)
-    g[:, tt] += 2.0 * np.einsum("jkl,jl->jk", Q, P.theta)
-    H[:, tt, tt] += 2.0 * Q
+    g[:, 1 + p:] += 2.0 * np.einsum("jkl,jl->jk", Q, P.theta)
+    H[:, 1 + p:, 1 + p:] += 2.0 * Q
     if d and "Emv" in ce:
         th = P.theta
         XA = (Xt[:, :, None, None] * A[:, None, :, :]).reshape(n, ks * d * d)
         T1 = (ce["Emv"].T @ XA).reshape(m, ks, d, d)
         G = 2.0 * np.einsum("jklr,jr->jkl", T1, th)          # sum_i E_mv x_i (A_i theta_j)'
-        H[:, :ks, tt] += G
-        H[:, tt, :ks] += np.swapaxes(G, 1, 2)
+        H[:, :, 1 + p:] += G
+        H[:, 1 + p:, :] += np.swapaxes(G, 1, 2)
         AA = (A[:, :, :, None, None] * A[:, None, None, :, :]).reshape(n, d ** 4)
         T2 = (ce["Evv"].T @ AA).reshape(m, d, d, d, d)
-        H[:, tt, tt] += 4.0 * np.einsum("jlrst,jr,jt->jls", T2, th, th)
-    if sd:
-        hs = ce["Ems"].T @ Xt                                   # sum_i E_ms x_i
-        if d:
-            Qs = (ce["Evs"].T @ A.reshape(n, d * d)).reshape(m, d, d)
-            hs[:, tt] += 2.0 * np.einsum("jkl,jl->jk", Qs, P.theta)
-        H[:, :ks, ks] = H[:, ks, :ks] = hs
-        H[:, ks, ks] = ce["gss_joint"]
-        g[:, ks] = ce["gs"]
+        H[:, 1 + p:, 1 + p:] += 4.0 * np.einsum("jlrst,jr,jt->jls", T2, th, th)
     return H, g
 
 
 def _cross(prob, ce, Xt, U, rows, free, A=None):
-    """C[j, :, i, :] = 2 Gv_ij x_i t_j' + E_mv w_ij t_j' + Gm_ij E for sites in ``rows``; (m, kb, r, kv).
-
-    With the dispersion in the step (``"Ems"`` in ce) its row is E_ms_ij t_j'.
-    """
+    """C[j, :, i, :] = 2 Gv_ij x_i t_j' + E_mv w_ij t_j' + Gm_ij E for sites in ``rows``; (m, ks, r, kv)."""
     p, d = prob.p, prob.d
     Gv, Gm = ce["Gv"][rows], ce["Gm"][rows]
-    ks = Xt.shape[1]
+    C = 2.0 * np.einsum("ij,ik,jl->jkil", Gv, Xt[rows], U)
     kv = U.shape[1]
-    r = rows.stop - rows.start
-    C = np.zeros((prob.m, ks + ("Ems" in ce), r, kv))
-    C[:, :ks] = 2.0 * np.einsum("ij,ik,jl->jkil", Gv, Xt[rows], U)
     for k in range(d):
         C[:, 1 + p + k, :, kv - d + k] += Gm.T
     if d and "Emv" in ce:
         At = np.einsum("ilr,jr->jli", A[rows], ce["theta"])           # (m, d, r): A_i theta_j
-        C[:, 1 + p:ks, :, :] += 2.0 * (ce["Emv"][rows].T[:, None, :] * At)[..., None] * U[:, None, None, :]
-    if "Ems" in ce:
-        C[:, ks] = ce["Ems"][rows].T[:, :, None] * U[:, None, :]
+        C[:, 1 + p:, :, :] += 2.0 * (ce["Emv"][rows].T[:, None, :] * At)[..., None] * U[:, None, None, :]
     C *= free[:, :, None, None]
     if prob.row_effect == "fixed" and rows.start == 0:
         C[:, :, 0, 0] = 0.0
@@ -244,31 +151,20 @@ def newton_means(prob, P, ce):
     Xt = np.column_stack([np.ones(n), prob.X, P.a])
     U = _site_design(prob, P)
     ks = Xt.shape[1]
+    free = np.ones((m, ks))
+    free[:, 1 + p:] = np.tril(np.ones((m, d)))
     A, ce0 = P.A, ce
     if d and _third_order_matters(P, A):
         Emv, Evv = mv_curvature(prob, P, ce)
         ce = {**ce, "Emv": Emv, "Evv": Evv, "theta": P.theta}
-    if _dispersion_joins(prob, P):
-        Ems, Evs, gss = ms_curvature(prob, P, ce)
-        ce = {**ce, "Ems": Ems, "Evs": Evs, "gss_joint": gss}
-    kb = ks + ("Ems" in ce)
-    free = np.ones((m, kb))
-    free[:, 1 + p:ks] = np.tril(np.ones((m, d)))
     Hbb, gb = _species_blocks(prob, P, ce, Xt, A)
     D, gu = _site_blocks(prob, P, ce, U)
     op = _Schur(prob, ce, Xt, U, free, Hbb, np.linalg.inv(D), A)
-    blocks = None
-    if kb > ks:     # the dispersion joins only where the ELBO is clearly concave in it
-        blocks = op.diag_blocks()
-        free[:, ks] = _dispersion_concave(blocks, ks)     # op.free is this array
-        blocks = op.mask(blocks)
     rhs = gb * free - op.c(op.dinv(gu))
-    if m * kb <= _DIRECT_MAX:
-        db = _solve_nd(_dense_schur(prob, ce, op), -rhs.reshape(-1)).reshape(m, kb)
+    if m * ks <= _DIRECT_MAX:
+        db = _solve_nd(_dense_schur(prob, ce, op), -rhs.reshape(-1)).reshape(m, ks)
     else:
-        db = op.solve_cg(rhs, blocks=blocks)
-    if kb > ks:
-        db[:, ks] = np.clip(db[:, ks], -2.0, 2.0)
+        db = op.solve_cg(rhs)
     du = -op.dinv(gu + op.ct(db))
     del op, ce
     return _line_search(prob, P, ce0, db, du)
@@ -285,8 +181,6 @@ class _Schur:
         self.prob, self.ce, self.Xt, self.U, self.free = prob, ce, Xt, U, free
         self.Hbb, self.Dinv = Hbb, Dinv
         self.p, self.d, self.kv = prob.p, prob.d, U.shape[1]
-        self.ks = Xt.shape[1]
-        self.Ems = ce.get("Ems")
         self.fixed_alpha = prob.row_effect == "fixed"
         self.exact = self.d > 0 and "Emv" in ce
         self.A = A
@@ -298,16 +192,14 @@ class _Schur:
     def ct(self, x):
         """C' x for x (m, ks): (n, kv)."""
         x = x * self.free
-        Gv, Gm, ks = self.ce["Gv"], self.ce["Gm"], self.ks
-        R = 2.0 * Gv * (self.Xt @ x[:, :ks].T)
+        Gv, Gm = self.ce["Gv"], self.ce["Gm"]
+        R = 2.0 * Gv * (self.Xt @ x.T)
         if self.exact:      # + E_mv (w_ij' x_j): w_ij' x_j = 2 theta_j' A_i x_theta_j
-            th, xt = self.ce["theta"], x[:, 1 + self.p:ks]
+            th, xt = self.ce["theta"], x[:, 1 + self.p:]
             sym = (th[:, :, None] * xt[:, None, :]).reshape(len(th), -1)
             R += 2.0 * self.ce["Emv"] * (self.A2 @ sym.T)
-        if self.Ems is not None:        # + E_ms x_s
-            R += self.Ems * x[:, ks]
         y = R @ self.U
-        y[:, self.kv - self.d:] += Gm @ x[:, 1 + self.p:ks]
+        y[:, self.kv - self.d:] += Gm @ x[:, 1 + self.p:]
         if self.fixed_alpha:
             y[0, 0] = 0.0
         return y
@@ -317,17 +209,14 @@ class _Schur:
         if self.fixed_alpha:
             y = y.copy()
             y[0, 0] = 0.0
-        Gv, Gm, ks = self.ce["Gv"], self.ce["Gm"], self.ks
+        Gv, Gm = self.ce["Gv"], self.ce["Gm"]
         r = y @ self.U.T
-        z = np.zeros(self.free.shape)
-        z[:, :ks] = (2.0 * Gv * r).T @ self.Xt
-        z[:, 1 + self.p:ks] += Gm.T @ y[:, self.kv - self.d:]
+        z = (2.0 * Gv * r).T @ self.Xt
+        z[:, 1 + self.p:] += Gm.T @ y[:, self.kv - self.d:]
         if self.exact:      # + sum_i E_mv (t_j' y_i) 2 A_i theta_j
             d = self.d
             Q = ((self.ce["Emv"] * r).T @ self.A2).reshape(-1, d, d)
-            z[:, 1 + self.p:ks] += 2.0 * np.einsum("jlr,jr->jl", Q, self.ce["theta"])
-        if self.Ems is not None:        # + sum_i E_ms (t_j' y_i)
-            z[:, ks] = (self.Ems * r).sum(0)
+            z[:, 1 + self.p:] += 2.0 * np.einsum("jlr,jr->jl", Q, self.ce["theta"])
         return z * self.free
 
     def neg_schur(self, x):
@@ -336,37 +225,26 @@ class _Schur:
         out = (self.c(self.dinv(self.ct(x))) - hx) * self.free
         return out + x * (1.0 - self.free)
 
-    def diag_blocks(self):
-        """The species-diagonal blocks of -S, (m, kb, kb), fixed entries as identity."""
-        prob = self.prob
+    def block_preconditioner(self):
+        """Inverses of the species-diagonal blocks of -S, (m, ks, ks)."""
+        prob, ks = self.prob, self.free.shape[1]
         B = -self.Hbb.copy()
         for start in range(0, prob.n, _SITE_CHUNK):
             rows = slice(start, min(prob.n, start + _SITE_CHUNK))
             C = _cross(prob, self.ce, self.Xt, self.U, rows, self.free, self.A)
             B += np.einsum("jkil,ilq,jriq->jkr", C, self.Dinv[rows], C, optimize=True)
-        return self.mask(B)
-
-    def mask(self, B):
-        """Blocks with the rows and columns of fixed entries replaced by the identity's."""
-        jj, kk = np.nonzero(self.free == 0)
+        fixed = self.free == 0
+        jj, kk = np.nonzero(fixed)
         B[jj, kk, :] = 0.0
         B[jj, :, kk] = 0.0
         B[jj, kk, kk] = 1.0
-        return B
-
-    def block_preconditioner(self, blocks=None):
-        """Inverses of the species-diagonal blocks of -S, (m, kb, kb)."""
-        B = self.diag_blocks() if blocks is None else blocks.copy()
         ridge = 1e-10 * np.abs(np.diagonal(B, axis1=1, axis2=2)).max(axis=1) + 1e-12
-        B += ridge[:, None, None] * np.eye(B.shape[1])
+        B += ridge[:, None, None] * np.eye(ks)
         return np.linalg.inv(B)
 
-    def solve_cg(self, rhs, rtol=1e-4, maxiter=200, blocks=None):
-        """Preconditioned CG on -S x = rhs; stops early at negative curvature (truncated Newton).
-
-        ``blocks``: the species-diagonal blocks of -S when already computed.
-        """
-        Minv = self.block_preconditioner(blocks)
+    def solve_cg(self, rhs, rtol=1e-4, maxiter=200):
+        """Preconditioned CG on -S x = rhs; stops early at negative curvature (truncated Newton)."""
+        Minv = self.block_preconditioner()
         prec = lambda r: np.einsum("jkl,jl->jk", Minv, r)   # noqa: E731
         x = np.zeros_like(rhs)
         r = rhs.copy()
@@ -415,7 +293,7 @@ def _all_threads(flops):
 
 def _accumulate(prob, ce, Xt, U, free, Dinv, S, A=None):
     """S -= C D^-1 C' over chunks of sites (in place)."""
-    n, m, ks, kv = prob.n, prob.m, free.shape[1], U.shape[1]
+    n, m, ks, kv = prob.n, prob.m, Xt.shape[1], U.shape[1]
     for start in range(0, n, _SITE_CHUNK):
         rows = slice(start, min(n, start + _SITE_CHUNK))
         C = _cross(prob, ce, Xt, U, rows, free, A)
@@ -444,9 +322,7 @@ def _apply(prob, P, db, du, t):
     T = P.copy()
     T.beta0 = P.beta0 + t * db[:, 0]
     T.B = P.B + t * db[:, 1:1 + p]
-    T.theta = np.tril(P.theta + t * db[:, 1 + p:1 + p + prob.d])
-    if db.shape[1] > 1 + p + prob.d:     # the dispersion joined the step
-        T.s = np.clip(P.s + t * db[:, -1], *S_BOUNDS)
+    T.theta = np.tril(P.theta + t * db[:, 1 + p:])
     T.a = P.a + t * du[:, kv - d:]
     if prob.row_effect is not None:
         T.alpha = P.alpha + t * du[:, 0]

@@ -286,9 +286,13 @@ def _dense_schur(prob, ce, op):
 
 def _all_threads(flops):
     """All BLAS threads for a Schur-complement product of at least 1e9 flops, else one."""
+    import contextlib
+
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=None if flops >= 1e9 else 1, user_api="blas")
+    if flops < 1e9:     # the fit already runs with one BLAS thread; asking costs ~2 ms
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=None, user_api="blas")
 
 
 def _accumulate(prob, ce, Xt, U, free, Dinv, S, A=None):

@@ -245,3 +245,64 @@ def test_polish_dispersion_drives_the_dispersion_gradient_down():
     assert np.array_equal(R.s[unchanged], Q.s[unchanged]) or sc[unchanged].max() < 1e-6
     for key in ("site", "species", "gs", "gss", "Gm", "Gv"):
         np.testing.assert_allclose(cr[key], fresh[key], rtol=1e-9, atol=1e-9, err_msg=key)
+
+
+def test_anchor_order_picks_strong_species_only_when_the_first_are_weak():
+    from jsdm.model.fit import anchor_order
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(30, 2))
+    theta[0] = [3.0, 0.0]
+    theta[1] = [0.5, 3.0]
+    assert anchor_order(theta) is None                   # the data's first species pin it well
+    theta[0] = [0.05, 0.0]                               # a nearly uninformative first species
+    order = anchor_order(theta)
+    assert order is not None and sorted(order) == list(range(30))
+    norms = (theta ** 2).sum(1)
+    assert order[0] == int(np.argmax(norms)) and 0 not in order[:2]
+    assert anchor_order(theta[:, :1]) is None            # one latent variable: nothing to pin
+
+
+def test_reordering_and_rotating_the_latent_variables_leaves_the_elbo_unchanged():
+    from jsdm.model.fit import _reordered_problem, reorder_species, to_triangular
+    from jsdm.model.objective import kl_terms, moments
+
+    prob, P = _fitted()
+    order = np.r_[5, 2, np.setdiff1d(np.arange(prob.m), [5, 2])]
+    work = _reordered_problem(prob, order)
+    Q = to_triangular(reorder_species(P, order))
+    assert np.all(np.triu(Q.theta[:2], 1) == 0) and np.all(np.diag(Q.theta[:2]) > 0)
+    M0, V0 = moments(prob, P)
+    M1, V1 = moments(work, Q)
+    np.testing.assert_allclose(M1, M0[:, order], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(V1, V0[:, order], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(kl_terms(work, Q), kl_terms(prob, P), rtol=1e-10)
+    np.testing.assert_allclose(cell_eval(work, Q)["site"], cell_eval(prob, P)["site"], rtol=1e-10)
+    back = to_triangular(reorder_species(Q, np.argsort(order)))
+    np.testing.assert_allclose(back.theta, P.theta, atol=1e-10)
+    np.testing.assert_allclose(back.a, P.a, atol=1e-10)
+    np.testing.assert_allclose(back.A, P.A, atol=1e-10)
+
+
+def test_a_weak_first_species_fit_keeps_the_data_convention_and_optimum(monkeypatch):
+    """Fitting with strong anchors first, then rotating back, reaches the same optimum."""
+    import jsdm.model.fit as fm
+
+    com, _ = jsdm.simulate_community(300, 40, num_lv=2, family="negative_binomial",
+                                     n_covariates=1, seed=2, intercept=-2.0, intercept_sd=1.5)
+    Y = com.Y
+    first = int(np.argmin((Y > 0).sum().to_numpy()))        # the rarest species first
+    Y = Y.iloc[:, [first] + [j for j in range(Y.shape[1]) if j != first]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        fit = jsdm.gllvm(Y, com.X, family="nb", num_lv=2, n_init=1, seed=0)
+        assert fm.anchor_order(fit.loadings.to_numpy()) is not None   # the case this is about
+        monkeypatch.setattr(fm, "ANCHOR_GAIN", np.inf)                # the data's order throughout
+        plain = jsdm.gllvm(Y, com.X, family="nb", num_lv=2, n_init=1, seed=0, maxiter=20000)
+    assert fit.converged and plain.converged
+    assert list(fit.loadings.index) == list(Y.columns)
+    th = fit.loadings.to_numpy()
+    assert th[0, 1] == 0.0 and th[0, 0] > 0 and th[1, 1] > 0
+    assert fit.llf >= plain.llf - 1e-3
+    np.testing.assert_allclose(th @ th.T, plain.loadings.to_numpy() @ plain.loadings.to_numpy().T,
+                               atol=0.05 * np.abs(th @ th.T).max())

@@ -407,17 +407,19 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
 
 
 def gauge_step(prob, P, ce=None):
-    """Exact ELBO maximisation over the latent variables' linear reparametrisations.
+    """Exact ELBO maximisation over the latent variables' affine reparametrisations.
 
-    For any invertible T, a_i -> T a_i, A_i -> T A_i T', theta_j -> T^-T theta_j
-    leaves every m_ij and v_ij, hence the likelihood part, unchanged; only the
-    KL terms move: 0.5 tr(T M T') - n log|det T| + const, M = sum_i (a_i a_i' + A_i).
-    That is least at T M T' = n I; among those T, the one keeping theta lower
-    triangular with a positive diagonal is T = R S^-1/2 (S = M / n, R from a QR
-    factorisation of (theta_top S^1/2)'). These are the slow directions of the
-    alternating updates (scale and shear of the latent variables against the
-    loadings), so one closed-form step replaces many iterations. No cell is
-    evaluated; ``ce["site"]`` (when given) is updated for the new KL terms.
+    For any shift c and invertible T, a_i -> T (a_i + c), A_i -> T A_i T',
+    theta_j -> T^-T theta_j, beta0_j -> beta0_j - theta_j' c leave every m_ij and
+    v_ij, hence the likelihood part, unchanged; only the KL terms move. They are
+    least at c = -mean_i(a_i) and T M T' = n I, M = sum_i (a_i + c)(a_i + c)' + A_i;
+    among those T, the one keeping theta lower triangular with a positive
+    diagonal is T = R S^-1/2 (S = M / n, R from a QR factorisation of
+    (theta_top S^1/2)'). These are the slow directions of the alternating
+    updates (location, scale and shear of the latent variables against the
+    intercepts and loadings, pinned only by the prior), so one closed-form step
+    replaces many iterations. No cell is evaluated; ``ce["site"]`` (when given)
+    is updated for the new KL terms.
     """
     from .objective import kl_terms
 
@@ -425,7 +427,9 @@ def gauge_step(prob, P, ce=None):
     if d == 0 or n == 0:
         return P, ce
     A = P.A
-    S = (P.a.T @ P.a + A.sum(0)) / n
+    abar = P.a.mean(0)
+    ac = P.a - abar
+    S = (ac.T @ ac + A.sum(0)) / n
     w, V = np.linalg.eigh(0.5 * (S + S.T))
     if not (np.all(np.isfinite(w)) and w.min() > 1e-12 * max(w.max(), 1e-300)):
         return P, ce
@@ -436,8 +440,9 @@ def gauge_step(prob, P, ce=None):
     Q = Q * sign
     T = Q.T @ S_mhalf
     new = P.copy()
+    new.beta0 = P.beta0 + P.theta @ abar
     new.theta = np.tril(P.theta @ S_half @ Q)
-    new.a = P.a @ T.T
+    new.a = ac @ T.T
     At = T @ A @ T.T
     try:
         new.L = np.linalg.cholesky(0.5 * (At + np.swapaxes(At, 1, 2)))

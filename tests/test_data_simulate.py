@@ -182,5 +182,24 @@ def test_zero_inflated_poisson_default_and_zero_share():
         simulate_community(20, 3, family="zip", dispersion=1.0)
 
 
+def test_ordinal_categories_follow_the_cut_points():
+    """P(y <= k | eta) = Phi(tau_(k+1) - eta) (probit); default cut points (0, 1, 2)."""
+    com, truth = simulate_community(N_BIG, 3, family="ordinal", seed=11)
+    assert list(truth.dispersion.columns) == ["tau1", "tau2", "tau3"]
+    np.testing.assert_allclose(truth.dispersion.to_numpy(), [[0.0, 1.0, 2.0]] * 3)
+    y, eta = com.Y.to_numpy(), truth.eta.to_numpy()
+    assert set(np.unique(y)) == {0.0, 1.0, 2.0, 3.0}
+    for k, tau in enumerate((0.0, 1.0, 2.0)):
+        expected = stats.norm.cdf(tau - eta).mean(axis=0)
+        se = np.sqrt(expected * (1 - expected) / N_BIG)
+        assert np.all(np.abs((y <= k).mean(axis=0) - expected) < 4.5 * se)
+    cuts = np.array([[0.0, 0.5], [0.0, 2.0]])
+    _, t2 = simulate_community(30, 2, family="ordinal", dispersion=cuts, seed=1)
+    np.testing.assert_allclose(t2.dispersion.to_numpy(), cuts)
+    for bad in ((1.0, 2.0), (0.0, 2.0, 1.0), (0.0,)):
+        with pytest.raises(JSDMError, match="cut points"):
+            simulate_community(10, 3, family="ordinal", dispersion=bad)
+
+
 def test_reachable_from_datasets():
     assert jsdm.datasets.simulate_community is simulate_community

@@ -37,8 +37,10 @@ class SimulationTruth:
         Loadings; lower triangular with positive diagonal.
     z : DataFrame, shape (n_sites, num_lv)
         Latent variables (site scores).
-    dispersion : Series, length n_species, or None
-        NB phi or Gaussian sd; None for families without dispersion.
+    dispersion : Series, length n_species, DataFrame, or None
+        The family's dispersion per species (NB phi, Gaussian sd, ...); for
+        "ordinal" a DataFrame of cut points tau1 = 0 < tau2 < ... (species x
+        K-1); None for families without dispersion.
     eta : DataFrame, shape (n_sites, n_species)
         Linear predictor.
     family : str
@@ -53,7 +55,7 @@ class SimulationTruth:
     B: pd.DataFrame
     theta: pd.DataFrame
     z: pd.DataFrame
-    dispersion: Optional[pd.Series]
+    dispersion: Optional[object]
     eta: pd.DataFrame
     family: str = "poisson"
     link: str = "log"
@@ -90,7 +92,8 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
         The family's dispersion on its reported scale: NB phi (Var = mu + phi mu^2,
         default 0.5), Gaussian sd (default 1), zero-inflation probability pi for
         "zip" (default 0.3), beta precision phi (default 10), Tweedie and gamma
-        phi (default 1).
+        phi (default 1); for "ordinal" the cut points tau_1 = 0 < tau_2 < ...
+        (K-1 values, or one row per species; default (0, 1, 2): categories 0-3).
     trials : int or array broadcastable to (n_sites, n_species), optional
         Binomial trials; None gives 0/1 data.
     intercept : float, optional
@@ -139,7 +142,9 @@ def _label(fam, y, X, beta0, B, theta, Z, disp, eta, trials):
         B=pd.DataFrame(B, index=species, columns=covs),
         theta=pd.DataFrame(theta, index=species, columns=lvs),
         z=pd.DataFrame(Z, index=sites, columns=lvs),
-        dispersion=None if disp is None else pd.Series(disp, index=species, name="dispersion"),
+        dispersion=None if disp is None else (
+            pd.Series(disp, index=species, name="dispersion") if disp.ndim == 1 else
+            pd.DataFrame(disp, index=species, columns=[f"tau{k + 1}" for k in range(disp.shape[1])])),
         eta=pd.DataFrame(eta, index=sites, columns=species),
         family=fam.name, link=fam.link, trials=trials,
     )
@@ -169,6 +174,25 @@ def _loadings(rng, m, d, sd):
     return theta
 
 
+#: default ordinal cut points (4 categories 0..3; tau_1 = 0, the intercepts carry the location)
+DEFAULT_CUTPOINTS = (0.0, 1.0, 2.0)
+
+
+def _cutpoints(fam, cuts, m):
+    """Ordinal cut points (m, K-1): tau_1 = 0 < tau_2 < ..., one row per species."""
+    cuts = np.asarray(DEFAULT_CUTPOINTS if cuts is None else cuts, dtype=float)
+    if cuts.ndim == 1:
+        cuts = np.broadcast_to(cuts, (m, cuts.size))
+    if cuts.ndim != 2 or cuts.shape[0] != m or cuts.shape[1] < 2:
+        raise JSDMError(f"ordinal dispersion = cut points: give K-1 >= 2 increasing values (or one "
+                        f"row of them per species, shape ({m}, K-1)); got shape {cuts.shape}.")
+    if not (np.isfinite(cuts).all() and np.all(cuts[:, 0] == 0.0) and np.all(np.diff(cuts, axis=1) > 0)):
+        raise JSDMError("ordinal cut points must start at 0 (tau_1 = 0: the species intercepts "
+                        "carry the location) and increase strictly, e.g. dispersion=(0, 1, 2) "
+                        "for 4 categories.")
+    return cuts.copy()
+
+
 def _dispersion(fam, dispersion, m):
     """Per-species dispersion array (m,) or None for families without one."""
     if not fam.has_dispersion:
@@ -176,6 +200,8 @@ def _dispersion(fam, dispersion, m):
             raise JSDMError(f"family {fam.name!r} has no dispersion parameter; "
                             f"leave dispersion=None (got {dispersion!r}).")
         return None
+    if hasattr(fam, "cutpoints"):
+        return _cutpoints(fam, dispersion, m)
     if dispersion is None:
         dispersion = DEFAULT_DISPERSION.get(fam.name, 1.0)
     disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,)).copy()

@@ -326,7 +326,7 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
                                callback=record("blocks"))
     n_nt = min(NEWTON_ITERATIONS, maxiter - len(h1))
     if n_nt > 0:
-        P, h2, done = newton_ascent(prob, P, max_iter=n_nt, rtol=1e-9, callback=record("newton"),
+        P, h2, done = newton_ascent(prob, P, max_iter=n_nt, rtol=1e-12, callback=record("newton"),
                                     layout=layout, gtol=0.5 * gtol)
     else:
         h2, done = [], False

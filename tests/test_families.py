@@ -630,3 +630,34 @@ def test_unknown_family_suggests_the_closest_name():
     with pytest.raises(JSDMError) as info:
         get_family("xyz")
     assert "did you mean" not in str(info.value) and "poisson" in str(info.value)
+
+
+def test_negative_binomial_cached_pair_terms_equal_the_direct_ones():
+    """The y-only terms computed per distinct (count, species) pair equal the per-cell ones."""
+    from jsdm.families.negative_binomial import NegativeBinomial
+
+    fam = NegativeBinomial()
+    rng = np.random.default_rng(4)
+    y = rng.negative_binomial(0.7, 0.2, size=(300, 6)).astype(float)
+    y[:, 5] = 0.0                                     # an all-zero species
+    y[0, 0] = 12345.0                                 # a huge count
+    m = rng.normal(size=y.shape)
+    v = rng.uniform(0.0, 0.5, size=y.shape)
+    s = np.array([-1.0, 0.5, -20.0, -6.0, 2.0, 0.0])  # includes near-Poisson (asymptotic) r
+    cache = {}
+    for order in (1, 2):
+        for shift in (0.0, 0.3):                      # a new s after the index was built
+            direct = fam.ell(y, m, v, s + shift, order=order)
+            cached = fam.ell(y, m, v, s + shift, order=order, cache=cache)
+            for key in ("value", "d_m", "d_v", "d_s", "d_ss"):
+                a, b = getattr(direct, key), getattr(cached, key)
+                assert (a is None) == (b is None)
+                if a is not None:
+                    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=key)
+    assert cache["pairs"] is not False and cache["pairs"][2].size < np.count_nonzero(y)
+    frac = np.array(y)
+    frac[1, 1] = 2.5                                  # not whole: the per-cell path
+    c2 = {}
+    np.testing.assert_array_equal(fam.ell(frac, m, v, s, cache=c2).value,
+                                  fam.ell(frac, m, v, s).value)
+    assert c2["pairs"] is False

@@ -66,16 +66,32 @@ class NegativeBinomial(Family):
 
     @staticmethod
     def _y_terms(y, s, r, order, cache):
-        """(lgamma_ratio - lgamma(y + 1), digamma diff, trigamma diff or None), cached by s."""
+        """(lgamma_ratio - lgamma(y + 1), digamma diff, trigamma diff or None), cached by s.
+
+        With a cache and one dispersion per column, the special functions are
+        evaluated once per distinct (count, species) pair rather than per cell
+        (the pairs are indexed once, as y is fixed) and gathered; zero counts
+        contribute 0 to all three.
+        """
         if cache is not None and cache.get("s") is not None and np.array_equal(cache["s"], s):
             if order < 2 or cache.get("tpsi") is not None:
                 return cache["const"], cache["dpsi"], cache.get("tpsi")
-        const = lgamma_ratio(y, r) - special.gammaln(y + 1.0)
-        dpsi = digamma_diff(y, r)
-        tpsi = trigamma_diff(y, r) if order >= 2 else None
+        pairs = _count_pairs(y, r, cache)
+        if pairs is None:
+            const = lgamma_ratio(y, r) - special.gammaln(y + 1.0)
+            dpsi = digamma_diff(y, r)
+            tpsi = trigamma_diff(y, r) if order >= 2 else None
+        else:
+            nz, inv, uy, ucol = pairs
+            ur = np.asarray(r, dtype=float)[ucol]
+            terms = [lgamma_ratio(uy, ur) - special.gammaln(uy + 1.0), digamma_diff(uy, ur)]
+            if order >= 2:
+                terms.append(trigamma_diff(uy, ur))
+            const, dpsi, tpsi = (_scatter(t, nz, inv) for t in terms + [None] * (3 - len(terms)))
         if cache is not None:
+            keep = cache.get("pairs")
             cache.clear()
-            cache.update(s=s.copy(), const=const, dpsi=dpsi, tpsi=tpsi)
+            cache.update(s=s.copy(), const=const, dpsi=dpsi, tpsi=tpsi, pairs=keep)
         return const, dpsi, tpsi
 
     def check_y(self, y, trials=None):
@@ -121,3 +137,34 @@ class NegativeBinomial(Family):
         den = np.where(ok, mu * mu, 0.0).sum(0)
         phi = num / np.maximum(den, 1e-300)
         return np.log(np.clip(phi, 1e-3, 1e3))
+
+
+def _count_pairs(y, r, cache):
+    """(non-zero mask, pair index per non-zero cell, counts, columns) of the distinct
+    (count, species) pairs of ``y`` (rows x species), kept in ``cache``; None when
+    there is no cache, the dispersion is not one per column, or counts are not whole."""
+    if cache is None or np.ndim(y) != 2 or np.shape(r) != (y.shape[1],):
+        return None
+    pairs = cache.get("pairs")
+    if pairs is None:
+        nz = y > 0
+        vals = y[nz]
+        if not np.all(np.floor(vals) == vals) or (vals.size and vals.max() > 2.0 ** 40):
+            cache["pairs"] = False
+            return None
+        m = y.shape[1]
+        key = vals.astype(np.int64) * m + np.nonzero(nz)[1]
+        uniq, inv = np.unique(key, return_inverse=True)
+        pairs = (nz, inv.astype(np.int32 if uniq.size < 2 ** 31 else np.int64),
+                 (uniq // m).astype(float), uniq % m)
+        cache["pairs"] = pairs
+    return pairs if pairs is not False else None
+
+
+def _scatter(u, nz, inv):
+    """Cell values from per-pair values ``u``: 0 where y = 0."""
+    if u is None:
+        return None
+    out = np.zeros(nz.shape)
+    out[nz] = u[inv]
+    return out

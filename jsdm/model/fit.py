@@ -9,7 +9,7 @@ from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
 from .params import Layout, Params
-from .blocks import curvature_diagonal, scaled_max, squarem_ascent
+from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .newton import newton_ascent
 from .start import glm_start, initial_params
 
@@ -335,6 +335,32 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
         val = h2[-1][1] if h2 else float(cell_eval(prob, P)["site"].sum())
         return (P, val, len(h1) + len(h2), 0,
                 "converged in the Newton phase" if done else "iteration limit reached", hist)
+    def lcb(it, f, gmax):
+        hist.append((len(hist) + 1, f, gmax, time.perf_counter() - t0))
+        if cb is not None:
+            cb("lbfgs", it, f, gmax)
+
+    used, n_eval = len(h1) + len(h2), 0
+    for _ in range(LBFGS_RESCALES + 1):
+        P, val, n_it, n_ev, message = _lbfgs(prob, layout, P, maxiter - used, gtol, lcb)
+        used, n_eval = used + n_it, n_eval + n_ev
+        # L-BFGS judged its gradient in coordinates scaled by the curvature where it
+        # started; where the curvature has moved since, check again and rescale
+        if not message.startswith("CONVERGENCE: NORM") or used >= maxiter:
+            break
+        if scaled_gradient(prob, layout, P) <= gtol:
+            break
+    return P, val, used, n_eval, message, hist
+
+
+LBFGS_RESCALES = 3          # L-BFGS restarts with fresh scaling when its own test misleads
+
+
+def _lbfgs(prob, layout, P, maxiter, gtol, lcb):
+    """L-BFGS from P in curvature-scaled (and, for random row effects, non-centred) coordinates.
+
+    Returns (P, ELBO, iterations, evaluations, message).
+    """
     nc = NonCentred(prob, layout)
     scale = np.sqrt(curvature_diagonal(prob, layout, P))
     if nc.on:   # curvature in the non-centred slots: u and log tau near 1, sigma ~ sum of Gv
@@ -347,16 +373,11 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
         f, g = fg(x0 + y / scale)
         return f, g / scale
 
-    def lcb(it, f, gmax):
-        hist.append((len(hist) + 1, f, gmax, time.perf_counter() - t0))
-        if cb is not None:
-            cb("lbfgs", it, f, gmax)
-
     lo, hi = layout.bounds()
-    res = minimize_lbfgs(fg_scaled, np.zeros_like(x0), maxiter=left, gtol=gtol * 0.5, callback=lcb,
-                         bounds=((lo - x0) * scale, (hi - x0) * scale))
+    res = minimize_lbfgs(fg_scaled, np.zeros_like(x0), maxiter=maxiter, gtol=gtol * 0.5,
+                         callback=lcb, bounds=((lo - x0) * scale, (hi - x0) * scale))
     P = layout.unpack(nc.from_opt(x0 + res.x / scale))
-    return P, -res.fun, len(h1) + len(h2) + res.n_iter, res.n_eval, res.message, hist
+    return P, -res.fun, res.n_iter, res.n_eval, res.message
 
 
 def _printer(k, t0, every=1.0):

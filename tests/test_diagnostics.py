@@ -142,3 +142,31 @@ def test_report_text_lists_evidence_and_remedy(clean):
     frame = diag.to_frame()
     assert list(frame.columns) == ["kind", "message", "evidence", "remedy", "parameters"]
     assert "Hessian: not checked" in text
+
+
+def test_degenerate_dispersion_with_fixed_row_effects_is_explained():
+    """Gaussian + fixed row effects: the site effects can reproduce one species exactly, its sd
+    drifts to 0 and the likelihood is unbounded; the warning says so and what to do."""
+    com = jsdm.datasets.load_mite()
+    y = np.log1p(com.Y.astype(float))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        fit = jsdm.gllvm(y, family="gaussian", num_lv=2, row_effect="fixed", n_init=1, seed=0,
+                         maxiter=1500)
+    msgs = [str(w.message) for w in rec if "residual variance" in str(w.message)]
+    assert len(msgs) == 1 and "row_effect='random'" in msgs[0] and "sd = " in msgs[0]
+    kinds = [p.kind for p in fit.diagnose(hessian=False).problems]
+    assert "degenerate_dispersion" in kinds
+
+
+def test_degenerate_dispersion_check_is_quiet_on_a_sound_fit():
+    from jsdm.analysis.diagnostics import check_degenerate_dispersion
+
+    com, _ = jsdm.simulate_community(60, 6, num_lv=1, family="gaussian", seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        fit = jsdm.gllvm(com, family="gaussian", num_lv=1, n_init=1, seed=0)
+    assert check_degenerate_dispersion(fit) == []
+    fit.state.params.s[2] = -12.0                   # sd 6e-6 against data sd ~1
+    probs = check_degenerate_dispersion(fit)
+    assert len(probs) == 1 and probs[0].parameters == [("dispersion", fit.species[2], "sd")]

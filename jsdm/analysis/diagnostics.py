@@ -20,7 +20,9 @@ Thresholds (module constants, documented in the messages):
   Theta Theta';
 - sparse species: informative records (non-zeros; for binomial also
   non-full) not exceeding the species' number of parameters;
-- random row effects: sd < 0.01.
+- random row effects: sd < 0.01;
+- degenerate dispersion (Gaussian, Tweedie, gamma, beta): model variance at the
+  fitted means below 1e-6 of the data's variance for a species.
 """
 from dataclasses import dataclass, field
 import warnings
@@ -46,7 +48,8 @@ class Problem:
     ----------
     kind : str
         Short name ("convergence", "hessian", "near_singular", "large_coefficient",
-        "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance").
+        "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance",
+        "degenerate_dispersion").
     message : str
         One-line statement of the problem.
     evidence : str
@@ -321,8 +324,56 @@ def check_row_variance(fit):
         "the site effects are not needed: refit with row_effect=None", [("row_sigma", "", "sigma")])]
 
 
+#: families whose fitted variance can shrink to nothing (sd, phi -> 0; beta precision -> inf)
+DEGENERATE_FAMILIES = ("gaussian", "tweedie", "gamma", "beta")
+DEGENERATE_RATIO = 1e-6
+
+
+def check_degenerate_dispersion(fit):
+    """Species fitted with (almost) no residual variance: the likelihood is unbounded there.
+
+    Flags species whose model variance at the fitted means, averaged over sites,
+    is below ``DEGENERATE_RATIO`` times the variance of their data (residual sd
+    below 0.1% of the data's). Fixed row effects give every site its own
+    parameter and can reproduce a species exactly; the dispersion then drifts
+    towards 0 and the fit cannot converge.
+    """
+    prob = fit.problem
+    s = fit.state.params.s
+    if fit.family.name not in DEGENERATE_FAMILIES or s is None or np.ndim(s) != 1:
+        return []
+    y = np.where(prob.W > 0, prob.Y, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mu = fit.fitted().to_numpy()
+        v = np.nanmean(np.where(prob.W > 0, fit.family.variance(mu, s[None, :]), np.nan), axis=0)
+        ratio = v / np.nanvar(y, axis=0)
+    bad = np.isfinite(ratio) & (ratio < DEGENERATE_RATIO)
+    if not bad.any():
+        return []
+    who = list(fit.species[bad])
+    name = fit.family.dispersion_name
+    disp = fit.family.dispersion(np.asarray(s)[bad])
+    ev = "; ".join(f"{_fmt(sp)}: {name} = {d:.3g}, model/data variance {r:.2g}"
+                   for sp, d, r in zip(who[:5], disp[:5], ratio[bad][:5]))
+    if len(who) > 5:
+        ev += f" (+{len(who) - 5} more)"
+    if fit.row_effect == "fixed":
+        what = ("fixed row effects give every site its own parameter and can reproduce a species "
+                "exactly: refit with row_effect='random' (or None)")
+    else:
+        what = ("the latent variables explain these species entirely (a Heywood case, as in "
+                "factor analysis): look at their values (constant, or nearly so?), remove them, "
+                "or fit fewer latent variables")
+    return [Problem(
+        "degenerate_dispersion",
+        f"{len(who)} species fitted with almost no residual variance: the likelihood is "
+        "unbounded there", ev + f" (limit {DEGENERATE_RATIO:g})", what,
+        [("dispersion", sp, name) for sp in who])]
+
+
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
-         check_large_coefficients)
+         check_large_coefficients, check_degenerate_dispersion)
 
 
 def quick_checks(fit):
@@ -332,7 +383,8 @@ def quick_checks(fit):
     species): the estimates are not at an optimum, and the ConvergenceWarning
     already says so.
     """
-    checks = QUICK if fit.converged else (check_covariate_scaling, check_sparse_species)
+    checks = QUICK if fit.converged else (check_covariate_scaling, check_sparse_species,
+                                          check_degenerate_dispersion)
     out = []
     for check in checks:
         out += check(fit)
@@ -377,7 +429,8 @@ def diagnose(fit, hessian=True):
             warnings.simplefilter("ignore", HessianWarning)
             se = fit.bse
     problems += check_large_coefficients(fit, se)
-    for check in (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance):
+    for check in (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
+                  check_degenerate_dispersion):
         problems += check(fit)
     stats = {"family": f"{fit.family.name} ({fit.family.link})", "sites x species": f"{fit.problem.n} x {fit.problem.m}",
              "num_lv": fit.num_lv, "ELBO": float(fit.llf), "converged": bool(fit.converged),

@@ -167,3 +167,48 @@ def test_dunn_smyth_randomises_at_the_atom_of_a_continuous_family():
     assert (y == 0).sum() > 50
     assert np.unique(np.round(zeros, 12)).size == zeros.size
     assert stats.kstest(r.ravel(), "norm").pvalue > 0.01
+
+
+@pytest.mark.parametrize("row_effect,type", [("fixed", "link"), ("fixed", "response"),
+                                              ("random", "response")])
+def test_confidence_interval_includes_the_row_effect_uncertainty(row_effect, type):
+    """se of the marginal mean = sqrt(g' C g), g the numerical gradient of the prediction in every
+    packed model parameter it depends on (species' coefficients and loadings, alpha_i or log sigma)."""
+    from jsdm.results._hessian import species_positions
+    from jsdm.results.inference import information
+
+    com, truth = jsdm.simulate_community(40, 5, num_lv=1, family="poisson", n_covariates=1,
+                                         seed=6, intercept=1.0)
+    rng = np.random.default_rng(0)                      # add site effects (sd 0.5) to the truth
+    eta = truth.eta.to_numpy() + rng.normal(0.0, 0.5, (40, 1))
+    Y = com.Y.copy()
+    Y[:] = rng.poisson(np.exp(eta))
+    fit = _quiet_fit(jsdm.Community(Y, com.X), family="poisson", num_lv=1, row_effect=row_effect,
+                     seed=1, n_init=1)
+    i, j = 7, 3
+    ci = fit.predict(type=type, lv="marginal", interval="confidence", level=0.95)
+    row = ci.loc[(fit.sites[i], fit.species[j])]
+    layout, P = fit.state.layout, fit.state.params
+    x0 = layout.pack(P)
+    pos = [int(q) for q in species_positions(layout)[j, :3] if q >= 0]
+    pos.append(layout.slices["alpha_fixed"].start + i - 1 if row_effect == "fixed"
+               else layout.slices["log_sigma"].start)
+    g = np.zeros(len(pos))
+    for a, q in enumerate(pos):
+        vals = []
+        for sgn in (1.0, -1.0):
+            x = x0.copy()
+            x[q] += sgn * 1e-5
+            fit.state.params = layout.unpack(x)
+            vals.append(fit.predict(type=type, lv="marginal").iloc[i, j])
+        g[a] = (vals[0] - vals[1]) / 2e-5
+    fit.state.params = P
+    C = information(fit).cov_packed[np.ix_(pos, pos)]
+    se = np.sqrt(g @ C @ g)
+    z = stats.norm.isf(0.025)
+    if type == "link":
+        assert row["upper"] - row["prediction"] == pytest.approx(z * se, rel=1e-4)
+    else:       # built on the log scale and transformed back: (log upper - log mu) = z se / mu
+        assert np.log(row["upper"] / row["prediction"]) == pytest.approx(z * se / row["prediction"],
+                                                                           rel=1e-4)
+    assert g[-1] != 0.0

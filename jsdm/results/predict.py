@@ -128,7 +128,9 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
     interval : {None, "confidence", "prediction"}
         "confidence" (``lv="marginal"`` only): delta-method interval for the
         predicted mean from ``cov_params`` (uncertainty of intercepts, slopes
-        and loadings), built on the link scale and transformed back.
+        and loadings, and of the row effects: a fitted site's fixed alpha_i, or
+        the random row-effect sd, which enters the marginal mean on the
+        response scale), built on the link scale and transformed back.
         "prediction": central interval of a new response y, from ``n_draws``
         simulated draws (parameters held at their estimates).
     level : float
@@ -180,22 +182,44 @@ def _scale(mu, trials):
     return mu if trials is None else mu * np.asarray(trials, dtype=float)
 
 
-def _species_cov(fit):
-    """Per-species covariance (m, k, k) of (beta0, B, theta) in natural units."""
+def _model_cov(fit):
+    """(cov_packed, species positions (m, 1 + p + d)) of the model parameters."""
     from ._hessian import species_positions
     from .inference import information
 
     info = information(fit)
     pos = species_positions(fit.state.layout)[:, : 1 + fit.problem.p + fit.problem.d]
-    C = info.cov_packed
-    ok = pos >= 0
-    safe = np.where(ok, pos, 0)
-    out = C[safe[:, :, None], safe[:, None, :]]
-    return np.where(ok[:, :, None] & ok[:, None, :], out, 0.0)
+    return info.cov_packed, pos
+
+
+def _gather(C, rows, cols):
+    """C[rows, cols] with broadcasting; 0 where a position is -1 (a parameter fixed at 0)."""
+    ok = (rows >= 0) & (cols >= 0)
+    return np.where(ok, C[np.where(rows >= 0, rows, 0), np.where(cols >= 0, cols, 0)], 0.0)
+
+
+def _row_positions(fit, newdata, k):
+    """Packed position (k,) of the row-effect parameter behind each predicted site, or None.
+
+    Fixed row effects (fitted sites): alpha_i (site 0's is fixed at 0: -1). Random
+    row effects: log sigma for every site (it sets the marginal variance).
+    """
+    layout, prob = fit.state.layout, fit.problem
+    if prob.row_effect == "fixed" and newdata is None:
+        return np.r_[-1, layout.slices["alpha_fixed"].start + np.arange(prob.n - 1)]
+    if prob.row_effect == "random":
+        return np.full(k, layout.slices["log_sigma"].start)
+    return None
 
 
 def _confidence(fit, newdata, F, var, type, level, trials):
-    """Delta-method interval (k, m) for the marginal mean."""
+    """Delta-method interval (k, m) for the marginal mean.
+
+    The gradient of the mean covers the species' intercepts, slopes and loadings
+    and the row effect behind each site (fixed: its alpha_i, with its covariance
+    with the species' parameters; random: log sigma, through the marginal
+    variance on the response scale).
+    """
     prob, P, fam = fit.problem, fit.state.params, fit.problem.family
     if type == "response" and np.ndim(P.s) == 2:
         raise JSDMError(f"confidence intervals on the response scale are not available for family "
@@ -203,11 +227,14 @@ def _confidence(fit, newdata, F, var, type, level, trials):
                         "interval='prediction'")
     X = prob.X if newdata is None else new_design(fit, newdata)
     z = stats.norm.isf((1.0 - level) / 2.0)
-    Cs = _species_cov(fit)
-    k, p, d = F.shape[0], prob.p, prob.d
+    C, pos = _model_cov(fit)
+    k, p = F.shape[0], prob.p
     Xt = np.column_stack([np.ones(k), X])                              # (k, 1 + p)
+    rpos = _row_positions(fit, newdata, k)
     if type == "link":
-        se = np.sqrt(np.einsum("ia,jab,ib->ij", Xt, Cs[:, :1 + p, :1 + p], Xt))
+        G = np.broadcast_to(Xt[:, None, :], (k, prob.m, 1 + p))
+        Gr = None if rpos is None or prob.row_effect == "random" else np.ones((k, prob.m))
+        se = np.sqrt(_quad_form(C, pos[:, :1 + p], G, rpos, Gr))
         return F - z * se, F + z * se
     h = 1e-5
     mu = marginal_mean(fam, F, var)
@@ -217,12 +244,26 @@ def _confidence(fit, newdata, F, var, type, level, trials):
         / (var + hv - np.maximum(var - hv, 0))
     G = np.concatenate([dF[:, :, None] * Xt[:, None, :],
                         (2.0 * dV[:, :, None]) * P.theta[None, :, :]], axis=2)   # (k, m, 1+p+d)
-    se_mu = np.sqrt(np.einsum("ija,jab,ijb->ij", G, Cs[:, :1 + p + d, :1 + p + d], G))
+    Gr = None
+    if rpos is not None:        # d mu / d alpha_i = dF; d mu / d log sigma = dV 2 sigma^2
+        Gr = dF if prob.row_effect == "fixed" else dV * (2.0 * np.exp(2.0 * P.log_sigma))
+    se_mu = np.sqrt(_quad_form(C, pos, G, rpos, Gr))
     g, dg = _LINKS[fam.link]
     with np.errstate(divide="ignore", invalid="ignore"):
         c, se_c = g(mu), np.abs(dg(mu)) * se_mu
     inv = _inverse_link(fam)
     return _scale(inv(c - z * se_c), trials), _scale(inv(c + z * se_c), trials)
+
+
+def _quad_form(C, pos, G, rpos=None, Gr=None):
+    """Var of sum_a G[i, j, a] phi_ja (+ Gr[i, j] r_i) for each (site i, species j), (k, m)."""
+    Cs = _gather(C, pos[:, :, None], pos[:, None, :])                  # (m, q, q)
+    var = np.einsum("ija,jab,ijb->ij", G, Cs, G)
+    if rpos is not None and Gr is not None:
+        Csr = _gather(C, pos[None, :, :], rpos[:, None, None])          # (k, m, q)
+        Crr = _gather(C, rpos, rpos)                                     # (k,)
+        var = var + 2.0 * Gr * np.einsum("ija,ija->ij", G, Csr) + Gr ** 2 * Crr[:, None]
+    return np.maximum(var, 0.0)
 
 
 def _inverse_link(fam):

@@ -285,7 +285,8 @@ def _reordered_problem(prob, order):
     def cols(x):
         return None if x is None else x[:, order]
 
-    return replace(prob, Y=prob.Y[:, order], W=prob.W[:, order], offset=cols(prob.offset),
+    W = prob.W if not any(prob.W.strides) else prob.W[:, order]      # all-ones view: as it is
+    return replace(prob, Y=prob.Y[:, order], W=W, offset=cols(prob.offset),
                    trials=cols(prob.trials), species=prob.species[order],
                    info={k: v for k, v in prob.info.items() if k != CACHE_KEY})
 

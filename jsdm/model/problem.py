@@ -23,7 +23,8 @@ class Problem:
     Attributes
     ----------
     Y : ndarray (n, m)   responses, missing cells filled with a valid value
-    W : ndarray (n, m)   1.0 where observed, 0.0 where missing
+    W : ndarray (n, m)   1.0 where observed, 0.0 where missing (a read-only broadcast
+                         view of 1.0 when nothing is missing)
     X : ndarray (n, p)   site design without intercept (p may be 0)
     offset : ndarray (n, m) or None
     trials : ndarray (n, m) or None (binomial)
@@ -150,6 +151,8 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     Ydf = com.Y
     Y = Ydf.to_numpy(dtype=float)
     W = np.isfinite(Y).astype(float)
+    if W.all():         # complete data: a read-only view of 1.0 (no n x m array of ones)
+        W = np.broadcast_to(1.0, Y.shape)
     if W.sum() == 0:
         raise JSDMError("the response table has no observed values")
     tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), Y.shape).copy()

@@ -177,8 +177,8 @@ def test_confidence_interval_includes_the_row_effect_uncertainty(row_effect, typ
     from jsdm.results._hessian import species_positions
     from jsdm.results.inference import information
 
-    com, truth = jsdm.simulate_community(40, 5, num_lv=1, family="poisson", n_covariates=1,
-                                         seed=6, intercept=1.0)
+    com, truth = jsdm.simulate_community(40, 5, num_lv=1, family="poisson", n_covariates=0,
+                                         seed=6, intercept=1.0)   # (fixed rows absorb covariates)
     rng = np.random.default_rng(0)                      # add site effects (sd 0.5) to the truth
     eta = truth.eta.to_numpy() + rng.normal(0.0, 0.5, (40, 1))
     Y = com.Y.copy()
@@ -190,7 +190,7 @@ def test_confidence_interval_includes_the_row_effect_uncertainty(row_effect, typ
     row = ci.loc[(fit.sites[i], fit.species[j])]
     layout, P = fit.state.layout, fit.state.params
     x0 = layout.pack(P)
-    pos = [int(q) for q in species_positions(layout)[j, :3] if q >= 0]
+    pos = [int(q) for q in species_positions(layout)[j, :2] if q >= 0]     # beta0, theta
     pos.append(layout.slices["alpha_fixed"].start + i - 1 if row_effect == "fixed"
                else layout.slices["log_sigma"].start)
     g = np.zeros(len(pos))

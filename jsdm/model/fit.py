@@ -188,7 +188,8 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     if order is not None and smax > gtol and n_iter < maxiter:
         # the scaled gradient is not rotation invariant: finish in the data's convention
         P, _, more, n_more, message, h_more = _run_start(
-            prob, layout, P, maxiter - n_iter, gtol, _printer(0, t0) if verbose else None)
+            prob, layout, P, maxiter - n_iter, gtol,
+            _printer("finish (data order)", t0) if verbose else None)
         n_iter, n_eval = n_iter + more, n_eval + n_more
         hist = hist + [(len(hist) + 1 + i, *row[1:]) for i, row in enumerate(h_more)]
         P = normalise(P)
@@ -386,12 +387,13 @@ def _printer(k, t0, every=1.0):
     import sys
 
     last = [-np.inf]
+    label = k if isinstance(k, str) else f"start {k + 1}"
 
     def cb(phase, it, f, gmax):
         now = time.perf_counter()
         if (phase == "blocks" and it == 1) or now - last[0] >= every:
             last[0] = now
             g = "" if np.isnan(gmax) else f"  max|grad| {gmax:.2e}"
-            print(f"[jsdm] start {k + 1} {phase:6s} iter {it:4d}  ELBO {-f:.4f}{g}  "
+            print(f"[jsdm] {label} {phase:6s} iter {it:4d}  ELBO {-f:.4f}{g}  "
                   f"{now - t0:.1f}s", file=sys.stderr)
     return cb

@@ -14,6 +14,10 @@ Usage (from the repository root)::
     python bench/bench_fit.py --max-size 1000x300     # skip sizes with more cells
     python bench/bench_fit.py --repeat 5 --write-docs
     python bench/bench_fit.py --sizes 10000x1000 --no-mite --merge --write-docs
+    python bench/bench_fit.py --sizes sparse1000x200,sparse3000x500 --no-mite --merge --write-docs
+
+A size prefixed "sparse" (not run by default) simulates a community of mostly rare
+species (intercepts ~ N(-2, 1.5^2): about 80% zeros), as field data often are.
 """
 import argparse
 import json
@@ -65,8 +69,9 @@ def worker(args):
         data = (Y, X)
     else:
         n, m = parse_size(args.case)
+        sparse = dict(intercept=-2.0, intercept_sd=1.5) if args.case.startswith("sparse") else {}
         com, _ = jsdm.simulate_community(n, m, num_lv=2, family="negative_binomial",
-                                         n_covariates=2, seed=args.seed)
+                                         n_covariates=2, seed=args.seed, **sparse)
         data = (com,)
     rss_before = peak_rss_mb()
     times, cpu, fit, warns = [], [], None, set()
@@ -96,7 +101,7 @@ def worker(args):
 
 # --- driver ---------------------------------------------------------------------------------
 def parse_size(text):
-    n, m = str(text).lower().split("x")
+    n, m = str(text).lower().removeprefix("sparse").split("x")
     return int(n), int(m)
 
 
@@ -180,9 +185,11 @@ def table_rows(results):
     """Rows (one per standard size and mite case) for the printed and the docs table."""
     by = {r["case"]: r for r in results}
     rows = []
-    for case in [*SIZES, "mite", "mite_X2"]:
+    extra = sorted((c for c in by if c.startswith("sparse")), key=cells)
+    for case in [*SIZES, "mite", "mite_X2", *extra]:
         r = by.get(case)
-        label = {"mite": "mite 70x35", "mite_X2": "mite 70x35 + 2 cov."}.get(case, case)
+        label = {"mite": "mite 70x35", "mite_X2": "mite 70x35 + 2 cov."}.get(
+            case, case.replace("sparse", "sparse "))
         target = TARGETS.get(case)
         r_gllvm = R_GLLVM.get(case, R_GLLVM_MITE.get(case))
         if r is None or r.get("status") != "ok":
@@ -237,8 +244,11 @@ def write_docs(payload):
           % (payload["settings"]["seed"], payload["settings"]["n_init"]),
           "(each size in a fresh process; peak RSS is that process's maximum resident memory,",
           "interpreter and data included; CPU time is the process's user + system time of one",
-          "fit, all threads, which is less sensitive to a busy machine). Regenerate with",
-          "", "```", "python bench/bench_fit.py --write-docs", "```", "",
+          "fit, all threads, which is less sensitive to a busy machine). \"sparse\" rows: mostly",
+          "rare species (intercepts ~ N(-2, 1.5^2), about 80% zeros). Regenerate with",
+          "", "```", "python bench/bench_fit.py --write-docs",
+          "python bench/bench_fit.py --sizes sparse1000x200,sparse3000x500 --no-mite --merge --write-docs",
+          "```", "",
           *busy_note(payload), "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     md += ["",

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._numerics import safe_solve
 
-from .objective import cell_eval, column_moments
+from .objective import cell_eval, moments
 from .params import S_BOUNDS
 
 _NHALF = 6
@@ -193,7 +193,7 @@ def polish_dispersion(prob, P, ce, tol, max_iter=30):
 
 def _polish_columns(prob, P, ce, cols, A2, s_new, scaled, tol, max_iter):
     """``polish_dispersion`` for one batch of species; writes s_new[cols] and ce's columns."""
-    M, V = column_moments(prob, P, cols, A2)
+    M, V = moments(prob, P, cols=cols, A2=A2)
     Y, W = prob.Y[:, cols], prob.W[:, cols]
     tr = None if prob.trials is None else prob.trials[:, cols]
 

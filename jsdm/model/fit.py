@@ -11,7 +11,7 @@ from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
 from .params import Layout, Params
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .newton import newton_ascent
-from .start import glm_start, initial_params
+from .start import glm_start, initial_params, triangular_rotation
 
 
 @dataclass
@@ -264,13 +264,9 @@ def to_triangular(P):
     a_i -> Q' a_i, A_i -> Q' A_i Q, theta_j -> Q' theta_j with Q orthogonal from a QR
     factorisation of theta_top': every m_ij, v_ij and KL term is unchanged.
     """
-    d = P.theta.shape[1]
-    if d == 0:
+    if P.theta.shape[1] == 0:
         return P
-    Qm, R = np.linalg.qr(P.theta[:d].T)
-    sign = np.sign(np.diag(R))
-    sign[sign == 0] = 1.0
-    Qm = Qm * sign
+    Qm = triangular_rotation(P.theta)
     new = P.copy()
     new.theta = np.tril(P.theta @ Qm)
     new.a = P.a @ Qm

@@ -24,7 +24,8 @@ steps. Every stage is accepted only if the ELBO increases.
 import numpy as np
 
 from .blocks import _chol_inv, ascend, polish_dispersion, scaled_gradient, species_step
-from .objective import _CHUNK_CELLS, _cache, cell_eval, moments
+from .objective import _CHUNK_CELLS, _cache, cell_eval, kl_terms, moments
+from .start import triangular_rotation
 
 _SITE_CHUNK = 500
 
@@ -396,12 +397,13 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
             P, ce = polish_dispersion(prob, P, ce, polish_tol)
         return P, ce
 
-    done, last = None, {}
-    if gtol is not None and layout is not None:
-        def done(P, ce):
-            last["value"] = float(ce["site"].sum())
-            last["converged"] = scaled_gradient(prob, layout, P, ce) <= gtol
-            return last["converged"]
+    last = {}
+
+    def converged(P, ce):
+        last["converged"] = scaled_gradient(prob, layout, P, ce) <= gtol
+        return last["converged"]
+
+    done = converged if gtol is not None and layout is not None else None
     P, hist = ascend(step, prob, P, max_iter, rtol, callback, done)
     return P, hist, last.get("converged", False)
 
@@ -421,8 +423,6 @@ def gauge_step(prob, P, ce=None):
     replaces many iterations. No cell is evaluated; ``ce["site"]`` (when given)
     is updated for the new KL terms.
     """
-    from .objective import kl_terms
-
     n, d = prob.n, prob.d
     if d == 0 or n == 0:
         return P, ce
@@ -434,10 +434,7 @@ def gauge_step(prob, P, ce=None):
     if not (np.all(np.isfinite(w)) and w.min() > 1e-12 * max(w.max(), 1e-300)):
         return P, ce
     S_half, S_mhalf = (V * np.sqrt(w)) @ V.T, (V / np.sqrt(w)) @ V.T
-    Q, R = np.linalg.qr((P.theta[:d] @ S_half).T)
-    sign = np.sign(np.diag(R))
-    sign[sign == 0] = 1.0
-    Q = Q * sign
+    Q = triangular_rotation(P.theta @ S_half)
     T = Q.T @ S_mhalf
     new = P.copy()
     new.beta0 = P.beta0 + P.theta @ abar

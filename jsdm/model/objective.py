@@ -35,60 +35,40 @@ def weighted(W, D):
     return (W.reshape(W.shape + (1,) * (D.ndim - W.ndim)) if D.ndim > W.ndim else W) * D
 
 
-def fixed_part(prob, P, rows=slice(None)):
-    """offset + alpha_i + beta0_j + x_i' B_j for the sites in ``rows``, shape (r, m)."""
+def fixed_part(prob, P, rows=slice(None), cols=slice(None)):
+    """offset + alpha_i + beta0_j + x_i' B_j for the sites in ``rows`` and species in ``cols``."""
     X = prob.X[rows]
-    F = np.broadcast_to(P.beta0, (X.shape[0], prob.m)).copy()
+    beta0 = P.beta0[cols]
+    F = np.broadcast_to(beta0, (X.shape[0], beta0.shape[0])).copy()
     if prob.p:
-        F += X @ P.B.T
+        F += X @ P.B[cols].T
     if prob.offset is not None:
-        F += prob.offset[rows]
+        F += prob.offset[rows][:, cols]
     if P.alpha is not None:
         F += P.alpha[rows, None]
     return F
 
 
-def moments(prob, P, rows=slice(None)):
-    """Means and variances (r, m) of the linear predictor under q, for the sites in ``rows``."""
-    M = fixed_part(prob, P, rows)
+def moments(prob, P, rows=slice(None), cols=slice(None), A2=None):
+    """Means and variances of the linear predictor under q for the sites in ``rows`` and the
+    species in ``cols``. ``A2``: all sites' covariances reshaped (n, d * d), when at hand."""
+    M = fixed_part(prob, P, rows, cols)
     d = prob.d
     if d:
-        M += P.a[rows] @ P.theta.T
-        th2 = (P.theta[:, :, None] * P.theta[:, None, :]).reshape(prob.m, d * d)
-        L = P.L[rows]
-        V = (L @ np.swapaxes(L, 1, 2)).reshape(-1, d * d) @ th2.T
+        th = P.theta[cols]
+        M += P.a[rows] @ th.T
+        th2 = (th[:, :, None] * th[:, None, :]).reshape(th.shape[0], d * d)
+        if A2 is None:
+            L = P.L[rows]
+            A2 = (L @ np.swapaxes(L, 1, 2)).reshape(-1, d * d)
+        else:
+            A2 = A2[rows]
+        V = A2 @ th2.T
         np.maximum(V, 0.0, out=V)
     else:
         V = np.zeros_like(M)
     if prob.row_effect == "random":
         V += np.exp(2.0 * P.log_rho[rows])[:, None]
-    return M, V
-
-
-def column_moments(prob, P, cols, A2=None):
-    """Means and variances (n, len(cols)) of the linear predictor for the species in ``cols``.
-
-    ``A2``: the variational covariances reshaped (n, d * d), when already at hand.
-    """
-    cols = np.asarray(cols)
-    M = np.broadcast_to(P.beta0[cols], (prob.n, cols.size)).copy()
-    if prob.p:
-        M += prob.X @ P.B[cols].T
-    if prob.offset is not None:
-        M += prob.offset[:, cols]
-    if P.alpha is not None:
-        M += P.alpha[:, None]
-    d = prob.d
-    if d:
-        th = P.theta[cols]
-        M += P.a @ th.T
-        A2 = P.A.reshape(prob.n, d * d) if A2 is None else A2
-        V = A2 @ (th[:, :, None] * th[:, None, :]).reshape(cols.size, d * d).T
-        np.maximum(V, 0.0, out=V)
-    else:
-        V = np.zeros_like(M)
-    if prob.row_effect == "random":
-        V += np.exp(2.0 * P.log_rho)[:, None]
     return M, V
 
 

@@ -133,17 +133,22 @@ def _leading_factors(R, d):
     return U * np.sqrt(n), (V * sv) / np.sqrt(n)
 
 
+def triangular_rotation(theta):
+    """Orthogonal Q (d, d) such that theta @ Q is lower triangular in its first d rows with a
+    non-negative diagonal (QR factorisation of the top block's transpose, signs fixed)."""
+    d = theta.shape[1]
+    Q, R = np.linalg.qr(theta[:d].T)      # theta_top' = Q R  ->  theta_top Q = R'
+    sign = np.sign(np.diag(R))
+    sign[sign == 0] = 1.0
+    return Q * sign
+
+
 def lower_triangularise(a, theta):
     """Rotate (a, theta) so theta is lower triangular with positive diagonal; a theta' unchanged."""
-    d = theta.shape[1]
-    if d == 0:
+    if theta.shape[1] == 0:
         return a, theta
-    Q, _ = np.linalg.qr(theta.T)  # theta' = Q R  ->  theta = R' Q'
-    T = theta @ Q
-    sign = np.sign(np.diag(T[:d]))
-    sign[sign == 0] = 1.0
-    T = np.tril(T * sign)
-    return (a @ Q) * sign, T
+    Q = triangular_rotation(theta)
+    return a @ Q, np.tril(theta @ Q)
 
 
 def initial_params(prob, rng, jitter=0.0, glm=None):

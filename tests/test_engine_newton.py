@@ -106,7 +106,7 @@ def _means_gradient(prob, P, x, free_only=False):
                                                ("negative_binomial", "random")])
 def test_exact_mean_curvature_equals_finite_differences(family, row_effect):
     prob, P = _means_problem(family, row_effect)
-    n, m, p, d = prob.n, prob.m, prob.p, prob.d
+    n, m = prob.n, prob.m
     x0 = _means_vector(prob, P)
     N, h = x0.size, 1e-5
     H = np.empty((N, N))
@@ -169,14 +169,13 @@ def test_exact_newton_on_the_means_converges_quadratically(monkeypatch):
 
 
 def test_scaled_gradient_from_a_cell_evaluation_equals_the_direct_one():
-    from jsdm.model.blocks import scaled_gradient
-    from jsdm.model.fit import _max_scaled_gradient
+    from jsdm.model.blocks import curvature_diagonal, scaled_gradient, scaled_max
     from jsdm.model.objective import evaluate
 
     prob, P, = _means_problem("negative_binomial", widen=1.0)
     layout = jsdm.model.fit.make_layout(prob)
     g = layout.pack_grad(evaluate(prob, P).grad, P)
-    direct = _max_scaled_gradient(prob, layout, P, g)
+    direct = scaled_max(layout, P, g, curvature_diagonal(prob, layout, P))   # its own evaluation
     reuse = scaled_gradient(prob, layout, P, cell_eval(prob, P, order=2))
     assert direct > 0 and reuse == pytest.approx(direct, rel=1e-12)
 

@@ -84,10 +84,9 @@ class NegativeBinomial(Family):
         else:
             nz, inv, uy, ucol = pairs
             ur = np.asarray(r, dtype=float)[ucol]
-            terms = [lgamma_ratio(uy, ur) - special.gammaln(uy + 1.0), digamma_diff(uy, ur)]
-            if order >= 2:
-                terms.append(trigamma_diff(uy, ur))
-            const, dpsi, tpsi = (_scatter(t, nz, inv) for t in terms + [None] * (3 - len(terms)))
+            const = _scatter(lgamma_ratio(uy, ur) - special.gammaln(uy + 1.0), nz, inv)
+            dpsi = _scatter(digamma_diff(uy, ur), nz, inv)
+            tpsi = _scatter(trigamma_diff(uy, ur), nz, inv) if order >= 2 else None
         if cache is not None:
             keep = cache.get("pairs")
             cache.clear()
@@ -163,8 +162,6 @@ def _count_pairs(y, r, cache):
 
 def _scatter(u, nz, inv):
     """Cell values from per-pair values ``u``: 0 where y = 0."""
-    if u is None:
-        return None
     out = np.zeros(nz.shape)
     out[nz] = u[inv]
     return out

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._numerics import safe_solve
 
-from .objective import cell_eval, moments
+from .objective import cell_eval, gradient_from, moments
 from .params import S_BOUNDS
 
 _NHALF = 6
@@ -330,8 +330,6 @@ def scaled_gradient(prob, layout, P, ce=None):
     ``ce``: a ``cell_eval`` result at P to reuse (its Gm, Gv and, with a
     dispersion, "gss"); otherwise the cells are evaluated here.
     """
-    from .objective import gradient_from
-
     if layout.size == 0:
         return 0.0
     if ce is None or ce["clipped"] or (P.s is not None and ce["gss"] is None):

@@ -296,11 +296,6 @@ def _final_check(prob, layout, P):
     return float(ce["site"].sum()), g, scaled_max(layout, P, g, h)
 
 
-def _max_scaled_gradient(prob, layout, P, g):
-    """max_k |g_k| / sqrt(max(h_k, 1)), components pushing out of the bounds left out."""
-    return scaled_max(layout, P, g, curvature_diagonal(prob, layout, P) if g.size else g)
-
-
 SQUAREM_ITERATIONS = 2      # block sweeps: cheap progress from the start
 NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergence)
 
@@ -333,6 +328,7 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
         val = h2[-1][1] if h2 else float(cell_eval(prob, P)["site"].sum())
         return (P, val, len(h1) + len(h2), 0,
                 "converged in the Newton phase" if done else "iteration limit reached", hist)
+
     def lcb(it, f, gmax):
         hist.append((len(hist) + 1, f, gmax, time.perf_counter() - t0))
         if cb is not None:

@@ -68,7 +68,6 @@ def _build_wheel(tmp_path):
     pytest.skip("could not build a wheel here: " + " | ".join(errors))
 
 
-@pytest.mark.slow
 def test_data_loads_from_installed_wheel(tmp_path):
     wheel = _build_wheel(tmp_path)
     target = tmp_path / "site"

@@ -176,7 +176,7 @@ def _rewrite_manifest(path, change):
 def test_newer_format_version_is_a_clear_error(saved):
     _rewrite_manifest(saved, lambda m: m.update(format_version=fio.FORMAT_VERSION + 1,
                                                 jsdm_version="9.9"))
-    with pytest.raises(JSDMError, match=r"format version 2 .*jsdm 9\.9.*Upgrade jsdm"):
+    with pytest.raises(JSDMError, match=rf"format version {fio.FORMAT_VERSION + 1} .*jsdm 9\.9.*Upgrade jsdm"):
         jsdm.load(saved)
 
 

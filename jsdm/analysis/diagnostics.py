@@ -123,22 +123,9 @@ def _names(labels, k=6):
 # --- packed labels of every parameter (model and variational) --------------------------
 def packed_labels(fit):
     """Label of every entry of the packed parameter vector (model and variational)."""
-    from ..results.inference import _packed_labels_and_order
+    from ..results.inference import packed_labels as _labels
 
-    layout, sl = fit.state.layout, fit.state.layout.slices
-    labels = list(_packed_labels_and_order(fit)[0]) + [None] * (layout.size - layout.n_model)
-    d, sites = layout.d, fit.sites
-    tri = np.tril_indices(d)
-    for name, what, term in (("alpha_random", "row_effect_mean", "alpha"),
-                             ("log_rho", "row_effect_sd", "log_rho")):
-        for i in range(sl[name].stop - sl[name].start):
-            labels[sl[name].start + i] = (what, sites[i], term)
-    for i in range(layout.n):
-        for k in range(d):
-            labels[sl["a"].start + i * d + k] = ("lv_mean", sites[i], f"LV{k + 1}")
-        for t, (r, c) in enumerate(zip(*tri)):
-            labels[sl["L"].start + i * len(tri[0]) + t] = ("lv_chol", sites[i], f"L{r + 1}{c + 1}")
-    return labels
+    return _labels(fit)
 
 
 # --- checks ---------------------------------------------------------------------------

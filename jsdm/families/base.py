@@ -58,6 +58,9 @@ class Family:
     has_dispersion = False
     dispersion_name: Optional[str] = None
     discrete = False
+    #: a valid response the engine puts in missing cells (they get weight 0, but
+    #: ell must stay finite there: 0 is not a valid gamma or beta response)
+    missing_fill = 0.0
 
     def __init__(self, link=None):
         link = self.default_link if link is None else str(link)
@@ -169,6 +172,18 @@ class Family:
         NaN for missing cells). ``species`` (labels) is only used in messages.
         """
         return None
+
+    def start_intercept(self, y, w, trials=None):
+        """Starting species intercepts (m,) from responses ``y`` (n, m) with weights ``w``.
+
+        Default: the link of the species mean (log of the mean, floored at 0.05, for
+        log links; the mean itself otherwise). Families whose mean is not a simple
+        transform of the intercept (binomial, ordinal) override this.
+        """
+        ybar = (w * y).sum(0) / np.maximum(w.sum(0), 1)
+        if self.link == "log":
+            return np.log(np.maximum(ybar, 0.05))
+        return ybar
 
     def dispersion_start(self, y, mu):
         """Per-species moment estimate of ``s`` (shape (m,)) from y and fitted means.

@@ -28,6 +28,7 @@ class Gamma(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "phi"
+    missing_fill = 1.0
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Closed-form E[log f(y | eta)], eta ~ N(m, v), and derivatives."""

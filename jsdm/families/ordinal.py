@@ -59,6 +59,11 @@ class Ordinal(Family):
         """Latent-scale residual variance: probit 1, logit pi^2/3."""
         return 1.0 if self.link == "probit" else np.pi ** 2 / 3.0
 
+    def start_intercept(self, y, w, trials=None):
+        """From P(y = 0) = F(tau_1 - eta) with tau_1 = 0: -F^-1(share of zeros), clipped."""
+        p0 = np.clip((w * (y == 0)).sum(0) / np.maximum(w.sum(0), 1), 0.02, 0.98)
+        return -_quantile(p0, self.link)
+
     # --- the engine's entry point -------------------------------------------------------------
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Exact E[log P(y | eta)], eta ~ N(m, v); d_s is (..., q), d_ss (..., q, q)."""

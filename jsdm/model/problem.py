@@ -28,6 +28,11 @@ class Problem:
     X : ndarray (n, p)   site design without intercept (p may be 0)
     offset : ndarray (n, m) or None
     trials : ndarray (n, m) or None (binomial)
+    model_terms : tuple of Term or None
+        The terms of the linear predictor (``jsdm.model.terms``); None: the classic
+        ones from ``terms`` (species slopes), ``num_lv`` and ``row_effect``.
+    predictor : LinearPredictor (built on construction, not a field)
+        The terms bound to this problem's data.
     """
 
     Y: np.ndarray
@@ -43,6 +48,22 @@ class Problem:
     trials: Optional[np.ndarray] = None
     formula: Optional[str] = None
     info: dict = field(default_factory=dict)
+    model_terms: Optional[tuple] = None
+
+    def __post_init__(self):
+        from .terms import LinearPredictor, default_terms
+
+        if self.family.has_dispersion and "n_dispersion" not in self.info:
+            self.info["n_dispersion"] = self.n_disp      # asked of the family once
+        terms = self.model_terms
+        if terms is None:
+            terms = default_terms(self.terms, self.num_lv, self.row_effect)
+            object.__setattr__(self, "model_terms", terms)
+        pred = LinearPredictor(terms, n=self.Y.shape[0], m=self.Y.shape[1], X=self.X,
+                               offset=self.offset, family=self.family,
+                               n_disp=self.n_disp if self.family.has_dispersion else None,
+                               sites=self.sites, species=self.species, covariates=self.terms)
+        object.__setattr__(self, "predictor", pred)
 
     @property
     def n(self):
@@ -157,7 +178,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         raise JSDMError("the response table has no observed values")
     tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), Y.shape).copy()
     fam.check_y(Y, tr)
-    Yf = np.where(W > 0, Y, 0.0)
+    Yf = np.where(W > 0, Y, fam.missing_fill)
     Xmat, terms = _design(com, formula)
     off = None if offset is None else np.broadcast_to(
         np.asarray(offset, dtype=float).reshape(-1, 1) if np.ndim(offset) == 1 else

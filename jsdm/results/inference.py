@@ -100,67 +100,39 @@ class Information:
 
 
 def _packed_labels_and_order(fit):
-    """Labels of the packed model parameters, and the packed position / Jacobian of each params row."""
-    layout, prob = fit.state.layout, fit.problem
-    P = fit.state.params
-    sl = layout.slices
+    """Labels of the packed model parameters, and the packed position / Jacobian of each params row.
+
+    The rows come from the terms (``LinearPredictor.reported``): each term says which
+    packed entry stands behind each of its reported parameters and d reported / d packed.
+    """
+    layout = fit.state.layout
+    rep = _reported(fit)
     labels = [None] * layout.n_model
-    order, jac = [], []
-    for j, sp in enumerate(fit.species):
-        for t, term in enumerate(["Intercept", *fit.terms]):
-            pos = sl["beta0"].start + j if t == 0 else sl["B"].start + j * prob.p + t - 1
-            labels[pos] = ("coef", sp, term)
-            order.append(pos), jac.append(1.0)
-    thpos = np.cumsum(layout.tri_m.ravel()).reshape(layout.tri_m.shape) - 1 + sl["theta"].start
-    for j, sp in enumerate(fit.species):
-        for k in range(prob.d):
-            if layout.tri_m[j, k]:
-                labels[thpos[j, k]] = ("loading", sp, f"LV{k + 1}")
-                order.append(thpos[j, k]), jac.append(1.0)
-    if P.s is not None and np.ndim(P.s) == 2:
-        _vector_dispersion_labels(fit, labels, order, jac)
-    elif P.s is not None:
-        name = fit.dispersion.name
-        dj = _dispersion_jacobian(prob.family, P.s)
-        for j, sp in enumerate(fit.species):
-            labels[sl["s"].start + j] = ("dispersion", sp, name)
-            order.append(sl["s"].start + j), jac.append(dj[j])
-    if prob.row_effect == "fixed":
-        for i, st in enumerate(fit.sites[1:]):
-            labels[sl["alpha_fixed"].start + i] = ("row_effect", st, "alpha")
-            order.append(sl["alpha_fixed"].start + i), jac.append(1.0)
-    elif prob.row_effect == "random":
-        labels[sl["log_sigma"].start] = ("row_sigma", "", "sigma")
-        order.append(sl["log_sigma"].start), jac.append(float(np.exp(P.log_sigma)))
+    for lab, pos in zip(rep["labels"], rep["positions"]):
+        labels[pos] = lab
     idx = pd.MultiIndex.from_tuples(labels, names=["block", "species", "term"])
-    return idx, np.array(order, dtype=int), np.array(jac, dtype=float)
+    return idx, rep["positions"], rep["jac"]
 
 
-def _vector_dispersion_labels(fit, labels, order, jac):
-    """Labels, packed positions and diagonal Jacobian of a vector dispersion's free entries (in place)."""
-    s, start = fit.state.params.s, fit.state.layout.slices["s"].start
-    m, q = s.shape
-    names = list(fit.dispersion.columns[-q:])
-    D = _vector_dispersion_jacobian(fit.family, s)
-    for j, sp in enumerate(fit.species):
-        for k in range(q):
-            labels[start + j * q + k] = ("dispersion", sp, names[k])
-            order.append(start + j * q + k), jac.append(D[j, k, k])
+def packed_labels(fit):
+    """(block, site or species, name) of every entry of the packed parameter vector.
+
+    Model parameters carry their ``fit.params`` label; variational ones are
+    labelled by their term ("lv_mean", "row_effect_mean") or as entries of the site's
+    joint Cholesky factor ("lv_chol", "site_chol").
+    """
+    return fit.problem.predictor.packed_labels(fit.state.params, fit.state.layout)
+
+
+def _reported(fit):
+    """The terms' reported rows at the fit (``GLLVMResults._reported``)."""
+    return fit._reported
 
 
 def _vector_dispersion_jacobian(family, s, h=1e-6):
-    """d (free reported dispersions) / d s per species, (m, q, q), by central differences.
-
-    The reported entries are the last q columns of ``family.dispersion(s)``.
-    """
-    m, q = s.shape
-    D = np.empty((m, q, q))
-    for i in range(q):
-        step = np.zeros_like(s)
-        step[:, i] = h * (1.0 + np.abs(s[:, i]))
-        diff = family.dispersion(s + step)[:, -q:] - family.dispersion(s - step)[:, -q:]
-        D[:, :, i] = diff / (2.0 * step[:, i:i + 1])
-    return D
+    """d (free reported dispersions) / d s per species, (m, q, q) (see terms.dispersion)."""
+    from ..model.terms.dispersion import vector_dispersion_jacobian
+    return vector_dispersion_jacobian(family, s, h)
 
 
 def _reported_jacobian(fit, order, jac):
@@ -194,12 +166,6 @@ def _reported_cov(info):
     out[hit, :] = np.nan
     out[:, hit] = np.nan
     return 0.5 * (out + out.T)
-
-
-def _dispersion_jacobian(family, s, h=1e-6):
-    """d dispersion(s) / ds by central differences (any family's mapping)."""
-    step = h * (1.0 + np.abs(s))
-    return (family.dispersion(s + step) - family.dispersion(s - step)) / (2.0 * step)
 
 
 def _scaled_eigh(A):
@@ -384,10 +350,11 @@ def conf_int(fit, alpha=0.05):
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             w = z * se[sel] / est[sel]
             lo[sel], hi[sel] = est[sel] * np.exp(-w), est[sel] * np.exp(w)
-    for name, fwd in (("dispersion", fit.family.dispersion), ("row_sigma", np.exp)):
-        if name == "dispersion" and info.jmat is not None:
-            continue
-        sel = np.asarray(block == name)
+    for rows, fwd in _reported(fit)["transforms"]:
+        sel = np.zeros(len(est), dtype=bool)
+        sel[rows] = True
+        if info.jmat is not None:
+            sel &= np.asarray(block != "dispersion")
         if sel.any():
             with np.errstate(over="ignore"):          # a huge SE gives an unbounded interval
                 a, b = fwd(packed[sel] - z * se_u[sel]), fwd(packed[sel] + z * se_u[sel])

@@ -12,13 +12,22 @@ valid NumPy ``.npz`` file:
   :class:`~jsdm.data.Community` tables (with their column dtypes, including
   categoricals with levels and order), the :class:`~jsdm.model.fit.FitState`
   (ELBO, gradient, convergence, iterations, message, time, start values,
-  history) and the call's settings.
+  history) and the call's settings. ``terms`` lists the terms of the linear
+  predictor (``Term.spec()`` of each, as ``parse_formula`` prints them); the
+  problem's ``model_terms`` holds the same list and rebuilds them on loading.
 - ``<path>.npy``: one NumPy array per numeric block (``problem/Y``,
   ``state/params/theta``, ...), written with ``allow_pickle=False``.
 
 Everything can be read with a ZIP tool, any JSON reader and ``numpy.load``;
 nothing is executed when loading. A file written by a newer format version
 is refused with a :class:`~jsdm.exceptions.JSDMError`.
+
+Versions: 2 (terms architecture) stores the parameters by term (``Params``
+fields) with random row effects in the joint site covariance ``L`` (latent
+variables first); version 1 files (jsdm 0.1.0 before it) are still read: their
+``log_rho`` becomes the row effect's entry of the joint factor (no covariance with
+the latent variables, which is what version 1 fitted), and their terms are the
+classic ones from ``num_lv`` and ``row_effect``.
 """
 import dataclasses
 import datetime as _dt
@@ -35,7 +44,7 @@ import pandas as pd
 from ..exceptions import DataWarning, JSDMError
 
 FORMAT = "jsdm-fit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "jsdm.json"
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
@@ -72,6 +81,7 @@ def save(fit, path):
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "summary": {"llf": _finite_or_str(fit.llf), "family": fit.family.name,
                     "link": fit.family.link, "num_lv": int(fit.num_lv)},
+        "terms": [t.spec() for t in fit.problem.model_terms],
         "problem": _encode(fit.problem, "problem", arrays),
         "state": _encode(fit.state, "state", arrays),
         "settings": _encode(dict(fit.settings), "settings", arrays),
@@ -181,7 +191,8 @@ def _encode(value, key, arrays):
     """Describe ``value`` as JSON; numeric blocks go into ``arrays`` under ``key``."""
     from ..data import Community
     from ..families import Family
-    from ..model.params import Layout
+    from ..model.params import Layout, Params
+    from ..model.terms import Term
 
     if value is None:
         return {"kind": "none"}
@@ -200,6 +211,11 @@ def _encode(value, key, arrays):
         return _encode_family(value)
     if isinstance(value, Layout):
         return {"kind": "layout"}
+    if isinstance(value, Term):
+        return {"kind": "term", "spec": value.spec()}
+    if isinstance(value, Params):
+        return {"kind": "params", "fields": {k: _encode(v, f"{key}/{k}", arrays)
+                                             for k, v in value.fields().items()}}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"kind": "dataclass", "class": type(value).__name__,
                 "fields": {f.name: _encode(getattr(value, f.name), f"{key}/{f.name}", arrays)
@@ -323,7 +339,8 @@ def _decode(meta, ctx):
               "layout": lambda: _layout(ctx), "array": lambda: ctx["arrays"][meta["array"]]}
     if kind in simple:
         return simple[kind]()
-    decoders = {"index": _decode_index, "frame": _decode_frame, "community": _decode_community,
+    decoders = {"term": _decode_term, "params": _decode_params,
+                "index": _decode_index, "frame": _decode_frame, "community": _decode_community,
                 "family": _decode_family, "dataclass": _decode_dataclass, "dict": _decode_dict,
                 "rows": _decode_rows, "float_list": _decode_float_list, "list": _decode_list}
     if kind not in decoders:
@@ -389,12 +406,24 @@ def _decode_family(meta, ctx):
 
 def _dataclasses():
     from ..model.fit import FitState
-    from ..model.params import Params
     from ..model.problem import Problem
-    return {"Problem": Problem, "Params": Params, "FitState": FitState}
+    return {"Problem": Problem, "FitState": FitState}
+
+
+def _decode_term(meta, ctx):
+    from ..model.terms import make_term
+    return make_term(meta["spec"])
+
+
+def _decode_params(meta, ctx):
+    from ..model.params import Params
+    fields = {k: _decode(v, ctx) for k, v in meta["fields"].items()}
+    return Params(**{k: v for k, v in fields.items() if v is not _DROP})
 
 
 def _decode_dataclass(meta, ctx):
+    if meta["class"] == "Params":           # format version 1: a dataclass with log_rho
+        return _decode_params(meta, ctx)
     classes = _dataclasses()
     cls = classes.get(meta["class"])
     if cls is None:

@@ -50,7 +50,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Convergence tolerance. The fit is *converged* when the largest
         curvature-scaled gradient, max_k |g_k| / sqrt(max(h_k, 1)) with g the
         gradient of the ELBO and h_k its curvature along parameter k, is at
-        most ``gtol`` (``fit.state.scaled_grad``); the raw max |gradient|
+        most ``gtol`` (``fit.scaled_grad``); the raw max |gradient|
         (``fit.max_grad``) can be larger for parameters with large curvature.
     verbose : bool
         Print progress to stderr.

@@ -11,6 +11,7 @@ files. Missing values are the usual spellings (empty, NA, NaN, N/A, NULL,
 tables (e.g. shrub cover "None"). Text columns of covariate and trait files
 become (unordered) pandas Categoricals with sorted levels.
 """
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -64,6 +65,7 @@ def read_csv_table(path, what, index=True, label_columns=(), sep=",", decimal=".
         where = "a folder, not a file" if path.is_dir() else "not found"
         raise JSDMError(f"{what} file {str(path)!r} is {where} (absolute path: {path.resolve()}). "
                         "Check the path and the current folder.")
+    _check_line_ends(path, what)
     try:
         header = _header(path, sep, index, what)
         text_cols = ([header[0]] if index and len(header) else []) + [
@@ -87,6 +89,26 @@ def read_csv_table(path, what, index=True, label_columns=(), sep=",", decimal=".
     skip = set(text_cols) | set(categorical)
     _check_numeric_text(df[[c for c in df.columns if c not in skip]], path, what, index)
     return df
+
+
+def _check_line_ends(path, what):
+    """Refuse a file that ends lines with "\\n" but also holds a lone carriage return.
+
+    pandas writes a label holding "\\r" unquoted; reading it back breaks the
+    line there and shifts the row's cells (a site "\\r" came back as a site
+    "3.0" with a missing cell). Files that end every line with "\\r" alone (old
+    Mac files) are fine.
+    """
+    data = path.read_bytes()
+    if b"\n" not in data:
+        return
+    lone = re.search(rb"\r(?!\n)", data)
+    if lone:
+        line = data.count(b"\n", 0, lone.start()) + 1
+        raise JSDMError(f"{what} file {str(path)!r} has a lone carriage return (\\r) on line "
+                        f"{line}, though its lines end with \\n: a label or cell holds a line "
+                        "break, and the row would be read shifted. Remove the line breaks from "
+                        "the labels (jsdm refuses such labels) and write the file again.")
 
 
 def _header(path, sep, index, what):

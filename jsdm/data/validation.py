@@ -79,7 +79,8 @@ def check_unique(index, what, axis_word, fix):
     """
     check_labels(index, what, axis_word)
     if index.hasnans:
-        raise JSDMError(f"{what}: some {axis_word} labels are missing (NaN). {fix}")
+        raise JSDMError(f"{what}: some {axis_word} labels are missing (NaN; an empty cell in a "
+                        f"CSV file reads as missing). {fix}")
     dup = index[index.duplicated()].unique()
     if len(dup):
         raise JSDMError(f"{what}: duplicated {axis_word} labels {show(dup)}. {fix}")

@@ -6,10 +6,17 @@
 - long: one CSV row per site x species: :func:`read_long`.
 
 Labels are read as text, so that "01" stays "01" and site ids match across
-files. Missing values are the usual spellings (empty, NA, NaN, N/A, NULL,
-...), but **not** the word "None", which is a real category in ecological
-tables (e.g. shrub cover "None"). Text columns of covariate and trait files
-become (unordered) pandas Categoricals with sorted levels.
+files; in the id columns only an empty cell is missing (a site may be called
+"NA"). Elsewhere missing values are the usual spellings (empty, NA, NaN, N/A,
+NULL, ...) plus any given in ``na_values``, but **not** the word "None", which
+is a real category in ecological tables (e.g. shrub cover "None"). Text
+columns of covariate and trait files become (unordered) pandas Categoricals
+with sorted levels.
+
+Nothing is read silently wrong: a header that repeats or omits a column name,
+a lone carriage return in a file with "\\n" line ends (a label holding a line
+break), and a column of numbers with a few text cells ("n.d.", decimal commas)
+are refused with the file, column and cells named.
 """
 import re
 from pathlib import Path
@@ -68,10 +75,14 @@ def read_csv_table(path, what, index=True, label_columns=(), sep=",", decimal=".
     _check_line_ends(path, what)
     try:
         header = _header(path, sep, index, what)
+        if index and header and header[0] == "":
+            header[0] = "Unnamed: 0"            # R's write.csv leaves the id column unnamed
         text_cols = ([header[0]] if index and len(header) else []) + [
             c for c in label_columns if c in header]
-        df = pd.read_csv(path, sep=sep, dtype={c: str for c in text_cols}, decimal=decimal,
-                         keep_default_na=False, na_values=NA_VALUES + list(na_values))
+        missing = NA_VALUES + list(na_values)   # labels may be "NA", "null", ...: only "" is missing
+        df = pd.read_csv(path, sep=sep, header=0, names=header, decimal=decimal,
+                         dtype={c: str for c in text_cols}, keep_default_na=False,
+                         na_values={c: [""] if c in text_cols else missing for c in header})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         if isinstance(err, JSDMError):
             raise

@@ -18,6 +18,7 @@ a lone carriage return in a file with "\\n" line ends (a label holding a line
 break), and a column of numbers with a few text cells ("n.d.", decimal commas)
 are refused with the file, column and cells named.
 """
+import mmap
 import re
 from pathlib import Path
 
@@ -110,12 +111,14 @@ def _check_line_ends(path, what):
     "3.0" with a missing cell). Files that end every line with "\\r" alone (old
     Mac files) are fine.
     """
-    data = path.read_bytes()
-    if b"\n" not in data:
+    if path.stat().st_size == 0:
         return
-    lone = re.search(rb"\r(?!\n)", data)
-    if lone:
-        line = data.count(b"\n", 0, lone.start()) + 1
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data.find(b"\n") < 0:
+            return
+        lone = re.search(rb"\r(?!\n)", data)
+        line = None if lone is None else data[:lone.start()].count(b"\n") + 1
+    if line is not None:
         raise JSDMError(f"{what} file {str(path)!r} has a lone carriage return (\\r) on line "
                         f"{line}, though its lines end with \\n: a label or cell holds a line "
                         "break, and the row would be read shifted. Remove the line breaks from "

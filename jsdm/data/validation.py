@@ -254,12 +254,18 @@ def numeric_text_cells(col):
     if not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
         return None
     vals = col.dropna()
-    if not len(vals) or not all(isinstance(v, str) for v in vals):
+    if not len(vals):
         return None
-    text = vals.str.strip()
-    ok = text.map(_parses)
-    comma = text.str.replace(",", ".", regex=False).map(_parses) & text.str.contains(",", regex=False)
+    text = vals.map(lambda v: v.strip() if isinstance(v, str) else v)
+    is_str = text.map(lambda v: isinstance(v, str))
+    number = text.map(lambda v: isinstance(v, (int, float, np.integer, np.floating))
+                      and not isinstance(v, (bool, np.bool_)))
+    ok = number | (is_str & text.map(lambda v: isinstance(v, str) and _parses(v)))
+    comma = is_str & text.map(lambda v: isinstance(v, str) and "," in v
+                              and _parses(v.replace(",", ".")))
     if ok.mean() < 0.5 and (ok | comma).mean() < 0.5:
+        return None
+    if ok.all() and not is_str.any():
         return None
     if comma.any() and (ok | comma).all():
         return vals[comma], True

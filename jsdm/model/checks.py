@@ -14,6 +14,7 @@ found and says what to do; none modifies its arguments. They are used by
   too spread out or too concentrated) to be fitted in floating point.
 """
 import numbers
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -282,8 +283,11 @@ def check_response_scale(Y, W, family, species):
     if family.name != "gaussian":
         return
     Yo = np.where(obs, Y, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sd = np.nanstd(Yo, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)         # all-missing species
+        scale = np.nanmax(np.abs(Yo), axis=0)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        sd = np.nanstd(Yo / scale, axis=0) * scale               # no underflow near 1e-300
     lo, hi = GAUSSIAN_SD_RANGE
     live = np.isfinite(sd) & (sd > 0)
     bad = live & ((sd > hi) | (sd < lo))

@@ -1,6 +1,6 @@
 """The user-facing entry point :func:`gllvm`."""
 from .model.checks import check_fit_options
-from .model.fit import fit_problem
+from .model.fit import DEFAULT_SEED, fit_problem
 from .model.problem import build_problem
 from .results.fitted import GLLVMResults
 
@@ -77,8 +77,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     prob = build_problem(data, X, family=fam, trials=trials, **call)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
     settings = dict(family=fam.name, link=fam.link, num_lv=call["num_lv"], formula=formula,
-                    row_effect=call["row_effect"], n_init=n_init, seed=seed, maxiter=maxiter,
-                    gtol=gtol)
+                    row_effect=call["row_effect"], n_init=n_init,
+                    seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol)
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

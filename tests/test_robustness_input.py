@@ -327,6 +327,7 @@ def test_same_data_and_call_give_the_same_fit_bit_for_bit_without_a_seed():
     for f in ("beta0", "B", "theta", "a", "L"):
         np.testing.assert_array_equal(getattr(a.state.params, f), getattr(b.state.params, f))
     assert a.llf == b.llf and a.state.start_values == b.state.start_values
+    assert a.settings["seed"] == 0                          # reports say which seed was used
     c = _fit(Y, X, num_lv=2, n_init=3, seed=12345)        # other starts on request
     assert c.state.start_values != a.state.start_values
 

@@ -127,8 +127,8 @@ def build_parser():
     fit.add_argument("--species", default="species", help="long format: species column (default: species)")
     fit.add_argument("--response", default="y", help="long format: response column (default: y)")
     fit.add_argument("--sep", default=",", help="field separator of the CSV files (default: ',')")
-    fit.add_argument("--decimal", default=".", choices=[".", ","],
-                     help="decimal mark of the numbers in the CSV files (default: '.')")
+    fit.add_argument("--decimal", default=".", choices=[".", ","], metavar="MARK",
+                     help="decimal mark of the numbers in the CSV files: '.' (default) or ','")
     fit.add_argument("--na-values", type=_name_list, default=[], metavar="LIST",
                      help="further spellings of a missing value, comma-separated (e.g. 'n.d.,-'); "
                      "empty cells, NA, NaN, N/A, NULL, '.' are always missing")

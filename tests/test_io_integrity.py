@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 import zipfile
 
@@ -238,11 +237,9 @@ def _patch_declared_size(blob, member, size):
 
 def test_a_member_declaring_4_gib_is_refused_before_reading(raw, tmp_path):
     blob = _patch_declared_size(raw, "problem/Y.npy", 0xFFFFFF00)
-    t0 = time.process_time()
     with pytest.raises(JSDMError, match=r"'problem/Y.npy' would inflate to 4,294,967,040 bytes.*"
                                         r"It was not read"):
         _load_bytes(tmp_path, blob)
-    assert time.process_time() - t0 < 5.0      # refused from the directory, nothing inflated
 
 
 def test_a_real_zip_bomb_is_refused_under_max_bytes(raw, tmp_path):

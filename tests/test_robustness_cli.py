@@ -202,3 +202,13 @@ def test_every_text_drawn_in_a_figure_is_short(tmp_path):
         plt.close(fig)
     ticks = [t.get_text() for t in figures[2].axes[0].get_xticklabels()]
     assert len(set(ticks)) == 5 and all(re.fullmatch(r"L+\u2026L*\d", t) for t in ticks)
+
+
+def test_categorical_reads_a_numeric_code_as_a_factor_and_unknown_names_are_refused(files, tmp_path):
+    X = pd.read_csv(files / "x.csv", index_col=0).assign(plot=np.resize([1, 2, 3], N))
+    X.to_csv(tmp_path / "x.csv")
+    com = jsdm.read_wide(files / "y.csv", covariates=tmp_path / "x.csv", categorical=["plot"])
+    assert isinstance(com.X["plot"].dtype, pd.CategoricalDtype)
+    assert pd.api.types.is_float_dtype(com.X["temp"])
+    with pytest.raises(jsdm.JSDMError, match=r"categorical= names column\(s\) \['plto'\]"):
+        jsdm.read_wide(files / "y.csv", covariates=tmp_path / "x.csv", categorical=["plto"])

@@ -339,3 +339,11 @@ def test_converged_is_the_scaled_gradient_test_as_documented():
     assert "curvature-scaled gradient" in jsdm.gllvm.__doc__
     assert "max |gradient| <= gtol" not in jsdm.gllvm.__doc__
     assert "Max scaled gradient" in str(fit.summary())
+
+
+def test_nullable_offsets_with_pd_na_are_reported_as_missing():
+    Y, _ = _tables()
+    off = pd.Series(np.zeros(N), index=Y.index).astype("Float64")
+    off.iloc[2] = pd.NA
+    with pytest.raises(JSDMError, match=r"offset= is missing or infinite at 4 observed cell.*'s02'"):
+        _problem(Y, offset=off)

@@ -173,14 +173,24 @@ def _check_numeric_text(df, path, what, index):
                         + "; ".join(remedies) + ".")
 
 
-def categorise_text(df):
-    """Copy of ``df`` with text columns turned into unordered Categoricals (sorted levels)."""
+def categorise_text(df, categorical=()):
+    """Copy of ``df`` with text columns, and the columns named in ``categorical`` (numbers
+    included), turned into unordered Categoricals (sorted levels)."""
     out = df.copy()
     for name in out.columns:
         col = out[name]
-        if pd.api.types.is_string_dtype(col.dtype) or col.dtype == object:
+        if pd.api.types.is_string_dtype(col.dtype) or col.dtype == object or name in categorical:
             out[name] = pd.Categorical(col)
     return out
+
+
+def _check_named(categorical, tables):
+    """Every column named in ``categorical`` must exist in one of the tables read."""
+    known = [c for t in tables if t is not None for c in t.columns]
+    unknown = [c for c in categorical if c not in known]
+    if unknown:
+        raise JSDMError(f"categorical= names column(s) {show(unknown)} that the files do not have; "
+                        f"their covariate and trait columns are {show(known, 20)}.")
 
 
 
@@ -204,8 +214,9 @@ def read_wide(y_path, covariates=None, traits=None, sep=",", decimal=".", na_val
     na_values : sequence of str
         Further spellings of a missing value, e.g. ``["n.d."]``.
     categorical : sequence of str
-        Covariate or trait columns that are categorical on purpose (they are
-        otherwise refused when they mostly hold numbers).
+        Covariate or trait columns that are categorical on purpose: read as
+        factors even when they hold numbers only (plot codes 1, 2, 3), and not
+        refused when they mostly hold numbers.
 
     Returns
     -------
@@ -221,8 +232,10 @@ def read_wide(y_path, covariates=None, traits=None, sep=",", decimal=".", na_val
     """
     kw = dict(sep=sep, decimal=decimal, na_values=na_values, categorical=categorical)
     Y = read_csv_table(y_path, "response table", **kw)
-    X = None if covariates is None else categorise_text(read_csv_table(covariates, "covariate", **kw))
-    T = None if traits is None else categorise_text(read_csv_table(traits, "trait", **kw))
+    X = None if covariates is None else read_csv_table(covariates, "covariate", **kw)
+    T = None if traits is None else read_csv_table(traits, "trait", **kw)
+    _check_named(categorical, (X, T))
+    X, T = (None if t is None else categorise_text(t, categorical) for t in (X, T))
     return Community(Y, X, T)
 
 
@@ -250,6 +263,7 @@ def read_long(path, site="site", species="species", response="y",
     df = read_csv_table(path, "long table", index=False, label_columns=(site, species), sep=sep,
                         decimal=decimal, na_values=na_values, categorical=categorical)
     meta = [c for c in (site, species, response) if c in df.columns]
-    df = pd.concat([df[meta], categorise_text(df.drop(columns=meta))], axis=1)
+    _check_named(categorical, (df.drop(columns=meta),))
+    df = pd.concat([df[meta], categorise_text(df.drop(columns=meta), categorical)], axis=1)
     return Community.from_long(df, site=site, species=species, response=response,
                                covariates=covariates, traits=traits)

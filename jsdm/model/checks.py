@@ -61,6 +61,8 @@ def check_fit_options(n_init, maxiter, gtol, seed):
 # --- offsets and trials ---------------------------------------------------------------
 def _numbers(values, name):
     try:
+        if isinstance(values, (pd.Series, pd.DataFrame)):     # pd.NA (nullable dtypes) -> NaN
+            return values.to_numpy(dtype=float, na_value=np.nan)
         return np.asarray(values, dtype=float)
     except (TypeError, ValueError) as err:
         raise JSDMError(f"{name}= must hold numbers ({err})") from None

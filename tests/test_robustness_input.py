@@ -347,3 +347,17 @@ def test_nullable_offsets_with_pd_na_are_reported_as_missing():
     off.iloc[2] = pd.NA
     with pytest.raises(JSDMError, match=r"offset= is missing or infinite at 4 observed cell.*'s02'"):
         _problem(Y, offset=off)
+
+
+def test_the_formula_docs_example_runs_as_written_without_a_seed():
+    """docs/formula.md asserts fit.llf == wide.llf with no seed: true because fits are
+    deterministic by default (it could fail before issue 13)."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "formula.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    assert "assert fit.llf == wide.llf" in code and not re.search(r"seed\s*=\s*\d", code)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        exec(compile(code, "docs/formula.md", "exec"), {})

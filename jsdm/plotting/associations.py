@@ -1,7 +1,7 @@
 """Species association heatmap and variance-partition bars."""
 import numpy as np
 
-from ._util import get_ax, label_fontsize
+from ._util import get_ax, label_fontsize, short_label, short_labels
 
 
 def cluster_order(cor):
@@ -73,8 +73,9 @@ def plot_associations(fit, cluster=True, only_significant=False, ax=None, *, alp
                     interpolation="nearest", aspect="equal")
     img.set_gid("associations")
     fs = label_fontsize(m)
-    ax.set_xticks(np.arange(m), labels=[str(s) for s in names], rotation=90, fontsize=fs)
-    ax.set_yticks(np.arange(m), labels=[str(s) for s in names], fontsize=fs)
+    shown = short_labels(list(names))
+    ax.set_xticks(np.arange(m), labels=shown, rotation=90, fontsize=fs)
+    ax.set_yticks(np.arange(m), labels=shown, fontsize=fs)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.figure.colorbar(img, ax=ax, shrink=0.7, label="residual correlation")
@@ -114,10 +115,10 @@ def plot_variance_partition(fit, ax=None, *, groups=None, sort=False, colors=Non
     bottom = np.zeros(m)
     for k, comp in enumerate(vp.columns):
         h = vp[comp].fillna(0.0).to_numpy()
-        ax.bar(x, h, bottom=bottom, width=0.85, color=colors[k % len(colors)], label=str(comp),
+        ax.bar(x, h, bottom=bottom, width=0.85, color=colors[k % len(colors)], label=short_label(comp),
                edgecolor="white", linewidth=0.3, gid=str(comp))
         bottom += h
-    ax.set_xticks(x, labels=[str(s) for s in vp.index], rotation=90, fontsize=label_fontsize(m))
+    ax.set_xticks(x, labels=short_labels(list(vp.index)), rotation=90, fontsize=label_fontsize(m))
     ax.set_xlim(-0.6, m - 0.4)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of linear-predictor variance")

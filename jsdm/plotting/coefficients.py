@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import JSDMError
-from ._util import get_ax, label_fontsize, new_figure
+from ._util import get_ax, label_fontsize, new_figure, short_label, short_labels
 
 
 def coefficient_table(fit, term, alpha=0.05):
@@ -44,10 +44,10 @@ def _forest(ax, tab, term, alpha):
                         color=color, ecolor=color, elinewidth=1.0, capsize=0, gid=gid,
                         label=f"{100 * (1 - alpha):.0f}% CI {'excludes' if gid == 'significant' else 'includes'} 0")
     ax.axvline(0.0, color="0.3", lw=0.8, ls="--", gid="zero")
-    ax.set_yticks(y, labels=[str(s) for s in tab.index], fontsize=label_fontsize(len(tab)))
+    ax.set_yticks(y, labels=short_labels(list(tab.index)), fontsize=label_fontsize(len(tab)))
     ax.set_ylim(-0.7, len(tab) - 0.3)
-    ax.set_xlabel(f"slope of {term}")
-    ax.set_title(term)
+    ax.set_xlabel(f"slope of {short_label(term)}")
+    ax.set_title(short_label(term))
 
 
 def plot_coefficients(fit, term=None, ax=None, *, alpha=0.05):

@@ -4,7 +4,7 @@ import pandas as pd
 from scipy import stats
 
 from ..exceptions import JSDMError
-from ._util import get_ax
+from ._util import get_ax, short_label, short_labels
 
 
 def _site_colors(fit, color):
@@ -33,7 +33,7 @@ def _draw_sites(ax, xy, col, categorical, cname):
         return ax.scatter(xy[:, 0], xy[:, 1], color="0.35", **kw)
     if not categorical:
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=col.to_numpy(float), cmap="viridis", **kw)
-        ax.figure.colorbar(sc, ax=ax, label=cname, shrink=0.8)
+        ax.figure.colorbar(sc, ax=ax, label=short_label(cname), shrink=0.8)
         return sc
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -42,9 +42,10 @@ def _draw_sites(ax, xy, col, categorical, cname):
     cmap = plt.get_cmap("tab10" if len(cat.cat.categories) <= 10 else "tab20")
     colors = [cmap(c % cmap.N) for c in cat.cat.codes]
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=colors, **kw)
-    handles = [Line2D([], [], marker="o", ls="", color=cmap(k % cmap.N), label=str(lev))
-               for k, lev in enumerate(cat.cat.categories)]
-    ax.legend(handles=handles, title=cname, fontsize=7, title_fontsize=8, loc="best")
+    levels = short_labels(list(cat.cat.categories))
+    handles = [Line2D([], [], marker="o", ls="", color=cmap(k % cmap.N), label=lev)
+               for k, lev in enumerate(levels)]
+    ax.legend(handles=handles, title=short_label(cname), fontsize=7, title_fontsize=8, loc="best")
     return sc
 
 
@@ -65,10 +66,10 @@ def _draw_arrows(ax, xy, names, color, gid, fontsize=7):
     """Arrows from the origin with a text label at each tip."""
     from matplotlib.patches import FancyArrowPatch
 
-    for (x, y), name in zip(xy, names):
+    for (x, y), name in zip(xy, short_labels(list(names))):
         ax.add_artist(FancyArrowPatch((0, 0), (x, y), arrowstyle="->", mutation_scale=8,
                                       color=color, lw=0.8, alpha=0.8, gid=gid))
-        t = ax.text(x * 1.06, y * 1.06, str(name), color=color, fontsize=fontsize,
+        t = ax.text(x * 1.06, y * 1.06, name, color=color, fontsize=fontsize,
                     ha="left" if x >= 0 else "right", va="bottom" if y >= 0 else "top")
         t.set_gid(gid)
     ax.update_datalim(np.vstack([np.asarray(xy) * 1.2, [[0.0, 0.0]]]))
@@ -138,7 +139,7 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
     if ellipses:
         _draw_ellipses(ax, xy, o.site_cov[:, [i, j]][:, :, [i, j]], level)
     if site_labels:
-        for (x, y), name in zip(xy, o.sites.index):
+        for (x, y), name in zip(xy, short_labels(list(o.sites.index))):
             ax.text(x, y, f" {name}", fontsize=6, color="0.3", gid="site_label")
     if biplot:
         _draw_species(ax, o.species.iloc[:, [i, j]], _radius(xy), species_scale)

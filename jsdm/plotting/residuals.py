@@ -2,7 +2,7 @@
 import numpy as np
 from scipy import stats
 
-from ._util import label_fontsize, new_figure
+from ._util import label_fontsize, new_figure, short_labels
 
 _PANELS = ("vs linear predictor", "normal Q-Q", "vs site", "vs species", "scale-location")
 
@@ -73,7 +73,7 @@ def plot_residuals(fit, seed=None, *, figsize=(13.0, 7.5)):
     a_site.set(xlabel=f"site index (1..{len(fit.sites)})", ylabel="Dunn-Smyth residual")
     _scatter(a_sp, jj, r, "residuals")
     m = len(fit.species)
-    a_sp.set_xticks(np.arange(m), labels=[str(s) for s in fit.species], rotation=90,
+    a_sp.set_xticks(np.arange(m), labels=short_labels(list(fit.species)), rotation=90,
                     fontsize=label_fontsize(m))
     a_sp.set_ylabel("Dunn-Smyth residual")
     sl = np.sqrt(np.abs(r))

@@ -85,16 +85,9 @@ def family_variance(fit, nb_variance="lognormal"):
     if nb_variance not in _NB_VARIANCE:
         raise JSDMError(f"nb_variance must be one of {_NB_VARIANCE}, got {nb_variance!r}")
     fam, m = fit.family, len(fit.species)
-    name, link = fam.name, getattr(fam, "link", None)
-    if name == "negative_binomial":
-        phi = np.asarray(fit.dispersion, dtype=float)
-        vals = np.log1p(phi) if nb_variance == "lognormal" else special.polygamma(1, 1.0 / phi)
-    elif name == "gaussian":
-        vals = np.asarray(fit.dispersion, dtype=float) ** 2
-    elif name == "binomial" and link in ("probit", "logit", "cloglog"):
-        vals = np.full(m, {"probit": 1.0, "logit": np.pi ** 2 / 3, "cloglog": np.pi ** 2 / 6}[link])
-    else:
-        vals = np.full(m, float(getattr(fam, "link_residual_variance", 0.0) or 0.0))
+    disp = fit.dispersion
+    disp = None if disp is None or isinstance(disp, pd.DataFrame) else np.asarray(disp, float)
+    vals = np.broadcast_to(np.asarray(fam.link_variance(disp, m, method=nb_variance), float), (m,))
     return pd.Series(vals, index=fit.species, name="family_variance")
 
 
@@ -350,17 +343,11 @@ class CorrelationIntervals:
 
 def _disp_derivative(fit, kind):
     """d family_variance_j / d dispersion_j (m,), on the reported dispersion scale."""
-    name = fit.family.name
     if kind is False or kind is None or fit.dispersion is None:
         return None
-    phi = np.asarray(fit.dispersion, dtype=float)
-    if name == "negative_binomial":
-        if kind == "trigamma":
-            return -special.polygamma(2, 1.0 / phi) / phi ** 2
-        return 1.0 / (1.0 + phi)
-    if name == "gaussian":
-        return 2.0 * phi
-    return None
+    if isinstance(fit.dispersion, pd.DataFrame):       # a vector per species (cut points)
+        return None
+    return fit.family.link_variance_derivative(np.asarray(fit.dispersion, dtype=float), kind)
 
 
 def _species_param_cov(fit, with_disp):

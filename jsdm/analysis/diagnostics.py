@@ -281,13 +281,10 @@ def check_collapsed_lvs(fit):
 def check_sparse_species(fit):
     """Species with no more informative records than species-specific parameters."""
     prob = fit.problem
-    if fit.family.name == "gaussian":
-        return []
     Y = np.where(prob.W > 0, prob.Y, np.nan)
-    info = np.nansum(Y > 0, axis=0)
-    if fit.family.name == "binomial":
-        tr = 1.0 if prob.trials is None else prob.trials
-        info = np.minimum(info, np.nansum(Y < tr, axis=0))
+    info = fit.family.informative_records(Y, prob.trials)
+    if info is None:
+        return []
     k = 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + int(fit.family.has_dispersion)
     bad = info <= k
     if not bad.any():
@@ -311,8 +308,6 @@ def check_row_variance(fit):
         "the site effects are not needed: refit with row_effect=None", [("row_sigma", "", "sigma")])]
 
 
-#: families whose fitted variance can shrink to nothing (sd, phi -> 0; beta precision -> inf)
-DEGENERATE_FAMILIES = ("gaussian", "tweedie", "gamma", "beta")
 DEGENERATE_RATIO = 1e-6
 
 
@@ -327,7 +322,7 @@ def check_degenerate_dispersion(fit):
     """
     prob = fit.problem
     s = fit.state.params.s
-    if fit.family.name not in DEGENERATE_FAMILIES or s is None or np.ndim(s) != 1:
+    if not fit.family.dispersion_can_vanish or s is None or np.ndim(s) != 1:
         return []
     y = np.where(prob.W > 0, prob.Y, np.nan)
     with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -18,6 +18,17 @@ Conventions (all families):
   broadcasting along the last axis. ``dispersion(s)`` maps it to the reported
   value (NB: phi with Var = mu + phi mu^2; Gaussian: residual sd).
 - ``trials`` is None or an array broadcastable to ``y`` (binomial only).
+
+Everything else jsdm needs to know about a family is asked of it, never decided
+by its name outside ``jsdm/families/``: starting values (``start_intercept``,
+``dispersion_start``), the fill value of missing cells (``missing_fill``), how
+the dispersion is reported (``dispersion_name``, ``dispersion_labels``,
+``dispersion``, ``size``, ``n_dispersion`` for a vector per species), its
+link-scale residual variance for association matrices (``link_variance`` and its
+derivative), data checks (``dispersion_is_response_sd``, ``informative_records``),
+diagnostics (``dispersion_can_vanish``), simulation defaults
+(``default_dispersion``) and the methods text of reports (``description``).
+Adding a family means writing one file here and registering it.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -196,6 +207,45 @@ class Family:
     # link-scale variance of the residual for a latent-normal reading of the model
     # (probit 1, logit pi^2/3; 0 where the family has none)
     link_residual_variance = 0.0
+
+    # --- what the layers above ask of a family (never its name) -------------------------
+    #: plain-text phrase for a methods paragraph ("a Poisson distribution", ...)
+    description = None
+    #: reported dispersion used by ``simulate_community`` when none is given (None: 1.0)
+    default_dispersion = None
+    #: the dispersion is the residual sd on the response scale (the data's sd is range-checked)
+    dispersion_is_response_sd = False
+    #: the fitted residual variance can shrink to zero (``diagnose`` flags such species)
+    dispersion_can_vanish = False
+    #: names of the ``method`` options of ``link_variance`` (the first is the default)
+    link_variance_methods = ()
+
+    def describe(self):
+        """The methods-text phrase: ``description`` or "a <name> distribution"."""
+        return self.description or f"a {self.name} distribution"
+
+    def link_variance(self, dispersion, m, method=None):
+        """Link-scale residual variance per species (m,), added on the diagonal of the
+        residual covariance when asked (``fit.residual_covariance(add_family_variance=)``).
+
+        ``dispersion``: the reported dispersion (m,) or None. Default: the constant
+        ``link_residual_variance``.
+        """
+        return np.full(m, float(self.link_residual_variance or 0.0))
+
+    def link_variance_derivative(self, dispersion, method=None):
+        """d link_variance / d dispersion (m,), or None when it does not depend on it."""
+        return None
+
+    def size(self, dispersion):
+        """The dispersion in R's ``size`` convention where the family has one (NB: 1 / phi),
+        else None."""
+        return None
+
+    def informative_records(self, y, trials=None):
+        """Records per species (m,) that inform its parameters (y NaN where missing), or None
+        when every record does (continuous responses). Default: the non-zero records."""
+        return np.nansum(y > 0, axis=0)
 
 
 def _check_nonneg_int(y, name):

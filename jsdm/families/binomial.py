@@ -31,6 +31,12 @@ class Binomial(Family):
     links = ("logit", "probit", "cloglog")
     default_link = "logit"
     discrete = True
+    description = "a binomial distribution"
+
+    def informative_records(self, y, trials=None):
+        """min(successes > 0, failures > 0) records per species: both must occur."""
+        tr = 1.0 if trials is None else trials
+        return np.minimum(np.nansum(y > 0, axis=0), np.nansum(y < tr, axis=0))
 
     @property
     def link_residual_variance(self):

@@ -29,6 +29,8 @@ class Gamma(Family):
     has_dispersion = True
     dispersion_name = "phi"
     missing_fill = 1.0
+    default_dispersion = 1.0
+    dispersion_can_vanish = True
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Closed-form E[log f(y | eta)], eta ~ N(m, v), and derivatives."""

@@ -53,6 +53,7 @@ class Ordinal(Family):
     has_dispersion = True
     dispersion_name = "cutpoints"
     discrete = True
+    description = "a cumulative model for ordered categories with species-specific cut points"
 
     @property
     def link_residual_variance(self):

@@ -91,6 +91,7 @@ class ZeroInflatedPoisson(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "pi"
+    default_dispersion = 0.3
     discrete = True
 
     def ell(self, y, m, v, s=None, trials=None, order=1):

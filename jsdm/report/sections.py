@@ -251,22 +251,12 @@ def residuals_section(fit, opts):
 
 
 # --- methods -----------------------------------------------------------------------------
-_FAMILY_TEXT = {
-    "poisson": "a Poisson distribution",
-    "negative_binomial": ("a negative binomial distribution with species-specific dispersion "
-                          "&phi;<sub>j</sub> (variance &mu; + &phi;<sub>j</sub>&mu;<sup>2</sup>)"),
-    "binomial": "a binomial distribution",
-    "gaussian": "a Gaussian distribution with species-specific residual standard deviation",
-    "ordinal": "a cumulative model for ordered categories with species-specific cut points",
-}
-
-
 def methods_section(fit, opts):
     """A methods paragraph for a paper: model, family, estimation, software, seed."""
     from .. import __version__
 
     prob, s = fit.problem, fit.settings
-    fam = _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
+    fam = esc(fit.family.describe())
     cov = (f", species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
            if fit.terms else "")
     row = {"fixed": " and fixed site effects", "random": " and normally distributed random site "

@@ -202,9 +202,10 @@ class GLLVMResults:
     @property
     def size(self):
         """Negative binomial size 1/phi per species (None for other families)."""
-        if self.family.name != "negative_binomial":
-            return None
-        return (1.0 / self.dispersion).rename("size")
+        disp = self.dispersion
+        size = None if disp is None or isinstance(disp, pd.DataFrame) else self.family.size(disp)
+        return None if size is None else pd.Series(np.asarray(size, dtype=float),
+                                                   index=self.species, name="size")
 
     @cached_property
     def row_effects(self):

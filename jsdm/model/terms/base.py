@@ -145,6 +145,11 @@ class Term:
         """[(site, coordinate)] fixed at their value (fixed row effects: site 0's)."""
         return []
 
+    def coord_names(self, ctx):
+        """Names of its site coordinates (labels of the site block): (site_width,)."""
+        w = self.site_width(ctx)
+        return [self.kind] if w == 1 else [f"{self.kind}{k + 1}" for k in range(w)]
+
     # --- prior of random site coordinates: N(0, C_t), C_t diagonal ------------------------------
     def prior_precision(self, ctx, P):
         """Diagonal of C_t^-1: (site_width,)."""

@@ -38,8 +38,8 @@ class LatentVariables(Term):
         return f"rr(0 + {species} | {site}, d = {self.d})"
 
     def describe(self):
-        return (f"{self.d} latent variable{'s' if self.d != 1 else ''} z_i ~ N(0, I) with "
-                "species loadings theta_j (reduced-rank residual covariance)")
+        return (f"{self.d} latent variable{'s' if self.d != 1 else ''} z_i ~ N(0, I), species "
+                "loadings theta_j")
 
     def active(self, ctx):
         return self.d > 0
@@ -96,6 +96,9 @@ class LatentVariables(Term):
 
     def start_sd(self, ctx):
         return np.full(self.d, 0.5)
+
+    def coord_names(self, ctx):
+        return [f"LV{k + 1}" for k in range(self.d)]
 
     def reported(self, ctx, P, layout):
         if not self.d:

@@ -400,13 +400,7 @@ class LinearPredictor:
     # --- labels ------------------------------------------------------------------------------------
     def coord_names(self):
         """Name of each site-block coordinate (LV1.., alpha)."""
-        names = []
-        for t, sl in self.site_terms:
-            if t.kind == "lv":
-                names += [f"LV{k + 1}" for k in range(sl.stop - sl.start)]
-            else:
-                names += [getattr(t, "coord_name", "alpha")] * (sl.stop - sl.start)
-        return names
+        return [name for t, _ in self.site_terms for name in t.coord_names(self)]
 
     def describe(self):
         """Printable list of the terms (one line each)."""

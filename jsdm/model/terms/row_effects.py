@@ -52,6 +52,9 @@ class FixedRowEffects(Term):
     def site_pinned(self, ctx):
         return [(0, 0)]
 
+    def coord_names(self, ctx):
+        return ["alpha"]
+
     def start(self, ctx, P, init):
         P.alpha = np.zeros(ctx.n)
 
@@ -100,6 +103,9 @@ class RandomRowEffects(Term):
 
     def set_site(self, P, values):
         P.alpha = np.array(values[:, 0], dtype=float)
+
+    def coord_names(self, ctx):
+        return ["alpha"]
 
     def prior_precision(self, ctx, P):
         return np.array([np.exp(-2.0 * P.log_sigma)])

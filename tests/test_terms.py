@@ -271,3 +271,29 @@ def test_a_new_site_term_joins_the_joint_q_and_fits_without_engine_edits():
 def test_two_intercept_terms_are_refused():
     with pytest.raises(ValueError, match="same parameter"):
         _problem(extra=[SpeciesIntercepts()])
+
+
+def test_extra_terms_through_build_problem_save_and_load(tmp_path):
+    """build_problem(extra_terms=...) appends a term; a saved fit names it; loading needs it
+    registered (a clear error otherwise) and then restores the same fit."""
+    from jsdm.model import terms as T
+    from jsdm.model.problem import build_problem
+
+    com, _ = jsdm.simulate_community(25, 6, num_lv=1, family="poisson", n_covariates=1, seed=4)
+    trait = np.linspace(-1.0, 1.0, 6)
+    prob = build_problem(com, family="poisson", num_lv=1, extra_terms=[SiteByTrait(trait)])
+    assert [t.kind for t in prob.model_terms][-1] == "test_site_by_trait"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        fit = jsdm.GLLVMResults(prob, fit_problem(prob, seed=0), {})
+    path = fit.save(tmp_path / "extra.jsdm")
+    T._TERMS.pop("test_site_by_trait", None)
+    with pytest.raises(jsdm.JSDMError, match="unknown term kind 'test_site_by_trait'"):
+        jsdm.load(path)
+    T.register_term(SiteByTrait)
+    try:
+        back = jsdm.load(path)
+    finally:
+        T._TERMS.pop("test_site_by_trait", None)
+    assert back.llf == fit.llf and back.model_terms == fit.model_terms
+    np.testing.assert_array_equal(back.state.params.u, fit.state.params.u)

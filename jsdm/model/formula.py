@@ -110,8 +110,7 @@ class ParsedFormula:
         from .terms import default_terms
 
         return [t for t in default_terms(self.slopes, self.num_lv, self.row_effect)
-                if t.kind not in ("slopes", "lv") or (self.slopes if t.kind == "slopes"
-                                                      else self.num_lv)]
+                if t.active(_Dims(len(self.slopes)))]
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
@@ -128,6 +127,13 @@ class ParsedFormula:
         lines.append(f"equivalent wide call: jsdm.gllvm(community, {args}"
                      + (", offset=<offset matrix>)" if self.offsets else ")"))
         return "\n".join(lines)
+
+
+class _Dims:
+    """What ``Term.active`` asks of a problem, before there is data (p covariate columns)."""
+
+    def __init__(self, p):
+        self.p = p
 
 
 # --- scanning ----------------------------------------------------------------------------

@@ -228,8 +228,14 @@ def _check_terms(terms, formula):
 
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
-                  offset=None, trials=None, response=None, site=None, species=None):
-    """Validate user input and build a :class:`Problem`."""
+                  offset=None, trials=None, response=None, site=None, species=None,
+                  extra_terms=()):
+    """Validate user input and build a :class:`Problem`.
+
+    ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
+    appended to the classic ones (intercepts, slopes, ``num_lv`` latent variables,
+    ``row_effect``); the optimiser and the outputs take them as they come.
+    """
     fam = get_family(family)
     check_num_lv(num_lv)
     if row_effect not in ROW_EFFECTS:
@@ -264,9 +270,13 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     q = fam.n_dispersion(Y, species=Ydf.columns) if fam.has_dispersion else None
     if q is not None:
         info["n_dispersion"] = int(q)
+    model_terms = None
+    if extra_terms:
+        from .terms import default_terms
+        model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
-                   offset=off, trials=tr, formula=formula, info=info)
+                   offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
 
 
 def _trials(trials, W, Ydf):

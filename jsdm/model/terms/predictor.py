@@ -69,9 +69,12 @@ class LinearPredictor:
                 raise TypeError(f"not a Term: {t!r}")
         fields = [f for t in self.terms for f in t.fields(self)]
         if len(set(fields)) != len(fields):
-            raise ValueError(f"two terms own the same parameter: {fields}")
-        self.lv = next((t for t in self.terms if t.kind == "lv"), None)
-        self.d = self.lv.d if self.lv is not None else 0
+            from ...exceptions import JSDMError
+            raise JSDMError(f"two terms own the same parameter: {fields}; a model takes each "
+                            "kind of term once (e.g. one set of species intercepts)")
+        # the latent variables: the bilinear term (their gauge step and anchor order)
+        self.lv = next((t for t in self.terms if t.bilinear), None)
+        self.d = self.lv.site_width(self) if self.lv is not None else 0
         self.species_terms, ks = [], 0
         for t in self.terms:
             w = t.species_width(self)

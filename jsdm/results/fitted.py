@@ -344,6 +344,12 @@ class GLLVMResults:
         from ..analysis.associations import association_table
         return association_table(self, **kwargs)
 
+    def partial_correlation(self, **kwargs):
+        """Direct associations: partial correlations, sparse by default (graphical lasso)
+        (see :func:`jsdm.analysis.partial.partial_correlation`)."""
+        from ..analysis.partial import partial_correlation
+        return partial_correlation(self, **kwargs)
+
     def ordination(self, **kwargs):
         from ..analysis.ordination import ordination
         return ordination(self, **kwargs)
@@ -364,6 +370,11 @@ class GLLVMResults:
     def plot_coefficients(self, **kwargs):
         from ..plotting import plot_coefficients
         return plot_coefficients(self, **kwargs)
+
+    def plot_network(self, **kwargs):
+        """Network of direct associations (see :func:`jsdm.plotting.network.plot_network`)."""
+        from ..plotting.network import plot_network
+        return plot_network(self, **kwargs)
 
     def plot_variance_partition(self, **kwargs):
         from ..plotting import plot_variance_partition

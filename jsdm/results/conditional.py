@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from .._numerics import gauss_hermite
 from ..exceptions import JSDMError
 from . import marginal
 from .latent import has_presence, site_latent
@@ -239,10 +238,6 @@ def _score_chunk(sl, Y, W, method, n_draws, seed, conditional, pres, rows, out):
         out["presence_cond"][rows] = np.clip((w_j * (1.0 - sl.prob_zero(eta))).sum(0), 0, 1)
 
 
-def _marginal_presence(sl, var, n=40):
-    z, w = gauss_hermite(n)
-    sd = np.sqrt(var)
-    p0 = np.zeros(sl.F.shape)
-    for zk, wk in zip(z, w):
-        p0 += wk * sl.prob_zero(sl.F + sd * zk)
+def _marginal_presence(sl, var):
+    p0 = marginal.normal_expectation(sl.prob_zero, sl.F, np.sqrt(var))
     return np.clip(1.0 - p0, 0.0, 1.0)

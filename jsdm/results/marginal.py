@@ -345,6 +345,19 @@ def cell_marginal(sl, Y, W, n_panels=24, n_gl=8, width=10.0, maxiter=100):
     return np.where(W > 0, out, np.nan)
 
 
+def normal_expectation(fun, mean, sd, width=8.0, n_panels=24, n_gl=8):
+    """E[fun(mean + sd Z)], Z ~ N(0, 1), elementwise, by a composite Gauss-Legendre rule on
+    +- ``width`` (robust to near-step integrands such as P(y > 0 | eta) under a wide normal)."""
+    t, w = _composite(n_panels, n_gl)
+    t, w = width * t, width * w * np.exp(-0.5 * (width * t) ** 2) / np.sqrt(2.0 * np.pi)
+    w = w / w.sum()
+    mean, sd = np.broadcast_arrays(np.asarray(mean, dtype=float), np.asarray(sd, dtype=float))
+    out = np.zeros(mean.shape)
+    for tk, wk in zip(t, w):
+        out += wk * fun(mean + sd * tk)
+    return out
+
+
 def _composite(n_panels, n_gl):
     """Nodes and weights of a composite Gauss-Legendre rule on [-1, 1]."""
     x, w = np.polynomial.legendre.leggauss(int(n_gl))

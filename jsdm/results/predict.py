@@ -272,15 +272,15 @@ def _marginal_summary(fit, F, var, type, summary, tr):
     """Summary (k, m) of the marginal prediction (see :func:`predict`)."""
     fam, s = fit.family, fit.state.params.s
     if summary == "presence":
-        z, w = gauss_hermite(_N_GH)
-        sd = np.sqrt(var)
-        p0 = np.zeros(np.broadcast(F, sd).shape)
-        trf = _full_trials(tr, p0.shape)
-        for zk, wk in zip(z, w):
-            eta = F + sd * zk
+        from .marginal import normal_expectation
+
+        shape = np.broadcast(F, var).shape
+        trf = _full_trials(tr, shape)
+
+        def p0(eta):
             with np.errstate(over="ignore", under="ignore"):
-                p0 += wk * fam.cdf(np.zeros(p0.shape), eta, s, trf)
-        return np.clip(1.0 - p0, 0.0, 1.0)
+                return fam.cdf(np.zeros(shape), eta, s, trf)
+        return np.clip(1.0 - normal_expectation(p0, F, np.sqrt(var)), 0.0, 1.0)
     if summary == "mean":
         if type == "link":
             return F

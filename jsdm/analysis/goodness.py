@@ -150,9 +150,10 @@ def richness(fit, newdata=None, lv="marginal", level=0.95, n_draws=1000, seed=0,
     DataFrame, one row per site
         ``expected`` (mean simulated richness), ``lower``, ``upper`` (central
         interval: the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
-        the simulated richness, whole numbers, so coverage is at least about
-        ``level``); for fitted sites also ``observed`` and ``inside``. Only
-        species observed at a site count there.
+        the simulated richness; whole numbers, so the interval holds a little
+        more than ``level`` of the model's probability), ``interval_probability``
+        (that probability, by simulation); for fitted sites also ``observed``
+        and ``inside``. Only species observed at a site count there.
     """
     from ..results.latent import has_presence, site_latent
 
@@ -170,10 +171,10 @@ def richness(fit, newdata=None, lv="marginal", level=0.95, n_draws=1000, seed=0,
     W = np.broadcast_to(fit.problem.W, sl.F.shape) if newdata is None else np.ones(sl.F.shape)
     R = _simulate_richness(sl, W, lv, int(n_draws), np.random.default_rng(seed))
     a = (1.0 - level) / 2.0
-    out = pd.DataFrame({"expected": R.mean(0), "lower": np.quantile(R, a, axis=0,
-                                                                     method="inverted_cdf"),
-                        "upper": np.quantile(R, 1.0 - a, axis=0, method="higher")},
-                       index=sl.sites)
+    lo = np.quantile(R, a, axis=0, method="inverted_cdf")
+    hi = np.quantile(R, 1.0 - a, axis=0, method="inverted_cdf")
+    out = pd.DataFrame({"expected": R.mean(0), "lower": lo, "upper": hi,
+                        "interval_probability": ((R >= lo) & (R <= hi)).mean(0)}, index=sl.sites)
     if newdata is None:
         obs = ((np.where(fit.problem.W > 0, fit.problem.Y, 0.0) > 0) * (W > 0)).sum(1)
         out["observed"] = obs

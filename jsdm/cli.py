@@ -19,7 +19,9 @@ Outputs in DIR: ``report.html``, ``summary.txt``, ``coefficients.csv``
 (estimates with SE, z, p, interval), ``residual_correlations.csv`` (species
 pairs with intervals), ``site_scores.csv``, ``loadings.csv``,
 ``variance_partition.csv``, ``diagnostics.csv``, ``model_selection.csv``
-(with ``--select-num-lv``) and ``fit.jsdm`` (reload with :func:`jsdm.load`).
+(with ``--select-num-lv``), ``cv.csv`` and ``cv_species.csv`` (with ``--cv K``:
+K-fold cross-validation by sites, the fitted model against the same model
+without latent variables) and ``fit.jsdm`` (reload with :func:`jsdm.load`).
 
 Errors are one line on stderr with exit status 1 (2 for bad arguments);
 ``--debug`` shows the traceback instead. Progress goes to stderr; ``--quiet``
@@ -96,6 +98,9 @@ def build_parser():
                      "default: every covariate")
     fit.add_argument("--standardise", "--standardize", action="store_true",
                      help="z-score numeric covariates before fitting")
+    fit.add_argument("--cv", type=int, default=None, metavar="K",
+                     help="K-fold cross-validation by sites of the fitted model and of the same "
+                     "model without latent variables (cv.csv, cv_species.csv, report section)")
     _common(fit, example=False)
     return parser
 
@@ -213,11 +218,14 @@ def _tables(fit, select_table):
     ]
 
 
-def _write_outputs(fit, out, select_table, notes, title, con):
+def _write_outputs(fit, out, select_table, notes, title, con, cv=None):
     """Write CSV tables, summary, saved fit and report into ``out``; return the report path."""
     from .report import write_report
 
-    for name, make, index in _tables(fit, select_table):
+    tabs = _tables(fit, select_table)
+    if cv is not None:
+        tabs += [("cv.csv", lambda: cv.table, True), ("cv_species.csv", lambda: cv.species, True)]
+    for name, make, index in tabs:
         df = _attempt(name, make, con)
         if df is not None:
             df.to_csv(out / name, index=index)
@@ -227,7 +235,23 @@ def _write_outputs(fit, out, select_table, notes, title, con):
     fit.save(out / "fit.jsdm")
     con.say("writing the report ...")
     return write_report(fit, out / "report.html", select_table=select_table, title=title,
-                        notes=notes, criterion="aicc" if select_table is not None else None)
+                        notes=notes, criterion="aicc" if select_table is not None else None, cv=cv)
+
+
+def _cross_validate(com, fit, kw, k, con):
+    """K-fold CV by sites of ``fit`` and of the same model without latent variables."""
+    from .results.crossval import cross_validate
+
+    if k < 2:
+        raise UsageError(f"--cv needs K >= 2 folds, got {k}")
+    models = {f"num_lv={fit.num_lv}": fit}
+    if fit.num_lv > 0:
+        base = {key: v for key, v in kw.items() if key not in ("num_lv", "verbose")}
+        models["num_lv=0"] = dict(data=com, num_lv=0, **base)
+    con.say(f"{k}-fold cross-validation by sites of {len(models)} model(s) ...")
+    cv = cross_validate(models, k=k, seed=kw.get("seed") or 0)
+    con.say(f"held-out lpd: " + ", ".join(f"{m} {v:.1f}" for m, v in cv.table["lpd"].items()))
+    return cv
 
 
 def _attempt(name, make, con):
@@ -278,8 +302,10 @@ def _run(args, con):
     get_family(args.family, link=args.link)     # fail fast on an unknown family or link
     com, spec, notes, title = _prepare(args)
     fit, table = _fit(com, _fit_options(args, spec), args, con)
+    k = getattr(args, "cv", None)
+    cv = None if k is None else _cross_validate(com, fit, _fit_options(args, spec), k, con)
     out.mkdir(parents=True, exist_ok=True)
-    report = _write_outputs(fit, out, table, notes, title, con)
+    report = _write_outputs(fit, out, table, notes, title, con, cv=cv)
     con.say(f"wrote {report} and tables in {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 

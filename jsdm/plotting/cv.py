@@ -4,7 +4,7 @@ import numpy as np
 from ._util import get_ax
 
 _METRICS = {
-    "lpd": ("held-out log predictive density, difference to the best model", True),
+    "lpd": ("held-out lpd minus the best model's", True),
     "lpd_marginal": ("held-out log density, species one at a time", True),
     "lpd_conditional": ("held-out log density given the other species", True),
     "auc": ("AUC (mean over species)", True),
@@ -17,7 +17,8 @@ def plot_cv(cv, metric="lpd", ax=None):
     """Models side by side on a cross-validated score.
 
     For ``metric="lpd"`` each model is drawn at its lpd minus the best model's,
-    with +- 2 paired standard errors of that difference (zero for the best);
+    with +- 2 paired standard errors of that difference (zero for the best; a
+    symmetric-log axis when some models are far behind the others);
     the other metrics are drawn as values, with the conditional variant (given
     the other species at the site) next to the marginal one where it exists.
 
@@ -45,6 +46,11 @@ def plot_cv(cv, metric="lpd", ax=None):
         x, err = tab["lpd_diff"].to_numpy(), 2.0 * tab["diff_se"].to_numpy()
         ax.errorbar(x, y, xerr=err, fmt="o", color="black", capsize=3, gid="cv_lpd")
         ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+        spread = np.abs(x - err).max()
+        close = np.abs(x) + err
+        close = close[close > 0]
+        if close.size and spread > 30 * np.median(close):       # far-off models: symlog axis
+            ax.set_xscale("symlog", linthresh=float(np.median(close)))
         best = tab["lpd"].idxmax()
         ax.set_title(f"{cv.settings['k']}-fold CV by sites; best: {best}", fontsize=9)
     else:

@@ -16,7 +16,9 @@ approximation of the observation-level variance on the log scale (Nakagawa,
 Johnson & Schielzeth 2017, J. R. Soc. Interface 14: 20170213), with ybar_j the
 species' mean response: Poisson and ZIP log(1 + 1/ybar_j), negative binomial
 log(1 + 1/ybar_j + phi_j), gamma log(1 + phi_j), Tweedie
-log(1 + phi_j ybar_j^(p-2)).
+log(1 + phi_j ybar_j^(p-2)); beta (logit link) the variance of logit(y) for a
+beta variable with mean ybar_j and precision phi_j, trigamma(ybar_j phi_j) +
+trigamma((1 - ybar_j) phi_j).
 
 The inverse of a low-rank-plus-diagonal matrix is dense: every pair gets a
 partial correlation. :func:`graphical_lasso` estimates a sparse precision
@@ -66,9 +68,10 @@ def direct_covariance(fit, diagonal="auto"):
     S = th @ th.T + np.diag(delta)
     ev = np.linalg.eigvalsh(S)
     if ev.min() <= 1e-10 * max(ev.max(), 1e-300):
-        raise JSDMError("the residual covariance is singular (no observation-level variance on "
-                        "its diagonal for some species), so partial correlations do not exist; "
-                        "use diagonal='auto' or give variances")
+        raise JSDMError("the residual covariance Theta Theta' + diag(delta) is singular (delta is "
+                        f"0 for some species with diagonal={diagonal!r} and family "
+                        f"{fit.family.name!r}), so partial correlations do not exist; use "
+                        "diagonal='auto' or give the observation-level variances as an array")
     return (pd.DataFrame(S, index=fit.species, columns=fit.species),
             pd.Series(delta, index=fit.species, name="diagonal"))
 
@@ -90,6 +93,11 @@ def _observation_variance(fit, family_variance):
         return np.log1p(disp)
     if name == "tweedie":
         return np.log1p(disp * _ybar(fit) ** (fit.family.power - 2.0))
+    if name == "beta":          # Var(logit Y) for Y ~ Beta(ybar phi, (1 - ybar) phi)
+        from scipy import special
+
+        mu = np.clip(_ybar(fit), 1e-6, 1 - 1e-6)
+        return special.polygamma(1, mu * disp) + special.polygamma(1, (1.0 - mu) * disp)
     return family_variance(fit).to_numpy()
 
 

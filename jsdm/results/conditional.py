@@ -26,7 +26,7 @@ from .latent import has_presence, site_latent
 
 
 # --- inputs ---------------------------------------------------------------------------------
-def observed_table(fit, observed, sites=None):
+def observed_table(fit, observed, sites=None, trials=None):
     """(Y, W) arrays (k, m) in the fit's species order from a table of observed responses.
 
     Species missing from ``observed`` and NaN cells are unobserved (W = 0).
@@ -46,7 +46,8 @@ def observed_table(fit, observed, sites=None):
     except (TypeError, ValueError) as exc:
         raise JSDMError(f"observed must hold numbers (NaN where not observed): {exc}") from None
     Y = Yd.to_numpy()
-    fit.family.check_y(Y)
+    fit.family.check_y(Y, None if trials is None else np.broadcast_to(
+        np.asarray(trials, dtype=float), Y.shape))
     W = np.isfinite(Y).astype(float)
     return np.where(W > 0, Y, 0.0), W
 
@@ -146,7 +147,7 @@ def predict_conditional(fit, newdata, observed, type="response", summary="mean",
     summary = _check_summary(summary, type, "marginal", fit.family)
     newdata = _new_sites(fit, newdata, observed)
     sl = site_latent(fit, newdata, offset=offset, trials=trials)
-    Y, W = observed_table(fit, observed, newdata.index)
+    Y, W = observed_table(fit, observed, newdata.index, trials)
     out = np.empty((sl.k, sl.m))
     logp = np.empty(sl.k)
     for rows in marginal._chunks(sl, _n_points(sl, method, n_draws)):

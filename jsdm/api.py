@@ -1,4 +1,9 @@
 """The user-facing entry point :func:`gllvm`."""
+import numbers
+
+import numpy as np
+
+from .exceptions import JSDMError
 from .model.fit import fit_problem
 from .model.problem import build_problem
 from .results.fitted import GLLVMResults
@@ -6,7 +11,7 @@ from .results.fitted import GLLVMResults
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, n_init=3, seed=None,
-          maxiter=5000, gtol=1e-3, verbose=False, checks=True):
+          maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -42,6 +47,15 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     checks : bool
         Run the cheap diagnostics (covariate scaling, sparse species, collapsed
         latent variables, ...) at the end and warn about what they find.
+    prior_sd : float, optional
+        A weak Gaussian penalty: loadings and slopes (per standard deviation of
+        their covariate) get a N(0, prior_sd^2) prior, and the fit is the
+        penalised (posterior-mode) estimate. Keeps estimates finite for species
+        whose likelihood has no finite optimum (perfect separation, a species
+        seen at one site); well-informed species barely move (see
+        docs/associations.md, "Rare and separated species"; 5 is the value
+        studied there). Default None: maximum likelihood (of the ELBO), as R
+        gllvm. ``fit.llf`` is the ELBO without the penalty.
 
     Returns
     -------
@@ -59,10 +73,16 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     prob = build_problem(data, X, family=fam, trials=trials, **call)
+    if prior_sd is not None:
+        if isinstance(prior_sd, bool) or not (isinstance(prior_sd, numbers.Real)
+                                              and np.isfinite(prior_sd) and prior_sd > 0):
+            raise JSDMError(f"prior_sd must be a positive number (the sd of the penalty), got "
+                            f"{prior_sd!r}; use None for no penalty")
+        prob.info["prior_sd"] = float(prior_sd)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
     settings = dict(family=fam.name, link=fam.link, num_lv=call["num_lv"], formula=formula,
                     row_effect=call["row_effect"], n_init=n_init, seed=seed, maxiter=maxiter,
-                    gtol=gtol)
+                    gtol=gtol, prior_sd=prior_sd)
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

@@ -39,6 +39,7 @@ class NegativeBinomial(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "phi"
+    dispersion_floor_meaning = "indistinguishable from Poisson (no over-dispersion)"
     discrete = True
 
     accepts_cache = True

@@ -52,7 +52,8 @@ MIN_RECORDS = 5
 #: SE / prior_sd above which a penalised estimate counts as set by the penalty
 PENALTY_SHARE = 0.5
 #: distance of s from its lower bound within which the dispersion counts as at the bound
-BOUND_TOL = 1e-3
+#: (a factor e^3 = 20: NB phi below 4e-8, over-dispersion of no consequence at any count)
+BOUND_TOL = 3.0
 
 
 @dataclass
@@ -183,8 +184,8 @@ def check_convergence(fit):
         "convergence", "the optimiser stopped before the gradient was small",
         f"max scaled |gradient| = {gmax:.3g} (tolerance {gtol:g}; raw max {fit.max_grad:.3g}) after "
         f"{fit.n_iter} iterations; largest at {_names(who)}",
-        "refit with a larger maxiter and more starts (n_init=5); standardise covariates; "
-        "if the large gradient sits on one species, check that species' data", who)]
+        _join("refit with a larger maxiter and more starts (n_init=5)", standardise_advice(fit))
+        + "; if the large gradient sits on one species, check that species' data", who)]
 
 
 def check_hessian(fit):
@@ -200,8 +201,10 @@ def check_hessian(fit):
             "hessian", "the Hessian of the ELBO is not negative definite",
             f"smallest scaled eigenvalue {info.min_eigenvalue:.2e}; standard errors are NaN for "
             f"{_names(info.flagged)}",
-            "these parameters are not identified at this optimum: use fewer latent variables, "
-            "drop very rare species, standardise covariates, or refit with more starts", list(info.flagged)))
+            "these parameters are not identified at this optimum: " + _join(
+                "use fewer latent variables", "drop very rare species or use a weak penalty "
+                "(prior_sd=5)", standardise_advice(fit)) + ", or refit with more starts",
+            list(info.flagged)))
     elif info.min_eigenvalue < NEAR_SINGULAR_TOL:
         weak = info.weak_directions()
         who = [lab for _, labs in weak for lab in labs]
@@ -210,7 +213,8 @@ def check_hessian(fit):
             f"smallest scaled eigenvalue {info.min_eigenvalue:.2e} (< {NEAR_SINGULAR_TOL:g}); weak "
             f"direction(s) carried by {_names(who)}",
             "standard errors of these parameters are unreliable: simplify the model (fewer "
-            "latent variables or covariates) or standardise covariates", who))
+            "latent variables or covariates)" + (" or " + standardise_advice(fit)
+                                                 if standardise_advice(fit) else ""), who))
     if info.bad_sites:
         out.append(Problem(
             "hessian", "the variational optimum is not a strict maximum for some sites",
@@ -235,9 +239,24 @@ def _large(fit):
     par = fit.params
     blocks = par.index.get_level_values("block")
     sel = np.asarray((blocks == "coef") | (blocks == "loading"))
+    if getattr(fit, "prior_sd", None) is not None:
+        # penalised slopes and loadings stay finite, and then so do the intercepts: a large
+        # intercept is a rare species with strong loadings, not separation
+        sel &= np.asarray(par.index.get_level_values("term") != "Intercept")
     unit = _per_sd(fit, par.index)
     bad = sel & (np.abs(par.to_numpy() * unit) > LARGE_COEF)
     return bad, unit
+
+
+def standardise_advice(fit):
+    """"standardise covariates" when some numeric design column is not standardised, else ""."""
+    from ..model.problem import unstandardised
+
+    return "standardise covariates" if unstandardised(fit.problem.X) else ""
+
+
+def _join(*parts):
+    return ", ".join(p for p in parts if p)
 
 
 def check_large_coefficients(fit, se=None):
@@ -264,9 +283,20 @@ def check_large_coefficients(fit, se=None):
         "large_coefficient", f"{len(who)} suspiciously large coefficient(s) on the link scale "
         f"({len(species)} species)", "; ".join(ex) + f" (limit |estimate| {LARGE_COEF:g}; slopes per "
         "sd of their covariate)",
-        "a species present (or absent) only on one side of a covariate, or at one site, has no "
-        "finite optimum (separation): refit with a weak penalty (prior_sd=5; jsdm fit --prior-sd 5), "
-        "or drop or merge that species; standardise covariates", who)]
+        _separation_remedy(fit), who)]
+
+
+def _separation_remedy(fit):
+    cause = ("a species present (or absent) only on one side of a covariate or of the latent "
+             "variables, or at one site, has no finite optimum (separation)" if fit.terms else
+             "a species present (or absent) only at one end of the latent variables, or at one "
+             "site, has no finite optimum")
+    if getattr(fit, "prior_sd", None) is None:
+        todo = "refit with a weak penalty (prior_sd=5) or drop or merge that species"
+    else:
+        todo = ("the penalty keeps them finite, but they are set by it: read them as 'large, sign "
+                "known', or drop or merge that species")
+    return f"{cause}: " + _join(todo, standardise_advice(fit))
 
 
 def check_large_se(fit, se):

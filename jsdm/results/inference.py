@@ -289,21 +289,24 @@ def information(fit):
     cov, flagged = _invert_checked(negS, labels)
     info = Information(negS, cov, w, labels, flagged, [fit.sites[i] for i in bad_sites], order, jac,
                        jmat)
-    _warn(info)
+    _warn(info, fit)
     _CACHE[fit] = info
     return info
 
 
-def _warn(info):
+def _warn(info, fit=None):
+    from ..model.problem import unstandardised
+
     if info.flagged:
+        std = "standardise covariates, " if fit is None or unstandardised(fit.problem.X) else ""
         names = ", ".join("/".join(str(x) for x in lab if x != "") for lab in info.flagged[:8])
         more = f" (and {len(info.flagged) - 8} more)" if len(info.flagged) > 8 else ""
         warnings.warn(
             f"the Hessian of the ELBO is not negative definite (smallest scaled eigenvalue "
             f"{info.min_eigenvalue:.2e}); standard errors are NaN for: {names}{more}. These "
             "parameters are not identified by the data at this optimum: try fewer latent "
-            "variables, drop very rare species, standardise covariates, or refit with more "
-            "starts (n_init=5). See fit.diagnose().", HessianWarning, stacklevel=5)
+            f"variables, drop very rare species or use a weak penalty (prior_sd=5), {std}or refit "
+            "with more starts (n_init=5). See fit.diagnose().", HessianWarning, stacklevel=5)
     if info.bad_sites:
         warnings.warn(
             f"the variational optimum is not a strict maximum for {len(info.bad_sites)} site(s) "

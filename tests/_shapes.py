@@ -19,6 +19,7 @@ aravo alpine plants (75 x 82, Choler 2005, via ade4) are real and read from
 
 Every function is deterministic (fixed seeds).
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,11 @@ def bci_like(seed=50, n_single=90, truth=False):
     """
     n, m = 50, 225
     reg = m - n_single
-    com, tr = jsdm.simulate_community(n, reg, num_lv=2, family="negative_binomial", n_covariates=0,
-                                      seed=seed, intercept=-0.5, intercept_sd=1.6, loading_sd=0.8,
-                                      dispersion=0.4)
+    with warnings.catch_warnings():     # a few regular species come out empty: fixed below
+        warnings.simplefilter("ignore", jsdm.DataWarning)
+        com, tr = jsdm.simulate_community(n, reg, num_lv=2, family="negative_binomial",
+                                          n_covariates=0, seed=seed, intercept=-0.5,
+                                          intercept_sd=1.6, loading_sd=0.8, dispersion=0.4)
     rng = np.random.default_rng(seed + 1)
     Yr = com.Y.to_numpy().copy()
     # regular species must be seen in at least two plots (else they are singletons too)

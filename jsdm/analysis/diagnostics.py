@@ -259,6 +259,16 @@ def _join(*parts):
     return ", ".join(p for p in parts if p)
 
 
+def large_coefficient_species(fit):
+    """Species with a slope, loading (or, unpenalised, intercept) beyond LARGE_COEF on the link
+    scale: the cheap, estimate-only sign of a likelihood without a finite optimum."""
+    if fit.family.link == "identity":
+        return []
+    bad, _ = _large(fit)
+    sp = set(fit.params.index[bad].get_level_values("species"))
+    return [s for s in fit.species if s in sp]
+
+
 def check_large_coefficients(fit, se=None):
     """Huge estimates on the link scale: separation, a likelihood without a finite optimum.
 

@@ -81,10 +81,15 @@ def _shown(fit, term, alpha, species, max_species):
     tab = coefficient_table(fit, term, alpha)
     if species is not None:
         tab = tab.loc[[s for s in tab.index if s in set(fit.species[subset_species(fit, species)])]]
-    finite = np.isfinite(tab[["estimate", "lower", "upper"]]).all(axis=1)
-    left = list(tab.index[~finite])
-    tab = tab[finite]
-    note = f"{len(left)} species without a finite interval not shown" if left else ""
+    from ..analysis.diagnostics import species_information
+
+    info = species_information(fit)
+    unident = info["no_finite_optimum"].reindex(tab.index).to_numpy()
+    finite = np.isfinite(tab[["estimate", "lower", "upper"]]).all(axis=1).to_numpy()
+    left = list(tab.index[~finite | unident])
+    tab = tab[finite & ~unident]
+    note = (f"not shown: {len(left)} species without a finite optimum or interval "
+            f"({', '.join(map(str, left[:4]))}{', ...' if len(left) > 4 else ''})" if left else "")
     if len(tab) > max_species:
         z = tab["estimate"] / ((tab["upper"] - tab["lower"]) / 2.0).replace(0.0, np.nan)
         keep = z.abs().sort_values(ascending=False).index[:max_species]
@@ -100,8 +105,9 @@ def plot_coefficients(fit, term=None, ax=None, *, alpha=0.05, species=None, per_
 
     Species are sorted by their estimate; intervals that exclude zero are red;
     a dashed line marks zero. Intervals come from ``fit.conf_int(alpha)``.
-    Only species with finite estimates and intervals are drawn (a note says
-    how many are left out); the x axis covers the estimates and the bulk of
+    Only species with finite intervals and a finite optimum
+    (:func:`jsdm.analysis.diagnostics.species_information`) are drawn (a note
+    names those left out); the x axis covers the estimates and the bulk of
     the intervals, and intervals running past it end in an arrow head
     (gid "clipped"). Long lists are split into panels of ``per_panel``
     species side by side, so every label stays readable.

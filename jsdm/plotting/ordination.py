@@ -139,8 +139,9 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
     site_labels : bool
         Write site names next to the points.
     species : list, optional
-        Species drawn as arrows (default all); e.g. leave out species without
-        a finite optimum, whose scores would set the scale of the plot.
+        Species drawn as arrows (default: all but those with a slope or loading
+        beyond 10 on the link scale, i.e. without a finite optimum, whose
+        scores would set the scale of the plot; a note says how many).
     label_species : "auto", bool or int
         Species named at their arrow: "auto" names all up to 40 species, else
         the 25 with the longest arrows (the others are thin grey arrows); an
@@ -167,6 +168,14 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
         for (x, y), name in zip(xy, o.sites.index):
             ax.text(x, y, f" {name}", fontsize=6, color="0.3", gid="site_label")
     if biplot:
+        if species is None:     # species without a finite optimum would set the scale
+            from ..analysis.diagnostics import large_coefficient_species
+
+            bad = set(large_coefficient_species(fit))
+            species = [s for s in fit.species if s not in bad]
+            if bad:
+                ax.text(0.99, 0.01, f"{len(bad)} species without a finite optimum not drawn",
+                        transform=ax.transAxes, ha="right", fontsize=7, color="0.35", gid="note")
         sp = o.species.iloc[subset_species(fit, species)]
         _draw_species(ax, sp.iloc[:, [i, j]], _radius(xy), species_scale, label_species)
     if covariate_arrows and o.covariates is not None:

@@ -161,8 +161,8 @@ def data_section(fit, opts):
     facts += [("prevalence (share of sites with y > 0)",
                f"median {prev.median():.2f} (range {prev.min():.2f} to {prev.max():.2f})"),
               ("species seen at one site only", str(int((info["occupied"] == 1).sum()))),
-              (f"species with enough information (&ge; {k} informative records)",
-               f"{int((~info['rare']).sum())} of {len(info)}")]
+              (f"species in headline tables (&ge; {k} informative records, finite optimum)",
+               f"{int(info['headline'].sum())} of {len(info)}")]
     if com is not None and com.trait_names:
         facts.append(("species traits", esc(", ".join(map(str, com.trait_names)))))
     cov = tables.covariate_table(fit)
@@ -291,11 +291,11 @@ def coefficients_section(fit, opts):
     info = shared(fit, opts, "species")
     head = _headline(fit, opts)
     wide = _wide_coefficients(coefs, fit, info)
-    top = wide.loc[[s for s in wide.index if s in set(head)]]
+    top = wide.loc[[s for s in wide.index if s in set(head)]].drop(columns="status")
     cols = [c for c in wide.columns if c not in ("prevalence",)]
     tab = (f"<p>Estimate [{level} interval] for the {len(top)} species with enough information, "
            "most prevalent first; slopes in bold where the interval excludes zero.</p>"
-           + table(top, index=True, formatters={c: (lambda v: v) for c in cols},
+           + table(top, index=True, formatters={c: (lambda v: v) for c in cols if c != "status"},
                    max_rows=TOP_ROWS, more="every species in the table below (and coefficients.csv)")
            + _left_out(fit, opts, "this table and the plot"))
     if fit.terms:

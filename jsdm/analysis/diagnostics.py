@@ -13,10 +13,13 @@ Thresholds (module constants, documented in the messages):
   complement <= 1e-9 (not definite: SEs are NaN) or <= 1e-6 (near-singular);
 - large coefficients (non-identity links): |estimate| > 10 on the link scale
   (separation: no finite optimum); large standard errors (``diagnose`` only,
-  it needs the Hessian): SE > 10 (a parameter the data do not pin down);
+  it needs the Hessian): SE > 10 for a slope per sd or a loading length (a
+  parameter the data do not pin down);
 - estimates set by the penalty (fits with ``prior_sd``, ``diagnose`` only):
-  a slope or loading whose SE exceeds half the prior sd, i.e. the data carry
-  less than three times the information of the prior;
+  a slope (per sd) or a species' loading length |theta_j| whose SE exceeds
+  half the prior sd, i.e. the data carry less than three times the
+  information of the prior (SE checks judge loadings by |theta_j|: a single
+  loading's SE depends on the rotation's anchor species);
 - covariate scaling: design column sd outside [0.1, 10] or |mean| > 10 sd
   (0/1 dummy columns exempt);
 - collapsed latent variable: root-mean-square loading < 0.1 on the link scale
@@ -309,45 +312,73 @@ def _separation_remedy(fit):
     return f"{cause}: " + _join(todo, standardise_advice(fit))
 
 
-def check_large_se(fit, se):
-    """Standard errors above LARGE_SE on the link scale (per sd for slopes): weakly identified."""
-    if fit.family.link == "identity" or se is None:
-        return []
-    par = fit.params
-    blocks = par.index.get_level_values("block")
-    sel = np.asarray((blocks == "coef") | (blocks == "loading"))
-    s = se.reindex(par.index).to_numpy() * _per_sd(fit, par.index)
-    bad = sel & np.isfinite(s) & (s > LARGE_SE)
-    if not bad.any():
-        return []
-    who = list(par.index[bad])
-    ex = [f"{_fmt(lab)}: SE {s[k]:.3g}" for k, lab in zip(np.flatnonzero(bad)[:4], who[:4])]
-    return [Problem(
-        "large_se", f"{len(who)} standard error(s) above {LARGE_SE:g} on the link scale",
-        "; ".join(ex) + " (slopes per sd of their covariate)",
-        "the data hardly pin these parameters down: use fewer latent variables or covariates, "
-        "a weak penalty (prior_sd=5), or drop the species", who)]
+def _judged_se(fit, se):
+    """(labels, SE) judged by the SE checks: each slope per sd of its covariate, and for the
+    loadings of a species the SE of their length |theta_j| (label (loading, species, "|theta|")).
 
-
-def check_penalty_dominated(fit, se):
-    """Penalised fits: slopes/loadings whose SE exceeds PENALTY_SHARE * prior_sd (set by the prior)."""
-    tau = getattr(fit, "prior_sd", None)
-    if tau is None or se is None:
-        return []
+    A single loading's SE depends on how well the first species pin the rotation
+    of the latent variables (a rare anchor species inflates every loading's SE
+    while correlations stay precise); the length of a species' loading vector
+    does not depend on the rotation, so its SE is what says whether the data
+    pin that species' loadings down.
+    """
     par = fit.params
     blocks = par.index.get_level_values("block")
     terms = par.index.get_level_values("term")
-    sel = np.asarray((blocks == "loading") | ((blocks == "coef") & (terms != "Intercept")))
+    slope = np.asarray((blocks == "coef") & (terms != "Intercept"))
     s = se.reindex(par.index).to_numpy() * _per_sd(fit, par.index)
-    bad = sel & np.isfinite(s) & (s > PENALTY_SHARE * tau)
+    labels, vals = list(par.index[slope]), list(s[slope])
+    if fit.num_lv:
+        C = fit.cov_params()
+        th = fit.loadings
+        for sp in fit.species:
+            lab = [("loading", sp, lv) for lv in fit.lv_names if ("loading", sp, lv) in C.index]
+            t = th.loc[sp, [lv for _, _, lv in lab]].to_numpy(dtype=float)
+            nrm = np.sqrt((t ** 2).sum())
+            g = t / nrm if nrm > 0 else np.full(len(t), np.nan)
+            V = C.loc[lab, lab].to_numpy(dtype=float)
+            labels.append(("loading", sp, "|theta|"))
+            vals.append(float(np.sqrt(max(g @ V @ g, 0.0))) if np.isfinite(V).all() else np.nan)
+    return labels, np.asarray(vals, dtype=float)
+
+
+def check_large_se(fit, se):
+    """Standard errors above LARGE_SE on the link scale: slopes per sd, loadings by the SE of
+    each species' loading length (rotation free); weakly identified parameters."""
+    if fit.family.link == "identity" or se is None:
+        return []
+    labels, s = _judged_se(fit, se)
+    bad = np.isfinite(s) & (s > LARGE_SE)
     if not bad.any():
         return []
-    who = list(par.index[bad])
+    who = [labels[k] for k in np.flatnonzero(bad)]
+    ex = [f"{_fmt(lab)}: SE {s[k]:.3g}" for k, lab in zip(np.flatnonzero(bad)[:4], who[:4])]
+    return [Problem(
+        "large_se", f"{len(who)} standard error(s) above {LARGE_SE:g} on the link scale",
+        "; ".join(ex) + " (slopes per sd of their covariate; loadings: the length of a species' "
+        "loading vector)",
+        "the data hardly pin these parameters down: " + _join(
+            "use fewer latent variables or covariates", "a weak penalty (prior_sd=5)"
+            if getattr(fit, "prior_sd", None) is None else "", "or drop the species"), who)]
+
+
+def check_penalty_dominated(fit, se):
+    """Penalised fits: slopes (per sd) or loading lengths whose SE exceeds PENALTY_SHARE *
+    prior_sd: set mainly by the prior (the data carry less than 3 times its information)."""
+    tau = getattr(fit, "prior_sd", None)
+    if tau is None or se is None:
+        return []
+    labels, s = _judged_se(fit, se)
+    bad = np.isfinite(s) & (s > PENALTY_SHARE * tau)
+    if not bad.any():
+        return []
+    who = [labels[k] for k in np.flatnonzero(bad)]
     species = sorted(set(lab[1] for lab in who), key=list(fit.species).index)
     return [Problem(
         "penalty_dominated", f"{len(species)} species whose slopes or loadings are set mainly by "
         "the penalty, not by the data", f"{_names(species)}: SE above {PENALTY_SHARE:g} x prior_sd "
-        f"= {PENALTY_SHARE * tau:.3g} (the data carry less than 3 times the prior's information)",
+        f"= {PENALTY_SHARE * tau:.3g} (slopes per sd; loadings: the length of the species' "
+        "loading vector; the data carry less than 3 times the prior's information)",
         "their likelihood has no finite optimum (separation) or too little data: read their "
         "slopes and associations as 'large, sign known' at most; they are left out of headline "
         "tables", who)]

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..exceptions import JSDMWarning
 from . import tables
-from .html import esc, fmt, img, interval, key_values, num, p_value, prevalence, row, table
+from .html import esc, fixed, fmt, img, interval, key_values, num, p_value, prevalence, row, table
 
 #: rows of a headline table
 TOP_ROWS = 30
@@ -404,9 +404,10 @@ def associations_section(fit, opts):
     pairs_html = text + table(top, formatters={"estimate [interval]": lambda v: v,
                                                "prev. 1": prevalence, "prev. 2": prevalence},
                               left=("species 1", "species 2"))
-    pairs_html += (f'<p class="note">{n_other} other pairs involve species with too little '
-                   "information or without a finite optimum and are not ranked here; every pair "
-                   "is in residual_correlations.csv (fit.association_table()).</p>")
+    pairs_html += ('<p class="note">' + (
+        f"{n_other} other pairs involve species with too little information or without a finite "
+        "optimum and are not ranked here; every" if n_other else "Every")
+        + " pair is in residual_correlations.csv (fit.association_table()).</p>")
     body += _heatmap(fit, opts, head) + pairs_html
     return body
 
@@ -481,7 +482,7 @@ def ordination_section(fit, opts):
                 "LV1 of the species with enough information, largest first (species at the same "
                 "end co-occur more than the covariates explain):</p>"
                 + table(load, digits=3, max_rows=TOP_ROWS, more="all loadings in loadings.csv",
-                        formatters={"prevalence": prevalence})
+                        formatters={"prevalence": prevalence, "LV1": fixed})
                 + _left_out(fit, opts))
     fig = _plot(fit, "plot_ordination", (8.0, 7.0), biplot=True, species=head or None)
     text = ("Sites (points) and species with enough information (arrows; the longest labelled) on "

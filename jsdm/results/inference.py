@@ -65,7 +65,8 @@ class Information:
     cov_packed : ndarray (P, P)
         Its inverse (NaN rows/cols for flagged parameters), packed order.
     eigenvalues : ndarray (P,)
-        Eigenvalues of the correlation-scaled ``neg_schur`` (ascending).
+        Eigenvalues of the correlation-scaled ``neg_schur`` (ascending); the
+        eigenvectors are computed only when :meth:`weak_directions` asks.
     labels : MultiIndex
         The (block, species, term) label of each packed model parameter.
     flagged : list of tuple
@@ -90,9 +91,20 @@ class Information:
 
     def weak_directions(self, tol=NEAR_SINGULAR_TOL, top=5):
         """[(eigenvalue, [labels of the largest components])] for eigenvalues below ``tol``."""
-        _, V = _scaled_eigh(self.neg_schur)
+        k = int(min(np.sum(self.eigenvalues <= tol * max(self.eigenvalues[-1], 1e-300)), 20))
+        if k == 0:
+            return []
+        if getattr(self, "_vectors", None) is None or self._vectors.shape[1] < k:
+            from scipy.linalg import eigh      # only the k smallest: fast for large Hessians
+
+            A = self.neg_schur
+            dg = np.abs(np.diag(A))
+            sc = 1.0 / np.sqrt(np.where(dg > 0, dg, 1.0))
+            with _one_blas_thread():
+                self._vectors = eigh(A * sc[:, None] * sc[None, :], subset_by_index=[0, k - 1])[1]
+        V = self._vectors
         out = []
-        for k, w in enumerate(self.eigenvalues):
+        for k, w in enumerate(self.eigenvalues[:V.shape[1]]):
             if w > tol * max(self.eigenvalues[-1], 1e-300):
                 break
             out.append((float(w), _top_labels(V[:, k], self.labels, top)))
@@ -202,11 +214,13 @@ def _dispersion_jacobian(family, s, h=1e-6):
     return (family.dispersion(s + step) - family.dispersion(s - step)) / (2.0 * step)
 
 
-def _scaled_eigh(A):
-    """Eigen-decomposition of D^-1/2 A D^-1/2 (D = |diag A|), ascending."""
+def _scaled_eigh(A, vectors=True):
+    """Eigen-decomposition of D^-1/2 A D^-1/2 (D = |diag A|), ascending; eigenvalues only
+    when ``vectors`` is False (several times faster for large A)."""
     dg = np.abs(np.diag(A))
     sc = 1.0 / np.sqrt(np.where(dg > 0, dg, 1.0))
-    return np.linalg.eigh(A * sc[:, None] * sc[None, :])
+    B = A * sc[:, None] * sc[None, :]
+    return np.linalg.eigh(B) if vectors else np.linalg.eigvalsh(B)
 
 
 def _top_labels(vec, labels, top):
@@ -256,7 +270,12 @@ def _invert_checked(A, labels, tol=SINGULAR_TOL, top=5, first=None):
         sub = A[np.ix_(active, active)]
         if not sub.size:
             break
-        w, V = first if first is not None and active.all() else _scaled_eigh(sub)
+        if first is not None and active.all():      # eigenvalues at hand: vectors only if needed
+            w, V = first, None
+            if (w <= tol * max(w[-1], 1e-300)).any():
+                w, V = _scaled_eigh(sub)
+        else:
+            w, V = _scaled_eigh(sub)
         first = None
         bad = w <= tol * max(w[-1], 1e-300)
         if not bad.any():
@@ -296,9 +315,9 @@ def information(fit):
         blocks = hessian_blocks(prob, fit.state.params, layout)
         negS, bad_sites = _schur(blocks)
         del blocks
-        eig = _scaled_eigh(negS) if negS.size and np.isfinite(negS).all() else None
-        w = eig[0] if eig is not None else np.full(len(labels), np.nan)
-        cov, flagged = _invert_checked(negS, labels, first=eig)
+        ok = negS.size and np.isfinite(negS).all()
+        w = _scaled_eigh(negS, vectors=False) if ok else np.full(len(labels), np.nan)
+        cov, flagged = _invert_checked(negS, labels, first=w if ok else None)
     info = Information(negS, cov, w, labels, flagged, [fit.sites[i] for i in bad_sites], order, jac,
                        jmat)
     _warn(info, fit)

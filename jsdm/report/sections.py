@@ -131,7 +131,8 @@ def careful_section(fit, opts):
         if p.kind == "sparse_species":
             continue                 # said above, in the report's own words and threshold
         sid = _SECTION_OF.get(p.kind, "model")
-        items.append(f"<b>{esc(p.message)}.</b> {esc(p.remedy)} "
+        msg = p.message[:1].upper() + p.message[1:]
+        items.append(f"<b>{esc(msg)}.</b> {esc(p.remedy[:1].upper() + p.remedy[1:])} "
                      f'(<a href="#{sid}">details</a>).')
     if fit.prior_sd is not None:
         items.append(f"The fit is penalised (prior_sd = {fit.prior_sd:g}): loadings and per-sd "
@@ -230,7 +231,7 @@ def _stat(v):
     if isinstance(v, (bool, np.bool_, int, np.integer)):
         return fmt(v)
     v = float(v)
-    if not np.isfinite(v) or abs(v) < 1e-3 or abs(v) >= 1e7:
+    if not np.isfinite(v) or abs(v) < 1 or abs(v) >= 1e7:
         return num(v)
     return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.2f}"
 
@@ -492,9 +493,15 @@ def ordination_section(fit, opts):
     tr = residual_trace(fit)[["principal", "principal_share"]]
     tr = tr.rename(columns={"principal": "variance", "principal_share": "share"})
     tr.index = [f"axis {i + 1}" if str(r).startswith("LV") else r for i, r in enumerate(tr.index)]
+    sep = info.index[info["no_finite_optimum"].to_numpy()]
+    share = ""
+    if len(sep):
+        th2 = (fit.loadings ** 2).sum(axis=1)
+        share = (f'<p class="note">{100 * th2[sep].sum() / max(th2.sum(), 1e-300):.0f}% of this '
+                 f"trace comes from the {len(sep)} species without a finite optimum.</p>")
     side = ('<h3>Residual variance by axis</h3><p style="max-width:380px">Trace of the residual '
             "covariance &Theta;&Theta;&prime; split along the principal axes of the ordination."
-            "</p>" + table(tr, digits=3) + _left_out(fit, opts, "the plot"))
+            "</p>" + table(tr, digits=3) + share + _left_out(fit, opts, "the plot"))
     return row(pic, side)
 
 

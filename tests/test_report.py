@@ -242,3 +242,15 @@ def test_shared_tables(fit):
     assert cov.loc["Shrub", "type"] == "ordered factor"
     sp = species_table(fit)
     assert list(sp.index) == list(fit.species) and (sp["prevalence"] <= 1).all()
+
+
+def test_numbers_for_people():
+    from jsdm.report.html import fixed, interval, num, prevalence
+
+    assert num(20658.77) == "20659" and num(123456.0) == "1.2e5" and num(0.000123) == "1.2e-4"
+    assert num(0.0456) == "0.046" and num(1.234) == "1.23" and num(70) == "70"
+    assert num(float("nan")) == "&ndash;" and num(-0.0) == "0"
+    assert fixed(-0.004) == "0.00" and fixed(12.345) == "12.3" and fixed(2.5e6) == "2.5e6"
+    assert interval(1.0, float("nan"), 2.0) == "1.00 [&ndash;]"
+    assert interval(-19306.04, -15477.61, 14756.4) == "-19306 [-15478, 14756]"
+    assert prevalence(0.4) == "0.40"

@@ -96,7 +96,7 @@ def fixed(value):
         return num(value)
     a = abs(float(value))
     if a >= 1e5:
-        return num(value, 2)
+        return num(value)
     dec = 2 if a < 10 else (1 if a < 100 else 0)
     out = f"{float(value):.{dec}f}"
     return "0.00" if out == "-0.00" else out

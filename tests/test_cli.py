@@ -15,8 +15,8 @@ import jsdm
 from jsdm.cli import main
 from jsdm.report import SECTIONS
 
-TABLES = ("coefficients.csv", "species.csv", "residual_correlations.csv", "site_scores.csv", "loadings.csv",
-          "variance_partition.csv", "diagnostics.csv")
+TABLES = ("coefficients.csv", "species.csv", "residual_correlations.csv", "site_scores.csv",
+          "loadings.csv", "variance_partition.csv", "diagnostics.csv")
 IMG = '<img src="data:image/png;base64,'
 ALL_IDS = [sid for sid, _, _ in SECTIONS if sid != "selection"]
 

@@ -30,13 +30,23 @@ pairs with intervals, prevalences and the headline flag), ``species.csv``
 ``variance_partition.csv``, ``diagnostics.csv``, ``model_selection.csv``
 (with ``--select-num-lv``) and ``fit.jsdm`` (reload with :func:`jsdm.load`).
 
+The output folder is checked before anything else: a folder that is not empty
+is refused unless ``--overwrite`` is given (and then only when it holds
+nothing but jsdm's own outputs, which are replaced as a whole, so no file of
+an earlier run stays behind). Outputs are written into a hidden temporary
+folder beside DIR and moved into place at the end, so an interrupted or failed
+run leaves DIR as it was.
+
 Errors are one line on stderr with exit status 1 (2 for bad arguments);
 ``--debug`` shows the traceback instead. Progress goes to stderr; ``--quiet``
 silences it (warnings are still shown).
 """
 import argparse
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -76,11 +86,36 @@ def _family_names():
         out.append(cls.name + (f" ({', '.join(short)})" if short else ""))
     return ", ".join(out)
 
+#: Every file a run may write into --out (a folder holding only these may be overwritten).
+OUTPUT_FILES = ("report.html", "summary.txt", "fit.jsdm", "coefficients.csv",
+                "species.csv", "residual_correlations.csv", "site_scores.csv", "loadings.csv",
+                "variance_partition.csv", "diagnostics.csv", "model_selection.csv")
+
+
+def _positive_int(text):
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _name_list(text):
+    """argparse type: comma-separated names (empty items dropped)."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
 
 # --- argument parsing -------------------------------------------------------------
 def _common(p, example):
     """Options shared by ``fit`` and ``report``."""
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (created if missing; refused if not empty, see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run in --out (a folder holding other "
+                   "files is still refused)")
     fam_default = EXAMPLE["mite"]["family"] if example else None
     p.add_argument("--family", required=not example, default=fam_default,
                    help=f"response family: {_family_names()}"
@@ -98,7 +133,7 @@ def _common(p, example):
     p.add_argument("--row-effect", choices=["fixed", "random"], default=None,
                    help="site intercepts (default: none)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    p.add_argument("--n-init", type=int, default=None, metavar="K",
+    p.add_argument("--n-init", type=_positive_int, default=None, metavar="K",
                    help="number of starts, best ELBO kept (default: the library's)")
     p.add_argument("--select-num-lv", action="store_true",
                    help="compare 0-4 latent variables by AICc; fit and report the best")
@@ -134,6 +169,14 @@ def build_parser():
     fit.add_argument("--response", default="y", help="long format: response column (default: y)")
     fit.add_argument("--sep", default=",", help="field separator of the CSV files (default: ','; "
                      "';' for files from a German or French spreadsheet, '\\t' for tabs)")
+    fit.add_argument("--decimal", default=".", choices=[".", ","], metavar="MARK",
+                     help="decimal mark of the numbers in the CSV files: '.' (default) or ','")
+    fit.add_argument("--na-values", type=_name_list, default=[], metavar="LIST",
+                     help="further spellings of a missing value, comma-separated (e.g. 'n.d.,-'); "
+                     "empty cells, NA, NaN, N/A, NULL, '.' are always missing")
+    fit.add_argument("--categorical", type=_name_list, default=[], metavar="LIST",
+                     help="covariate/trait columns (comma-separated) that are categorical on "
+                     "purpose, even though they hold numbers")
     fit.add_argument("--formula", default=None, help='covariate formula, e.g. "~ temp + soil"; '
                      "default: every covariate")
     fit.add_argument("--standardise", "--standardize", dest="standardise", action="store_true",
@@ -218,13 +261,19 @@ def _read_user_data(args):
     try:
         if args.long:
             return read_long(args.responses, site=args.site, species=args.species,
-                             response=args.response, sep=args.sep)
-        return read_wide(args.responses, covariates=args.covariates, traits=args.traits, sep=args.sep)
+                             response=args.response, **_csv_options(args))
+        return read_wide(args.responses, covariates=args.covariates, traits=args.traits,
+                         **_csv_options(args))
     except JSDMError as err:
         hint = _sep_hint(args)
         if hint:
             raise JSDMError(f"{err} ({hint})") from None
         raise
+
+
+def _csv_options(args):
+    return dict(sep=args.sep, decimal=args.decimal, na_values=args.na_values,
+                categorical=args.categorical)
 
 
 def _sep_hint(args):
@@ -376,17 +425,64 @@ def _run(args, con):
     matplotlib.use("Agg")
     t0 = time.perf_counter()
     out = Path(args.out)
+    tmp = _claim_output(out, args.overwrite)
+    try:
+        from .families import get_family
+
+        get_family(args.family, link=args.link)     # fail fast on an unknown family or link
+        com, spec, notes, title = _prepare(args)
+        fit, table = _fit(com, _fit_options(args, spec), args, con)
+        report = _write_outputs(fit, tmp, table, notes, title, con, args.min_records)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    con.say(f"wrote {out / report.name} and tables in {out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+# --- the output folder ------------------------------------------------------------------------
+def _claim_output(out, overwrite):
+    """Check ``--out`` before any work; return a new hidden folder beside it for the outputs."""
+    from .data.validation import show
+
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder")
-    from .families import get_family
+    if out.is_dir():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not overwrite:
+            raise UsageError(f"--out {str(out)!r} is not empty ({len(entries)} entries, e.g. "
+                             f"{show(entries, 3)}); give a new folder, or --overwrite to replace "
+                             "the outputs of an earlier jsdm run")
+        foreign = [e for e in entries if e not in OUTPUT_FILES]
+        if foreign:
+            raise UsageError(f"--out {str(out)!r} holds files that jsdm did not write "
+                             f"({show(foreign, 3)}), so --overwrite will not replace it; give "
+                             "another folder")
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.absolute().name}.partial-", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)       # mkdtemp's 0700 would stay on the output folder
+        return tmp
+    except OSError as exc:
+        from .exceptions import JSDMError
+        raise JSDMError(f"cannot write the outputs to --out {str(out)!r}: "
+                        f"{exc.strerror or exc} ({exc.filename or parent}); give a folder you "
+                        "can write to") from None
 
-    get_family(args.family, link=args.link)     # fail fast on an unknown family or link
-    com, spec, notes, title = _prepare(args)
-    fit, table = _fit(com, _fit_options(args, spec), args, con)
-    out.mkdir(parents=True, exist_ok=True)
-    report = _write_outputs(fit, out, table, notes, title, con, args.min_records)
-    con.say(f"wrote {report} and tables in {out} ({time.perf_counter() - t0:.1f} s)")
-    return 0
+
+def _move_into_place(tmp, out):
+    """Replace ``out`` (absent, empty, or an earlier run's outputs) by the folder ``tmp``."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.absolute().name}.old-", dir=tmp.parent))
+        os.replace(out, old / "out")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv=None):

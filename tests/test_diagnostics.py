@@ -10,6 +10,7 @@ import jsdm
 from jsdm.analysis.diagnostics import Diagnosis, quick_checks, warn_quick_checks
 from jsdm.model.objective import evaluate
 from jsdm.results.fitted import GLLVMResults
+from _engine_helpers import fit_with_copied_column
 
 
 def _quiet_fit(*args, **kwargs):
@@ -107,9 +108,7 @@ def test_maxiter_stop_is_flagged_when_the_engine_stops_early(clean):
 
 def test_unidentified_parameters_flag_the_hessian(clean):
     com, _ = clean
-    X = com.X.copy()
-    X["x1copy"] = X["x1"]
-    fit = _quiet_fit(jsdm.Community(com.Y, X), family="poisson", num_lv=1, seed=1, n_init=1)
+    fit = fit_with_copied_column(com, "x1", family="poisson", num_lv=1, seed=1, n_init=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                     # diagnose() itself must not warn
         diag = fit.diagnose()

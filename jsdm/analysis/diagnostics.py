@@ -630,6 +630,7 @@ def diagnose(fit, hessian=True):
     problems += check_large_se(fit, se) + check_penalty_dominated(fit, se)
     stats = {"family": f"{fit.family.name} ({fit.family.link})", "sites x species": f"{fit.problem.n} x {fit.problem.m}",
              "num_lv": fit.num_lv, "ELBO": float(fit.llf), "converged": bool(fit.converged),
+             "max scaled gradient": float(fit.state.scaled_grad),
              "max |gradient|": float(fit.max_grad)}
     if use_h:
         from ..results.inference import information

@@ -64,3 +64,34 @@ def subset_species(fit, species):
     if bad:
         raise JSDMError(f"unknown species {bad[:5]}; the fit's species are e.g. {list(fit.species[:5])}")
     return np.array([pos[s] for s in species], dtype=int)
+#: Longest label drawn in a figure; longer ones keep their start and end around an ellipsis.
+#: Tables (summary, CSV, report) always show labels in full.
+LABEL_WIDTH = 32
+
+
+def short_label(label, width=LABEL_WIDTH):
+    """``label`` as text of at most ``width`` characters (start ... end when longer).
+
+    Figures draw labels with this, so that the time to lay out a figure does
+    not grow with the length of the labels (a 5,000-character species name
+    made matplotlib's layout take minutes).
+    """
+    text = " ".join(str(label).split())
+    if len(text) <= width:
+        return text
+    head = (width - 1) * 2 // 3
+    tail = width - 1 - head
+    return text[:head] + "\u2026" + (text[-tail:] if tail else "")
+
+
+def short_labels(labels, width=LABEL_WIDTH):
+    """Shortened labels (see :func:`short_label`), kept distinct: a clash gets its position."""
+    out = [short_label(x, width) for x in labels]
+    seen = {}
+    for k, text in enumerate(out):
+        seen.setdefault(text, []).append(k)
+    for text, where in seen.items():
+        if len(where) > 1 and len({str(labels[k]) for k in where}) > 1:
+            for k in where:
+                out[k] = short_label(labels[k], width - len(f" [{k + 1}]")) + f" [{k + 1}]"
+    return out

@@ -1,7 +1,7 @@
 """Species association heatmap and variance-partition bars."""
 import numpy as np
 
-from ._util import get_ax, label_fontsize, readable, subset_species
+from ._util import get_ax, label_fontsize, readable, short_label, short_labels, subset_species
 
 
 def cluster_order(cor):
@@ -85,8 +85,9 @@ def plot_associations(fit, cluster=True, only_significant=False, ax=None, *, alp
     img.set_gid("associations")
     if readable(m, labels):
         fs = label_fontsize(m)
-        ax.set_xticks(np.arange(m), labels=[str(s) for s in names], rotation=90, fontsize=fs)
-        ax.set_yticks(np.arange(m), labels=[str(s) for s in names], fontsize=fs)
+        shown = short_labels(list(names))
+        ax.set_xticks(np.arange(m), labels=shown, rotation=90, fontsize=fs)
+        ax.set_yticks(np.arange(m), labels=shown, fontsize=fs)
     else:
         ticks = np.arange(0, m, max(1, int(np.ceil(m / 10.0))))
         ax.set_xticks(ticks, labels=[str(t + 1) for t in ticks])
@@ -140,11 +141,11 @@ def plot_variance_partition(fit, ax=None, *, groups=None, sort=False, colors=Non
     bottom = np.zeros(m)
     for k, comp in enumerate(vp.columns):
         h = vp[comp].fillna(0.0).to_numpy()
-        ax.bar(x, h, bottom=bottom, width=0.85, color=colors[k % len(colors)], label=str(comp),
+        ax.bar(x, h, bottom=bottom, width=0.85, color=colors[k % len(colors)], label=short_label(comp),
                edgecolor="white", linewidth=0.3, gid=str(comp))
         bottom += h
     if readable(m, labels):
-        ax.set_xticks(x, labels=[str(s) for s in vp.index], rotation=90, fontsize=label_fontsize(m))
+        ax.set_xticks(x, labels=short_labels(list(vp.index)), rotation=90, fontsize=label_fontsize(m))
     else:
         ax.set_xticks([])
         ax.set_xlabel(f"{m} species" + (" (sorted)" if sort else ""))

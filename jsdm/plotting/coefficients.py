@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import JSDMError
-from ._util import get_ax, label_fontsize, new_figure, subset_species
+from ._util import get_ax, label_fontsize, new_figure, short_label, short_labels, subset_species
 
 #: species per forest panel (about 0.17 inch each: labels stay readable)
 PER_PANEL = 40
@@ -69,11 +69,11 @@ def _forest(ax, tab, term, alpha, xlim=None, rows=None):
             ax.plot(np.full(cut.sum(), xlim[side]), y[cut], ls="", marker=marker, ms=4,
                     color="0.2", gid="clipped")
     ax.axvline(0.0, color="0.3", lw=0.8, ls="--", gid="zero")
-    ax.set_yticks(y, labels=[str(s) for s in tab.index], fontsize=label_fontsize(len(tab), lo=7.0))
+    ax.set_yticks(y, labels=short_labels(list(tab.index)), fontsize=label_fontsize(len(tab), lo=7.0))
     ax.set_ylim(max(rows or 0, len(tab), 1) - 0.3, -0.7)    # first species on top; same row height
     ax.set_xlim(*xlim)
-    ax.set_xlabel(f"slope of {term}")
-    ax.set_title(term)
+    ax.set_xlabel(f"slope of {short_label(term)}")
+    ax.set_title(short_label(term))
 
 
 def _shown(fit, term, alpha, species, max_species):

@@ -4,7 +4,7 @@ import pandas as pd
 from scipy import stats
 
 from ..exceptions import JSDMError
-from ._util import get_ax, subset_species
+from ._util import get_ax, short_label, short_labels, subset_species
 
 
 def _site_colors(fit, color):
@@ -33,7 +33,7 @@ def _draw_sites(ax, xy, col, categorical, cname):
         return ax.scatter(xy[:, 0], xy[:, 1], color="0.35", **kw)
     if not categorical:
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=col.to_numpy(float), cmap="viridis", **kw)
-        ax.figure.colorbar(sc, ax=ax, label=cname, shrink=0.8)
+        ax.figure.colorbar(sc, ax=ax, label=short_label(cname), shrink=0.8)
         return sc
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -42,9 +42,10 @@ def _draw_sites(ax, xy, col, categorical, cname):
     cmap = plt.get_cmap("tab10" if len(cat.cat.categories) <= 10 else "tab20")
     colors = [cmap(c % cmap.N) for c in cat.cat.codes]
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=colors, **kw)
-    handles = [Line2D([], [], marker="o", ls="", color=cmap(k % cmap.N), label=str(lev))
-               for k, lev in enumerate(cat.cat.categories)]
-    ax.legend(handles=handles, title=cname, fontsize=7, title_fontsize=8, loc="best")
+    levels = short_labels(list(cat.cat.categories))
+    handles = [Line2D([], [], marker="o", ls="", color=cmap(k % cmap.N), label=lev)
+               for k, lev in enumerate(levels)]
+    ax.legend(handles=handles, title=short_label(cname), fontsize=7, title_fontsize=8, loc="best")
     return sc
 
 
@@ -66,12 +67,12 @@ def _draw_arrows(ax, xy, names, color, gid, fontsize=7, label=None):
     from matplotlib.patches import FancyArrowPatch
 
     label = np.ones(len(xy), bool) if label is None else np.asarray(label, bool)
-    for (x, y), name, lab in zip(xy, names, label):
+    for (x, y), name, lab in zip(xy, short_labels(list(names)), label):
         ax.add_artist(FancyArrowPatch((0, 0), (x, y), arrowstyle="->", mutation_scale=8,
                                       color=color if lab else "0.7", lw=0.8 if lab else 0.5,
                                       alpha=0.8, gid=gid if lab else gid + "_unlabelled"))
         if lab:
-            t = ax.text(x * 1.06, y * 1.06, str(name), color=color, fontsize=fontsize,
+            t = ax.text(x * 1.06, y * 1.06, name, color=color, fontsize=fontsize,
                         ha="left" if x >= 0 else "right", va="bottom" if y >= 0 else "top")
             t.set_gid(gid)
     ax.update_datalim(np.vstack([np.asarray(xy) * 1.2, [[0.0, 0.0]]]))
@@ -165,7 +166,7 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
     if ellipses:
         _draw_ellipses(ax, xy, o.site_cov[:, [i, j]][:, :, [i, j]], level)
     if site_labels:
-        for (x, y), name in zip(xy, o.sites.index):
+        for (x, y), name in zip(xy, short_labels(list(o.sites.index))):
             ax.text(x, y, f" {name}", fontsize=6, color="0.3", gid="site_label")
     if biplot:
         if species is None:     # species without a finite optimum would set the scale

@@ -2,7 +2,7 @@
 import numpy as np
 from scipy import stats
 
-from ._util import label_fontsize, new_figure, readable, robust_limits
+from ._util import label_fontsize, new_figure, readable, robust_limits, short_labels
 
 _PANELS = ("vs linear predictor", "normal Q-Q", "vs site", "vs species", "scale-location")
 
@@ -74,7 +74,7 @@ def plot_residuals(fit, seed=None, *, figsize=(13.0, 7.5)):
     _scatter(a_sp, jj, r, "residuals")
     m = len(fit.species)
     if readable(m):
-        a_sp.set_xticks(np.arange(m), labels=[str(s) for s in fit.species], rotation=90,
+        a_sp.set_xticks(np.arange(m), labels=short_labels(list(fit.species)), rotation=90,
                         fontsize=label_fontsize(m))
     else:
         a_sp.set_xlabel(f"species index (1..{m}, the fit's order)")

@@ -244,7 +244,9 @@ def diagnostics_html(fit, diag=None):
         hess = ("" if eig is None else f" (smallest scaled eigenvalue of the negative Hessian "
                 f"{eig:.2g} &gt; 0: a maximum)")
         return ('<p class="box"><span class="ok">No problems found.</span> The gradient is '
-                f"close to zero at the optimum (max |gradient| {fit.max_grad:.2g}), the Hessian is "
+                f"close to zero at the optimum (largest curvature-scaled gradient "
+                f"{fit.scaled_grad:.2g}, the convergence criterion; largest raw |gradient| "
+                f"{fit.max_grad:.2g}), the Hessian is "
                 f"negative definite{hess}, and the checks of coefficient sizes, covariate scaling, "
                 "latent variables, dispersions and sparse species found nothing to act on.</p>")
     items = []
@@ -575,10 +577,12 @@ def methods_section(fit, opts):
         f"The optimiser was run from {s.get('n_init', 1)} starting value{'s' if s.get('n_init', 1) != 1 else ''} "
         f"(per-species GLMs and a factor analysis of their residuals) with random seed {esc(s.get('seed'))}, "
         f"keeping the best bound; the fit {'converged' if fit.converged else 'did NOT converge'} "
-        f"(max |gradient| {fit.max_grad:.1e}). Standard errors came from the Hessian of the bound; "
-        f"intervals for residual correlations by the delta method.{assoc} Species with fewer than "
-        f"{k} informative records were kept in the model but not interpreted. Model fit was "
-        "checked with Dunn-Smyth randomised quantile residuals. Analyses used jsdm "
+        f"(largest curvature-scaled gradient |g<sub>k</sub>|/&radic;max(h<sub>k</sub>, 1) "
+        f"{fit.scaled_grad:.1e}, tolerance {esc(s.get('gtol', 'n/a'))}). Standard errors came from "
+        f"the Hessian of the bound; intervals for residual correlations by the delta "
+        f"method.{assoc} Species with fewer than {k} informative records were kept in the model "
+        "but not interpreted. Model fit was checked with Dunn-Smyth randomised quantile "
+        "residuals. Analyses used jsdm "
         f"{esc(__version__)} (Python).")
     if opts.get("select_table") is not None:
         crit = _criterion(pd.DataFrame(opts["select_table"]), opts)

@@ -124,7 +124,9 @@ def fit_statistics(fit):
     return [("ELBO (variational lower bound of the log-likelihood)", fit.llf),
             ("parameters (df)", fit.df), ("observations (site x species cells)", fit.nobs),
             ("AIC", fit.aic), ("AICc", fit.aicc), ("BIC", fit.bic),
-            ("converged", bool(fit.converged)), ("max |gradient|", fit.max_grad),
+            ("converged (max scaled gradient <= gtol)", bool(fit.converged)),
+            ("max scaled gradient |g_k| / sqrt(max(h_k, 1))", fit.scaled_grad),
+            ("gtol", fit.settings.get("gtol", float("nan"))), ("max |gradient|", fit.max_grad),
             ("iterations", int(fit.n_iter)), ("fit time (s)", float(st.elapsed)),
             ("starts (ELBO of each)", ", ".join(f"{v:.2f}" for v in st.start_values))]
 

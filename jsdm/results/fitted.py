@@ -68,8 +68,21 @@ class GLLVMResults:
     # --- fit quality -------------------------------------------------------------
     @property
     def llf(self):
-        """The evidence lower bound at the optimum (a lower bound of the log-likelihood)."""
-        return self.state.value
+        """The evidence lower bound at the optimum (a lower bound of the log-likelihood).
+
+        With ``prior_sd`` (a penalised fit) this is the ELBO without the penalty,
+        at the penalised estimates.
+        """
+        from ..model import penalty
+
+        return self.state.value - penalty.value(self.problem, self.state.params)
+
+    @property
+    def prior_sd(self):
+        """The sd of the weak Gaussian penalty on loadings and per-sd slopes, or None."""
+        from ..model import penalty
+
+        return penalty.prior_sd(self.problem)
 
     @property
     def df(self):

@@ -13,7 +13,7 @@ R = cov2cor(Omega^-1) at ``--sites`` sites:
 
 A GLLVM with ``--num-lv`` latent variables is fitted, and species pairs are
 ranked by |partial correlation| (``fit.partial_correlation(method="inverse")``)
-and by |residual correlation| (``fit.residual_correlation(add_family_variance=True)``).
+and by |residual correlation| (``fit.residual_correlation()``, the same covariance).
 Reported, against the true edges (Omega_jk != 0):
 
 - AUC of each ranking (threshold-free);
@@ -86,7 +86,7 @@ def one(family, rep, args):
     iu = np.triu_indices(args.species, 1)
     truth = Om[iu] != 0
     pc = np.abs(fit.partial_correlation(method="inverse").to_numpy()[iu])
-    cor = np.abs(fit.residual_correlation(add_family_variance=True).to_numpy()[iu])
+    cor = np.abs(fit.residual_correlation().to_numpy()[iu])
     row = {"family": family, "rep": rep, "true_edges": int(truth.sum()),
            "converged": bool(fit.converged),
            "auc_partial": _auc(truth.astype(float), pc), "auc_correlation": _auc(truth.astype(float), cor),

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import jsdm
-from jsdm.analysis.partial import (direct_covariance, glasso_path, graphical_lasso,
+from jsdm.analysis.partial import (_cov2cor, direct_covariance, glasso_path, graphical_lasso,
                                    partial_correlation, precision_to_partial)
 
 
@@ -67,17 +67,17 @@ def test_glasso_path_is_monotone_in_sparsity():
 def test_inverse_partial_correlations(nb_fit):
     pc = nb_fit.partial_correlation(method="inverse")
     th = nb_fit.loadings.to_numpy()
-    phi = nb_fit.dispersion.to_numpy()
-    ybar = nb_fit.community.Y.mean().to_numpy()
-    S = th @ th.T + np.diag(np.log1p(1.0 / ybar + phi))        # Nakagawa et al. (2017), NB
+    # the covariance whose correlations residual_correlation() reports by default
+    S = nb_fit.residual_covariance(add_family_variance="observation").to_numpy()
+    assert np.allclose(S - th @ th.T, np.diag(np.diag(S - th @ th.T)))
+    assert np.allclose(_cov2cor(S), nb_fit.residual_correlation().to_numpy())
     P = np.linalg.inv(S)
     expect = -P / np.sqrt(np.outer(np.diag(P), np.diag(P)))
     np.fill_diagonal(expect, 1.0)
     assert np.allclose(pc.to_numpy(), expect, atol=1e-10)
     assert pc.index.equals(nb_fit.species) and np.allclose(pc, pc.T)
-    fam = direct_covariance(nb_fit, diagonal="family")[1]
-    assert np.allclose(fam, nb_fit.residual_covariance(add_family_variance=True).to_numpy().diagonal()
-                       - (th ** 2).sum(1))
+    gl = direct_covariance(nb_fit, diagonal="lognormal")[1]
+    assert np.allclose(gl, np.log1p(nb_fit.dispersion.to_numpy()))        # R gllvm's term
 
 
 def test_glasso_partial_correlations_are_sparse(nb_fit):
@@ -98,7 +98,7 @@ def test_partial_correlation_errors():
     com, _ = jsdm.simulate_community(40, 6, num_lv=1, family="poisson", seed=2)
     fit = _fit(com, family="poisson", num_lv=1, seed=1)
     with pytest.raises(jsdm.JSDMError, match="singular"):
-        fit.partial_correlation(diagonal="family")          # Poisson: no family term
+        fit.partial_correlation(diagonal="lognormal")       # Poisson: no gllvm family term
     assert np.isfinite(fit.partial_correlation(method="inverse").to_numpy()).all()
     with pytest.raises(jsdm.JSDMError, match="method"):
         fit.partial_correlation(method="ridge")
@@ -136,7 +136,7 @@ def test_partial_correlations_beat_thresholded_correlations():
         iu = np.triu_indices(15, 1)
         truth = (Om[iu] != 0).astype(float)
         pc = fit.partial_correlation(method="inverse").to_numpy()[iu]
-        cor = fit.residual_correlation(add_family_variance=True).to_numpy()[iu]
+        cor = fit.residual_correlation().to_numpy()[iu]
         res.append((_auc(truth, np.abs(pc)), _auc(truth, np.abs(cor))))
     res = np.array(res)
     assert res[:, 0].mean() > res[:, 1].mean()

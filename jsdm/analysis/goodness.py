@@ -15,9 +15,11 @@ Pseudo-R2 (``pseudo_r2``)
     var_F: variance across the fitted sites of the covariate part x_i' beta_j;
     var_LV = theta_j' theta_j (the latent variables' variance, as a random
     effect's); var_row: the random row-effect variance sigma^2 (or the
-    variance of the fixed row effects); var_obs: the observation-level
-    variance of :func:`jsdm.analysis.partial.direct_covariance` ("auto": probit
-    1, logit pi^2/3, log link log(1 + 1/ybar_j [+ phi_j]), Gaussian sd_j^2).
+    variance of the fixed row effects); var_obs: the distribution-specific
+    (observation-level) variance of Nakagawa et al. (2017) at the species'
+    mean, :func:`jsdm.analysis.associations.family_variance` "observation"
+    (probit 1, logit pi^2/3, Poisson log(1 + 1/mu_j), NB log(1 + 1/mu_j + phi_j),
+    Gaussian sd_j^2, ...).
     ``kind="tjur"`` (binary data): Tjur's (2009, Am. Stat. 63: 366)
     coefficient of discrimination, mean fitted probability at presences minus
     at absences, with fitted values at the site scores. ``kind="cor"``: the
@@ -83,7 +85,6 @@ def pseudo_r2(fit, kind="nakagawa"):
 
 def _nakagawa(fit):
     from .associations import covariate_part
-    from .partial import direct_covariance
 
     var_f = covariate_part(fit).var(ddof=0).to_numpy() if fit.terms else np.zeros(len(fit.species))
     th = np.asarray(fit.loadings, dtype=float)
@@ -103,9 +104,8 @@ def _nakagawa(fit):
 
 def _obs_variance(fit):
     from .associations import family_variance
-    from .partial import _observation_variance
 
-    return np.asarray(_observation_variance(fit, family_variance), dtype=float)
+    return family_variance(fit, nb_variance="observation").to_numpy(dtype=float)
 
 
 def _fitted_r2(fit, kind):

@@ -9,16 +9,13 @@ without interacting. Partial correlations condition on all other species:
 
 ``delta_j`` is the link-scale variance of the observation-level residual
 (``diagonal``): without it Theta Theta' has rank d and no inverse. Default
-("auto"): for binomial, ordinal and Gaussian responses the family's term of
-:func:`jsdm.analysis.associations.family_variance` (probit 1, logit pi^2/3,
-cloglog pi^2/6, Gaussian sd_j^2); for log-link families the lognormal
-approximation of the observation-level variance on the log scale (Nakagawa,
-Johnson & Schielzeth 2017, J. R. Soc. Interface 14: 20170213), with ybar_j the
-species' mean response: Poisson and ZIP log(1 + 1/ybar_j), negative binomial
-log(1 + 1/ybar_j + phi_j), gamma log(1 + phi_j), Tweedie
-log(1 + phi_j ybar_j^(p-2)); beta (logit link) the variance of logit(y) for a
-beta variable with mean ybar_j and precision phi_j, trigamma(ybar_j phi_j) +
-trigamma((1 - ybar_j) phi_j).
+("observation"): the distribution-specific variance of Nakagawa, Johnson &
+Schielzeth (2017, J. R. Soc. Interface 14: 20170213) at each species' mean,
+the same term as the default of ``fit.residual_correlation()``
+(:func:`jsdm.analysis.associations.family_variance`: probit 1, logit pi^2/3,
+cloglog pi^2/6, Gaussian sd_j^2, Poisson log(1 + 1/mu_j), NB
+log(1 + 1/mu_j + phi_j), ...), so the partial correlations are those of the
+covariance whose correlations ``residual_correlation`` reports.
 
 The inverse of a low-rank-plus-diagonal matrix is dense: every pair gets a
 partial correlation. :func:`graphical_lasso` estimates a sparse precision
@@ -37,68 +34,40 @@ SELECT = ("bic", "ebic", "cv")
 
 
 # --- the covariance -------------------------------------------------------------------------
-def direct_covariance(fit, diagonal="auto"):
+def direct_covariance(fit, diagonal="observation"):
     """Sigma = Theta Theta' + diag(delta) (m x m DataFrame) and delta (Series); see module notes.
 
     Parameters
     ----------
     fit : GLLVMResults
-    diagonal : "auto", "family", "poisson", or array-like (m,)
-        "family": only the family's term (may leave Sigma singular: an error);
-        "poisson": log(1 + 1 / ybar_j) for every species; an array gives delta.
+    diagonal : {"observation", "lognormal", "trigamma"} or array-like (m,)
+        The term of :func:`jsdm.analysis.associations.family_variance`
+        ("lognormal": R gllvm's ``getResidualCor``, 0 for Poisson, which leaves
+        Sigma singular: an error), or the variances themselves.
     """
     from .associations import family_variance
 
     th = np.asarray(fit.loadings, dtype=float)
     m = th.shape[0]
     if isinstance(diagonal, str):
-        if diagonal not in ("auto", "family", "poisson"):
-            raise JSDMError(f"diagonal must be 'auto', 'family', 'poisson' or an array of {m} "
-                            f"variances; got {diagonal!r}")
-        if diagonal == "family":
-            delta = family_variance(fit).to_numpy()
-        elif diagonal == "poisson":
-            delta = np.log1p(1.0 / _ybar(fit))
-        else:
-            delta = _observation_variance(fit, family_variance)
+        if diagonal not in ("observation", "lognormal", "trigamma"):
+            raise JSDMError(f"diagonal must be 'observation', 'lognormal', 'trigamma' or an array "
+                            f"of {m} variances; got {diagonal!r}")
+        delta = family_variance(fit, nb_variance=diagonal).to_numpy()
     else:
         delta = np.asarray(diagonal, dtype=float).reshape(-1)
         if delta.shape != (m,) or not np.all(np.isfinite(delta)) or np.any(delta < 0):
             raise JSDMError(f"diagonal must hold {m} non-negative finite variances")
     S = th @ th.T + np.diag(delta)
     ev = np.linalg.eigvalsh(S)
-    if ev.min() <= 1e-10 * max(ev.max(), 1e-300):
+    if not np.all(np.isfinite(delta)) or ev.min() <= 1e-10 * max(ev.max(), 1e-300):
         raise JSDMError("the residual covariance Theta Theta' + diag(delta) is singular (delta is "
                         f"0 for some species with diagonal={diagonal!r} and family "
                         f"{fit.family.name!r}), so partial correlations do not exist; use "
-                        "diagonal='auto' or give the observation-level variances as an array")
+                        "diagonal='observation' or give the observation-level variances as an "
+                        "array")
     return (pd.DataFrame(S, index=fit.species, columns=fit.species),
             pd.Series(delta, index=fit.species, name="diagonal"))
-
-
-def _ybar(fit):
-    Y = np.where(fit.problem.W > 0, fit.problem.Y, np.nan)
-    return np.maximum(np.nanmean(Y, axis=0), 1e-8)
-
-
-def _observation_variance(fit, family_variance):
-    """The "auto" diagonal (see the module notes), (m,)."""
-    name = fit.family.name
-    disp = None if fit.dispersion is None else np.asarray(fit.dispersion, dtype=float)
-    if name in ("poisson", "zip"):
-        return np.log1p(1.0 / _ybar(fit))
-    if name == "negative_binomial":
-        return np.log1p(1.0 / _ybar(fit) + disp)
-    if name == "gamma":
-        return np.log1p(disp)
-    if name == "tweedie":
-        return np.log1p(disp * _ybar(fit) ** (fit.family.power - 2.0))
-    if name == "beta":          # Var(logit Y) for Y ~ Beta(ybar phi, (1 - ybar) phi)
-        from scipy import special
-
-        mu = np.clip(_ybar(fit), 1e-6, 1 - 1e-6)
-        return special.polygamma(1, mu * disp) + special.polygamma(1, (1.0 - mu) * disp)
-    return family_variance(fit).to_numpy()
 
 
 def _cov2cor(S):
@@ -205,7 +174,7 @@ def default_penalties(R, n_penalties=30, ratio=0.01):
 
 
 # --- the user-facing function ---------------------------------------------------------------
-def partial_correlation(fit, method="glasso", diagonal="auto", select="bic", penalty=None,
+def partial_correlation(fit, method="glasso", diagonal="observation", select="bic", penalty=None,
                         penalties=None, n_folds=5, seed=0):
     """Direct associations between species: partial correlations on the link scale.
 
@@ -217,7 +186,7 @@ def partial_correlation(fit, method="glasso", diagonal="auto", select="bic", pen
         Sigma = Theta Theta' + diag(delta). "glasso" (default): a sparse estimate
         by the graphical lasso on the correlation matrix of Sigma; pairs with no
         direct association are exactly 0.
-    diagonal : "auto", "family", "poisson" or array (m,)
+    diagonal : {"observation", "lognormal", "trigamma"} or array (m,)
         The observation-level variances delta (see the module notes).
     select : {"bic", "ebic", "cv"}
         How the glasso penalty is chosen when ``penalty`` is None: BIC with n =

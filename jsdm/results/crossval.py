@@ -161,9 +161,12 @@ def _check_models(fits):
 
 def _refit_spec(fit):
     prob, st = fit.problem, fit.settings
-    return dict(family=prob.family, num_lv=prob.d, formula=prob.formula,
+    spec = dict(family=prob.family, num_lv=prob.d, formula=prob.formula,
                 row_effect=prob.row_effect, n_init=st.get("n_init", 3), seed=st.get("seed"),
                 maxiter=st.get("maxiter", 5000), gtol=st.get("gtol", 1e-3))
+    if st.get("prior_sd") is not None:
+        spec["prior_sd"] = st["prior_sd"]
+    return spec
 
 
 def _task(fit, name, fold, train, test, opts):
@@ -243,7 +246,8 @@ def cross_validate(models, k=5, seed=0, by=None, conditional=True, method="auto"
         with ``data`` and the other :func:`jsdm.gllvm` arguments is fitted to
         all the data first. A dict ``{name: model}`` names the models; all
         must be fitted to the same responses. Models with fixed row effects
-        cannot score new sites and are refused.
+        cannot score new sites and are refused. A penalised fit (``prior_sd``)
+        is refitted with the same penalty.
     k : int
         Number of folds.
     seed : int

@@ -22,7 +22,8 @@ def main():
     com = jsdm.datasets.load_mite()
     fits = {f"nb, num_lv={d}": jsdm.gllvm(com, family="nb", num_lv=d, formula=FORMULA, seed=1)
             for d in range(4)}
-    fits["nb, num_lv=2, no covariates"] = jsdm.gllvm(com, family="nb", num_lv=2, seed=1)
+    fits["nb, num_lv=2, no covariates"] = jsdm.gllvm(jsdm.Community(com.Y), family="nb",
+                                                     num_lv=2, seed=1)
     fits["poisson, num_lv=2"] = jsdm.gllvm(com, family="poisson", num_lv=2, formula=FORMULA,
                                            seed=1)
     cv = jsdm.cross_validate(fits, k=5, seed=1, n_jobs=1)

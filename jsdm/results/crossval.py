@@ -194,10 +194,16 @@ def run_fold(task):
 
     with threadpool_limits(limits=1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit = gllvm(task["train"], offset=task["offset_train"], trials=task["trials_train"],
-                    checks=False, **task["spec"])
-        sl = site_latent(fit, task["test_X"], offset=task["offset_test"],
-                         trials=task["trials_test"])
+        try:
+            fit = gllvm(task["train"], offset=task["offset_train"], trials=task["trials_train"],
+                        checks=False, **task["spec"])
+            sl = site_latent(fit, task["test_X"], offset=task["offset_test"],
+                             trials=task["trials_test"])
+        except JSDMError as exc:
+            raise JSDMError(f"cross-validation fold {task['fold']} of model {task['name']!r} "
+                            f"failed: {exc} (a fold's training sites may lack a factor level or "
+                            "a species seen elsewhere: use fewer folds, blocked folds that keep "
+                            "levels together, or merge rare levels)") from None
         Y = task["test_Y"]
         W = np.isfinite(Y).astype(float)
         sc = score_sites(sl, np.where(W > 0, Y, 0.0), W, method=task["method"],

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 import jsdm
-from jsdm.results import crossval, marginal
+from jsdm.results import marginal
 from jsdm.results.crossval import _auc, _tss, make_folds
 from jsdm.results.latent import site_latent
 

@@ -3,7 +3,6 @@ site latent vectors, loglik_is, anova(loglik="is") and the approximation check i
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import special, stats
 

@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 
 import jsdm
-from jsdm.analysis.partial import (_cov2cor, direct_covariance, glasso_path, graphical_lasso,
-                                   partial_correlation, precision_to_partial)
+from jsdm.analysis.partial import _cov2cor, direct_covariance, glasso_path, graphical_lasso
 
 
 def _fit(*args, **kwargs):

@@ -1,7 +1,4 @@
 """Report section: predictive performance (cross-validation) and the check of the approximation."""
-import numpy as np
-import pandas as pd
-
 from .html import esc, fmt, img, key_values, row, table
 
 

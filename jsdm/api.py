@@ -1,4 +1,9 @@
 """The user-facing entry point :func:`gllvm`."""
+import numbers
+
+import numpy as np
+
+from .exceptions import JSDMError
 from .model.checks import check_fit_options
 from .model.fit import DEFAULT_SEED, fit_problem
 from .model.problem import build_problem
@@ -7,7 +12,7 @@ from .results.fitted import GLLVMResults
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, n_init=3, seed=None,
-          maxiter=5000, gtol=1e-3, verbose=False, checks=True):
+          maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -57,6 +62,15 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     checks : bool
         Run the cheap diagnostics (covariate scaling, sparse species, collapsed
         latent variables, ...) at the end and warn about what they find.
+    prior_sd : float, optional
+        A weak Gaussian penalty: loadings and slopes (per standard deviation of
+        their covariate) get a N(0, prior_sd^2) prior, and the fit is the
+        penalised (posterior-mode) estimate. Keeps estimates finite for species
+        whose likelihood has no finite optimum (perfect separation, a species
+        seen at one site); well-informed species barely move (see
+        docs/associations.md, "Rare and separated species"; 5 is the value
+        studied there). Default None: maximum likelihood (of the ELBO), as R
+        gllvm. ``fit.llf`` is the ELBO without the penalty.
 
     Returns
     -------
@@ -66,6 +80,10 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
 
     fam = get_family(family, link=link)
     check_fit_options(n_init, maxiter, gtol, seed)
+    if prior_sd is not None and (isinstance(prior_sd, bool) or not (
+            isinstance(prior_sd, numbers.Real) and np.isfinite(prior_sd) and prior_sd > 0)):
+        raise JSDMError(f"prior_sd must be a positive number (the sd of the penalty), got "
+                        f"{prior_sd!r}; use None for no penalty")
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
                 response=response, site=site, species=species)
     # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
@@ -75,10 +93,13 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     prob = build_problem(data, X, family=fam, trials=trials, **call)
+    if prior_sd is not None:
+        prob.info["prior_sd"] = float(prior_sd)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
     settings = dict(family=fam.name, link=fam.link, num_lv=call["num_lv"], formula=formula,
                     row_effect=call["row_effect"], n_init=n_init,
-                    seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol)
+                    seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
+                    prior_sd=prior_sd)
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

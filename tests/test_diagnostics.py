@@ -3,6 +3,7 @@ from dataclasses import replace
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import jsdm
@@ -169,3 +170,24 @@ def test_degenerate_dispersion_check_is_quiet_on_a_sound_fit():
     fit.state.params.s[2] = -12.0                   # sd 6e-6 against data sd ~1
     probs = check_degenerate_dispersion(fit)
     assert len(probs) == 1 and probs[0].parameters == [("dispersion", fit.species[2], "sd")]
+
+
+def test_species_information_and_informative_records():
+    from jsdm.analysis.diagnostics import informative_records, species_information
+
+    rng = np.random.default_rng(3)
+    Y = pd.DataFrame((rng.random((40, 6)) < 0.5).astype(float), columns=list("abcdef"))
+    Y["g"] = 0.0
+    Y.loc[3, "g"] = 1.0                    # seen once
+    Y["h"] = 1.0
+    Y.loc[[0, 1], "h"] = 0.0               # absent twice: 2 informative records
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jsdm.gllvm(Y, family="binomial", num_lv=1, seed=1, n_init=1, prior_sd=5)
+    info = informative_records(fit)
+    assert info[list(fit.species).index("g")] == 1 and info[list(fit.species).index("h")] == 2
+    tab = species_information(fit)
+    assert tab.loc["g", "rare"] and tab.loc["h", "rare"] and not tab.loc["a", "rare"]
+    assert not tab.loc["g", "headline"] and tab.loc["a", "headline"]
+    assert tab.loc["g", "occupied"] == 1 and tab.loc["h", "prevalence"] == pytest.approx(38 / 40)
+    assert species_information(fit, min_records=30).loc["a", "rare"]

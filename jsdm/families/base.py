@@ -67,6 +67,7 @@ class Family:
     links: tuple = ()
     default_link: str = ""
     has_dispersion = False
+    uses_trials = False     # True where y counts successes out of ``trials`` (binomial)
     dispersion_name: Optional[str] = None
     discrete = False
     #: a valid response the engine puts in missing cells (they get weight 0, but
@@ -219,6 +220,11 @@ class Family:
     dispersion_can_vanish = False
     #: names of the ``method`` options of ``link_variance`` (the first is the default)
     link_variance_methods = ()
+    #: a continuous family with a point mass at y = 0 (Tweedie): "presence" means y > 0
+    zero_atom = False
+    #: plain-text formula of ``observation_variance`` for reports, where it has its own
+    #: (None: the generic log(1 + Var(y)/mu^2), Var(y) or delta-method wording by link)
+    observation_variance_formula = None
 
     def describe(self):
         """The methods-text phrase: ``description`` or "a <name> distribution"."""
@@ -246,6 +252,47 @@ class Family:
         """Records per species (m,) that inform its parameters (y NaN where missing), or None
         when every record does (continuous responses). Default: the non-zero records."""
         return np.nansum(y > 0, axis=0)
+
+    # --- family-specific words and numbers for the analysis layer (associations, diagnostics) --
+    #: what a dispersion at the lower end of its range means, in words (diagnostics, report)
+    dispersion_floor_meaning: Optional[str] = None
+
+    def observation_variance(self, mu, s=None, trials=None):
+        """Variance of one observation around its mean, on the link scale.
+
+        The "distribution-specific variance" of Nakagawa, Johnson & Schielzeth
+        (2017, J. R. Soc. Interface 14: 20170213), used for latent-scale
+        correlations: a family with a latent-threshold reading (binomial,
+        ordinal) returns its ``link_residual_variance`` (probit 1, logit
+        pi^2/3, cloglog pi^2/6); a log link the lognormal approximation
+        log(1 + Var(y) / mu^2) (Poisson log(1 + 1/mu), negative binomial
+        log(1 + 1/mu + phi), gamma log(1 + phi)); an identity link Var(y)
+        (Gaussian sd^2); other links the delta method Var(y) g'(mu)^2.
+
+        Parameters
+        ----------
+        mu : ndarray
+            Mean(s) on the response scale.
+        s : ndarray, optional
+            Unconstrained dispersion parameter(s), broadcasting with ``mu``.
+        trials : ndarray, optional
+
+        Returns
+        -------
+        ndarray shaped like ``mu`` (NaN where undefined)
+        """
+        mu = np.asarray(mu, dtype=float)
+        if self.link_residual_variance:
+            return np.full(mu.shape, float(self.link_residual_variance))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            var = np.asarray(self.variance(mu, s, trials), dtype=float)
+            if self.link == "log":
+                return np.log1p(var / (mu * mu))
+            if self.link == "identity":
+                return var
+            if self.link == "logit":
+                return var / (mu * (1.0 - mu)) ** 2
+        return np.full(np.broadcast(mu, var).shape, np.nan)
 
 
 def _check_nonneg_int(y, name):

@@ -34,17 +34,19 @@ class NegativeBinomial(Family):
     """Negative binomial counts, log link, species dispersion phi (s = log phi)."""
 
     name = "negative_binomial"
-    aliases = ("nb", "negbin", "nb2")
+    aliases = ("nb", "negbin", "nb2", "nbinom", "nbinom2", "negative.binomial")
     links = ("log",)
     default_link = "log"
     has_dispersion = True
     dispersion_name = "phi"
+    dispersion_floor_meaning = "indistinguishable from Poisson (no over-dispersion)"
     discrete = True
 
     accepts_cache = True
     description = ("a negative binomial distribution with species-specific dispersion \u03c6_j "
                    "(variance \u03bc + \u03c6_j \u03bc\u00b2)")
     default_dispersion = 0.5
+    observation_variance_formula = "log(1 + 1/\u03bc_j + \u03c6_j)"
     link_variance_methods = ("lognormal", "trigamma")
 
     def link_variance(self, dispersion, m, method=None):

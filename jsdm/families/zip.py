@@ -92,6 +92,7 @@ class ZeroInflatedPoisson(Family):
     has_dispersion = True
     dispersion_name = "pi"
     default_dispersion = 0.3
+    dispersion_floor_meaning = "no zero inflation: indistinguishable from Poisson"
     discrete = True
 
     def ell(self, y, m, v, s=None, trials=None, order=1):

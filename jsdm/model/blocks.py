@@ -23,6 +23,7 @@ import numpy as np
 
 from .._numerics import safe_solve
 
+from . import penalty
 from .objective import cell_eval, gradient_from, moments
 from .params import S_BOUNDS
 
@@ -109,6 +110,10 @@ def species_step(prob, P, ce, only_dispersion=False, order=1):
         Q = (Gv.T @ S2).reshape(m, kr, kr)                 # sum_i Gv Sigma_i
         g[:, sp] += 2.0 * np.einsum("jkl,jl->jk", Q[:, si, :], UR)
         H[:, sp, sp] -= 2.0 * Q[:, si, si]
+    pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
+    if pen is not None:
+        H += np.diag(pen)
+        g += penalty.species_gradient(prob, P)
     fixed = ~pred.free
     if fixed.any():
         jj, kk = np.nonzero(fixed)
@@ -376,6 +381,9 @@ def curvature_diagonal(prob, layout, P, ce=None):
         if pair is not None:
             S = P.L @ np.swapaxes(P.L, 1, 2)
             hb[:, pair[0]] += C.T @ np.diagonal(S, axis1=1, axis2=2)[:, pair[1]]
+        pen = penalty.species_curvature(prob)               # penalty (prior_sd)
+        if pen is not None:
+            hb += pen
         pred.set_species_coef(G, hb)
     if kv:
         prec = C @ pred.site_design(P) ** 2     # precision diagonal of each site coordinate

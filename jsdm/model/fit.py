@@ -9,6 +9,7 @@ from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
 from .params import Layout, Params
+from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .newton import newton_ascent
 from .start import glm_start, initial_params
@@ -224,8 +225,9 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
         warnings.warn(
             f"the fit did not converge: max scaled gradient = {smax:.3g} > gtol = {gtol:g} "
             f"(max |gradient| = {state.max_grad:.3g}) after {n_iter} iterations ({message}). "
-            "Try more starts (n_init=5), a larger maxiter, standardising covariates, or fewer "
-            "latent variables; fit.diagnose() shows which parameters carry the gradient.",
+            "Try more starts (n_init=5), a larger maxiter, "
+            + ("standardising covariates, " if unstandardised(prob.X) else "")
+            + "or fewer latent variables; fit.diagnose() shows which parameters carry the gradient.",
             ConvergenceWarning, stacklevel=3)
     return state
 

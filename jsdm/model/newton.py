@@ -25,7 +25,9 @@ steps. Every stage is accepted only if the ELBO increases.
 """
 import numpy as np
 
-from .blocks import _chol_inv, ascend, bilinear_pair, polish_dispersion, scaled_gradient, species_step
+from . import penalty
+from .blocks import (_chol_inv, ascend, bilinear_pair, polish_dispersion, scaled_gradient,
+                     species_step)
 from .objective import _CHUNK_CELLS, _cache, cell_eval, kl_terms, moments
 from .terms import latent
 
@@ -117,6 +119,10 @@ def _species_blocks(prob, P, ce, Xt, cpl=None):
     X2 = (Xt[:, :, None] * Xt[:, None, :]).reshape(n, ks * ks)
     H = (2.0 * ce["Gv"].T @ X2).reshape(m, ks, ks)
     g = ce["Gm"].T @ Xt
+    pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
+    if pen is not None:
+        H -= np.diag(pen)
+        g += penalty.species_gradient(prob, P)
     if cpl is None:
         return H, g
     sp, si, UR, SL = cpl
@@ -433,4 +439,7 @@ def gauge_step(prob, P, ce=None):
     """The latent variables' closed-form gauge step (:func:`jsdm.model.terms.latent.gauge_step`)."""
     if prob.predictor.lv is None:
         return P, ce
-    return latent.gauge_step(prob.predictor, P, prob.predictor.kl, ce)
+    pred = prob.predictor
+    objective = (lambda Q: pred.kl(Q) - penalty.value(prob, Q) / max(prob.n, 1)) \
+        if penalty.prior_sd(prob) is not None else pred.kl       # penalty (prior_sd)
+    return latent.gauge_step(pred, P, objective, ce)

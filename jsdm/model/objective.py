@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import penalty
 from .params import Params  # noqa: F401  (kept for callers importing it from here)
 
 
@@ -84,6 +85,7 @@ def cell_eval(prob, P, order=1, clip=True):
     for start in range(0, n, step):
         _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
     out["site"] -= kl_terms(prob, P)
+    penalty.add_to_cells(prob, P, out["site"], out["species"])      # penalty (prior_sd)
     return out
 
 
@@ -134,6 +136,7 @@ def evaluate(prob, P, grad=True):
     e = prob.family.ell(prob.Y, M, V, P.s, prob.trials)
     W = prob.W
     site_terms = (W * e.value).sum(1) - kl_terms(prob, P)
+    penalty.add_to_cells(prob, P, site_terms)                       # penalty (prior_sd)
     Gm, Gv = W * e.d_m, W * e.d_v
     gs = None if e.d_s is None else weighted(W, e.d_s).sum(0)
     return Evaluation(float(site_terms.sum()), site_terms, M, V, Gm, Gv, gs)
@@ -149,4 +152,6 @@ def gradient_from(prob, P, ce):
 
 def gradient(prob, P, ev):
     """Analytic gradient of the ELBO (natural coordinates, full L and theta)."""
-    return prob.predictor.gradient(P, ev.Gm, ev.Gv, ev.gs)
+    g = prob.predictor.gradient(P, ev.Gm, ev.Gv, ev.gs)
+    penalty.add_gradient(prob, P, g)                                # penalty (prior_sd)
+    return g

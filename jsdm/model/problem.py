@@ -19,6 +19,21 @@ from .checks import (cell_values, check_design_rank, check_num_lv, check_offset,
 ROW_EFFECTS = (None, "fixed", "random")
 
 
+def unstandardised(X, tol=0.05):
+    """True when a numeric, non-0/1 design column has |mean| > tol sd or sd off 1 by more than tol.
+
+    Messages suggest standardising covariates only then (not to users who did,
+    nor on data without covariates).
+    """
+    X = np.asarray(X, dtype=float)
+    if not X.size or X.shape[0] < 2:
+        return False
+    sd, mean = X.std(0, ddof=1), X.mean(0)
+    dummy = np.array([np.isin(np.unique(X[:, k]), (0.0, 1.0)).all() for k in range(X.shape[1])])
+    off = ~dummy & ((np.abs(sd - 1.0) > tol) | (np.abs(mean) > tol * np.maximum(sd, 1e-300)))
+    return bool(off.any())
+
+
 @dataclass(frozen=True, eq=False)
 class Problem:
     """Arrays the engine works on (n sites, m species, p covariate columns).
@@ -248,6 +263,11 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         W = np.broadcast_to(1.0, Y.shape)
     if W.sum() == 0:
         raise JSDMError("the response table has no observed values")
+    if trials is not None and not fam.uses_trials:
+        raise JSDMError(
+            f"trials= was given, but family {fam.name!r} does not use a number of trials (only "
+            "counts out of a known total do, as family='binomial'); remove trials=, or use "
+            "family='binomial' for successes out of trials")
     tr = _trials(trials, W, Ydf)
     fam.check_y(Y, tr)
     check_response_scale(Y, W, fam, Ydf.columns)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model import penalty
 from ..model.objective import evaluate
 
 _STEP = 1e-4
@@ -293,6 +294,10 @@ def hessian_blocks(prob, P, layout, h=_STEP):
     if cpl is not None:
         sp, si, _, S = cpl
         Hphiphi[:, sp, sp] += 2.0 * np.einsum("ij,ikl->jkl", ev.Gv, S[:, si, si])
+    pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
+    if pen is not None:
+        k0 = len(pen)
+        Hphiphi[:, np.arange(k0), np.arange(k0)] -= pen
     Kpsi = _contract(E, Jpsi)
     Hvv = _pair(Kpsi, Jpsi, "ijk,ijl->ikl") + _second_order_site(pred, P, ev, tri)
     k_phi = Jphi["m"].shape[2]

@@ -116,6 +116,11 @@ class Term:
         """(m, species_width) bool: coordinates free to move (None: all)."""
         return None
 
+    def penalty_weights(self, ctx, tau):
+        """Diagonal (species_width,) of the optional weak Gaussian penalty on its species
+        coordinates for prior sd ``tau`` (``gllvm(prior_sd=tau)``), or None: not penalised."""
+        return None
+
     def get_species(self, P):
         """Its species coordinates as (m, species_width)."""
         raise NotImplementedError

@@ -68,6 +68,9 @@ class LatentVariables(Term):
     def species_free(self, ctx):
         return self.free_mask(ctx.m)
 
+    def penalty_weights(self, ctx, tau):
+        return np.full(self.d, 1.0 / tau ** 2)
+
     def get_species(self, P):
         return P.theta
 

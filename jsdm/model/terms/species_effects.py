@@ -97,6 +97,10 @@ class SpeciesSlopes(Term):
     def species_design(self, ctx, P, rows=slice(None)):
         return ctx.X[rows]
 
+    def penalty_weights(self, ctx, tau):
+        """Per-sd slopes: (B_jk sd_k)^2 / (2 tau^2), sd_k the column's sd (divisor n)."""
+        return ctx.X.var(axis=0) / tau ** 2 if ctx.p else np.zeros(0)
+
     def get_species(self, P):
         return P.B
 

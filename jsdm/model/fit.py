@@ -10,6 +10,7 @@ from ..optim.lbfgs import minimize_lbfgs
 from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
 from .params import Layout, Params
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
+from .full_newton import affordable, full_newton
 from .newton import newton_ascent
 from .start import glm_start, initial_params, triangular_rotation
 
@@ -298,6 +299,7 @@ def _final_check(prob, layout, P):
 
 SQUAREM_ITERATIONS = 2      # block sweeps: cheap progress from the start
 NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergence)
+FULL_NEWTON_ITERATIONS = 100    # Newton steps in all parameters (small problems, full_newton.py)
 
 
 def _run_start(prob, layout, P, maxiter, gtol, cb):
@@ -328,13 +330,23 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
         val = h2[-1][1] if h2 else float(cell_eval(prob, P)["site"].sum())
         return (P, val, len(h1) + len(h2), 0,
                 "converged in the Newton phase" if done else "iteration limit reached", hist)
+    h3 = []
+    if affordable(prob, layout):    # full Newton (all parameters, exact Hessian) where cheap
+        P, h3, done = full_newton(prob, layout, P, min(left, FULL_NEWTON_ITERATIONS), gtol,
+                                  callback=record("full"))
+        left -= len(h3)
+        if done or left <= 0:
+            val = h3[-1][1] if h3 else float(cell_eval(prob, P)["site"].sum())
+            return (P, val, len(h1) + len(h2) + len(h3), 0,
+                    "converged in the full Newton phase" if done else "iteration limit reached",
+                    hist)
 
     def lcb(it, f, gmax):
         hist.append((len(hist) + 1, f, gmax, time.perf_counter() - t0))
         if cb is not None:
             cb("lbfgs", it, f, gmax)
 
-    used, n_eval = len(h1) + len(h2), 0
+    used, n_eval = len(h1) + len(h2) + len(h3), 0
     for _ in range(LBFGS_RESCALES + 1):
         P, val, n_it, n_ev, message = _lbfgs(prob, layout, P, maxiter - used, gtol, lcb)
         used, n_eval = used + n_it, n_eval + n_ev

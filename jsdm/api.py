@@ -5,8 +5,8 @@ from .results.fitted import GLLVMResults
 
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
-          offset=None, trials=None, response=None, site=None, species=None, n_init=3, seed=None,
-          maxiter=5000, gtol=1e-3, verbose=False, checks=True):
+          offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
+          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -32,6 +32,11 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     offset : array (n,) or (n, m), optional
     trials : array broadcastable to (n, m), optional
         Binomial number of trials (1 when omitted).
+    cutpoints : {"species", "common"}, optional
+        Ordinal family only: cut points per species (the default) or one set
+        shared by all species (R gllvm's ``zeta.struc = "common"``; far fewer
+        parameters for sparse cover tables). Categories a species (or, with
+        "common", every species) never uses are merged; a DataWarning says which.
     n_init : int
         Number of starts; the one with the highest ELBO is kept.
     seed : int, optional
@@ -47,9 +52,15 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     -------
     GLLVMResults
     """
+    from .exceptions import JSDMError
     from .families import get_family
 
     fam = get_family(family, link=link)
+    if cutpoints is not None:
+        if fam.name != "ordinal":
+            raise JSDMError(f"cutpoints={cutpoints!r} applies to family='ordinal' only, not "
+                            f"{fam.name!r}; leave it out")
+        fam = type(fam)(link=fam.link, cutpoints=cutpoints)
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
                 response=response, site=site, species=species)
     # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
@@ -61,6 +72,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     prob = build_problem(data, X, family=fam, trials=trials, **call)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
     settings = dict(family=fam.name, link=fam.link, num_lv=call["num_lv"], formula=formula,
+                    cutpoints=getattr(fam, "cut_structure", None),
                     row_effect=call["row_effect"], n_init=n_init, seed=seed, maxiter=maxiter,
                     gtol=gtol)
     if call["formula"] != formula:

@@ -39,7 +39,7 @@ class FitState:
 
 def make_layout(prob):
     return Layout(prob.n, prob.m, prob.p, prob.d, prob.family.has_dispersion, prob.row_effect,
-                  prob.n_disp)
+                  prob.n_disp, prob.s_free, prob.family.shared_dispersion)
 
 
 def neg_elbo(prob, layout):
@@ -166,7 +166,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     rng = np.random.default_rng(seed)
     glm = glm_start(prob)
     best, values = None, []
-    work, order = prob, None
+    work, work_layout, order = prob, layout, None
     for k in range(max(1, int(n_init)) if start is None else 1):
         P0 = start if start is not None else initial_params(
             prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
@@ -174,9 +174,11 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
             order = anchor_order(P0.theta)
             if order is not None:
                 work = _reordered_problem(prob, order)
+                work_layout = make_layout(work)     # its held dispersion entries, in its order
         if order is not None:
             P0 = to_triangular(reorder_species(P0, order))
-        run = _run_start(work, layout, P0, maxiter, gtol, _printer(k, t0) if verbose else None)
+        run = _run_start(work, work_layout, P0, maxiter, gtol,
+                         _printer(k, t0) if verbose else None)
         values.append(run[1])
         if best is None or run[1] > best[1]:
             best = run
@@ -254,7 +256,7 @@ def reorder_species(P, order):
     """Params with the species-indexed parts (beta0, B, theta, s) taken in ``order``."""
     Q = P.copy()
     Q.beta0, Q.B, Q.theta = P.beta0[order], P.B[order], P.theta[order]
-    if P.s is not None:
+    if P.s is not None and P.s.shape[0] == P.beta0.shape[0] > 1:     # not a shared dispersion
         Q.s = P.s[order]
     return Q
 
@@ -286,6 +288,7 @@ def _reordered_problem(prob, order):
     W = prob.W if not any(prob.W.strides) else prob.W[:, order]      # all-ones view: as it is
     return replace(prob, Y=prob.Y[:, order], W=W, offset=cols(prob.offset),
                    trials=cols(prob.trials), species=prob.species[order],
+                   family=prob.family.take_species(order),
                    info={k: v for k, v in prob.info.items() if k != CACHE_KEY})
 
 

@@ -252,8 +252,7 @@ def species_positions(layout):
     th[layout.tri_m] = sl["theta"].start + np.arange(int(layout.tri_m.sum()))
     cols.append(th)
     if layout.has_disp:
-        w = layout.disp_width
-        cols.append(sl["s"].start + np.arange(m)[:, None] * w + np.arange(w)[None, :])
+        cols.append(layout.s_positions())       # shared by all species: the same in every row
     return np.hstack(cols).astype(int)
 
 
@@ -320,16 +319,17 @@ def _assemble(prob, P, layout, Hphiphi, Hcross, Hvv, alpha):
     both = ok[:, :, None] & ok[:, None, :]
     rows = np.broadcast_to(pos[:, :, None], both.shape)[both]
     cols = np.broadcast_to(pos[:, None, :], both.shape)[both]
-    Hpp[rows, cols] = Hphiphi[both]
+    # accumulated, not assigned: a dispersion shared by all species has one position for all
+    np.add.at(Hpp, (rows, cols), Hphiphi[both])
     Hpv = np.zeros((Pn, n, q))
-    Hpv[pos[ok]] = np.transpose(Hcross, (1, 2, 0, 3))[ok]
+    np.add.at(Hpv, pos[ok], np.transpose(Hcross, (1, 2, 0, 3))[ok])
     if alpha is not None:
         Haa, Hap, Hav = alpha
         apos = sl["alpha_fixed"].start + np.arange(n - 1)
         Hpp[apos, apos] = Haa[1:]
         blk = np.zeros((n - 1, Pn))
         cols_ok = np.broadcast_to(pos, Hap.shape[1:])[ok]
-        blk[:, cols_ok] = Hap[1:][:, ok]
+        np.add.at(blk, (slice(None), cols_ok), Hap[1:][:, ok])
         Hpp[apos, :] += blk
         Hpp[:, apos] += blk.T
         Hpp[apos, apos] = Haa[1:]

@@ -390,16 +390,17 @@ def _lbfgs(prob, layout, P, maxiter, gtol, lcb):
 
 
 def _printer(k, t0, every=1.0):
-    """Progress lines on stderr: the first iteration of a start, then at most one per ``every`` s."""
+    """Progress lines on stderr: the first iteration of each phase of a start, then at most one
+    per ``every`` s."""
     import sys
 
-    last = [-np.inf]
+    last = [-np.inf, None]
     label = k if isinstance(k, str) else f"start {k + 1}"
 
     def cb(phase, it, f, gmax):
         now = time.perf_counter()
-        if (phase == "blocks" and it == 1) or now - last[0] >= every:
-            last[0] = now
+        if phase != last[1] or now - last[0] >= every:
+            last[0], last[1] = now, phase
             g = "" if np.isnan(gmax) else f"  max|grad| {gmax:.2e}"
             print(f"[jsdm] {label} {phase:6s} iter {it:4d}  ELBO {-f:.4f}{g}  "
                   f"{now - t0:.1f}s", file=sys.stderr)

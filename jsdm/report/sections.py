@@ -76,9 +76,11 @@ def model_section(fit, opts):
             + "<h3>Diagnostics</h3>" + diagnostics_html(fit))
     disp = fit.dispersion
     if isinstance(disp, pd.DataFrame):      # ordinal cut points: species x cut point
-        body += (f"<p>Cut points: {disp.shape[1]} per species ({esc(', '.join(map(str, disp.columns)))}; "
-                 "the first is 0 by definition, the intercept sets the location). Cut points next "
-                 "to categories a species never shows are not identified.</p>")
+        note = getattr(fit.family, "structure_note", lambda: "per species")()
+        body += (f"<p>Cut points {esc(note)}: {esc(', '.join(map(str, disp.columns)))} (the first "
+                 "finite one is 0 by definition, the intercept sets the location; categories a "
+                 "species never shows are merged with its neighbours: their cut points are equal, "
+                 "or infinite beyond its smallest and largest category).</p>")
     elif disp is not None:
         body += (f"<p>Dispersion ({esc(disp.name)}): median {disp.median():.3g}, range "
                  f"{disp.min():.3g} to {disp.max():.3g} across species.</p>")
@@ -167,7 +169,8 @@ def _wide_coefficients(coefs, fit):
     disp = fit.dispersion
     if isinstance(disp, pd.DataFrame):
         wide[disp.columns.name or "cut points"] = [
-            " < ".join(f"{v:.3g}" for v in r) for r in disp.reindex(wide.index).to_numpy()]
+            " < ".join(f"{v:.3g}" for v in np.unique(r[np.isfinite(r)]))       # merged: once
+            for r in disp.reindex(wide.index).to_numpy()]
     elif disp is not None:
         wide[disp.name] = [f"{v:.3g}" for v in disp.reindex(wide.index)]
     return wide
@@ -265,6 +268,8 @@ def methods_section(fit, opts):
 
     prob, s = fit.problem, fit.settings
     fam = _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
+    if getattr(fit.family, "cut_structure", None) == "common":
+        fam = "a cumulative model for ordered categories with one set of cut points shared by all species"
     cov = (f", species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
            if fit.terms else "")
     row = {"fixed": " and fixed site effects", "random": " and normally distributed random site "

@@ -280,3 +280,21 @@ def test_cli_cutpoints(tmp_path):
     fit = jsdm.load(out / "fit.jsdm")
     assert fit.family.cut_structure == "common"
     assert "Cut points" in (out / "summary.txt").read_text()
+
+
+def test_readme_cover_class_example_runs():
+    """The README's cover-class example (run as written) and what its comments claim."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("Cover classes (Braun-Blanquet", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    ns = {"jsdm": jsdm}
+    quiet(exec, block, ns)
+    fit, common = ns["fit"], ns["common"]
+    assert fit.converged and common.converged
+    Y = jsdm.datasets.load_dune().Y
+    top = int(Y["Achimill"].max())
+    cuts = fit.dispersion.loc["Achimill"].to_numpy()
+    assert cuts[0] == 0.0 and np.all(np.isposinf(cuts[top:])) and np.all(np.isfinite(cuts[:top]))
+    assert np.all(common.dispersion.to_numpy() == common.dispersion.to_numpy()[0])
+    assert fit.aic < common.aic                       # "per species fits dune better"

@@ -301,7 +301,7 @@ def check_sparse_species(fit):
     if fit.family.name == "binomial":
         tr = 1.0 if prob.trials is None else prob.trials
         info = np.minimum(info, np.nansum(Y < tr, axis=0))
-    k = 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + int(fit.family.has_dispersion)
+    k = 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + _species_dispersions(fit)
     bad = info <= k
     if not bad.any():
         return []
@@ -312,6 +312,17 @@ def check_sparse_species(fit):
         "sparse_species", f"{len(who)} species with too few non-zero records for their parameters",
         ev, "drop these species (Community.subset / drop_empty), pool them, or use fewer "
         "covariates; their estimates and SEs are unreliable", who)]
+
+
+def _species_dispersions(fit):
+    """Dispersion parameters of each species' own (ordinal: its free cut points; none when the
+    cut points are common to all species)."""
+    free = fit.state.layout.s_free
+    if not fit.family.has_dispersion:
+        return 0
+    if free is None:
+        return 1
+    return 0 if fit.family.shared_dispersion else free.sum(axis=1)
 
 
 def check_row_variance(fit):

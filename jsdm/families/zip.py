@@ -91,6 +91,7 @@ class ZeroInflatedPoisson(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "pi"
+    dispersion_floor_meaning = "no zero inflation: indistinguishable from Poisson"
     discrete = True
 
     def ell(self, y, m, v, s=None, trials=None, order=1):

@@ -9,6 +9,7 @@ from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
 from .params import Layout, Params
+from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .full_newton import affordable, full_newton
 from .newton import newton_ascent
@@ -131,9 +132,15 @@ def normalise(P):
     return P
 
 
+DEFAULT_SEED = 0     # seed=None means this seed: the same call gives the same fit, bit for bit
+
+
 def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=False,
                 start=None):
     """Fit the model; return the best :class:`FitState` over ``n_init`` starts.
+
+    The starts are drawn from ``seed`` (``None`` means ``DEFAULT_SEED``, so that
+    fits are reproducible by default; pass another seed for other starts).
 
     Each start runs block Newton sweeps (SQUAREM-accelerated), joint Newton
     steps on the means, then a diagonally scaled L-BFGS polish; ``maxiter``
@@ -163,7 +170,7 @@ def _one_blas_thread():
 def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     t0 = time.perf_counter()
     layout = make_layout(prob)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(DEFAULT_SEED if seed is None else seed)
     glm = glm_start(prob)
     best, values = None, []
     work, work_layout, order = prob, layout, None
@@ -203,8 +210,9 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
         warnings.warn(
             f"the fit did not converge: max scaled gradient = {smax:.3g} > gtol = {gtol:g} "
             f"(max |gradient| = {state.max_grad:.3g}) after {n_iter} iterations ({message}). "
-            "Try more starts (n_init=5), a larger maxiter, standardising covariates, or fewer "
-            "latent variables; fit.diagnose() shows which parameters carry the gradient.",
+            "Try more starts (n_init=5), a larger maxiter, "
+            + ("standardising covariates, " if unstandardised(prob.X) else "")
+            + "or fewer latent variables; fit.diagnose() shows which parameters carry the gradient.",
             ConvergenceWarning, stacklevel=3)
     return state
 

@@ -68,8 +68,21 @@ class GLLVMResults:
     # --- fit quality -------------------------------------------------------------
     @property
     def llf(self):
-        """The evidence lower bound at the optimum (a lower bound of the log-likelihood)."""
-        return self.state.value
+        """The evidence lower bound at the optimum (a lower bound of the log-likelihood).
+
+        With ``prior_sd`` (a penalised fit) this is the ELBO without the penalty,
+        at the penalised estimates.
+        """
+        from ..model import penalty
+
+        return self.state.value - penalty.value(self.problem, self.state.params)
+
+    @property
+    def prior_sd(self):
+        """The sd of the weak Gaussian penalty on loadings and per-sd slopes, or None."""
+        from ..model import penalty
+
+        return penalty.prior_sd(self.problem)
 
     @property
     def df(self):
@@ -106,7 +119,21 @@ class GLLVMResults:
 
     @property
     def converged(self):
+        """True when the largest curvature-scaled gradient (``scaled_grad``) is at most ``gtol``.
+
+        The scaled gradient of parameter k is |g_k| / sqrt(max(h_k, 1)), with g
+        the gradient of the ELBO and h_k its curvature along k: a step of about
+        |g_k| / h_k would change the ELBO by about (scaled gradient)^2 / 2. The
+        raw ``max_grad`` can exceed ``gtol`` in a converged fit (parameters with
+        large curvature, e.g. intercepts of abundant species).
+        """
         return self.state.converged
+
+    @property
+    def scaled_grad(self):
+        """Largest curvature-scaled gradient max_k |g_k| / sqrt(max(h_k, 1)) at the estimates:
+        the quantity compared with ``gtol`` to decide ``converged``."""
+        return float(self.state.scaled_grad)
 
     @property
     def n_iter(self):
@@ -114,6 +141,7 @@ class GLLVMResults:
 
     @property
     def max_grad(self):
+        """Largest raw |gradient| of the ELBO at the estimates (not what ``converged`` checks)."""
         return self.state.max_grad
 
     @property

@@ -24,7 +24,7 @@ from jsdm.model.fit import make_layout, neg_elbo
 from jsdm.model.objective import evaluate
 from jsdm.model.params import S_BOUNDS
 from jsdm.model.problem import Problem, build_problem
-from jsdm.results._hessian import hessian_blocks
+from jsdm.model.hessian import hessian_blocks
 
 # sites at category 0 for every species are beside the point here
 pytestmark = pytest.mark.filterwarnings("ignore:sites with no non-zero:jsdm.exceptions.DataWarning")

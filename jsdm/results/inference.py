@@ -7,7 +7,7 @@ block is the inverse of the Schur complement
 
     S = H_pp - sum_i H_pv,i H_vv,i^-1 H_vp,i
 
-computed from the analytic Hessian in :mod:`jsdm.results._hessian` (no finite
+computed from the analytic Hessian in :mod:`jsdm.model.hessian` (no finite
 differences of the full gradient). ``-S`` is checked for positive definiteness
 by the eigenvalues of its correlation-scaled form; when it fails, a
 :class:`~jsdm.exceptions.HessianWarning` names the parameters carrying the
@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from ..exceptions import HessianWarning, JSDMError
-from ._hessian import hessian_blocks
+from ..model.hessian import hessian_blocks
 
 #: smallest eigenvalue of the correlation-scaled negative Schur complement
 #: (relative to the largest) below which the Hessian counts as singular

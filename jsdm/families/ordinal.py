@@ -451,13 +451,14 @@ def _ranges(cats):
 # --- expectations under wide normals ----------------------------------------------------
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(10)
-_NEAR, _NEAR_WIDTH, _FAR_WIDTH, _FAR_Z = 6.0, 3.0, 12.0, 3.0
+_NEAR, _NEAR_WIDTH, _FAR_WIDTH, _FAR_Z, _INSIDE = 6.0, 3.0, 12.0, 3.0, 40.0
 
 
 def _wide_expectation(fun, mu, sd, a, b):
     """E[fun(U)], U ~ N(mu, sd^2), per cell for wide normals (here sd > sqrt(2)), exactly.
 
-    Composite 10-point Gauss-Legendre on mu +- 9 sd, with panels at most 3 wide
+    Composite 10-point Gauss-Legendre on mu +- 9 sd (without the part deeper than 40
+    inside an end category, where P = 1 in double precision), with panels at most 3 wide
     within 6 of a finite cut point (a or b) and at most min(12, 3 sd) wide
     elsewhere. log P(a - u < e < b - u) is analytic in a strip about the real
     axis whose half-width is ~2.8 next to a cut point and grows with the
@@ -470,6 +471,11 @@ def _wide_expectation(fun, mu, sd, a, b):
     h'' where the kernel's rounding dominates), with 3 to 4 times fewer nodes.
     """
     lo, hi = mu - 9.0 * sd, mu + 9.0 * sd
+    # deep inside an end category (40 beyond its only cut point) P = 1 to double precision and
+    # every output of ``fun`` is below 1e-17: that part of the line adds nothing
+    lo = np.where(np.isneginf(a), np.maximum(lo, b - _INSIDE), lo)
+    hi = np.where(np.isposinf(b), np.minimum(hi, a + _INSIDE), hi)
+    hi = np.maximum(hi, lo)
     far = np.minimum(_FAR_WIDTH, _FAR_Z * sd)
     cuts = []
     for c in (a - _NEAR, a + _NEAR, b - _NEAR, b + _NEAR):
@@ -486,6 +492,8 @@ def _wide_expectation(fun, mu, sd, a, b):
         part = _panels(fun, mu, sd, left, right, width, (a, b))
         if part is not None:
             total = part if total is None else [t + p for t, p in zip(total, part)]
+    if total is None:                                    # all mass where P = 1: zeros
+        total = [np.zeros(mu.size) for _ in fun(mu[:1, None] * 0.0, a[:1], b[:1])]
     return tuple(total)
 
 

@@ -234,11 +234,20 @@ class Ordinal(Family):
         g = e * (up * gb[..., None] - lo * ga[..., None])
         if second is None:
             return g, None
-        daa, dbb, dab = (x[..., None, None] for x in second)
-        uu, ll = up[..., :, None] * up[..., None, :], lo[..., :, None] * lo[..., None, :]
-        ul = up[..., :, None] * lo[..., None, :]
-        ee = e[..., :, None] * e[..., None, :]
-        h = ee * (uu * dbb + ll * daa + (ul + np.swapaxes(ul, -1, -2)) * dab)
+        # d2 h / dc_i dc_j = e_i e_j C_ij (+ g_i on the diagonal), with M = max(i, j):
+        # C = daa + ok (dbb + 2 dab) where M <= r; ok (dbb + dab [min(i, j) <= r]) where M = r + 1;
+        # 0 beyond (ok: tau_(r+1) is finite). Built from three masks, not outer products.
+        daa, dbb, dab = second
+        ok = (r + 1 <= top).astype(float)
+        M = np.maximum(i[:, None], i[None, :])
+        both = i[:, None] != i[None, :]                   # min(i, j) < M (= r + 1 on the edge)
+        kk = k[..., None]
+        inner = M <= kk
+        edge = M == kk + 1
+        C = inner * (daa + ok * (dbb + 2.0 * dab))[..., None, None]
+        C += edge * (ok * dbb)[..., None, None]
+        C += (edge & both) * (ok * dab)[..., None, None]
+        h = C * (e[..., :, None] * e[..., None, :])
         h += g[..., :, None] * np.eye(q)
         return g, h
 

@@ -336,6 +336,24 @@ class GLLVMResults:
         from .predict import predict
         return predict(self, newdata=newdata, **kwargs)
 
+    def predict_conditional(self, newdata, observed, **kwargs):
+        """Predict every species at new sites given the species observed there
+        (see :func:`jsdm.results.conditional.predict_conditional`)."""
+        from .conditional import predict_conditional
+        return predict_conditional(self, newdata, observed, **kwargs)
+
+    def loglik_is(self, n_draws=1000, seed=0, **kwargs):
+        """Importance-sampling estimate of the marginal log-likelihood at the fitted parameters,
+        with its Monte Carlo SE and the per-site gap to the ELBO
+        (see :func:`jsdm.results.likelihood.loglik_is`)."""
+        from .likelihood import loglik_is
+        return loglik_is(self, n_draws=n_draws, seed=seed, **kwargs)
+
+    def cross_validate(self, k=5, **kwargs):
+        """K-fold cross-validation by sites of this model (see :func:`jsdm.cross_validate`)."""
+        from .crossval import cross_validate
+        return cross_validate(self, k=k, **kwargs)
+
     def simulate(self, n=1, **kwargs):
         """Draw response tables from the fitted model."""
         from .predict import simulate
@@ -375,6 +393,12 @@ class GLLVMResults:
         from ..analysis.associations import association_table
         return association_table(self, **kwargs)
 
+    def partial_correlation(self, **kwargs):
+        """Direct associations: partial correlations, sparse by default (graphical lasso)
+        (see :func:`jsdm.analysis.partial.partial_correlation`)."""
+        from ..analysis.partial import partial_correlation
+        return partial_correlation(self, **kwargs)
+
     def ordination(self, **kwargs):
         from ..analysis.ordination import ordination
         return ordination(self, **kwargs)
@@ -395,6 +419,11 @@ class GLLVMResults:
     def plot_coefficients(self, **kwargs):
         from ..plotting import plot_coefficients
         return plot_coefficients(self, **kwargs)
+
+    def plot_network(self, **kwargs):
+        """Network of direct associations (see :func:`jsdm.plotting.network.plot_network`)."""
+        from ..plotting.network import plot_network
+        return plot_network(self, **kwargs)
 
     def plot_variance_partition(self, **kwargs):
         from ..plotting import plot_variance_partition

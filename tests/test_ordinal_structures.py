@@ -330,3 +330,19 @@ def test_ell_for_wide_normals_matches_dense_quadrature(link):
         assert abs(e.value[i] - val) <= 1e-9 * scale
         assert abs(e.d_m[i] - dm) <= 1e-7 * max(1.0, abs(dm)) * (1 + abs(m[i]) / sd[i])
         assert abs(e.d_v[i] - dv) <= 1e-7 * max(1.0, abs(dv)) * (1 + (m[i] / sd[i]) ** 2)
+
+
+def test_bound_family_pickles_after_use():
+    """Worker processes (cross-validation) get the bound family: its cached quadrature rules
+    (closures) are dropped and rebuilt."""
+    import pickle
+
+    Y, _ = table_with_gaps(missing=0.0)
+    fam = quiet(Ordinal("logit").prepare, Y.to_numpy())
+    s = np.zeros(fam.free_dispersion().shape)
+    e1 = fam.ell(Y.to_numpy(), np.zeros(Y.shape), np.full(Y.shape, 3.0), s, order=2)
+    back = pickle.loads(pickle.dumps(fam))
+    np.testing.assert_array_equal(back.categories_used, fam.categories_used)
+    e2 = back.ell(Y.to_numpy(), np.zeros(Y.shape), np.full(Y.shape, 3.0), s, order=2)
+    np.testing.assert_array_equal(e1.value, e2.value)
+    np.testing.assert_array_equal(e1.d_ss, e2.d_ss)

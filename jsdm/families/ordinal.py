@@ -87,6 +87,11 @@ class Ordinal(Family):
     def __repr__(self):
         return f"Ordinal(link={self.link!r}, cutpoints={self.cut_structure!r})"
 
+    def __getstate__(self):
+        """Picklable (for worker processes): the cached quadrature rules (closures) are dropped
+        and rebuilt on first use."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_bins")}
+
     @property
     def link_residual_variance(self):
         """Latent-scale residual variance: probit 1, logit pi^2/3."""

@@ -439,9 +439,7 @@ def species_parameters(fit):
     """Species-specific parameters per species (m,): the free coordinates of its species block
     (intercept, slopes, free loadings, ...) and its dispersion."""
     prob = fit.problem
-    pred = prob.predictor
-    disp = pred.dispersion.width if pred.dispersion is not None else 0
-    return pred.free.sum(1) + disp
+    return prob.predictor.free.sum(1) + _species_dispersions(fit)
 
 
 def check_sparse_species(fit):
@@ -490,6 +488,17 @@ def check_dispersion_at_bound(fit):
         "nothing to fix: the data show no over-dispersion for these species; their "
         f"{name}, its SE and interval carry no information (the report prints them as 'at bound')",
         [("dispersion", sp, name) for sp in who])]
+
+
+def _species_dispersions(fit):
+    """Dispersion parameters of each species' own (ordinal: its free cut points; none when the
+    cut points are common to all species)."""
+    free = fit.state.layout.s_free
+    if not fit.family.has_dispersion:
+        return 0
+    if free is None:
+        return 1
+    return 0 if fit.family.shared_dispersion else free.sum(axis=1)
 
 
 def check_row_variance(fit):

@@ -5,8 +5,10 @@ A :class:`Params` is a namespace of the arrays the terms own (see
 
 - ``beta0`` (m,), ``B`` (m, p): species intercepts and slopes
 - ``theta`` (m, d): loadings, zero above the diagonal
-- ``s`` (m,), (m, q) or None: the family's unconstrained dispersion parameters, one
-  per species or a vector of q per species (ordinal cut points, q = K - 2)
+- ``s`` (m,), (m, q), (1, q) or None: the family's unconstrained dispersion parameters,
+  one per species, a vector of q per species (ordinal cut points, q = K - 2) or one
+  vector shared by all species (ordinal common cut points; a global parameter); only
+  the entries in ``s_free`` are packed
 - ``alpha`` (n,) or None: fixed row effects (alpha[0] == 0) or, for random row
   effects, the variational means of the site effects
 - ``log_sigma`` float or None: log sd of random row effects
@@ -110,7 +112,8 @@ class Layout:
     """Maps between :class:`Params` and a flat vector for one problem's terms.
 
     ``Layout(predictor)``; the legacy form ``Layout(n, m, p, d, has_disp,
-    row_effect, n_disp=None)`` builds the classic terms for those sizes.
+    row_effect, n_disp=None, s_free=None, shared=False)`` builds the classic terms for
+    those sizes.
 
     Attributes
     ----------
@@ -120,15 +123,19 @@ class Layout:
     """
 
     def __init__(self, predictor, m=None, p=None, d=None, has_disp=None, row_effect=None,
-                 n_disp=None):
+                 n_disp=None, s_free=None, shared=False):
         if not hasattr(predictor, "slots"):
-            predictor = _legacy_predictor(int(predictor), m, p, d, has_disp, row_effect, n_disp)
+            predictor = _legacy_predictor(int(predictor), m, p, d, has_disp, row_effect, n_disp,
+                                          s_free, shared)
         self.predictor = predictor
         pred = predictor
         self.n, self.m, self.p, self.d = pred.n, pred.m, pred.p, pred.d
         self.has_disp = pred.dispersion is not None
         self.n_disp = pred.dispersion.n_disp if self.has_disp else None
         self.disp_width = pred.dispersion.width if self.has_disp else 0
+        # a vector dispersion (rows, q): rows = m, or 1 when shared by all species; only the
+        # entries in s_free are packed (ordinal: cut points of unused categories are held)
+        self.s_free = pred.dispersion.free_mask(pred) if self.has_disp else None
         row = pred.term("row_fixed") or pred.term("row_random")
         self.row_effect = None if row is None else ("fixed" if row.kind == "row_fixed" else "random")
         self.tri_m = np.tril(np.ones((self.m, self.d), dtype=bool))
@@ -162,6 +169,32 @@ class Layout:
             g[sl] = s.pack_grad(gf[f], pf[f])
         return g
 
+    def s_positions(self):
+        """Packed position of each species' dispersion entries, (m, width); -1 where held.
+
+        A dispersion shared by all species has the same positions in every row.
+        """
+        start = self.slices["s"].start
+        if self.s_free is None:
+            w = self.disp_width
+            return start + np.arange(self.m)[:, None] * w + np.arange(w)[None, :]
+        pos = np.full(self.s_free.shape, -1, dtype=int)
+        pos[self.s_free] = start + np.arange(int(self.s_free.sum()))
+        return np.broadcast_to(pos, (self.m, pos.shape[1])).copy()
+
+    def s_positions(self):
+        """Packed position of each species' dispersion entries, (m, width); -1 where held.
+
+        A dispersion shared by all species has the same positions in every row.
+        """
+        start = self.slices["s"].start
+        if self.s_free is None:
+            w = self.disp_width
+            return start + np.arange(self.m)[:, None] * w + np.arange(w)[None, :]
+        pos = np.full(self.s_free.shape, -1, dtype=int)
+        pos[self.s_free] = start + np.arange(int(self.s_free.sum()))
+        return np.broadcast_to(pos, (self.m, pos.shape[1])).copy()
+
     def bounds(self):
         """(lower, upper) arrays for the packed vector (inf where unbounded)."""
         lo, hi = np.full(self.size, -np.inf), np.full(self.size, np.inf)
@@ -193,11 +226,16 @@ class _DispersionShape:
     has_dispersion = True
     dispersion_name = None
 
+    def __init__(self, shared=False):
+        self.shared_dispersion = bool(shared)
 
-def _legacy_predictor(n, m, p, d, has_disp, row_effect, n_disp):
+
+def _legacy_predictor(n, m, p, d, has_disp, row_effect, n_disp, s_free=None, shared=False):
     from .terms import LinearPredictor, default_terms
 
     covs = tuple(f"x{k + 1}" for k in range(int(p)))
     return LinearPredictor(default_terms(covs, int(d), row_effect), n=n, m=int(m),
-                           X=np.zeros((n, int(p))), family=_DispersionShape() if has_disp else None,
-                           n_disp=n_disp if has_disp else None)
+                           X=np.zeros((n, int(p))),
+                           family=_DispersionShape(shared) if has_disp else None,
+                           n_disp=n_disp if has_disp else None,
+                           s_free=s_free if has_disp else None)

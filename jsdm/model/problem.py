@@ -77,9 +77,11 @@ class Problem:
         if terms is None:
             terms = default_terms(self.terms, self.num_lv, self.row_effect)
             object.__setattr__(self, "model_terms", terms)
+        disp = self.family.has_dispersion
         pred = LinearPredictor(terms, n=self.Y.shape[0], m=self.Y.shape[1], X=self.X,
                                offset=self.offset, family=self.family,
-                               n_disp=self.n_disp if self.family.has_dispersion else None,
+                               n_disp=self.n_disp if disp else None,
+                               s_free=self.s_free if disp else None,
                                sites=self.sites, species=self.species, covariates=self.terms)
         object.__setattr__(self, "predictor", pred)
 
@@ -120,11 +122,20 @@ class Problem:
 
     @property
     def s_shape(self):
-        """Shape of the dispersion parameter s: (m,), (m, q) or None without dispersion."""
+        """Shape of the dispersion parameter s: (m,), (m, q), (1, q) when one vector is shared
+        by all species (``family.shared_dispersion``), or None without dispersion."""
         if not self.family.has_dispersion:
             return None
         q = self.n_disp
-        return (self.m,) if q is None else (self.m, q)
+        if q is None:
+            return (self.m,)
+        return (1, q) if self.family.shared_dispersion else (self.m, q)
+
+    @property
+    def s_free(self):
+        """Boolean mask (shape ``s_shape``) of the dispersion entries the fit estimates, or None
+        for all (ordinal: cut points of categories a species does not use are held)."""
+        return self.family.free_dispersion() if self.family.has_dispersion else None
 
 
 def _as_community(data, X=None, response=None, site=None, species=None):
@@ -271,6 +282,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     tr = _trials(trials, W, Ydf)
     fam.check_y(Y, tr)
     check_response_scale(Y, W, fam, Ydf.columns)
+    fam = fam.prepare(np.where(W > 0, Y, np.nan), species=Ydf.columns)   # ordinal: categories used
     Yf = np.where(W > 0, Y, fam.missing_fill)
     Xmat, terms = _design(com, formula)
     off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,

@@ -7,7 +7,7 @@ block is the inverse of the Schur complement
 
     S = H_pp - sum_i H_pv,i H_vv,i^-1 H_vp,i
 
-computed from the analytic Hessian in :mod:`jsdm.results._hessian` (no finite
+computed from the analytic Hessian in :mod:`jsdm.model.hessian` (no finite
 differences of the full gradient). ``-S`` is checked for positive definiteness
 by the eigenvalues of its correlation-scaled form; when it fails, a
 :class:`~jsdm.exceptions.HessianWarning` names the parameters carrying the
@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from ..exceptions import HessianWarning, JSDMError
-from ._hessian import hessian_blocks
+from ..model.hessian import hessian_blocks
 
 #: smallest eigenvalue of the correlation-scaled negative Schur complement
 #: (relative to the largest) below which the Hessian counts as singular
@@ -141,10 +141,19 @@ def _reported(fit):
     return fit._reported
 
 
-def _vector_dispersion_jacobian(family, s, h=1e-6):
-    """d (free reported dispersions) / d s per species, (m, q, q) (see terms.dispersion)."""
+def _free_entries(layout):
+    """(row, k) of each packed entry of a vector dispersion, in packed order."""
+    return list(zip(*np.nonzero(layout.s_free)))
+
+
+def _free_positions(layout):
+    return layout.slices["s"].start + np.arange(int(layout.s_free.sum()))
+
+
+def _vector_dispersion_jacobian(family, s):
+    """d (estimated cut points) / d s per row of s, (rows, q, q) (see terms.dispersion)."""
     from ..model.terms.dispersion import vector_dispersion_jacobian
-    return vector_dispersion_jacobian(family, s, h)
+    return vector_dispersion_jacobian(family, s)
 
 
 def _reported_jacobian(fit, order, jac):
@@ -157,13 +166,14 @@ def _reported_jacobian(fit, order, jac):
     layout = fit.state.layout
     J = sparse.lil_matrix((len(order), layout.n_model))
     J[np.arange(len(order)), order] = jac
-    m, q = P.s.shape
     D = _vector_dispersion_jacobian(fit.family, P.s)
-    start = layout.slices["s"].start
-    rows = np.flatnonzero((order >= start) & (order < start + m * q))
-    for r in rows:
-        j, k = divmod(int(order[r]) - start, q)
-        J[r, start + j * q: start + (j + 1) * q] = D[j, k]
+    pos = np.full(layout.s_free.shape, -1)
+    pos[layout.s_free] = _free_positions(layout)
+    where = {int(p): jk for p, jk in zip(_free_positions(layout), _free_entries(layout))}
+    for r in np.flatnonzero(np.isin(order, list(where))):
+        j, k = where[int(order[r])]
+        cols = np.flatnonzero(layout.s_free[j])
+        J[r, pos[j, cols]] = D[j, k, cols]
     return J.tocsr()
 
 

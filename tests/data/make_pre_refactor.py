@@ -14,13 +14,16 @@ B. complete fits (``jsdm.gllvm``, one start, seed 0) of small simulated communit
 The problem data (Y with NaN, X, offset, trials) and the parameter points are stored
 with the results, so the tests do not depend on simulation code staying the same.
 
-It was run once, at commit 5e42c47 (the pre-refactor head of branch issue-14), as
+It was first run at commit 5e42c47 (the pre-refactor head of branch issue-14). When
+main's optimiser changed (issue 11: a full Newton phase; ordinal categories merged) the
+reference was recorded again from main at 71ba003, the last main without the terms
+refactor, which is what the files hold now:
 
-    git archive 5e42c47 jsdm | tar -x -C /tmp/jsdm_pre      # or run it in that checkout
-    python tests/data/make_pre_refactor.py --src /tmp/jsdm_pre
+    git archive 71ba003 jsdm | tar -x -C /tmp/jsdm_pre      # or run it in that checkout
+    python tests/data/make_pre_refactor.py --src /tmp/jsdm_pre --commit 71ba003
 
-and wrote ``tests/data/pre_refactor.npz`` and ``tests/data/pre_refactor.json``.
-It only uses the pre-refactor internals (``Problem``, ``Layout``, ``evaluate``).
+It writes ``tests/data/pre_refactor.npz`` and ``tests/data/pre_refactor.json`` and only
+uses the pre-refactor internals (``build_problem``, ``make_layout``, ``evaluate``).
 """
 import argparse
 import itertools
@@ -84,8 +87,8 @@ def point_cases(jsdm):
     """A: ELBO and packed gradient at a random point for every combination."""
     import pandas as pd
     from jsdm.families import get_family
+    from jsdm.model.fit import make_layout
     from jsdm.model.objective import evaluate
-    from jsdm.model.params import Layout
     from jsdm.model.problem import build_problem
 
     out, arrays = [], {}
@@ -103,7 +106,7 @@ def point_cases(jsdm):
             warnings.simplefilter("ignore")
             prob = build_problem(Ydf, Xdf, family=fam, num_lv=d, row_effect=row, offset=offset,
                                  trials=tr)
-        layout = Layout(prob.n, prob.m, prob.p, prob.d, fam.has_dispersion, row, prob.n_disp)
+        layout = make_layout(prob)          # (the engine's own: held dispersion entries left out)
         x = np.random.default_rng(1000 + k).normal(0.0, 0.5, layout.size)
         P = layout.unpack(x)
         ev = evaluate(prob, P, grad=True)

@@ -46,11 +46,13 @@ class LinearPredictor:
     family : Family
     n_disp : int or None
         Length of each species' dispersion vector (None: a scalar per species).
+    s_free : bool array (shape of s) or None
+        Dispersion entries the fit estimates (None: all).
     sites, species, covariates : labels for outputs.
     """
 
-    def __init__(self, terms, *, n, m, X, offset=None, family=None, n_disp=None, sites=None,
-                 species=None, covariates=()):
+    def __init__(self, terms, *, n, m, X, offset=None, family=None, n_disp=None, s_free=None,
+                 sites=None, species=None, covariates=()):
         self.terms = tuple(terms)
         self.n, self.m, self.X = int(n), int(m), X
         self.p = X.shape[1]
@@ -58,7 +60,7 @@ class LinearPredictor:
         self.sites = sites if sites is not None else list(range(self.n))
         self.species = species if species is not None else list(range(self.m))
         self.covariates = tuple(covariates)
-        self.dispersion = (Dispersion(family, n_disp)
+        self.dispersion = (Dispersion(family, n_disp, free=s_free)
                            if family is not None and family.has_dispersion else None)
         self._index()
 

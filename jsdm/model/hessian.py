@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model import penalty
-from ..model.objective import evaluate
+from . import penalty
+from .objective import Evaluation, evaluate, moments
 
 _STEP = 1e-4
 
@@ -66,28 +66,37 @@ class HessianBlocks:
         return H
 
 
-def cell_curvature(prob, P, M, V, h=_STEP):
+def cell_curvature(prob, P, M, V, h=_STEP, e0=None):
     """Weighted second derivatives of ell per cell: dict of (n, m) arrays.
 
     Keys ``mm, mv, vv`` and, with a dispersion, ``ms, vs, ss`` (scalar s) or
     ``ms0, vs0, s0s0, s0s1, ...`` (vector s, channels of :func:`s_channels`).
+    Central differences of the family's first derivatives (four passes over the
+    cells besides ``e0``), or, given ``e0`` (the family's ``ell`` at (M, V) with
+    ``order=2``), forward differences from it (two passes; error O(h) = 1e-4
+    relative, enough for Newton steps).
     """
     fam, Y, W, s, tr = prob.family, prob.Y, prob.W, P.s, prob.trials
-    e0 = fam.ell(Y, M, V, s, tr, order=2)
-    ep, em = fam.ell(Y, M + h, V, s, tr), fam.ell(Y, M - h, V, s, tr)
     hv = h * (1.0 + V)
-    vlo = np.maximum(V - hv, 0.0)
-    vp, vm = fam.ell(Y, M, V + hv, s, tr), fam.ell(Y, M, vlo, s, tr)
-    dv = (V + hv) - vlo
-    E = {"mm": 2.0 * e0.d_v, "mv": (ep.d_v - em.d_v) / (2.0 * h), "vv": (vp.d_v - vm.d_v) / dv}
+    if e0 is None:
+        e0 = fam.ell(Y, M, V, s, tr, order=2)
+        ep, em = fam.ell(Y, M + h, V, s, tr), fam.ell(Y, M - h, V, s, tr)
+        vlo = np.maximum(V - hv, 0.0)
+        vp, vm = fam.ell(Y, M, V + hv, s, tr), fam.ell(Y, M, vlo, s, tr)
+        dm, dv = 2.0 * h, (V + hv) - vlo
+    else:
+        ep, em = fam.ell(Y, M + h, V, s, tr), e0
+        vp, vm = fam.ell(Y, M, V + hv, s, tr), e0
+        dm, dv = h, hv
+    E = {"mm": 2.0 * e0.d_v, "mv": (ep.d_v - em.d_v) / dm, "vv": (vp.d_v - vm.d_v) / dv}
     if fam.has_dispersion and np.ndim(s) == 2:
-        ms, vs = (ep.d_s - em.d_s) / (2.0 * h), (vp.d_s - vm.d_s) / dv[..., None]
+        ms, vs = (ep.d_s - em.d_s) / dm, (vp.d_s - vm.d_s) / dv[..., None]
         for k, a in enumerate(s_channels(s)):
             E["m" + a], E["v" + a] = ms[..., k], vs[..., k]
             for l, b in enumerate(s_channels(s)[k:], start=k):
                 E[a + b] = e0.d_ss[..., k, l]
     elif fam.has_dispersion:
-        E["ms"] = (ep.d_s - em.d_s) / (2.0 * h)
+        E["ms"] = (ep.d_s - em.d_s) / dm
         E["vs"] = (vp.d_s - vm.d_s) / dv
         E["ss"] = e0.d_ss
     return {k: W * np.asarray(v, dtype=float) for k, v in E.items()}
@@ -144,13 +153,15 @@ def positions(layout):
 def species_positions(layout):
     """Packed positions (m, k_phi) of phi_j = (species-block coordinates, s_j); -1 where fixed.
 
-    With the classic terms phi_j = (beta0_j, B_j, theta_j, s_j).
+    With the classic terms phi_j = (beta0_j, B_j, theta_j, s_j); a dispersion shared by all
+    species has the same positions in every row.
     """
     pred, pos = layout.predictor, positions(layout)
     cols = [pred.species_coef(pos)]
     if pred.dispersion is not None:
         s = np.asarray(pos.s)
-        cols.append(s[:, None] if s.ndim == 1 else s)
+        s = s[:, None] if s.ndim == 1 else np.broadcast_to(s, (pred.m, s.shape[1]))
+        cols.append(s)
     return np.hstack(cols).astype(int)
 
 
@@ -281,11 +292,22 @@ def _log_diag_chain(pred, P, ev, tri, Hvv, Hcross_list):
         Hc *= D.reshape(D.shape[0], *([1] * (Hc.ndim - 2)), D.shape[1])
 
 
-def hessian_blocks(prob, P, layout, h=_STEP):
-    """Analytic Hessian of the ELBO at P in packed coordinates, as :class:`HessianBlocks`."""
+def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
+    """Analytic Hessian of the ELBO at P in packed coordinates, as :class:`HessianBlocks`.
+
+    ``forward``: the third-order terms of ell by forward differences (three
+    passes of the family over the cells instead of six; see :func:`cell_curvature`),
+    as the fit's full Newton steps use it; standard errors use central ones.
+    """
     pred = prob.predictor
-    ev = evaluate(prob, P, grad=False)
-    E = cell_curvature(prob, P, ev.M, ev.V, h)
+    if forward:
+        M, V = moments(prob, P)
+        e0 = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=2)
+        ev = Evaluation(np.nan, None, M, V, prob.W * e0.d_m, prob.W * e0.d_v, None)
+        E = cell_curvature(prob, P, M, V, h, e0=e0)
+    else:
+        ev = evaluate(prob, P, grad=False)
+        E = cell_curvature(prob, P, ev.M, ev.V, h)
     cpl = _coupling(pred, P)
     Jphi = _species_jacobian(pred, P, cpl)
     Jpsi, tri = _site_jacobian(pred, P)
@@ -354,9 +376,10 @@ def _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper):
     both = ok[:, :, None] & ok[:, None, :]
     rows = np.broadcast_to(pos[:, :, None], both.shape)[both]
     cols = np.broadcast_to(pos[:, None, :], both.shape)[both]
-    Hpp[rows, cols] = Hphiphi[both]
+    # accumulated, not assigned: a dispersion shared by all species has one position for all
+    np.add.at(Hpp, (rows, cols), Hphiphi[both])
     Hpv = np.zeros((Pn, n, q))
-    Hpv[pos[ok]] = np.transpose(Hcross, (1, 2, 0, 3))[ok]
+    np.add.at(Hpv, pos[ok], np.transpose(Hcross, (1, 2, 0, 3))[ok])
     if fixed is not None:
         Haa, Hap, Hav = fixed
         fpos = _fixed_site_positions(layout)                      # (n, kf)
@@ -368,7 +391,7 @@ def _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper):
                 okb = bl >= 0
                 Hpp[ap[okb], bl[okb]] = Haa[live[okb], a, b]
             blk = np.zeros((len(live), Pn))
-            blk[:, pos[ok]] = Hap[live][:, :, a, :][:, ok]
+            np.add.at(blk, (slice(None), pos[ok]), Hap[live][:, :, a, :][:, ok])
             Hpp[ap, :] += blk
             Hpp[:, ap] += blk.T
             for b in range(fpos.shape[1]):       # the site's own block (set, not added twice)

@@ -6,6 +6,15 @@ from .data import Community, SimulationTruth, datasets, read_long, read_wide, si
 from .api import gllvm
 from .results.fitted import GLLVMResults
 from .results.io import load
-from .results.anova import anova, select_num_lv
+from .results.anova import anova
+from .selection import Selection, select_num_lv
 
 __version__ = "0.1.0"
+
+# the public API (docs/api.rst documents these; tests/test_docstrings.py checks them)
+__all__ = [
+    "Community", "ConvergenceWarning", "DataWarning", "GLLVMResults", "HessianWarning",
+    "JSDMError", "JSDMWarning", "Selection", "SimulationTruth", "anova", "datasets",
+    "exceptions", "get_family", "gllvm", "load", "read_long", "read_wide", "select_num_lv",
+    "simulate_community",
+]

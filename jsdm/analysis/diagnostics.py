@@ -453,7 +453,6 @@ def species_parameters(fit):
 
 def check_sparse_species(fit):
     """Species with no more informative records than species-specific parameters."""
-    prob = fit.problem
     if fit.family.name == "gaussian":
         return []
     info = informative_records(fit)

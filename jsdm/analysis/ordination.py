@@ -69,7 +69,7 @@ class Ordination:
 
     @property
     def alpha(self):
-        """Deprecated name of :attr:`exponent`."""
+        """Deprecated name of ``exponent``."""
         import warnings
 
         warnings.warn("Ordination.alpha is deprecated and will be removed in a future version; "

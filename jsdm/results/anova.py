@@ -3,7 +3,7 @@
 The test uses the ELBO in place of the log-likelihood (as R gllvm does for VA
 fits): the statistic 2 (ELBO_b - ELBO_a) approximates the likelihood ratio
 statistic when both bounds are equally tight. Model selection, which refits,
-lives in :mod:`jsdm.selection` (above the fitter, so that results/ never
+lives in ``jsdm.selection`` (above the fitter, so that results/ never
 imports the top-level API).
 """
 import numpy as np

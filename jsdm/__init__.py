@@ -7,6 +7,7 @@ from .api import gllvm
 from .results.fitted import GLLVMResults
 from .results.io import load
 from .results.anova import anova
+from .results.crossval import cross_validate
 from .selection import Selection, select_num_lv
 
 __version__ = "0.1.0"
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 # the public API (docs/api.rst documents these; tests/test_docstrings.py checks them)
 __all__ = [
     "Community", "ConvergenceWarning", "DataWarning", "GLLVMResults", "HessianWarning",
-    "JSDMError", "JSDMWarning", "Selection", "SimulationTruth", "anova", "datasets",
+    "JSDMError", "JSDMWarning", "Selection", "SimulationTruth", "anova", "cross_validate", "datasets",
     "exceptions", "get_family", "gllvm", "load", "read_long", "read_wide", "select_num_lv",
     "simulate_community",
 ]

@@ -28,7 +28,9 @@ Outputs in DIR: ``report.html``, ``summary.txt``, ``coefficients.csv``
 pairs with intervals, prevalences and the headline flag), ``species.csv``
 (prevalence, informative records, status), ``site_scores.csv``, ``loadings.csv``,
 ``variance_partition.csv``, ``diagnostics.csv``, ``model_selection.csv``
-(with ``--select-num-lv``) and ``fit.jsdm`` (reload with :func:`jsdm.load`).
+(with ``--select-num-lv``), ``cv.csv`` and ``cv_species.csv`` (with ``--cv K``:
+K-fold cross-validation by sites, the fitted model against the same model
+without latent variables) and ``fit.jsdm`` (reload with :func:`jsdm.load`).
 
 The output folder is checked before anything else: a folder that is not empty
 is refused unless ``--overwrite`` is given (and then only when it holds
@@ -89,7 +91,8 @@ def _family_names():
 #: Every file a run may write into --out (a folder holding only these may be overwritten).
 OUTPUT_FILES = ("report.html", "summary.txt", "fit.jsdm", "coefficients.csv",
                 "species.csv", "residual_correlations.csv", "site_scores.csv", "loadings.csv",
-                "variance_partition.csv", "diagnostics.csv", "model_selection.csv")
+                "variance_partition.csv", "diagnostics.csv", "model_selection.csv", "cv.csv",
+                "cv_species.csv")
 
 
 def _positive_int(text):
@@ -183,6 +186,9 @@ def build_parser():
                      default=True, help="z-score numeric covariates before fitting (the default)")
     fit.add_argument("--no-standardise", "--no-standardize", dest="standardise",
                      action="store_false", help="keep covariates in the units of the data")
+    fit.add_argument("--cv", type=int, default=None, metavar="K",
+                     help="K-fold cross-validation by sites of the fitted model and of the same "
+                     "model without latent variables (cv.csv, cv_species.csv, report section)")
     _common(fit, example=False)
     return parser
 
@@ -362,12 +368,15 @@ def _tables(fit, select_table, min_records=None):
     ]
 
 
-def _write_outputs(fit, out, select_table, notes, title, con, min_records=None):
+def _write_outputs(fit, out, select_table, notes, title, con, min_records=None, cv=None):
     """Write CSV tables, summary, saved fit and report into ``out``; return the report path."""
     from .report import write_report
 
     con.say("writing tables ...")
-    for name, make, index in _tables(fit, select_table, min_records):
+    tabs = _tables(fit, select_table, min_records)
+    if cv is not None:
+        tabs += [("cv.csv", lambda: cv.table, True), ("cv_species.csv", lambda: cv.species, True)]
+    for name, make, index in tabs:
         df = _attempt(name, make, con)
         if df is not None:
             df.to_csv(out / name, index=index)
@@ -378,7 +387,21 @@ def _write_outputs(fit, out, select_table, notes, title, con, min_records=None):
     con.say("writing the report ...")
     return write_report(fit, out / "report.html", select_table=select_table, title=title,
                         notes=notes, criterion="aicc" if select_table is not None else None,
-                        min_records=min_records, progress=con.say)
+                        min_records=min_records, progress=con.say, cv=cv)
+
+
+def _cross_validate(com, fit, kw, k, con):
+    """K-fold CV by sites of ``fit`` and of the same model without latent variables."""
+    from .results.crossval import cross_validate
+
+    models = {f"num_lv={fit.num_lv}": fit}
+    if fit.num_lv > 0:
+        base = {key: v for key, v in kw.items() if key not in ("num_lv", "verbose")}
+        models["num_lv=0"] = dict(data=com, num_lv=0, **base)
+    con.say(f"{k}-fold cross-validation by sites of {len(models)} model(s) ...")
+    cv = cross_validate(models, k=k, seed=fit.settings.get("seed") or 0)
+    con.say("held-out lpd: " + ", ".join(f"{m} {v:.1f}" for m, v in cv.table["lpd"].items()))
+    return cv
 
 
 def _attempt(name, make, con):
@@ -430,9 +453,13 @@ def _run(args, con):
         from .families import get_family
 
         get_family(args.family, link=args.link)     # fail fast on an unknown family or link
+        k = getattr(args, "cv", None)
+        if k is not None and k < 2:
+            raise UsageError(f"--cv needs K >= 2 folds, got {k}")
         com, spec, notes, title = _prepare(args)
         fit, table = _fit(com, _fit_options(args, spec), args, con)
-        report = _write_outputs(fit, tmp, table, notes, title, con, args.min_records)
+        cv = None if k is None else _cross_validate(com, fit, _fit_options(args, spec), k, con)
+        report = _write_outputs(fit, tmp, table, notes, title, con, args.min_records, cv=cv)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

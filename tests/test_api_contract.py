@@ -142,11 +142,13 @@ def test_alpha_means_one_minus_confidence_everywhere():
     """Every public function with a confidence level calls it alpha (level= only as deprecated)."""
     from jsdm import analysis, plotting, report, results  # noqa: F401
     import jsdm.analysis.associations as assoc
+    import jsdm.analysis.goodness as good
     import jsdm.results.inference as inf
     import jsdm.results.predict as pred
     import jsdm.results.summary as summ
 
     for func in (assoc.association_table, assoc.residual_correlation_intervals, inf.conf_int,
+                 good.richness,
                  summ.summary, pred.predict, plotting.plot_associations, plotting.plot_coefficients,
                  plotting.plot_ordination, report.write_report, GLLVMResults.conf_int,
                  GLLVMResults.predict, GLLVMResults.predict_interval, GLLVMResults.summary,

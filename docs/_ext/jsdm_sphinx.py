@@ -75,7 +75,8 @@ def _page(slug, cls, keys):
         lines += ["How jsdm computes it", "--------------------", "",
                   "From the module's notes (the expectation of the log-density under a normal "
                   "linear predictor is what the engine needs from a family; "
-                  ":doc:`/engine` explains why):", "", "::", "",
+                  ":doc:`/engine` explains why):", "", ".. code-block:: text", "   :class: jsdm-notes",
+                  "",
                   textwrap.indent(textwrap.dedent(notes), "   "), ""]
     lines += ["Reference", "---------", "", f".. autoclass:: {target}", "   :members:", ""]
     return "\n".join(lines)

@@ -57,6 +57,10 @@ sel = jsdm.select_num_lv(com, num_lv=range(0, 4), family="negative_binomial",
 sel.table
 
 # %%
+# Held-out sites are the sterner test: ``fit.cross_validate(k=5)`` refits the
+# model without each fold of sites and scores their log predictive density
+# (:func:`jsdm.cross_validate` compares several models on the same folds).
+#
 # Nested models can also be compared by a likelihood-ratio test. Adding
 # latent variables tests a variance on the boundary, so the p-value is
 # conservative (the table says so in ``boundary``).

@@ -31,7 +31,12 @@ Thresholds (module constants, documented in the messages):
   range (negative binomial: phi ~ 2e-9, indistinguishable from Poisson);
 - random row effects: sd < 0.01;
 - degenerate dispersion (Gaussian, Tweedie, gamma, beta): model variance at the
-  fitted means below 1e-6 of the data's variance for a species.
+  fitted means below 1e-6 of the data's variance for a species;
+- variational approximation (:func:`check_approximation`, in ``diagnose`` only):
+  the importance-sampling log-likelihood exceeds the ELBO by more than 3 Monte
+  Carlo SEs and by more than ``APPROX_GAP`` nats per site on average; or the
+  importance sampling itself is unreliable (smallest effective sample size
+  below ``APPROX_ESS`` of the draws).
 """
 from dataclasses import dataclass, field
 import warnings
@@ -49,6 +54,8 @@ SCALE_RANGE = (0.1, 10.0)
 LV_RMS = 0.1
 LV_SHARE = 0.01
 ROW_SD = 0.01
+APPROX_GAP = 0.1
+APPROX_ESS = 0.1
 #: a species enters headline tables and plot labels with at least this many informative
 #: records (and more than its number of parameters); bench/study_rare_separated.py
 MIN_RECORDS = 5
@@ -556,6 +563,44 @@ def check_degenerate_dispersion(fit):
         [("dispersion", sp, name) for sp in who])]
 
 
+def check_approximation(fit, n_draws=500, seed=0):
+    """Quality of the variational approximation: ([Problem], stats dict).
+
+    Compares the ELBO with an importance-sampling estimate of the marginal
+    log-likelihood at the fitted parameters (``fit.loglik_is``); their
+    difference is the summed KL divergence of the variational posteriors from
+    the true posteriors of the site latent variables.
+    """
+    if fit.num_lv == 0 and fit.row_effect != "random":
+        return [], {"variational approximation": "exact (no latent variables)"}
+    est = fit.loglik_is(n_draws=n_draws, seed=seed)
+    n = len(est.sites)
+    stats = {"log-likelihood (importance sampling)": f"{est.value:.3f} (MC se {est.se:.3f}, "
+                                                     f"{n_draws} draws per site)",
+             "ELBO gap (log-likelihood - ELBO)": f"{est.gap:.3f} in total, {est.gap / n:.3g} "
+                                                 f"per site (largest {est.sites['gap'].max():.3g})",
+             "min importance-sampling ESS": f"{est.min_ess:.0f} of {n_draws}"}
+    problems = []
+    if est.min_ess < APPROX_ESS * n_draws:
+        low = est.sites.index[est.sites["ess"] < APPROX_ESS * n_draws]
+        problems.append(Problem(
+            "approximation_check", "the importance-sampling check of the approximation is "
+            "unreliable at some sites", f"effective sample size below {APPROX_ESS:.0%} of "
+            f"{n_draws} draws at {len(low)} site(s): {_names(list(low))}",
+            "rerun fit.loglik_is(n_draws=...) with more draws; the posterior of these sites' "
+            "latent variables is far from the variational one", [("site", s, "") for s in low]))
+    if est.gap > 3.0 * est.se and est.gap > APPROX_GAP * n:
+        worst = est.sites["gap"].sort_values(ascending=False).index[:6]
+        problems.append(Problem(
+            "approximation", "the ELBO is well below the log-likelihood: comparisons based on the "
+            "ELBO (anova, AIC, BIC) can mislead", f"gap {est.gap:.3g} (MC se {est.se:.2g}), "
+            f"{est.gap / n:.3g} per site (limit {APPROX_GAP}); largest at {_names(list(worst))}",
+            "compare models with jsdm.anova(..., loglik='is') or by cross-validation "
+            "(jsdm.cross_validate); estimates are variational, so also check them against a "
+            "model with fewer latent variables", [("site", s, "") for s in worst]))
+    return problems, stats
+
+
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
          check_large_coefficients, check_degenerate_dispersion, check_dispersion_at_bound)
 
@@ -587,7 +632,7 @@ def warn_quick_checks(fit, stacklevel=3):
 _CACHE = weakref.WeakKeyDictionary()
 
 
-def diagnose(fit, hessian=True):
+def diagnose(fit, hessian=True, approximation=True, n_draws=500, seed=0):
     """Run every check on a fitted GLLVM.
 
     The cheap checks are the very functions the fit-time warnings run
@@ -602,6 +647,10 @@ def diagnose(fit, hessian=True):
     hessian : bool
         Include the Hessian check (eigenvalues of the covariance's inverse) and
         SE-based checks; skipped automatically for very large problems.
+    approximation : bool
+        Check the variational approximation against an importance-sampling
+        estimate of the log-likelihood (:func:`check_approximation`), with
+        ``n_draws`` draws per site and ``seed``.
 
     Returns
     -------
@@ -612,8 +661,9 @@ def diagnose(fit, hessian=True):
     from ..results.inference import MAX_CROSS_ENTRIES
 
     cache = _CACHE.setdefault(fit, {})
-    if hessian in cache:
-        return cache[hessian]
+    key = (hessian, approximation, n_draws, seed)
+    if key in cache:
+        return cache[key]
     layout = fit.state.layout
     q = layout.size - layout.n_model
     use_h = hessian and float(layout.n_model) * q <= MAX_CROSS_ENTRIES
@@ -636,8 +686,12 @@ def diagnose(fit, hessian=True):
         stats["min scaled Hessian eigenvalue"] = information(fit).min_eigenvalue
     else:
         stats["Hessian"] = "not checked (" + ("problem too large" if hessian else "hessian=False") + ")"
-    cache[hessian] = Diagnosis(problems, stats)
-    return cache[hessian]
+    if approximation:
+        more, approx_stats = check_approximation(fit, n_draws=n_draws, seed=seed)
+        problems += more
+        stats.update(approx_stats)
+    cache[key] = Diagnosis(problems, stats)
+    return cache[key]
 
 
 def species_information(fit, diagnosis=None, min_records=MIN_RECORDS):

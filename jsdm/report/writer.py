@@ -8,6 +8,7 @@ from pathlib import Path
 from ..exceptions import JSDMError, JSDMWarning
 from . import sections as S
 from .html import esc, page, section
+from .predictive import predictive_section
 
 #: (anchor id, heading, builder) in report order; "selection" only with a selection table.
 SECTIONS = (
@@ -20,13 +21,14 @@ SECTIONS = (
     ("ordination", "Ordination", S.ordination_section),
     ("variance", "Variance partition", S.variance_section),
     ("residuals", "Residuals", S.residuals_section),
+    ("predictive", "Predictive performance and approximation check", predictive_section),
     ("methods", "Methods", S.methods_section),
 )
 
 
 def write_report(fit, path, select_table=None, title=None, notes=None, alpha=0.05,
                  top_pairs=15, dpi=100, criterion=None, strict=False, min_records=None,
-                 progress=None):
+                 progress=None, cv=None):
     """Write the species association report of a fit as one self-contained HTML file.
 
     Sections: what to be careful about (every diagnosis that applies, in one
@@ -34,11 +36,13 @@ def write_report(fit, path, select_table=None, title=None, notes=None, alpha=0.0
     words); model selection (when ``select_table`` is given); coefficient
     table and plot; residual correlation heatmap and the strongest
     associations with intervals; ordination biplot; variance partition;
-    residual panels; a methods paragraph. Figures are embedded as base64 PNG,
-    so the file can be sent on its own. Headline tables and plot labels use
-    the species with enough information (``min_records``); the others are
-    listed. Long tables show their top rows; the full ones are in scrolling
-    boxes (and, from the command line, in the CSV files).
+    residual panels; predictive performance (cross-validation when ``cv`` is
+    given) and the check of the variational approximation; a methods
+    paragraph. Figures are embedded as base64 PNG, so the file can be sent on
+    its own. Headline tables and plot labels use the species with enough
+    information (``min_records``); the others are listed. Long tables show
+    their top rows; the full ones are in scrolling boxes (and, from the command
+    line, in the CSV files).
 
     Parameters
     ----------
@@ -61,6 +65,9 @@ def write_report(fit, path, select_table=None, title=None, notes=None, alpha=0.0
         Resolution of the embedded figures.
     criterion : str, optional
         Column of ``select_table`` whose minimum marks the chosen model.
+    cv : CVResult, optional
+        Cross-validation results (:func:`jsdm.cross_validate`) for the section on
+        predictive performance.
     strict : bool
         Raise when a section fails. By default a failing section is replaced by
         a short note and a :class:`~jsdm.exceptions.JSDMWarning`, so that one
@@ -85,7 +92,7 @@ def write_report(fit, path, select_table=None, title=None, notes=None, alpha=0.0
         raise JSDMError(f"cannot write the report to {str(path)!r}: folder {str(path.parent)!r} "
                         "does not exist")
     opts = dict(select_table=select_table, notes=list(notes or []), alpha=alpha,
-                top_pairs=top_pairs, dpi=dpi, criterion=criterion,
+                top_pairs=top_pairs, dpi=dpi, criterion=criterion, cv=cv,
                 min_records=MIN_RECORDS if min_records is None else int(min_records))
     title = title or "Species association report"
     parts, nav, timings = [], [], {}

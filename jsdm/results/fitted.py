@@ -451,7 +451,7 @@ class GLLVMResults:
         from .summary import summary
         return summary(self, alpha=alpha)
 
-    def diagnose(self, hessian=True):
+    def diagnose(self, hessian=True, approximation=True, n_draws=500, seed=0):
         """Check gradient, Hessian, scaling, collapsed LVs, sparse species; say what to do.
 
         Parameters
@@ -459,6 +459,13 @@ class GLLVMResults:
         hessian : bool
             Include the checks that need the Hessian (identifiability, huge
             standard errors); the cheap checks always run.
+        approximation : bool
+            Check the variational approximation against an importance-sampling
+            estimate of the log-likelihood.
+        n_draws : int
+            Importance-sampling draws per site for that check.
+        seed : int
+            Seed of those draws.
 
         Returns
         -------
@@ -467,10 +474,11 @@ class GLLVMResults:
             ``.to_frame()``; see :func:`jsdm.analysis.diagnostics.diagnose`.
         """
         from ..analysis.diagnostics import diagnose
-        return diagnose(self, hessian=hessian)
+        return diagnose(self, hessian=hessian, approximation=approximation, n_draws=n_draws,
+                        seed=seed)
 
     def predict(self, newdata=None, type=None, lv=None, interval=None, alpha=None, offset=None,
-                trials=None, n_draws=1000, seed=None, *, level=None):
+                trials=None, n_draws=1000, seed=None, summary="mean", *, level=None):
         """Predictions for the fitted sites or new sites, on the response or link scale.
 
         Parameters
@@ -498,6 +506,11 @@ class GLLVMResults:
             Monte Carlo draws for prediction intervals.
         seed : int or Generator, optional
             Seed of those draws.
+        summary : {"mean", "median", "presence"} or float in (0, 1)
+            With the latent variables integrated out, which summary of the
+            site's expected response: its mean (default), median or a quantile
+            over the latent variables, or P(y > 0) ("presence"); see
+            :func:`jsdm.results.predict.predict`.
         level : float, optional
             Deprecated: coverage; use ``alpha = 1 - level``.
 
@@ -516,10 +529,12 @@ class GLLVMResults:
                           "version; use fit.predict_interval(..., interval=...), which always "
                           "returns the long table with lower and upper", FutureWarning, stacklevel=2)
         return predict(self, newdata=newdata, type=type, lv=lv, interval=interval, alpha=alpha,
-                       offset=offset, trials=trials, n_draws=n_draws, seed=seed, level=level)
+                       offset=offset, trials=trials, n_draws=n_draws, seed=seed, summary=summary,
+                       level=level)
 
     def predict_interval(self, newdata=None, *, interval="confidence", type="response", lv=None,
-                         alpha=0.05, offset=None, trials=None, n_draws=1000, seed=None):
+                         alpha=0.05, offset=None, trials=None, n_draws=1000, seed=None,
+                         summary="mean"):
         """Predictions with intervals, one row per site and species.
 
         Parameters
@@ -544,6 +559,8 @@ class GLLVMResults:
             Monte Carlo draws for prediction intervals.
         seed : int or Generator, optional
             Seed of those draws.
+        summary : {"mean", "median"} or float in (0, 1)
+            The summary predicted (confidence intervals: "mean" or "median").
 
         Returns
         -------
@@ -556,7 +573,100 @@ class GLLVMResults:
             from ..exceptions import JSDMError
             raise JSDMError(f"interval must be 'confidence' or 'prediction', got {interval!r}")
         return predict(self, newdata=newdata, type=type, lv=lv, interval=interval, alpha=alpha,
-                       offset=offset, trials=trials, n_draws=n_draws, seed=seed)
+                       offset=offset, trials=trials, n_draws=n_draws, seed=seed, summary=summary)
+
+    def predict_conditional(self, newdata, observed, type="response", summary="mean",
+                            offset=None, trials=None, method="auto", n_draws=2000, seed=0):
+        """Predict every species at new sites given the species observed there.
+
+        Parameters
+        ----------
+        newdata : DataFrame (k sites x covariates) or None
+            Covariates of the new sites (None only for a model without
+            covariates; the sites are then those of ``observed``).
+        observed : DataFrame (k sites x species)
+            Responses seen at the new sites, NaN where a species was not
+            observed.
+        type : {"response", "link"}
+            Scale of the prediction.
+        summary : {"mean", "median", "presence"} or float in (0, 1)
+            Posterior predictive mean, median or quantile of the expected
+            response, or P(y > 0 | observed).
+        offset : array (k,) or (k, m), optional
+            Offset for the new sites.
+        trials : array, optional
+            Binomial trials for the new sites.
+        method : {"auto", "quadrature", "is"}
+            Integration over the site's latent vector.
+        n_draws : int
+            Importance-sampling draws.
+        seed : int
+            Seed of the draws (default 0: deterministic).
+
+        Returns
+        -------
+        DataFrame, shape (k, n_species)
+            See :func:`jsdm.results.conditional.predict_conditional`.
+        """
+        from .conditional import predict_conditional
+        return predict_conditional(self, newdata, observed, type=type, summary=summary,
+                                   offset=offset, trials=trials, method=method, n_draws=n_draws,
+                                   seed=seed)
+
+    def loglik_is(self, n_draws=1000, seed=0, df=5.0, scale=1.5):
+        """Importance-sampling estimate of the marginal log-likelihood at the fitted parameters.
+
+        Parameters
+        ----------
+        n_draws : int
+            Draws per site.
+        seed : int or None
+            Seed of the draws (default 0: deterministic).
+        df : float
+            Degrees of freedom of the multivariate t proposal.
+        scale : float
+            Widening of the proposal relative to q's covariance.
+
+        Returns
+        -------
+        jsdm.results.likelihood.LoglikIS
+            ``.value``, ``.se``, ``.elbo``, ``.gap`` and per-site ``.sites``;
+            see :func:`jsdm.results.likelihood.loglik_is`.
+        """
+        from .likelihood import loglik_is
+        return loglik_is(self, n_draws=n_draws, seed=seed, df=df, scale=scale)
+
+    def cross_validate(self, k=5, seed=0, by=None, conditional=True, method="auto", n_draws=1000,
+                       n_jobs=None, keep_fits=False):
+        """K-fold cross-validation by sites of this model.
+
+        Parameters
+        ----------
+        k : int
+            Number of folds.
+        seed : int
+            Seed of the fold assignment and of any importance sampling.
+        by : str, Series or None
+            Blocked CV: a site covariate name or group labels by site.
+        conditional : bool
+            Also score each species given the others at the held-out site.
+        method : {"auto", "quadrature", "is"}
+            Integration over a held-out site's latent variables.
+        n_draws : int
+            Importance-sampling draws per site.
+        n_jobs : int or None
+            Processes for the folds (results do not depend on it).
+        keep_fits : bool
+            Keep the per-fold fits.
+
+        Returns
+        -------
+        jsdm.results.crossval.CVResult
+            See :func:`jsdm.cross_validate`.
+        """
+        from .crossval import cross_validate
+        return cross_validate(self, k=k, seed=seed, by=by, conditional=conditional, method=method,
+                              n_draws=n_draws, n_jobs=n_jobs, keep_fits=keep_fits)
 
     def simulate(self, n=1, conditional=True, seed=None):
         """Draw response tables from the fitted model.
@@ -732,6 +842,38 @@ class GLLVMResults:
                                  add_family_variance=add_family_variance, min_records=min_records,
                                  n_boot=n_boot, seed=seed, transform=transform)
 
+    def partial_correlation(self, method="glasso", diagonal="observation", select="bic",
+                            penalty=None, penalties=None, n_folds=5, seed=0):
+        """Direct associations: partial correlations, sparse by default (graphical lasso).
+
+        Parameters
+        ----------
+        method : {"glasso", "inverse"}
+            A sparse estimate by the graphical lasso, or all partial
+            correlations from the inverse of Theta Theta' + diag(delta).
+        diagonal : {"observation", "lognormal", "trigamma"} or array (m,)
+            The observation-level variances delta.
+        select : {"bic", "ebic", "cv"}
+            How the glasso penalty is chosen when ``penalty`` is None.
+        penalty : float, optional
+            A fixed penalty instead of selection.
+        penalties : array, optional
+            The path searched.
+        n_folds : int
+            Folds for ``select="cv"``.
+        seed : int
+            Seed for ``select="cv"``.
+
+        Returns
+        -------
+        DataFrame, shape (n_species, n_species)
+            Unit diagonal; see :func:`jsdm.analysis.partial.partial_correlation`.
+        """
+        from ..analysis.partial import partial_correlation
+        return partial_correlation(self, method=method, diagonal=diagonal, select=select,
+                                   penalty=penalty, penalties=penalties, n_folds=n_folds,
+                                   seed=seed)
+
     def ordination(self, scaling="symmetric", exponent=0.5, covariates=True, *, alpha=None):
         """Site and species scores on principal axes (model-based ordination).
 
@@ -896,6 +1038,40 @@ class GLLVMResults:
         return plot_coefficients(self, term=term, ax=ax, alpha=alpha, species=species,
                                  per_panel=per_panel, max_species=max_species)
 
+    def plot_network(self, ax=None, *, layout="auto", threshold=0.0, labels=True, seed=0,
+                     max_width=4.0, method="glasso", diagonal="observation", select="bic",
+                     penalty=None, penalties=None, n_folds=5):
+        """Network of direct associations (the sparse partial correlations).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Axes to draw on (default: a new figure).
+        layout : {"auto", "spring", "circle"}
+            Node placement.
+        threshold : float
+            Edges with |association| <= threshold are not drawn.
+        labels : bool
+            Label the nodes.
+        seed : int
+            Seed of the spring layout (and of ``select="cv"``).
+        max_width : float
+            Line width of the strongest edge.
+        method, diagonal, select, penalty, penalties, n_folds
+            The partial correlations drawn (see :meth:`partial_correlation`).
+
+        Returns
+        -------
+        matplotlib Axes
+            See :func:`jsdm.plotting.network.plot_network`.
+        """
+        from ..plotting.network import plot_network
+        M = self.partial_correlation(method=method, diagonal=diagonal, select=select,
+                                     penalty=penalty, penalties=penalties, n_folds=n_folds,
+                                     seed=seed)
+        return plot_network(M, ax=ax, layout=layout, threshold=threshold, labels=labels, seed=seed,
+                            max_width=max_width)
+
     def plot_variance_partition(self, ax=None, *, groups=None, sort=False, colors=None,
                                 species=None, labels="auto"):
         """Stacked bars per species: share of linear-predictor variance by component.
@@ -926,7 +1102,7 @@ class GLLVMResults:
 
     # --- report and persistence (report/, results/io.py) ------------------------
     def report(self, path, select_table=None, title=None, notes=None, alpha=0.05, top_pairs=15,
-               dpi=100, criterion=None, strict=False, min_records=None, progress=None):
+               dpi=100, criterion=None, strict=False, min_records=None, progress=None, cv=None):
         """Write the one-file HTML species association report.
 
         Parameters
@@ -953,6 +1129,9 @@ class GLLVMResults:
             Informative records a species needs for headline tables.
         progress : callable, optional
             Called with one line of text after each section.
+        cv : CVResult, optional
+            Cross-validation results (:func:`jsdm.cross_validate`) for the
+            section on predictive performance.
 
         Returns
         -------
@@ -962,7 +1141,7 @@ class GLLVMResults:
         from ..report import write_report
         return write_report(self, path, select_table=select_table, title=title, notes=notes,
                             alpha=alpha, top_pairs=top_pairs, dpi=dpi, criterion=criterion,
-                            strict=strict, min_records=min_records, progress=progress)
+                            strict=strict, min_records=min_records, progress=progress, cv=cv)
 
     def save(self, path):
         """Save to an open, versioned format (JSON + npz); reload with :func:`jsdm.load`.

@@ -110,7 +110,10 @@ html_theme_options = {
     "header_links_before_dropdown": 6,
     "show_toc_level": 2,
     "navigation_with_keys": False,
-    "secondary_sidebar_items": ["page-toc"],
+    # the page's table of contents on the right, except where width matters more
+    "secondary_sidebar_items": {"*": ["page-toc"], "families/*": ["page-toc"],
+                                "families/generated/*": ["page-toc"], "terms/*": ["page-toc"],
+                                "api/*": ["page-toc"], "coming_from_r": []},
     "footer_start": ["copyright"],
     "footer_end": [],
 }

@@ -24,7 +24,7 @@ R.iloc[:5, :5].round(2)
 # of species with enough information (rare species and species without a
 # finite optimum are left out of headline tables).
 pairs = fit.association_table()
-pairs.head(8)
+pairs[["species_1", "species_2", "estimate", "lower", "upper", "headline"]].head(8)
 
 # %%
 # The heatmap, species clustered by their correlations:

@@ -28,10 +28,12 @@ def _families():
     by_class = {}
     for key, cls in families._REGISTRY.items():
         by_class.setdefault(cls, []).append(key)
-    names = [c.name for c in by_class]
     out = []
     for cls, keys in by_class.items():
-        slug = cls.name if names.count(cls.name) == 1 else min(keys, key=len)
+        # the name it is registered under, else its first own alias (two classes may share
+        # a ``name``, e.g. a fixed-power and an estimated-power Tweedie)
+        own = [a.lower() for a in getattr(cls, "aliases", ()) if a.lower() in keys]
+        slug = cls.name if families._REGISTRY.get(cls.name) is cls else (own or sorted(keys))[0]
         out.append((slug, cls, sorted(keys, key=lambda k: (k != slug, k))))
     return sorted(out, key=lambda t: t[0])
 

@@ -56,6 +56,7 @@ class Family:
     links: tuple = ()
     default_link: str = ""
     has_dispersion = False
+    uses_trials = False     # True where y counts successes out of ``trials`` (binomial)
     dispersion_name: Optional[str] = None
     discrete = False
 

@@ -236,6 +236,11 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         W = np.broadcast_to(1.0, Y.shape)
     if W.sum() == 0:
         raise JSDMError("the response table has no observed values")
+    if trials is not None and not fam.uses_trials:
+        raise JSDMError(
+            f"trials= was given, but family {fam.name!r} does not use a number of trials (only "
+            "counts out of a known total do, as family='binomial'); remove trials=, or use "
+            "family='binomial' for successes out of trials")
     tr = _trials(trials, W, Ydf)
     fam.check_y(Y, tr)
     check_response_scale(Y, W, fam, Ydf.columns)

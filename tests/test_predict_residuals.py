@@ -249,7 +249,7 @@ def test_analyses_are_deterministic_without_a_seed(pois_fit):
     r2 = pois_fit.residuals("dunn-smyth")
     assert r1.equals(r2)
     assert not r1.equals(pois_fit.residuals("dunn-smyth", seed=11))
-    p1 = pois_fit.predict(interval="prediction")
-    p2 = pois_fit.predict(interval="prediction")
+    p1 = pois_fit.predict_interval(interval="prediction", type="response")
+    p2 = pois_fit.predict_interval(interval="prediction", type="response")
     for a, b in zip(p1 if isinstance(p1, tuple) else [p1], p2 if isinstance(p2, tuple) else [p2]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

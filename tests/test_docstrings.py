@@ -2,7 +2,9 @@
 
 What is checked, for each public function, class, method and property of the
 ``jsdm`` namespace (and of the modules it exports, ``jsdm.datasets`` and
-``jsdm.exceptions``), and for every public member of :class:`jsdm.GLLVMResults`:
+``jsdm.exceptions``), for every public member of :class:`jsdm.GLLVMResults`,
+and for the result classes its methods return (Summary, Diagnosis, Ordination,
+...):
 
 - it has a docstring;
 - a callable that takes arguments (besides ``self``) has a ``Parameters``
@@ -162,6 +164,24 @@ def _public_objects():
     return out
 
 
+def _result_classes():
+    """Classes the fitted object's methods return (their members are learnt by tab-completion too)."""
+    from jsdm.analysis.associations import CorrelationIntervals
+    from jsdm.analysis.diagnostics import Diagnosis, Problem
+    from jsdm.analysis.ordination import Ordination
+    from jsdm.results.summary import Summary
+
+    out = [Summary, Diagnosis, Problem, Ordination, CorrelationIntervals]
+    for mod, name in (("jsdm.results.likelihood", "LoglikIS"), ("jsdm.results.crossval", "CVResult")):
+        try:
+            import importlib
+
+            out.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
 def _entries(qualname, obj):
     if inspect.isclass(obj):
         return [(qualname, obj, "class")] + _class_members(obj, qualname)
@@ -171,6 +191,8 @@ def _entries(qualname, obj):
 
 
 PUBLIC = _public_objects()
+for _cls in _result_classes():
+    PUBLIC += _entries(f"{_cls.__module__}.{_cls.__qualname__}", _cls)
 
 
 def test_the_public_api_is_what_jsdm_all_says():

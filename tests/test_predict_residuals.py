@@ -202,7 +202,7 @@ def test_dunn_smyth_randomises_at_the_atom_of_a_continuous_family():
 def test_confidence_interval_includes_the_row_effect_uncertainty(row_effect, type):
     """se of the marginal mean = sqrt(g' C g), g the numerical gradient of the prediction in every
     packed model parameter it depends on (species' coefficients and loadings, alpha_i or log sigma)."""
-    from jsdm.results._hessian import species_positions
+    from jsdm.model.hessian import species_positions
     from jsdm.results.inference import information
 
     com, truth = jsdm.simulate_community(40, 5, num_lv=1, family="poisson", n_covariates=0,

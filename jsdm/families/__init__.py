@@ -14,7 +14,8 @@ gamma               log                    log phi, Var = phi mu^2      closed f
 tweedie             log (power 1<p<2)      log phi, Var = phi mu^p      closed form + series
 zip                 log                    logit pi (zero inflation)    quadrature at y = 0
 beta                logit                  log phi (precision)          quadrature
-ordinal             probit, logit          (m, K-2) log cut-point gaps  quadrature
+ordinal             probit, logit          log cut-point gaps, (m, q)   quadrature
+                                           or (1, q) common
 ==================  =====================  ===========================  =======================
 
 Every ``ell`` is the exact expectation E[log f(y | eta)], eta ~ N(m, v), to

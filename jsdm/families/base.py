@@ -171,6 +171,25 @@ class Family:
         """
         return None
 
+    # --- data-dependent structure (only ordinal uses these today) --------------
+    #: True when one dispersion parameter (vector) is shared by all species: s is then (1, q)
+    shared_dispersion = False
+
+    def prepare(self, y, species=None):
+        """The family bound to the responses ``y`` (n, m; NaN missing), when its parameters
+        depend on them (ordinal: the categories each species uses); a copy, never ``self``
+        modified. Default: ``self``."""
+        return self
+
+    def take_species(self, order):
+        """The bound family with its species in ``order`` (default: ``self``)."""
+        return self
+
+    def free_dispersion(self):
+        """Boolean mask of the entries of ``s`` that the fit estimates (shape of ``s``), or None
+        for all; the others are held fixed and left out of the parameter vector."""
+        return None
+
     def dispersion_start(self, y, mu):
         """Per-species moment estimate of ``s`` (shape (m,)) from y and fitted means.
 

@@ -99,11 +99,20 @@ class Problem:
 
     @property
     def s_shape(self):
-        """Shape of the dispersion parameter s: (m,), (m, q) or None without dispersion."""
+        """Shape of the dispersion parameter s: (m,), (m, q), (1, q) when one vector is shared
+        by all species (``family.shared_dispersion``), or None without dispersion."""
         if not self.family.has_dispersion:
             return None
         q = self.n_disp
-        return (self.m,) if q is None else (self.m, q)
+        if q is None:
+            return (self.m,)
+        return (1, q) if self.family.shared_dispersion else (self.m, q)
+
+    @property
+    def s_free(self):
+        """Boolean mask (shape ``s_shape``) of the dispersion entries the fit estimates, or None
+        for all (ordinal: cut points of categories a species does not use are held)."""
+        return self.family.free_dispersion() if self.family.has_dispersion else None
 
 
 def _as_community(data, X=None, response=None, site=None, species=None):
@@ -244,6 +253,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     tr = _trials(trials, W, Ydf)
     fam.check_y(Y, tr)
     check_response_scale(Y, W, fam, Ydf.columns)
+    fam = fam.prepare(np.where(W > 0, Y, np.nan), species=Ydf.columns)   # ordinal: categories used
     Yf = np.where(W > 0, Y, 0.0)
     Xmat, terms = _design(com, formula)
     off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,

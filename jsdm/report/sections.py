@@ -205,9 +205,11 @@ def model_section(fit, opts):
             + "<h3>Diagnostics</h3>" + diagnostics_html(fit, shared(fit, opts, "diagnosis")))
     disp = fit.dispersion
     if isinstance(disp, pd.DataFrame):      # ordinal cut points: species x cut point
-        body += (f"<p>Cut points: {disp.shape[1]} per species ({esc(', '.join(map(str, disp.columns)))}; "
-                 "the first is 0 by definition, the intercept sets the location). Cut points next "
-                 "to categories a species never shows are not identified.</p>")
+        note = getattr(fit.family, "structure_note", lambda: "per species")()
+        body += (f"<p>Cut points {esc(note)}: {esc(', '.join(map(str, disp.columns)))} (the first "
+                 "finite one is 0 by definition, the intercept sets the location; categories a "
+                 "species never shows are merged with its neighbours: their cut points are equal, "
+                 "or infinite beyond its smallest and largest category).</p>")
     elif disp is not None:
         info = shared(fit, opts, "species")
         at = info["dispersion_at_bound"].to_numpy()
@@ -333,7 +335,8 @@ def _wide_coefficients(coefs, fit, info):
     disp = fit.dispersion
     if isinstance(disp, pd.DataFrame):
         wide[disp.columns.name or "cut points"] = [
-            " &lt; ".join(num(v) for v in r) for r in disp.reindex(wide.index).to_numpy()]
+            " &lt; ".join(num(v) for v in np.unique(r[np.isfinite(r)]))   # merged ones once
+            for r in disp.reindex(wide.index).to_numpy()]
     elif disp is not None:
         at = info["dispersion_at_bound"].reindex(wide.index).to_numpy()
         wide[disp.name] = ['<span class="flag">at bound</span>' if a else num(v)
@@ -548,6 +551,8 @@ def methods_section(fit, opts):
 
     prob, s = fit.problem, fit.settings
     fam = _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
+    if getattr(fit.family, "cut_structure", None) == "common":
+        fam = "a cumulative model for ordered categories with one set of cut points shared by all species"
     cov = (f", species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
            if fit.terms else "")
     row = {"fixed": " and fixed site effects", "random": " and normally distributed random site "

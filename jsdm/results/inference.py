@@ -7,7 +7,7 @@ block is the inverse of the Schur complement
 
     S = H_pp - sum_i H_pv,i H_vv,i^-1 H_vp,i
 
-computed from the analytic Hessian in :mod:`jsdm.results._hessian` (no finite
+computed from the analytic Hessian in :mod:`jsdm.model.hessian` (no finite
 differences of the full gradient). ``-S`` is checked for positive definiteness
 by the eigenvalues of its correlation-scaled form; when it fails, a
 :class:`~jsdm.exceptions.HessianWarning` names the parameters carrying the
@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from ..exceptions import HessianWarning, JSDMError
-from ._hessian import hessian_blocks
+from ..model.hessian import hessian_blocks
 
 #: smallest eigenvalue of the correlation-scaled negative Schur complement
 #: (relative to the largest) below which the Hessian counts as singular
@@ -150,29 +150,31 @@ def _packed_labels_and_order(fit):
 
 def _vector_dispersion_labels(fit, labels, order, jac):
     """Labels, packed positions and diagonal Jacobian of a vector dispersion's free entries (in place)."""
-    s, start = fit.state.params.s, fit.state.layout.slices["s"].start
-    m, q = s.shape
-    names = list(fit.dispersion.columns[-q:])
+    layout, s = fit.state.layout, fit.state.params.s
     D = _vector_dispersion_jacobian(fit.family, s)
-    for j, sp in enumerate(fit.species):
-        for k in range(q):
-            labels[start + j * q + k] = ("dispersion", sp, names[k])
-            order.append(start + j * q + k), jac.append(D[j, k, k])
+    for (j, k), pos, (lab, _) in zip(_free_entries(layout), _free_positions(layout),
+                                     fit._vector_dispersion()):
+        labels[pos] = ("dispersion",) + lab
+        order.append(pos), jac.append(D[j, k, k])
 
 
-def _vector_dispersion_jacobian(family, s, h=1e-6):
-    """d (free reported dispersions) / d s per species, (m, q, q), by central differences.
+def _free_entries(layout):
+    """(row, k) of each packed entry of a vector dispersion, in packed order."""
+    return list(zip(*np.nonzero(layout.s_free)))
 
-    The reported entries are the last q columns of ``family.dispersion(s)``.
+
+def _free_positions(layout):
+    return layout.slices["s"].start + np.arange(int(layout.s_free.sum()))
+
+
+def _vector_dispersion_jacobian(family, s):
+    """d (estimated cut points tau_2, ..., tau_(q+1)) / d s per row of s, (rows, q, q).
+
+    tau_(k+2) = sum_(i <= k) exp(s_i) (ordinal log gaps): lower triangular. A row's
+    held entries come after its free ones, so its free block is exact.
     """
-    m, q = s.shape
-    D = np.empty((m, q, q))
-    for i in range(q):
-        step = np.zeros_like(s)
-        step[:, i] = h * (1.0 + np.abs(s[:, i]))
-        diff = family.dispersion(s + step)[:, -q:] - family.dispersion(s - step)[:, -q:]
-        D[:, :, i] = diff / (2.0 * step[:, i:i + 1])
-    return D
+    rows, q = s.shape
+    return np.tril(np.ones((q, q)))[None, :, :] * np.exp(s)[:, None, :]
 
 
 def _reported_jacobian(fit, order, jac):
@@ -185,13 +187,14 @@ def _reported_jacobian(fit, order, jac):
     layout = fit.state.layout
     J = sparse.lil_matrix((len(order), layout.n_model))
     J[np.arange(len(order)), order] = jac
-    m, q = P.s.shape
     D = _vector_dispersion_jacobian(fit.family, P.s)
-    start = layout.slices["s"].start
-    rows = np.flatnonzero((order >= start) & (order < start + m * q))
-    for r in rows:
-        j, k = divmod(int(order[r]) - start, q)
-        J[r, start + j * q: start + (j + 1) * q] = D[j, k]
+    pos = np.full(layout.s_free.shape, -1)
+    pos[layout.s_free] = _free_positions(layout)
+    where = {int(p): jk for p, jk in zip(_free_positions(layout), _free_entries(layout))}
+    for r in np.flatnonzero(np.isin(order, list(where))):
+        j, k = where[int(order[r])]
+        cols = np.flatnonzero(layout.s_free[j])
+        J[r, pos[j, cols]] = D[j, k, cols]
     return J.tocsr()
 
 

@@ -327,7 +327,7 @@ def _encode(value, key, arrays):
         return {"kind": "community", **{t: _encode(getattr(value, t), f"{key}/{t}", arrays)
                                         for t in ("Y", "X", "traits")}}
     if isinstance(value, Family):
-        return _encode_family(value)
+        return _encode_family(value, key, arrays)
     if isinstance(value, Layout):
         return {"kind": "layout"}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -382,11 +382,15 @@ def _encode_sequence(value, key, arrays):
             "items": [_encode(v, f"{key}/{i}", arrays) for i, v in enumerate(value)]}
 
 
-def _encode_family(fam):
+def _encode_family(fam, key, arrays):
     extra = {k: v for k, v in vars(fam).items()
              if k != "link" and isinstance(v, (bool, int, str))
              or (isinstance(v, float) and math.isfinite(v))}
-    return {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra}
+    # arrays bound to the data (ordinal: the categories each species uses)
+    data = {k: _put(arrays, f"{key}/{k}", v) for k, v in vars(fam).items()
+            if isinstance(v, np.ndarray) and v.dtype != object}
+    return {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra,
+            "arrays": data}
 
 
 def _encode_frame(df, key, arrays):
@@ -514,6 +518,8 @@ def _decode_family(meta, ctx):
     for k, v in meta.get("attributes", {}).items():
         if getattr(fam, k, _DROP) != v:
             setattr(fam, k, v)
+    for k, name in meta.get("arrays", {}).items():
+        setattr(fam, k, np.array(ctx["arrays"][name]))
     return fam
 
 

@@ -345,7 +345,7 @@ def _scale(mu, trials):
 
 def _model_cov(fit):
     """(cov_packed, species positions (m, 1 + p + d)) of the model parameters."""
-    from ._hessian import species_positions
+    from ..model.hessian import species_positions
     from .inference import information
 
     info = information(fit)

@@ -10,7 +10,7 @@ from .results.anova import anova
 from .results.crossval import cross_validate
 from .selection import Selection, select_num_lv
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"   # the API changes of issue 19 (deprecations say "before jsdm 0.2")
 
 # the public API (docs/api.rst documents these; tests/test_docstrings.py checks them)
 __all__ = [

@@ -22,6 +22,12 @@ sys.path.insert(0, str(HERE.parent))        # the checkout's jsdm, also when not
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# autosummary writes a stub per public name and never deletes one: start afresh, so that a
+# name that left the API does not linger as a broken page in an incremental build
+import shutil  # noqa: E402
+
+shutil.rmtree(HERE / "api" / "generated", ignore_errors=True)
+
 import jsdm  # noqa: E402
 
 project = "jsdm"

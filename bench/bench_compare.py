@@ -35,8 +35,6 @@ DEFAULT_CASES = ["nb28x12", "probit28x12", "mite", "mite_X2", "mite_row", "200x5
 def worker(case, n_init, seed):
     import warnings
 
-    import numpy as np
-
     import jsdm
 
     kw = dict(family="negative_binomial", num_lv=2, n_init=n_init, seed=0)

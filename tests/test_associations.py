@@ -230,7 +230,7 @@ class _FixedCov(GLLVMResults):
 
     def __init__(self, fit, cov):
         super().__init__(fit.problem, fit.state, fit.settings)
-        self._cov = cov
+        object.__setattr__(self, "_cov", cov)       # fitted results refuse plain assignment
 
     def cov_params(self):
         return self._cov

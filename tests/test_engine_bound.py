@@ -158,7 +158,7 @@ def site_log_marginal(prob, P, u, logw, inflate):
     integral of g. Returns (n,) log-integrals and (n,) delta-method standard errors
     (meaningful for equal weights).
     """
-    fam, n, m, d = prob.family, prob.n, prob.m, prob.d
+    fam, n, d = prob.family, prob.n, prob.d
     disp = None if P.s is None else fam.dispersion(P.s)
     rand = prob.row_effect == "random"
     F = P.beta0 + prob.X @ P.B.T

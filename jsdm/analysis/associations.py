@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import stats
 
 from .._numerics import analysis_rng
 from ..exceptions import ConvergenceWarning, JSDMError, JSDMWarning
@@ -683,7 +683,7 @@ RANK_ONE_WARNING = (
 
 
 def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAULT_MEASURE,
-                      min_records=None, **kwargs):
+                      min_records=None, n_boot=200, seed=None, transform="angle"):
     """Tidy table of species pairs: residual correlation, interval, prevalences, headline flag.
 
     Parameters
@@ -692,12 +692,18 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAU
     alpha : float
         1 - confidence level.
     method : {"delta", "bootstrap"}
-        See :func:`residual_correlation_intervals` (``n_boot``, ``seed`` pass through).
+        See :func:`residual_correlation_intervals`.
     add_family_variance : {"observation", "lognormal", "trigamma"} or bool
         The association measure (see :func:`residual_correlation`).
     min_records : int, optional
         Informative records a species needs for ``headline`` (default
         :data:`jsdm.analysis.diagnostics.MIN_RECORDS`).
+    n_boot : int
+        Bootstrap refits (``method="bootstrap"``).
+    seed : int, optional
+        Seed of the bootstrap.
+    transform : {"angle", "fisher", "none"}
+        Scale of the delta-method interval (see :func:`wald_interval`).
 
     Returns
     -------
@@ -719,7 +725,8 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAU
     if fit.num_lv == 1:
         warnings.warn(RANK_ONE_WARNING, JSDMWarning, stacklevel=2)
     ci = residual_correlation_intervals(fit, alpha=alpha, method=method,
-                                        add_family_variance=add_family_variance, **kwargs)
+                                        add_family_variance=add_family_variance,
+                                        n_boot=n_boot, seed=seed, transform=transform)
     j, k = np.triu_indices(len(fit.species), 1)
     sp = np.asarray(fit.species)
     info = species_information(fit, min_records=MIN_RECORDS if min_records is None else min_records)

@@ -98,17 +98,33 @@ class Problem:
 
 @dataclass
 class Diagnosis:
-    """Result of :func:`diagnose`: ``.ok``, ``.problems`` (records) and a readable report."""
+    """Result of :func:`diagnose`: ``.ok``, ``.problems`` (records) and a readable report.
+
+    Parameters
+    ----------
+    problems : list of Problem
+        What is wrong, each with its evidence and remedy.
+    stats : dict
+        The numbers the checks looked at (max scaled gradient, smallest
+        Hessian eigenvalue, ...).
+    """
 
     problems: list
     stats: dict
 
     @property
     def ok(self):
+        """True when no check found a problem."""
         return not self.problems
 
     def to_frame(self):
-        """Problems as a DataFrame (one row each; empty when ok)."""
+        """Problems as a DataFrame (one row each; empty when ok).
+
+        Returns
+        -------
+        DataFrame, shape (n_problems, 5)
+            Columns kind, message, evidence, remedy, parameters.
+        """
         cols = ["kind", "message", "evidence", "remedy", "parameters"]
         rows = [[p.kind, p.message, p.evidence, p.remedy, "; ".join(_fmt(x) for x in p.parameters)]
                 for p in self.problems]

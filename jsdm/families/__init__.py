@@ -49,7 +49,23 @@ for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordi
 
 
 def get_family(family, link=None):
-    """Return a Family instance from a name, class or instance."""
+    """Return a Family instance from a name, class or instance.
+
+    Parameters
+    ----------
+    family : str, Family subclass or Family
+        A registered name or alias ("poisson", "nb", "binomial", ...;
+        case-insensitive, "-" and "." read as "_"), a class, or an instance.
+    link : str, optional
+        Link function, where the family offers several (binomial: "logit",
+        "probit", "cloglog"); default the family's own.
+
+    Returns
+    -------
+    Family
+        An instance; an unknown name raises :class:`jsdm.JSDMError` listing
+        the valid ones (and the closest match).
+    """
     if isinstance(family, Family):
         if link is not None and link != family.link:
             return type(family)(link=link)

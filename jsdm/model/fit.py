@@ -7,7 +7,7 @@ import numpy as np
 
 from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
-from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
+from .objective import cell_eval, evaluate, gradient_from, release_cache
 from .params import Layout, Params
 from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
@@ -170,7 +170,7 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
         with _one_blas_thread():
             return _fit(prob, n_init, seed, maxiter, gtol, verbose, start)
     finally:
-        prob.info.pop(CACHE_KEY, None)      # the family's y-only terms: memory, not results
+        release_cache(prob)         # the family's y-only terms: memory, not results
 
 
 def _one_blas_thread():
@@ -209,7 +209,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
             best = run
     P, _, n_iter, n_eval, message, hist = best
     if order is not None:       # back to the user's species order and identifiability convention
-        work.info.pop(CACHE_KEY, None)
+        release_cache(work)
         P = to_triangular(reorder_species(P, np.argsort(order), layout))
     P = normalise(P)
     value, g, smax = _final_check(prob, layout, P)
@@ -254,7 +254,7 @@ def reorder_species(P, order, layout=None, prob=None):
 
 
 def _reordered_problem(prob, order):
-    """The problem with its species (columns) in ``order``; its own cache of family terms."""
+    """The problem with its species (columns) in ``order`` (its own cache of family terms)."""
     from dataclasses import replace
 
     def cols(x):
@@ -264,7 +264,7 @@ def _reordered_problem(prob, order):
     return replace(prob, Y=prob.Y[:, order], W=W, offset=cols(prob.offset),
                    trials=cols(prob.trials), species=prob.species[order],
                    family=prob.family.take_species(order),
-                   info={k: v for k, v in prob.info.items() if k != CACHE_KEY})
+                   info=dict(prob.info))
 
 
 def _final_check(prob, layout, P):

@@ -28,7 +28,7 @@ import numpy as np
 from . import penalty
 from .blocks import (_chol_inv, ascend, bilinear_pair, polish_dispersion, scaled_gradient,
                      species_step)
-from .objective import _CHUNK_CELLS, _cache, cell_eval, kl_terms, moments
+from .objective import _CHUNK_CELLS, _cache, cell_eval, moments
 from .terms import latent
 
 _SITE_CHUNK = 500

@@ -11,6 +11,7 @@ the site's latent variables [and random row effect]. All work is batched as
 matrix products over sites and species; the only Python loops are over the few
 terms when a block is assembled, and inside quadrature families over nodes.
 """
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -59,7 +60,14 @@ def kl_terms(prob, P):
 
 
 _CHUNK_CELLS = 1_000_000
-CACHE_KEY = "_ell_cache"     # in Problem.info while a fit runs; removed at its end
+# The family's per-chunk caches of y-only terms, per problem while a fit runs (the
+# Problem itself is never written to; fit_problem releases its entry at the end).
+_ELL_CACHES = weakref.WeakKeyDictionary()
+
+
+def release_cache(prob):
+    """Drop the family's cached y-only terms of ``prob`` (memory, not results)."""
+    _ELL_CACHES.pop(prob, None)
 
 
 def cell_eval(prob, P, order=1, clip=True):
@@ -94,7 +102,7 @@ def _cache(prob, rows):
     """The family's per-chunk cache of y-only terms (families that accept one), as kwargs."""
     if not getattr(prob.family, "accepts_cache", False):
         return {}
-    store = prob.info.setdefault(CACHE_KEY, {})
+    store = _ELL_CACHES.setdefault(prob, {})
     return {"cache": store.setdefault((rows.start, rows.stop), {})}
 
 

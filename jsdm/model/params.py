@@ -182,19 +182,6 @@ class Layout:
         pos[self.s_free] = start + np.arange(int(self.s_free.sum()))
         return np.broadcast_to(pos, (self.m, pos.shape[1])).copy()
 
-    def s_positions(self):
-        """Packed position of each species' dispersion entries, (m, width); -1 where held.
-
-        A dispersion shared by all species has the same positions in every row.
-        """
-        start = self.slices["s"].start
-        if self.s_free is None:
-            w = self.disp_width
-            return start + np.arange(self.m)[:, None] * w + np.arange(w)[None, :]
-        pos = np.full(self.s_free.shape, -1, dtype=int)
-        pos[self.s_free] = start + np.arange(int(self.s_free.sum()))
-        return np.broadcast_to(pos, (self.m, pos.shape[1])).copy()
-
     def bounds(self):
         """(lower, upper) arrays for the packed vector (inf where unbounded)."""
         lo, hi = np.full(self.size, -np.inf), np.full(self.size, np.inf)

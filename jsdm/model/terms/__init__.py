@@ -1,4 +1,4 @@
-"""Terms of the linear predictor (see docs/terms.md).
+"""Terms of the linear predictor (see docs/engine_terms.md).
 
 ``default_terms(covariates, num_lv, row_effect)`` gives the terms of the classic
 wide call; ``make_term(spec)`` rebuilds a term from its ``spec()`` (saved fits);

@@ -439,5 +439,5 @@ def curvature_diagonal(prob, layout, P, ce=None):
     if P.s is not None:
         gss = ce["gss"]
         G.s = np.maximum(-(gss if gss.ndim == 1 else np.diagonal(gss, axis1=1, axis2=2)), 1e-8)
-    h = layout.pack_grad(G, Params(**{**P.fields(), "L": np.ones_like(P.L)}))
+    h = layout.pack_grad(G, Params.from_fields({**P.fields(), "L": np.ones_like(P.L)}))
     return np.maximum(h, 1e-8)

@@ -40,8 +40,12 @@ class FitState:
 
 
 def make_layout(prob):
-    """The packed layout of the problem's terms."""
-    return Layout(prob.predictor)
+    """The packed layout of the problem's terms (one per problem, kept on its predictor)."""
+    pred = prob.predictor
+    layout = pred.__dict__.get("_layout")
+    if layout is None:
+        layout = pred._layout = Layout(pred)
+    return layout
 
 
 def neg_elbo(prob, layout):

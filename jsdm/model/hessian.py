@@ -137,17 +137,28 @@ def _pair(K, J, spec):
 
 # --- positions ---------------------------------------------------------------------------
 def positions(layout):
-    """A Params whose arrays hold each entry's packed position (-1: fixed, not packed)."""
-    from ..model.params import Params
+    """A Params whose arrays hold each entry's packed position (-1: fixed, not packed).
 
+    Computed once per layout (the positions never change) and kept on it.
+    """
+    from .params import Params
+
+    cached = getattr(layout, "_positions", None)
+    if cached is not None:
+        return cached
     out = {}
     for slot in layout.slots:
         pos = -np.ones(slot.shape) if slot.shape else np.array(-1.0)
         start = layout.slices[slot.name].start
-        for k, ix in enumerate(slot.entries()):
-            pos[ix] = start + k
+        ix = slot.entries()
+        if not slot.shape:
+            pos[()] = start
+        elif ix:
+            pos[tuple(np.array(ix).T)] = start + np.arange(len(ix))
+        pos.setflags(write=False)
         out[slot.field] = pos
-    return Params(**out)
+    layout._positions = Params.from_fields(out)
+    return layout._positions
 
 
 def species_positions(layout):

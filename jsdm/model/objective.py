@@ -93,7 +93,7 @@ def cell_eval(prob, P, order=1, clip=True):
     step = max(1, _CHUNK_CELLS // max(m, 1))
     for start in range(0, n, step):
         _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
-    out["site"] -= kl_terms(prob, P)
+    out["site"] -= prob.predictor.kl(P)
     penalty.add_to_cells(prob, P, out["site"], out["species"])      # penalty (prior_sd)
     return out
 
@@ -109,7 +109,7 @@ def _cache(prob, rows):
 def _eval_rows(prob, P, rows, order, out):
     """Fill ``out`` for the sites in ``rows`` (one chunk of cell_eval)."""
     with np.errstate(over="ignore", invalid="ignore"):   # trial points may be wild:
-        M, V = moments(prob, P, rows)                     # non-finite sums are rejected
+        M, V = prob.predictor.moments(P, rows)           # non-finite sums are rejected
         trials = None if prob.trials is None else prob.trials[rows]
         e = prob.family.ell(prob.Y[rows], M, V, P.s, trials, order=order, **_cache(prob, rows))
     W = prob.W[rows]

@@ -306,7 +306,7 @@ class LinearPredictor:
             gu[:, :kr] -= pr * mu[:, :kr]
             UU = (UR[:, :, None] * UR[:, None, :]).reshape(self.m, kr * kr)
             dS = (Gv @ UU).reshape(self.n, kr, kr)             # sum_j Gv U U'
-            gL = 2.0 * dS @ L - pr[None, :, None] * L
+            gL = 2.0 * dS @ L - (L if self._unit_prior else pr[None, :, None] * L)
             idx = np.arange(kr)
             gL[:, idx, idx] += 1.0 / L[:, idx, idx]
             g.L = np.tril(gL)

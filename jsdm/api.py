@@ -93,10 +93,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
 
     fam = get_family(family, link=link)
     if cutpoints is not None:
-        if fam.name != "ordinal":
-            raise JSDMError(f"cutpoints={cutpoints!r} applies to family='ordinal' only, not "
-                            f"{fam.name!r}; leave it out")
-        fam = type(fam)(link=fam.link, cutpoints=cutpoints)
+        fam = fam.with_cutpoints(cutpoints)
     check_fit_options(n_init, maxiter, gtol, seed)
     if prior_sd is not None and (isinstance(prior_sd, bool) or not (
             isinstance(prior_sd, numbers.Real) and np.isfinite(prior_sd) and prior_sd > 0)):

@@ -95,7 +95,7 @@ def test_family_term_on_the_diagonal():
     theta = np.array([[1.0, 0.0], [0.5, 0.8], [-0.3, 0.4]])
 
     def stub(name, link, disp=None):
-        return SimpleNamespace(family=SimpleNamespace(name=name, link=link), dispersion=disp,
+        return SimpleNamespace(family=jsdm.families.get_family(name, link=link), dispersion=disp,
                                species=species, loadings=pd.DataFrame(theta, index=species))
 
     cases = [(stub("negative_binomial", "log", phi), True, np.log1p(phi)),

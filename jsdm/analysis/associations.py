@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import stats
 
 from .._numerics import analysis_rng
 from ..exceptions import ConvergenceWarning, JSDMError, JSDMWarning
@@ -124,16 +124,13 @@ def _observation_term(fit, beta0=None, B=None, theta=None, s=None):
 def _gllvm_term(fit, kind, disp=None):
     """R gllvm's getResidualCor diagonal term per species (m,) (``kind`` lognormal/trigamma)."""
     fam, m = fit.family, len(fit.species)
-    name, link = fam.name, getattr(fam, "link", None)
     disp = fit.dispersion if disp is None else disp
-    if name == "negative_binomial":
-        phi = np.asarray(disp, dtype=float)
-        return np.log1p(phi) if kind == "lognormal" else special.polygamma(1, 1.0 / phi)
-    if name == "gaussian":
-        return np.asarray(disp, dtype=float) ** 2
-    if name == "binomial" and link in ("probit", "logit", "cloglog"):
-        return np.full(m, {"probit": 1.0, "logit": np.pi ** 2 / 3, "cloglog": np.pi ** 2 / 6}[link])
-    return np.full(m, float(getattr(fam, "link_residual_variance", 0.0) or 0.0))
+    if disp is not None and not isinstance(disp, pd.DataFrame):
+        disp = np.asarray(disp, dtype=float)
+    else:
+        disp = None                     # no dispersion, or a vector per species (cut points)
+    vals = fam.link_variance(disp, m, method=kind)
+    return np.broadcast_to(np.asarray(vals, dtype=float), (m,))
 
 
 def family_variance(fit, nb_variance="lognormal"):

@@ -112,8 +112,8 @@ def _obs_variance(fit):
 def _fitted_r2(fit, kind):
     Y = np.where(fit.problem.W > 0, fit.problem.Y, np.nan)
     if kind == "tjur":
-        if fit.family.name != "binomial" or (fit.problem.trials is not None
-                                             and np.nanmax(fit.problem.trials) > 1):
+        if not fit.family.uses_trials or (fit.problem.trials is not None
+                                          and np.nanmax(fit.problem.trials) > 1):
             raise JSDMError("Tjur's R2 is for presence/absence (0/1) data; use kind='nakagawa' "
                             "or 'cor'")
         P = fit.fitted().to_numpy()

@@ -18,9 +18,6 @@ import pandas as pd
 from ..exceptions import JSDMError
 from .community import Community
 
-#: default dispersion per family: NB phi (Var = mu + phi mu^2), Gaussian residual sd
-DEFAULT_DISPERSION = {"negative_binomial": 0.5, "gaussian": 1.0, "zip": 0.3, "tweedie": 1.0,
-                      "beta": 10.0, "gamma": 1.0}
 
 
 @dataclass
@@ -203,7 +200,7 @@ def _dispersion(fam, dispersion, m):
     if hasattr(fam, "cutpoints"):
         return _cutpoints(fam, dispersion, m)
     if dispersion is None:
-        dispersion = DEFAULT_DISPERSION.get(fam.name, 1.0)
+        dispersion = fam.default_dispersion if fam.default_dispersion is not None else 1.0
     disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,)).copy()
     if not (np.isfinite(disp).all() and (disp > 0).all()):
         raise JSDMError(f"dispersion must be positive and finite, got {dispersion!r}.")

@@ -18,6 +18,17 @@ Conventions (all families):
   broadcasting along the last axis. ``dispersion(s)`` maps it to the reported
   value (NB: phi with Var = mu + phi mu^2; Gaussian: residual sd).
 - ``trials`` is None or an array broadcastable to ``y`` (binomial only).
+
+Everything else jsdm needs to know about a family is asked of it, never decided
+by its name outside ``jsdm/families/``: starting values (``start_intercept``,
+``dispersion_start``), the fill value of missing cells (``missing_fill``), how
+the dispersion is reported (``dispersion_name``, ``dispersion_labels``,
+``dispersion``, ``size``, ``n_dispersion`` for a vector per species), its
+link-scale residual variance for association matrices (``link_variance`` and its
+derivative), data checks (``dispersion_is_response_sd``, ``informative_records``),
+diagnostics (``dispersion_can_vanish``), simulation defaults
+(``default_dispersion``) and the methods text of reports (``description``).
+Adding a family means writing one file here and registering it.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -59,6 +70,9 @@ class Family:
     uses_trials = False     # True where y counts successes out of ``trials`` (binomial)
     dispersion_name: Optional[str] = None
     discrete = False
+    #: a valid response the engine puts in missing cells (they get weight 0, but
+    #: ell must stay finite there: 0 is not a valid gamma or beta response)
+    missing_fill = 0.0
 
     def __init__(self, link=None):
         link = self.default_link if link is None else str(link)
@@ -181,6 +195,12 @@ class Family:
         modified. Default: ``self``."""
         return self
 
+    def with_cutpoints(self, cutpoints):
+        """The family with the cut-point structure ``cutpoints`` (``gllvm(cutpoints=)``); only
+        families with cut points have one (ordinal: "species" or "common")."""
+        raise JSDMError(f"cutpoints={cutpoints!r} applies to family='ordinal' only, not "
+                        f"{self.name!r}; leave it out")
+
     def take_species(self, order):
         """The bound family with its species in ``order`` (default: ``self``)."""
         return self
@@ -189,6 +209,18 @@ class Family:
         """Boolean mask of the entries of ``s`` that the fit estimates (shape of ``s``), or None
         for all; the others are held fixed and left out of the parameter vector."""
         return None
+
+    def start_intercept(self, y, w, trials=None):
+        """Starting species intercepts (m,) from responses ``y`` (n, m) with weights ``w``.
+
+        Default: the link of the species mean (log of the mean, floored at 0.05, for
+        log links; the mean itself otherwise). Families whose mean is not a simple
+        transform of the intercept (binomial, ordinal) override this.
+        """
+        ybar = (w * y).sum(0) / np.maximum(w.sum(0), 1)
+        if self.link == "log":
+            return np.log(np.maximum(ybar, 0.05))
+        return ybar
 
     def dispersion_start(self, y, mu):
         """Per-species moment estimate of ``s`` (shape (m,)) from y and fitted means.
@@ -201,6 +233,50 @@ class Family:
     # link-scale variance of the residual for a latent-normal reading of the model
     # (probit 1, logit pi^2/3; 0 where the family has none)
     link_residual_variance = 0.0
+
+    # --- what the layers above ask of a family (never its name) -------------------------
+    #: plain-text phrase for a methods paragraph ("a Poisson distribution", ...)
+    description = None
+    #: reported dispersion used by ``simulate_community`` when none is given (None: 1.0)
+    default_dispersion = None
+    #: the dispersion is the residual sd on the response scale (the data's sd is range-checked)
+    dispersion_is_response_sd = False
+    #: the fitted residual variance can shrink to zero (``diagnose`` flags such species)
+    dispersion_can_vanish = False
+    #: names of the ``method`` options of ``link_variance`` (the first is the default)
+    link_variance_methods = ()
+    #: a continuous family with a point mass at y = 0 (Tweedie): "presence" means y > 0
+    zero_atom = False
+    #: plain-text formula of ``observation_variance`` for reports, where it has its own
+    #: (None: the generic log(1 + Var(y)/mu^2), Var(y) or delta-method wording by link)
+    observation_variance_formula = None
+
+    def describe(self):
+        """The methods-text phrase: ``description`` or "a <name> distribution"."""
+        return self.description or f"a {self.name} distribution"
+
+    def link_variance(self, dispersion, m, method=None):
+        """Link-scale residual variance per species (m,), added on the diagonal of the
+        residual covariance when asked (``fit.residual_covariance(add_family_variance=)``).
+
+        ``dispersion``: the reported dispersion (m,) or None. Default: the constant
+        ``link_residual_variance``.
+        """
+        return np.full(m, float(self.link_residual_variance or 0.0))
+
+    def link_variance_derivative(self, dispersion, method=None):
+        """d link_variance / d dispersion (m,), or None when it does not depend on it."""
+        return None
+
+    def size(self, dispersion):
+        """The dispersion in R's ``size`` convention where the family has one (NB: 1 / phi),
+        else None."""
+        return None
+
+    def informative_records(self, y, trials=None):
+        """Records per species (m,) that inform its parameters (y NaN where missing), or None
+        when every record does (continuous responses). Default: the non-zero records."""
+        return np.nansum(y > 0, axis=0)
 
     # --- family-specific words and numbers for the analysis layer (associations, diagnostics) --
     #: what a dispersion at the lower end of its range means, in words (diagnostics, report)

@@ -38,6 +38,9 @@ class Tweedie(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "phi"
+    zero_atom = True
+    default_dispersion = 1.0
+    dispersion_can_vanish = True
 
     def __init__(self, link=None, power=1.5):
         super().__init__(link)

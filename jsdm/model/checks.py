@@ -282,7 +282,7 @@ def check_response_scale(Y, W, family, species):
             f"responses as large as {big:.3g} cannot be fitted reliably in floating point "
             f"(limit {MAX_ABS_RESPONSE:.0e}). Change their unit first, e.g. Y / 1e{k}, and "
             "read the estimates in that unit.")
-    if family.name != "gaussian":
+    if not family.dispersion_is_response_sd:
         return
     Yo = np.where(obs, Y, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():

@@ -173,18 +173,10 @@ class GLLVMResults:
 
     @property
     def df(self):
-        """Number of model parameters, counted as R gllvm counts them."""
-        prob = self.problem
-        m, d = prob.m, prob.d
-        k = m * (1 + prob.p) + m * d - d * (d - 1) // 2
-        if prob.family.has_dispersion:      # the estimated ones (ordinal: free cut points)
-            sl = self.state.layout.slices["s"]
-            k += sl.stop - sl.start
-        if prob.row_effect == "fixed":
-            k += prob.n - 1
-        elif prob.row_effect == "random":
-            k += 1
-        return int(k)
+        """Number of model parameters (every term's free model parameters), counted as R
+        gllvm counts them: loadings m d - d (d - 1) / 2, fixed row effects n - 1, a random
+        row effect's sd 1."""
+        return int(self.state.layout.n_model)
 
     @property
     def nobs(self):
@@ -251,12 +243,24 @@ class GLLVMResults:
         """The natural-form parameter arrays (:class:`jsdm.model.params.Params`)."""
         return self.state.params
 
+    @property
+    def model_terms(self):
+        """The terms of the linear predictor (``jsdm.model.terms``), as fitted."""
+        return [t for t in self.problem.model_terms if t.active(self.problem.predictor)]
+
+    @_cached
+    def _reported(self):
+        """The terms' reported parameter rows (labels, values, packed positions, Jacobians)."""
+        return self.problem.predictor.reported(self.state.params, self.state.layout)
+
     @_cached
     def coef(self):
-        """Species x (Intercept, covariate terms) DataFrame."""
-        P = self.state.params
-        vals = np.column_stack([P.beta0, P.B])
-        return pd.DataFrame(vals, index=self.species, columns=["Intercept", *self.terms])
+        """Species x (Intercept, covariate terms) DataFrame: the fixed species coefficients."""
+        rep = self._reported
+        sel = [k for k, lab in enumerate(rep["labels"]) if lab[0] == "coef"]
+        cols = list(dict.fromkeys(rep["labels"][k][2] for k in sel))
+        vals = rep["values"][sel].reshape(len(self.species), len(cols))
+        return pd.DataFrame(vals, index=self.species, columns=cols)
 
     @_cached
     def loadings(self):
@@ -324,9 +328,10 @@ class GLLVMResults:
     @property
     def size(self):
         """Negative binomial size 1/phi per species (None for other families)."""
-        if self.family.name != "negative_binomial":
-            return None
-        return (1.0 / self.dispersion).rename("size")
+        disp = self.dispersion
+        size = None if disp is None or isinstance(disp, pd.DataFrame) else self.family.size(disp)
+        return None if size is None else pd.Series(np.asarray(size, dtype=float),
+                                                   index=self.species, name="size")
 
     @_cached
     def row_effects(self):
@@ -342,24 +347,15 @@ class GLLVMResults:
 
     @_cached
     def params(self):
-        """All model parameters as a Series indexed by (block, species, term)."""
-        rows = []
-        for sp, r in self.coef.iterrows():
-            rows += [(("coef", sp, t), v) for t, v in r.items()]
-        P, tri = self.state.params, np.tril(np.ones((self.problem.m, self.num_lv), bool))
-        for j, sp in enumerate(self.species):
-            rows += [(("loading", sp, f"LV{k + 1}"), P.theta[j, k]) for k in range(self.num_lv) if tri[j, k]]
-        disp = self.dispersion
-        if isinstance(disp, pd.DataFrame):      # the estimated cut points (ordinal: tau_1 = 0 is not)
-            rows += [((("dispersion",) + lab), v) for lab, v in self._vector_dispersion()]
-        elif disp is not None:
-            rows += [(("dispersion", sp, disp.name), v) for sp, v in disp.items()]
-        if self.row_effect == "fixed":
-            rows += [(("row_effect", st, "alpha"), v) for st, v in list(self.row_effects.items())[1:]]
-        elif self.row_effect == "random":
-            rows += [(("row_sigma", "", "sigma"), self.row_sigma)]
-        idx = pd.MultiIndex.from_tuples([r[0] for r in rows], names=["block", "species", "term"])
-        return pd.Series([r[1] for r in rows], index=idx, name="estimate")
+        """All model parameters as a Series indexed by (block, species, term).
+
+        Blocks in order: "coef" (intercepts and slopes), "loading", "dispersion", then
+        the site terms' ("row_effect" for fixed, "row_sigma" for random row effects);
+        each term supplies its rows (``Term.reported``).
+        """
+        rep = self._reported
+        idx = pd.MultiIndex.from_tuples(rep["labels"], names=["block", "species", "term"])
+        return pd.Series(rep["values"], index=idx, name="estimate")
 
     # --- fitted values -----------------------------------------------------------
     @_cached

@@ -12,7 +12,8 @@ from .results.fitted import GLLVMResults
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
-          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
+          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
+          num_lv_c=0, num_rr=0, lv_formula=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -82,6 +83,21 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         studied there). Default None: maximum likelihood (of the ELBO), as R
         gllvm. ``fit.llf`` is the ELBO without the penalty.
 
+    num_lv_c : int >= 0
+        Concurrent ordination (R gllvm's ``num.lv.c``): this many latent variables
+        z_i = C' x_i + e_i, e_i ~ N(0, I), explained partly by the covariates of
+        ``lv_formula``; unconstrained latent variables (``num_lv``) follow them.
+    num_rr : int >= 0
+        Constrained ordination (R gllvm's ``num.RR``; reduced-rank regression, the
+        model-based RDA/CCA): this many latent variables z_i = C' x_i without a
+        residual.
+    lv_formula : str, optional
+        Right-hand side on the site covariates of the ordination (R gllvm's
+        ``lv.formula``), e.g. "~ SubsDens + WatrCont"; no intercept. Required with
+        ``num_lv_c`` or ``num_rr``. ``num_lv`` stays the number of *unconstrained*
+        latent variables (pass ``num_lv=0`` for a purely constrained or concurrent
+        ordination). See docs/ordination_constrained.md.
+
     Returns
     -------
     GLLVMResults
@@ -107,7 +123,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         data, X, call = translate_call(data, X, **call)
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
-    prob = build_problem(data, X, family=fam, trials=trials, **call)
+    prob = build_problem(data, X, family=fam, trials=trials, num_lv_c=num_lv_c, num_rr=num_rr,
+                         lv_formula=lv_formula, **call)
     if prior_sd is not None:
         prob.info["prior_sd"] = float(prior_sd)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
@@ -116,6 +133,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                     row_effect=call["row_effect"], n_init=n_init,
                     seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
                     prior_sd=prior_sd)
+    if num_lv_c or num_rr:
+        settings.update(num_lv_c=int(num_lv_c), num_rr=int(num_rr), lv_formula=lv_formula)
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

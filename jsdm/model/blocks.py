@@ -336,9 +336,41 @@ def ascend(step, prob, P, max_iter, rtol, callback=None, done=None):
     return P, hist
 
 
+def global_step(prob, P, ce):
+    """Newton steps in the terms' global model coordinates (canonical coefficients).
+
+    Each term gives the gradient and minus Hessian of the ELBO in its global fields
+    (``Term.global_newton``); the step is halved until the ELBO does not decrease.
+    Returns (P_new, cell_eval at P_new).
+    """
+    pred = prob.predictor
+    if not pred.global_terms:
+        return P, ce
+    order = 2 if P.s is not None else 1
+    for t in pred.global_terms:
+        for field, (g, H) in t.global_newton(pred, P, ce["Gm"], ce["Gv"]).items():
+            k = H.shape[0]
+            step = safe_solve(H + 1e-10 * (1.0 + np.abs(np.diag(H)).max()) * np.eye(k),
+                              g.ravel()).reshape(g.shape)
+            old, base = getattr(P, field), float(ce["site"].sum())
+            frac = 1.0
+            for _ in range(_NHALF + 1):
+                T = P.copy()
+                setattr(T, field, old + frac * step)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    ct = cell_eval(prob, T, order)
+                val = float(ct["site"].sum())
+                if np.isfinite(val) and val >= base - 1e-10 * abs(base):
+                    P, ce = T, ct
+                    break
+                frac *= 0.5
+    return P, ce
+
+
 def _sweep(prob, P, ce):
     P, ce = site_step(prob, P, ce)
-    return species_step(prob, P, ce)
+    P, ce = species_step(prob, P, ce)
+    return global_step(prob, P, ce)
 
 
 def squarem_ascent(prob, layout, P, max_iter=500, rtol=1e-10, callback=None):
@@ -436,6 +468,9 @@ def curvature_diagonal(prob, layout, P, ce=None):
     for t, _ in pred.hyper_terms:
         for k, v in t.curvature_hyper(pred, P).items():
             setattr(G, k, v)
+    for t in pred.global_terms:
+        for k, (g, H) in t.global_newton(pred, P, ce["Gm"], ce["Gv"]).items():
+            setattr(G, k, np.diag(H).reshape(np.shape(g)))
     if P.s is not None:
         gss = ce["gss"]
         G.s = np.maximum(-(gss if gss.ndim == 1 else np.diagonal(gss, axis1=1, axis2=2)), 1e-8)

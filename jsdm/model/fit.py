@@ -199,7 +199,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     for k in range(max(1, int(n_init)) if start is None else 1):
         P0 = start if start is not None else initial_params(
             prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
-        if k == 0:
+        if k == 0 and not prob.predictor.global_terms:   # (canonical coefficients: data order)
             order = anchor_order(P0.theta)
             if order is not None:
                 work = _reordered_problem(prob, order)

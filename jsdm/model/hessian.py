@@ -339,7 +339,43 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     hyper = _hyper_parts(pred, P, tri)
     _log_diag_chain(pred, P, ev, tri, Hvv, [Hcross] + ([fixed[2]] if fixed is not None else [])
                     + [hv for _, _, hv in hyper])
-    return _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper)
+    blocks = _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper)
+    if pred.global_terms:
+        _global_columns(prob, P, layout, blocks)
+    return blocks
+
+
+def global_positions(layout):
+    """Packed positions of the terms' global model coordinates (canonical coefficients)."""
+    pred, pos = layout.predictor, positions(layout)
+    out = [np.asarray(getattr(pos, f)).ravel() for t in pred.global_terms
+           for f in t.global_fields(pred)]
+    return np.concatenate(out).astype(int) if out else np.zeros(0, dtype=int)
+
+
+def _global_columns(prob, P, layout, blocks, h=1e-5):
+    """Rows and columns of the global model coordinates by central differences of the
+    analytic packed gradient (two gradient evaluations per coordinate; there are few:
+    p_lv x d canonical coefficients). Everything else stays analytic."""
+    gpos = global_positions(layout)
+    x0 = layout.pack(P)
+    Pn = layout.n_model
+    cols = np.empty((len(gpos), layout.size))
+    for r, k in enumerate(gpos):
+        step = h * max(1.0, abs(x0[k]))
+        g = []
+        for sgn in (1.0, -1.0):
+            x = x0.copy()
+            x[k] += sgn * step
+            Q = layout.unpack(x)
+            g.append(layout.pack_grad(evaluate(prob, Q).grad, Q))
+        cols[r] = (g[0] - g[1]) / (2.0 * step)
+    cols[:, gpos] = 0.5 * (cols[:, gpos] + cols[:, gpos].T)
+    blocks.Hpp[gpos, :] = cols[:, :Pn]
+    blocks.Hpp[:, gpos] = cols[:, :Pn].T
+    sp = blocks.site_pos
+    for r, k in enumerate(gpos):
+        blocks.Hpv[k] = cols[r][sp]
 
 
 def _fixed_site_parts(pred, P, E, Jphi, Jpsi):

@@ -82,7 +82,8 @@ class Problem:
                                offset=self.offset, family=self.family,
                                n_disp=self.n_disp if disp else None,
                                s_free=self.s_free if disp else None,
-                               sites=self.sites, species=self.species, covariates=self.terms)
+                               sites=self.sites, species=self.species, covariates=self.terms,
+                               designs=self.info.get("designs"))
         object.__setattr__(self, "predictor", pred)
 
     @property
@@ -255,12 +256,14 @@ def _check_terms(terms, formula):
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
-                  extra_terms=()):
+                  extra_terms=(), num_lv_c=0, num_rr=0, lv_formula=None):
     """Validate user input and build a :class:`Problem`.
 
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
     appended to the classic ones (intercepts, slopes, ``num_lv`` latent variables,
     ``row_effect``); the optimiser and the outputs take them as they come.
+    ``num_lv_c``, ``num_rr``, ``lv_formula``: concurrent and constrained ordination
+    (``jsdm.model.terms.ordination``) on the design of ``lv_formula``.
     """
     fam = get_family(family)
     check_num_lv(num_lv)
@@ -303,12 +306,45 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     if q is not None:
         info["n_dispersion"] = int(q)
     model_terms = None
-    if extra_terms:
+    num_lv_c, num_rr = check_ordination(num_lv_c, num_rr, lv_formula, Y.shape[1], int(num_lv))
+    if num_lv_c or num_rr:
+        from .terms import default_terms
+        from .terms.ordination import ordination_terms
+        Xlv, lv_cols = _design(com, lv_formula)
+        if Xlv.shape[1] == 0:
+            raise JSDMError(f"lv_formula {lv_formula!r} gives no covariate columns; name at least "
+                            "one site covariate, e.g. lv_formula='~ SubsDens + WatrCont'")
+        info["designs"] = {"lv": Xlv}
+        info["lv_columns"] = tuple(lv_cols)
+        model_terms = ordination_terms(default_terms(terms, int(num_lv), row_effect),
+                                       num_lv_c, num_rr, tuple(lv_cols)) + tuple(extra_terms)
+    elif extra_terms:
         from .terms import default_terms
         model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
+
+
+def check_ordination(num_lv_c, num_rr, lv_formula, m, num_lv):
+    """Validate the ordination arguments; returns (num_lv_c, num_rr) as ints."""
+    out = []
+    for name, v in (("num_lv_c", num_lv_c), ("num_rr", num_rr)):
+        if v is None:
+            v = 0
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise JSDMError(f"{name} must be a whole number >= 0, got {v!r}")
+        out.append(int(v))
+    if (out[0] or out[1]) and lv_formula is None:
+        raise JSDMError("num_lv_c / num_rr need the covariates of the ordination: pass "
+                        "lv_formula=, e.g. lv_formula='~ SubsDens + WatrCont'")
+    if lv_formula is not None and not (out[0] or out[1]):
+        raise JSDMError("lv_formula= was given without num_lv_c= (concurrent) or num_rr= "
+                        "(constrained ordination); set one of them, or drop lv_formula")
+    if out[0] + out[1] + num_lv > m:
+        raise JSDMError(f"num_lv + num_lv_c + num_rr = {out[0] + out[1] + num_lv} exceeds the "
+                        f"number of species ({m})")
+    return tuple(out)
 
 
 def _trials(trials, W, Ydf):

@@ -7,6 +7,7 @@ wide call; ``make_term(spec)`` rebuilds a term from its ``spec()`` (saved fits);
 from .base import Reported, Term
 from .dispersion import S_BOUNDS, Dispersion
 from .latent import LatentVariables
+from .ordination import ConcurrentLatentVariables, ReducedRank
 from .predictor import LinearPredictor
 from .row_effects import FixedRowEffects, RandomRowEffects
 from .slots import CholeskySlot, MaskedSlot, PinnedFirstSlot, Slot
@@ -21,7 +22,8 @@ def register_term(cls):
     return cls
 
 
-for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects):
+for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
+             ConcurrentLatentVariables, ReducedRank):
     register_term(_cls)
 
 
@@ -51,7 +53,7 @@ def default_terms(covariates=(), num_lv=0, row_effect=None):
     return tuple(terms)
 
 
-__all__ = ["CholeskySlot", "Dispersion", "FixedRowEffects", "LatentVariables", "LinearPredictor",
-           "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "Reported", "S_BOUNDS", "Slot",
+__all__ = ["CholeskySlot", "ConcurrentLatentVariables", "Dispersion", "FixedRowEffects", "LatentVariables", "LinearPredictor",
+           "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "ReducedRank", "Reported", "S_BOUNDS", "Slot",
            "SpeciesIntercepts", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

@@ -183,6 +183,22 @@ class Term:
         """Approximate curvature of the ELBO along each hyperparameter (scaling)."""
         return {}
 
+    # --- global model coordinates (canonical coefficients) ------------------------------------
+    def global_fields(self, ctx):
+        """Params fields of its *global model* coordinates (slots of scope "global" that are
+        not prior hyperparameters), stepped by ``global_newton``."""
+        return ()
+
+    def global_gradient(self, ctx, P, Gm, Gv):
+        """{field: d ELBO / d field} of its global model coordinates, from the cells' weighted
+        derivatives Gm, Gv (n, m)."""
+        return {}
+
+    def global_newton(self, ctx, P, Gm, Gv):
+        """{field: (g (field's shape), H (k, k))}: gradient and minus Hessian (positive
+        semi-definite, k = the field's size, C order) of the ELBO in each global field."""
+        return {}
+
     # --- starting values ----------------------------------------------------------------------
     def start(self, ctx, P, init):
         """Write starting values into P (in place). ``init``: dict with "glm" (the

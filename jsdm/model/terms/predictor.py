@@ -52,7 +52,7 @@ class LinearPredictor:
     """
 
     def __init__(self, terms, *, n, m, X, offset=None, family=None, n_disp=None, s_free=None,
-                 sites=None, species=None, covariates=()):
+                 sites=None, species=None, covariates=(), designs=None):
         self.terms = tuple(terms)
         self.n, self.m, self.X = int(n), int(m), X
         self.p = X.shape[1]
@@ -60,6 +60,7 @@ class LinearPredictor:
         self.sites = sites if sites is not None else list(range(self.n))
         self.species = species if species is not None else list(range(self.m))
         self.covariates = tuple(covariates)
+        self.designs = dict(designs or {})      # further site designs by name ("lv": X_lv)
         self.dispersion = (Dispersion(family, n_disp, free=s_free)
                            if family is not None and family.has_dispersion else None)
         self._index()
@@ -98,6 +99,7 @@ class LinearPredictor:
         self.bilinear = [(dict(self.species_terms)[t], dict(self.site_terms)[t])
                          for t in self.terms if t.bilinear and t.site_width(self)]
         self.hyper_terms = [(t, sl) for t, sl in self.random_site_terms if t.hyper_fields]
+        self.global_terms = [t for t in self.terms if t.active(self) and t.global_fields(self)]
         self._unit_prior = all(t.unit_prior for t, _ in self.random_site_terms)
         self._ones_kr = np.ones(self.kr)
         self._ones_kr.flags.writeable = False
@@ -324,6 +326,9 @@ class LinearPredictor:
             self.set_species_coef(g, gb * self.free)
         if kv:
             self.set_site_means(g, gu)
+        for t in self.global_terms:
+            for k, v in t.global_gradient(self, P, Gm, Gv).items():
+                setattr(g, k, v)
         if gs is not None:
             g.s = gs
         return g

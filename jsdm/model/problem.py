@@ -316,12 +316,14 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
                             "one site covariate, e.g. lv_formula='~ SubsDens + WatrCont'")
         info["designs"] = {"lv": Xlv}
         info["lv_columns"] = tuple(lv_cols)
+        info["lv_formula"] = lv_formula
         model_terms = ordination_terms(default_terms(terms, int(num_lv), row_effect),
                                        num_lv_c, num_rr, tuple(lv_cols)) + tuple(extra_terms)
     elif extra_terms:
         from .terms import default_terms
         model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)
-    return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
+    return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv) + num_lv_c,
+                   row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
 

@@ -123,7 +123,11 @@ class GLLVMResults:
 
     @property
     def lv_names(self):
-        """Names of the latent variables: ["LV1", ..., "LVd"]."""
+        """Names of the latent variables: ["LV1", ..., "LVd"] (concurrent ones first, as
+        "CLV1", ...)."""
+        lv = self.problem.predictor.lv
+        if lv is not None and lv.kind != "lv":
+            return list(lv.coord_names(self.problem.predictor))
         return [f"LV{k + 1}" for k in range(self.num_lv)]
 
     def __repr__(self):
@@ -271,6 +275,36 @@ class GLLVMResults:
     def lv(self):
         """Sites x LV variational means (site scores)."""
         return pd.DataFrame(self.state.params.a, index=self.sites, columns=self.lv_names)
+
+    # --- constrained / concurrent / quadratic ordination (results/ordination_terms.py) ---
+    @property
+    def ordination_type(self):
+        """The ordination fitted, in words ("unconstrained", "constrained", "concurrent",
+        combinations, with "(quadratic)" for unimodal responses)."""
+        from .ordination_terms import ordination_type
+        return ordination_type(self)
+
+    @_cached
+    def canonical(self):
+        """Canonical coefficients of the constrained (``num_rr``) and concurrent (``num_lv_c``)
+        latent variables with standard errors: DataFrame indexed by (covariate, lv) with
+        estimate, std_err, z, lower, upper (see :func:`jsdm.results.ordination_terms.
+        canonical_coefficients` for the conventions)."""
+        from .ordination_terms import canonical_coefficients
+        return canonical_coefficients(self)
+
+    @_cached
+    def ordination_scores(self):
+        """Sites x LV scores of every latent variable (concurrent: C'x_i + a_i; constrained:
+        C'x_i; unconstrained: a_i)."""
+        from .ordination_terms import ordination_scores
+        return ordination_scores(self)
+
+    @_cached
+    def ordination_loadings(self):
+        """Species x LV loadings matching ``ordination_scores``."""
+        from .ordination_terms import ordination_loadings
+        return ordination_loadings(self)
 
     @_cached
     def lv_cov(self):

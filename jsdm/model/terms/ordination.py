@@ -114,7 +114,7 @@ class ReducedRank(Term):
         return self.d > 0
 
     def names(self):
-        return [f"CLV{k + 1}" for k in range(self.d)]
+        return [f"RR{k + 1}" for k in range(self.d)]
 
     def fields(self, ctx):
         return {"theta_rr": (ctx.m, self.d), "C_rr": (len(self.columns), self.d)}
@@ -366,3 +366,26 @@ def ordination_terms(terms, num_lv_c, num_rr, columns):
         if isinstance(t, LatentVariables) and num_rr:
             out.append(ReducedRank(num_rr, columns))
     return tuple(out)
+
+
+def ordination_fixed_mean(pred, P, Xlv=None):
+    """The covariate-driven part of the ordination in the linear predictor, (k, m) or 0.0.
+
+    Constrained: x_i' C theta_j; concurrent: x_i' C theta_j^(c) (the residual's part,
+    e_i' theta_j, belongs to the latent variables). ``Xlv``: the ordination design of
+    new sites (default: the fitted sites').
+    """
+    X = lv_design(pred) if Xlv is None else Xlv
+    out = 0.0
+    for t in pred.terms:
+        if isinstance(t, ReducedRank) and t.d:
+            out = out + X @ P.C_rr @ P.theta_rr.T
+        elif isinstance(t, ConcurrentLatentVariables) and t.d_c:
+            out = out + X @ P.C_lv @ P.theta[:, :t.d_c].T
+    return out
+
+
+def has_ordination(pred):
+    """True when the predictor has constrained or concurrent ordination terms."""
+    return any(isinstance(t, (ReducedRank, ConcurrentLatentVariables)) and t.active(pred)
+               for t in pred.terms)

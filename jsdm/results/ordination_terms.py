@@ -1,0 +1,204 @@
+"""Outputs of constrained, concurrent and quadratic ordination as labelled tables.
+
+Conventions (docs/ordination_constrained.md):
+
+- **constrained** (``num_rr``): z_i = C' x_i. Reported with site scores of unit
+  variance over the sites (uncorrelated) and loadings lower triangular with a
+  positive diagonal: (C, theta) -> (C T', theta T^-1), which leaves every
+  x_i' C theta_j unchanged. Standard errors by the delta method from the fit's
+  covariance (the fit itself pins the anchor species' loadings instead).
+- **concurrent** (``num_lv_c``): z_i = C' x_i + e_i, e_i ~ N(0, I); the scale is
+  fixed by the residual's prior and the rotation by the lower-triangular loadings,
+  so C is reported as estimated.
+- **unconstrained** latent variables as ``fit.lv`` / ``fit.loadings``.
+"""
+import numpy as np
+import pandas as pd
+
+from ..model.terms.ordination import (ConcurrentLatentVariables, ReducedRank, lv_design,
+                                      standardise_constrained)
+
+
+def _terms(fit):
+    pred = fit.problem.predictor
+    rr = next((t for t in pred.terms if isinstance(t, ReducedRank) and t.d), None)
+    conc = next((t for t in pred.terms if isinstance(t, ConcurrentLatentVariables)), None)
+    return pred, rr, conc
+
+
+def ordination_type(fit):
+    """The kind of ordination fitted, in words: "unconstrained", "constrained",
+    "concurrent", or a combination ("concurrent + unconstrained"), with " (quadratic)"
+    or " (quadratic, common per LV)" for unimodal responses."""
+    pred, rr, conc = _terms(fit)
+    parts = []
+    if conc is not None:
+        parts.append("concurrent")
+        if conc.d_u:
+            parts.append("unconstrained")
+    elif pred.d:
+        parts.append("unconstrained")
+    if rr is not None:
+        parts.append("constrained")
+    out = " + ".join(parts) if parts else "none"
+    quad = getattr(pred.lv, "quadratic", False) if pred.lv is not None else False
+    if quad:
+        out += " (quadratic, common per LV)" if quad == "lv" else " (quadratic)"
+    return out
+
+
+def _rr_standardised(fit, P=None):
+    pred, rr, _ = _terms(fit)
+    P = fit.state.params if P is None else P
+    return standardise_constrained(P.C_rr, P.theta_rr, lv_design(pred))
+
+
+def canonical_coefficients(fit, se=True):
+    """Canonical coefficients of every constrained and concurrent latent variable.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    se : bool
+        Add standard errors (delta method for the constrained ones, which are
+        reported in the standardised convention of the module docstring).
+
+    Returns
+    -------
+    DataFrame
+        Index (covariate, latent variable); columns ``estimate`` and, with ``se``,
+        ``std_err``, ``z``, ``lower``, ``upper`` (95% Wald). Empty when the fit has
+        no constrained or concurrent latent variables.
+    """
+    pred, rr, conc = _terms(fit)
+    P = fit.state.params
+    rows, est, ses = [], [], []
+    if conc is not None and conc.d_c:
+        names = conc.coord_names(pred)[:conc.d_c]
+        cov_se = fit.bse.loc["canonical"] if se else None
+        for r, c in enumerate(conc.columns):
+            for k in range(conc.d_c):
+                rows.append((c, names[k]))
+                est.append(P.C_lv[r, k])
+                if se:
+                    ses.append(float(cov_se.loc[(c, names[k])]))
+    if rr is not None:
+        Cs, _, _ = _rr_standardised(fit)
+        names = rr.names()
+        sd = _rr_se(fit, rr) if se else None
+        for r, c in enumerate(rr.columns):
+            for k in range(rr.d):
+                rows.append((c, names[k]))
+                est.append(Cs[r, k])
+                if se:
+                    ses.append(sd[r, k])
+    idx = pd.MultiIndex.from_tuples(rows, names=["covariate", "lv"])
+    out = pd.DataFrame({"estimate": est}, index=idx)
+    if se:
+        out["std_err"] = ses
+        out["z"] = out["estimate"] / out["std_err"]
+        out["lower"] = out["estimate"] - 1.959964 * out["std_err"]
+        out["upper"] = out["estimate"] + 1.959964 * out["std_err"]
+    return out
+
+
+def _rr_se(fit, rr):
+    """Delta-method SEs (p, d) of the standardised constrained coefficients."""
+    pred = fit.problem.predictor
+    P = fit.state.params
+    params = fit.params
+    cov = fit.cov_params()
+    names = rr.names()
+    keys = [k for k in params.index if k[0] in ("canonical", "loading") and k[2] in names]
+    V = cov.loc[keys, keys].to_numpy()
+    x0 = params.loc[keys].to_numpy(dtype=float)
+    X = lv_design(pred)
+    cpos = {(k[1], k[2]): i for i, k in enumerate(keys) if k[0] == "canonical"}
+    tpos = {(k[1], k[2]): i for i, k in enumerate(keys) if k[0] == "loading"}
+    sp = {s: j for j, s in enumerate(fit.species)}
+
+    def f(x):
+        C = P.C_rr.copy()
+        th = P.theta_rr.copy()
+        for (c, lv), i in cpos.items():
+            C[rr.columns.index(c), names.index(lv)] = x[i]
+        for (s, lv), i in tpos.items():
+            th[sp[s], names.index(lv)] = x[i]
+        return standardise_constrained(C, th, X)[0].ravel()
+
+    f0 = f(x0)
+    J = np.empty((len(f0), len(x0)))
+    for i in range(len(x0)):
+        h = 1e-6 * max(1.0, abs(x0[i]))
+        xp, xm = x0.copy(), x0.copy()
+        xp[i] += h
+        xm[i] -= h
+        J[:, i] = (f(xp) - f(xm)) / (2 * h)
+    var = np.einsum("ik,kl,il->i", J, V, J)
+    return np.sqrt(np.maximum(var, 0.0)).reshape(P.C_rr.shape) if np.all(np.isfinite(var)) \
+        else np.full(P.C_rr.shape, np.nan)
+
+
+def ordination_scores(fit):
+    """Site scores of every latent variable, sites x LV (DataFrame).
+
+    Concurrent: E_q[z_i] = C' x_i + a_i; unconstrained: a_i; constrained: C' x_i (in
+    the standardised convention).
+    """
+    pred, rr, conc = _terms(fit)
+    P = fit.state.params
+    cols, parts = [], []
+    if pred.d:
+        Z = P.a.copy()
+        if conc is not None:
+            Z[:, :conc.d_c] += lv_design(pred) @ P.C_lv
+        parts.append(Z)
+        cols += list(fit.lv_names)
+    if rr is not None:
+        Cs, _, _ = _rr_standardised(fit)
+        parts.append(lv_design(pred) @ Cs)
+        cols += rr.names()
+    Z = np.column_stack(parts) if parts else np.zeros((fit.problem.n, 0))
+    return pd.DataFrame(Z, index=fit.sites, columns=cols)
+
+
+def ordination_loadings(fit):
+    """Species loadings of every latent variable, species x LV (DataFrame), matching
+    :func:`ordination_scores`."""
+    pred, rr, conc = _terms(fit)
+    P = fit.state.params
+    cols, parts = [], []
+    if pred.d:
+        parts.append(P.theta)
+        cols += list(fit.lv_names)
+    if rr is not None:
+        _, ths, _ = _rr_standardised(fit)
+        parts.append(ths)
+        cols += rr.names()
+    T = np.column_stack(parts) if parts else np.zeros((fit.problem.m, 0))
+    return pd.DataFrame(T, index=fit.species, columns=cols)
+
+
+def covariate_arrows(fit):
+    """Biplot arrows of the ordination covariates: covariate x LV (DataFrame).
+
+    The change of the site scores per standard deviation of each covariate, i.e.
+    the canonical coefficients times the covariate's sd over the sites.
+    """
+    pred, rr, conc = _terms(fit)
+    X = lv_design(pred)
+    sd = X.std(0)
+    parts, cols, names = [], [], None
+    scores = ordination_scores(fit)
+    canon = canonical_coefficients(fit, se=False)["estimate"]
+    for t in (conc, rr):
+        if t is None:
+            continue
+        names = t.columns
+        lvs = (t.coord_names(pred)[:t.d_c] if t is conc else t.names())
+        M = np.array([[canon.loc[(c, lv)] for lv in lvs] for c in t.columns]) * sd[:, None]
+        parts.append(pd.DataFrame(M, index=list(t.columns), columns=lvs))
+    if not parts:
+        return pd.DataFrame(index=[], columns=scores.columns)
+    out = pd.concat(parts, axis=1).reindex(columns=scores.columns).fillna(0.0)
+    return out.loc[list(names)]

@@ -13,7 +13,7 @@ from .results.fitted import GLLVMResults
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
           n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
-          num_lv_c=0, num_rr=0, lv_formula=None):
+          num_lv_c=0, num_rr=0, lv_formula=None, quadratic=False):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -124,7 +124,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     prob = build_problem(data, X, family=fam, trials=trials, num_lv_c=num_lv_c, num_rr=num_rr,
-                         lv_formula=lv_formula, **call)
+                         lv_formula=lv_formula, quadratic=quadratic, **call)
     if prior_sd is not None:
         prob.info["prior_sd"] = float(prior_sd)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
@@ -133,8 +133,9 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                     row_effect=call["row_effect"], n_init=n_init,
                     seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
                     prior_sd=prior_sd)
-    if num_lv_c or num_rr:
-        settings.update(num_lv_c=int(num_lv_c), num_rr=int(num_rr), lv_formula=lv_formula)
+    if num_lv_c or num_rr or quadratic:
+        settings.update(num_lv_c=int(num_lv_c), num_rr=int(num_rr), lv_formula=lv_formula,
+                        quadratic=quadratic)
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

@@ -471,6 +471,9 @@ def curvature_diagonal(prob, layout, P, ce=None):
     for t in pred.global_terms:
         for k, (g, H) in t.global_newton(pred, P, ce["Gm"], ce["Gv"]).items():
             setattr(G, k, np.diag(H).reshape(np.shape(g)))
+    for t in pred.nonlinear_terms:
+        for k, v in t.curvature_extra(pred, P, C).items():
+            setattr(G, k, v)
     if P.s is not None:
         gss = ce["gss"]
         G.s = np.maximum(-(gss if gss.ndim == 1 else np.diagonal(gss, axis1=1, axis2=2)), 1e-8)

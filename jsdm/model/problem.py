@@ -256,7 +256,7 @@ def _check_terms(terms, formula):
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
-                  extra_terms=(), num_lv_c=0, num_rr=0, lv_formula=None):
+                  extra_terms=(), num_lv_c=0, num_rr=0, lv_formula=None, quadratic=False):
     """Validate user input and build a :class:`Problem`.
 
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
@@ -307,7 +307,13 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         info["n_dispersion"] = int(q)
     model_terms = None
     num_lv_c, num_rr = check_ordination(num_lv_c, num_rr, lv_formula, Y.shape[1], int(num_lv))
-    if num_lv_c or num_rr:
+    quadratic = check_quadratic(quadratic, int(num_lv) + num_lv_c)
+    if quadratic and not (num_lv_c or num_rr):
+        from .terms import default_terms
+        from .terms.ordination import ordination_terms
+        model_terms = ordination_terms(default_terms(terms, int(num_lv), row_effect), 0, 0, (),
+                                       quadratic) + tuple(extra_terms)
+    elif num_lv_c or num_rr:
         from .terms import default_terms
         from .terms.ordination import ordination_terms
         Xlv, lv_cols = _design(com, lv_formula)
@@ -318,7 +324,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         info["lv_columns"] = tuple(lv_cols)
         info["lv_formula"] = lv_formula
         model_terms = ordination_terms(default_terms(terms, int(num_lv), row_effect),
-                                       num_lv_c, num_rr, tuple(lv_cols)) + tuple(extra_terms)
+                                       num_lv_c, num_rr, tuple(lv_cols), quadratic) + tuple(extra_terms)
     elif extra_terms:
         from .terms import default_terms
         model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)
@@ -326,6 +332,19 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
                    row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
+
+
+def check_quadratic(quadratic, d):
+    """Validate ``quadratic``: False, True or "lv" (case-insensitive); needs latent variables."""
+    if isinstance(quadratic, str) and quadratic.lower() == "lv":
+        quadratic = "lv"
+    if quadratic not in (False, True, "lv"):
+        raise JSDMError(f"quadratic must be False, True or 'lv', got {quadratic!r}")
+    if quadratic and d == 0:
+        raise JSDMError("quadratic responses need latent variables: set num_lv >= 1 or "
+                        "num_lv_c >= 1 (quadratic responses to constrained num_rr latent "
+                        "variables are not available)")
+    return quadratic
 
 
 def check_ordination(num_lv_c, num_rr, lv_formula, m, num_lv):

@@ -307,6 +307,33 @@ class GLLVMResults:
         return ordination_loadings(self)
 
     @_cached
+    def optima(self):
+        """Species x LV optima u_jk = theta_jk / (2 D_jk) of quadratic responses (NaN where the
+        response is monotone, D_jk = 0); SEs in :meth:`quadratic_table`."""
+        return self.quadratic_table(se=False)["optimum"].unstack("lv").reindex(
+            index=self.species, columns=self.lv_names)
+
+    @_cached
+    def tolerances(self):
+        """Species x LV tolerances t_jk = 1 / sqrt(2 D_jk) of quadratic responses (inf where
+        D_jk = 0); SEs in :meth:`quadratic_table`."""
+        return self.quadratic_table(se=False)["tolerance"].unstack("lv").reindex(
+            index=self.species, columns=self.lv_names)
+
+    def quadratic_table(self, se=True):
+        """Quadratic coefficients, optima and tolerances with delta-method SEs, by (species,
+        lv) (see :func:`jsdm.results.ordination_terms.quadratic_table`)."""
+        from .ordination_terms import quadratic_table
+        return quadratic_table(self, se=se)
+
+    @_cached
+    def gradient_length(self):
+        """Gradient length (turnover) per latent variable of a quadratic fit: the range of the
+        site scores in units of the species' median tolerance (Series)."""
+        from .ordination_terms import gradient_length
+        return gradient_length(self)
+
+    @_cached
     def lv_cov(self):
         """Variational covariances of the site scores, ndarray (n, d, d)."""
         return self.state.params.A

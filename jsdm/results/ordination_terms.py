@@ -202,3 +202,86 @@ def covariate_arrows(fit):
         return pd.DataFrame(index=[], columns=scores.columns)
     out = pd.concat(parts, axis=1).reindex(columns=scores.columns).fillna(0.0)
     return out.loc[list(names)]
+
+
+# --- quadratic responses ---------------------------------------------------------------------------
+def _quadratic(fit):
+    pred = fit.problem.predictor
+    return next((t for t in pred.nonlinear_terms if t.kind == "quadratic"), None)
+
+
+def quadratic_table(fit, se=True):
+    """Species optima and tolerances along each latent variable (quadratic responses).
+
+    For eta_ij = ... + theta_jk z_ik - D_jk z_ik^2 the response along latent variable k
+    peaks at the optimum u_jk = theta_jk / (2 D_jk) and has tolerance
+    t_jk = 1 / sqrt(2 D_jk) (the sd of the Gaussian-shaped curve), both in units of the
+    latent variable (prior sd 1), as gllvm's ``optima()`` and ``tolerances()`` (mite,
+    Poisson, quadratic = "LV": 0.805 and 0.953 here, 0.807 and 0.953 there). Where D_jk = 0 (a
+    monotone response) the optimum and tolerance are infinite (reported as NaN and inf).
+
+    Returns
+    -------
+    DataFrame
+        Index (species, lv); columns D, optimum, tolerance and, with ``se``, their
+        delta-method standard errors D_se, optimum_se, tolerance_se.
+    """
+    term = _quadratic(fit)
+    if term is None:
+        from ..exceptions import JSDMError
+        raise JSDMError("this fit has no quadratic responses; refit with quadratic=True or 'lv'")
+    pred = fit.problem.predictor
+    P = fit.state.params
+    d = pred.d
+    names = list(fit.lv_names)
+    D = term.D(pred, P)
+    th = P.theta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        opt = np.where(D > 0, th / (2.0 * D), np.nan)
+        tol = np.where(D > 0, 1.0 / np.sqrt(2.0 * D), np.inf)
+    idx = pd.MultiIndex.from_product([list(fit.species), names], names=["species", "lv"])
+    out = pd.DataFrame({"D": D.ravel(), "optimum": opt.ravel(), "tolerance": tol.ravel()}, index=idx)
+    if not se:
+        return out
+    cov = fit.cov_params()
+    labels = set(cov.index)
+    dse, ose, tse = [], [], []
+    for j, sp in enumerate(fit.species):
+        for k, lv in enumerate(names):
+            lt = ("loading", sp, lv)
+            lq = ("quadratic", sp, lv) if term.mode == "species" else ("quadratic", "all species", lv)
+            keys = [key for key in (lt, lq) if key in labels]
+            V = cov.loc[keys, keys].to_numpy()
+            has_t = lt in labels
+            vq = V[-1, -1]
+            dse.append(np.sqrt(max(vq, 0.0)))
+            if not D[j, k] > 0:
+                ose.append(np.nan)
+                tse.append(np.nan)
+                continue
+            Jo = ([1.0 / (2 * D[j, k])] if has_t else []) + [-th[j, k] / (2 * D[j, k] ** 2)]
+            Jo = np.array(Jo)
+            ose.append(float(np.sqrt(max(Jo @ V @ Jo, 0.0))))
+            tse.append(float(np.sqrt(max(vq, 0.0)) * (2.0 * D[j, k]) ** -1.5))
+    out["D_se"], out["optimum_se"], out["tolerance_se"] = dse, ose, tse
+    return out
+
+
+def gradient_length(fit):
+    """Gradient length (species turnover) per latent variable, a Series.
+
+    The range of the site scores along latent variable k (their variational means)
+    in units of the species' median tolerance along k (species with D_jk > 0): the
+    analogue of DCA's gradient length in SD units. About 4 or more means that no
+    species spans the whole gradient (complete turnover); below about 2, responses
+    are close to linear over the sampled range.
+    """
+    tab = quadratic_table(fit, se=False)
+    scores = ordination_scores(fit)
+    out = {}
+    for lv in fit.lv_names:
+        t = tab.xs(lv, level="lv")["tolerance"]
+        t = t[np.isfinite(t)]
+        z = scores[lv]
+        out[lv] = float((z.max() - z.min()) / t.median()) if len(t) else 0.0
+    return pd.Series(out, name="gradient_length")

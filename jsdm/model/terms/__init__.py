@@ -8,6 +8,7 @@ from .base import Reported, Term
 from .dispersion import S_BOUNDS, Dispersion
 from .latent import LatentVariables
 from .ordination import ConcurrentLatentVariables, ReducedRank
+from .quadratic import QuadraticResponse
 from .predictor import LinearPredictor
 from .row_effects import FixedRowEffects, RandomRowEffects
 from .slots import CholeskySlot, MaskedSlot, PinnedFirstSlot, Slot
@@ -23,7 +24,7 @@ def register_term(cls):
 
 
 for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
-             ConcurrentLatentVariables, ReducedRank):
+             ConcurrentLatentVariables, ReducedRank, QuadraticResponse):
     register_term(_cls)
 
 
@@ -54,6 +55,6 @@ def default_terms(covariates=(), num_lv=0, row_effect=None):
 
 
 __all__ = ["CholeskySlot", "ConcurrentLatentVariables", "Dispersion", "FixedRowEffects", "LatentVariables", "LinearPredictor",
-           "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "ReducedRank", "Reported", "S_BOUNDS", "Slot",
+           "MaskedSlot", "PinnedFirstSlot", "QuadraticResponse", "RandomRowEffects", "ReducedRank", "Reported", "S_BOUNDS", "Slot",
            "SpeciesIntercepts", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

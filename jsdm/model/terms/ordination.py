@@ -351,18 +351,24 @@ class ConcurrentLatentVariables(LatentVariables):
         return out
 
 
-def ordination_terms(terms, num_lv_c, num_rr, columns):
-    """The classic terms with concurrent (``num_lv_c``) and constrained (``num_rr``) ordination.
+def ordination_terms(terms, num_lv_c, num_rr, columns, quadratic=False):
+    """The classic terms with concurrent (``num_lv_c``) and constrained (``num_rr``) ordination
+    and quadratic responses.
 
     The latent-variable term becomes a :class:`ConcurrentLatentVariables` (its d
-    unconstrained latent variables follow the concurrent ones) and a
-    :class:`ReducedRank` term is added after it.
+    unconstrained latent variables follow the concurrent ones); a
+    :class:`~jsdm.model.terms.quadratic.QuadraticResponse` (``quadratic`` True: per
+    species, "lv": per latent variable) and a :class:`ReducedRank` term follow it.
     """
+    from .quadratic import QuadraticResponse
+
     out = []
     for t in terms:
         if isinstance(t, LatentVariables) and num_lv_c:
             t = ConcurrentLatentVariables(num_lv_c, t.d, columns)
         out.append(t)
+        if isinstance(t, LatentVariables) and quadratic:
+            out.append(QuadraticResponse("lv" if quadratic == "lv" else "species"))
         if isinstance(t, LatentVariables) and num_rr:
             out.append(ReducedRank(num_rr, columns))
     return tuple(out)

@@ -100,6 +100,10 @@ class LinearPredictor:
                          for t in self.terms if t.bilinear and t.site_width(self)]
         self.hyper_terms = [(t, sl) for t, sl in self.random_site_terms if t.hyper_fields]
         self.global_terms = [t for t in self.terms if t.active(self) and t.global_fields(self)]
+        # terms whose moments are not of the linear / bilinear form (quadratic responses):
+        # they add to (m, v) and to the gradient through their own chain rule
+        self.nonlinear_terms = [t for t in self.terms
+                                if getattr(t, "nonlinear", False) and t.active(self)]
         self._unit_prior = all(t.unit_prior for t, _ in self.random_site_terms)
         self._ones_kr = np.ones(self.kr)
         self._ones_kr.flags.writeable = False
@@ -190,6 +194,8 @@ class LinearPredictor:
                 val = self.offset[rows][:, cols]
             else:
                 val = t.mean(self, P, rows, cols)
+                if val is None:
+                    continue
             if F is None:
                 F = np.broadcast_to(val, (self.count_rows(rows), self.count_cols(cols))).copy()
             else:
@@ -225,6 +231,10 @@ class LinearPredictor:
         UU = (UR[:, :, None] * UR[:, None, :]).reshape(UR.shape[0], kr * kr)
         S2 = self.site_cov2(P, rows) if S2 is None else S2[rows]
         V = S2 @ UU.T
+        for t in self.nonlinear_terms:
+            dm, dv = t.moments_extra(self, P, rows, cols)
+            M += dm
+            V += dv
         np.maximum(V, 0.0, out=V)
         return M, V
 
@@ -329,6 +339,8 @@ class LinearPredictor:
         for t in self.global_terms:
             for k, v in t.global_gradient(self, P, Gm, Gv).items():
                 setattr(g, k, v)
+        for t in self.nonlinear_terms:
+            t.gradient_extra(self, P, Gm, Gv, g)
         if gs is not None:
             g.s = gs
         return g

@@ -189,7 +189,7 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-QUADRATIC_SCREEN = 300     # L-BFGS iterations per quadratic start before the best is finished
+QUADRATIC_SCREEN = 150     # L-BFGS iterations per quadratic start before the best is finished
 
 
 def _quadratic_starts(prob, n_init, seed, maxiter, gtol):

@@ -323,8 +323,11 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         info["designs"] = {"lv": Xlv}
         info["lv_columns"] = tuple(lv_cols)
         info["lv_formula"] = lv_formula
+        from .terms.ordination import choose_anchors
+        anchors = choose_anchors(Y, W, Xlv, num_rr) if num_rr else None
         model_terms = ordination_terms(default_terms(terms, int(num_lv), row_effect),
-                                       num_lv_c, num_rr, tuple(lv_cols), quadratic) + tuple(extra_terms)
+                                       num_lv_c, num_rr, tuple(lv_cols), quadratic,
+                                       anchors) + tuple(extra_terms)
     elif extra_terms:
         from .terms import default_terms
         model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)

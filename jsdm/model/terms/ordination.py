@@ -91,17 +91,25 @@ class ReducedRank(Term):
         Number of constrained latent variables (gllvm's ``num.RR``).
     columns : tuple of str
         Names of the ordination design's columns (``lv_formula``'s expansion).
+    anchors : tuple of int, optional
+        The d anchor species whose loadings are pinned at the identity (default: the
+        first d; :func:`choose_anchors` picks species with strong, distinct responses,
+        which keeps the parametrisation well conditioned).
     """
 
     kind = "rr"
     table = "loading"
 
-    def __init__(self, d=2, columns=()):
+    def __init__(self, d=2, columns=(), anchors=None):
         self.d = int(d)
         self.columns = tuple(str(c) for c in columns)
+        self.anchors = tuple(int(a) for a in anchors) if anchors is not None else tuple(range(self.d))
+        if len(self.anchors) != self.d or len(set(self.anchors)) != self.d:
+            raise ValueError(f"anchors must be {self.d} distinct species indices, got {anchors!r}")
 
     def spec(self):
-        return {"kind": self.kind, "d": self.d, "columns": list(self.columns)}
+        return {"kind": self.kind, "d": self.d, "columns": list(self.columns),
+                "anchors": list(self.anchors)}
 
     def lme4(self, site="site", species="species"):
         return f"rr({species} | {' + '.join(self.columns)}, d = {self.d})"
@@ -121,12 +129,12 @@ class ReducedRank(Term):
 
     def free_mask(self, m):
         free = np.ones((m, self.d), dtype=bool)
-        free[:self.d] = False                   # anchor species: theta_top = I
+        free[list(self.anchors)] = False        # anchor species: their loadings = I
         return free
 
     def fill(self, m):
         out = np.zeros((m, self.d))
-        out[:self.d] = np.eye(self.d)
+        out[list(self.anchors)] = np.eye(self.d)
         return out
 
     def slots(self, ctx):
@@ -158,7 +166,7 @@ class ReducedRank(Term):
 
     def set_species(self, P, values):
         out = np.array(values, dtype=float)
-        out[:self.d] = np.eye(self.d)
+        out[list(self.anchors)] = np.eye(self.d)
         P.theta_rr = out
 
     # global block: the canonical coefficients
@@ -179,7 +187,7 @@ class ReducedRank(Term):
                             init["jitter"])
         X = lv_design(ctx)
         C = np.linalg.lstsq(X, a - a.mean(0), rcond=None)[0]          # scores on the covariates
-        P.C_rr, P.theta_rr = to_anchor_form(C, theta)
+        P.C_rr, P.theta_rr = to_anchor_form(C, theta, self.anchors)
 
     def reported(self, ctx, P, layout):
         if not self.d:
@@ -199,16 +207,41 @@ class ReducedRank(Term):
         return out
 
 
-def to_anchor_form(C, theta):
-    """(C T', theta T^-1) with T = theta_top, so that theta's first d rows are the identity."""
+def to_anchor_form(C, theta, anchors=None):
+    """(C T', theta T^-1) with T = theta[anchors], so that the anchors' rows are the identity."""
     d = theta.shape[1]
-    T = theta[:d]
+    anchors = list(range(d)) if anchors is None else list(anchors)
+    T = theta[anchors]
     if np.linalg.cond(T) > 1e8:                  # a degenerate start: jitter the anchors
         T = T + np.eye(d) * (0.1 * np.abs(theta).max() + 1e-3)
     Ti = np.linalg.inv(T)
     th = theta @ Ti
-    th[:d] = np.eye(d)
+    th[anchors] = np.eye(d)
     return C @ T.T, th
+
+
+def choose_anchors(Y, W, X, d):
+    """d anchor species for constrained ordination: strong and distinct responses to X.
+
+    The least-squares slopes of log(1 + y) on X (centred, observed cells), one vector
+    per species; a pivoted Gram-Schmidt takes the species with the longest slope vector,
+    then the longest part orthogonal to those chosen (as ``latent.anchor_order`` does
+    for the latent variables' loadings). Deterministic: a function of the data only.
+    """
+    Yl = np.where(W > 0, np.log1p(np.maximum(np.nan_to_num(Y), 0.0)), 0.0)
+    Xc = X - X.mean(0)
+    B = np.linalg.lstsq(Xc, Yl - Yl.mean(0), rcond=None)[0]            # (p, m)
+    R = B.T.copy()
+    chosen = []
+    for _ in range(d):
+        norms = (R * R).sum(1)
+        norms[chosen] = -1.0
+        j = int(np.argmax(norms))
+        chosen.append(j)
+        if norms[j] > 0:
+            u = R[j] / np.sqrt(norms[j])
+            R -= np.outer(R @ u, u)
+    return tuple(sorted(chosen))
 
 
 def standardise_constrained(C, theta, X):
@@ -351,7 +384,7 @@ class ConcurrentLatentVariables(LatentVariables):
         return out
 
 
-def ordination_terms(terms, num_lv_c, num_rr, columns, quadratic=False):
+def ordination_terms(terms, num_lv_c, num_rr, columns, quadratic=False, anchors=None):
     """The classic terms with concurrent (``num_lv_c``) and constrained (``num_rr``) ordination
     and quadratic responses.
 
@@ -370,7 +403,7 @@ def ordination_terms(terms, num_lv_c, num_rr, columns, quadratic=False):
         if isinstance(t, LatentVariables) and quadratic:
             out.append(QuadraticResponse("lv" if quadratic == "lv" else "species"))
         if isinstance(t, LatentVariables) and num_rr:
-            out.append(ReducedRank(num_rr, columns))
+            out.append(ReducedRank(num_rr, columns, anchors))
     return tuple(out)
 
 

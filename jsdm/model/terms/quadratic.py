@@ -41,6 +41,22 @@ from .slots import Slot
 D_START = 0.05
 
 
+def _inv_logdet(A):
+    """Inverse and log-determinant of a batch of small matrices (..., k, k); explicit formulas
+    for k <= 2 (batched LAPACK calls on 2 x 2 matrices cost far more than the arithmetic)."""
+    k = A.shape[-1]
+    if k == 1:
+        return 1.0 / A, np.log(A[..., 0, 0])
+    if k == 2:
+        a, b, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
+        det = a * d - b * c
+        inv = np.empty_like(A)
+        inv[..., 0, 0], inv[..., 0, 1] = d / det, -b / det
+        inv[..., 1, 0], inv[..., 1, 1] = -c / det, a / det
+        return inv, np.log(det)
+    return np.linalg.inv(A), np.linalg.slogdet(A)[1]
+
+
 class QuadraticResponse(Term):
     """Quadratic responses to the latent variables of the model's latent-variable term.
 
@@ -126,10 +142,10 @@ class QuadraticResponse(Term):
         bSb = np.einsum("jk,ijk->ij", b, Sb)
         if log_link:
             K = np.eye(kr) + 2.0 * S[:, None, :, :] * Dp[None, :, None, :]       # I + 2 S D
-            M = np.linalg.solve(K, np.broadcast_to(S[:, None], K.shape))         # K^-1 S
+            Ki, logdet = _inv_logdet(K)
+            M = np.einsum("ijkl,ilm->ijkm", Ki, S)                               # K^-1 S
             M = 0.5 * (M + np.swapaxes(M, 2, 3))
             Mg = np.einsum("ijkl,ijl->ijk", M, g)
-            _, logdet = np.linalg.slogdet(K)
             trDS = np.einsum("ikk,jk->ij", S, Dp)
             vq = (g * Mg).sum(2) - logdet + 2.0 * trDS - bSb
         else:
@@ -145,9 +161,8 @@ class QuadraticResponse(Term):
         out["m_D"] = -(mu[:, None, :] ** 2 + np.einsum("ikk->ik", S)[:, None, :])
         # dm_q/dSigma = -D (diagonal)
         if log_link:
-            Kt = np.swapaxes(K, 2, 3)
-            h = np.linalg.solve(Kt, g[..., None])[..., 0]                        # K^-T g
-            DKi = Dp[None, :, :, None] * np.linalg.inv(K)                        # D K^-1
+            h = np.einsum("ijlk,ijl->ijk", Ki, g)                                # K^-T g
+            DKi = Dp[None, :, :, None] * Ki                                      # D K^-1
             out["v_b"] = 2.0 * Mg - 2.0 * Sb
             out["v_mu"] = -4.0 * Dp[None, :, :] * Mg
             vS = h[..., :, None] * h[..., None, :] - 2.0 * DKi

@@ -121,6 +121,15 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     from .model.formula import is_lme4_formula, translate_call
     if is_lme4_formula(formula, species):
         data, X, call = translate_call(data, X, **call)
+        ordn = {k: call.pop(k) for k in ("num_lv_c", "num_rr", "lv_formula", "quadratic") if k in call}
+        for k, v in ordn.items():
+            given = {"num_lv_c": num_lv_c, "num_rr": num_rr, "lv_formula": lv_formula,
+                     "quadratic": quadratic}[k]
+            if given not in (0, None, False) and given != v:
+                raise JSDMError(f"{k}={given!r} contradicts the formula's rr() term ({k}={v!r}); "
+                                "give it in one place")
+        num_lv_c, num_rr = ordn.get("num_lv_c", num_lv_c), ordn.get("num_rr", num_rr)
+        lv_formula, quadratic = ordn.get("lv_formula", lv_formula), ordn.get("quadratic", quadratic)
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     prob = build_problem(data, X, family=fam, trials=trials, num_lv_c=num_lv_c, num_rr=num_rr,
@@ -143,3 +152,55 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         from .analysis.diagnostics import warn_quick_checks
         warn_quick_checks(fit, stacklevel=3)
     return fit
+
+
+ORDINATION_TYPES = ("unconstrained", "concurrent", "constrained")
+
+
+def compare_ordinations(data, X=None, *, lv_formula, d=2, types=ORDINATION_TYPES,
+                        family="poisson", **kwargs):
+    """Fit unconstrained, concurrent and constrained ordinations with the same dimension d
+    and compare them by AIC and BIC.
+
+    Parameters
+    ----------
+    data, X : as in :func:`gllvm`.
+    lv_formula : str
+        Covariates of the constrained and concurrent ordinations (``gllvm(lv_formula=)``).
+    d : int >= 1
+        Number of latent dimensions of every model: ``num_lv=d`` (unconstrained),
+        ``num_lv_c=d`` (concurrent), ``num_rr=d`` (constrained).
+    types : sequence of {"unconstrained", "concurrent", "constrained"}
+    family, **kwargs
+        Passed to every :func:`gllvm` call (e.g. ``formula``, ``row_effect``,
+        ``n_init``, ``seed``).
+
+    Returns
+    -------
+    (DataFrame, dict)
+        The table (one row per type: df, ELBO, AIC, BIC, dAIC, dBIC from the best of
+        each, sorted by AIC) and the fits by type. The ELBO stands for the
+        log-likelihood as in R gllvm; a constrained model has no random part, so its
+        ELBO is its exact log-likelihood while the others' are bounds (their AIC is
+        conservative).
+    """
+    bad = [t for t in types if t not in ORDINATION_TYPES]
+    if bad or not types:
+        raise JSDMError(f"types must be among {ORDINATION_TYPES}, got {list(types)!r}")
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+        raise JSDMError(f"d must be a whole number >= 1, got {d!r}")
+    args = {"unconstrained": dict(num_lv=d),
+            "concurrent": dict(num_lv=0, num_lv_c=d, lv_formula=lv_formula),
+            "constrained": dict(num_lv=0, num_rr=d, lv_formula=lv_formula)}
+    fits, rows = {}, []
+    for t in types:
+        fit = gllvm(data, X, family=family, **{**kwargs, **args[t]})
+        fits[t] = fit
+        rows.append({"type": t, "d": d, "df": fit.df, "elbo": fit.llf, "aic": fit.aic,
+                     "bic": fit.bic, "converged": fit.converged})
+    import pandas as pd
+
+    tab = pd.DataFrame(rows).set_index("type")
+    tab["d_aic"] = tab["aic"] - tab["aic"].min()
+    tab["d_bic"] = tab["bic"] - tab["bic"].min()
+    return tab.sort_values("aic"), fits

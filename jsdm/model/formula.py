@@ -25,6 +25,10 @@ formula term                                  jsdm
 ``(1 | site)``                                ``row_effect="random"``
 ``rr(0 + species | site, d = k)``             ``num_lv=k`` (glmmTMB's default k = 2);
                                               no ``rr()`` term: ``num_lv=0``
+``rr(..., lv = ~ x + z)``                     concurrent ordination: ``num_lv_c=k``,
+                                              ``lv_formula="~ x + z"`` (jsdm extension)
+``rr(..., lv = ~ x + z, residual = FALSE)``   constrained ordination: ``num_rr=k``
+``rr(..., quadratic = TRUE)`` (or ``"lv"``)   ``quadratic=True`` (``"lv"``)
 ``offset(expr)``                              ``offset`` = expr evaluated per row
 ============================================  ==========================================
 """
@@ -89,6 +93,10 @@ class ParsedFormula:
     row_effect: Optional[str] = None
     offsets: tuple = ()
     terms: tuple = ()
+    num_lv_c: int = 0
+    num_rr: int = 0
+    lv_formula: Optional[str] = None
+    quadratic: object = False
 
     @property
     def site_formula(self):
@@ -96,8 +104,14 @@ class ParsedFormula:
         return "~ " + " + ".join(self.slopes) if self.slopes else None
 
     def gllvm_arguments(self):
-        """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call."""
-        return dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+        """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call (and
+        ``num_lv_c``, ``num_rr``, ``lv_formula``, ``quadratic`` when the formula has them)."""
+        out = dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+        if self.num_lv_c or self.num_rr:
+            out.update(num_lv_c=self.num_lv_c, num_rr=self.num_rr, lv_formula=self.lv_formula)
+        if self.quadratic:
+            out["quadratic"] = self.quadratic
+        return out
 
     @property
     def model_terms(self):
@@ -109,8 +123,15 @@ class ParsedFormula:
         """
         from .terms import default_terms
 
-        return [t for t in default_terms(self.slopes, self.num_lv, self.row_effect)
-                if t.active(_Dims(len(self.slopes)))]
+        terms = default_terms(self.slopes, self.num_lv, self.row_effect)
+        if self.num_lv_c or self.num_rr or self.quadratic:
+            from .terms.ordination import ordination_terms
+            cols = tuple(c.strip() for c in (self.lv_formula or "~").split("~", 1)[1].split("+")
+                         if c.strip())
+            terms = ordination_terms(terms, self.num_lv_c, self.num_rr, cols, self.quadratic)
+            return [t for t in terms if t.kind in ("lv_c", "rr", "quadratic")
+                    or t.active(_Dims(len(self.slopes)))]
+        return [t for t in terms if t.active(_Dims(len(self.slopes)))]
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
@@ -226,6 +247,8 @@ class _Parts:
         self.fixed, self.terms, self.offsets, self.random_terms = [], [], [], []
         self.num_lv, self.random_site, self.fixed_site = None, None, None
         self.has_species = False
+        self.num_lv_c = self.num_rr = 0
+        self.lv_formula, self.quadratic = None, False
 
     def fail(self, term, why):
         raise JSDMError(f"formula term {term!r} in {self.formula!r}: {why} "
@@ -391,11 +414,62 @@ def _read_covstruct(parts, sign, piece, name, inner):
     if group != site or _left_terms(parts, piece, left) - {"1"} != {species}:
         parts.fail(piece, f"the reduced-rank term must be rr(0 + {species} | {site}, d = k): "
                           f"latent variables by {site} with loadings by {species}.")
+    opts = _rr_options(parts, piece, args[1:])          # ordination options (jsdm extension)
+    d = opts["d"]
+    if opts["quadratic"]:
+        parts.quadratic = opts["quadratic"]
+    if opts["lv"] is not None:
+        if parts.lv_formula is not None and parts.lv_formula != opts["lv"]:
+            parts.fail(piece, "constrained and concurrent rr() terms must share one lv formula.")
+        parts.lv_formula = opts["lv"]
+        if opts["residual"]:
+            if parts.num_lv_c:
+                parts.fail(piece, "only one concurrent rr(..., lv = ~ ...) term is allowed.")
+            parts.num_lv_c = d
+            parts.random_terms.append((piece, f"{d} concurrent latent variable(s) on "
+                                              f"{opts['lv']} -> num_lv_c={d}"))
+        else:
+            if parts.num_rr:
+                parts.fail(piece, "only one constrained rr(..., residual = FALSE) term is allowed.")
+            parts.num_rr = d
+            parts.random_terms.append((piece, f"{d} constrained latent variable(s) on "
+                                              f"{opts['lv']} -> num_rr={d}"))
+        return
     if parts.num_lv is not None:
-        parts.fail(piece, "only one rr() term is allowed.")
-    parts.num_lv = _rank(parts, piece, args[1:])
-    d = parts.num_lv
+        parts.fail(piece, "only one rr() term without lv = is allowed.")
+    parts.num_lv = d
     parts.random_terms.append((piece, f"{d} latent variable(s) -> num_lv={d}"))
+
+
+def _rr_options(parts, piece, args):
+    """d, lv (ordination formula), residual and quadratic of an rr() term's arguments."""
+    opts = {"d": None, "lv": None, "residual": True, "quadratic": False}
+    rank_args = []
+    for a in args:
+        key, _, value = a.partition("=")
+        key, value = key.strip(), value.strip()
+        if key == "lv":
+            if not value.startswith("~"):
+                parts.fail(piece, f"lv must be a one-sided formula, e.g. lv = ~ x + z; got {value!r}.")
+            opts["lv"] = "~ " + value[1:].strip()
+        elif key == "residual":
+            if value.upper() not in ("TRUE", "FALSE", "T", "F"):
+                parts.fail(piece, f"residual must be TRUE or FALSE, got {value!r}.")
+            opts["residual"] = value.upper() in ("TRUE", "T")
+        elif key == "quadratic":
+            v = value.strip("'\"")
+            if v.upper() in ("TRUE", "T"):
+                opts["quadratic"] = True
+            elif v.lower() == "lv":
+                opts["quadratic"] = "lv"
+            elif v.upper() not in ("FALSE", "F"):
+                parts.fail(piece, f"quadratic must be TRUE, FALSE or \"lv\", got {value!r}.")
+        else:
+            rank_args.append(a)
+    if not opts["residual"] and opts["lv"] is None:
+        parts.fail(piece, "residual = FALSE (constrained ordination) needs lv = ~ covariates.")
+    opts["d"] = _rank(parts, piece, rank_args)
+    return opts
 
 
 def _rank(parts, piece, args):
@@ -493,7 +567,9 @@ def _finish(parts, response, slopes, absorbed):
         terms.append(("(no rr() term)", "no latent variables -> num_lv=0"))
     return ParsedFormula(formula=parts.formula, response=response, site=site, species=species,
                          slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
-                         offsets=tuple(parts.offsets), terms=tuple(terms))
+                         offsets=tuple(parts.offsets), terms=tuple(terms),
+                         num_lv_c=parts.num_lv_c, num_rr=parts.num_rr,
+                         lv_formula=parts.lv_formula, quadratic=parts.quadratic)
 
 
 # --- detection and translation -------------------------------------------------------------
@@ -619,7 +695,9 @@ def _covariate_columns(parsed, long, resp):
 
     site, species = parsed.site, parsed.species
     covs = []
-    for slope in parsed.slopes:
+    lv_terms = [] if not parsed.lv_formula else [
+        c.strip() for c in parsed.lv_formula.split("~", 1)[1].split("+") if c.strip()]
+    for slope in list(parsed.slopes) + lv_terms:
         used = _columns_in(slope, list(long.columns))
         if not used:
             raise JSDMError(f"the term {species}:{slope} names no column of the long table; its "
@@ -656,8 +734,13 @@ def _merge_arguments(parsed, num_lv, row_effect, offset):
     if offset is not None and parsed.offsets:
         raise JSDMError(f"an offset is given twice: offset= and offset({parsed.offsets[0]}) in "
                         f"{where}; keep one.")
-    return dict(formula=parsed.site_formula, num_lv=parsed.num_lv, row_effect=parsed.row_effect,
-                offset=offset)
+    out = dict(formula=parsed.site_formula, num_lv=parsed.num_lv, row_effect=parsed.row_effect,
+               offset=offset)
+    if parsed.num_lv_c or parsed.num_rr:            # ordination (jsdm extension of rr())
+        out.update(num_lv_c=parsed.num_lv_c, num_rr=parsed.num_rr, lv_formula=parsed.lv_formula)
+    if parsed.quadratic:
+        out["quadratic"] = parsed.quadratic
+    return out
 
 
 def _offset_values(expr, long):

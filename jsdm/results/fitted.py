@@ -146,6 +146,7 @@ class GLLVMResults:
                          f"{self.nobs} observed cells"),
                 ("Covariates", html.escape(", ".join(self.terms)) or "none"),
                 ("Latent variables", str(self.num_lv)),
+                ("Ordination", self.ordination_type),
                 ("Row effect", html.escape(str(self.row_effect or "none"))),
                 ("ELBO (log-lik bound)", f"{self.llf:.3f}"),
                 ("df / AIC / BIC", f"{self.df} / {self.aic:.2f} / {self.bic:.2f}"),
@@ -1019,12 +1020,31 @@ class GLLVMResults:
         matplotlib Axes
             See :func:`jsdm.plotting.plot_ordination`.
         """
+        from .ordination_terms import ordination_parts
+        parts, quadratic = ordination_parts(self)
+        if quadratic:     # optima in the fitted axes (a rotation changes the model)
+            from ..plotting.ordination_terms import plot_optima
+            return plot_optima(self, ax=ax, axes=axes, color=color, species=species)
+        if parts & {"constrained", "concurrent"}:
+            from ..plotting.ordination_terms import plot_constrained
+            return plot_constrained(self, ax=ax, axes=axes, scaling=scaling, exponent=exponent,
+                                    color=color, biplot=biplot,
+                                    covariate_arrows=True,      # (the point of these plots)
+                                    species=species, label_species=label_species,
+                                    species_scale=species_scale)
         from ..plotting import plot_ordination
         return plot_ordination(self, biplot=biplot, color=color, ellipses=ellipses, ax=ax,
                                axes=axes, scaling=scaling, exponent=exponent,
                                species_scale=species_scale, covariate_arrows=covariate_arrows,
                                alpha=alpha, site_labels=site_labels, species=species,
                                label_species=label_species, level=level)
+
+    def plot_response_curves(self, lv=0, species=None, ax=None, scale="response"):
+        """Expected response of each species along one latent variable (bell-shaped with
+        quadratic responses); see :func:`jsdm.plotting.ordination_terms.plot_response_curves`.
+        """
+        from ..plotting.ordination_terms import plot_response_curves
+        return plot_response_curves(self, lv=lv, species=species, ax=ax, scale=scale)
 
     def plot_associations(self, cluster=True, only_significant=False, ax=None, *, alpha=0.05,
                           method="delta", add_family_variance="observation", cmap="RdBu_r",

@@ -41,10 +41,17 @@ def ordination_type(fit):
     if rr is not None:
         parts.append("constrained")
     out = " + ".join(parts) if parts else "none"
-    quad = getattr(pred.lv, "quadratic", False) if pred.lv is not None else False
-    if quad:
-        out += " (quadratic, common per LV)" if quad == "lv" else " (quadratic)"
+    quad = next((t for t in pred.nonlinear_terms if t.kind == "quadratic"), None)
+    if quad is not None:
+        out += " (quadratic, common per LV)" if quad.mode == "lv" else " (quadratic)"
     return out
+
+
+def ordination_parts(fit):
+    """The set of ordination kinds in the fit ({"unconstrained", "constrained", "concurrent"})
+    and whether responses are quadratic: (set, bool)."""
+    kind = ordination_type(fit)
+    return set(kind.split(" (")[0].split(" + ")) - {"none"}, "(quadratic" in kind
 
 
 def _rr_standardised(fit, P=None):

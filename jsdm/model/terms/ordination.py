@@ -112,7 +112,8 @@ class ReducedRank(Term):
                 "anchors": list(self.anchors)}
 
     def lme4(self, site="site", species="species"):
-        return f"rr({species} | {' + '.join(self.columns)}, d = {self.d})"
+        return (f"rr(0 + {species} | {site}, d = {self.d}, lv = ~ {' + '.join(self.columns)}, "
+                "residual = FALSE)")
 
     def describe(self):
         return (f"constrained ordination: {self.d} latent variable{'s' if self.d != 1 else ''} "

@@ -80,7 +80,8 @@ class QuadraticResponse(Term):
         return {"kind": self.kind, "mode": self.mode}
 
     def lme4(self, site="site", species="species"):
-        return ("quadratic(lv | species)" if self.mode == "species" else "quadratic(lv)")
+        return ("rr(..., quadratic = TRUE)" if self.mode == "species"
+                else 'rr(..., quadratic = "lv")')
 
     def describe(self):
         return ("unimodal responses: - sum_k D_jk z_ik^2 per species (optima, tolerances)"

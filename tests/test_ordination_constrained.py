@@ -310,3 +310,61 @@ def test_anchor_species_have_strong_distinct_responses():
     eta[:, 5] += 1.5 * X[:, 1]
     Y = rng.poisson(np.exp(eta + 1.0)).astype(float)
     assert choose_anchors(Y, np.ones_like(Y), X, 2) == (3, 5)
+
+
+# --- formula route, outputs, plots, report, model selection ---------------------------------------
+def test_formula_route_gives_the_wide_fit(mite):
+    """rr(0 + species | site, d = 2, lv = ~ ..., residual = FALSE) on the long table is the
+    wide constrained call (same ELBO); parse_formula prints the translation."""
+    from jsdm.model.formula import parse_formula
+
+    com, X = mite
+    f = ("count ~ species + rr(0 + species | site, d = 2, lv = ~ SubsDens + WatrCont, "
+         "residual = FALSE)")
+    text = str(parse_formula(f))
+    assert "num_rr=2" in text and "lv_formula='~ SubsDens + WatrCont'" in text
+    p = parse_formula("y ~ species + rr(0 + species | site, d = 1, lv = ~ a) "
+                      "+ rr(0 + species | site, d = 1, quadratic = 'lv')")
+    assert (p.num_lv_c, p.num_lv, p.num_rr, p.quadratic) == (1, 1, 0, "lv")
+    with pytest.raises(jsdm.JSDMError, match="residual = FALSE"):
+        parse_formula("y ~ species + rr(0 + species | site, d = 1, residual = FALSE)")
+    long = com.Y.stack().rename("count").reset_index()
+    long.columns = ["site", "species", "count"]
+    long = long.join(X, on="site")
+    wide = _fit(com, X, num_rr=2, n_init=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        lf = jsdm.gllvm(long, family="negative_binomial", formula=f, n_init=1)
+    assert lf.ordination_type == "constrained"
+    assert abs(lf.llf - wide.llf) < 1e-6
+
+
+def test_outputs_plots_report_and_selection(mite, tmp_path):
+    """Labelled tables, every plot type draws, the report names the ordination, and
+    compare_ordinations ranks the three types by AIC (constrained has the fewest
+    parameters and the exact likelihood; on mite the concurrent model wins by AIC)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    com, X = mite
+    tab, fits = jsdm.compare_ordinations(com.Y, X, lv_formula=LV_FORMULA, d=2,
+                                         family="negative_binomial", formula="~ 1", n_init=1)
+    assert list(tab.index)[0] == "concurrent"
+    assert set(tab.index) == {"unconstrained", "concurrent", "constrained"}
+    assert tab.loc["constrained", "df"] < tab.loc["concurrent", "df"]
+    conc, cons = fits["concurrent"], fits["constrained"]
+    assert list(conc.ordination_scores.columns) == ["CLV1", "CLV2"]
+    assert list(cons.ordination_scores.columns) == ["RR1", "RR2"]
+    assert list(cons.canonical.index.get_level_values(0).unique()) == ["SubsDens", "WatrCont"]
+    z = cons.ordination_scores.to_numpy()
+    np.testing.assert_allclose(np.cov(z.T, ddof=0), np.eye(2), atol=1e-8)   # standardised
+    for fit in (conc, cons):
+        ax = fit.plot_ordination()
+        assert any(getattr(a, "get_gid", lambda: None)() == "covariate" for a in ax.artists) \
+            or any(t.get_gid() == "covariate" for t in ax.texts)
+        assert fit.ordination_type in ax.get_title()
+        matplotlib.pyplot.close("all")
+    html = fit.report(tmp_path / "r.html") if hasattr(fit, "report") else None
+    text = (tmp_path / "r.html").read_text() if html is not None else ""
+    assert "constrained" in text and "Canonical coefficients" in text
+    assert "Ordination" in str(cons.summary())

@@ -250,3 +250,30 @@ def test_quadratic_arguments_are_checked():
     with pytest.raises(jsdm.JSDMError, match="latent variables"):
         jsdm.gllvm(Y, family="poisson", num_lv=0, quadratic=True)
     assert QuadraticResponse("lv") == QuadraticResponse(**{"mode": "lv"})
+
+
+def test_plots_and_report_of_a_quadratic_fit(tmp_path):
+    """plot_ordination draws species optima (and tolerance ellipses) in the fitted axes,
+    plot_response_curves one bell-shaped curve per species; the report shows the type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    Y = _mite_subset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        fit = jsdm.gllvm(Y, family="poisson", num_lv=2, quadratic=True, n_init=1)
+    assert fit.ordination_type == "unconstrained (quadratic)"
+    ax = fit.plot_ordination()
+    assert [c for c in ax.collections if c.get_gid() == "optima"]
+    assert ax.get_xlabel() == "LV1"
+    ax = fit.plot_response_curves(lv="LV1")
+    curves = [ln for ln in ax.lines if ln.get_gid() == "curve"]
+    assert len(curves) == Y.shape[1]
+    k = np.argmax([c.get_ydata().max() for c in curves])
+    y = curves[k].get_ydata()
+    assert 0 < np.argmax(y) < len(y) - 1                       # a peak inside the range
+    matplotlib.pyplot.close("all")
+    fit.report(tmp_path / "q.html")
+    text = (tmp_path / "q.html").read_text()
+    assert "quadratic" in text and "Gradient length" in text
+    assert set(fit.gradient_length.index) == {"LV1", "LV2"}

@@ -97,6 +97,13 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         ``num_lv_c`` or ``num_rr``. ``num_lv`` stays the number of *unconstrained*
         latent variables (pass ``num_lv=0`` for a purely constrained or concurrent
         ordination). See docs/ordination_constrained.md.
+    quadratic : False, True or "lv"
+        Unimodal responses to the latent variables (R gllvm's ``quadratic``):
+        eta_ij gains - sum_k D_jk z_ik^2 with D_jk >= 0 per species (True) or one D_k
+        per latent variable shared by all species ("lv"). Gives species optima and
+        tolerances (``fit.optima``, ``fit.tolerances``). Exact ELBO for Poisson
+        (and Gaussian); a documented approximation for other families
+        (docs/ordination_constrained.md).
 
     Returns
     -------

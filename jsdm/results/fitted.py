@@ -322,8 +322,18 @@ class GLLVMResults:
             index=self.species, columns=self.lv_names)
 
     def quadratic_table(self, se=True):
-        """Quadratic coefficients, optima and tolerances with delta-method SEs, by (species,
-        lv) (see :func:`jsdm.results.ordination_terms.quadratic_table`)."""
+        """Quadratic coefficients, optima and tolerances with delta-method SEs.
+
+        Parameters
+        ----------
+        se : bool
+            Add the standard errors (D_se, optimum_se, tolerance_se).
+
+        Returns
+        -------
+        DataFrame
+            Indexed by (species, lv); see :func:`jsdm.results.ordination_terms.quadratic_table`.
+        """
         from .ordination_terms import quadratic_table
         return quadratic_table(self, se=se)
 
@@ -1041,7 +1051,22 @@ class GLLVMResults:
 
     def plot_response_curves(self, lv=0, species=None, ax=None, scale="response"):
         """Expected response of each species along one latent variable (bell-shaped with
-        quadratic responses); see :func:`jsdm.plotting.ordination_terms.plot_response_curves`.
+        quadratic responses).
+
+        Parameters
+        ----------
+        lv : int or str
+            The latent variable (index or name); the others are held at 0.
+        species : list, optional
+            Species to draw (default: all up to 20, else the 20 with the largest peaks).
+        ax : matplotlib Axes, optional
+        scale : {"response", "link"}
+            Expected response or linear predictor.
+
+        Returns
+        -------
+        matplotlib Axes
+            See :func:`jsdm.plotting.ordination_terms.plot_response_curves`.
         """
         from ..plotting.ordination_terms import plot_response_curves
         return plot_response_curves(self, lv=lv, species=species, ax=ax, scale=scale)

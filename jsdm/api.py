@@ -12,7 +12,8 @@ from .results.fitted import GLLVMResults
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
-          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
+          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
+          random_species=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -81,6 +82,17 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         docs/associations.md, "Rare and separated species"; 5 is the value
         studied there). Default None: maximum likelihood (of the ELBO), as R
         gllvm. ``fit.llf`` is the ELBO without the penalty.
+    random_species : str, optional
+        Random species coefficients (wide data), written as on long data in lme4: bars
+        by species and the fixed terms that are their community means, e.g.
+        ``"WatrCont + (1 + WatrCont | species)"`` (correlated random intercepts and
+        WatrCont slopes; the intercept's mean is implicit as in lme4),
+        ``"(1 | species) + (0 + x | species)"`` (independent), ``"x + (x || species)"``,
+        ``"x + x:height + (0 + x | species)"`` (a species trait in the slopes' mean: the
+        fourth corner; traits from the Community). A random coefficient replaces the
+        fixed species-specific one on the same column (the covariate must be in the
+        design, see ``formula``). See docs/species_random.md; on long data write the
+        bars in the formula.
 
     Returns
     -------
@@ -101,10 +113,19 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                         f"{prior_sd!r}; use None for no penalty")
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
                 response=response, site=site, species=species)
+    if random_species is not None:
+        from .model.formula import parse_random_species
+        call["species_random"] = parse_random_species(random_species)
     # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
     from .model.formula import is_lme4_formula, translate_call
     if is_lme4_formula(formula, species):
+        given = call.pop("species_random", None)
         data, X, call = translate_call(data, X, **call)
+        if given is not None:
+            raise JSDMError("random_species= is for wide data; with an lme4-style formula write "
+                            "the bars by species in the formula.")
+        if "random_species" in call:
+            call["species_random"] = call.pop("random_species")
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     prob = build_problem(data, X, family=fam, trials=trials, **call)
@@ -116,6 +137,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                     row_effect=call["row_effect"], n_init=n_init,
                     seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
                     prior_sd=prior_sd)
+    if call.get("species_random") is not None:
+        settings["random_species"] = call["species_random"].lme4()
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

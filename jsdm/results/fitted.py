@@ -339,6 +339,19 @@ class GLLVMResults:
         a = self.state.params.alpha
         return None if a is None else pd.Series(a, index=self.sites, name="row_effect")
 
+    def ranef(self, condsd=False):
+        """Predicted random effects per grouping (variational means; see
+        :func:`jsdm.results.ranef.ranef`): {grouping: DataFrame levels x variables}, or with
+        ``condsd=True`` one tidy DataFrame (grpvar, term, grp, condval, condsd)."""
+        from .ranef import ranef
+        return ranef(self, condsd)
+
+    def varcorr(self):
+        """Variances and correlations of the random effects, one row per (group, var1, var2)
+        with columns group, var1, var2, vcov, sdcor (R's ``as.data.frame(VarCorr(fit))``)."""
+        from .ranef import varcorr
+        return varcorr(self)
+
     @property
     def row_sigma(self):
         """Standard deviation of random row effects (None otherwise)."""
@@ -450,6 +463,17 @@ class GLLVMResults:
         """Two-sided normal p-values of :attr:`tvalues` (Series indexed like :attr:`params`)."""
         from .inference import pvalues
         return pvalues(self)
+
+    def fourth_corner(self, se=False, alpha=0.05):
+        """Fourth-corner coefficients (covariates x traits); see
+        :func:`jsdm.results.random_effects.fourth_corner`."""
+        from .random_effects import fourth_corner
+        return fourth_corner(self, se=se, alpha=alpha)
+
+    def plot_fourth_corner(self, ax=None, alpha=0.05):
+        """Heatmap of the fourth-corner coefficients, significant cells marked; returns the Axes."""
+        from ..plotting.fourth_corner import plot_fourth_corner
+        return plot_fourth_corner(self, ax=ax, alpha=alpha)
 
     def summary(self, alpha=0.05):
         """Summary tables: coefficients, SEs, z, p, CIs; dispersions; loadings; convergence.

@@ -7,6 +7,7 @@
 - Poisson and binomial: against glmmTMB (Laplace) fits in ../shared/reference (WAVE2.md).
 """
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,37 @@ def test_predict_uses_the_species_random_effects():
     sim = fit.simulate(seed=1)
     assert sim.shape == (70, 35) and abs(np.log(sim.to_numpy().mean() + 1e-9)
                                          - np.log(np.exp(eta).mean())) < 0.2
+
+
+def _no_slope_variation(seed=3, n=80, m=15):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    b0 = rng.normal(0.5, 0.8, m)
+    Y = rng.poisson(np.exp(b0[None, :] + 0.4 * x[:, None]))
+    return jsdm.Community(pd.DataFrame(Y, columns=[f"sp{j}" for j in range(m)]),
+                          pd.DataFrame({"x": x}))
+
+
+def test_diagnose_names_a_collapsed_variance_with_the_term_to_drop():
+    com = _no_slope_variation()
+    with pytest.warns(jsdm.JSDMWarning, match=r"drop \(0 \+ x \| species\)"):
+        fit = jsdm.gllvm(com, family="poisson", num_lv=0, random_species="x + (0 + x | species)")
+    kinds = [p.kind for p in fit.diagnose(approximation=False).problems]
+    assert "species_random_variance" in kinds
+
+
+def test_anova_between_nested_random_effect_models_flags_the_boundary():
+    com = _no_slope_variation()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        big = jsdm.gllvm(com, family="poisson", num_lv=0,
+                         random_species="x + (1 + x | species)")
+    small = jsdm.gllvm(com, family="poisson", num_lv=0, random_species="x + (1 | species)")
+    tab = jsdm.anova(small, big)
+    assert tab["df_diff"].iloc[1] == 2 and bool(tab["boundary"].iloc[1])
+    assert tab["statistic"].iloc[1] > -1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = jsdm.gllvm(com, family="poisson", num_lv=0, random_species="x + (0 + x | species)")
+    with pytest.raises(jsdm.JSDMError, match="not nested"):
+        jsdm.anova(small, other)

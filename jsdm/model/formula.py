@@ -37,7 +37,8 @@ import pandas as pd
 
 from ..exceptions import JSDMError
 
-__all__ = ["ParsedFormula", "parse_formula", "parse_random_species", "is_lme4_formula",
+__all__ = ["ParsedFormula", "parse_formula", "parse_fourth_corner", "parse_random_species",
+           "is_lme4_formula",
            "translate_call"]
 
 DEFAULT_RANK = 2   # glmmTMB: "d ... defaults to 2" (vignette "Covariance structures with glmmTMB")
@@ -91,12 +92,15 @@ class ParsedFormula:
     offsets: tuple = ()
     terms: tuple = ()
     species_random: object = None       # a SpeciesRandom term (random species effects) or None
+    community: object = None            # a CommunitySlopes term (x, x:trait fixed) or None
 
     @property
     def design_columns(self):
         """Site covariates of the design: species-specific slopes, then random-slope covariates."""
         extra = [] if self.species_random is None else [
             c for c in self.species_random.columns if c != "1" and c not in self.slopes]
+        if self.community is not None:
+            extra += [c for c in self.community.columns if c not in self.slopes + tuple(extra)]
         return tuple(self.slopes) + tuple(extra)
 
     @property
@@ -111,6 +115,8 @@ class ParsedFormula:
         out = dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
         if self.species_random is not None:
             out["random_species"] = self.species_random.lme4(species=self.species)
+        if self.community is not None:
+            out["fourth_corner"] = self.community.lme4()
         return out
 
     @property
@@ -125,7 +131,8 @@ class ParsedFormula:
 
         cols = self.design_columns
         return [t for t in default_terms(cols, self.num_lv, self.row_effect,
-                                         species_random=self.species_random)
+                                         species_random=self.species_random,
+                                         community=self.community)
                 if t.active(_Dims(cols))]
 
     def __str__(self):
@@ -533,6 +540,7 @@ def _read_fixed(parts):
         bare = [b for b in bare if b[0] not in used]
     else:
         parts.species_random = None
+    parts.community, bare = _community_term(parts, bare)
     if parts.has_intercept and not (parts.species_random is not None
                                     and "1" in parts.species_random.columns):
         parts.terms.append(("1", "overall intercept: absorbed by the species intercepts"))
@@ -604,10 +612,11 @@ def _finish(parts, response, slopes, absorbed):
         terms.append(("(no rr() term)", "no latent variables -> num_lv=0"))
     return ParsedFormula(formula=parts.formula, response=response, site=site, species=species,
                          slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
-                         offsets=tuple(parts.offsets), terms=tuple(terms), species_random=sr)
+                         offsets=tuple(parts.offsets), terms=tuple(terms), species_random=sr,
+                         community=getattr(parts, "community", None))
 
 
-def parse_random_species(text, species="species"):
+def parse_random_species(text, species="species", both=False):
     """The species random-effect term of ``gllvm(..., random_species=text)`` (wide data).
 
     ``text`` is written as on long data in lme4: bars by species and the fixed terms
@@ -620,11 +629,13 @@ def parse_random_species(text, species="species"):
     Returns
     -------
     SpeciesRandom
+        (with ``both=True``: (SpeciesRandom, CommunitySlopes or None), the second holding
+        community slopes written next to the bars, as ``x`` in ``"x + (1 | species)"``).
     """
     from .terms import SpeciesRandom
 
     if isinstance(text, SpeciesRandom):
-        return text
+        return (text, None) if both else text
     if not isinstance(text, str) or "|" not in text:
         raise JSDMError(f"random_species must be lme4-style bar terms by {species}, e.g. "
                         f"'x + (1 + x | {species})', got {text!r}.")
@@ -637,7 +648,55 @@ def parse_random_species(text, species="species"):
         raise JSDMError(f"random_species={text!r} may hold only bars by {species} and their "
                         "community means (the intercept, x, x:trait); give the other terms with "
                         "formula=, num_lv= and row_effect=.")
+    if both:
+        return parsed.species_random, parsed.community
+    if parsed.community is not None:
+        raise JSDMError(f"random_species={text!r} has community slopes without random slopes "
+                        f"({parsed.community.lme4()}); pass it to gllvm(), which fits them.")
     return parsed.species_random
+
+
+def _community_term(parts, bare):
+    """Fixed trait interactions x:trait (the fourth corner) and, next to them, the community
+    slopes x: a CommunitySlopes term. A bare interaction whose first factor is a bare main effect
+    is covariate:trait(s); without any such interaction nothing is taken (shared slopes alone
+    are another term's). Returns (term or None, the bare terms left)."""
+    from .terms import CommunitySlopes
+
+    mains = [t for t, _ in bare if ":" not in t]
+    inter = [(t, s) for t, s in bare if ":" in t and t.split(":")[0] in mains]
+    if not inter and not (mains and parts.species_bars):
+        return None, bare
+    traits = {}
+    for t, shown in inter:
+        cov, trait = t.split(":", 1)
+        traits.setdefault(cov, []).append(trait)
+        parts.terms.append((shown, f"trait interaction {trait} x {cov} (fixed; the fourth corner)"))
+    for c in mains:
+        parts.terms.append((c, f"community slope on {c} (one slope shared by all species)"))
+    term = CommunitySlopes(mains, traits=tuple((c, tuple(ts)) for c, ts in traits.items()))
+    used = set(mains) | {t for t, _ in inter}
+    return term, [b for b in bare if b[0] not in used]
+
+
+def parse_fourth_corner(text, species="species"):
+    """The fixed fourth-corner term of ``gllvm(..., fourth_corner=text)`` (wide data), written
+    as in R gllvm's trait formula, e.g. ``"Snow + Slope + (Snow + Slope):(Height + SLA)"``:
+    community slopes on the covariates and their interactions with species traits (the
+    covariate first). Returns a :class:`~jsdm.model.terms.CommunitySlopes`."""
+    from .terms import CommunitySlopes
+
+    if isinstance(text, CommunitySlopes):
+        return text
+    body = text.split("~", 1)[1] if "~" in text else text
+    parsed = _parse("~ 0 + " + species + " + " + body, "_no_site_", species, wide=True)
+    if parsed.community is None:
+        raise JSDMError(f"fourth_corner={text!r} has no covariate:trait interaction; write e.g. "
+                        "'x + x:height' (the covariate first, with its main effect).")
+    if parsed.num_lv or parsed.row_effect or parsed.slopes or parsed.species_random is not None:
+        raise JSDMError(f"fourth_corner={text!r} may hold only community slopes and their trait "
+                        "interactions; give other terms with formula=, random_species=, num_lv=.")
+    return parsed.community
 
 
 def _check_species_random(parts, sr, slopes):
@@ -727,6 +786,8 @@ def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=Non
     args = _merge_arguments(parsed, num_lv, row_effect, offset)
     if parsed.species_random is not None:
         args["random_species"] = parsed.species_random
+    if parsed.community is not None:
+        args["fourth_corner"] = parsed.community
     if parsed.offsets:
         args["offset"] = _offset_matrix(parsed, long, com, resp)
     args.update(response=None, site=None, species=None)
@@ -804,8 +865,8 @@ def _trait_columns(parsed, long):
     """Species traits named in the species random effects' means (columns of the long table)."""
     from ..data.validation import show
 
-    sr = parsed.species_random
-    names = [] if sr is None else sorted({t for _, ts in sr.traits for t in ts})
+    names = sorted({t for term in (parsed.species_random, parsed.community) if term is not None
+                    for _, ts in term.traits for t in ts})
     missing = [t for t in names if t not in long.columns]
     if missing:
         raise JSDMError(f"the trait(s) {show(missing)} in {parsed.formula!r} are not columns of "

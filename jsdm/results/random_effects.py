@@ -112,17 +112,20 @@ def fourth_corner(fit, se=False, alpha=0.05):
         ``se=True`` a long table with columns covariate, trait, estimate, std_err, z,
         p_value, lower, upper.
     """
-    pred, terms = _terms(fit)
+    pred = fit.problem.predictor
     est = fit.params
     rows = []
-    for t, _, _ in terms:
+    for t, _, _ in getattr(pred, "species_random_terms", []):
         names = t.gamma_names(pred)
         for (k, tr), nm in zip(t.mean_terms(pred), names):
             if tr is not None:
                 rows.append((_names(t)[k], tr, ("fixef", "", nm)))
+    for t in getattr(pred, "global_terms", []):
+        if hasattr(t, "fourth_corner_rows"):
+            rows += t.fourth_corner_rows(pred)
     if not rows:
-        raise JSDMError("this fit has no trait interactions (x:trait) in the means of its random "
-                        "species effects; fit e.g. 'x + x:height + (0 + x | species)'.")
+        raise JSDMError("this fit has no trait interactions (x:trait); fit e.g. "
+                        "fourth_corner='x + x:height' or 'x + x:height + (0 + x | species)'.")
     vals = np.array([est.loc[lab] for _, _, lab in rows])
     if not se:
         df = pd.DataFrame([(a, b, v) for (a, b, _), v in zip(rows, vals)],

@@ -60,8 +60,8 @@ def main(argv=None):
     rows = []
     for name, kw in [("today: species slopes + 2 LVs", {}),
                      ("random slopes (2 cov, correlated) + 2 LVs", {"random_species": rs})]:
-        fit, cpu = timed(lambda: jsdm.gllvm(com, family="negative_binomial", num_lv=2,
-                                            n_init=args.n_init, seed=0, **kw), args.repeat)
+        fit, cpu = timed(lambda kw=kw: jsdm.gllvm(com, family="negative_binomial", num_lv=2,
+                                                  n_init=args.n_init, seed=0, **kw), args.repeat)
         rows.append({"model": name, "cpu_median_s": float(np.median(cpu)), "cpu_s": cpu,
                      "elbo": float(fit.llf), "df": int(fit.df), "converged": bool(fit.converged),
                      "n_iter": int(fit.n_iter), "scaled_grad": float(fit.scaled_grad)})

@@ -246,3 +246,15 @@ def test_anova_between_nested_random_effect_models_flags_the_boundary():
         other = jsdm.gllvm(com, family="poisson", num_lv=0, random_species="x + (0 + x | species)")
     with pytest.raises(jsdm.JSDMError, match="not nested"):
         jsdm.anova(small, other)
+
+
+def test_coef_and_environmental_covariance_include_the_random_slopes():
+    """coef() holds each species' own coefficients (as lme4's coef()); the environmental
+    covariance implied by the random slopes is that of x_i' b_j across sites."""
+    fit = _fit("count ~ WatrCont + (1 + WatrCont | species)", "poisson")
+    P = fit.state.params
+    C = fit.coef
+    np.testing.assert_allclose(C[["Intercept", "WatrCont"]].to_numpy(), P.b_mu, rtol=1e-12)
+    x = fit.problem.X[:, 0]
+    E = x[:, None] * P.b_mu[:, 1][None, :]
+    np.testing.assert_allclose(fit.environmental_covariance().to_numpy(), np.cov(E.T), rtol=1e-10)

@@ -255,7 +255,16 @@ class GLLVMResults:
 
     @_cached
     def coef(self):
-        """Species x (Intercept, covariate terms) DataFrame: the fixed species coefficients."""
+        """Species x (Intercept, covariate terms) DataFrame: the fixed species coefficients.
+
+        With random species effects or community slopes (the fourth corner) these are each
+        species' own coefficients, as lme4's ``coef()``: fixed species coefficients plus the
+        variational means of its random ones, plus its community (and trait) slopes.
+        """
+        pred = self.problem.predictor
+        if getattr(pred, "ksr", 0) or getattr(pred, "global_terms", None):
+            from .random_effects import species_coefficients
+            return species_coefficients(self)
         rep = self._reported
         sel = [k for k, lab in enumerate(rep["labels"]) if lab[0] == "coef"]
         cols = list(dict.fromkeys(rep["labels"][k][2] for k in sel))

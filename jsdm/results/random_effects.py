@@ -27,6 +27,26 @@ def _names(term):
     return ["(Intercept)" if c == "1" else c for c in term.columns]
 
 
+def species_coefficients(fit):
+    """Species x (Intercept, covariates): beta0 + B + the species random effects' means +
+    the community / trait slopes (``fit.coef`` of such models)."""
+    pred, P = fit.problem.predictor, fit.state.params
+    cols = ["Intercept"] + list(fit.problem.terms)
+    C = np.zeros((pred.m, len(cols)))
+    C[:, 0] = P.beta0
+    if pred.p:
+        C[:, 1:] = P.B
+    for t, _, _ in getattr(pred, "species_random_terms", []):
+        for k, c in enumerate(t.col_index(pred)):
+            C[:, 0 if c < 0 else c + 1] += t.get_species(P)[:, k]
+    for t in getattr(pred, "global_terms", []):
+        if hasattr(t, "slopes"):
+            S = t.slopes(pred, P)
+            for k, c in enumerate(t.columns):
+                C[:, cols.index(c)] += S[:, k]
+    return pd.DataFrame(C, index=fit.species, columns=cols)
+
+
 def _sdcor(term, x, layout):
     vals, labs = term.sdcor(layout.unpack(x))
     return np.array(vals), labs

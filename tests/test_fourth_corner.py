@@ -100,3 +100,35 @@ def test_trait_explained_random_slopes_on_aravo_against_gllvm_randomx():
     assert fc.shape == (2, 2)
     vc = fit.varcorr()
     assert (vc.loc[vc["var2"].isna(), "sdcor"] > 0.05).all()  # R's collapse to 1e-9 not repeated
+
+
+def _small(seed=0, n=50, m=12):
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(n, 2)), columns=["x1", "x2"])
+    T = pd.DataFrame(rng.normal(size=(m, 1)), columns=["h"], index=[f"sp{j}" for j in range(m)])
+    slope = 0.3 + 0.4 * T["h"].to_numpy()
+    eta = rng.normal(0, 1, m)[None, :] + X[["x1"]].to_numpy() * slope[None, :]
+    Y = pd.DataFrame(rng.poisson(np.exp(eta)), columns=T.index)
+    return jsdm.Community(Y, X, T)
+
+
+@pytest.mark.parametrize("kw", [dict(fourth_corner="x1 + x2 + x1:h"),
+                                dict(random_species="x1 + x1:h + (0 + x1 | species)")],
+                         ids=["fixed", "random slopes"])
+def test_fourth_corner_fits_predict_and_save_load(kw, tmp_path):
+    import warnings
+    com = _small()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jsdm.gllvm(com, family="poisson", num_lv=1, formula="~ x1 + x2", **kw)
+    fc = fit.fourth_corner()
+    assert fc.shape == (1, 1) and abs(fc.iloc[0, 0] - 0.4) < 0.15
+    new = com.X.iloc[:4]
+    eta = fit.predict(new, type="link").to_numpy()
+    C = fit.coef
+    want = C["Intercept"].to_numpy()[None, :] + new.to_numpy() @ C[["x1", "x2"]].to_numpy().T
+    np.testing.assert_allclose(eta, want, rtol=1e-10)
+    fit.save(tmp_path / "f.jsdm")
+    back = jsdm.load(tmp_path / "f.jsdm")
+    assert back.llf == fit.llf
+    pd.testing.assert_frame_equal(back.fourth_corner(), fc)

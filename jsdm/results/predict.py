@@ -96,15 +96,19 @@ def _setup(fit, newdata, lv, offset, trials):
 
 def _species_random_part(fit, X):
     """z_i' mu_j of the species random effects (conditional on the fitted species: every
-    species of a fit is a seen level) at the site design X (k, p); 0.0 without them."""
+    species of a fit is a seen level) and x_i' (gamma + Gamma t_j) of community slopes, at the
+    site design X (k, p); 0.0 without them."""
     pred, P = fit.problem.predictor, fit.state.params
-    if not getattr(pred, "ksr", 0):
-        return 0.0
     out = 0.0
-    for t, _, _ in pred.species_random_terms:
+    for t, _, _ in getattr(pred, "species_random_terms", []):
         idx = t.col_index(pred)
         Z = np.column_stack([np.ones(len(X)) if c < 0 else X[:, c] for c in idx])
         out = out + Z @ t.get_species(P).T
+    for t in getattr(pred, "global_terms", []):        # community slopes, the fourth corner
+        if hasattr(t, "slopes"):
+            cov = list(pred.covariates)
+            Z = X[:, [cov.index(c) for c in t.columns]]
+            out = out + Z @ t.slopes(pred, P).T
     return out
 
 

@@ -132,3 +132,20 @@ def test_fourth_corner_fits_predict_and_save_load(kw, tmp_path):
     back = jsdm.load(tmp_path / "f.jsdm")
     assert back.llf == fit.llf
     pd.testing.assert_frame_equal(back.fourth_corner(), fc)
+
+
+def test_report_shows_fixed_effects_random_effects_and_the_fourth_corner(tmp_path):
+    import warnings
+    com = _small()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jsdm.gllvm(com, family="poisson", num_lv=1, formula="~ x1 + x2",
+                         random_species="x1 + x1:h + (1 + x1 | species)")
+    path = tmp_path / "r.html"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jsdm.JSDMWarning)     # no section may fail
+        warnings.filterwarnings("ignore", category=jsdm.DataWarning)
+        fit.report(path)
+    text = path.read_text()
+    for needle in ("Community-level fixed effects", "Random species effects", "fourth corner"):
+        assert needle in text

@@ -307,13 +307,13 @@ def _random_coefficients(fit, opts):
                  f"correlations with {level} intervals (log scale for sds, Fisher z for "
                  "correlations). A sd near 0 sits on the boundary of its range, where Wald "
                  "intervals and likelihood-ratio tests are unreliable.</p>" + table(vc))
-    try:
-        fit.fourth_corner()
-        fig = _plot(fit, "plot_fourth_corner", None, alpha=alpha)
+    pred = fit.problem.predictor
+    has_fc = any(getattr(t, "traits", ()) for t in getattr(pred, "global_terms", [])) or any(
+        t.traits for t, _, _ in getattr(pred, "species_random_terms", []))
+    if has_fc:
+        fig = _plot(fit, "plot_fourth_corner", (4.5, 3.5), alpha=alpha)
         body += img(fig, "fourth corner", f"Fourth-corner coefficients (covariate x trait); * where "
                     f"the {level} Wald interval excludes zero.", opts.get("dpi", 100), width=420)
-    except Exception:          # no trait interactions: nothing to draw
-        pass
     body += ("<details><summary>Every species' own coefficients (fixed + random: lme4's "
              "coef())</summary>" + table(fit.coef, tall=True) + "</details>")
     return body

@@ -258,3 +258,36 @@ def test_coef_and_environmental_covariance_include_the_random_slopes():
     x = fit.problem.X[:, 0]
     E = x[:, None] * P.b_mu[:, 1][None, :]
     np.testing.assert_allclose(fit.environmental_covariance().to_numpy(), np.cov(E.T), rtol=1e-10)
+
+
+ISSUE_FORMULAS = [
+    "count ~ WatrCont + (1 | species)",
+    "count ~ 0 + species + WatrCont + (0 + WatrCont | species)",
+    "count ~ WatrCont + (1 | species) + (0 + WatrCont | species)",
+    "count ~ WatrCont + (1 + WatrCont | species)",
+    "count ~ WatrCont + (WatrCont || species)",
+    "count ~ WatrCont + SubsDens + (1 + WatrCont + SubsDens | species)",
+]
+
+
+@pytest.mark.parametrize("formula", ISSUE_FORMULAS)
+def test_every_species_random_formula_parses_prints_and_fits(formula):
+    from jsdm.model.formula import parse_formula
+
+    parsed = parse_formula(formula)
+    text = str(parsed)
+    assert "random species effects" in text and "equivalent wide call" in text
+    sr = parsed.species_random
+    assert sr is not None and sr.lme4() in text
+    if not MITE.exists():
+        pytest.skip("mite long table not available")
+    fit = _fit(formula, "poisson")
+    assert fit.converged
+    assert fit.problem.predictor.species_random_terms[0][0] == sr
+    # the equivalent wide call gives the same fit
+    args = parsed.gllvm_arguments()
+    com = jsdm.datasets.load_mite()
+    X = com.X[["SubsDens", "WatrCont"]].astype(float)
+    X = (X - X.mean()) / X.std()
+    wide = jsdm.gllvm(jsdm.Community(com.Y, X), family="poisson", gtol=1e-5, **args)
+    assert abs(wide.llf - fit.llf) < 1e-6 * abs(fit.llf)

@@ -113,10 +113,14 @@ class ParsedFormula:
         """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call (and
         ``random_species``, the species random-effect term, when there is one)."""
         out = dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
-        if self.species_random is not None:
-            out["random_species"] = self.species_random.lme4(species=self.species)
-        if self.community is not None:
-            out["fourth_corner"] = self.community.lme4()
+        com, sr = self.community, self.species_random
+        if sr is not None:
+            out["random_species"] = sr.lme4(species=self.species)
+            if com is not None and not com.traits:      # shared slopes next to the bars
+                out["random_species"] = com.lme4() + " + " + out["random_species"]
+                com = None
+        if com is not None:
+            out["fourth_corner"] = com.lme4()
         return out
 
     @property

@@ -144,6 +144,7 @@ def test_against_glmmtmb_and_lme4(case):
     fam = common_sd_gaussian() if family == "gaussian1" else family
     fit = _fit(formula, fam)
     assert fit.state.converged
+    assert fit.df == ref["df"]                      # AIC/BIC parameter count = glmmTMB's
     lo, hi = gap
     d = ref["logLik"] - fit.llf
     assert lo <= d <= hi, d

@@ -149,3 +149,26 @@ def test_report_shows_fixed_effects_random_effects_and_the_fourth_corner(tmp_pat
     text = path.read_text()
     for needle in ("Community-level fixed effects", "Random species effects", "fourth corner"):
         assert needle in text
+
+
+def test_reordered_species_carry_their_traits():
+    """The optimiser works on species reordered by their loadings (anchor species first,
+    ``fit._reordered_problem``); the species traits must move with them."""
+    import warnings
+
+    from jsdm.model.fit import _reordered_problem, make_layout, reorder_species
+    from jsdm.model.formula import parse_fourth_corner
+    from jsdm.model.problem import build_problem
+
+    com = _small(seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prob = build_problem(com, family="poisson", num_lv=1, formula="~ x1 + x2",
+                             community_slopes=parse_fourth_corner("x1 + x2 + x1:h"))
+    layout = make_layout(prob)
+    P = layout.unpack(np.random.default_rng(0).normal(0, 0.3, layout.size))
+    order = np.arange(prob.m)[::-1]
+    work = _reordered_problem(prob, order)
+    Q = reorder_species(P, order, layout)
+    np.testing.assert_allclose(work.predictor.mean(Q), prob.predictor.mean(P)[:, order],
+                               rtol=1e-12)

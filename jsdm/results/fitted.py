@@ -349,15 +349,35 @@ class GLLVMResults:
         return None if a is None else pd.Series(a, index=self.sites, name="row_effect")
 
     def ranef(self, condsd=False):
-        """Predicted random effects per grouping (variational means; see
-        :func:`jsdm.results.ranef.ranef`): {grouping: DataFrame levels x variables}, or with
-        ``condsd=True`` one tidy DataFrame (grpvar, term, grp, condval, condsd)."""
+        """Predicted random effects per grouping (variational means).
+
+        See :func:`jsdm.results.ranef.ranef`. For species random effects these are the
+        shrunken deviations from the community (and trait) mean, as lme4's ``ranef``.
+
+        Parameters
+        ----------
+        condsd : bool
+            Also return the variational sds, as one tidy table.
+
+        Returns
+        -------
+        dict of DataFrame, or DataFrame
+            {grouping: levels x variables}; with ``condsd=True`` one DataFrame with
+            columns grpvar, term, grp, condval, condsd.
+        """
         from .ranef import ranef
         return ranef(self, condsd)
 
     def varcorr(self):
-        """Variances and correlations of the random effects, one row per (group, var1, var2)
-        with columns group, var1, var2, vcov, sdcor (R's ``as.data.frame(VarCorr(fit))``)."""
+        """Variances and correlations of the random effects.
+
+        Returns
+        -------
+        DataFrame
+            One row per (group, var1, var2) with columns group, var1, var2, vcov, sdcor,
+            as R's ``as.data.frame(VarCorr(fit))`` (var2 empty: a variance, sdcor its sd;
+            else a covariance, sdcor the correlation). ``summary()`` adds standard errors.
+        """
         from .ranef import varcorr
         return varcorr(self)
 
@@ -474,13 +494,38 @@ class GLLVMResults:
         return pvalues(self)
 
     def fourth_corner(self, se=False, alpha=0.05):
-        """Fourth-corner coefficients (covariates x traits); see
-        :func:`jsdm.results.random_effects.fourth_corner`."""
+        """Fourth-corner coefficients: covariates x traits.
+
+        See :func:`jsdm.results.random_effects.fourth_corner`.
+
+        Parameters
+        ----------
+        se : bool
+            Return a long table with standard errors, z, p and Wald intervals.
+        alpha : float
+            Intervals at level 1 - alpha.
+
+        Returns
+        -------
+        DataFrame
+            Covariates x traits, or (``se=True``) one row per interaction.
+        """
         from .random_effects import fourth_corner
         return fourth_corner(self, se=se, alpha=alpha)
 
     def plot_fourth_corner(self, ax=None, alpha=0.05):
-        """Heatmap of the fourth-corner coefficients, significant cells marked; returns the Axes."""
+        """Heatmap of the fourth-corner coefficients with significant cells marked.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+        alpha : float
+            A cell is marked when its 1 - alpha Wald interval excludes 0.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
         from ..plotting.fourth_corner import plot_fourth_corner
         return plot_fourth_corner(self, ax=ax, alpha=alpha)
 

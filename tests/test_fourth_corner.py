@@ -64,6 +64,7 @@ def test_fixed_fourth_corner_on_aravo_against_gllvm(fixed_fit):
     assert (tab["std_err"] > 0).all() and (tab["lower"] < tab["estimate"]).all()
 
 
+@pytest.mark.slow        # 25 s; the mite formulas check formula = wide call by default
 def test_the_long_formula_is_the_wide_call(fixed_fit):
     com = _aravo()
     long = com.to_long()

@@ -17,11 +17,16 @@ Cost: 2 (|E| + q) evaluations of the ELBO's gradient; |E| = model parameters + m
 kb (kb + 1) / 2) for kb random coefficients per species. Fine for the sizes the Hessian is
 affordable at anyway (its Schur complement is |E|^2 n q flops).
 """
+import warnings
+
 import numpy as np
 
+from ..exceptions import JSDMWarning
 from .objective import evaluate
 
 _REL_STEP = 1e-5
+#: gradient evaluations x cells above which the time it takes is announced
+ANNOUNCE_CELLS = 2e9
 
 
 def extended_size(layout):
@@ -42,6 +47,13 @@ def fd_blocks(prob, P, layout):
     ne = extended_size(layout)
     pos = site_positions(layout)                        # (n, q)
     n, q = pos.shape
+    work = 2.0 * (ne + q) * prob.n * prob.m
+    if work > ANNOUNCE_CELLS:
+        warnings.warn(
+            f"standard errors of this model come from differences of the gradient: "
+            f"{2 * (ne + q)} gradient evaluations of {prob.n} x {prob.m} cells ({ne} model and "
+            "species-variational parameters); this takes a while. Fit a subset of species for "
+            "quicker standard errors.", JSDMWarning, stacklevel=4)
     H = np.zeros((layout.size, ne))
     for k in range(ne):
         h = _REL_STEP * max(1.0, abs(x[k]))

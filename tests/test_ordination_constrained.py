@@ -68,8 +68,8 @@ def test_every_slot_has_the_finite_difference_gradient(case, family):
 
 
 def test_global_newton_is_the_exact_hessian_in_c():
-    """The canonical coefficients' Newton system (used by the block step and the curvature
-    scaling) equals central differences of the analytic gradient in C."""
+    """The canonical coefficients' Newton system (gradient and Hessian, used by the block
+    step; its diagonal scales L-BFGS) equals central differences of the analytic gradient."""
     from jsdm.model.objective import evaluate
 
     for case, field in ((dict(num_rr=2), "C_rr"), (dict(num_lv_c=2), "C_lv")):
@@ -79,8 +79,8 @@ def test_global_newton_is_the_exact_hessian_in_c():
         P = layout.unpack(np.random.default_rng(1).normal(0.0, 0.3, layout.size))
         ce = cell_eval(prob, P, clip=False)
         term = pred.global_terms[0]
-        g, H = term.global_newton(pred, P, ce["Gm"], ce["Gv"])[field]
-        np.testing.assert_allclose(g, getattr(evaluate(prob, P).grad, field), rtol=1e-10)
+        g, H = term.global_newton(pred, P, ce["Gm"], ce["Gv"])
+        np.testing.assert_allclose(g, getattr(evaluate(prob, P).grad, field).ravel(), rtol=1e-10)
         C0, h, num = getattr(P, field), 1e-5, np.zeros_like(H)
         for k in range(C0.size):
             cols = []
@@ -90,8 +90,10 @@ def test_global_newton_is_the_exact_hessian_in_c():
                 C[k] += sgn * h
                 setattr(Q, field, C.reshape(C0.shape))
                 cols.append(getattr(evaluate(prob, Q).grad, field).ravel())
-            num[:, k] = -(cols[0] - cols[1]) / (2 * h)
+            num[:, k] = (cols[0] - cols[1]) / (2 * h)
         np.testing.assert_allclose(H, num, rtol=1e-5, atol=1e-7)
+        diag = term.curvature_global(pred, P, -2.0 * ce["Gv"])[field]
+        np.testing.assert_allclose(diag.ravel(), -np.diag(H), rtol=1e-10)
 
 
 # --- R gllvm 2.0.5 on mite ----------------------------------------------------------------------

@@ -311,8 +311,11 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     as the fit's full Newton steps use it; standard errors use central ones.
     """
     pred = prob.predictor
-    if pred.nonlinear_terms:
-        return _fd_blocks(prob, P, layout)
+    if pred.ksr or pred.nonlinear_terms or any(not t.global_fields(pred) for t in pred.global_terms):
+        # species random effects, the fourth corner, quadratic responses: by differences of
+        # the gradient (model.hessian_fd); canonical coefficients: analytic + their columns
+        from .hessian_fd import fd_blocks
+        return fd_blocks(prob, P, layout)
     if forward:
         M, V = moments(prob, P)
         e0 = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=2)
@@ -345,32 +348,6 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     if pred.global_terms:
         _global_columns(prob, P, layout, blocks)
     return blocks
-
-
-def _fd_blocks(prob, P, layout, h=1e-5):
-    """The Hessian blocks by central differences of the analytic packed gradient in every
-    packed coordinate (models with nonlinear terms, e.g. quadratic responses: 2 x size
-    gradient evaluations; the blocks between different sites are zero by construction)."""
-    from .params import Params  # noqa: F401
-
-    x0 = layout.pack(P)
-    size, Pn = layout.size, layout.n_model
-    sp = site_positions(layout)
-    H = np.empty((size, size))
-    for k in range(size):
-        step = h * max(1.0, abs(x0[k]))
-        g = []
-        for sgn in (1.0, -1.0):
-            x = x0.copy()
-            x[k] += sgn * step
-            Q = layout.unpack(x)
-            g.append(layout.pack_grad(evaluate(prob, Q).grad, Q))
-        H[:, k] = (g[0] - g[1]) / (2.0 * step)
-    H = 0.5 * (H + H.T)
-    Hpp = H[:Pn, :Pn].copy()
-    Hpv = np.stack([H[:Pn, pos] for pos in sp], axis=1) if len(sp) else np.zeros((Pn, 0, 0))
-    Hvv = np.stack([H[np.ix_(pos, pos)] for pos in sp]) if len(sp) else np.zeros((0, 0, 0))
-    return HessianBlocks(Hpp, Hpv, Hvv, sp)
 
 
 def global_positions(layout):

@@ -83,6 +83,8 @@ class Problem:
                                n_disp=self.n_disp if disp else None,
                                s_free=self.s_free if disp else None,
                                sites=self.sites, species=self.species, covariates=self.terms,
+                               traits=self.info.get("traits"),
+                               trait_names=self.info.get("trait_names", ()),
                                designs=self.info.get("designs"))
         object.__setattr__(self, "predictor", pred)
 
@@ -256,7 +258,8 @@ def _check_terms(terms, formula):
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
-                  extra_terms=(), num_lv_c=0, num_rr=0, lv_formula=None, quadratic=False):
+                  extra_terms=(), species_random=None, community_slopes=None, num_lv_c=0,
+                  num_rr=0, lv_formula=None, quadratic=False):
     """Validate user input and build a :class:`Problem`.
 
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
@@ -306,35 +309,57 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     if q is not None:
         info["n_dispersion"] = int(q)
     model_terms = None
+    if species_random is not None or community_slopes is not None:
+        _species_traits(com, [t for t in (species_random, community_slopes) if t is not None],
+                        info)
     num_lv_c, num_rr = check_ordination(num_lv_c, num_rr, lv_formula, Y.shape[1], int(num_lv))
     quadratic = check_quadratic(quadratic, int(num_lv) + num_lv_c)
-    if quadratic and not (num_lv_c or num_rr):
+    if extra_terms or species_random is not None or community_slopes is not None or (
+            num_lv_c or num_rr or quadratic):
         from .terms import default_terms
-        from .terms.ordination import ordination_terms
-        model_terms = ordination_terms(default_terms(terms, int(num_lv), row_effect), 0, 0, (),
-                                       quadratic) + tuple(extra_terms)
-    elif num_lv_c or num_rr:
-        from .terms import default_terms
-        from .terms.ordination import ordination_terms
-        Xlv, lv_cols = _design(com, lv_formula)
-        if Xlv.shape[1] == 0:
-            raise JSDMError(f"lv_formula {lv_formula!r} gives no covariate columns; name at least "
-                            "one site covariate, e.g. lv_formula='~ SubsDens + WatrCont'")
-        info["designs"] = {"lv": Xlv}
-        info["lv_columns"] = tuple(lv_cols)
-        info["lv_formula"] = lv_formula
-        from .terms.ordination import choose_anchors
-        anchors = choose_anchors(Y, W, Xlv, num_rr) if num_rr else None
-        model_terms = ordination_terms(default_terms(terms, int(num_lv), row_effect),
-                                       num_lv_c, num_rr, tuple(lv_cols), quadratic,
-                                       anchors) + tuple(extra_terms)
-    elif extra_terms:
-        from .terms import default_terms
-        model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)
+        model_terms = default_terms(terms, int(num_lv), row_effect, species_random=species_random,
+                                    community=community_slopes)
+        if num_lv_c or num_rr or quadratic:     # ordination (terms/ordination.py, quadratic.py)
+            from .terms.ordination import choose_anchors, ordination_terms
+            lv_cols, anchors = (), None
+            if num_lv_c or num_rr:
+                Xlv, lv_cols = _design(com, lv_formula)
+                if Xlv.shape[1] == 0:
+                    raise JSDMError(f"lv_formula {lv_formula!r} gives no covariate columns; name "
+                                    "at least one site covariate, e.g. lv_formula='~ SubsDens + "
+                                    "WatrCont'")
+                info["designs"] = {"lv": Xlv}
+                info["lv_columns"] = tuple(lv_cols)
+                info["lv_formula"] = lv_formula
+                anchors = choose_anchors(Y, W, Xlv, num_rr) if num_rr else None
+            model_terms = ordination_terms(model_terms, num_lv_c, num_rr, tuple(lv_cols),
+                                           quadratic, anchors)
+        model_terms = model_terms + tuple(extra_terms)
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv) + num_lv_c,
                    row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
+
+
+def _species_traits(com, terms, info):
+    """Put the species traits the terms (species random effects, community slopes) use into
+    ``info`` (checked)."""
+    names = sorted({t for term in terms for _, ts in term.traits for t in ts})
+    if not names:
+        return
+    T = com.traits
+    missing = [t for t in names if T is None or t not in T.columns]
+    if missing:
+        raise JSDMError(f"species trait(s) {show(missing)} are not in the community's traits "
+                        f"{show([] if T is None else list(T.columns))}; give them as "
+                        "Community(Y, X, traits=...).")
+    T = T.loc[com.Y.columns, names]
+    vals = T.to_numpy(dtype=float)
+    if not np.isfinite(vals).all():
+        bad = T.index[~np.isfinite(vals).all(axis=1)]
+        raise JSDMError(f"species traits {show(names)} are missing for species {show(bad)}; "
+                        "impute them or leave those species out (Community.subset).")
+    info["traits"], info["trait_names"] = vals, tuple(names)
 
 
 def check_quadratic(quadratic, d):

@@ -112,7 +112,7 @@ def plot_optima(fit, ax=None, *, axes=(0, 1), color=None, species=None, toleranc
     o = opt.iloc[keep][[names[i], names[j]]]
     t = tol.iloc[keep][[names[i], names[j]]]
     lim = 2.0 * np.abs(xy).max(0)
-    ok = np.isfinite(o).all(1) & (o.abs() <= lim).all(1)
+    ok = np.isfinite(o).all(axis=1) & (o.abs() <= lim).all(axis=1)
     ax.scatter(o[ok].iloc[:, 0], o[ok].iloc[:, 1], marker="^", color="firebrick", s=30, zorder=4,
                gid="optima")
     for (x, y), name in zip(o[ok].to_numpy(), short_labels(list(o[ok].index))):

@@ -94,7 +94,7 @@ class Term:
         return {}
 
     def slots(self, ctx):
-        """The term's packed parameter blocks (:class:`~jsdm.model.terms.slots.Slot`)."""
+        """The term's packed parameter blocks (``jsdm.model.terms.slots.Slot`` objects)."""
         return []
 
     # --- contribution to the mean ------------------------------------------------------
@@ -184,20 +184,15 @@ class Term:
         return {}
 
     # --- global model coordinates (canonical coefficients) ------------------------------------
+    # Terms with ``global_cell = True`` (community slopes, canonical coefficients) have
+    # global model coordinates entering the cells: ``global_gradient``, ``global_newton``
+    # (gradient and Hessian, flattened in the order of ``global_fields``) and
+    # ``curvature_global``; ``blocks.global_step`` steps them.
     def global_fields(self, ctx):
-        """Params fields of its *global model* coordinates (slots of scope "global" that are
-        not prior hyperparameters), stepped by ``global_newton``."""
+        """Params fields that ``global_newton`` steps, in its order; () means all of the
+        term's fields (community slopes). A term naming them (canonical coefficients) also
+        keeps the analytic Hessian, with its global rows by differences of the gradient."""
         return ()
-
-    def global_gradient(self, ctx, P, Gm, Gv):
-        """{field: d ELBO / d field} of its global model coordinates, from the cells' weighted
-        derivatives Gm, Gv (n, m)."""
-        return {}
-
-    def global_newton(self, ctx, P, Gm, Gv):
-        """{field: (g (field's shape), H (k, k))}: gradient and minus Hessian (positive
-        semi-definite, k = the field's size, C order) of the ELBO in each global field."""
-        return {}
 
     # --- starting values ----------------------------------------------------------------------
     def start(self, ctx, P, init):
@@ -211,7 +206,7 @@ class Term:
 
     # --- outputs ------------------------------------------------------------------------------
     def reported(self, ctx, P, layout):
-        """Its model parameters as shown in ``fit.params``: list of :class:`Reported`."""
+        """Its model parameters as shown in ``fit.params``: list of ``Reported`` rows."""
         return []
 
 

@@ -70,16 +70,21 @@ def lv_design(ctx):
 
 
 def _c_newton(X, theta, Gm, Gv):
-    """Gradient (p, d) and minus Hessian (p d, p d) in C of sum ell for m_ij += x_i' C theta_j.
+    """Gradient (p d,) and Hessian (p d, p d) in C (C order) of sum ell for m_ij += x_i' C theta_j.
 
     d m_ij / d C_pk = x_ip theta_jk; v does not depend on C, and d2 ell / dm2 = 2 d ell / dv,
-    so the Hessian is exactly -2 sum_ij Gv_ij (x_i x_i') (x) (theta_j theta_j').
+    so the Hessian is exactly 2 sum_ij Gv_ij (x_i x_i') (x) (theta_j theta_j').
     """
     p, d = X.shape[1], theta.shape[1]
     g = X.T @ (Gm @ theta)
-    W = (-2.0 * Gv) @ (theta[:, :, None] * theta[:, None, :]).reshape(len(theta), d * d)
+    W = (2.0 * Gv) @ (theta[:, :, None] * theta[:, None, :]).reshape(len(theta), d * d)
     H = np.einsum("ip,iq,ikl->pkql", X, X, W.reshape(-1, d, d)).reshape(p * d, p * d)
-    return g, H
+    return g.ravel(), H
+
+
+def _c_curvature(X, theta, C):
+    """Diagonal (p, d) of minus the Hessian in C from C = -2 Gv >= 0 (scaling)."""
+    return (X ** 2).T @ (C @ theta ** 2)
 
 
 class ReducedRank(Term):
@@ -99,6 +104,7 @@ class ReducedRank(Term):
 
     kind = "rr"
     table = "loading"
+    global_cell = True          # canonical coefficients C: global, entering every cell
 
     def __init__(self, d=2, columns=(), anchors=None):
         self.d = int(d)
@@ -172,13 +178,16 @@ class ReducedRank(Term):
 
     # global block: the canonical coefficients
     def global_fields(self, ctx):
-        return ("C_rr",) if self.d else ()
+        return ("C_rr",)
 
     def global_gradient(self, ctx, P, Gm, Gv):
         return {"C_rr": lv_design(ctx).T @ (Gm @ P.theta_rr)}
 
     def global_newton(self, ctx, P, Gm, Gv):
-        return {"C_rr": _c_newton(lv_design(ctx), P.theta_rr, Gm, Gv)}
+        return _c_newton(lv_design(ctx), P.theta_rr, Gm, Gv)
+
+    def curvature_global(self, ctx, P, C):
+        return {"C_rr": _c_curvature(lv_design(ctx), P.theta_rr, C)}
 
     def start(self, ctx, P, init):
         if not self.d:
@@ -285,6 +294,7 @@ class ConcurrentLatentVariables(LatentVariables):
     """
 
     kind = "lv_c"
+    global_cell = True          # canonical coefficients C: global, entering every cell
 
     def __init__(self, d_c=2, d_u=0, columns=()):
         self.d_c, self.d_u = int(d_c), int(d_u)
@@ -356,7 +366,10 @@ class ConcurrentLatentVariables(LatentVariables):
         return {"C_lv": lv_design(ctx).T @ (Gm @ P.theta[:, :self.d_c])}
 
     def global_newton(self, ctx, P, Gm, Gv):
-        return {"C_lv": _c_newton(lv_design(ctx), P.theta[:, :self.d_c], Gm, Gv)}
+        return _c_newton(lv_design(ctx), P.theta[:, :self.d_c], Gm, Gv)
+
+    def curvature_global(self, ctx, P, C):
+        return {"C_lv": _c_curvature(lv_design(ctx), P.theta[:, :self.d_c], C)}
 
     def start(self, ctx, P, init):
         from ..start import lv_start

@@ -14,6 +14,8 @@ Usage (from the repository root)::
 
     python bench/bench_ordination.py                      # both sizes, all types
     python bench/bench_ordination.py --sizes 500x100 --types constrained,concurrent
+    python bench/bench_ordination.py --sizes 1000x300 --types unconstrained,constrained,concurrent \
+        --out bench/results/bench_ordination_1000x300.json
 """
 import argparse
 import json
@@ -67,6 +69,7 @@ def main():
     ap.add_argument("--sizes", default="500x100,1000x300")
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--out", default=str(RESULTS), help="JSON file to write")
     args = ap.parse_args()
     rows = []
     for size in args.sizes.split(","):
@@ -83,8 +86,9 @@ def main():
     out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "machine": platform.platform(), "python": platform.python_version(),
            "note": "CPU seconds of one start (n_init=1); shared 2-core machine", "rows": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
     print(pd.DataFrame(rows).to_string(index=False))
 
 

@@ -370,3 +370,16 @@ def test_outputs_plots_report_and_selection(mite, tmp_path):
     text = (tmp_path / "r.html").read_text() if html is not None else ""
     assert "constrained" in text and "Canonical coefficients" in text
     assert "Ordination" in str(cons.summary())
+
+
+def test_saved_fit_round_trips(mite, tmp_path):
+    """A constrained + concurrent fit saved and loaded keeps its terms (anchors included),
+    canonical coefficients and fitted values."""
+    com, X = mite
+    fit = _fit(com, X, num_rr=1, num_lv_c=1, n_init=1)
+    fit.save(tmp_path / "f.jsdm")
+    back = jsdm.load(tmp_path / "f.jsdm")
+    assert back.ordination_type == fit.ordination_type == "concurrent + constrained"
+    assert [t.spec() for t in back.model_terms] == [t.spec() for t in fit.model_terms]
+    np.testing.assert_allclose(back.canonical["estimate"], fit.canonical["estimate"], rtol=1e-10)
+    np.testing.assert_allclose(back.predict(), fit.predict(), rtol=1e-10)

@@ -190,13 +190,24 @@ class ReducedRank(Term):
         return {"C_rr": _c_curvature(lv_design(ctx), P.theta_rr, C)}
 
     def start(self, ctx, P, init):
+        """The best rank-d approximation of each species' least-squares slopes of
+        log(1 + y) on the ordination covariates (reduced-rank regression's classic start),
+        in the anchor form. (Regressing residual factor scores on the covariates, the
+        first version, started a 1000 x 300 fit with C near 0 and did not converge in
+        5000 iterations.)"""
         if not self.d:
             return
-        from ..start import lv_start
-        a, theta = lv_start(init["prob"], init["eta0"], init["s"], self.d, init["rng"],
-                            init["jitter"])
+        prob = init["prob"]
         X = lv_design(ctx)
-        C = np.linalg.lstsq(X, a - a.mean(0), rcond=None)[0]          # scores on the covariates
+        B = _log_slopes(prob.Y, prob.W, X)                         # (p, m)
+        U, S, Vt = np.linalg.svd(B.T, full_matrices=False)         # B' = U S V'
+        d = min(self.d, len(S))
+        theta = np.zeros((ctx.m, self.d))
+        C = np.zeros((X.shape[1], self.d))
+        theta[:, :d] = U[:, :d] * np.sqrt(S[:d])
+        C[:, :d] = Vt[:d].T * np.sqrt(S[:d])
+        if init.get("jitter"):
+            theta = theta + init["jitter"] * 0.1 * init["rng"].standard_normal(theta.shape)
         P.C_rr, P.theta_rr = to_anchor_form(C, theta, self.anchors)
 
     def reported(self, ctx, P, layout):
@@ -230,6 +241,15 @@ def to_anchor_form(C, theta, anchors=None):
     return C @ T.T, th
 
 
+def _log_slopes(Y, W, X):
+    """Least-squares slopes (p, m) of log(1 + y) on the centred covariates (observed cells
+    only enter through the centring; a missing cell counts as 0)."""
+    W = np.broadcast_to(W, np.shape(Y))
+    Yl = np.where(W > 0, np.log1p(np.maximum(np.nan_to_num(Y), 0.0)), 0.0)
+    Xc = X - X.mean(0)
+    return np.linalg.lstsq(Xc, Yl - Yl.mean(0), rcond=None)[0]
+
+
 def choose_anchors(Y, W, X, d):
     """d anchor species for constrained ordination: strong and distinct responses to X.
 
@@ -238,10 +258,7 @@ def choose_anchors(Y, W, X, d):
     then the longest part orthogonal to those chosen (as ``latent.anchor_order`` does
     for the latent variables' loadings). Deterministic: a function of the data only.
     """
-    Yl = np.where(W > 0, np.log1p(np.maximum(np.nan_to_num(Y), 0.0)), 0.0)
-    Xc = X - X.mean(0)
-    B = np.linalg.lstsq(Xc, Yl - Yl.mean(0), rcond=None)[0]            # (p, m)
-    R = B.T.copy()
+    R = _log_slopes(Y, W, X).T.copy()
     chosen = []
     for _ in range(d):
         norms = (R * R).sum(1)

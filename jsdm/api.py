@@ -12,7 +12,8 @@ from .results.fitted import GLLVMResults
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
-          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
+          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
+          site_effects=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -40,6 +41,14 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Link function where the family offers several (binomial: logit, probit, cloglog).
     row_effect : None, "fixed" or "random"
         Site intercepts.
+    site_effects : str or list of str, optional
+        Grouped site effects: random intercepts by the levels of site-level grouping
+        columns of the site table (``X`` / ``Community.X``), the wide form of lme4's
+        ``(1 | plot)``. ``"plot"``: one effect per plot; ``["year", "observer"]``:
+        crossed; ``"plot/transect"``: nested, i.e. ``"plot"`` and ``"plot:transect"``
+        (the combinations). With an lme4-style formula write the bars instead. The
+        grouping columns are not covariates (they are left out of the design when
+        ``formula`` is None). See docs/formula.md, "Grouped site effects".
     offset : number, array (n,), (n, 1), (1, m) or (n, m), Series or DataFrame, optional
         Known part of the linear predictor. A Series indexed by site (or by
         species) or a DataFrame (sites x species) is matched by label; an
@@ -100,7 +109,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         raise JSDMError(f"prior_sd must be a positive number (the sd of the penalty), got "
                         f"{prior_sd!r}; use None for no penalty")
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
-                response=response, site=site, species=species)
+                response=response, site=site, species=species, site_effects=site_effects)
     # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
     from .model.formula import is_lme4_formula, translate_call
     if is_lme4_formula(formula, species):
@@ -116,6 +125,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                     row_effect=call["row_effect"], n_init=n_init,
                     seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
                     prior_sd=prior_sd)
+    if call.get("site_effects"):
+        settings["site_effects"] = list(prob.info.get("site_effects", []))
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

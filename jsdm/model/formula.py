@@ -23,6 +23,9 @@ formula term                                  jsdm
 ``species:x``, ``species/x``, ``species*x``    species-specific slopes on site covariate x
 ``site`` (fixed)                              ``row_effect="fixed"``
 ``(1 | site)``                                ``row_effect="random"``
+``(1 | plot)``, ``(1 | a) + (1 | b)``           ``site_effects=["plot"]``, ``["a", "b"]``
+``(1 | a/b)``, ``(1 | a:b)``                   ``site_effects=["a", "a:b"]``, ``["a:b"]``
+``(1 | plot/site)``                           ``site_effects=["plot"]``, ``row_effect="random"``
 ``rr(0 + species | site, d = k)``             ``num_lv=k`` (glmmTMB's default k = 2);
                                               no ``rr()`` term: ``num_lv=0``
 ``offset(expr)``                              ``offset`` = expr evaluated per row
@@ -49,7 +52,9 @@ _CALL = re.compile(r"^([A-Za-z_.][A-Za-z0-9_.]*)\s*\(")
 def _supported(site, species):
     return (f"Supported: {species} (species intercepts), {species}:x (species-specific slopes "
             f"on a site covariate x), {site} (fixed site effects), (1 | {site}) (random site "
-            f"effects), rr(0 + {species} | {site}, d = k) (k latent variables), offset(expr).")
+            f"effects), (1 | plot), (1 | plot/sub), (1 | a) + (1 | b) (grouped site effects by "
+            f"site-level groupings), rr(0 + {species} | {site}, d = k) (k latent variables), "
+            f"offset(expr).")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class ParsedFormula:
     row_effect : None, "fixed" or "random"
     offsets : tuple of str
         Expressions inside ``offset(...)``, summed.
+    site_effects : tuple of str
+        Groupings of grouped site effects ``(1 | plot)`` (``"a:b"`` for an
+        interaction; ``(1 | a/b)`` gives ``"a"`` and ``"a:b"``), the wide call's
+        ``site_effects=``.
     terms : tuple of (str, str)
         Each term as read and what it becomes (see ``str(parsed)``).
     """
@@ -89,6 +98,7 @@ class ParsedFormula:
     row_effect: Optional[str] = None
     offsets: tuple = ()
     terms: tuple = ()
+    site_effects: tuple = ()
 
     @property
     def site_formula(self):
@@ -97,7 +107,10 @@ class ParsedFormula:
 
     def gllvm_arguments(self):
         """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call."""
-        return dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+        out = dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+        if self.site_effects:
+            out["site_effects"] = list(self.site_effects)
+        return out
 
     @property
     def model_terms(self):
@@ -107,10 +120,10 @@ class ParsedFormula:
         slopes are named by the formula's covariate terms here, by the design columns they
         expand to (factor levels) in the fit.
         """
-        from .terms import default_terms
+        from .terms import GroupEffects, default_terms
 
         return [t for t in default_terms(self.slopes, self.num_lv, self.row_effect)
-                if t.active(_Dims(len(self.slopes)))]
+                if t.active(_Dims(len(self.slopes)))] + [GroupEffects(g) for g in self.site_effects]
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
@@ -226,6 +239,7 @@ class _Parts:
         self.fixed, self.terms, self.offsets, self.random_terms = [], [], [], []
         self.num_lv, self.random_site, self.fixed_site = None, None, None
         self.has_species = False
+        self.site_effects = []
 
     def fail(self, term, why):
         raise JSDMError(f"formula term {term!r} in {self.formula!r}: {why} "
@@ -326,13 +340,12 @@ def _bar_sides(parts, term, text):
 
 
 def _group_name(parts, term, group):
-    """Grouping column of a bar term; nested and interaction groupings are refused."""
-    if _has_top(group, "/"):
-        parts.fail(term, "nested random effects (1 | a/b), i.e. (1 | a) + (1 | a:b) as in lme4, "
-                         "are not supported yet.")
-    if _has_top(group, ":"):
-        parts.fail(term, "random effects on an interaction of grouping factors (a:b) are not "
-                         "supported yet.")
+    """Grouping of a bar term: one column, ``a:b`` (interaction) or ``a/b`` (nested), the
+    last two returned as they are (after checking each column name)."""
+    if _has_top(group, "/") or _has_top(group, ":"):
+        names = [_group_name(parts, term, g) for g in re.split(r"[/:]", group)]
+        seps = [c for c in group if c in "/:"]
+        return "".join(n + (seps[k] if k < len(seps) else "") for k, n in enumerate(names))
     name = group[1:-1] if group.startswith("`") and group.endswith("`") else group
     if not _NAME.fullmatch(group) and name == group:
         parts.fail(term, f"the grouping {group!r} must be one column name.")
@@ -374,8 +387,35 @@ def _read_bar(parts, sign, piece, inner):
     if group == species:
         parts.fail(piece, f"species-specific random slopes (0 + x | {species}) are not supported "
                           f"yet; fixed species-specific slopes are written {species}:x.")
-    parts.fail(piece, f"random effects grouped by {group!r} (other than {site}) are not "
-                      "supported yet.")
+    if lt != {"1"}:
+        parts.fail(piece, f"random slopes by {group!r} are not supported; only random intercepts "
+                          f"(1 | {group}) by a site-level grouping.")
+    _read_group(parts, piece, group)
+
+
+def _read_group(parts, piece, group):
+    """``(1 | plot)``, ``(1 | a:b)``, nested ``(1 | a/b)`` (= (1 | a) + (1 | a:b)); a nested
+    level equal to the site column is the site effect ``(1 | site)``."""
+    site = parts.site
+    chain = group.split("/")
+    added = []
+    for k in range(len(chain)):
+        name = ":".join(chain[:k + 1])
+        if chain[k] == site and k == len(chain) - 1 and k > 0:   # (1 | plot/site): + (1 | site)
+            if parts.random_site:
+                parts.fail(piece, f"(1 | {site}) is given twice (once inside {piece}).")
+            parts.random_site = piece
+            added.append(f"(1 | {site}) -> row_effect='random'")
+            continue
+        if site in name.split(":") or parts.species in name.split(":"):
+            parts.fail(piece, f"the grouping {name!r} involves the {site} or {parts.species} "
+                              f"column; grouped site effects take site-level grouping columns, "
+                              f"and {site} nested last ((1 | plot/{site})).")
+        if name in parts.site_effects:
+            parts.fail(piece, f"(1 | {name}) is given twice.")
+        parts.site_effects.append(name)
+        added.append(f"(1 | {name}) -> site_effects {name!r}")
+    parts.random_terms.append((piece, "grouped site effects: " + "; ".join(added)))
 
 
 def _read_covstruct(parts, sign, piece, name, inner):
@@ -493,7 +533,8 @@ def _finish(parts, response, slopes, absorbed):
         terms.append(("(no rr() term)", "no latent variables -> num_lv=0"))
     return ParsedFormula(formula=parts.formula, response=response, site=site, species=species,
                          slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
-                         offsets=tuple(parts.offsets), terms=tuple(terms))
+                         offsets=tuple(parts.offsets), terms=tuple(terms),
+                         site_effects=tuple(parts.site_effects))
 
 
 # --- detection and translation -------------------------------------------------------------
@@ -527,7 +568,7 @@ def is_lme4_formula(formula, species=None):
 
 
 def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=None,
-                   response=None, site=None, species=None):
+                   response=None, site=None, species=None, site_effects=None):
     """Turn a :func:`jsdm.gllvm` call with an lme4/glmmTMB formula into the wide call.
 
     Parameters
@@ -563,9 +604,15 @@ def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=Non
                         "to the long table (or use a one-sided formula '~ x' with X=).")
     long = _long_table(data, resp, site, species)
     covs = _covariate_columns(parsed, long, resp)
+    covs += [c for c in _grouping_columns(parsed, long, resp) if c not in covs]
     com = Community.from_long(long[[site, species, resp] + covs], site=site, species=species,
                               response=resp, covariates=covs, traits=[])
     args = _merge_arguments(parsed, num_lv, row_effect, offset)
+    if site_effects is not None and list(site_effects) != list(parsed.site_effects):
+        raise JSDMError(f"site_effects={site_effects!r} contradicts the formula {formula!r}, whose "
+                        f"grouped site effects are {list(parsed.site_effects)!r}; write them as "
+                        "(1 | plot) terms in the formula and leave site_effects out.")
+    args["site_effects"] = list(parsed.site_effects) or None
     if parsed.offsets:
         args["offset"] = _offset_matrix(parsed, long, com, resp)
     args.update(response=None, site=None, species=None)
@@ -637,6 +684,30 @@ def _covariate_columns(parsed, long, resp):
             if col not in covs:
                 covs.append(col)
     return covs
+
+
+def _grouping_columns(parsed, long, resp):
+    """Site-level grouping columns of the grouped site effects, checked to be constant within
+    site."""
+    from ..data.reshape import varies_within
+    from ..data.validation import show
+
+    site = parsed.site
+    cols = []
+    for name in parsed.site_effects:
+        for col in name.split(":"):
+            if col not in long.columns:
+                raise JSDMError(f"the term (1 | {name}) names the column {col!r}, which the long "
+                                f"table does not have; its columns are {show(long.columns, 20)}.")
+            bad = varies_within(long, site, col)
+            if len(bad):
+                raise JSDMError(
+                    f"(1 | {name}) needs {col!r} to be a site-level grouping (one value per "
+                    f"{site}), but it takes several values within {site} {show(bad)}. Grouped "
+                    "site effects group whole sites; fix those rows.")
+            if col not in cols:
+                cols.append(col)
+    return cols
 
 
 def _merge_arguments(parsed, num_lv, row_effect, offset):

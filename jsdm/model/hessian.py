@@ -53,6 +53,9 @@ class HessianBlocks:
     Hpv: np.ndarray
     Hvv: np.ndarray
     site_pos: np.ndarray
+    #: group-scope variational parameters appended after the model ones in Hpp / Hpv
+    #: (``(1 | plot)``: the levels' means and log sds); eliminate them after the sites
+    n_extra: int = 0
 
     def dense(self, size):
         """The full (size x size) Hessian (small problems and tests only)."""
@@ -339,7 +342,64 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     hyper = _hyper_parts(pred, P, tri)
     _log_diag_chain(pred, P, ev, tri, Hvv, [Hcross] + ([fixed[2]] if fixed is not None else [])
                     + [hv for _, _, hv in hyper])
-    return _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper)
+    out = _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper)
+    if pred.group_terms:
+        out = _with_group_block(prob, P, layout, out)
+    return out
+
+
+def _group_positions(layout):
+    """Packed positions of the group-scope terms: (model ones (their sds), variational ones)."""
+    pred = layout.predictor
+    model, var = [], []
+    for t in pred.group_terms:
+        for f in (t.f_lsd,):
+            model += list(range(layout.slices[f].start, layout.slices[f].stop))
+        for f in (t.f_mu, t.f_ls):
+            var += list(range(layout.slices[f].start, layout.slices[f].stop))
+    return np.array(model, dtype=int), np.array(var, dtype=int)
+
+
+def _with_group_block(prob, P, layout, hb, rel_step=1e-5):
+    """Add the group-scope terms' rows and columns to the Hessian blocks.
+
+    Their columns are central differences of the analytic packed gradient (two
+    gradient evaluations per group parameter; the group terms have 2 G + 1 parameters
+    for G levels), symmetrised. The levels' means and log sds are appended to the
+    model block as ``n_extra`` rows, eliminated after the sites by the caller
+    (``jsdm.results.inference``).
+    """
+    from .objective import evaluate
+
+    gm, gv = _group_positions(layout)
+    cols = np.concatenate([gm, gv])
+    x0 = layout.pack(P)
+    Hc = np.empty((layout.size, len(cols)))
+    for k, c in enumerate(cols):
+        h = rel_step * max(1.0, abs(x0[c]))
+        grads = []
+        for sgn in (1.0, -1.0):
+            x = x0.copy()
+            x[c] += sgn * h
+            Q = layout.unpack(x)
+            grads.append(layout.pack_grad(evaluate(prob, Q).grad, Q))
+        Hc[:, k] = (grads[0] - grads[1]) / (2.0 * h)
+    Pn, E = layout.n_model, len(gv)
+    n, q = hb.Hvv.shape[0], hb.Hvv.shape[1]
+    Hpp = np.zeros((Pn + E, Pn + E))
+    Hpp[:Pn, :Pn] = hb.Hpp
+    new = np.concatenate([gm, Pn + np.arange(E)])          # rows/cols of the group parameters
+    model_rows = np.arange(Pn)
+    Hpp[np.ix_(model_rows, new)] = Hc[:Pn, :]
+    Hpp[np.ix_(new, model_rows)] = Hc[:Pn, :].T
+    block = Hc[cols, :]
+    Hpp[np.ix_(new, new)] = 0.5 * (block + block.T)
+    Hpv = np.zeros((Pn + E, n, q))
+    Hpv[:Pn] = hb.Hpv
+    if q:
+        site = Hc[hb.site_pos.reshape(-1), :].reshape(n, q, len(cols))     # (n, q, k)
+        Hpv[new] = np.transpose(site, (2, 0, 1))
+    return HessianBlocks(Hpp, Hpv, hb.Hvv, hb.site_pos, n_extra=E)
 
 
 def _fixed_site_parts(pred, P, E, Jphi, Jpsi):

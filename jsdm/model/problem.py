@@ -67,6 +67,8 @@ class Problem:
     formula: Optional[str] = None
     info: dict = field(default_factory=dict)
     model_terms: Optional[tuple] = None
+    #: {grouping name: (codes (n,), level labels)} of grouped site effects ``(1 | plot)``
+    groups: Optional[dict] = None
 
     def __post_init__(self):
         from .terms import LinearPredictor, default_terms
@@ -82,7 +84,8 @@ class Problem:
                                offset=self.offset, family=self.family,
                                n_disp=self.n_disp if disp else None,
                                s_free=self.s_free if disp else None,
-                               sites=self.sites, species=self.species, covariates=self.terms)
+                               sites=self.sites, species=self.species, covariates=self.terms,
+                               groups=self.groups)
         object.__setattr__(self, "predictor", pred)
 
     @property
@@ -170,7 +173,7 @@ def _token(k):
     return f"_jsdm_c{k}_"
 
 
-def _design(com, formula):
+def _design(com, formula, drop=()):
     """Site design matrix (no intercept) from a formula or from all covariates; (matrix, terms).
 
     Covariate names are never parsed as formula syntax: with ``formula=None``
@@ -179,6 +182,8 @@ def _design(com, formula):
     intercept is dropped by its position in formulaic's model spec, not by name.
     """
     Xdf = com.X
+    if drop and Xdf is not None:       # grouping columns of site_effects: not covariates
+        Xdf = Xdf.drop(columns=[c for c in drop if c in Xdf.columns])
     if formula is None and (Xdf is None or Xdf.shape[1] == 0):
         return np.zeros((com.n_sites, 0)), ()
     if Xdf is None:
@@ -255,8 +260,13 @@ def _check_terms(terms, formula):
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
-                  extra_terms=()):
+                  extra_terms=(), site_effects=None):
     """Validate user input and build a :class:`Problem`.
+
+    ``site_effects``: grouped site effects, a grouping column name or a list of them
+    (columns of the site table, ``Community.X``): ``"plot"`` is ``(1 | plot)``,
+    ``"a:b"`` the combinations of a and b, ``"a/b"`` both ``a`` and ``a:b`` (nested);
+    see :func:`jsdm.model.terms.group_effects.site_groupings`.
 
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
     appended to the classic ones (intercepts, slopes, ``num_lv`` latent variables,
@@ -284,7 +294,9 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     check_response_scale(Y, W, fam, Ydf.columns)
     fam = fam.prepare(np.where(W > 0, Y, np.nan), species=Ydf.columns)   # ordinal: categories used
     Yf = np.where(W > 0, Y, fam.missing_fill)
-    Xmat, terms = _design(com, formula)
+    from .terms.group_effects import site_groupings
+    groups, group_terms, group_cols = site_groupings(com, site_effects, row_effect)
+    Xmat, terms = _design(com, formula, drop=group_cols if formula is None else ())
     off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,
                        Ydf.columns)
     if row_effect == "fixed" and Xmat.shape[1]:
@@ -303,12 +315,16 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     if q is not None:
         info["n_dispersion"] = int(q)
     model_terms = None
-    if extra_terms:
+    if extra_terms or group_terms:
         from .terms import default_terms
-        model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)
+        model_terms = (default_terms(terms, int(num_lv), row_effect) + tuple(group_terms)
+                       + tuple(extra_terms))
+    if group_terms:
+        info["site_effects"] = [t.group for t in group_terms]
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
-                   offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
+                   offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms,
+                   groups=groups or None)
 
 
 def _trials(trials, W, Ydf):

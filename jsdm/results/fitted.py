@@ -339,6 +339,19 @@ class GLLVMResults:
         a = self.state.params.alpha
         return None if a is None else pd.Series(a, index=self.sites, name="row_effect")
 
+    def ranef(self, condsd=False):
+        """Predicted random effects per grouping (variational means; see
+        :func:`jsdm.results.ranef.ranef`): {grouping: DataFrame levels x variables}, or with
+        ``condsd=True`` one tidy DataFrame (grpvar, term, grp, condval, condsd)."""
+        from .ranef import ranef
+        return ranef(self, condsd)
+
+    def varcorr(self):
+        """Variances and correlations of the random effects, one row per (group, var1, var2)
+        with columns group, var1, var2, vcov, sdcor (R's ``as.data.frame(VarCorr(fit))``)."""
+        from .ranef import varcorr
+        return varcorr(self)
+
     @property
     def row_sigma(self):
         """Standard deviation of random row effects (None otherwise)."""

@@ -6,6 +6,7 @@ wide call; ``make_term(spec)`` rebuilds a term from its ``spec()`` (saved fits);
 """
 from .base import Reported, Term
 from .dispersion import S_BOUNDS, Dispersion
+from .group_effects import GroupEffects
 from .latent import LatentVariables
 from .predictor import LinearPredictor
 from .row_effects import FixedRowEffects, RandomRowEffects
@@ -21,7 +22,8 @@ def register_term(cls):
     return cls
 
 
-for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects):
+for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
+             GroupEffects):
     register_term(_cls)
 
 
@@ -51,7 +53,7 @@ def default_terms(covariates=(), num_lv=0, row_effect=None):
     return tuple(terms)
 
 
-__all__ = ["CholeskySlot", "Dispersion", "FixedRowEffects", "LatentVariables", "LinearPredictor",
+__all__ = ["CholeskySlot", "Dispersion", "FixedRowEffects", "GroupEffects", "LatentVariables", "LinearPredictor",
            "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "Reported", "S_BOUNDS", "Slot",
            "SpeciesIntercepts", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

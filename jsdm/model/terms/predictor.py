@@ -52,8 +52,10 @@ class LinearPredictor:
     """
 
     def __init__(self, terms, *, n, m, X, offset=None, family=None, n_disp=None, s_free=None,
-                 sites=None, species=None, covariates=()):
+                 sites=None, species=None, covariates=(), groups=None):
         self.terms = tuple(terms)
+        #: {grouping name: (codes (n,), level labels)} of the group-scope terms
+        self.groups = dict(groups or {})
         self.n, self.m, self.X = int(n), int(m), X
         self.p = X.shape[1]
         self.offset, self.family = offset, family
@@ -113,10 +115,18 @@ class LinearPredictor:
         plan += [t for t in self.terms if t.bilinear]
         self._mean_plan = [t for t in plan if t is OFFSET or t.active(self)]
         self.glm_terms = [t for t in self.terms if t.in_glm_start]
+        # group scope: one random coordinate per level of a site grouping, q by level
+        self.group_terms = [t for t in self.terms if getattr(t, "group_random", False)]
+        for t in self.group_terms:
+            if t.group not in self.groups:
+                from ...exceptions import JSDMError
+                raise JSDMError(f"the term {t.lme4()} needs the grouping {t.group!r}, which the "
+                                f"problem does not have (known: {sorted(self.groups)}).")
         self._shapes = self.field_shapes()
         # fields every gradient writes (the rest start at zero): the blocks' coordinates
         filled = {"L"} if self.kr else set()
         filled |= {"s"} if self.dispersion is not None else set()
+        filled |= {f for t in self.group_terms for f in t.fields(self)}
         probe = self._probe_fields()
         self._filled = filled | probe
 
@@ -218,12 +228,15 @@ class LinearPredictor:
         M = self.mean(P, rows, cols)
         kr = self.kr
         if not kr:
-            return M, np.zeros_like(M)
-        UR = self.site_design(P, cols, random_only=True)
-        UU = (UR[:, :, None] * UR[:, None, :]).reshape(UR.shape[0], kr * kr)
-        S2 = self.site_cov2(P, rows) if S2 is None else S2[rows]
-        V = S2 @ UU.T
-        np.maximum(V, 0.0, out=V)
+            V = np.zeros_like(M)
+        else:
+            UR = self.site_design(P, cols, random_only=True)
+            UU = (UR[:, :, None] * UR[:, None, :]).reshape(UR.shape[0], kr * kr)
+            S2 = self.site_cov2(P, rows) if S2 is None else S2[rows]
+            V = S2 @ UU.T
+            np.maximum(V, 0.0, out=V)
+        for t in self.group_terms:
+            V += t.variance(self, P, rows)
         return M, V
 
     # --- block designs -------------------------------------------------------------------------
@@ -278,8 +291,11 @@ class LinearPredictor:
     def kl(self, P):
         """Per-site KL of the joint site q from the prior, (n,)."""
         kr = self.kr
+        extra = 0.0
+        for t in self.group_terms:          # group scope: each level's KL spread over its sites
+            extra = extra + t.kl_by_site(self, P)
         if not kr:
-            return np.zeros(self.n)
+            return np.zeros(self.n) + extra
         L = P.L
         mu = self.site_means(P)[:, :kr]
         if self._unit_prior:        # N(0, I): 0.5 (tr Sigma + |mu|^2 - kr) - log det L
@@ -287,7 +303,7 @@ class LinearPredictor:
         else:
             sq = (L ** 2).sum(2) + mu ** 2
             out = 0.5 * (sq @ self.prior_precision(P) - kr + self.prior_logdet(P))
-        return out - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
+        return out - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1) + extra
 
     def gradient(self, P, Gm, Gv, gs=None):
         """Analytic gradient of the ELBO in natural coordinates, from Gm, Gv (n, m)."""
@@ -326,6 +342,9 @@ class LinearPredictor:
             self.set_site_means(g, gu)
         if gs is not None:
             g.s = gs
+        for t in self.group_terms:
+            for k, v in t.gradient(self, P, Gm, Gv).items():
+                setattr(g, k, v)
         return g
 
     # --- starting values --------------------------------------------------------------------------

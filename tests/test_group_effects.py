@@ -1,0 +1,326 @@
+"""Grouped site effects (1 | plot), nested and crossed (jsdm/model/terms/group_effects.py).
+
+Checks: the ELBO of a Gaussian identity model with one grouping equals the exact
+marginal log-likelihood (statsmodels MixedLM, reml=False, and a dense multivariate
+normal for several species); nested and crossed Gaussian models against MixedLM
+(the factorised q gives a bound, its gap reported); Poisson fits against the
+glmmTMB / gllvm references in ../shared/reference; finite-difference gradients of
+every group slot; recovery of a variance on simulated data; the formula route.
+"""
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jsdm
+from jsdm.exceptions import DataWarning, JSDMError
+from jsdm.model.formula import parse_formula
+from jsdm.model.params import Layout
+from jsdm.model.problem import build_problem
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+MITE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mite" / "mite_long.csv"
+
+
+def _gauss_long(n_groups=12, per=5, m=1, seed=1, sd_u=0.8, sd_e=0.6, sub=None):
+    rng = np.random.default_rng(seed)
+    n = n_groups * per
+    plot = np.repeat([f"p{k}" for k in range(n_groups)], per)
+    x = rng.normal(size=n)
+    eta = np.repeat(rng.normal(0.0, sd_u, n_groups), per) + 0.5 * x
+    rows = []
+    sub_lab = None
+    if sub is not None:          # nested subplots: `sub` per plot, each with per // sub sites
+        sub_lab = np.tile(np.repeat([f"q{k}" for k in range(sub)], per // sub), n_groups)
+        key = pd.Series(plot).str.cat(sub_lab, ":")
+        codes = pd.factorize(key)[0]
+        eta = eta + rng.normal(0.0, 0.5, codes.max() + 1)[codes]
+    for j in range(m):
+        y = 1.0 + 0.3 * j + eta + rng.normal(0.0, sd_e, n)
+        rows.append(pd.DataFrame({"site": [f"s{i}" for i in range(n)], "species": f"sp{j}",
+                                  "y": y, "x": x, "plot": plot,
+                                  **({"sub": sub_lab} if sub is not None else {})}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _fit(long, formula, family="gaussian", **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return jsdm.gllvm(long, formula=formula, family=family, n_init=1, **kw)
+
+
+def _group_sd(fit, name):
+    return float(fit.params[("group_sd", name, "sd")])
+
+
+# --- Gaussian: exact -------------------------------------------------------------------
+def test_gaussian_one_grouping_elbo_is_the_mixedlm_loglik():
+    """One grouping, identity link: q by level is the exact posterior, so the ELBO is the
+    marginal log-likelihood and the estimates are MixedLM's (ML)."""
+    MixedLM = pytest.importorskip("statsmodels.regression.mixed_linear_model").MixedLM
+    long = _gauss_long()
+    fit = _fit(long, "y ~ species + species:x + (1 | plot)")
+    assert fit.converged
+    md = MixedLM(long.y.to_numpy(), np.column_stack([np.ones(len(long)), long.x]),
+                 groups=long["plot"].to_numpy()).fit(reml=False)
+    assert abs(fit.llf - md.llf) < 1e-4
+    assert np.allclose(fit.coef.iloc[0].to_numpy(), md.fe_params, atol=1e-4)
+    assert abs(_group_sd(fit, "plot") - np.sqrt(np.asarray(md.cov_re)[0, 0])) < 1e-3
+    assert abs(float(fit.params[("dispersion", "sp0", "sd")]) - np.sqrt(md.scale)) < 1e-3
+    # the standard errors (group block by differences of the analytic gradient) are
+    # those of the exact likelihood: MixedLM's for the fixed effects
+    se = fit.bse.xs("coef", level="block").to_numpy()
+    assert np.allclose(se, md.bse_fe, rtol=2e-3)
+
+
+def test_gaussian_one_grouping_several_species_elbo_is_the_exact_loglik():
+    """Several species with their own residual sd (outside MixedLM): at the fitted
+    parameters the ELBO equals the exact marginal log-likelihood of the stacked data
+    (dense multivariate normal, covariance diag(sd_j^2) + sigma^2 Z Z')."""
+    from scipy.stats import multivariate_normal
+
+    long = _gauss_long(n_groups=8, per=4, m=3, seed=4)
+    fit = _fit(long, "y ~ species + species:x + (1 | plot)")
+    assert fit.converged
+    Y = fit.problem.Y                                       # (n, m)
+    n, m = Y.shape
+    mean = (fit.coef["Intercept"].to_numpy()[None, :]
+            + fit.problem.X[:, :1] * fit.coef["x"].to_numpy()[None, :])
+    sd = fit.params.xs("dispersion", level="block").to_numpy()
+    codes = fit.problem.groups["plot"][0]
+    Z = np.kron(np.ones((m, 1)), np.eye(n))[:, :] @ np.eye(n)[:, :]      # cell -> site
+    Zg = (codes[np.tile(np.arange(n), m)][:, None] == np.arange(codes.max() + 1)[None, :])
+    C = np.diag(np.repeat(sd ** 2, n)) + _group_sd(fit, "plot") ** 2 * (Zg @ Zg.T)
+    ll = multivariate_normal(mean.T.ravel(), C).logpdf(Y.T.ravel())
+    assert Z.shape[0] == n * m
+    assert abs(fit.llf - ll) < 1e-6
+
+
+def test_gaussian_crossed_bound_below_mixedlm_loglik():
+    """Crossed groupings: q factorises by level, so the ELBO is a bound below MixedLM's
+    exact log-likelihood; measured gap 1.6 nats on 240 observations, sds within 0.03 of
+    MixedLM's, fixed effects within 2e-4."""
+    MixedLM = pytest.importorskip("statsmodels.regression.mixed_linear_model").MixedLM
+    rng = np.random.default_rng(7)
+    n = 240
+    year, obs = rng.integers(0, 6, n), rng.integers(0, 8, n)
+    x = rng.normal(size=n)
+    y = 1 + 0.5 * x + rng.normal(0, 0.7, 6)[year] + rng.normal(0, 0.5, 8)[obs] + rng.normal(0, 0.6, n)
+    long = pd.DataFrame({"site": [f"s{i}" for i in range(n)], "species": "sp", "y": y, "x": x,
+                         "year": [f"y{k}" for k in year], "obs": [f"o{k}" for k in obs]})
+    fit = _fit(long, "y ~ species + species:x + (1 | year) + (1 | obs)")
+    assert fit.converged
+    long["one"] = 1
+    md = MixedLM.from_formula("y ~ x", groups="one", re_formula="0",
+                              vc_formula={"year": "0 + C(year)", "obs": "0 + C(obs)"},
+                              data=long).fit(reml=False)
+    gap = md.llf - fit.llf
+    print(f"crossed Gaussian: MixedLM loglik {md.llf:.4f}, ELBO {fit.llf:.4f}, gap {gap:.4f}")
+    assert 0.0 < gap < 2.5
+    vc = dict(zip(md.model.exog_vc.names, np.sqrt(md.vcomp)))
+    assert abs(_group_sd(fit, "year") - vc["year"]) < 0.05
+    assert abs(_group_sd(fit, "obs") - vc["obs"]) < 0.05
+    assert np.allclose(fit.coef.iloc[0].to_numpy(), md.fe_params, atol=0.01)
+
+
+def _nested_gaussian():
+    MixedLM = pytest.importorskip("statsmodels.regression.mixed_linear_model").MixedLM
+    long = _gauss_long(n_groups=15, per=12, sub=3, seed=2)    # 15 plots x 3 subplots x 4 sites
+    fit = _fit(long, "y ~ species + species:x + (1 | plot/sub)")
+    md = MixedLM.from_formula("y ~ x", groups="plot", re_formula="1",
+                              vc_formula={"sub": "0 + C(sub)"}, data=long).fit(reml=False)
+    return fit, md
+
+
+def test_gaussian_nested_is_a_valid_bound_with_the_plot_level_right():
+    """Nested (1 | plot/sub): the ELBO is below MixedLM's log-likelihood (measured gap 8.7
+    nats on 180 observations: the factorised q ignores the strong posterior correlation of
+    a plot with its subplots); fixed effects within 0.01 and the plot sd within 0.05."""
+    fit, md = _nested_gaussian()
+    assert fit.converged
+    gap = md.llf - fit.llf
+    print(f"nested Gaussian: MixedLM loglik {md.llf:.4f}, ELBO {fit.llf:.4f}, gap {gap:.4f}; "
+          f"sub sd {_group_sd(fit, 'plot:sub'):.3f} vs {np.sqrt(md.vcomp[0]):.3f}")
+    assert 0.0 < gap < 10.0
+    assert np.allclose(fit.coef.iloc[0].to_numpy(), md.fe_params, atol=0.01)
+    assert abs(_group_sd(fit, "plot") - np.sqrt(np.asarray(md.cov_re)[0, 0])) < 0.05
+
+
+@pytest.mark.xfail(strict=True, reason="known limit of the factorised q: the inner level's sd "
+                   "of a nested grouping is underestimated (0.446 vs MixedLM 0.581 here); a joint "
+                   "q per top-level level (docs/engine_terms.md) would make it exact")
+def test_gaussian_nested_inner_sd_matches_mixedlm():
+    fit, md = _nested_gaussian()
+    assert abs(_group_sd(fit, "plot:sub") - np.sqrt(md.vcomp[0])) < 0.05
+
+
+# --- gradients ----------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["poisson", "negative_binomial"])
+def test_group_slots_have_the_finite_difference_gradient(family):
+    """mu_g, log s_g and log sigma of two crossed groupings, next to latent variables and
+    random row effects: analytic gradient = central differences of the ELBO."""
+    from test_terms import _slot_gradient_check
+
+    rng = np.random.default_rng(0)
+    n, m = 12, 4
+    Y = pd.DataFrame(rng.poisson(2.0, (n, m)).astype(float),
+                     index=[f"s{i}" for i in range(n)], columns=[f"sp{j}" for j in range(m)])
+    X = pd.DataFrame({"x": rng.normal(size=n), "a": list("aabbccddeeff"),
+                      "b": list("uvwuvwuvwuvw")}, index=Y.index)
+    prob = build_problem(Y, X, family=family, num_lv=1, formula="~ x", row_effect="random",
+                         site_effects=["a", "b"])
+    layout = Layout(prob.predictor)
+    x = np.random.default_rng(5).normal(0.0, 0.4, layout.size)
+    slots = [s for s in layout.slots if s.scope == "group" or s.name.startswith("glsd")]
+    assert len(slots) == 6
+    assert _slot_gradient_check(prob, x, layout, slots) < 2e-6
+    assert _slot_gradient_check(prob, x, layout) < 2e-6          # and everything else with them
+
+
+# --- Poisson against the R references -----------------------------------------------
+def _mite():
+    if not MITE.exists():
+        pytest.skip("mite data not available")
+    # Shrub has a level "None": read it as text, not as missing
+    return pd.read_csv(MITE, keep_default_na=False, na_values=[""])
+
+
+def _ref(name):
+    path = REF / name
+    if not path.exists():
+        pytest.skip(f"reference {name} not available")
+    return json.loads(path.read_text())
+
+
+def test_poisson_crossed_against_glmmtmb():
+    """(1 | Topo) + (1 | Shrub) on mite (2 and 3 levels). Laplace (glmmTMB) is an
+    approximation and the VA a bound, so: fixed effects and the conditional modes of the
+    random effects agree to 0.01 (their SEs are ~0.1-0.3, ranef sds ~0.05); the sds,
+    estimated from 2 and 3 levels (relative SE of order 1), agree to 30%; the ELBO is
+    below glmmTMB's logLik by a small amount (measured 1.53 nats)."""
+    d = _ref("wave2_mite_glmmTMB_pois_crossed_topo_shrub.json")["fit"]
+    fit = _fit(_mite(), "count ~ 0 + species + species:WatrCont + (1 | Topo) + (1 | Shrub)",
+               family="poisson")
+    assert fit.converged
+    gap = d["logLik"] - fit.llf
+    print(f"crossed Poisson: glmmTMB logLik {d['logLik']:.4f}, ELBO {fit.llf:.4f}, gap {gap:.3f}")
+    assert 0.0 < gap < 3.0
+    fe = pd.Series(d["fixef"])
+    ours = pd.concat([fit.coef["Intercept"].rename(lambda s: f"species{s}"),
+                      fit.coef["WatrCont"].rename(lambda s: f"species{s}:WatrCont")])
+    assert np.abs(ours[fe.index] - fe).max() < 0.01
+    for v in d["varcorr"]:
+        assert abs(_group_sd(fit, v["group"]) / v["sd"]["(Intercept)"] - 1.0) < 0.3
+    re = fit.ranef()
+    for g, tab in d["ranef"].items():
+        ref = pd.Series(np.ravel(tab["values"]), index=tab["rownames"])
+        assert np.abs(re[g]["(Intercept)"][ref.index] - ref).max() < 0.01
+
+
+def test_poisson_nested_against_glmmtmb_and_gllvm():
+    """(1 | Substrate/site) on mite: Substrate (7 levels, one holding a single site) and
+    the site effects. The Substrate sd is barely identified: glmmTMB ends at 0.599
+    (logLik -6295.669) and gllvm LA at 0.0018 (-6295.703), 0.034 nats apart. The VA,
+    whose q is independent between a Substrate and its sites, goes to the gllvm LA end
+    (sd < 0.01); there the site sd and the fixed effects agree with gllvm LA (site sd
+    0.578: within 0.05; coefficients within 0.1, a fraction of their SEs ~0.25), and the
+    ELBO is below the Laplace logLik by a reported 2.3 nats (above gllvm VA's bound,
+    -6307.0, on the same model)."""
+    tmb = _ref("wave2_mite_glmmTMB_pois_nested_substrate_site.json")["fit"]
+    la = _ref("wave2_mite_gllvm_pois_X_rowSubstrate_site_lv0_la.json")["fit"]
+    va = _ref("wave2_mite_gllvm_pois_X_rowSubstrate_site_lv0_va.json")["fit"]
+    with pytest.warns(DataWarning, match="Sphagn3"):
+        fit = jsdm.gllvm(_mite(), formula="count ~ 0 + species + species:WatrCont + "
+                         "(1 | Substrate/site)", family="poisson", n_init=1)
+    assert fit.converged
+    gap = tmb["logLik"] - fit.llf
+    print(f"nested Poisson: glmmTMB {tmb['logLik']:.4f}, gllvm LA {la['logLik']:.4f}, "
+          f"gllvm VA {va['logLik']:.4f}, ELBO {fit.llf:.4f}, gap to glmmTMB {gap:.3f}")
+    assert 0.0 < gap < 3.0 and fit.llf > va["logLik"]
+    assert _group_sd(fit, "Substrate") < 0.01
+    site_sd = float(fit.params[("row_sigma", "", "sigma")])
+    assert abs(site_sd - 0.578) < 0.05
+    beta0 = pd.Series(la["beta0"])
+    assert np.abs(fit.coef["Intercept"][beta0.index] - beta0).max() < 0.1
+    xc = pd.Series(np.ravel(la["Xcoef"]["values"]), index=la["Xcoef"]["rownames"])
+    assert np.abs(fit.coef["WatrCont"][xc.index] - xc).max() < 0.1
+
+
+# --- recovery -------------------------------------------------------------------------
+def test_recovery_of_a_group_variance_on_simulated_poisson_data():
+    """40 plots x 3 sites x 15 species, Poisson, plot sd 0.6: the estimate lies within
+    0.15 of the truth (its SE here is about 0.07) and the 95% interval covers it."""
+    rng = np.random.default_rng(11)
+    G, per, m = 40, 3, 15
+    n = G * per
+    plot = np.repeat(np.arange(G), per)
+    x = rng.normal(size=n)
+    beta0, b = rng.normal(0.5, 0.5, m), rng.normal(0.0, 0.4, m)
+    eta = beta0[None] + x[:, None] * b[None] + rng.normal(0, 0.6, G)[plot][:, None]
+    Y = pd.DataFrame(rng.poisson(np.exp(eta)).astype(float), index=[f"s{i}" for i in range(n)],
+                     columns=[f"sp{j}" for j in range(m)])
+    X = pd.DataFrame({"x": x, "plot": [f"p{k}" for k in plot]}, index=Y.index)
+    fit = jsdm.gllvm(Y, X, family="poisson", num_lv=0, site_effects="plot", n_init=1)
+    assert fit.converged
+    est = _group_sd(fit, "plot")
+    assert abs(est - 0.6) < 0.15
+    ci = fit.conf_int().loc[("group_sd", "plot", "sd")]
+    assert ci.iloc[0] < 0.6 < ci.iloc[1]
+
+
+# --- formula route and refusals -----------------------------------------------------
+@pytest.mark.parametrize("formula, groups, row", [
+    ("y ~ species + (1 | plot)", ("plot",), None),
+    ("y ~ species + (1 | plot/sub)", ("plot", "plot:sub"), None),
+    ("y ~ species + (1 | plot/site)", ("plot",), "random"),
+    ("y ~ species + (1 | year) + (1 | obs)", ("year", "obs"), None),
+    ("y ~ species + (1 | a:b)", ("a:b",), None),
+])
+def test_formulas_parse_print_their_translation(formula, groups, row):
+    p = parse_formula(formula)
+    assert p.site_effects == groups and p.row_effect == row
+    text = str(p)
+    for g in groups:
+        assert f"(1 | {g})" in text
+    assert "site_effects" in text
+
+
+@pytest.mark.parametrize("formula, match", [
+    ("y ~ species + (x | plot)", "random slopes by 'plot'"),
+    ("y ~ species + (1 | plot) + (1 | plot)", "given twice"),
+    ("y ~ species + (1 | species:plot)", "involves"),
+])
+def test_unsupported_group_terms_are_refused_by_name(formula, match):
+    with pytest.raises(JSDMError, match=match):
+        parse_formula(formula)
+
+
+def test_grouping_must_be_site_level_and_singletons_are_reported():
+    long = _gauss_long(n_groups=4, per=3, m=2)
+    bad = long.copy()
+    bad.loc[0, "plot"] = "p3"                       # plot varies within site s0
+    with pytest.raises(JSDMError, match="site-level grouping"):
+        _fit(bad, "y ~ species + (1 | plot)")
+    one = long.copy()
+    one.loc[one.site == "s0", "plot"] = "lonely"
+    with pytest.warns(DataWarning, match="lonely"):
+        jsdm.gllvm(one, formula="y ~ species + (1 | plot)", family="gaussian", n_init=1)
+    with pytest.raises(JSDMError, match="one site"):
+        _fit(long.assign(plot=long.site), "y ~ species + (1 | plot)")
+
+
+def test_wide_call_equals_formula_and_save_load(tmp_path):
+    long = _gauss_long(n_groups=6, per=4, m=2, seed=3)
+    a = _fit(long, "y ~ species + species:x + (1 | plot)")
+    com = jsdm.Community.from_long(long, site="site", species="species", response="y",
+                                   covariates=["x", "plot"], traits=[])
+    b = jsdm.gllvm(com, family="gaussian", formula="~ x", site_effects="plot", num_lv=0, n_init=1)
+    assert abs(a.llf - b.llf) < 1e-8
+    path = tmp_path / "fit.jsdm"
+    b.save(path)
+    c = jsdm.load(path)
+    assert abs(c.llf - b.llf) < 1e-10
+    assert np.allclose(c.params.to_numpy(), b.params.to_numpy())

@@ -24,9 +24,12 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Site covariates for wide data; every column enters when ``formula`` is None.
     family : str or Family
         "poisson", "negative_binomial" ("nb"), "binomial", "gaussian", ... or an instance.
-    num_lv : int, optional
+    num_lv : int or "species", optional
         Number of latent variables (0 gives independent GLMs per species); default 2,
-        or the d of ``rr()`` with an lme4-style formula.
+        or the d of ``rr()`` with an lme4-style formula. ``"species"``: one per species,
+        the unstructured species covariance by site (lme4's ``(0 + species | site)``)
+        as a full-rank factor model; a DataWarning suggests ``rr()`` when its
+        m (m + 1) / 2 parameters are many for the data.
     formula : str, optional
         Right-hand side on the site covariates, e.g. "~ SubsDens + WatrCont"; or an
         lme4/glmmTMB-style formula on long data, e.g.

@@ -212,7 +212,7 @@ def test_settings_formula_survives_save_and_load(sim, tmp_path):
     ("y ~ species + (1 | site:b)", ["(1 | site:b)", "involves"]),
     ("y ~ species + (0 + x | species)", ["(0 + x | species)", "random slopes", "species:x"]),
     ("y ~ species + (1 | species)", ["random species intercepts"]),
-    ("y ~ species + (0 + species | site)", ["rr(0 + species | site, d = k)"]),
+    ("y ~ species + (1 + species | site)", ["(1 + species | site)", "no intercept"]),
     ("y ~ species + (0 + x | site)", ["random slopes by site"]),
     ("y ~ species + (1 || site)", ["double-bar"]),
     ("y ~ species + diag(0 + species | site)", ["diag()", "not supported yet"]),

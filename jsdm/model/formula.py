@@ -42,6 +42,8 @@ from ..exceptions import JSDMError
 
 __all__ = ["ParsedFormula", "parse_formula", "is_lme4_formula", "translate_call"]
 
+#: ``num_lv`` of the unstructured term ``(0 + species | site)`` before the data are seen
+UNSTRUCTURED = "species"
 DEFAULT_RANK = 2   # glmmTMB: "d ... defaults to 2" (vignette "Covariance structures with glmmTMB")
 COVSTRUCTS = ("rr", "us", "diag", "homdiag", "cs", "homcs", "ar1", "hetar1", "ou", "exp",
               "gau", "mat", "toep", "homtoep", "propto", "equalto")
@@ -75,8 +77,10 @@ class ParsedFormula:
     absorbed : tuple of str
         Shared slopes written next to their species-specific version (as in
         ``species*x``): the same model, so nothing is added.
-    num_lv : int
-        Rank ``d`` of the ``rr()`` term (0 without one).
+    num_lv : int or "species"
+        Rank ``d`` of the ``rr()`` term (0 without one); ``"species"`` for the
+        unstructured ``(0 + species | site)``, fitted as a full-rank factor model with one
+        latent variable per species (the number is set when the data are read).
     row_effect : None, "fixed" or "random"
     offsets : tuple of str
         Expressions inside ``offset(...)``, summed.
@@ -122,8 +126,12 @@ class ParsedFormula:
         """
         from .terms import GroupEffects, default_terms
 
-        return [t for t in default_terms(self.slopes, self.num_lv, self.row_effect)
-                if t.active(_Dims(len(self.slopes)))] + [GroupEffects(g) for g in self.site_effects]
+        d = 0 if self.num_lv == UNSTRUCTURED else self.num_lv
+        terms = [t for t in default_terms(self.slopes, d, self.row_effect)
+                 if t.active(_Dims(len(self.slopes)))]
+        if self.num_lv == UNSTRUCTURED:
+            terms.append(_UnstructuredShown())
+        return terms + [GroupEffects(g) for g in self.site_effects]
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
@@ -140,6 +148,17 @@ class ParsedFormula:
         lines.append(f"equivalent wide call: jsdm.gllvm(community, {args}"
                      + (", offset=<offset matrix>)" if self.offsets else ")"))
         return "\n".join(lines)
+
+
+class _UnstructuredShown:
+    """How the unstructured term is listed before the number of species is known."""
+
+    def lme4(self, site="site", species="species"):
+        return f"(0 + {species} | {site})"
+
+    def describe(self):
+        return ("unstructured species covariance by site, Sigma = Theta Theta' with Theta "
+                "lower triangular (m x m): num_lv = number of species latent variables")
 
 
 class _Dims:
@@ -376,9 +395,18 @@ def _read_bar(parts, sign, piece, inner):
         parts.random_site = piece
         parts.random_terms.append((piece, "random site effects -> row_effect='random'"))
         return
+    if group == site and lt == {species}:          # (0 + species | site): unstructured
+        if parts.num_lv is not None:
+            parts.fail(piece, "the unstructured term (0 + species | site) and rr() are two "
+                              "covariance structures for the same effects; keep one.")
+        parts.num_lv = UNSTRUCTURED
+        parts.random_terms.append((piece, "unstructured species covariance by site: a full-rank "
+                                          "factor model, num_lv = number of species"))
+        return
     if group == site and species in lt:
-        parts.fail(piece, f"an unstructured species covariance by site is not supported; write "
-                          f"rr(0 + {species} | {site}, d = k) for k latent variables.")
+        parts.fail(piece, f"write the unstructured species covariance as (0 + {species} | "
+                          f"{site}) (no intercept), or rr(0 + {species} | {site}, d = k) for k "
+                          "latent variables.")
     if group == site:
         parts.fail(piece, f"random slopes by {site} are not supported; only (1 | {site}).")
     if group == species and lt == {"1"}:
@@ -431,6 +459,9 @@ def _read_covstruct(parts, sign, piece, name, inner):
     if group != site or _left_terms(parts, piece, left) - {"1"} != {species}:
         parts.fail(piece, f"the reduced-rank term must be rr(0 + {species} | {site}, d = k): "
                           f"latent variables by {site} with loadings by {species}.")
+    if parts.num_lv == UNSTRUCTURED:
+        parts.fail(piece, "the unstructured term (0 + species | site) and rr() are two covariance "
+                          "structures for the same effects; keep one.")
     if parts.num_lv is not None:
         parts.fail(piece, "only one rr() term is allowed.")
     parts.num_lv = _rank(parts, piece, args[1:])
@@ -713,7 +744,12 @@ def _grouping_columns(parsed, long, resp):
 def _merge_arguments(parsed, num_lv, row_effect, offset):
     """Engine arguments from the formula, refusing explicit arguments that contradict it."""
     where = f"the formula {parsed.formula!r}"
-    if num_lv is not None and (isinstance(num_lv, bool) or num_lv != parsed.num_lv):
+    if parsed.num_lv == UNSTRUCTURED and num_lv is not None:
+        raise JSDMError(f"num_lv={num_lv!r} contradicts {where}, whose (0 + {parsed.species} | "
+                        f"{parsed.site}) term has one latent variable per species; leave num_lv "
+                        "out.")
+    if parsed.num_lv != UNSTRUCTURED and num_lv is not None and (
+            isinstance(num_lv, bool) or num_lv != parsed.num_lv):
         rr = f"rr(0 + {parsed.species} | {parsed.site}, d = k)"
         raise JSDMError(
             f"num_lv={num_lv!r} contradicts {where}, which has num_lv={parsed.num_lv} (the d of "

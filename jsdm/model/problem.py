@@ -273,12 +273,16 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     ``row_effect``); the optimiser and the outputs take them as they come.
     """
     fam = get_family(family)
-    check_num_lv(num_lv)
+    unstructured = isinstance(num_lv, str) and num_lv == "species"
+    if not unstructured:
+        check_num_lv(num_lv)
     if row_effect not in ROW_EFFECTS:
         raise JSDMError(f"row_effect must be one of None, 'fixed', 'random'; got {row_effect!r}")
     com = _as_community(data, X, response, site, species)
     Ydf = com.Y
     Y = Ydf.to_numpy(dtype=float)
+    if unstructured:
+        num_lv = _unstructured_rank(*Y.shape)
     W = np.isfinite(Y).astype(float)
     if W.all():         # complete data: a read-only view of 1.0 (no n x m array of ones)
         W = np.broadcast_to(1.0, Y.shape)
@@ -325,6 +329,27 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms,
                    groups=groups or None)
+
+
+#: warn when the unstructured covariance has more parameters than this share of the observations
+UNSTRUCTURED_SHARE = 0.1
+
+
+def _unstructured_rank(n, m):
+    """num_lv of the unstructured species covariance (``num_lv="species"``, the formula's
+    ``(0 + species | site)``): m, one latent variable per species, so that Theta Theta' (Theta
+    lower triangular m x m) is any covariance. Warns when its m (m + 1) / 2 parameters are
+    many for the n m observations."""
+    k = m * (m + 1) // 2
+    if k > UNSTRUCTURED_SHARE * n * m:
+        warnings.warn(
+            f"the unstructured species covariance (0 + species | site) has {k} parameters for "
+            f"{n} sites x {m} species ({n * m} observations): more than "
+            f"{UNSTRUCTURED_SHARE:.0%} of the data, with {n} x {k} variational parameters on top. "
+            "Estimates will be noisy and the fit slow; a reduced-rank model, rr(0 + species | "
+            "site, d = 2) (num_lv=2), captures the main correlations with far fewer parameters "
+            "(compare them with jsdm.anova or AIC).", DataWarning, stacklevel=4)
+    return m
 
 
 def _trials(trials, W, Ydf):

@@ -339,23 +339,23 @@ def ascend(step, prob, P, max_iter, rtol, callback=None, done=None):
 def group_step(prob, P, ce):
     """Newton steps on the group-scope terms' levels (``(1 | plot)``), one term at a time.
 
-    Per level g: mu_g += (sum_{i in g, j} Gm_ij - mu_g / sigma^2) / Lambda_g and
-    s_g^2 = 1 / Lambda_g, Lambda_g = 1 / sigma^2 - 2 sum Gv_ij (exact in mu_g; the
-    fixed point in s_g), accepted per level where the ELBO of the level's sites does
-    not fall (halved otherwise); then sigma^2 in closed form. Returns (P, cell_eval).
+    Per block (a level; for nested groupings a top level with everything nested in it)
+    the term gives a Newton step in the means (exact: d2 ell / dm2 = 2 d ell / dv) and
+    the fixed point of its covariance, Lambda^-1 with Lambda = prior precision
+    - 2 sum_{i in block, j} G_v,ij z_i z_i'; accepted per block where the ELBO of the
+    block's sites does not fall (the mean step halved otherwise, the covariance kept);
+    then the sds in closed form. Returns (P, cell_eval).
     """
     pred = prob.predictor
     order = 2 if P.s is not None else 1
     for t in pred.group_terms:
         codes, G = t.codes(pred), t.n_levels(pred)
-        step, ls_new = t.newton(pred, P, ce["Gm"], ce["Gv"])
+        step, new_cov = t.newton(pred, P, ce["Gm"], ce["Gv"])
         old = np.bincount(codes, ce["site"], minlength=G)
-        mu0, ls0 = getattr(P, t.f_mu), getattr(P, t.f_ls)
         frac = np.ones(G)
         for it in range(_NHALF + 1):
             T = P.copy()
-            setattr(T, t.f_mu, mu0 + frac * step)
-            setattr(T, t.f_ls, np.where(frac == 1.0, np.clip(ls_new, -25.0, 10.0), ls0))
+            t.apply_step(P, T, frac, step, new_cov)
             ct = cell_eval(prob, T, order)
             new = np.bincount(codes, ct["site"], minlength=G)
             bad = ~(new >= old - 1e-10 * np.abs(old))

@@ -154,7 +154,7 @@ class GroupNonCentred:
     def __init__(self, prob, layout):
         self.prob, self.layout = prob, layout
         self.terms = [(t, layout.slices[t.f_lsd], layout.slices[t.f_mu], layout.slices[t.f_ls])
-                      for t in prob.predictor.group_terms]
+                      for t in prob.predictor.group_terms if hasattr(t, "f_ls")]
         self.on = bool(self.terms)
 
     def to_opt(self, x):

@@ -124,14 +124,15 @@ class ParsedFormula:
         slopes are named by the formula's covariate terms here, by the design columns they
         expand to (factor levels) in the fit.
         """
-        from .terms import GroupEffects, default_terms
+        from .terms import default_terms
+        from .terms.group_effects import _group_terms
 
         d = 0 if self.num_lv == UNSTRUCTURED else self.num_lv
         terms = [t for t in default_terms(self.slopes, d, self.row_effect)
                  if t.active(_Dims(len(self.slopes)))]
         if self.num_lv == UNSTRUCTURED:
             terms.append(_UnstructuredShown())
-        return terms + [GroupEffects(g) for g in self.site_effects]
+        return terms + _group_terms(list(self.site_effects))
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])

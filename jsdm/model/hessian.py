@@ -353,10 +353,9 @@ def _group_positions(layout):
     pred = layout.predictor
     model, var = [], []
     for t in pred.group_terms:
-        for f in (t.f_lsd,):
-            model += list(range(layout.slices[f].start, layout.slices[f].stop))
-        for f in (t.f_mu, t.f_ls):
-            var += list(range(layout.slices[f].start, layout.slices[f].stop))
+        for slot in t.slots(pred):
+            sl = layout.slices[slot.name]
+            (model if slot.model else var).extend(range(sl.start, sl.stop))
     return np.array(model, dtype=int), np.array(var, dtype=int)
 
 

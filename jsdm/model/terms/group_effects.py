@@ -164,6 +164,12 @@ class GroupEffects(Term):
         step = (gm - pr * getattr(P, self.f_mu)) / lam
         return step, -0.5 * np.log(lam)
 
+    def apply_step(self, P, T, frac, step, new_ls):
+        """Write mu + frac step into T, and the new log sds where the full step is taken."""
+        setattr(T, self.f_mu, getattr(P, self.f_mu) + frac * step)
+        setattr(T, self.f_ls, np.where(frac == 1.0, np.clip(new_ls, -25.0, 10.0),
+                                       getattr(P, self.f_ls)))
+
     def hyper_update(self, ctx, P, mu=None, sq=None):
         """Closed-form sigma^2 = mean over levels of E_q[u_g^2] (floored at 1e-300)."""
         mu, ls = getattr(P, self.f_mu), getattr(P, self.f_ls)
@@ -293,6 +299,352 @@ def site_groupings(com, site_effects, row_effect=None):
                 "in the model; merge rare levels or drop the grouping if that is not intended.",
                 DataWarning, stacklevel=5)
         groups[name] = (codes, levels)
-        terms.append(GroupEffects(name))
         used += [c for c in cols if c not in used]
-    return groups, terms, used
+    return groups, _group_terms(names), used
+
+
+def _group_terms(names):
+    """Terms of the groupings: a grouping ``a:b`` listed with ``a`` is nested in it, and the
+    chain a, a:b (, a:b:c ...) becomes one :class:`NestedGroupEffects` (one joint q per level of
+    a); the others are :class:`GroupEffects` (q by level)."""
+    parent = {n: ":".join(n.split(":")[:-1]) for n in names}
+    children = {n: [c for c in names if parent[c] == n] for n in names}
+    terms, done = [], set()
+    for n in names:
+        if n in done or parent[n] in names:
+            continue
+        chain, cur = [n], n
+        while len(children[cur]) == 1:
+            cur = children[cur][0]
+            chain.append(cur)
+        if len(chain) > 1 and not children[cur]:
+            terms.append(NestedGroupEffects(tuple(chain)))
+            done.update(chain)
+        else:
+            terms.append(GroupEffects(n))
+            done.add(n)
+    for n in names:                  # nested under a grouping that is not a simple chain
+        if n not in done:
+            terms.append(GroupEffects(n))
+    return terms
+
+
+class NestedGroupEffects(Term):
+    """Nested random intercepts ``(1 | a/b)`` = ``(1 | a) + (1 | a:b)`` (deeper chains alike),
+    with one joint Gaussian q per level of the top grouping ``a``.
+
+    The levels of ``a:b`` lie inside one level of ``a``, so the coordinates of a top
+    level and of everything nested in it, (u_a, u_a:b1, ..., u_a:bK), form a block that
+    no other block shares data with (given the model parameters). q is a full Gaussian
+    on each block, N(mu_a, L_a L_a'): in a Gaussian identity model with only these
+    effects it is the exact posterior, so the ELBO is the marginal log-likelihood. Blocks
+    are padded to the largest block size with coordinates held at their N(0, 1) prior
+    (mean 0, unit Cholesky row: KL 0, not packed).
+
+    Parameters
+    ----------
+    chain : tuple of str
+        The grouping names from the top down, e.g. ("plot", "plot:sub").
+    """
+
+    kind = "nested_group"
+    table = "group_sd"
+    site_random = False
+    group_random = True
+
+    def __init__(self, chain):
+        self.chain = tuple(str(c) for c in chain)
+        key = field_key(self.chain[0])
+        self.f_mu, self.f_L, self.f_lsd = f"nmu_{key}", f"nL_{key}", f"nlsd_{key}"
+        self.hyper_fields = (self.f_lsd,)
+        self._cache = {}
+
+    def spec(self):
+        return {"kind": self.kind, "chain": list(self.chain)}
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.spec() == other.spec()
+
+    def __hash__(self):
+        return hash(repr(self))
+
+    @property
+    def group(self):
+        return self.chain[0]
+
+    def lme4(self, site="site", species="species"):
+        return f"(1 | {'/'.join(c.split(':')[-1] for c in self.chain)})"
+
+    def describe(self):
+        return (f"nested random effects {' > '.join(self.chain)}, one joint q per "
+                f"{self.chain[0]} (group scope)")
+
+    # --- structure (per problem, cached on the predictor's identity) --------------------
+    def structure(self, ctx):
+        """dict: A (top levels), kmax, pos (n, D) block position of each site's levels, top (n,),
+        depth (A, kmax) depth of each coordinate (-1: padding), level_of (A, kmax) index of the
+        level within its grouping (-1: padding)."""
+        codes = [ctx.groups[g][0] for g in self.chain]
+        hit = self._cache.get("codes")
+        if hit is not None and len(hit) == len(codes) and all(a is b for a, b in zip(hit, codes)):
+            return self._cache["out"]
+        top = codes[0]
+        A = len(ctx.groups[self.chain[0]][1])
+        D = len(self.chain)
+        # levels of each depth by top level, in order
+        slots_by_top = [[(0, a)] for a in range(A)]
+        for d in range(1, D):
+            G = len(ctx.groups[self.chain[d]][1])
+            parent = np.full(G, -1)
+            parent[codes[d]] = top
+            for g in range(G):
+                slots_by_top[parent[g]].append((d, g))
+        kmax = max(len(s) for s in slots_by_top)
+        depth = np.full((A, kmax), -1)
+        level_of = np.full((A, kmax), -1)
+        where = [dict() for _ in range(D)]
+        for a, s in enumerate(slots_by_top):
+            for k, (d, g) in enumerate(s):
+                depth[a, k], level_of[a, k] = d, g
+                where[d][g] = k
+        pos = np.column_stack([np.array([where[d][g] for g in codes[d]]) for d in range(D)])
+        out = {"A": A, "kmax": kmax, "pos": pos, "top": top, "depth": depth,
+               "level_of": level_of, "real": depth >= 0, "D": D}
+        self._cache = {"codes": codes, "out": out}
+        return out
+
+    def n_levels(self, ctx):
+        return self.structure(ctx)["A"]
+
+    def codes(self, ctx):
+        return self.structure(ctx)["top"]
+
+    # --- parameters ------------------------------------------------------------------------
+    def fields(self, ctx):
+        st = self.structure(ctx)
+        return {self.f_mu: (st["A"], st["kmax"]), self.f_L: (st["A"], st["kmax"], st["kmax"]),
+                self.f_lsd: (st["D"],)}
+
+    def slots(self, ctx):
+        from .slots import MaskedSlot
+
+        st = self.structure(ctx)
+        real = st["real"]
+        return [Slot(self.f_lsd, self.f_lsd, (st["D"],), model=True, scope="global"),
+                MaskedSlot(self.f_mu, self.f_mu, real, model=False, scope="group",
+                           label=(f"group_mean:{self.group}", None)),
+                MaskedCholeskySlot(self.f_L, self.f_L, real, model=False, scope="group",
+                                   label=(f"group_chol:{self.group}", None))]
+
+    def _prior(self, ctx, P):
+        """(precision (A, kmax), log det per block (A,)): padding N(0, 1)."""
+        st = self.structure(ctx)
+        lsd = np.asarray(getattr(P, self.f_lsd), dtype=float)
+        d = st["depth"]
+        pr = np.where(d >= 0, np.exp(-2.0 * lsd[np.maximum(d, 0)]), 1.0)
+        logdet = np.where(d >= 0, 2.0 * lsd[np.maximum(d, 0)], 0.0).sum(1)
+        return pr, logdet
+
+    def _L(self, ctx, P):
+        st = self.structure(ctx)
+        L = getattr(P, self.f_L)
+        pad = ~st["real"]
+        if pad.any():        # padding rows: the unit row (q = prior), whatever is stored
+            L = L.copy()
+            a, k = np.nonzero(pad)
+            L[a, k, :] = 0.0
+            L[a, :, k] = 0.0
+            L[a, k, k] = 1.0
+        return L
+
+    # --- moments -----------------------------------------------------------------------------
+    def mean(self, ctx, P, rows, cols):
+        st = self.structure(ctx)
+        mu = getattr(P, self.f_mu)
+        top, pos = st["top"][rows], st["pos"][rows]
+        return mu[top[:, None], pos].sum(1)[:, None]
+
+    def variance(self, ctx, P, rows=slice(None)):
+        st = self.structure(ctx)
+        L = self._L(ctx, P)
+        top, pos = st["top"][rows], st["pos"][rows]
+        w = L[top[:, None], pos, :].sum(1)                  # z_i' L_a  (r, kmax)
+        return (w ** 2).sum(1)[:, None]
+
+    def kl_blocks(self, ctx, P):
+        st = self.structure(ctx)
+        mu, L = getattr(P, self.f_mu), self._L(ctx, P)
+        pr, logdet = self._prior(ctx, P)
+        sq = mu ** 2 + (L ** 2).sum(2)
+        diag = np.diagonal(L, axis1=1, axis2=2)
+        return 0.5 * ((pr * sq).sum(1) - st["kmax"] + logdet) - np.log(diag).sum(1)
+
+    def kl_by_site(self, ctx, P):
+        top = self.codes(ctx)
+        count = np.bincount(top, minlength=self.n_levels(ctx))
+        return (self.kl_blocks(ctx, P) / np.maximum(count, 1))[top]
+
+    # --- gradient and steps ----------------------------------------------------------------------
+    def _data_sums(self, ctx, Gm, Gv):
+        """(sum_i gm_i z_i (A, kmax), sum_i gv_i z_i z_i' (A, kmax, kmax))."""
+        st = self.structure(ctx)
+        A, k = st["A"], st["kmax"]
+        gm, gv = Gm.sum(1), Gv.sum(1)
+        top, pos = st["top"], st["pos"]
+        D = pos.shape[1]
+        g = np.zeros((A, k))
+        H = np.zeros((A, k, k))
+        for r in range(D):
+            np.add.at(g, (top, pos[:, r]), gm)
+            for c in range(D):
+                np.add.at(H, (top, pos[:, r], pos[:, c]), gv)
+        return g, H
+
+    def gradient(self, ctx, P, Gm, Gv):
+        st = self.structure(ctx)
+        real = st["real"]
+        mu, L = getattr(P, self.f_mu), self._L(ctx, P)
+        pr, _ = self._prior(ctx, P)
+        g, H = self._data_sums(ctx, Gm, Gv)
+        gmu = (g - pr * mu) * real
+        gL = 2.0 * H @ L - pr[:, :, None] * L
+        idx = np.arange(st["kmax"])
+        gL[:, idx, idx] += 1.0 / L[:, idx, idx]
+        gL = np.tril(gL) * (real[:, :, None] & real[:, None, :])
+        sq = mu ** 2 + (L ** 2).sum(2)
+        glsd = np.array([float(((sq * pr - 1.0) * (st["depth"] == d)).sum())
+                         for d in range(st["D"])])
+        return {self.f_mu: gmu, self.f_L: gL, self.f_lsd: glsd}
+
+    def curvature(self, ctx, P, C):
+        st = self.structure(ctx)
+        pr, _ = self._prior(ctx, P)
+        _, H = self._data_sums(ctx, np.zeros_like(C), C)          # sum_i C_i z_i z_i'
+        prec = np.diagonal(H, axis1=1, axis2=2) + pr
+        L = self._L(ctx, P)
+        k = st["kmax"]
+        GL = np.broadcast_to(prec[:, :, None], (st["A"], k, k)).copy()
+        idx = np.arange(k)
+        GL[:, idx, idx] = 1.0 + prec * L[:, idx, idx] ** 2
+        counts = np.array([max(int((st["depth"] == d).sum()), 1) for d in range(st["D"])])
+        return {self.f_mu: prec, self.f_L: GL, self.f_lsd: 2.0 * counts.astype(float)}
+
+    def newton(self, ctx, P, Gm, Gv):
+        """(mean step (A, kmax), new L (A, kmax, kmax)): Newton in the means, the fixed point
+        L L' = Lambda^-1, Lambda = diag(prior precision) - 2 sum_i gv_i z_i z_i'."""
+        st = self.structure(ctx)
+        real = st["real"]
+        mu = getattr(P, self.f_mu)
+        pr, _ = self._prior(ctx, P)
+        g, H = self._data_sums(ctx, Gm, np.minimum(Gv, 0.0))
+        k = st["kmax"]
+        lam = -2.0 * H
+        idx = np.arange(k)
+        lam[:, idx, idx] += pr
+        both = real[:, :, None] & real[:, None, :]
+        lam = np.where(both, lam, 0.0)
+        lam[:, idx, idx] = np.where(real, lam[:, idx, idx], 1.0)
+        step = np.linalg.solve(lam, ((g - pr * mu) * real)[..., None])[..., 0]
+        inv = np.linalg.inv(lam)
+        Lnew = np.linalg.cholesky(0.5 * (inv + np.swapaxes(inv, 1, 2)))
+        return step * real, Lnew
+
+    def apply_step(self, P, T, frac, step, new_L):
+        setattr(T, self.f_mu, getattr(P, self.f_mu) + frac[:, None] * step)
+        setattr(T, self.f_L, np.where((frac == 1.0)[:, None, None], new_L, getattr(P, self.f_L)))
+
+    def hyper_update(self, ctx, P, mu=None, sq=None):
+        st = self.structure(ctx)
+        mu, L = getattr(P, self.f_mu), self._L(ctx, P)
+        sq = mu ** 2 + (L ** 2).sum(2)
+        lsd = np.array([0.5 * np.log(max(float(sq[st["depth"] == d].mean()), 1e-300))
+                        for d in range(st["D"])])
+        setattr(P, self.f_lsd, lsd)
+
+    # --- starts and outputs -------------------------------------------------------------------------
+    def start(self, ctx, P, init):
+        st = self.structure(ctx)
+        A, k = st["A"], st["kmax"]
+        setattr(P, self.f_mu, np.zeros((A, k)))
+        L = np.zeros((A, k, k))
+        idx = np.arange(k)
+        L[:, idx, idx] = np.where(st["real"], 0.3, 1.0)
+        setattr(P, self.f_L, L)
+        setattr(P, self.f_lsd, np.full(st["D"], np.log(0.5)))
+
+    def reported(self, ctx, P, layout):
+        sd = np.exp(np.asarray(getattr(P, self.f_lsd), dtype=float))
+        start = layout.slices[self.f_lsd].start
+        return [Reported("group_sd", np.zeros(len(sd)), [(g, "sd") for g in self.chain], sd,
+                         start + np.arange(len(sd)), sd, transform=np.exp)]
+
+    def _level_tables(self, ctx, P):
+        import pandas as pd
+
+        st = self.structure(ctx)
+        mu, L = getattr(P, self.f_mu), self._L(ctx, P)
+        var = (L ** 2).sum(2)
+        means, sds = {}, {}
+        for d, g in enumerate(self.chain):
+            levels = ctx.groups[g][1]
+            a, k = np.nonzero(st["depth"] == d)
+            order = st["level_of"][a, k]
+            m = np.empty(len(levels))
+            s = np.empty(len(levels))
+            m[order], s[order] = mu[a, k], np.sqrt(var[a, k])
+            means[g] = pd.DataFrame({"(Intercept)": m}, index=levels)
+            sds[g] = pd.DataFrame({"(Intercept)": s}, index=levels)
+        return means, sds
+
+    def ranef_table(self, ctx, P):
+        return self._level_tables(ctx, P)[0]
+
+    def ranef_sd_table(self, ctx, P):
+        return self._level_tables(ctx, P)[1]
+
+    def varcorr_rows(self, ctx, P):
+        sd = np.exp(np.asarray(getattr(P, self.f_lsd), dtype=float))
+        return [(g, "(Intercept)", None, float(s * s), float(s)) for g, s in zip(self.chain, sd)]
+
+
+class MaskedCholeskySlot(Slot):
+    """Batch of lower-triangular factors (A, k, k) with a positive diagonal, of which only the
+    rows and columns where ``mask`` (A, k) is True are packed (lower triangle row by row, the
+    diagonal on the log scale); the rest is the unit row."""
+
+    def __init__(self, name, field, mask, **kw):
+        A, k = mask.shape
+        super().__init__(name, field, (A, k, k), **kw)
+        self.mask = np.asarray(mask, dtype=bool)
+        r, c = np.tril_indices(k)
+        keep = self.mask[:, r] & self.mask[:, c]
+        self.ix = np.nonzero(keep)                      # (block, entry)
+        self.a, self.r, self.c = self.ix[0], r[self.ix[1]], c[self.ix[1]]
+        self.diag = self.r == self.c
+
+    @property
+    def size(self):
+        return len(self.a)
+
+    def pack(self, value):
+        v = value[self.a, self.r, self.c].copy()
+        v[self.diag] = np.log(v[self.diag])
+        return v
+
+    def unpack(self, vec):
+        A, k, _ = self.shape
+        L = np.zeros(self.shape)
+        idx = np.arange(k)
+        L[:, idx, idx] = 1.0
+        v = np.array(vec, dtype=float)
+        v[self.diag] = np.exp(v[self.diag])
+        L[self.a, self.r, self.c] = v
+        return L
+
+    def pack_grad(self, grad, value):
+        g = grad[self.a, self.r, self.c].copy()
+        g[self.diag] *= value[self.a, self.r, self.c][self.diag]
+        return g
+
+    def entries(self):
+        return list(zip(self.a.tolist(), self.r.tolist(), self.c.tolist()))

@@ -260,6 +260,7 @@ class _Parts:
         self.num_lv, self.random_site, self.fixed_site = None, None, None
         self.has_species = False
         self.site_effects = []
+        self.nested_site = None
 
     def fail(self, term, why):
         raise JSDMError(f"formula term {term!r} in {self.formula!r}: {why} "
@@ -434,7 +435,8 @@ def _read_group(parts, piece, group):
             if parts.random_site:
                 parts.fail(piece, f"(1 | {site}) is given twice (once inside {piece}).")
             parts.random_site = piece
-            added.append(f"(1 | {site}) -> row_effect='random'")
+            parts.nested_site = (piece, name, len(parts.random_terms))
+            added.append("{site_part}")
             continue
         if site in name.split(":") or parts.species in name.split(":"):
             parts.fail(piece, f"the grouping {name!r} involves the {site} or {parts.species} "
@@ -445,6 +447,24 @@ def _read_group(parts, piece, group):
         parts.site_effects.append(name)
         added.append(f"(1 | {name}) -> site_effects {name!r}")
     parts.random_terms.append((piece, "grouped site effects: " + "; ".join(added)))
+
+
+def _place_nested_site(parts, num_lv):
+    """``(1 | plot/site)``: without latent variables the site effects join their plot's joint q
+    (the nested chain plot, plot:site: exact for Gaussian data); with latent variables they
+    stay site effects ``(1 | site)``, whose q is joint with the site's latent variables."""
+    piece, name, k = parts.nested_site
+    site = parts.site
+    text, meaning = parts.random_terms[k]
+    if num_lv == 0:
+        parts.random_site = None
+        parts.site_effects.append(name)
+        part = (f"(1 | {name}) -> site_effects {name!r} (no latent variables: each {site} "
+                f"effect in the joint q of its {name.split(':')[-2]})")
+    else:
+        part = (f"(1 | {site}) -> row_effect='random' (q joint with the {site}'s latent "
+                "variables)")
+    parts.random_terms[k] = (text, meaning.replace("{site_part}", part))
 
 
 def _read_covstruct(parts, sign, piece, name, inner):
@@ -558,8 +578,10 @@ def _finish(parts, response, slopes, absorbed):
     if parts.random_site and parts.fixed_site:
         parts.fail(parts.random_site, f"{site} is both a fixed term and (1 | {site}); keep one "
                                       "(fixed or random site effects).")
-    row_effect = "random" if parts.random_site else ("fixed" if parts.fixed_site else None)
     num_lv = parts.num_lv if parts.num_lv is not None else 0
+    if parts.nested_site is not None:
+        _place_nested_site(parts, num_lv)
+    row_effect = "random" if parts.random_site else ("fixed" if parts.fixed_site else None)
     terms = parts.terms + parts.random_terms
     if parts.num_lv is None:
         terms.append(("(no rr() term)", "no latent variables -> num_lv=0"))
@@ -728,6 +750,8 @@ def _grouping_columns(parsed, long, resp):
     cols = []
     for name in parsed.site_effects:
         for col in name.split(":"):
+            if col == site:                 # (1 | plot/site): the site level itself
+                continue
             if col not in long.columns:
                 raise JSDMError(f"the term (1 | {name}) names the column {col!r}, which the long "
                                 f"table does not have; its columns are {show(long.columns, 20)}.")

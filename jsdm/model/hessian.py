@@ -348,6 +348,10 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     return out
 
 
+#: most group-scope parameters whose Hessian columns are formed by differences
+MAX_GROUP_COLUMNS = 20000
+
+
 def _group_positions(layout):
     """Packed positions of the group-scope terms: (model ones (their sds), variational ones)."""
     pred = layout.predictor
@@ -372,6 +376,13 @@ def _with_group_block(prob, P, layout, hb, rel_step=1e-5):
 
     gm, gv = _group_positions(layout)
     cols = np.concatenate([gm, gv])
+    if len(cols) > MAX_GROUP_COLUMNS:
+        from ..exceptions import JSDMError
+        raise JSDMError(
+            f"standard errors with grouped site effects need {len(cols)} Hessian columns for "
+            f"the groupings' {len(cols)} parameters (two gradient evaluations each), more than "
+            f"jsdm.model.hessian.MAX_GROUP_COLUMNS = {MAX_GROUP_COLUMNS}; raise it if the time "
+            "is acceptable.")
     x0 = layout.pack(P)
     Hc = np.empty((layout.size, len(cols)))
     for k, c in enumerate(cols):

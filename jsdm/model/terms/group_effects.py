@@ -265,10 +265,16 @@ def site_groupings(com, site_effects, row_effect=None):
     if not names:
         return {}, [], []
     X = com.X
-    cols_all = [] if X is None else [str(c) for c in X.columns]
+    site_key = str(com.Y.index.name or "site")
+    if X is None:
+        X = pd.DataFrame(index=com.Y.index)
+    cols_all = [str(c) for c in X.columns]
     groups, terms, used = {}, [], []
     for name in names:
         cols = name.split(":")
+        if cols[-1] == site_key and site_key not in cols_all:
+            _nested_site_level(com, name, cols, names, groups, row_effect, site_key)
+            continue
         miss = [c for c in cols if c not in cols_all]
         if miss:
             raise JSDMError(f"the grouping {name!r} needs site column(s) {show(miss)}, which the "
@@ -300,13 +306,55 @@ def site_groupings(com, site_effects, row_effect=None):
                 DataWarning, stacklevel=5)
         groups[name] = (codes, levels)
         used += [c for c in cols if c not in used]
-    return groups, _group_terms(names), used
+    return groups, _group_terms(names, groups), used
 
 
-def _group_terms(names):
+def _nested_site_level(com, name, cols, names, groups, row_effect, site_key):
+    """The innermost level ``plot:site`` of a nested chain: one level per site (its codes)."""
+    import pandas as pd
+
+    from ...exceptions import JSDMError
+
+    parent = ":".join(cols[:-1])
+    if not parent or parent not in names:
+        raise JSDMError(f"(1 | {site_key}) is the site effect itself: use row_effect='random'; "
+                        f"{name!r} is allowed only nested in a grouping, e.g. 'plot/{site_key}'.")
+    if row_effect is not None:
+        raise JSDMError(f"{name!r} puts a random effect on each {site_key}, and row_effect="
+                        f"{row_effect!r} adds another: keep one.")
+    codes, _ = group_codes(np.arange(com.Y.shape[0]), name)
+    labels = pd.Series(com.X[cols[0]].astype(str).to_numpy() if len(cols) > 1 else "")
+    for c in cols[1:-1]:
+        labels = labels + ":" + com.X[c].astype(str).to_numpy()
+    labels = labels + ":" + pd.Series(com.Y.index.astype(str))
+    groups[name] = (codes, pd.Index(labels.to_numpy(), name=name))
+
+
+#: largest block (a top level and everything nested in it) given one joint q; larger chains
+#: fall back to q by level (with a warning)
+NESTED_BLOCK_MAX = 80
+
+
+def _block_size(chain, groups):
+    """Largest number of coordinates of one top level of a nested chain (itself + nested levels)."""
+    top = groups[chain[0]][0]
+    size = np.ones(int(top.max()) + 1)
+    for g in chain[1:]:
+        codes = groups[g][0]
+        first = np.zeros(int(codes.max()) + 1, dtype=int)
+        first[codes] = top
+        size += np.bincount(first, minlength=len(size))
+    return int(size.max())
+
+
+def _group_terms(names, groups=None):
     """Terms of the groupings: a grouping ``a:b`` listed with ``a`` is nested in it, and the
     chain a, a:b (, a:b:c ...) becomes one :class:`NestedGroupEffects` (one joint q per level of
-    a); the others are :class:`GroupEffects` (q by level)."""
+    a) unless a block would exceed ``NESTED_BLOCK_MAX`` coordinates; the others are
+    :class:`GroupEffects` (q by level)."""
+    import warnings
+
+    from ...exceptions import DataWarning
     parent = {n: ":".join(n.split(":")[:-1]) for n in names}
     children = {n: [c for c in names if parent[c] == n] for n in names}
     terms, done = [], set()
@@ -317,7 +365,17 @@ def _group_terms(names):
         while len(children[cur]) == 1:
             cur = children[cur][0]
             chain.append(cur)
-        if len(chain) > 1 and not children[cur]:
+        big = (len(chain) > 1 and groups is not None
+               and _block_size(chain, groups) > NESTED_BLOCK_MAX)
+        if big:
+            warnings.warn(
+                f"the nested groupings {' / '.join(chain)} have up to "
+                f"{_block_size(chain, groups)} effects in one {chain[0]} (more than "
+                f"{NESTED_BLOCK_MAX}); they get independent q's by level instead of one joint q "
+                f"per {chain[0]}: a lower bound, below the exact likelihood by the posterior "
+                f"correlation between a {chain[0]} and what is nested in it.",
+                DataWarning, stacklevel=6)
+        if len(chain) > 1 and not children[cur] and not big:
             terms.append(NestedGroupEffects(tuple(chain)))
             done.update(chain)
         else:

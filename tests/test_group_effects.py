@@ -379,3 +379,37 @@ def test_wide_call_equals_formula_and_save_load(tmp_path):
     c = jsdm.load(path)
     assert abs(c.llf - b.llf) < 1e-10
     assert np.allclose(c.params.to_numpy(), b.params.to_numpy())
+
+
+# --- downstream -------------------------------------------------------------------------
+def test_predict_simulate_anova_and_summary_know_the_groupings():
+    """Fitted sites: conditional on their level; new sites: a seen level adds its predicted
+    effect, an unseen one only the variance (marginal); simulate draws one effect per level;
+    anova flags the added grouping as a boundary test; AIC counts the sd; summary shows it."""
+    long = _gauss_long(n_groups=6, per=4, m=2, seed=3)
+    fit = _fit(long, "y ~ species + species:x + (1 | plot)")
+    base = _fit(long, "y ~ species + species:x")
+    mu = fit.ranef()["plot"]["(Intercept)"]
+    link = fit.predict(type="link")
+    assert np.allclose(link.to_numpy(), fit.fitted(type="link").to_numpy())
+    new = pd.DataFrame({"x": [0.0, 0.0], "plot": ["p0", "zz"]}, index=["n1", "n2"])
+    pn = fit.predict(new, type="link")
+    icpt = fit.coef["Intercept"].to_numpy()
+    assert np.allclose(pn.loc["n1"].to_numpy(), icpt + mu["p0"])
+    assert np.allclose(pn.loc["n2"].to_numpy(), icpt)
+    with pytest.raises(JSDMError, match="grouping column"):
+        fit.predict(new.drop(columns="plot"), type="link")
+    sims = fit.simulate(n=200, seed=1, conditional=False)
+    site_means = sims.groupby(level="site").mean()
+    assert site_means.shape == (24, 2)
+    # one effect per plot: sites of a plot are correlated across draws (same draw), sites of
+    # different plots are not
+    d = sims["sp0"].unstack("site")
+    codes = fit.problem.groups["plot"][0]
+    same = np.corrcoef(d["s0"], d["s1"])[0, 1] if codes[0] == codes[1] else None
+    assert same is not None and same > 0.2
+    assert fit.df == base.df + 1
+    tab = jsdm.anova(base, fit)
+    assert bool(tab["boundary"].iloc[-1])
+    text = str(fit.summary())
+    assert "Grouped site effects sd" in text and "plot" in text

@@ -65,10 +65,25 @@ def _check_nested(a, b, na, nb):
                         f"contained in those of {nb!r} ({', '.join(pb.terms) or 'none'})")
     if pa.row_effect is not None and pa.row_effect != pb.row_effect:
         problems.append(f"row effects {pa.row_effect!r} vs {pb.row_effect!r}")
+    ga, gb = _group_names(pa), _group_names(pb)
+    if not ga <= gb:
+        problems.append(f"grouped site effects of {na!r} ({', '.join(sorted(ga))}) are not all "
+                        f"in {nb!r} ({', '.join(sorted(gb)) or 'none'})")
     if problems:
         raise JSDMError(f"model {na!r} is not nested in {nb!r}: " + "; ".join(problems)
                         + ". Compare non-nested models by AIC/BIC instead.")
-    return pa.d != pb.d or (pa.row_effect is None and pb.row_effect == "random")
+    # a variance component tested at 0 (more latent variables, a row effect or a grouping
+    # added) is on the boundary: the chi-square p-value is conservative (about twice the
+    # 50:50 chi-square mixture's for one variance)
+    return pa.d != pb.d or (pa.row_effect is None and pb.row_effect == "random") or ga != gb
+
+
+def _group_names(prob):
+    """Names of the grouped site effects of a problem ((1 | plot), nested chains expanded)."""
+    out = set()
+    for t in prob.predictor.group_terms:
+        out.update(getattr(t, "chain", (getattr(t, "group", t.kind),)))
+    return out
 
 
 def anova(*fits, names=None, loglik="elbo", n_draws=1000, seed=0):

@@ -191,6 +191,22 @@ class GroupEffects(Term):
         """(mean, sd) of q per level, indexed by the level labels."""
         return getattr(P, self.f_mu), np.exp(getattr(P, self.f_ls))
 
+    def predict_parts(self, ctx, P, labels=None):
+        """(mean (k,), variance (k,)) of the term for sites: the fitted ones (``labels`` None) or
+        new ones given their level labels (k,). A seen level contributes its q, N(mu_g, s_g^2)
+        (conditional on the level); an unseen one N(0, sigma^2) (marginal over levels)."""
+        mu, ls = getattr(P, self.f_mu), getattr(P, self.f_ls)
+        codes = self.codes(ctx) if labels is None else self.levels(ctx).get_indexer(labels)
+        seen = codes >= 0
+        c = np.where(seen, codes, 0)
+        mean = np.where(seen, mu[c], 0.0)
+        var = np.where(seen, np.exp(2.0 * ls[c]), self.sigma(P) ** 2)
+        return mean, var
+
+    def draw(self, ctx, P, rng):
+        """Fresh effects for the fitted sites: one N(0, sigma^2) per level, (n,)."""
+        return rng.normal(0.0, self.sigma(P), self.n_levels(ctx))[self.codes(ctx)]
+
     def ranef_table(self, ctx, P):
         """{grouping: DataFrame (levels x "(Intercept)")} of the variational means."""
         import pandas as pd
@@ -653,6 +669,50 @@ class NestedGroupEffects(Term):
             means[g] = pd.DataFrame({"(Intercept)": m}, index=levels)
             sds[g] = pd.DataFrame({"(Intercept)": s}, index=levels)
         return means, sds
+
+    def predict_parts(self, ctx, P, labels=None):
+        """(mean (k,), variance (k,)) for the fitted sites (``labels`` None) or new ones
+        (``labels``: {grouping: level labels (k,)}): the joint q of the seen levels (their
+        means, and z' S z over them), N(0, sigma_d^2) for each unseen level."""
+        st = self.structure(ctx)
+        mu, L = getattr(P, self.f_mu), self._L(ctx, P)
+        S = L @ np.swapaxes(L, 1, 2)
+        sd = np.exp(np.asarray(getattr(P, self.f_lsd), dtype=float))
+        if labels is None:
+            top, pos = st["top"], st["pos"]
+            w = L[top[:, None], pos, :].sum(1)
+            return mu[top[:, None], pos].sum(1), (w ** 2).sum(1)
+        k = len(labels[self.chain[0]])
+        where = {}
+        for a in range(st["A"]):
+            for kk in range(st["kmax"]):
+                d = st["depth"][a, kk]
+                if d >= 0:
+                    where[(d, st["level_of"][a, kk])] = (a, kk)
+        mean, var = np.zeros(k), np.zeros(k)
+        for i in range(k):
+            seen = []
+            for d, g in enumerate(self.chain):
+                code = ctx.groups[g][1].get_indexer([labels[g][i]])[0]
+                if code >= 0:
+                    seen.append(where[(d, code)])
+                else:
+                    var[i] += sd[d] ** 2
+            if seen:
+                a = seen[0][0]
+                ks = [kk for _, kk in seen]
+                mean[i] += mu[a, ks].sum()
+                var[i] += S[a][np.ix_(ks, ks)].sum()
+        return mean, var
+
+    def draw(self, ctx, P, rng):
+        """Fresh effects for the fitted sites: one draw per level of every grouping, (n,)."""
+        sd = np.exp(np.asarray(getattr(P, self.f_lsd), dtype=float))
+        out = np.zeros(ctx.n)
+        for d, g in enumerate(self.chain):
+            codes, levels = ctx.groups[g]
+            out += rng.normal(0.0, sd[d], len(levels))[codes]
+        return out
 
     def ranef_table(self, ctx, P):
         return self._level_tables(ctx, P)[0]

@@ -413,3 +413,23 @@ def test_predict_simulate_anova_and_summary_know_the_groupings():
     assert bool(tab["boundary"].iloc[-1])
     text = str(fit.summary())
     assert "Grouped site effects sd" in text and "plot" in text
+
+
+def test_diagnose_names_a_collapsed_grouping_and_variance_partition_has_it():
+    """Data without plot effects: the plot sd goes to ~0, diagnose() names (1 | plot) and
+    says to drop it; variance_partition has a (1 | plot) column (sigma^2)."""
+    rng = np.random.default_rng(3)
+    n, m = 40, 4
+    Y = pd.DataFrame(rng.poisson(3.0, (n, m)).astype(float), index=[f"s{i}" for i in range(n)],
+                     columns=[f"sp{j}" for j in range(m)])
+    X = pd.DataFrame({"plot": [f"p{i // 4}" for i in range(n)]}, index=Y.index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jsdm.gllvm(Y, X, family="poisson", num_lv=0, site_effects="plot", n_init=1)
+        probs = fit.diagnose(hessian=False, approximation=False)
+    sd = _group_sd(fit, "plot")
+    assert sd < 0.01
+    found = [p for p in probs.problems if p.kind == "group_variance"]
+    assert found and "(1 | plot)" in found[0].message and "drop" in found[0].remedy
+    vp = fit.variance_partition(normalize=False)
+    assert abs(vp["(1 | plot)"].iloc[0] - sd ** 2) < 1e-12

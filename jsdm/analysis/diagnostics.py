@@ -75,7 +75,7 @@ class Problem:
     kind : str
         Short name ("convergence", "hessian", "near_singular", "large_coefficient",
         "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance",
-        "degenerate_dispersion", "dispersion_at_bound", "large_se", "penalty_dominated").
+        "group_variance", "degenerate_dispersion", "dispersion_at_bound", "large_se", "penalty_dominated").
     message : str
         One-line statement of the problem.
     evidence : str
@@ -527,6 +527,21 @@ def check_row_variance(fit):
         "the site effects are not needed: refit with row_effect=None", [("row_sigma", "", "sigma")])]
 
 
+def check_group_variance(fit):
+    """Near-zero variance of a grouped site effect (1 | plot): named, with the term to drop."""
+    out = []
+    vc = fit.varcorr()
+    for _, r in vc[vc["var2"].isna() & (vc["group"] != "site")].iterrows():
+        if r["sdcor"] < ROW_SD:
+            g = r["group"]
+            out.append(Problem(
+                "group_variance", f"the sd of the grouped site effect (1 | {g}) is near zero",
+                f"sd = {r['sdcor']:.3g} (< {ROW_SD:g})",
+                f"the effects of {g} are not needed: drop (1 | {g}) (site_effects without "
+                f"{g!r}) and compare with jsdm.anova", [("group_sd", g, "sd")]))
+    return out
+
+
 DEGENERATE_RATIO = 1e-6
 
 
@@ -612,6 +627,7 @@ def check_approximation(fit, n_draws=500, seed=0):
 
 
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
+         check_group_variance,
          check_large_coefficients, check_degenerate_dispersion, check_dispersion_at_bound)
 
 

@@ -433,3 +433,27 @@ def test_diagnose_names_a_collapsed_grouping_and_variance_partition_has_it():
     assert found and "(1 | plot)" in found[0].message and "drop" in found[0].remedy
     vp = fit.variance_partition(normalize=False)
     assert abs(vp["(1 | plot)"].iloc[0] - sd ** 2) < 1e-12
+
+
+def test_cli_fits_a_formula_with_a_grouping_on_a_long_csv(tmp_path):
+    """``jsdm fit --long --formula "y ~ ... + (1 | plot)"``: the fit, its summary table of the
+    sd and the report's model section."""
+    import os
+    import subprocess
+    import sys
+
+    long = _gauss_long(n_groups=6, per=4, m=3, seed=3)
+    path = tmp_path / "long.csv"
+    long.to_csv(path, index=False)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "jsdm", "fit", str(path), "--long", "--family",
+                          "gaussian", "--num-lv", "0", "--formula",
+                          "y ~ species + species:x + (1 | plot)", "--out", str(out), "--quiet"],
+                         capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, MPLBACKEND="Agg"))
+    assert res.returncode == 0, res.stderr
+    assert "Grouped site effects sd" in (out / "summary.txt").read_text()
+    assert "(1 | plot)" in (out / "variance_partition.csv").read_text()
+    assert "grouped site effect (1 | plot) sd" in (out / "report.html").read_text()
+    fit = jsdm.load(out / "fit.jsdm")
+    assert abs(_group_sd(fit, "plot") - float(fit.varcorr()["sdcor"].iloc[0])) < 1e-12

@@ -13,7 +13,7 @@ from .results.fitted import GLLVMResults
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
           n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
-          site_effects=None):
+          site_effects=None, shared_formula=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -52,6 +52,10 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         (the combinations). With an lme4-style formula write the bars instead. The
         grouping columns are not covariates (they are left out of the design when
         ``formula`` is None). See docs/formula.md, "Grouped site effects".
+    shared_formula : str, optional
+        Site covariates with one slope shared by all species (community-level fixed
+        effects), e.g. "~ elevation"; the wide form of a bare ``x`` in an lme4-style
+        formula. A covariate cannot have both a shared and species-specific slopes.
     offset : number, array (n,), (n, 1), (1, m) or (n, m), Series or DataFrame, optional
         Known part of the linear predictor. A Series indexed by site (or by
         species) or a DataFrame (sites x species) is matched by label; an
@@ -112,7 +116,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         raise JSDMError(f"prior_sd must be a positive number (the sd of the penalty), got "
                         f"{prior_sd!r}; use None for no penalty")
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
-                response=response, site=site, species=species, site_effects=site_effects)
+                response=response, site=site, species=species, site_effects=site_effects,
+                shared_formula=shared_formula)
     # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
     from .model.formula import is_lme4_formula, translate_call
     if is_lme4_formula(formula, species):
@@ -130,6 +135,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                     prior_sd=prior_sd)
     if call.get("site_effects"):
         settings["site_effects"] = list(prob.info.get("site_effects", []))
+    if call.get("shared_formula"):
+        settings["shared_formula"] = call["shared_formula"]
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

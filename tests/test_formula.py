@@ -194,7 +194,8 @@ def test_translate_call_returns_the_wide_call(sim):
     data, X, args = translate_call(long, None, "abund ~ species + species:x2 + (1 | site)")
     assert X is None and data.Y.equals(com.Y)
     assert args == {"formula": "~ x2", "num_lv": 0, "row_effect": "random", "offset": None,
-                    "response": None, "site": None, "species": None, "site_effects": None}
+                    "response": None, "site": None, "species": None, "site_effects": None,
+                    "shared_formula": None}
     assert data.covariates == ["x2"]
 
 
@@ -208,7 +209,6 @@ def test_settings_formula_survives_save_and_load(sim, tmp_path):
 
 # --- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("formula, words", [
-    ("y ~ species + x", ["shared by all species", "species:x"]),
     ("y ~ species + (1 | site:b)", ["(1 | site:b)", "involves"]),
     ("y ~ species + (0 + x | species)", ["(0 + x | species)", "random slopes", "species:x"]),
     ("y ~ species + (1 | species)", ["random species intercepts"]),

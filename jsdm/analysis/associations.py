@@ -401,6 +401,10 @@ def variance_partition(fit, groups=None, normalize=True):
     out = {}
     for name, terms in _covariate_groups(fit, groups).items():
         out[name] = covariate_part(fit, terms).var(axis=0, ddof=1).to_numpy()
+    shared = fit.problem.shared                     # slopes shared by all species
+    if shared is not None:
+        part = shared[0] @ fit.state.params.gamma
+        out["shared covariates"] = np.full(len(fit.species), float(np.var(part, ddof=1)))
     if fit.num_lv:
         out["latent variables"] = (_theta(fit) ** 2).sum(1)
     if fit.row_effect == "random":

@@ -103,6 +103,7 @@ class ParsedFormula:
     offsets: tuple = ()
     terms: tuple = ()
     site_effects: tuple = ()
+    shared: tuple = ()
 
     @property
     def site_formula(self):
@@ -114,7 +115,14 @@ class ParsedFormula:
         out = dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
         if self.site_effects:
             out["site_effects"] = list(self.site_effects)
+        if self.shared:
+            out["shared_formula"] = self.shared_formula
         return out
+
+    @property
+    def shared_formula(self):
+        """str or None: the site formula of the slopes shared by all species ("~ elevation")."""
+        return "~ " + " + ".join(self.shared) if self.shared else None
 
     @property
     def model_terms(self):
@@ -132,7 +140,9 @@ class ParsedFormula:
                  if t.active(_Dims(len(self.slopes)))]
         if self.num_lv == UNSTRUCTURED:
             terms.append(_UnstructuredShown())
-        return terms + _group_terms(list(self.site_effects))
+        from .terms import SharedSlopes
+        shared = [SharedSlopes(self.shared)] if self.shared else []
+        return terms + _group_terms(list(self.site_effects)) + shared
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
@@ -261,6 +271,7 @@ class _Parts:
         self.has_species = False
         self.site_effects = []
         self.nested_site = None
+        self.shared = []
 
     def fail(self, term, why):
         raise JSDMError(f"formula term {term!r} in {self.formula!r}: {why} "
@@ -522,10 +533,10 @@ def _read_fixed(parts):
         _read_fixed_term(parts, term, slopes, bare)
     absorbed = []
     for text_, shown in bare:
-        if text_ not in slopes:
-            parts.fail(shown, f"a slope shared by all species is not available in the engine "
-                              f"(every slope is species-specific); write "
-                              f"{parts.species}:{shown} (or {parts.species}*{shown}) instead.")
+        if text_ not in slopes:              # community-level slope, one for all species
+            parts.shared.append(text_)
+            parts.terms.append((shown, f"slope shared by all species on site covariate {shown}"))
+            continue
         absorbed.append(text_)
         parts.terms.append((shown, f"absorbed by {parts.species}:{shown} (same model; the "
                                    "slope is reported per species)"))
@@ -588,7 +599,7 @@ def _finish(parts, response, slopes, absorbed):
     return ParsedFormula(formula=parts.formula, response=response, site=site, species=species,
                          slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
                          offsets=tuple(parts.offsets), terms=tuple(terms),
-                         site_effects=tuple(parts.site_effects))
+                         site_effects=tuple(parts.site_effects), shared=tuple(parts.shared))
 
 
 # --- detection and translation -------------------------------------------------------------
@@ -622,7 +633,8 @@ def is_lme4_formula(formula, species=None):
 
 
 def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=None,
-                   response=None, site=None, species=None, site_effects=None):
+                   response=None, site=None, species=None, site_effects=None,
+                   shared_formula=None):
     """Turn a :func:`jsdm.gllvm` call with an lme4/glmmTMB formula into the wide call.
 
     Parameters
@@ -667,6 +679,11 @@ def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=Non
                         f"grouped site effects are {list(parsed.site_effects)!r}; write them as "
                         "(1 | plot) terms in the formula and leave site_effects out.")
     args["site_effects"] = list(parsed.site_effects) or None
+    if shared_formula is not None and shared_formula != parsed.shared_formula:
+        raise JSDMError(f"shared_formula={shared_formula!r} contradicts the formula {formula!r}, "
+                        f"whose shared slopes are {parsed.shared_formula!r}; write them as bare "
+                        "terms in the formula and leave shared_formula out.")
+    args["shared_formula"] = parsed.shared_formula
     if parsed.offsets:
         args["offset"] = _offset_matrix(parsed, long, com, resp)
     args.update(response=None, site=None, species=None)
@@ -720,7 +737,7 @@ def _covariate_columns(parsed, long, resp):
 
     site, species = parsed.site, parsed.species
     covs = []
-    for slope in parsed.slopes:
+    for slope in tuple(parsed.slopes) + tuple(parsed.shared):
         used = _columns_in(slope, list(long.columns))
         if not used:
             raise JSDMError(f"the term {species}:{slope} names no column of the long table; its "

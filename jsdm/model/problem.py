@@ -69,6 +69,8 @@ class Problem:
     model_terms: Optional[tuple] = None
     #: {grouping name: (codes (n,), level labels)} of grouped site effects ``(1 | plot)``
     groups: Optional[dict] = None
+    #: (design (n, ps), column names) of the slopes shared by all species, or None
+    shared: Optional[tuple] = None
 
     def __post_init__(self):
         from .terms import LinearPredictor, default_terms
@@ -85,7 +87,7 @@ class Problem:
                                n_disp=self.n_disp if disp else None,
                                s_free=self.s_free if disp else None,
                                sites=self.sites, species=self.species, covariates=self.terms,
-                               groups=self.groups)
+                               groups=self.groups, shared=self.shared)
         object.__setattr__(self, "predictor", pred)
 
     @property
@@ -260,7 +262,7 @@ def _check_terms(terms, formula):
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
-                  extra_terms=(), site_effects=None):
+                  extra_terms=(), site_effects=None, shared_formula=None):
     """Validate user input and build a :class:`Problem`.
 
     ``site_effects``: grouped site effects, a grouping column name or a list of them
@@ -300,7 +302,13 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     Yf = np.where(W > 0, Y, fam.missing_fill)
     from .terms.group_effects import site_groupings
     groups, group_terms, group_cols = site_groupings(com, site_effects, row_effect)
-    Xmat, terms = _design(com, formula, drop=group_cols if formula is None else ())
+    shared_cols = _shared_columns(com, shared_formula)
+    Xmat, terms = _design(com, formula,
+                          drop=(list(group_cols) + shared_cols) if formula is None else ())
+    shared = _shared_design(com, shared_formula, terms)
+    if shared is not None:
+        from .terms import SharedSlopes
+        group_terms = list(group_terms) + [SharedSlopes(shared[1])]
     off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,
                        Ydf.columns)
     if row_effect == "fixed" and Xmat.shape[1]:
@@ -323,12 +331,41 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         from .terms import default_terms
         model_terms = (default_terms(terms, int(num_lv), row_effect) + tuple(group_terms)
                        + tuple(extra_terms))
-    if group_terms:
-        info["site_effects"] = [t.group for t in group_terms]
+    if groups:
+        info["site_effects"] = list(groups)
+    if shared is not None:
+        info["shared_formula"] = shared_formula
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms,
-                   groups=groups or None)
+                   groups=groups or None, shared=shared)
+
+
+def _shared_columns(com, shared_formula):
+    """Site-table columns named in ``shared_formula`` (left out of the species-specific slopes
+    when no ``formula`` is given)."""
+    if shared_formula is None or com.X is None:
+        return []
+    import re
+    text = shared_formula.split("~", 1)[-1]
+    named = set(re.findall(r"`([^`]*)`", text)) | set(re.findall(r"[A-Za-z_.][A-Za-z0-9_.]*", text))
+    return [str(c) for c in com.X.columns if str(c) in named]
+
+
+def _shared_design(com, shared_formula, terms):
+    """(design (n, ps), names) of the shared slopes, or None; refuses a column that also has
+    species-specific slopes (not identified)."""
+    if shared_formula is None:
+        return None
+    Xs, names = _design(com, shared_formula)
+    if not len(names):
+        return None
+    both = [c for c in names if c in terms]
+    if both:
+        raise JSDMError(f"{show(both)} would have both a slope shared by all species and "
+                        "species-specific slopes: the shared one is not identified (it is the "
+                        "mean of the species' slopes). Keep one: species:x or x.")
+    return Xs, tuple(names)
 
 
 #: warn when the unstructured covariance has more parameters than this share of the observations

@@ -65,6 +65,11 @@ def _check_nested(a, b, na, nb):
                         f"contained in those of {nb!r} ({', '.join(pb.terms) or 'none'})")
     if pa.row_effect is not None and pa.row_effect != pb.row_effect:
         problems.append(f"row effects {pa.row_effect!r} vs {pb.row_effect!r}")
+    sa = set(pa.shared[1]) if pa.shared is not None else set()
+    sb = set(pb.shared[1]) if pb.shared is not None else set()
+    if not sa <= sb:
+        problems.append(f"the shared slopes of {na!r} ({', '.join(sorted(sa))}) are not all in "
+                        f"{nb!r} ({', '.join(sorted(sb)) or 'none'})")
     ga, gb = _group_names(pa), _group_names(pb)
     if not ga <= gb:
         problems.append(f"grouped site effects of {na!r} ({', '.join(sorted(ga))}) are not all "
@@ -82,7 +87,8 @@ def _group_names(prob):
     """Names of the grouped site effects of a problem ((1 | plot), nested chains expanded)."""
     out = set()
     for t in prob.predictor.group_terms:
-        out.update(getattr(t, "chain", (getattr(t, "group", t.kind),)))
+        if hasattr(t, "predict_parts"):
+            out.update(getattr(t, "chain", (t.group,)))
     return out
 
 

@@ -79,6 +79,8 @@ def _setup(fit, newdata, lv, offset, trials):
         scores = P.a @ P.theta.T if (lv == "conditional" and prob.d) else None
         gm, gv = group_parts(fit, None)
         F = F + gm[:, None]
+        if prob.shared is not None:                     # slopes shared by all species
+            F = F + (prob.shared[0] @ P.gamma)[:, None]
         if lv != "conditional":
             extra = extra + gv
         return F, scores, extra, fit.sites, prob.trials if trials is None else trials
@@ -96,8 +98,27 @@ def _setup(fit, newdata, lv, offset, trials):
     extra = np.full(len(newdata), np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
     gm, gv = group_parts(fit, newdata)
     F = F + gm[:, None]
+    if prob.shared is not None:
+        F = F + (shared_design(fit, newdata) @ P.gamma)[:, None]
     extra = extra + gv
     return np.asarray(F, dtype=float), None, extra, newdata.index, trials
+
+
+def shared_design(fit, newdata):
+    """Design (k, ps) of the shared slopes for new sites, encoded as the fitted one."""
+    import formulaic
+
+    prob = fit.problem
+    formula = prob.info.get("shared_formula")
+    rhs = formula.split("~", 1)[1]
+    spec = formulaic.model_matrix("~ " + rhs, fit.community.X).model_spec
+    try:
+        mm = pd.DataFrame(spec.get_model_matrix(newdata, na_action="raise"))
+    except Exception as exc:  # formulaic raises many types
+        raise JSDMError(f"could not encode newdata with the shared-slope formula {formula!r}: "
+                        f"{exc}") from None
+    mm = mm.drop(columns=[c for c in mm.columns if c == "Intercept"])
+    return mm.to_numpy(dtype=float)
 
 
 def group_parts(fit, newdata):

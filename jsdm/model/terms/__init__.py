@@ -7,6 +7,7 @@ wide call; ``make_term(spec)`` rebuilds a term from its ``spec()`` (saved fits);
 from .base import Reported, Term
 from .dispersion import S_BOUNDS, Dispersion
 from .group_effects import GroupEffects, NestedGroupEffects
+from .shared_slopes import SharedSlopes
 from .latent import LatentVariables
 from .predictor import LinearPredictor
 from .row_effects import FixedRowEffects, RandomRowEffects
@@ -23,7 +24,7 @@ def register_term(cls):
 
 
 for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
-             GroupEffects, NestedGroupEffects):
+             GroupEffects, NestedGroupEffects, SharedSlopes):
     register_term(_cls)
 
 
@@ -55,5 +56,5 @@ def default_terms(covariates=(), num_lv=0, row_effect=None):
 
 __all__ = ["CholeskySlot", "Dispersion", "FixedRowEffects", "GroupEffects", "NestedGroupEffects", "LatentVariables", "LinearPredictor",
            "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "Reported", "S_BOUNDS", "Slot",
-           "SpeciesIntercepts", "SpeciesSlopes", "Term", "default_terms", "make_term",
+           "SharedSlopes", "SpeciesIntercepts", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

@@ -52,10 +52,12 @@ class LinearPredictor:
     """
 
     def __init__(self, terms, *, n, m, X, offset=None, family=None, n_disp=None, s_free=None,
-                 sites=None, species=None, covariates=(), groups=None):
+                 sites=None, species=None, covariates=(), groups=None, shared=None):
         self.terms = tuple(terms)
         #: {grouping name: (codes (n,), level labels)} of the group-scope terms
         self.groups = dict(groups or {})
+        #: (design (n, ps), column names) of the shared slopes, or None
+        self.shared = shared
         self.n, self.m, self.X = int(n), int(m), X
         self.p = X.shape[1]
         self.offset, self.family = offset, family
@@ -118,6 +120,8 @@ class LinearPredictor:
         # group scope: one random coordinate per level of a site grouping, q by level
         self.group_terms = [t for t in self.terms if getattr(t, "group_random", False)]
         for t in self.group_terms:
+            if t.kind == "shared_slopes":
+                continue
             if t.group not in self.groups:
                 from ...exceptions import JSDMError
                 raise JSDMError(f"the term {t.lme4()} needs the grouping {t.group!r}, which the "

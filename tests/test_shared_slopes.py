@@ -75,7 +75,7 @@ def test_shared_slope_gradient_with_groups_and_latent_variables():
                          shared_formula="~ w", site_effects="a")
     layout = Layout(prob.predictor)
     x = np.random.default_rng(5).normal(0.0, 0.4, layout.size)
-    assert _slot_gradient_check(prob, x, layout, [s for s in layout.slots if s.name == "gamma"]) < 2e-6
+    assert _slot_gradient_check(prob, x, layout, [s for s in layout.slots if s.name == "shared_gamma"]) < 2e-6
     assert _slot_gradient_check(prob, x, layout) < 2e-6
 
 

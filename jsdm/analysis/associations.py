@@ -403,7 +403,7 @@ def variance_partition(fit, groups=None, normalize=True):
         out[name] = covariate_part(fit, terms).var(axis=0, ddof=1).to_numpy()
     shared = fit.problem.shared                     # slopes shared by all species
     if shared is not None:
-        part = shared[0] @ fit.state.params.gamma
+        part = shared[0] @ fit.state.params.shared_gamma
         out["shared covariates"] = np.full(len(fit.species), float(np.var(part, ddof=1)))
     if fit.num_lv:
         out["latent variables"] = (_theta(fit) ** 2).sum(1)

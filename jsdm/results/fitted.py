@@ -340,15 +340,34 @@ class GLLVMResults:
         return None if a is None else pd.Series(a, index=self.sites, name="row_effect")
 
     def ranef(self, condsd=False):
-        """Predicted random effects per grouping (variational means; see
-        :func:`jsdm.results.ranef.ranef`): {grouping: DataFrame levels x variables}, or with
-        ``condsd=True`` one tidy DataFrame (grpvar, term, grp, condval, condsd)."""
+        """Predicted random effects per grouping (the variational means).
+
+        Parameters
+        ----------
+        condsd : bool
+            Also give each effect's variational sd, in one tidy table.
+
+        Returns
+        -------
+        dict of DataFrame, or DataFrame
+            ``condsd=False``: {grouping: DataFrame (levels x variables)}; ``condsd=True``:
+            one DataFrame with columns grpvar, term, grp, condval, condsd (R's
+            ``as.data.frame(ranef(fit, condVar = TRUE))``). See
+            :func:`jsdm.results.ranef.ranef`.
+        """
         from .ranef import ranef
         return ranef(self, condsd)
 
     def varcorr(self):
-        """Variances and correlations of the random effects, one row per (group, var1, var2)
-        with columns group, var1, var2, vcov, sdcor (R's ``as.data.frame(VarCorr(fit))``)."""
+        """Variances and correlations of the random effects.
+
+        Returns
+        -------
+        DataFrame
+            One row per (group, var1, var2) with columns group, var1, var2, vcov, sdcor
+            (R's ``as.data.frame(VarCorr(fit))``): a variance row has var2 None, vcov the
+            variance and sdcor the sd. See :func:`jsdm.results.ranef.varcorr`.
+        """
         from .ranef import varcorr
         return varcorr(self)
 

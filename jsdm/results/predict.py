@@ -80,7 +80,7 @@ def _setup(fit, newdata, lv, offset, trials):
         gm, gv = group_parts(fit, None)
         F = F + gm[:, None]
         if prob.shared is not None:                     # slopes shared by all species
-            F = F + (prob.shared[0] @ P.gamma)[:, None]
+            F = F + (prob.shared[0] @ P.shared_gamma)[:, None]
         if lv != "conditional":
             extra = extra + gv
         return F, scores, extra, fit.sites, prob.trials if trials is None else trials
@@ -99,7 +99,7 @@ def _setup(fit, newdata, lv, offset, trials):
     gm, gv = group_parts(fit, newdata)
     F = F + gm[:, None]
     if prob.shared is not None:
-        F = F + (shared_design(fit, newdata) @ P.gamma)[:, None]
+        F = F + (shared_design(fit, newdata) @ P.shared_gamma)[:, None]
     extra = extra + gv
     return np.asarray(F, dtype=float), None, extra, newdata.index, trials
 

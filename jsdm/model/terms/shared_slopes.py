@@ -60,13 +60,13 @@ class SharedSlopes(Term):
         return 1
 
     def fields(self, ctx):
-        return {"gamma": (len(self.columns),)}
+        return {"shared_gamma": (len(self.columns),)}
 
     def slots(self, ctx):
-        return [Slot("gamma", "gamma", (len(self.columns),), model=True, scope="global")]
+        return [Slot("shared_gamma", "shared_gamma", (len(self.columns),), model=True, scope="global")]
 
     def mean(self, ctx, P, rows, cols):
-        return (self.design(ctx, rows) @ P.gamma)[:, None]
+        return (self.design(ctx, rows) @ P.shared_gamma)[:, None]
 
     def variance(self, ctx, P, rows=slice(None)):
         return 0.0
@@ -75,10 +75,10 @@ class SharedSlopes(Term):
         return 0.0
 
     def gradient(self, ctx, P, Gm, Gv):
-        return {"gamma": self.design(ctx).T @ Gm.sum(1)}
+        return {"shared_gamma": self.design(ctx).T @ Gm.sum(1)}
 
     def curvature(self, ctx, P, C):
-        return {"gamma": (self.design(ctx) ** 2).T @ C.sum(1)}
+        return {"shared_gamma": (self.design(ctx) ** 2).T @ C.sum(1)}
 
     def newton(self, ctx, P, Gm, Gv):
         Xs = self.design(ctx)
@@ -92,16 +92,16 @@ class SharedSlopes(Term):
         return step[None, :], None
 
     def apply_step(self, P, T, frac, step, _):
-        T.gamma = P.gamma + frac[0] * step[0]
+        T.shared_gamma = P.shared_gamma + frac[0] * step[0]
 
     def hyper_update(self, ctx, P, mu=None, sq=None):
         """No hyperparameters."""
 
     def start(self, ctx, P, init):
-        P.gamma = np.zeros(len(self.columns))
+        P.shared_gamma = np.zeros(len(self.columns))
 
     def reported(self, ctx, P, layout):
         k = len(self.columns)
-        start = layout.slices["gamma"].start
+        start = layout.slices["shared_gamma"].start
         return [Reported("shared_coef", np.zeros(k), [("(all species)", c) for c in self.columns],
-                         P.gamma, start + np.arange(k))]
+                         P.shared_gamma, start + np.arange(k))]

@@ -409,6 +409,13 @@ def test_predict_simulate_anova_and_summary_know_the_groupings():
     same = np.corrcoef(d["s0"], d["s1"])[0, 1] if codes[0] == codes[1] else None
     assert same is not None and same > 0.2
     assert fit.df == base.df + 1
+    # residuals are conditional on the predicted plot effects: their plot means shrink
+    # towards 0 compared with the model without the grouping
+    plot = pd.Series(fit.problem.groups["plot"][1][fit.problem.groups["plot"][0]],
+                     index=fit.sites)
+    with_g = fit.residuals().groupby(plot).mean().abs().to_numpy().mean()
+    without = base.residuals().groupby(plot).mean().abs().to_numpy().mean()
+    assert np.isfinite(with_g) and with_g < 0.5 * without
     tab = jsdm.anova(base, fit)
     assert bool(tab["boundary"].iloc[-1])
     text = str(fit.summary())

@@ -285,7 +285,7 @@ def site_groupings(com, site_effects, row_effect=None):
     if X is None:
         X = pd.DataFrame(index=com.Y.index)
     cols_all = [str(c) for c in X.columns]
-    groups, terms, used = {}, [], []
+    groups, used = {}, []
     for name in names:
         cols = name.split(":")
         if cols[-1] == site_key and site_key not in cols_all:

@@ -6,7 +6,7 @@ wide call; ``make_term(spec)`` rebuilds a term from its ``spec()`` (saved fits);
 """
 from .base import Reported, Term
 from .dispersion import S_BOUNDS, Dispersion
-from .group_effects import GroupEffects, NestedGroupEffects
+from .group_effects import GroupEffects, JointGroupEffects, NestedGroupEffects
 from .shared_slopes import SharedSlopes
 from .latent import LatentVariables
 from .predictor import LinearPredictor
@@ -24,7 +24,7 @@ def register_term(cls):
 
 
 for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
-             GroupEffects, NestedGroupEffects, SharedSlopes):
+             GroupEffects, JointGroupEffects, NestedGroupEffects, SharedSlopes):
     register_term(_cls)
 
 
@@ -54,7 +54,7 @@ def default_terms(covariates=(), num_lv=0, row_effect=None):
     return tuple(terms)
 
 
-__all__ = ["CholeskySlot", "Dispersion", "FixedRowEffects", "GroupEffects", "NestedGroupEffects", "LatentVariables", "LinearPredictor",
+__all__ = ["CholeskySlot", "Dispersion", "FixedRowEffects", "GroupEffects", "JointGroupEffects", "NestedGroupEffects", "LatentVariables", "LinearPredictor",
            "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "Reported", "S_BOUNDS", "Slot",
            "SharedSlopes", "SpeciesIntercepts", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

@@ -349,6 +349,8 @@ def _nested_site_level(com, name, cols, names, groups, row_effect, site_key):
 #: largest block (a top level and everything nested in it) given one joint q; larger chains
 #: fall back to q by level (with a warning)
 NESTED_BLOCK_MAX = 80
+#: several groupings with at most this many levels together share one joint q
+JOINT_MAX = 80
 
 
 def _block_size(chain, groups):
@@ -366,13 +368,21 @@ def _block_size(chain, groups):
 def _group_terms(names, groups=None):
     """Terms of the groupings: a grouping ``a:b`` listed with ``a`` is nested in it, and the
     chain a, a:b (, a:b:c ...) becomes one :class:`NestedGroupEffects` (one joint q per level of
-    a) unless a block would exceed ``NESTED_BLOCK_MAX`` coordinates; the others are
+    a) unless a block would exceed ``NESTED_BLOCK_MAX`` coordinates. Groupings that are not
+    one chain (crossed) get one :class:`JointGroupEffects` (one joint q over all levels) when
+    they have at most ``JOINT_MAX`` levels together; otherwise chains as above and the others
     :class:`GroupEffects` (q by level)."""
     import warnings
 
     from ...exceptions import DataWarning
     parent = {n: ":".join(n.split(":")[:-1]) for n in names}
     children = {n: [c for c in names if parent[c] == n] for n in names}
+    one_chain = sum(parent[n] not in names for n in names) == 1 and all(
+        len(children[n]) <= 1 for n in names)
+    if groups is not None and len(names) > 1 and not one_chain:
+        total = sum(len(groups[n][1]) for n in names)
+        if total <= JOINT_MAX:           # crossed (and nested) groupings with few levels
+            return [JointGroupEffects(tuple(names))]
     terms, done = [], set()
     for n in names:
         if n in done or parent[n] in names:
@@ -766,3 +776,54 @@ class MaskedCholeskySlot(Slot):
 
     def entries(self):
         return list(zip(self.a.tolist(), self.r.tolist(), self.c.tolist()))
+
+
+class JointGroupEffects(NestedGroupEffects):
+    """Several groupings (crossed, nested or both) with ONE joint Gaussian q over all their
+    levels: ``(1 | year) + (1 | observer)`` when the levels are few.
+
+    Crossed groupings share sites, so their levels are correlated a posteriori and no
+    factorisation by level or by grouping is exact; one joint q is (Gaussian family: the
+    ELBO is then the log-likelihood). Used when the groupings have at most
+    ``JOINT_MAX`` levels together (``site_groupings``); the block is the whole set of
+    levels (one block, of that size).
+
+    Parameters
+    ----------
+    groupings : tuple of str
+        The grouping names (each its own sd).
+    """
+
+    kind = "joint_group"
+
+    def __init__(self, groupings):
+        super().__init__(groupings)
+        key = "_".join(field_key(g) for g in self.chain)
+        self.f_mu, self.f_L, self.f_lsd = f"jmu_{key}", f"jL_{key}", f"jlsd_{key}"
+        self.hyper_fields = (self.f_lsd,)
+
+    def spec(self):
+        return {"kind": self.kind, "groupings": list(self.chain)}
+
+    def lme4(self, site="site", species="species"):
+        return " + ".join(f"(1 | {g})" for g in self.chain)
+
+    def describe(self):
+        return (f"random effects by {', '.join(self.chain)}, one joint q over all their levels "
+                "(group scope)")
+
+    def structure(self, ctx):
+        codes = [ctx.groups[g][0] for g in self.chain]
+        hit = self._cache.get("codes")
+        if hit is not None and len(hit) == len(codes) and all(a is b for a, b in zip(hit, codes)):
+            return self._cache["out"]
+        sizes = [len(ctx.groups[g][1]) for g in self.chain]
+        off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+        k = int(sum(sizes))
+        depth = np.concatenate([np.full(s, d) for d, s in enumerate(sizes)])[None, :]
+        level_of = np.concatenate([np.arange(s) for s in sizes])[None, :]
+        pos = np.column_stack([off[d] + codes[d] for d in range(len(codes))])
+        out = {"A": 1, "kmax": k, "pos": pos, "top": np.zeros(len(codes[0]), dtype=np.intp),
+               "depth": depth, "level_of": level_of, "real": depth >= 0, "D": len(codes)}
+        self._cache = {"codes": codes, "out": out}
+        return out

@@ -526,3 +526,32 @@ def test_cli_fits_a_formula_with_a_grouping_on_a_long_csv(tmp_path):
     assert "grouped site effect (1 | plot) sd" in (out / "report.html").read_text()
     fit = jsdm.load(out / "fit.jsdm")
     assert abs(_group_sd(fit, "plot") - float(fit.varcorr()["sdcor"].iloc[0])) < 1e-12
+
+
+@pytest.mark.parametrize("formula, kinds", [
+    ("y ~ species + (1 | a)", ["group"]),
+    ("y ~ species + (1 | a:b)", ["group"]),
+    ("y ~ species + (1 | a/b)", ["nested_group"]),
+    ("y ~ species + (1 | a) + (1 | b)", ["joint_group"]),
+    ("y ~ species + (1 | a/site)", ["nested_group"]),
+    ("y ~ species + (1 | a/site) + rr(0 + species | site, d = 1)", ["group"]),
+    ("y ~ species + x + (1 | a) + (0 + species | site)", ["group", "shared_slopes"]),
+])
+def test_every_grouping_formula_fits(formula, kinds):
+    """Each formula of the family fits (Poisson, 24 sites x 3 species) with the terms listed."""
+    rng = np.random.default_rng(5)
+    n, m = 24, 3
+    a = np.repeat(["a0", "a1", "a2", "a3"], 6)
+    b = np.tile(np.repeat(["b0", "b1"], 3), 4)
+    x = rng.normal(size=n)
+    rows = []
+    for j in range(m):
+        rows.append(pd.DataFrame({"site": [f"s{i}" for i in range(n)], "species": f"sp{j}",
+                                  "y": rng.poisson(2.0, n).astype(float), "x": x, "a": a, "b": b}))
+    long = pd.concat(rows, ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jsdm.gllvm(long, formula=formula, family="poisson", n_init=1, maxiter=2000)
+    assert np.isfinite(fit.llf)
+    assert [t.kind for t in fit.problem.predictor.group_terms] == kinds
+    assert set(parse_formula(formula).site_effects) <= set(fit.varcorr()["group"])

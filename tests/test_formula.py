@@ -194,8 +194,7 @@ def test_translate_call_returns_the_wide_call(sim):
     data, X, args = translate_call(long, None, "abund ~ species + species:x2 + (1 | site)")
     assert X is None and data.Y.equals(com.Y)
     assert args == {"formula": "~ x2", "num_lv": 0, "row_effect": "random", "offset": None,
-                    "response": None, "site": None, "species": None, "site_effects": None,
-                    "shared_formula": None}
+                    "response": None, "site": None, "species": None, "site_effects": None}
     assert data.covariates == ["x2"]
 
 
@@ -210,7 +209,8 @@ def test_settings_formula_survives_save_and_load(sim, tmp_path):
 # --- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("formula, words", [
     ("y ~ species + (1 | site:b)", ["(1 | site:b)", "involves"]),
-    ("y ~ species + (0 + x | species)", ["(0 + x | species)", "random slopes", "species:x"]),
+    ("y ~ species + species:x + (0 + x | species)", ["(0 + x | species)", "random species slopes",
+                                                   "species:x", "not identified"]),
     ("y ~ species + (1 | species)", ["random species intercepts"]),
     ("y ~ species + (1 + species | site)", ["(1 + species | site)", "no intercept"]),
     ("y ~ species + (0 + x | site)", ["random slopes by site"]),

@@ -401,20 +401,16 @@ def variance_partition(fit, groups=None, normalize=True):
     out = {}
     for name, terms in _covariate_groups(fit, groups).items():
         out[name] = covariate_part(fit, terms).var(axis=0, ddof=1).to_numpy()
-    shared = fit.problem.shared                     # slopes shared by all species
-    if shared is not None:
-        part = shared[0] @ fit.state.params.shared_gamma
-        out["shared covariates"] = np.full(len(fit.species), float(np.var(part, ddof=1)))
     if fit.num_lv:
         out["latent variables"] = (_theta(fit) ** 2).sum(1)
     if fit.row_effect == "random":
         out["row effect"] = np.full(len(fit.species), fit.row_sigma ** 2)
     elif fit.row_effect == "fixed":
         out["row effect"] = np.full(len(fit.species), float(np.var(fit.row_effects, ddof=1)))
-    vc = fit.varcorr()                       # grouped site effects (1 | plot): sigma^2 each
-    for _, r in vc[(vc["var2"].isna()) & (vc["group"] != "site")].iterrows():
-        out[f"({r['var1'].replace('(Intercept)', '1')} | {r['group']})"] = np.full(
-            len(fit.species), float(r["vcov"]))
+    pred = fit.problem.predictor             # grouped site effects (1 | plot): sigma^2 each
+    for t in pred.group_terms:
+        for g, _, _, var, _ in t.varcorr_rows(pred, fit.state.params):
+            out[f"(1 | {g})"] = np.full(len(fit.species), float(var))
     df = pd.DataFrame(out, index=fit.species)
     if normalize and df.shape[1]:
         tot = df.sum(axis=1).replace(0.0, np.nan)

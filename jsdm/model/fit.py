@@ -367,7 +367,15 @@ def _reordered_problem(prob, order):
     return replace(prob, Y=prob.Y[:, order], W=W, offset=cols(prob.offset),
                    trials=cols(prob.trials), species=prob.species[order],
                    family=prob.family.take_species(order),
-                   info=dict(prob.info))
+                   info=_reordered_info(prob.info, order))
+
+
+def _reordered_info(info, order):
+    """``info`` with its species-indexed arrays (species traits) taken in ``order``."""
+    out = dict(info)
+    if out.get("traits") is not None:
+        out["traits"] = np.asarray(out["traits"])[order]
+    return out
 
 
 def _final_check(prob, layout, P):

@@ -314,6 +314,11 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     as the fit's full Newton steps use it; standard errors use central ones.
     """
     pred = prob.predictor
+    if pred.ksr or pred.global_terms:   # species random effects, the fourth corner: by
+        # differences of the gradient (model.hessian_fd)
+        from .hessian_fd import fd_blocks
+        out = fd_blocks(prob, P, layout)
+        return _with_group_block(prob, P, layout, out) if pred.group_terms else out
     if forward:
         M, V = moments(prob, P)
         e0 = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=2)
@@ -392,7 +397,7 @@ def _with_group_block(prob, P, layout, hb, rel_step=1e-5):
         x[c] += h
         Q = layout.unpack(x)
         Hc[:, k] = (layout.pack_grad(evaluate(prob, Q).grad, Q) - g0) / h
-    Pn, E = layout.n_model, len(gv)
+    Pn, E = hb.Hpp.shape[0], len(gv)     # the (extended) model block, then the group's
     n, q = hb.Hvv.shape[0], hb.Hvv.shape[1]
     Hpp = np.zeros((Pn + E, Pn + E))
     Hpp[:Pn, :Pn] = hb.Hpp

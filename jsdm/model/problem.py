@@ -69,8 +69,6 @@ class Problem:
     model_terms: Optional[tuple] = None
     #: {grouping name: (codes (n,), level labels)} of grouped site effects ``(1 | plot)``
     groups: Optional[dict] = None
-    #: (design (n, ps), column names) of the slopes shared by all species, or None
-    shared: Optional[tuple] = None
 
     def __post_init__(self):
         from .terms import LinearPredictor, default_terms
@@ -87,7 +85,9 @@ class Problem:
                                n_disp=self.n_disp if disp else None,
                                s_free=self.s_free if disp else None,
                                sites=self.sites, species=self.species, covariates=self.terms,
-                               groups=self.groups, shared=self.shared)
+                               traits=self.info.get("traits"),
+                               trait_names=self.info.get("trait_names", ()),
+                               groups=self.groups)
         object.__setattr__(self, "predictor", pred)
 
     @property
@@ -262,7 +262,8 @@ def _check_terms(terms, formula):
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
-                  extra_terms=(), site_effects=None, shared_formula=None):
+                  extra_terms=(), species_random=None, community_slopes=None,
+                  site_effects=None):
     """Validate user input and build a :class:`Problem`.
 
     ``site_effects``: grouped site effects, a grouping column name or a list of them
@@ -302,13 +303,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     Yf = np.where(W > 0, Y, fam.missing_fill)
     from .terms.group_effects import site_groupings
     groups, group_terms, group_cols = site_groupings(com, site_effects, row_effect)
-    shared_cols = _shared_columns(com, shared_formula)
-    Xmat, terms = _design(com, formula,
-                          drop=(list(group_cols) + shared_cols) if formula is None else ())
-    shared = _shared_design(com, shared_formula, terms)
-    if shared is not None:
-        from .terms import SharedSlopes
-        group_terms = list(group_terms) + [SharedSlopes(shared[1])]
+    Xmat, terms = _design(com, formula, drop=group_cols if formula is None else ())
     off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,
                        Ydf.columns)
     if row_effect == "fixed" and Xmat.shape[1]:
@@ -327,45 +322,20 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     if q is not None:
         info["n_dispersion"] = int(q)
     model_terms = None
-    if extra_terms or group_terms:
+    if species_random is not None or community_slopes is not None:
+        _species_traits(com, [t for t in (species_random, community_slopes) if t is not None],
+                        info)
+    if extra_terms or species_random is not None or community_slopes is not None or group_terms:
         from .terms import default_terms
-        model_terms = (default_terms(terms, int(num_lv), row_effect) + tuple(group_terms)
+        model_terms = (default_terms(terms, int(num_lv), row_effect, species_random=species_random,
+                                     community=community_slopes) + tuple(group_terms)
                        + tuple(extra_terms))
     if groups:
         info["site_effects"] = list(groups)
-    if shared is not None:
-        info["shared_formula"] = shared_formula
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms,
-                   groups=groups or None, shared=shared)
-
-
-def _shared_columns(com, shared_formula):
-    """Site-table columns named in ``shared_formula`` (left out of the species-specific slopes
-    when no ``formula`` is given)."""
-    if shared_formula is None or com.X is None:
-        return []
-    import re
-    text = shared_formula.split("~", 1)[-1]
-    named = set(re.findall(r"`([^`]*)`", text)) | set(re.findall(r"[A-Za-z_.][A-Za-z0-9_.]*", text))
-    return [str(c) for c in com.X.columns if str(c) in named]
-
-
-def _shared_design(com, shared_formula, terms):
-    """(design (n, ps), names) of the shared slopes, or None; refuses a column that also has
-    species-specific slopes (not identified)."""
-    if shared_formula is None:
-        return None
-    Xs, names = _design(com, shared_formula)
-    if not len(names):
-        return None
-    both = [c for c in names if c in terms]
-    if both:
-        raise JSDMError(f"{show(both)} would have both a slope shared by all species and "
-                        "species-specific slopes: the shared one is not identified (it is the "
-                        "mean of the species' slopes). Keep one: species:x or x.")
-    return Xs, tuple(names)
+                   groups=groups or None)
 
 
 #: warn when the unstructured covariance has more parameters than this share of the observations
@@ -387,6 +357,27 @@ def _unstructured_rank(n, m):
             "site, d = 2) (num_lv=2), captures the main correlations with far fewer parameters "
             "(compare them with jsdm.anova or AIC).", DataWarning, stacklevel=4)
     return m
+
+
+def _species_traits(com, terms, info):
+    """Put the species traits the terms (species random effects, community slopes) use into
+    ``info`` (checked)."""
+    names = sorted({t for term in terms for _, ts in term.traits for t in ts})
+    if not names:
+        return
+    T = com.traits
+    missing = [t for t in names if T is None or t not in T.columns]
+    if missing:
+        raise JSDMError(f"species trait(s) {show(missing)} are not in the community's traits "
+                        f"{show([] if T is None else list(T.columns))}; give them as "
+                        "Community(Y, X, traits=...).")
+    T = T.loc[com.Y.columns, names]
+    vals = T.to_numpy(dtype=float)
+    if not np.isfinite(vals).all():
+        bad = T.index[~np.isfinite(vals).all(axis=1)]
+        raise JSDMError(f"species traits {show(names)} are missing for species {show(bad)}; "
+                        "impute them or leave those species out (Community.subset).")
+    info["traits"], info["trait_names"] = vals, tuple(names)
 
 
 def _trials(trials, W, Ydf):

@@ -49,6 +49,9 @@ def new_design(fit, newdata):
     import formulaic
 
     Xtrain = fit.community.X
+    if prob.formula is None and prob.groups:       # grouping columns are not covariates
+        used = {c for g in prob.groups for c in g.split(":")}
+        Xtrain = Xtrain.drop(columns=[c for c in Xtrain.columns if str(c) in used])
     formula = prob.formula or "~ " + " + ".join(f"`{c}`" for c in Xtrain.columns)
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
     spec = formulaic.model_matrix("~ " + rhs, Xtrain).model_spec
@@ -68,7 +71,7 @@ def _setup(fit, newdata, lv, offset, trials):
     """Fixed part (k, m), LV-score part or None, extra marginal variance (k,), labels, trials."""
     prob, P = fit.problem, fit.state.params
     if newdata is None:
-        F = P.beta0 + (prob.X @ P.B.T if prob.p else 0.0)
+        F = P.beta0 + (prob.X @ P.B.T if prob.p else 0.0) + _species_random_part(fit, prob.X)
         F = F + (prob.offset if prob.offset is not None else 0.0)
         F = np.broadcast_to(F, (prob.n, prob.m)).astype(float)     # (m,) without covariates
         extra = np.zeros(prob.n)
@@ -79,8 +82,6 @@ def _setup(fit, newdata, lv, offset, trials):
         scores = P.a @ P.theta.T if (lv == "conditional" and prob.d) else None
         gm, gv = group_parts(fit, None)
         F = F + gm[:, None]
-        if prob.shared is not None:                     # slopes shared by all species
-            F = F + (prob.shared[0] @ P.shared_gamma)[:, None]
         if lv != "conditional":
             extra = extra + gv
         return F, scores, extra, fit.sites, prob.trials if trials is None else trials
@@ -92,33 +93,15 @@ def _setup(fit, newdata, lv, offset, trials):
                         "unknown); refit with row_effect='random' or None")
     Xn = new_design(fit, newdata)
     F = np.broadcast_to(P.beta0, (len(newdata), prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
+    F = F + _species_random_part(fit, Xn)
     if offset is not None:
         off = np.asarray(offset, dtype=float)
         F = F + (off[:, None] if off.ndim == 1 else off)
     extra = np.full(len(newdata), np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
     gm, gv = group_parts(fit, newdata)
     F = F + gm[:, None]
-    if prob.shared is not None:
-        F = F + (shared_design(fit, newdata) @ P.shared_gamma)[:, None]
     extra = extra + gv
     return np.asarray(F, dtype=float), None, extra, newdata.index, trials
-
-
-def shared_design(fit, newdata):
-    """Design (k, ps) of the shared slopes for new sites, encoded as the fitted one."""
-    import formulaic
-
-    prob = fit.problem
-    formula = prob.info.get("shared_formula")
-    rhs = formula.split("~", 1)[1]
-    spec = formulaic.model_matrix("~ " + rhs, fit.community.X).model_spec
-    try:
-        mm = pd.DataFrame(spec.get_model_matrix(newdata, na_action="raise"))
-    except Exception as exc:  # formulaic raises many types
-        raise JSDMError(f"could not encode newdata with the shared-slope formula {formula!r}: "
-                        f"{exc}") from None
-    mm = mm.drop(columns=[c for c in mm.columns if c == "Intercept"])
-    return mm.to_numpy(dtype=float)
 
 
 def group_parts(fit, newdata):
@@ -161,6 +144,24 @@ def _group_labels(fit, term, newdata):
                 lab = lab + ":" + newdata[c].astype(str)
             out[name] = lab.to_numpy()
     return out if hasattr(term, "chain") else out[term.group]
+
+
+def _species_random_part(fit, X):
+    """z_i' mu_j of the species random effects (conditional on the fitted species: every
+    species of a fit is a seen level) and x_i' (gamma + Gamma t_j) of community slopes, at the
+    site design X (k, p); 0.0 without them."""
+    pred, P = fit.problem.predictor, fit.state.params
+    out = 0.0
+    for t, _, _ in getattr(pred, "species_random_terms", []):
+        idx = t.col_index(pred)
+        Z = np.column_stack([np.ones(len(X)) if c < 0 else X[:, c] for c in idx])
+        out = out + Z @ t.get_species(P).T
+    for t in getattr(pred, "global_terms", []):        # community slopes, the fourth corner
+        if hasattr(t, "slopes"):
+            cov = list(pred.covariates)
+            Z = X[:, [cov.index(c) for c in t.columns]]
+            out = out + Z @ t.slopes(pred, P).T
+    return out
 
 
 def response_mean(family, eta, trials, s):

@@ -42,7 +42,8 @@ def affordable(prob, layout):
     their sd goes to 0; the L-BFGS polish works in non-centred ones, ``fit.NonCentred``)."""
     pred = prob.predictor
     fd_only = any(not t.global_fields(pred) for t in pred.global_terms)   # fourth corner
-    if prob.row_effect == "random" or pred.ksr or fd_only or pred.nonlinear_terms:
+    if (prob.row_effect == "random" or pred.ksr or fd_only or pred.nonlinear_terms
+            or pred.group_terms):
         return False
     pm = layout.n_model
     nv = layout.size - pm

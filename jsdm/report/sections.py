@@ -222,6 +222,10 @@ def model_section(fit, opts):
              "none (maximum likelihood)" if fit.prior_sd is None else f"{fit.prior_sd:g}")]
     if fit.row_sigma is not None:
         spec.append(("row effect sd", fmt(fit.row_sigma)))
+    pred = fit.problem.predictor
+    for t in pred.group_terms:
+        for g, _, _, _, sd in t.varcorr_rows(pred, fit.state.params):
+            spec.append((esc(f"grouped site effect (1 | {g}) sd"), fmt(sd)))
     kind = fit.ordination_type
     if kind not in ("unconstrained", "none"):      # constrained / concurrent / quadratic
         spec.insert(2, ("ordination", esc(kind)))

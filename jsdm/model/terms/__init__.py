@@ -6,6 +6,7 @@ wide call; ``make_term(spec)`` rebuilds a term from its ``spec()`` (saved fits);
 """
 from .base import Reported, Term
 from .dispersion import S_BOUNDS, Dispersion
+from .group_effects import GroupEffects, JointGroupEffects, NestedGroupEffects
 from .latent import LatentVariables
 from .ordination import ConcurrentLatentVariables, ReducedRank
 from .quadratic import QuadraticResponse
@@ -26,8 +27,8 @@ def register_term(cls):
 
 
 for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
-             SpeciesRandom, CommunitySlopes, ConcurrentLatentVariables, ReducedRank,
-             QuadraticResponse):
+             SpeciesRandom, CommunitySlopes, GroupEffects, JointGroupEffects,
+             NestedGroupEffects, ConcurrentLatentVariables, ReducedRank, QuadraticResponse):
     register_term(_cls)
 
 
@@ -70,7 +71,8 @@ def default_terms(covariates=(), num_lv=0, row_effect=None, species_random=None,
 
 
 __all__ = ["CommunitySlopes", "CholeskySlot", "ConcurrentLatentVariables", "Dispersion",
-           "FixedRowEffects", "LatentVariables", "LinearPredictor", "MaskedSlot", "PinnedFirstSlot",
+           "FixedRowEffects", "GroupEffects", "JointGroupEffects", "LatentVariables",
+           "LinearPredictor", "NestedGroupEffects", "MaskedSlot", "PinnedFirstSlot",
            "QuadraticResponse", "RandomRowEffects", "ReducedRank", "Reported", "S_BOUNDS", "Slot",
            "SpeciesIntercepts", "SpeciesRandom", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

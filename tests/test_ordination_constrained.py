@@ -290,6 +290,8 @@ def test_ordination_arguments_are_checked(mite):
         jsdm.gllvm(com.Y, X, family="poisson", lv_formula=LV_FORMULA)
     with pytest.raises(jsdm.JSDMError, match="num_rr"):
         jsdm.gllvm(com.Y, X, family="poisson", num_rr=-1, lv_formula=LV_FORMULA)
+    with pytest.raises(jsdm.JSDMError, match="not identified"):      # slopes on the same x
+        jsdm.gllvm(com.Y, X, family="poisson", num_rr=1, lv_formula=LV_FORMULA)
 
 
 def test_terms_rebuild_from_their_spec():
@@ -384,3 +386,25 @@ def test_saved_fit_round_trips(mite, tmp_path):
     np.testing.assert_allclose(back.canonical["estimate"], fit.canonical["estimate"], rtol=1e-10)
     np.testing.assert_allclose(back.predict(type='response'), fit.predict(type='response'),
                                rtol=1e-10)
+
+
+def test_ordination_combines_with_grouped_site_effects_and_missing_data(mite):
+    """Concurrent + constrained ordination next to a grouped site effect (1 | Substrate)
+    and with 5% of the responses missing: the fit converges, the group sd is reported,
+    and the ELBO is not below the same model without the grouping (it nests it)."""
+    com, X = mite
+    Xs = X.copy()
+    Xs["Substrate"] = com.X["Substrate"].astype(str)
+    Y = com.Y.astype(float).copy()
+    rng = np.random.default_rng(0)
+    Y = Y.mask(rng.random(Y.shape) < 0.05)
+    kw = dict(family="negative_binomial", num_lv=0, formula="~ 1",
+              num_lv_c=1, num_rr=1, lv_formula=LV_FORMULA, n_init=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        grouped = jsdm.gllvm(Y, Xs, site_effects="Substrate", **kw)
+        plain = jsdm.gllvm(Y, Xs[["SubsDens", "WatrCont"]], **kw)
+    assert grouped.converged and plain.converged
+    assert grouped.ordination_type == "concurrent + constrained"
+    assert grouped.llf >= plain.llf - 1e-3
+    assert np.isfinite(grouped.canonical["estimate"]).all()

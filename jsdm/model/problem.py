@@ -345,6 +345,13 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
                     raise JSDMError(f"lv_formula {lv_formula!r} gives no covariate columns; name "
                                     "at least one site covariate, e.g. lv_formula='~ SubsDens + "
                                     "WatrCont'")
+                both = [c for c in lv_cols if c in terms]
+                if both:
+                    raise JSDMError(
+                        f"{show(both)} have species-specific slopes (formula) and enter the "
+                        f"ordination (lv_formula {lv_formula!r}): x_i' C theta_j is then absorbed "
+                        "by the slopes x_i' B_j and not identified. Keep each covariate in one "
+                        "place, e.g. formula='~ 1' (no slopes) or an lv_formula without them.")
                 info["designs"] = {"lv": Xlv}
                 info["lv_columns"] = tuple(lv_cols)
                 info["lv_formula"] = lv_formula

@@ -327,6 +327,7 @@ def test_formula_route_gives_the_wide_fit(mite):
          "residual = FALSE)")
     text = str(parse_formula(f))
     assert "num_rr=2" in text and "lv_formula='~ SubsDens + WatrCont'" in text
+    assert "formula='~ 1'" in text
     p = parse_formula("y ~ species + rr(0 + species | site, d = 1, lv = ~ a) "
                       "+ rr(0 + species | site, d = 1, quadratic = 'lv')")
     assert (p.num_lv_c, p.num_lv, p.num_rr, p.quadratic) == (1, 1, 0, "lv")
@@ -340,6 +341,8 @@ def test_formula_route_gives_the_wide_fit(mite):
         warnings.simplefilter("ignore", jsdm.JSDMWarning)
         lf = jsdm.gllvm(long, family="negative_binomial", formula=f, n_init=1)
     assert lf.ordination_type == "constrained"
+    assert list(lf.coef.columns) == ["Intercept"]          # no species slopes on the lv covariates
+    assert lf.df == wide.df
     assert abs(lf.llf - wide.llf) < 1e-6
 
 

@@ -148,6 +148,8 @@ class ParsedFormula:
             out["site_effects"] = list(self.site_effects)
         if self.num_lv_c or self.num_rr:            # ordination (jsdm extension of rr())
             out.update(num_lv_c=self.num_lv_c, num_rr=self.num_rr, lv_formula=self.lv_formula)
+            if out["formula"] is None and not self.design_columns:
+                out["formula"] = "~ 1"  # the ordination covariates get no species slopes
         if self.quadratic:
             out["quadratic"] = self.quadratic
         return out
@@ -1109,6 +1111,8 @@ def _merge_arguments(parsed, num_lv, row_effect, offset):
                offset=offset)
     if parsed.num_lv_c or parsed.num_rr:            # ordination (jsdm extension of rr())
         out.update(num_lv_c=parsed.num_lv_c, num_rr=parsed.num_rr, lv_formula=parsed.lv_formula)
+        if out["formula"] is None and not parsed.design_columns:
+            out["formula"] = "~ 1"      # the ordination covariates get no species slopes
     if parsed.quadratic:
         out["quadratic"] = parsed.quadratic
     return out

@@ -144,11 +144,18 @@ def _label(fam, y, X, beta0, B, theta, Z, disp, eta, trials):
         z=pd.DataFrame(Z, index=sites, columns=lvs),
         dispersion=None if disp is None else (
             pd.Series(disp, index=species, name="dispersion") if disp.ndim == 1 else
-            pd.DataFrame(disp, index=species, columns=[f"tau{k + 1}" for k in range(disp.shape[1])])),
+            pd.DataFrame(disp, index=species, columns=_dispersion_columns(fam, disp.shape[1]))),
         eta=pd.DataFrame(eta, index=sites, columns=species),
         family=fam.name, link=fam.link, trials=trials,
     )
     return com, truth
+
+
+def _dispersion_columns(fam, k):
+    """Column labels of a vector dispersion: the family's, or tau1.. for cut points."""
+    if hasattr(fam, "cutpoints") or not hasattr(fam, "dispersion_labels"):
+        return [f"tau{j + 1}" for j in range(k)]
+    return list(fam.dispersion_labels(k))
 
 
 def _check_sizes(n_sites, n_species, num_lv, n_covariates):
@@ -203,8 +210,16 @@ def _dispersion(fam, dispersion, m):
     if hasattr(fam, "cutpoints"):
         return _cutpoints(fam, dispersion, m)
     if dispersion is None:
-        dispersion = DEFAULT_DISPERSION.get(fam.name, 1.0)
-    disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,)).copy()
+        dispersion = getattr(fam, "default_dispersion", None)
+        dispersion = DEFAULT_DISPERSION.get(fam.name, 1.0) if dispersion is None else dispersion
+    q = fam.n_dispersion(np.zeros((1, m)))              # a fixed vector per species, or None
+    try:
+        disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,) if q is None else (m, q)).copy()
+    except ValueError:
+        raise JSDMError(f"family {fam.name!r} takes {q or 1} dispersion value(s) per species "
+                        f"({', '.join(fam.dispersion_labels(q)) if q else fam.dispersion_name}); "
+                        f"give {q or 1} value(s) or one row of them per species, got "
+                        f"shape {np.shape(dispersion)}.") from None
     if not (np.isfinite(disp).all() and (disp > 0).all()):
         raise JSDMError(f"dispersion must be positive and finite, got {dispersion!r}.")
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -30,6 +30,7 @@ from .negative_binomial import NegativeBinomial
 from .ordinal import Ordinal
 from .poisson import Poisson
 from .tweedie import Tweedie
+from .zinb import ZeroInflatedNegativeBinomial
 from .zip import ZeroInflatedPoisson
 
 _REGISTRY = {}
@@ -43,7 +44,7 @@ def register(cls):
 
 
 for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal,
-             ZeroInflatedPoisson, Beta):
+             ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial):
     register(_cls)
 
 

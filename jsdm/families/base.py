@@ -182,6 +182,10 @@ class Family:
     # (probit 1, logit pi^2/3; 0 where the family has none)
     link_residual_variance = 0.0
 
+    # True where E[y | eta] depends on the dispersion s as well (zero inflation, hurdles,
+    # point masses): response-scale means need s, and g^-1(eta) is not the mean of y
+    mean_uses_dispersion = False
+
 
 def _check_nonneg_int(y, name):
     yy = np.asarray(y, dtype=float)

@@ -92,6 +92,7 @@ class ZeroInflatedPoisson(Family):
     has_dispersion = True
     dispersion_name = "pi"
     discrete = True
+    mean_uses_dispersion = True
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Exact E[log f(y | eta)], eta ~ N(m, v); quadrature only in the y = 0 cells."""

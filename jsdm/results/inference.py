@@ -196,6 +196,33 @@ def _reported_cov(info):
     return 0.5 * (out + out.T)
 
 
+def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
+    """Intervals for the free entries of a vector dispersion at packed positions ``pos``.
+
+    Where each reported entry depends on its own unconstrained entry only
+    (zero inflation and NB dispersion, Tweedie power, ...), the Wald interval of
+    that entry is mapped through ``family.dispersion`` (so a probability stays
+    in (0, 1)); otherwise (ordinal cut points, sums of exponentials) the Wald
+    interval of the log of the reported value is mapped back.
+    """
+    s = np.asarray(fit.state.params.s, dtype=float)
+    m, q = s.shape
+    D = _vector_dispersion_jacobian(fit.family, s)
+    off = D - D * np.eye(q)
+    if np.abs(off).max() > 1e-9 * max(np.abs(D).max(), 1e-300):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            w = z * se / est
+            return est * np.exp(-w), est * np.exp(w)
+    j, k = np.divmod(pos - fit.state.layout.slices["s"].start, q)
+    lo_s, hi_s = s.copy(), s.copy()
+    lo_s[j, k] -= z * se_u
+    hi_s[j, k] += z * se_u
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = fit.family.dispersion(lo_s)[:, -q:][j, k]
+        b = fit.family.dispersion(hi_s)[:, -q:][j, k]
+    return np.minimum(a, b), np.maximum(a, b)
+
+
 def _dispersion_jacobian(family, s, h=1e-6):
     """d dispersion(s) / ds by central differences (any family's mapping)."""
     step = h * (1.0 + np.abs(s))
@@ -379,11 +406,10 @@ def conf_int(fit, alpha=0.05):
     packed = fit.state.layout.pack(fit.state.params)[info.order]
     with np.errstate(invalid="ignore"):
         se_u = np.sqrt(np.diag(info.cov_packed)[info.order])
-    if info.jmat is not None:          # cut points: Wald interval for log(tau), mapped back
+    if info.jmat is not None:          # a vector dispersion
         sel = np.asarray(block == "dispersion")
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            w = z * se[sel] / est[sel]
-            lo[sel], hi[sel] = est[sel] * np.exp(-w), est[sel] * np.exp(w)
+        lo[sel], hi[sel] = _vector_dispersion_interval(fit, info.order[sel], est[sel], se[sel],
+                                                       se_u[sel], z)
     for name, fwd in (("dispersion", fit.family.dispersion), ("row_sigma", np.exp)):
         if name == "dispersion" and info.jmat is not None:
             continue

@@ -1,0 +1,264 @@
+"""The families of issue 16 (and any family with a vector of nuisance parameters per species).
+
+Each family is checked against computations that do not use its own code:
+
+- ``ell`` against a dense composite Gauss-Legendre integral of a log-density
+  written here with scipy.stats (``REF``), over a grid of y, m, v and s;
+- the derivatives d_m, d_v, d_s, d_ss against Richardson-extrapolated central
+  differences of ``ell`` itself, and Price's identity d2 ell/dm2 = 2 d ell/dv;
+- ``loglik`` against the scipy log-density, ``cdf`` against sums (or
+  integrals) of the scipy density;
+- random draws: their mean, variance and zero share against the scipy
+  distribution's, and reproducibility from a seed;
+- ``check_y``: a clear error naming the bad value; dispersion round trips.
+"""
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+from jsdm.exceptions import JSDMError
+from jsdm.families import get_family
+
+from test_engine_bound import nb_logpmf
+from test_families import close, fd
+
+
+# --- independent log-densities (scipy.stats), by family -------------------------------------
+def ref_zinb(y, eta, s, n):
+    lpi, l1pi = special.log_expit(s[..., 0]), special.log_expit(-s[..., 0])
+    nb = nb_logpmf(y, eta, np.exp(s[..., 1]))
+    return np.where(y == 0, np.logaddexp(lpi, l1pi + nb), l1pi + nb)
+
+
+REF = {"zinb": ref_zinb}
+
+
+def ref_mean_var(case, eta, s, n=None):
+    """Mean and variance of y by summing the reference pmf (discrete) over 0..2000."""
+    ks = np.arange(0, 4000.0)[:, None]
+    p = np.exp(REF[case](ks, np.broadcast_to(eta, (ks.size,) + np.shape(eta)), s, n))
+    mean = (ks * p).sum(0)
+    return mean, (ks * ks * p).sum(0) - mean ** 2, p
+
+
+# (family name, constructor kwargs, y values, nuisance values s (one per row), trials, panels)
+CASES = {
+    "zinb": ("zinb", {}, [0.0, 1.0, 7.0, 250.0],
+             [(-9.0, -12.0), (-9.0, 0.5), (-2.0, -2.0), (0.0, 6.0), (3.0, 0.5), (-4.0, 2.0)], None, 300),
+}
+IDS = list(CASES)
+#: moderate nuisance values for the draws (three columns): moments well estimated by 40000 draws
+DRAW_S = {"zinb": [(-1.0, -1.0), (-0.5, 0.0), (0.5, -0.5)]}
+M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
+V_GRID = np.array([0.0, 1e-4, 0.05, 0.4, 0.9, 1.3, 5.0, 12.0])
+DERIV_M = np.array([-30.0, -6.0, -1.0, 0.0, 0.6, 3.0, 9.0, 30.0])
+DERIV_V = np.array([0.004, 0.03, 0.15, 0.4, 0.65, 0.9, 1.25, 3.0, 8.0])
+
+
+def make(case):
+    name, kw, ys, ss, trials, _ = CASES[case]
+    return get_family(name) if not kw else type(get_family(name))(**kw), ys, ss, trials
+
+
+def grid(case, m=M_GRID, v=V_GRID):
+    fam, ys, ss, trials = make(case)
+    Y, Mm, Vv = np.meshgrid(np.asarray(ys), m, v, indexing="ij")
+    n = None if trials is None else np.full(Y.size, float(trials))
+    return fam, Y.ravel(), Mm.ravel(), Vv.ravel(), ss, n
+
+
+def stile(s, size):
+    """Nuisance parameters for ``size`` cells: (size,) for a scalar, (size, q) for a vector."""
+    if s is None:
+        return None
+    s = np.asarray(s, dtype=float)
+    return np.full(size, float(s)) if s.ndim == 0 else np.tile(s, (size, 1))
+
+
+def dense_ell(case, fam, y, m, v, s, n, panels):
+    """E[log f] by composite 20-point Gauss-Legendre over z in [-15, 15], with REF."""
+    x, w = np.polynomial.legendre.leggauss(20)
+    edges = np.linspace(-15.0, 15.0, panels + 1)
+    half = 0.5 * np.diff(edges)
+    z = ((edges[:-1] + half)[:, None] + half[:, None] * x).ravel()
+    wz = (half[:, None] * w).ravel() * stats.norm.pdf(z)
+    eta = m[:, None] + np.sqrt(v)[:, None] * z
+    ss = None if s is None else (s[:, None] if s.ndim == 1 else s[:, None, :])
+    nn = None if n is None else n[:, None]
+    return REF[case](y[:, None], eta, ss, nn) @ wz
+
+
+# --- ell is the exact expectation ----------------------------------------------------------
+@pytest.mark.parametrize("case", IDS)
+def test_ell_matches_dense_reference(case):
+    fam, Y, Mm, Vv, ss, n = grid(case)
+    panels = CASES[case][5]
+    for s in ss:
+        sa = stile(s, Y.size)
+        got = fam.ell(Y, Mm, Vv, sa, n).value
+        np.testing.assert_allclose(got, dense_ell(case, fam, Y, Mm, Vv, sa, n, panels),
+                                   rtol=1e-10, atol=1e-9, err_msg=f"s = {s}")
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_ell_at_zero_variance_is_loglik_is_reference(case):
+    fam, Y, Mm, Vv, ss, n = grid(case, v=np.array([0.0]))
+    for s in ss:
+        sa = stile(s, Y.size)
+        ll = fam.loglik(Y, Mm, sa, n)
+        np.testing.assert_allclose(fam.ell(Y, Mm, Vv, sa, n).value, ll, rtol=1e-12, atol=1e-12)
+        keep = np.abs(Mm) < 12                                    # scipy loses the far tails
+        np.testing.assert_allclose(ll[keep], REF[case](Y, Mm, sa, n)[keep], rtol=1e-9, atol=1e-9)
+
+
+# --- derivatives ---------------------------------------------------------------------------
+@pytest.mark.parametrize("case", IDS)
+def test_dm_dv_and_price_identity(case):
+    fam, Y, Mm, Vv, ss, n = grid(case, DERIV_M, DERIV_V)
+    for s in ss:
+        sa = stile(s, Y.size)
+        e = fam.ell(Y, Mm, Vv, sa, n)
+        close(e.d_m, fd(lambda x: fam.ell(Y, x, Vv, sa, n).value, Mm), 1e-6)
+        close(e.d_v, fd(lambda x: fam.ell(Y, Mm, x, sa, n).value, Vv), 1e-6)
+        close(2.0 * e.d_v, fd(lambda x: fam.ell(Y, x, Vv, sa, n).d_m, Mm), 1e-6)
+
+
+@pytest.mark.parametrize("case", [c for c in IDS if CASES[c][3][0] is not None])
+def test_ds_dss_match_finite_differences(case):
+    fam, Y, Mm, Vv, ss, n = grid(case, DERIV_M, DERIV_V)
+    for s in ss:
+        sa = stile(s, Y.size)
+        e = fam.ell(Y, Mm, Vv, sa, n, order=2)
+        assert fam.ell(Y, Mm, Vv, sa, n).d_ss is None
+        if sa.ndim == 1:
+            close(e.d_s, fd(lambda x: fam.ell(Y, Mm, Vv, x, n).value, sa), 1e-6)
+            close(e.d_ss, fd(lambda x: fam.ell(Y, Mm, Vv, x, n).d_s, sa), 1e-6)
+            continue
+        q = sa.shape[1]
+        assert e.d_s.shape == (Y.size, q) and e.d_ss.shape == (Y.size, q, q)
+        np.testing.assert_array_equal(e.d_ss, np.swapaxes(e.d_ss, 1, 2))
+        for k in range(q):
+            def at(x, k=k, what="value"):
+                t = sa.copy()
+                t[:, k] = x
+                return getattr(fam.ell(Y, Mm, Vv, t, n, order=1), what)
+            close(e.d_s[:, k], fd(at, sa[:, k]), 1e-6)
+            for l in range(q):
+                close(e.d_ss[:, l, k], fd(lambda x, l=l: at(x, what="d_s")[:, l], sa[:, k]), 1e-6)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_extremes_are_finite(case):
+    fam, ys, ss, trials = make(case)
+    m = np.array([-700.0, -60.0, -30.0, 30.0, 60.0, 250.0])
+    for v in (0.0, 1e-12, 20.0):
+        for s in ss[:3]:
+            y = np.full(m.shape, ys[-1])
+            n = None if trials is None else np.full(m.shape, float(trials))
+            with np.errstate(over="raise", invalid="raise", divide="raise"):
+                try:
+                    e = fam.ell(y, m, np.full(m.shape, v), stile(s, m.size), n, order=2)
+                except FloatingPointError as err:      # numpy warnings inside are bugs too
+                    raise AssertionError(f"{case} v={v} s={s}: {err}") from None
+            for a in (e.value, e.d_m, e.d_v, e.d_s, e.d_ss):
+                if a is not None:
+                    assert np.all(np.isfinite(a)), (case, v, s)
+
+
+# --- exact density, CDF, draws -------------------------------------------------------------
+ETA = np.array([-2.0, -0.5, 0.0, 1.2, 2.5])
+
+
+@pytest.mark.parametrize("case", [c for c in IDS if get_family(CASES[c][0]).discrete])
+def test_cdf_is_the_sum_of_the_reference_pmf(case):
+    fam, ys, ss, trials = make(case)
+    for s in ss[:4]:
+        sa = stile(s, ETA.size)
+        n = None if trials is None else np.full(ETA.size, float(trials))
+        for y in ys[:3]:
+            yy = np.full(ETA.shape, y)
+            ks = np.arange(0.0, y + 1.0)[:, None]
+            ref = np.exp(REF[case](ks, np.broadcast_to(ETA, (ks.size, ETA.size)), sa, n)).sum(0)
+            np.testing.assert_allclose(fam.cdf(yy, ETA, sa, n), ref, rtol=1e-9, atol=1e-12)
+            lower = ref - np.exp(REF[case](yy, ETA, sa, n))
+            np.testing.assert_allclose(fam.cdf_lower(yy, ETA, sa, n), lower, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_draws_match_reference_moments_and_are_seeded(case):
+    fam, ys, ss, trials = make(case)
+    eta = np.array([-1.0, 0.5, 1.5])
+    s = None if ss[0] is None else np.array(DRAW_S[case], dtype=float)     # one row per column
+    n_draw = 40000
+    nn = None if trials is None else np.full((n_draw, 3), float(trials))
+    draws = fam.sample(np.broadcast_to(eta, (n_draw, 3)), s, nn, rng=123)
+    assert draws.shape == (n_draw, 3)
+    np.testing.assert_array_equal(draws, fam.sample(np.broadcast_to(eta, (n_draw, 3)), s, nn, rng=123))
+    fam.check_y(draws, nn)
+    mean, var, p = ref_mean_var(case, eta, s, None if trials is None else np.full(3, float(trials)))
+    assert np.all(np.abs(draws.mean(0) - mean) < 5 * np.sqrt(var / n_draw))
+    np.testing.assert_allclose(draws.var(0), var, rtol=0.1)
+    np.testing.assert_allclose((draws == 0).mean(0), p[0], atol=5 * np.sqrt(0.25 / n_draw))
+    np.testing.assert_allclose(fam.mean(eta, s=s), mean, rtol=1e-8)
+    try:
+        np.testing.assert_allclose(fam.variance(fam.mean(eta, s=s), s), var, rtol=1e-8)
+    except NotImplementedError:
+        pass
+
+
+# --- validation and parameters -------------------------------------------------------------
+BAD_Y = {"zinb": ([2.0, 0.5], "whole-number")}
+
+
+@pytest.mark.parametrize("case", list(BAD_Y))
+def test_check_y_rejects_bad_values(case):
+    fam, _, _, trials = make(case)
+    bad, needle = BAD_Y[case]
+    n = None if trials is None else np.full(2, float(trials))
+    with pytest.raises(JSDMError, match=needle) as err:
+        fam.check_y(np.array(bad), n)
+    assert str(bad[1])[:3] in str(err.value)
+    fam.check_y(np.array([bad[0], np.nan]), None if n is None else n)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_dispersion_round_trip_and_labels(case):
+    fam, _, ss, _ = make(case)
+    if ss[0] is None:
+        assert not fam.has_dispersion
+        return
+    s = np.array([np.asarray(x, dtype=float) for x in ss])
+    disp = fam.dispersion(s)
+    np.testing.assert_allclose(fam.dispersion_param(disp), s, rtol=1e-10, atol=1e-10)
+    if s.ndim == 2:
+        q = fam.n_dispersion(np.zeros((3, 2)))
+        assert q == s.shape[1] and disp.shape == s.shape
+        assert len(fam.dispersion_labels(q)) == q
+
+
+def test_registry_names_and_aliases():
+    for key, name in [("zinb", "zinb"), ("zero-inflated-negative-binomial", "zinb")]:
+        assert get_family(key).name == name
+
+
+def test_zinb_reduces_to_nb_without_zero_inflation():
+    """pi -> 0: the NB log-density and ell, in value and d_m, d_v, d_phi."""
+    zinb, nb = get_family("zinb"), get_family("nb")
+    y = np.array([0.0, 0.0, 3.0, 40.0])
+    m, v = np.array([-1.0, 2.0, 1.0, 3.5]), np.array([0.0, 0.7, 0.3, 1.5])
+    sp = np.full(4, 0.4)
+    e1 = zinb.ell(y, m, v, np.column_stack([np.full(4, -40.0), sp]), order=2)
+    e0 = nb.ell(y, m, v, sp, order=2)
+    for a, b in ((e1.value, e0.value), (e1.d_m, e0.d_m), (e1.d_v, e0.d_v), (e1.d_s[:, 1], e0.d_s),
+                 (e1.d_ss[:, 1, 1], e0.d_ss)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_zinb_dispersion_start_recovers_simulated_values():
+    fam = get_family("zinb")
+    truth = np.array([[0.2, 0.5], [0.4, 1.5]])
+    eta = np.broadcast_to(np.array([1.5, 2.5]), (6000, 2))
+    y = fam.sample(eta, fam.dispersion_param(truth), rng=7)
+    got = fam.dispersion(fam.dispersion_start(y, np.exp(eta), n_dispersion=2))
+    np.testing.assert_allclose(got[:, 0], truth[:, 0], atol=0.06)
+    np.testing.assert_allclose(got[:, 1], truth[:, 1], rtol=0.35)

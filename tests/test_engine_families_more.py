@@ -33,6 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::jsdm.DataWarning")
 #: id -> (family name, family kwargs, trials, simulation settings)
 FAMILIES = {
     "zinb": ("zinb", {}, None, dict(intercept=1.5, dispersion=(0.3, 0.8))),
+    "nb1": ("nb1", {}, None, dict(intercept=1.0, dispersion=1.5)),
 }
 IDS = list(FAMILIES)
 
@@ -133,6 +134,26 @@ def test_zinb_num_lv0_equals_statsmodels():
         assert disp["phi"] == pytest.approx(res.params[-1], rel=1e-3)
 
 
+def test_nb1_num_lv0_equals_statsmodels():
+    from statsmodels.discrete.discrete_model import NegativeBinomial
+
+    com, _ = community("nb1")
+    fit = fit0("nb1", com)
+    ours = per_species_llf(fit)
+    X = np.column_stack([np.ones(com.n_sites), com.X.to_numpy(dtype=float)])
+    for j, sp in enumerate(com.species):
+        y = com.Y[sp].to_numpy(dtype=float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = NegativeBinomial(y, X, loglike_method="nb1").fit(method="newton", maxiter=200,
+                                                                   tol=1e-12, disp=0)
+        assert res.mle_retvals["converged"]
+        assert ours[j] == pytest.approx(res.llf, rel=1e-7), f"llf of {sp}"
+        np.testing.assert_allclose(fit.coef.loc[sp].to_numpy(), res.params[:-1], rtol=1e-4,
+                                   atol=1e-4)
+        assert fit.dispersion[sp] == pytest.approx(res.params[-1], rel=1e-3)    # alpha = phi
+
+
 # --- 3. the bound at the optimum: importance sampling with independent densities -----------
 def site_log_marginal_is(fit, fid, K=20000, inflate=2.0, seed=123):
     """log p(y_i) per site by importance sampling from N(a_i, inflate A_i), and its SE."""
@@ -201,7 +222,7 @@ def test_recovery_on_simulated_community(fid):
 
 
 #: absolute tolerances per dispersion column, (for the mean over species, for each species)
-RECOVERY_TOL = {"zinb": (np.array([0.03, 0.12]), np.array([0.08, 0.5]))}
+RECOVERY_TOL = {"zinb": (np.array([0.03, 0.12]), np.array([0.08, 0.5])), "nb1": (0.25, 0.6)}
 
 
 # --- against R gllvm ------------------------------------------------------------------------

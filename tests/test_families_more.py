@@ -30,7 +30,27 @@ def ref_zinb(y, eta, s, n):
     return np.where(y == 0, np.logaddexp(lpi, l1pi + nb), l1pi + nb)
 
 
-REF = {"zinb": ref_zinb}
+def _lgamma_diff(y, r):
+    """lgamma(y + r) - lgamma(r), by a sum of logs where r is huge (no cancellation)."""
+    y, r = np.broadcast_arrays(np.asarray(y, float), np.asarray(r, float))
+    big = r > 1e6
+    out = special.gammaln(y + np.where(big, 1.0, r)) - special.gammaln(np.where(big, 1.0, r))
+    if big.any():
+        yb, rb = y[big], r[big]
+        acc = np.zeros(yb.shape)
+        for k in range(int(yb.max())):
+            acc += np.where(k < yb, np.log(rb + k), 0.0)
+        out[big] = acc
+    return out
+
+
+def ref_nb1(y, eta, s, n):
+    r = np.exp(eta - s)
+    return (_lgamma_diff(y, r) - special.gammaln(y + 1.0) - r * np.logaddexp(0, s)
+            - y * np.logaddexp(0, -s))
+
+
+REF = {"zinb": ref_zinb, "nb1": ref_nb1}
 
 
 def ref_mean_var(case, eta, s, n=None):
@@ -45,10 +65,11 @@ def ref_mean_var(case, eta, s, n=None):
 CASES = {
     "zinb": ("zinb", {}, [0.0, 1.0, 7.0, 250.0],
              [(-9.0, -12.0), (-9.0, 0.5), (-2.0, -2.0), (0.0, 6.0), (3.0, 0.5), (-4.0, 2.0)], None, 300),
+    "nb1": ("nb1", {}, [0.0, 1.0, 7.0, 250.0], [-12.0, -2.0, 0.5, 6.0], None, 60),
 }
 IDS = list(CASES)
 #: moderate nuisance values for the draws (three columns): moments well estimated by 40000 draws
-DRAW_S = {"zinb": [(-1.0, -1.0), (-0.5, 0.0), (0.5, -0.5)]}
+DRAW_S = {"zinb": [(-1.0, -1.0), (-0.5, 0.0), (0.5, -0.5)], "nb1": [-1.0, 0.0, 1.0]}
 M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
 V_GRID = np.array([0.0, 1e-4, 0.05, 0.4, 0.9, 1.3, 5.0, 12.0])
 DERIV_M = np.array([-30.0, -6.0, -1.0, 0.0, 0.6, 3.0, 9.0, 30.0])
@@ -207,7 +228,7 @@ def test_draws_match_reference_moments_and_are_seeded(case):
 
 
 # --- validation and parameters -------------------------------------------------------------
-BAD_Y = {"zinb": ([2.0, 0.5], "whole-number")}
+BAD_Y = {"zinb": ([2.0, 0.5], "whole-number"), "nb1": ([0.0, -1.0], "non-negative")}
 
 
 @pytest.mark.parametrize("case", list(BAD_Y))
@@ -237,7 +258,8 @@ def test_dispersion_round_trip_and_labels(case):
 
 
 def test_registry_names_and_aliases():
-    for key, name in [("zinb", "zinb"), ("zero-inflated-negative-binomial", "zinb")]:
+    for key, name in [("zinb", "zinb"), ("zero-inflated-negative-binomial", "zinb"), ("nb1", "nb1"),
+                      ("nbinom1", "nb1"), ("NB1", "nb1")]:
         assert get_family(key).name == name
 
 

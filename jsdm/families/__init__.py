@@ -26,6 +26,7 @@ from .beta import Beta
 from .binomial import Binomial
 from .gamma import Gamma
 from .gaussian import Gaussian
+from .nb1 import NegativeBinomial1
 from .negative_binomial import NegativeBinomial
 from .ordinal import Ordinal
 from .poisson import Poisson
@@ -44,7 +45,7 @@ def register(cls):
 
 
 for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal,
-             ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial):
+             ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial, NegativeBinomial1):
     register(_cls)
 
 

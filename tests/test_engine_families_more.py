@@ -34,6 +34,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::jsdm.DataWarning")
 FAMILIES = {
     "zinb": ("zinb", {}, None, dict(intercept=1.5, dispersion=(0.3, 0.8))),
     "nb1": ("nb1", {}, None, dict(intercept=1.0, dispersion=1.5)),
+    "truncated_poisson": ("truncated_poisson", {}, None, dict(intercept=0.5)),
+    "truncated_nb": ("truncated_nb", {}, None, dict(intercept=1.0, dispersion=0.5)),
+    "hurdle_poisson": ("hurdle_poisson", {}, None, dict(intercept=1.0, dispersion=0.6)),
+    "hurdle_nb": ("hurdle_nb", {}, None, dict(intercept=1.0, dispersion=(0.6, 0.5))),
 }
 IDS = list(FAMILIES)
 
@@ -154,6 +158,61 @@ def test_nb1_num_lv0_equals_statsmodels():
         assert fit.dispersion[sp] == pytest.approx(res.params[-1], rel=1e-3)    # alpha = phi
 
 
+@pytest.mark.parametrize("fid", ["hurdle_poisson", "hurdle_nb", "truncated_poisson", "truncated_nb"])
+def test_hurdle_and_truncated_num_lv0_equal_statsmodels(fid):
+    """The hurdle likelihood factorises: an intercept-only binomial for presence (its MLE is the
+    share of non-zero records) plus statsmodels' zero-truncated count GLM on the non-zero records."""
+    from statsmodels.discrete.truncated_model import (TruncatedLFNegativeBinomialP,
+                                                      TruncatedLFPoisson)
+
+    com, _ = community(fid, seed=4)
+    fit = fit0(fid, com)
+    ours = per_species_llf(fit)
+    X = np.column_stack([np.ones(com.n_sites), com.X.to_numpy(dtype=float)])
+    nb = fid.endswith("nb")
+    for j, sp in enumerate(com.species):
+        y = com.Y[sp].to_numpy(dtype=float)
+        pos = y > 0
+        Model = TruncatedLFNegativeBinomialP if nb else TruncatedLFPoisson
+        kw = dict(p=2) if nb else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = Model(y[pos], X[pos], **kw).fit(method="newton", maxiter=300, disp=0)
+            res = Model(y[pos], X[pos], **kw).fit(start_params=res.params, method="bfgs",
+                                                  maxiter=2000, gtol=1e-10, disp=0)
+        llf = res.llf
+        if fid.startswith("hurdle"):
+            k, n = pos.sum(), y.size
+            llf += k * np.log(k / n) + (n - k) * np.log1p(-k / n)
+            p_hat = fit.dispersion.loc[sp] if not nb else fit.dispersion.loc[sp, "p_present"]
+            assert p_hat == pytest.approx(k / n, rel=1e-6)
+        assert ours[j] == pytest.approx(llf, rel=1e-7), f"llf of {sp}"
+        beta = res.params[:-1] if nb else res.params
+        np.testing.assert_allclose(fit.coef.loc[sp].to_numpy(), beta, rtol=1e-4, atol=1e-4)
+        if nb:
+            phi = fit.dispersion.loc[sp] if fid == "truncated_nb" else fit.dispersion.loc[sp, "phi"]
+            assert phi == pytest.approx(res.params[-1], rel=1e-3)
+
+
+def test_hurdle_poisson_intercept_only_equals_statsmodels_hurdle_count_model():
+    """Without covariates statsmodels' HurdleCountModel (Poisson zero part) is the same model."""
+    from statsmodels.discrete.truncated_model import HurdleCountModel
+
+    com, _ = community("hurdle_poisson", seed=4, p=0)
+    fit = fit0("hurdle_poisson", com)
+    ours = per_species_llf(fit)
+    for j, sp in enumerate(com.species):
+        y = com.Y[sp].to_numpy(dtype=float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = HurdleCountModel(y, np.ones((y.size, 1)), dist="poisson", zerodist="poisson").fit(
+                method="newton", maxiter=300, disp=0)
+        assert ours[j] == pytest.approx(res.llf, rel=1e-7)
+        # zero part: P(y > 0) = 1 - exp(-exp(c)); count part: log lambda
+        assert fit.dispersion[sp] == pytest.approx(-np.expm1(-np.exp(res.params[0])), rel=1e-5)
+        assert fit.coef.loc[sp, "Intercept"] == pytest.approx(res.params[1], abs=1e-4)
+
+
 # --- 3. the bound at the optimum: importance sampling with independent densities -----------
 def site_log_marginal_is(fit, fid, K=20000, inflate=2.0, seed=123):
     """log p(y_i) per site by importance sampling from N(a_i, inflate A_i), and its SE."""
@@ -214,6 +273,9 @@ def test_recovery_on_simulated_community(fid):
     assert np.corrcoef(S.ravel(), S0.ravel())[0, 1] > 0.9
     np.testing.assert_allclose(fit.coef["x1"], truth.B["x1"], atol=0.25)
     np.testing.assert_allclose(fit.coef["Intercept"], truth.beta0, atol=0.4)
+    if truth.dispersion is None:
+        assert fit.dispersion is None
+        return
     disp, disp0 = fit.dispersion.to_numpy(), truth.dispersion.to_numpy()
     mean_tol, max_tol = RECOVERY_TOL[fid]       # every species shares the true value
     err = np.abs(disp - disp0)
@@ -222,7 +284,9 @@ def test_recovery_on_simulated_community(fid):
 
 
 #: absolute tolerances per dispersion column, (for the mean over species, for each species)
-RECOVERY_TOL = {"zinb": (np.array([0.03, 0.12]), np.array([0.08, 0.5])), "nb1": (0.25, 0.6)}
+RECOVERY_TOL = {"zinb": (np.array([0.03, 0.12]), np.array([0.08, 0.5])), "nb1": (0.25, 0.6),
+                "truncated_nb": (0.15, 0.4), "hurdle_poisson": (0.03, 0.08),
+                "hurdle_nb": (np.array([0.03, 0.15]), np.array([0.08, 0.4]))}
 
 
 # --- against R gllvm ------------------------------------------------------------------------

@@ -50,7 +50,34 @@ def ref_nb1(y, eta, s, n):
             - y * np.logaddexp(0, -s))
 
 
-REF = {"zinb": ref_zinb, "nb1": ref_nb1}
+def _log1mexp(x):
+    """log(1 - exp(x)) for x <= 0."""
+    return np.where(x > -0.693, np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+
+
+def ref_tpois(y, eta, s, n):
+    lam = np.exp(eta)
+    with np.errstate(divide="ignore"):
+        return np.where(y >= 1, stats.poisson.logpmf(y, lam) - _log1mexp(-lam), -np.inf)
+
+
+def ref_tnb(y, eta, s, n):
+    phi = np.exp(s)
+    with np.errstate(divide="ignore"):
+        return np.where(y >= 1, nb_logpmf(y, eta, phi) - _log1mexp(nb_logpmf(0.0, eta, phi)), -np.inf)
+
+
+def ref_hpois(y, eta, s, n):
+    return np.where(y > 0, special.log_expit(s) + ref_tpois(y, eta, None, n), special.log_expit(-s))
+
+
+def ref_hnb(y, eta, s, n):
+    a = s[..., 0]
+    return np.where(y > 0, special.log_expit(a) + ref_tnb(y, eta, s[..., 1], n), special.log_expit(-a))
+
+
+REF = {"zinb": ref_zinb, "nb1": ref_nb1, "truncated_poisson": ref_tpois, "truncated_nb": ref_tnb,
+       "hurdle_poisson": ref_hpois, "hurdle_nb": ref_hnb}
 
 
 def ref_mean_var(case, eta, s, n=None):
@@ -66,10 +93,17 @@ CASES = {
     "zinb": ("zinb", {}, [0.0, 1.0, 7.0, 250.0],
              [(-9.0, -12.0), (-9.0, 0.5), (-2.0, -2.0), (0.0, 6.0), (3.0, 0.5), (-4.0, 2.0)], None, 300),
     "nb1": ("nb1", {}, [0.0, 1.0, 7.0, 250.0], [-12.0, -2.0, 0.5, 6.0], None, 60),
+    "truncated_poisson": ("truncated_poisson", {}, [1.0, 2.0, 7.0, 250.0], [None], None, 60),
+    "truncated_nb": ("truncated_nb", {}, [1.0, 2.0, 7.0, 250.0], [-12.0, -2.0, 0.5, 6.0], None, 60),
+    "hurdle_poisson": ("hurdle_poisson", {}, [0.0, 1.0, 7.0, 250.0], [-6.0, -0.5, 2.0, 9.0], None, 60),
+    "hurdle_nb": ("hurdle_nb", {}, [0.0, 1.0, 7.0, 250.0],
+                  [(-6.0, -12.0), (-0.5, -2.0), (2.0, 0.5), (9.0, 6.0), (0.0, 3.0)], None, 60),
 }
 IDS = list(CASES)
 #: moderate nuisance values for the draws (three columns): moments well estimated by 40000 draws
-DRAW_S = {"zinb": [(-1.0, -1.0), (-0.5, 0.0), (0.5, -0.5)], "nb1": [-1.0, 0.0, 1.0]}
+DRAW_S = {"zinb": [(-1.0, -1.0), (-0.5, 0.0), (0.5, -0.5)], "nb1": [-1.0, 0.0, 1.0],
+          "truncated_nb": [-1.0, 0.0, 0.5], "hurdle_poisson": [-1.0, 0.0, 1.5],
+          "hurdle_nb": [(-1.0, -1.0), (0.0, 0.0), (1.5, 0.5)]}
 M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
 V_GRID = np.array([0.0, 1e-4, 0.05, 0.4, 0.9, 1.3, 5.0, 12.0])
 DERIV_M = np.array([-30.0, -6.0, -1.0, 0.0, 0.6, 3.0, 9.0, 30.0])
@@ -228,7 +262,9 @@ def test_draws_match_reference_moments_and_are_seeded(case):
 
 
 # --- validation and parameters -------------------------------------------------------------
-BAD_Y = {"zinb": ([2.0, 0.5], "whole-number"), "nb1": ([0.0, -1.0], "non-negative")}
+BAD_Y = {"zinb": ([2.0, 0.5], "whole-number"), "nb1": ([0.0, -1.0], "non-negative"),
+         "truncated_poisson": ([1.0, 0.0], "at least 1"), "truncated_nb": ([2.0, 1.5], "at least 1"),
+         "hurdle_poisson": ([0.0, -2.0], "non-negative"), "hurdle_nb": ([3.0, 0.2], "whole-number")}
 
 
 @pytest.mark.parametrize("case", list(BAD_Y))
@@ -252,14 +288,16 @@ def test_dispersion_round_trip_and_labels(case):
     disp = fam.dispersion(s)
     np.testing.assert_allclose(fam.dispersion_param(disp), s, rtol=1e-10, atol=1e-10)
     if s.ndim == 2:
-        q = fam.n_dispersion(np.zeros((3, 2)))
+        q = fam.n_dispersion(np.full((3, 2), np.nan))
         assert q == s.shape[1] and disp.shape == s.shape
         assert len(fam.dispersion_labels(q)) == q
 
 
 def test_registry_names_and_aliases():
     for key, name in [("zinb", "zinb"), ("zero-inflated-negative-binomial", "zinb"), ("nb1", "nb1"),
-                      ("nbinom1", "nb1"), ("NB1", "nb1")]:
+                      ("nbinom1", "nb1"), ("NB1", "nb1"), ("hurdle-poisson", "hurdle_poisson"),
+                      ("poisson_hurdle", "hurdle_poisson"), ("hurdle_negative_binomial", "hurdle_nb"),
+                      ("zero_truncated_poisson", "truncated_poisson"), ("ztnb", "truncated_nb")]:
         assert get_family(key).name == name
 
 

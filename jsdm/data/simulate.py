@@ -212,7 +212,7 @@ def _dispersion(fam, dispersion, m):
     if dispersion is None:
         dispersion = getattr(fam, "default_dispersion", None)
         dispersion = DEFAULT_DISPERSION.get(fam.name, 1.0) if dispersion is None else dispersion
-    q = fam.n_dispersion(np.zeros((1, m)))              # a fixed vector per species, or None
+    q = fam.n_dispersion(np.full((1, m), np.nan))       # a fixed vector per species, or None
     try:
         disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,) if q is None else (m, q)).copy()
     except ValueError:

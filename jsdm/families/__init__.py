@@ -27,9 +27,11 @@ from .binomial import Binomial
 from .gamma import Gamma
 from .gaussian import Gaussian
 from .nb1 import NegativeBinomial1
+from .hurdle import HurdleNegativeBinomial, HurdlePoisson
 from .negative_binomial import NegativeBinomial
 from .ordinal import Ordinal
 from .poisson import Poisson
+from .truncated import TruncatedNegativeBinomial, TruncatedPoisson
 from .tweedie import Tweedie
 from .zinb import ZeroInflatedNegativeBinomial
 from .zip import ZeroInflatedPoisson
@@ -45,7 +47,8 @@ def register(cls):
 
 
 for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal,
-             ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial, NegativeBinomial1):
+             ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial, NegativeBinomial1,
+             TruncatedPoisson, TruncatedNegativeBinomial, HurdlePoisson, HurdleNegativeBinomial):
     register(_cls)
 
 

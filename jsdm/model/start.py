@@ -88,6 +88,9 @@ def _accept(loglik, b, s, step, snew, ll):
 
 
 def _intercept_guess(fam, Y, W, trials):
+    own = getattr(fam, "intercept_start", None)        # a family's own start, where it has one
+    if own is not None:
+        return own(Y, W, trials)
     ybar = (W * Y).sum(0) / np.maximum(W.sum(0), 1)
     if fam.name == "binomial":
         nt = 1.0 if trials is None else (W * trials).sum(0) / np.maximum(W.sum(0), 1)

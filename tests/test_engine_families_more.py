@@ -38,6 +38,7 @@ FAMILIES = {
     "truncated_nb": ("truncated_nb", {}, None, dict(intercept=1.0, dispersion=0.5)),
     "hurdle_poisson": ("hurdle_poisson", {}, None, dict(intercept=1.0, dispersion=0.6)),
     "hurdle_nb": ("hurdle_nb", {}, None, dict(intercept=1.0, dispersion=(0.6, 0.5))),
+    "exponential": ("exponential", {}, None, {}),
 }
 IDS = list(FAMILIES)
 
@@ -211,6 +212,25 @@ def test_hurdle_poisson_intercept_only_equals_statsmodels_hurdle_count_model():
         # zero part: P(y > 0) = 1 - exp(-exp(c)); count part: log lambda
         assert fit.dispersion[sp] == pytest.approx(-np.expm1(-np.exp(res.params[0])), rel=1e-5)
         assert fit.coef.loc[sp, "Intercept"] == pytest.approx(res.params[1], abs=1e-4)
+
+
+def test_exponential_num_lv0_equals_statsmodels_gamma_glm():
+    """The exponential is the gamma with shape 1: a log-link gamma GLM has the same score
+    equations for any shape, so its coefficients are the exponential MLE; the likelihood is
+    summed by hand with scipy.stats.expon at them."""
+    import statsmodels.api as sm
+    from scipy import stats
+
+    com, _ = community("exponential")
+    fit = fit0("exponential", com)
+    ours = per_species_llf(fit)
+    X = np.column_stack([np.ones(com.n_sites), com.X.to_numpy(dtype=float)])
+    for j, sp in enumerate(com.species):
+        y = com.Y[sp].to_numpy(dtype=float)
+        res = sm.GLM(y, X, family=sm.families.Gamma(sm.families.links.Log())).fit(tol=1e-13)
+        llf = stats.expon.logpdf(y, scale=np.exp(X @ res.params)).sum()
+        assert ours[j] == pytest.approx(llf, rel=1e-8)
+        np.testing.assert_allclose(fit.coef.loc[sp].to_numpy(), res.params, rtol=1e-4, atol=1e-5)
 
 
 # --- 3. the bound at the optimum: importance sampling with independent densities -----------

@@ -76,16 +76,41 @@ def ref_hnb(y, eta, s, n):
     return np.where(y > 0, special.log_expit(a) + ref_tnb(y, eta, s[..., 1], n), special.log_expit(-a))
 
 
+def ref_expon(y, eta, s, n):
+    return stats.expon.logpdf(y, scale=np.exp(eta))
+
+
 REF = {"zinb": ref_zinb, "nb1": ref_nb1, "truncated_poisson": ref_tpois, "truncated_nb": ref_tnb,
-       "hurdle_poisson": ref_hpois, "hurdle_nb": ref_hnb}
+       "hurdle_poisson": ref_hpois, "hurdle_nb": ref_hnb, "exponential": ref_expon}
+
+#: continuous families: support of the density part, and the point masses {y: log P(y)}
+SUPPORT = {"exponential": (0.0, np.inf)}
+ATOMS = {}
 
 
 def ref_mean_var(case, eta, s, n=None):
-    """Mean and variance of y by summing the reference pmf (discrete) over 0..2000."""
-    ks = np.arange(0, 4000.0)[:, None]
-    p = np.exp(REF[case](ks, np.broadcast_to(eta, (ks.size,) + np.shape(eta)), s, n))
-    mean = (ks * p).sum(0)
-    return mean, (ks * ks * p).sum(0) - mean ** 2, p
+    """Mean, variance and P(y = 0) of y from the reference density: sums over 0..3999 for counts,
+    integrals (scipy.integrate.quad) plus point masses for continuous families."""
+    if case not in SUPPORT:
+        ks = np.arange(0, 4000.0)[:, None]
+        p = np.exp(REF[case](ks, np.broadcast_to(eta, (ks.size,) + np.shape(eta)), s, n))
+        mean = (ks * p).sum(0)
+        return mean, (ks * ks * p).sum(0) - mean ** 2, p[0]
+    lo, hi = SUPPORT[case]
+    out = np.zeros((3, np.size(eta)))
+    for j, e in enumerate(np.ravel(eta)):
+        sj = None if s is None else np.asarray(s)[j]
+        nj = None if n is None else np.asarray(n)[j]
+
+        def dens(y, k):
+            return y ** k * np.exp(REF[case](np.array([y]), np.array([e]), sj, nj)[0])
+        mom = [integrate.quad(dens, lo, hi, args=(k,), epsabs=1e-13, limit=200)[0] for k in (1, 2)]
+        for y0, logp in ATOMS.get(case, lambda e, s: {})(e, sj).items():
+            mom = [mom[0] + y0 * np.exp(logp), mom[1] + y0 * y0 * np.exp(logp)]
+            if y0 == 0:
+                out[2, j] = np.exp(logp)
+        out[0, j], out[1, j] = mom[0], mom[1] - mom[0] ** 2
+    return out[0], out[1], out[2]
 
 
 # (family name, constructor kwargs, y values, nuisance values s (one per row), trials, panels)
@@ -98,6 +123,7 @@ CASES = {
     "hurdle_poisson": ("hurdle_poisson", {}, [0.0, 1.0, 7.0, 250.0], [-6.0, -0.5, 2.0, 9.0], None, 60),
     "hurdle_nb": ("hurdle_nb", {}, [0.0, 1.0, 7.0, 250.0],
                   [(-6.0, -12.0), (-0.5, -2.0), (2.0, 0.5), (9.0, 6.0), (0.0, 3.0)], None, 60),
+    "exponential": ("exponential", {}, [0.0, 1e-3, 0.4, 3.0, 250.0], [None], None, 60),
 }
 IDS = list(CASES)
 #: moderate nuisance values for the draws (three columns): moments well estimated by 40000 draws
@@ -250,10 +276,10 @@ def test_draws_match_reference_moments_and_are_seeded(case):
     assert draws.shape == (n_draw, 3)
     np.testing.assert_array_equal(draws, fam.sample(np.broadcast_to(eta, (n_draw, 3)), s, nn, rng=123))
     fam.check_y(draws, nn)
-    mean, var, p = ref_mean_var(case, eta, s, None if trials is None else np.full(3, float(trials)))
+    mean, var, p0 = ref_mean_var(case, eta, s, None if trials is None else np.full(3, float(trials)))
     assert np.all(np.abs(draws.mean(0) - mean) < 5 * np.sqrt(var / n_draw))
     np.testing.assert_allclose(draws.var(0), var, rtol=0.1)
-    np.testing.assert_allclose((draws == 0).mean(0), p[0], atol=5 * np.sqrt(0.25 / n_draw))
+    np.testing.assert_allclose((draws == 0).mean(0), p0, atol=5 * np.sqrt(0.25 / n_draw))
     np.testing.assert_allclose(fam.mean(eta, s=s), mean, rtol=1e-8)
     try:
         np.testing.assert_allclose(fam.variance(fam.mean(eta, s=s), s), var, rtol=1e-8)
@@ -261,10 +287,32 @@ def test_draws_match_reference_moments_and_are_seeded(case):
         pass
 
 
+@pytest.mark.parametrize("case", list(SUPPORT))
+def test_cdf_of_continuous_families_is_the_reference_integral(case):
+    fam, ys, ss, trials = make(case)
+    lo, _ = SUPPORT[case]
+    for s in ss[:3]:
+        for j, e in enumerate(ETA):
+            sj = None if s is None else np.asarray(s, dtype=float)
+            for y in ys:
+                atoms = ATOMS.get(case, lambda e, s: {})(e, sj)
+                mass = sum(np.exp(lp) for y0, lp in atoms.items() if y0 <= y)
+                below = sum(np.exp(lp) for y0, lp in atoms.items() if y0 < y)
+                dens = integrate.quad(lambda u: np.exp(REF[case](np.array([u]), np.array([e]), sj, None)[0]),
+                                      lo, min(y, SUPPORT[case][1]), epsabs=1e-13, limit=200)[0] \
+                    if y > lo else 0.0
+                sa = None if s is None else stile(s, 1)
+                got = fam.cdf(np.array([y]), np.array([e]), sa)[0]
+                got_lo = fam.cdf_lower(np.array([y]), np.array([e]), sa)[0]
+                assert got == pytest.approx(dens + mass, rel=1e-8, abs=1e-11), (s, e, y)
+                assert got_lo == pytest.approx(dens + below, rel=1e-8, abs=1e-11), (s, e, y)
+
+
 # --- validation and parameters -------------------------------------------------------------
 BAD_Y = {"zinb": ([2.0, 0.5], "whole-number"), "nb1": ([0.0, -1.0], "non-negative"),
          "truncated_poisson": ([1.0, 0.0], "at least 1"), "truncated_nb": ([2.0, 1.5], "at least 1"),
-         "hurdle_poisson": ([0.0, -2.0], "non-negative"), "hurdle_nb": ([3.0, 0.2], "whole-number")}
+         "hurdle_poisson": ([0.0, -2.0], "non-negative"), "hurdle_nb": ([3.0, 0.2], "whole-number"),
+         "exponential": ([0.0, -0.5], "non-negative")}
 
 
 @pytest.mark.parametrize("case", list(BAD_Y))
@@ -297,7 +345,8 @@ def test_registry_names_and_aliases():
     for key, name in [("zinb", "zinb"), ("zero-inflated-negative-binomial", "zinb"), ("nb1", "nb1"),
                       ("nbinom1", "nb1"), ("NB1", "nb1"), ("hurdle-poisson", "hurdle_poisson"),
                       ("poisson_hurdle", "hurdle_poisson"), ("hurdle_negative_binomial", "hurdle_nb"),
-                      ("zero_truncated_poisson", "truncated_poisson"), ("ztnb", "truncated_nb")]:
+                      ("zero_truncated_poisson", "truncated_poisson"), ("ztnb", "truncated_nb"),
+                      ("exponential", "exponential"), ("expon", "exponential")]:
         assert get_family(key).name == name
 
 

@@ -24,6 +24,7 @@ from ..exceptions import JSDMError
 from .base import ELL, Family
 from .beta import Beta
 from .binomial import Binomial
+from .exponential import Exponential
 from .gamma import Gamma
 from .gaussian import Gaussian
 from .nb1 import NegativeBinomial1
@@ -48,7 +49,7 @@ def register(cls):
 
 for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal,
              ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial, NegativeBinomial1,
-             TruncatedPoisson, TruncatedNegativeBinomial, HurdlePoisson, HurdleNegativeBinomial):
+             TruncatedPoisson, TruncatedNegativeBinomial, HurdlePoisson, HurdleNegativeBinomial, Exponential):
     register(_cls)
 
 

@@ -220,8 +220,10 @@ def _dispersion(fam, dispersion, m):
                         f"({', '.join(fam.dispersion_labels(q)) if q else fam.dispersion_name}); "
                         f"give {q or 1} value(s) or one row of them per species, got "
                         f"shape {np.shape(dispersion)}.") from None
-    if not (np.isfinite(disp).all() and (disp > 0).all()):
-        raise JSDMError(f"dispersion must be positive and finite, got {dispersion!r}.")
+    positive = np.asarray(getattr(fam, "dispersion_positive", None) or True)   # per column
+    if not (np.isfinite(disp).all() and np.where(positive, disp > 0, True).all()):
+        raise JSDMError(f"dispersion must be finite (and positive where it is a scale or a "
+                        f"probability), got {dispersion!r}.")
     with np.errstate(divide="ignore", invalid="ignore"):
         ok = np.isfinite(fam.dispersion_param(disp))
     if not ok.all():

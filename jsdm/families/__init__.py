@@ -30,6 +30,7 @@ from .gaussian import Gaussian
 from .nb1 import NegativeBinomial1
 from .hurdle import HurdleNegativeBinomial, HurdlePoisson
 from .negative_binomial import NegativeBinomial
+from .ordered_beta import OrderedBeta
 from .ordinal import Ordinal
 from .poisson import Poisson
 from .truncated import TruncatedNegativeBinomial, TruncatedPoisson
@@ -49,7 +50,7 @@ def register(cls):
 
 for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal,
              ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial, NegativeBinomial1,
-             TruncatedPoisson, TruncatedNegativeBinomial, HurdlePoisson, HurdleNegativeBinomial, Exponential):
+             TruncatedPoisson, TruncatedNegativeBinomial, HurdlePoisson, HurdleNegativeBinomial, Exponential, OrderedBeta):
     register(_cls)
 
 

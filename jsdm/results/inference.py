@@ -199,28 +199,31 @@ def _reported_cov(info):
 def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
     """Intervals for the free entries of a vector dispersion at packed positions ``pos``.
 
-    Where each reported entry depends on its own unconstrained entry only
-    (zero inflation and NB dispersion, Tweedie power, ...), the Wald interval of
-    that entry is mapped through ``family.dispersion`` (so a probability stays
-    in (0, 1)); otherwise (ordinal cut points, sums of exponentials) the Wald
-    interval of the log of the reported value is mapped back.
+    An entry that depends on its own unconstrained parameter only (a zero-
+    inflation probability, an NB dispersion, a first cut point, ...) gets the
+    Wald interval of that parameter mapped through ``family.dispersion`` (so a
+    probability stays in (0, 1)). An entry that depends on several (ordinal cut
+    points as sums of exponentials) gets the Wald interval of its logarithm,
+    mapped back, where the family marks it positive (``dispersion_positive``,
+    default all), else the plain Wald interval.
     """
     s = np.asarray(fit.state.params.s, dtype=float)
     m, q = s.shape
-    D = _vector_dispersion_jacobian(fit.family, s)
-    off = D - D * np.eye(q)
-    if np.abs(off).max() > 1e-9 * max(np.abs(D).max(), 1e-300):
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            w = z * se / est
-            return est * np.exp(-w), est * np.exp(w)
     j, k = np.divmod(pos - fit.state.layout.slices["s"].start, q)
+    D = _vector_dispersion_jacobian(fit.family, s)
+    off = np.abs(D - D * np.eye(q)).max(axis=(0, 2))        # per reported column
+    own = off <= 1e-9 * max(np.abs(D).max(), 1e-300)
+    positive = np.asarray(getattr(fit.family, "dispersion_positive", None) or [True] * q)
     lo_s, hi_s = s.copy(), s.copy()
     lo_s[j, k] -= z * se_u
     hi_s[j, k] += z * se_u
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         a = fit.family.dispersion(lo_s)[:, -q:][j, k]
         b = fit.family.dispersion(hi_s)[:, -q:][j, k]
-    return np.minimum(a, b), np.maximum(a, b)
+        w = z * se / est
+        lo = np.where(own[k], np.minimum(a, b), np.where(positive[k], est * np.exp(-w), est - z * se))
+        hi = np.where(own[k], np.maximum(a, b), np.where(positive[k], est * np.exp(w), est + z * se))
+    return lo, hi
 
 
 def _dispersion_jacobian(family, s, h=1e-6):

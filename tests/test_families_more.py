@@ -96,10 +96,22 @@ def ref_ordbeta(y, eta, s, n):
 
 REF["ordered_beta"] = ref_ordbeta
 
+
+def ref_betah(y, eta, s, n):
+    a, phi = s[..., 0], np.exp(s[..., 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dens = stats.beta.logpdf(np.where(y > 0, y, 0.5), phi * special.expit(eta),
+                                 phi * special.expit(-eta))
+    return np.where(y > 0, special.log_expit(a) + dens, special.log_expit(-a))
+
+
+REF["beta_hurdle"] = ref_betah
+
 #: continuous families: support of the density part, and the point masses {y: log P(y)}
-SUPPORT = {"exponential": (0.0, np.inf), "ordered_beta": (0.0, 1.0)}
+SUPPORT = {"exponential": (0.0, np.inf), "ordered_beta": (0.0, 1.0), "beta_hurdle": (0.0, 1.0)}
 ATOMS = {"ordered_beta": lambda e, s: {0.0: float(ref_ordbeta(np.array(0.0), e, s, None)),
-                                       1.0: float(ref_ordbeta(np.array(1.0), e, s, None))}}
+                                       1.0: float(ref_ordbeta(np.array(1.0), e, s, None))},
+         "beta_hurdle": lambda e, s: {0.0: float(ref_betah(np.array(0.0), e, s, None))}}
 
 
 def ref_mean_var(case, eta, s, n=None):
@@ -140,13 +152,16 @@ CASES = {
     "exponential": ("exponential", {}, [0.0, 1e-3, 0.4, 3.0, 250.0], [None], None, 60),
     "ordered_beta": ("ordered_beta", {}, [0.0, 1e-4, 0.2, 0.7, 0.9999, 1.0],
                      [(-1.0, 0.5, 1.0), (0.5, -2.0, 6.0), (-3.0, 1.5, -0.5), (2.0, -6.0, 3.0)], None, 60),
+    "beta_hurdle": ("beta_hurdle", {}, [0.0, 1e-4, 0.2, 0.7, 0.9999],
+                    [(-6.0, -0.5), (0.5, 1.0), (3.0, 6.0), (-1.0, 3.0)], None, 60),
 }
 IDS = list(CASES)
 #: moderate nuisance values for the draws (three columns): moments well estimated by 40000 draws
 DRAW_S = {"zinb": [(-1.0, -1.0), (-0.5, 0.0), (0.5, -0.5)], "nb1": [-1.0, 0.0, 1.0],
           "truncated_nb": [-1.0, 0.0, 0.5], "hurdle_poisson": [-1.0, 0.0, 1.5],
           "hurdle_nb": [(-1.0, -1.0), (0.0, 0.0), (1.5, 0.5)],
-          "ordered_beta": [(-1.0, 0.5, 1.0), (0.0, 1.0, 2.0), (-2.0, 1.2, 0.5)]}
+          "ordered_beta": [(-1.0, 0.5, 1.0), (0.0, 1.0, 2.0), (-2.0, 1.2, 0.5)],
+          "beta_hurdle": [(-1.0, 1.0), (0.0, 2.0), (1.5, 0.5)]}
 M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
 V_GRID = np.array([0.0, 1e-4, 0.05, 0.4, 0.9, 1.3, 5.0, 12.0])
 DERIV_M = np.array([-30.0, -6.0, -1.0, 0.0, 0.6, 3.0, 9.0, 30.0])
@@ -330,7 +345,8 @@ def test_cdf_of_continuous_families_is_the_reference_integral(case):
 BAD_Y = {"zinb": ([2.0, 0.5], "whole-number"), "nb1": ([0.0, -1.0], "non-negative"),
          "truncated_poisson": ([1.0, 0.0], "at least 1"), "truncated_nb": ([2.0, 1.5], "at least 1"),
          "hurdle_poisson": ([0.0, -2.0], "non-negative"), "hurdle_nb": ([3.0, 0.2], "whole-number"),
-         "exponential": ([0.0, -0.5], "non-negative"), "ordered_beta": ([1.0, 1.5], "between 0 and 1")}
+         "exponential": ([0.0, -0.5], "non-negative"), "ordered_beta": ([1.0, 1.5], "between 0 and 1"),
+         "beta_hurdle": ([0.0, 1.0], "exact 1s")}
 
 
 @pytest.mark.parametrize("case", list(BAD_Y))
@@ -365,7 +381,8 @@ def test_registry_names_and_aliases():
                       ("poisson_hurdle", "hurdle_poisson"), ("hurdle_negative_binomial", "hurdle_nb"),
                       ("zero_truncated_poisson", "truncated_poisson"), ("ztnb", "truncated_nb"),
                       ("exponential", "exponential"), ("expon", "exponential"),
-                      ("ordbeta", "ordered_beta"), ("ordered-beta", "ordered_beta")]:
+                      ("ordbeta", "ordered_beta"), ("ordered-beta", "ordered_beta"),
+                      ("beta_hurdle", "beta_hurdle"), ("hurdle_beta", "beta_hurdle")]:
         assert get_family(key).name == name
 
 

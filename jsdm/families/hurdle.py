@@ -43,6 +43,7 @@ class _Hurdle(Family):
     discrete = True
     mean_uses_dispersion = True
     count = None               # the truncated family (an instance)
+    _fill = 1.0                # a value of the count part's support, used where y = 0
 
     def _split(self, s, shape):
         s = np.asarray(s, dtype=float)
@@ -92,7 +93,7 @@ class _Hurdle(Family):
         """Exact log f(y | eta)."""
         y, eta = np.broadcast_arrays(np.asarray(y, dtype=float), np.asarray(eta, dtype=float))
         a, sc = self._split(s, y.shape)
-        yc = np.where(y > 0, y, 1.0)
+        yc = np.where(y > 0, y, self._fill)
         return np.where(y > 0, -log1pexp(-a) + self.count.loglik(yc, eta, sc), -log1pexp(a))
 
     def mean(self, eta, trials=None, s=None):

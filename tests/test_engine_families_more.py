@@ -41,6 +41,7 @@ FAMILIES = {
     "exponential": ("exponential", {}, None, {}),
     "ordered_beta": ("ordered_beta", {}, None, dict(dispersion=(-1.5, 1.5, 8.0))),
     "beta_hurdle": ("beta_hurdle", {}, None, dict(dispersion=(0.6, 8.0))),
+    "beta_binomial": ("beta_binomial", {}, 10, dict(dispersion=5.0)),
 }
 IDS = list(FAMILIES)
 
@@ -236,7 +237,7 @@ def test_exponential_num_lv0_equals_statsmodels_gamma_glm():
 
 
 #: families whose num_lv = 0 fit is compared with a direct maximisation of the scipy likelihood
-SCIPY_NUM_LV0 = ["ordered_beta", "beta_hurdle"]
+SCIPY_NUM_LV0 = ["ordered_beta", "beta_hurdle", "beta_binomial"]
 
 
 def scipy_fit(fid, y, X, s0, trials=None):
@@ -261,7 +262,7 @@ def scipy_fit(fid, y, X, s0, trials=None):
 
 
 #: starting nuisance values for the scipy fit (unconstrained scale)
-SCIPY_S0 = {"ordered_beta": (-1.0, 0.5, 1.0), "beta_hurdle": (0.0, 1.0)}
+SCIPY_S0 = {"ordered_beta": (-1.0, 0.5, 1.0), "beta_hurdle": (0.0, 1.0), "beta_binomial": 1.0}
 
 
 @pytest.mark.parametrize("fid", SCIPY_NUM_LV0)
@@ -357,7 +358,7 @@ def test_recovery_on_simulated_community(fid):
 #: absolute tolerance for the mean over species of each dispersion column (400 sites)
 RECOVERY_TOL = {"zinb": np.array([0.03, 0.12]), "nb1": 0.25, "truncated_nb": 0.15, "hurdle_poisson": 0.03,
                 "hurdle_nb": np.array([0.03, 0.15]), "ordered_beta": np.array([0.2, 0.15, 1.0]),
-                "beta_hurdle": np.array([0.03, 1.0])}
+                "beta_hurdle": np.array([0.03, 1.0]), "beta_binomial": 1.0}
 
 
 # --- against R gllvm ------------------------------------------------------------------------

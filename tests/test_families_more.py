@@ -107,6 +107,14 @@ def ref_betah(y, eta, s, n):
 
 REF["beta_hurdle"] = ref_betah
 
+
+def ref_betabinom(y, eta, s, n):
+    phi = np.exp(s)
+    return stats.betabinom.logpmf(y, n, phi * special.expit(eta), phi * special.expit(-eta))
+
+
+REF["beta_binomial"] = ref_betabinom
+
 #: continuous families: support of the density part, and the point masses {y: log P(y)}
 SUPPORT = {"exponential": (0.0, np.inf), "ordered_beta": (0.0, 1.0), "beta_hurdle": (0.0, 1.0)}
 ATOMS = {"ordered_beta": lambda e, s: {0.0: float(ref_ordbeta(np.array(0.0), e, s, None)),
@@ -154,6 +162,7 @@ CASES = {
                      [(-1.0, 0.5, 1.0), (0.5, -2.0, 6.0), (-3.0, 1.5, -0.5), (2.0, -6.0, 3.0)], None, 60),
     "beta_hurdle": ("beta_hurdle", {}, [0.0, 1e-4, 0.2, 0.7, 0.9999],
                     [(-6.0, -0.5), (0.5, 1.0), (3.0, 6.0), (-1.0, 3.0)], None, 60),
+    "beta_binomial": ("beta_binomial", {}, [0.0, 1.0, 4.0, 8.0], [-1.0, 1.0, 3.0, 6.0], 8, 60),
 }
 IDS = list(CASES)
 #: moderate nuisance values for the draws (three columns): moments well estimated by 40000 draws
@@ -161,7 +170,7 @@ DRAW_S = {"zinb": [(-1.0, -1.0), (-0.5, 0.0), (0.5, -0.5)], "nb1": [-1.0, 0.0, 1
           "truncated_nb": [-1.0, 0.0, 0.5], "hurdle_poisson": [-1.0, 0.0, 1.5],
           "hurdle_nb": [(-1.0, -1.0), (0.0, 0.0), (1.5, 0.5)],
           "ordered_beta": [(-1.0, 0.5, 1.0), (0.0, 1.0, 2.0), (-2.0, 1.2, 0.5)],
-          "beta_hurdle": [(-1.0, 1.0), (0.0, 2.0), (1.5, 0.5)]}
+          "beta_hurdle": [(-1.0, 1.0), (0.0, 2.0), (1.5, 0.5)], "beta_binomial": [0.0, 1.5, 3.0]}
 M_GRID = np.array([-30.0, -4.0, -0.7, 0.0, 1.5, 5.0, 11.5, 30.0])
 V_GRID = np.array([0.0, 1e-4, 0.05, 0.4, 0.9, 1.3, 5.0, 12.0])
 DERIV_M = np.array([-30.0, -6.0, -1.0, 0.0, 0.6, 3.0, 9.0, 30.0])
@@ -312,9 +321,10 @@ def test_draws_match_reference_moments_and_are_seeded(case):
     assert np.all(np.abs(draws.mean(0) - mean) < 5 * np.sqrt(var / n_draw))
     np.testing.assert_allclose(draws.var(0), var, rtol=0.1)
     np.testing.assert_allclose((draws == 0).mean(0), p0, atol=5 * np.sqrt(0.25 / n_draw))
-    np.testing.assert_allclose(fam.mean(eta, s=s), mean, rtol=1e-8)
+    n3 = None if trials is None else np.full(3, float(trials))
+    np.testing.assert_allclose(fam.mean(eta, n3, s=s), mean, rtol=1e-8)
     try:
-        np.testing.assert_allclose(fam.variance(fam.mean(eta, s=s), s), var, rtol=1e-8)
+        np.testing.assert_allclose(fam.variance(fam.mean(eta, n3, s=s), s, n3), var, rtol=1e-8)
     except NotImplementedError:
         pass
 
@@ -346,7 +356,7 @@ BAD_Y = {"zinb": ([2.0, 0.5], "whole-number"), "nb1": ([0.0, -1.0], "non-negativ
          "truncated_poisson": ([1.0, 0.0], "at least 1"), "truncated_nb": ([2.0, 1.5], "at least 1"),
          "hurdle_poisson": ([0.0, -2.0], "non-negative"), "hurdle_nb": ([3.0, 0.2], "whole-number"),
          "exponential": ([0.0, -0.5], "non-negative"), "ordered_beta": ([1.0, 1.5], "between 0 and 1"),
-         "beta_hurdle": ([0.0, 1.0], "exact 1s")}
+         "beta_hurdle": ([0.0, 1.0], "exact 1s"), "beta_binomial": ([3.0, 9.0], "between 0 and trials")}
 
 
 @pytest.mark.parametrize("case", list(BAD_Y))
@@ -382,7 +392,8 @@ def test_registry_names_and_aliases():
                       ("zero_truncated_poisson", "truncated_poisson"), ("ztnb", "truncated_nb"),
                       ("exponential", "exponential"), ("expon", "exponential"),
                       ("ordbeta", "ordered_beta"), ("ordered-beta", "ordered_beta"),
-                      ("beta_hurdle", "beta_hurdle"), ("hurdle_beta", "beta_hurdle")]:
+                      ("beta_hurdle", "beta_hurdle"), ("hurdle_beta", "beta_hurdle"),
+                      ("beta-binomial", "beta_binomial"), ("betabinom", "beta_binomial")]:
         assert get_family(key).name == name
 
 
@@ -407,3 +418,14 @@ def test_zinb_dispersion_start_recovers_simulated_values():
     got = fam.dispersion(fam.dispersion_start(y, np.exp(eta), n_dispersion=2))
     np.testing.assert_allclose(got[:, 0], truth[:, 0], atol=0.06)
     np.testing.assert_allclose(got[:, 1], truth[:, 1], rtol=0.35)
+
+
+def test_beta_binomial_needs_trials_and_tends_to_the_binomial():
+    fam, binom = get_family("beta_binomial"), get_family("binomial")
+    with pytest.raises(JSDMError, match="needs the number of trials"):
+        fam.check_y(np.array([0.0, 1.0]))
+    y, n = np.array([0.0, 3.0, 7.0, 10.0]), np.full(4, 10.0)
+    m, v = np.array([-1.0, 0.3, 1.0, 2.5]), np.array([0.0, 0.4, 1.0, 3.0])
+    e1, e0 = fam.ell(y, m, v, np.full(4, 30.0), n, order=2), binom.ell(y, m, v, trials=n)
+    for a, b in ((e1.value, e0.value), (e1.d_m, e0.d_m), (e1.d_v, e0.d_v)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-8)

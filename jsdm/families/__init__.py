@@ -23,6 +23,7 @@ Every ``ell`` is the exact expectation E[log f(y | eta)], eta ~ N(m, v), to
 from ..exceptions import JSDMError
 from .base import ELL, Family
 from .beta import Beta
+from .beta_binomial import BetaBinomial
 from .beta_hurdle import BetaHurdle
 from .binomial import Binomial
 from .exponential import Exponential
@@ -51,7 +52,7 @@ def register(cls):
 
 for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordinal,
              ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial, NegativeBinomial1,
-             TruncatedPoisson, TruncatedNegativeBinomial, HurdlePoisson, HurdleNegativeBinomial, Exponential, OrderedBeta, BetaHurdle):
+             TruncatedPoisson, TruncatedNegativeBinomial, HurdlePoisson, HurdleNegativeBinomial, Exponential, OrderedBeta, BetaHurdle, BetaBinomial):
     register(_cls)
 
 

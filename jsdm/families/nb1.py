@@ -37,7 +37,7 @@ def _nodes(second):
         x = np.clip(u - s, -700.0, 700.0)
         r = np.exp(x)
         g = lgamma_ratio(y, r) + y * x
-        g1, r2d1 = _scaled_diffs(y, r)
+        g1, r2d1 = scaled_gamma_diffs(y, r)
         g2 = g1 + r2d1
         out = [g, g1, g2, -g1]
         if second:
@@ -46,20 +46,26 @@ def _nodes(second):
     return fun
 
 
-def _scaled_diffs(y, r):
+def scaled_gamma_diffs(y, r):
     """r (digamma(y + r) - digamma(r)) and r^2 (trigamma(y + r) - trigamma(r)).
 
     For r < 1 through digamma(r) = digamma(r + 1) - 1/r and trigamma(r) =
-    trigamma(r + 1) + 1/r^2 (finite as r -> 0: the limits are 1 and -1), else
-    the differences that stay accurate as r -> inf.
+    trigamma(r + 1) + 1/r^2 (finite as r -> 0: the limits are 1 and -1 for
+    y > 0), else the differences that stay accurate as r -> inf. Both are 0 at y = 0.
     """
-    y, r = np.broadcast_arrays(y, r)
-    small = r < 1.0
-    rs, rb = np.where(small, r, 0.5), np.where(small, 2.0, r)
-    d_small = rs * (special.digamma(y + rs) - special.digamma(1.0 + rs)) + 1.0
-    t_small = rs * rs * (trigamma(y + rs) - trigamma(1.0 + rs)) - 1.0
-    return (np.where(small, d_small, rb * digamma_diff(y, rb)),
-            np.where(small, t_small, rb * rb * trigamma_diff(y, rb)))
+    y, r = np.broadcast_arrays(np.asarray(y, dtype=float), np.asarray(r, dtype=float))
+    d1, d2 = np.zeros(y.shape), np.zeros(y.shape)
+    small = (r < 1.0) & (y > 0)
+    if small.any():
+        ys, rs = y[small], r[small]
+        d1[small] = rs * (special.digamma(ys + rs) - special.digamma(1.0 + rs)) + 1.0
+        d2[small] = rs * rs * (trigamma(ys + rs) - trigamma(1.0 + rs)) - 1.0
+    big = (r >= 1.0) & (y > 0)
+    if big.any():
+        yb, rb = y[big], r[big]
+        d1[big] = rb * digamma_diff(yb, rb)
+        d2[big] = rb * rb * trigamma_diff(yb, rb)
+    return d1, d2
 
 
 def _bins(second):

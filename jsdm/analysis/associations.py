@@ -94,7 +94,8 @@ def family_variance(fit, nb_variance="lognormal"):
     elif name == "binomial" and link in ("probit", "logit", "cloglog"):
         vals = np.full(m, {"probit": 1.0, "logit": np.pi ** 2 / 3, "cloglog": np.pi ** 2 / 6}[link])
     else:
-        vals = np.full(m, float(getattr(fam, "link_residual_variance", 0.0) or 0.0))
+        vals = np.broadcast_to(np.asarray(getattr(fam, "link_residual_variance", 0.0) or 0.0,
+                                          dtype=float), (m,)).copy()   # (m,) for a family per species
     return pd.Series(vals, index=fit.species, name="family_variance")
 
 

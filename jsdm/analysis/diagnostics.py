@@ -297,10 +297,7 @@ def check_sparse_species(fit):
     if fit.family.name == "gaussian":
         return []
     Y = np.where(prob.W > 0, prob.Y, np.nan)
-    info = np.nansum(Y > 0, axis=0)
-    if fit.family.name == "binomial":
-        tr = 1.0 if prob.trials is None else prob.trials
-        info = np.minimum(info, np.nansum(Y < tr, axis=0))
+    info = _informative(fit.family, Y, prob.trials)
     k = 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + int(fit.family.has_dispersion)
     bad = info <= k
     if not bad.any():
@@ -312,6 +309,24 @@ def check_sparse_species(fit):
         "sparse_species", f"{len(who)} species with too few non-zero records for their parameters",
         ev, "drop these species (Community.subset / drop_empty), pool them, or use fewer "
         "covariates; their estimates and SEs are unreliable", who)]
+
+
+def _informative(fam, Y, trials):
+    """Per-species count of informative records: non-zeros (successes and failures for a
+    binomial, all records for a Gaussian); a mixed model asks each species' own family."""
+    parts = getattr(fam, "parts", None)
+    if parts is not None:
+        out = np.zeros(Y.shape[1])
+        for member, cols in parts:
+            out[cols] = _informative(member, Y[:, cols], None if trials is None else trials[:, cols])
+        return out
+    if fam.name == "gaussian":
+        return np.sum(~np.isnan(Y), axis=0)
+    info = np.nansum(Y > 0, axis=0)
+    if fam.name == "binomial":
+        tr = 1.0 if trials is None else trials
+        info = np.minimum(info, np.nansum(Y < tr, axis=0))
+    return info
 
 
 def check_row_variance(fit):
@@ -432,7 +447,8 @@ def diagnose(fit, hessian=True):
     for check in (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
                   check_degenerate_dispersion):
         problems += check(fit)
-    stats = {"family": f"{fit.family.name} ({fit.family.link})", "sites x species": f"{fit.problem.n} x {fit.problem.m}",
+    fam_text = getattr(fit.family, "composition", None) or f"{fit.family.name} ({fit.family.link})"
+    stats = {"family": fam_text, "sites x species": f"{fit.problem.n} x {fit.problem.m}",
              "num_lv": fit.num_lv, "ELBO": float(fit.llf), "converged": bool(fit.converged),
              "max |gradient|": float(fit.max_grad)}
     if use_h:

@@ -114,8 +114,15 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
     """
     from ..families import get_family
 
-    fam = get_family(family, link=link)
     _check_sizes(n_sites, n_species, num_lv, n_covariates)
+    if isinstance(family, (list, tuple)):              # a family per species, in order
+        if len(family) != n_species:
+            raise JSDMError(f"family as a list needs one family per species ({n_species}), got "
+                            f"{len(family)}")
+        family = dict(zip(_labels("sp", n_species), family))
+    fam = get_family(family, link=link).bind(_labels("sp", n_species))
+    if getattr(fam, "parts", None) is not None:
+        fam.n_dispersion(np.full((1, n_species), np.nan))      # each species' nuisance widths
     rng = np.random.default_rng(seed)
     beta0 = rng.normal(0.0 if intercept is None else intercept, intercept_sd, n_species)
     B = rng.normal(0.0, coef_sd, (n_species, n_covariates))
@@ -202,6 +209,21 @@ def _cutpoints(fam, cuts, m):
 
 def _dispersion(fam, dispersion, m):
     """Per-species dispersion array (m,) or None for families without one."""
+    parts = getattr(fam, "parts", None)
+    if parts is not None and fam.has_dispersion:       # a family per species: each its own default
+        if dispersion is not None:
+            disp = np.asarray(dispersion, dtype=float)
+            if disp.shape != (m, len(fam.dispersion_labels(fam.widths.max()))):
+                raise JSDMError(f"a mixed-family community takes dispersion=None (each family's "
+                                f"default) or an array (n_species, {int(fam.widths.max())}) on the "
+                                "families' reported scales, NaN where a species has fewer")
+            return disp
+        out = np.full((m, max(1, int(fam.widths.max()))), np.nan)
+        for member, cols in parts:
+            d = _dispersion(member, None, cols.size)
+            if d is not None:
+                out[cols, :1 if d.ndim == 1 else d.shape[1]] = d.reshape(cols.size, -1)
+        return out
     if not fam.has_dispersion:
         if dispersion is not None:
             raise JSDMError(f"family {fam.name!r} has no dispersion parameter; "

@@ -30,7 +30,8 @@ from .exponential import Exponential
 from .gamma import Gamma
 from .gaussian import Gaussian
 from .nb1 import NegativeBinomial1
-from .hurdle import HurdleNegativeBinomial, HurdlePoisson
+from .hurdle import HurdleNegativeBinomial, HurdlePoisson, two_part
+from .mixed import Mixed
 from .negative_binomial import NegativeBinomial
 from .ordered_beta import OrderedBeta
 from .ordinal import Ordinal
@@ -57,7 +58,10 @@ for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordi
 
 
 def get_family(family, link=None):
-    """Return a Family instance from a name, class or instance."""
+    """Return a Family instance from a name, class or instance, or a mixed family from a
+    mapping {species: family} (dict or pandas Series, e.g. a column of a species table)."""
+    if isinstance(family, dict) or _is_series(family):
+        return Mixed(family, link=link)
     if isinstance(family, Family):
         if link is not None and link != family.link:
             return type(family)(link=link)
@@ -73,6 +77,10 @@ def get_family(family, link=None):
         hint = f" (did you mean {_REGISTRY[close[0]].name!r}?)" if close else ""
         raise JSDMError(f"unknown family {family!r}{hint}; valid families: {', '.join(names)}")
     return _REGISTRY[key](link=link)
+
+
+def _is_series(obj):
+    return type(obj).__name__ == "Series" and hasattr(obj, "to_dict")
 
 
 __all__ = ["ELL", "Beta", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Ordinal", "Poisson",

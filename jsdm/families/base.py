@@ -170,6 +170,18 @@ class Family:
         """
         return None
 
+    def bind(self, species):
+        """The family for a response table with these species (columns), in their order.
+
+        Every family but the mixed one (a family per species) returns itself.
+        """
+        return self
+
+    def dispersion_mask(self, m, q):
+        """Which of the (m, q) entries of s are parameters, or None when all are (every family
+        but the mixed one, which pads species whose family has fewer nuisance parameters)."""
+        return None
+
     def dispersion_start(self, y, mu):
         """Per-species moment estimate of ``s`` (shape (m,)) from y and fitted means.
 

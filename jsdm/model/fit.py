@@ -38,7 +38,7 @@ class FitState:
 
 def make_layout(prob):
     return Layout(prob.n, prob.m, prob.p, prob.d, prob.family.has_dispersion, prob.row_effect,
-                  prob.n_disp)
+                  prob.n_disp, prob.s_mask)
 
 
 def neg_elbo(prob, layout):
@@ -285,6 +285,7 @@ def _reordered_problem(prob, order):
     W = prob.W if not any(prob.W.strides) else prob.W[:, order]      # all-ones view: as it is
     return replace(prob, Y=prob.Y[:, order], W=W, offset=cols(prob.offset),
                    trials=cols(prob.trials), species=prob.species[order],
+                   family=prob.family.bind(prob.species[order]),      # a family per species
                    info={k: v for k, v in prob.info.items() if k != CACHE_KEY})
 
 

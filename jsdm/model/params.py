@@ -55,17 +55,22 @@ class Layout:
 
     MODEL_BLOCKS = ("beta0", "B", "theta", "s", "alpha_fixed", "log_sigma")
 
-    def __init__(self, n, m, p, d, has_disp, row_effect, n_disp=None):
+    def __init__(self, n, m, p, d, has_disp, row_effect, n_disp=None, s_mask=None):
         self.n, self.m, self.p, self.d = n, m, p, d
         self.has_disp, self.row_effect = has_disp, row_effect
         self.n_disp = None if (n_disp is None or not has_disp) else int(n_disp)
         self.disp_width = (self.n_disp or 1) if has_disp else 0     # entries of s per species
+        # which entries of s (m, disp_width) are parameters; the others stay 0 (a mixed-family
+        # model pads species whose family has fewer nuisance parameters). None: all.
+        self.s_mask = None if (s_mask is None or not has_disp) else \
+            np.asarray(s_mask, dtype=bool).reshape(m, self.disp_width)
+        n_s = m * self.disp_width if self.s_mask is None else int(self.s_mask.sum())
         self.tri_m = np.tril(np.ones((m, d), dtype=bool))
         self.tri_d = np.tril_indices(d)
         self.diag_pos = np.array([k for k, (r, c) in enumerate(zip(*self.tri_d)) if r == c], dtype=int)
         nl = d * (d + 1) // 2
         sizes = [("beta0", m), ("B", m * p), ("theta", int(self.tri_m.sum())),
-                 ("s", m * self.disp_width),
+                 ("s", n_s),
                  ("alpha_fixed", n - 1 if row_effect == "fixed" else 0),
                  ("log_sigma", 1 if row_effect == "random" else 0),
                  ("alpha_random", n if row_effect == "random" else 0),
@@ -76,6 +81,10 @@ class Layout:
             self.slices[name] = slice(start, start + size)
             start += size
         self.size = start
+        # packed position of each entry of s (m, disp_width); -1 where it is not a parameter
+        self.s_index = -np.ones((m, self.disp_width), dtype=int)
+        free = np.ones((m, self.disp_width), bool) if self.s_mask is None else self.s_mask
+        self.s_index[free] = self.slices["s"].start + np.arange(n_s)
         self.n_model = sum(self.slices[b].stop - self.slices[b].start for b in self.MODEL_BLOCKS)
 
     def pack(self, P):
@@ -85,7 +94,7 @@ class Layout:
         x[sl["B"]] = P.B.ravel()
         x[sl["theta"]] = P.theta[self.tri_m]
         if self.has_disp:
-            x[sl["s"]] = np.ravel(P.s)
+            x[sl["s"]] = self._free_s(P.s)
         if self.row_effect == "fixed":
             x[sl["alpha_fixed"]] = P.alpha[1:]
         elif self.row_effect == "random":
@@ -109,7 +118,11 @@ class Layout:
         P = Params(beta0=x[sl["beta0"]].copy(), B=x[sl["B"]].reshape(m, p).copy(), theta=theta,
                    a=x[sl["a"]].reshape(n, d).copy(), L=L)
         if self.has_disp:
-            P.s = x[sl["s"]].copy()
+            if self.s_mask is None:
+                P.s = x[sl["s"]].copy()
+            else:
+                P.s = np.zeros((m, self.disp_width))
+                P.s[self.s_mask] = x[sl["s"]]
             if self.n_disp is not None:
                 P.s = P.s.reshape(m, self.n_disp)
         if self.row_effect == "fixed":
@@ -128,7 +141,7 @@ class Layout:
         g[sl["B"]] = G.B.ravel()
         g[sl["theta"]] = G.theta[self.tri_m]
         if self.has_disp:
-            g[sl["s"]] = np.ravel(G.s)
+            g[sl["s"]] = self._free_s(G.s)
         if self.row_effect == "fixed":
             g[sl["alpha_fixed"]] = G.alpha[1:]
         elif self.row_effect == "random":
@@ -140,6 +153,12 @@ class Layout:
         gL[:, self.diag_pos] *= P.L[:, self.tri_d[0], self.tri_d[1]][:, self.diag_pos]
         g[sl["L"]] = gL.ravel()
         return g
+
+    def _free_s(self, s):
+        """The free entries of s (or of its gradient) in packed order."""
+        if self.s_mask is None:
+            return np.ravel(s)
+        return np.reshape(s, (self.m, self.disp_width))[self.s_mask]
 
     def bounds(self):
         """(lower, upper) arrays for the packed vector (inf where unbounded)."""

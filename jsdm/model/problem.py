@@ -80,6 +80,17 @@ class Problem:
             return self.family.n_dispersion(np.where(self.W > 0, self.Y, np.nan))
 
     @property
+    def s_mask(self):
+        """Which entries of s are parameters ((m, q) booleans), or None when all are.
+
+        A mixed-family model stores s as (m, q) with q the largest number of nuisance
+        parameters of its families; a species whose family has fewer keeps the rest at 0.
+        """
+        if not self.family.has_dispersion:
+            return None
+        return self.family.dispersion_mask(self.m, self.n_disp or 1)
+
+    @property
     def s_shape(self):
         """Shape of the dispersion parameter s: (m,), (m, q) or None without dispersion."""
         if not self.family.has_dispersion:
@@ -149,6 +160,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         raise JSDMError(f"row_effect must be one of None, 'fixed', 'random'; got {row_effect!r}")
     com = _as_community(data, X, response, site, species)
     Ydf = com.Y
+    fam = fam.bind(Ydf.columns)         # a mixed family: one family per species, in this order
     Y = Ydf.to_numpy(dtype=float)
     W = np.isfinite(Y).astype(float)
     if W.all():         # complete data: a read-only view of 1.0 (no n x m array of ones)

@@ -88,6 +88,13 @@ def _accept(loglik, b, s, step, snew, ll):
 
 
 def _intercept_guess(fam, Y, W, trials):
+    parts = getattr(fam, "parts", None)                 # a mixed model: each family on its columns
+    if parts is not None:
+        out = np.empty(Y.shape[1])
+        for member, cols in parts:
+            out[cols] = _intercept_guess(member, Y[:, cols], W[:, cols],
+                                         None if trials is None else trials[:, cols])
+        return out
     own = getattr(fam, "intercept_start", None)        # a family's own start, where it has one
     if own is not None:
         return own(Y, W, trials)

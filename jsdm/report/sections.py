@@ -64,7 +64,7 @@ def data_section(fit, opts):
 def model_section(fit, opts):
     """Model specification, fit statistics and diagnose() in plain words."""
     fam = fit.family
-    spec = [("family", esc(f"{fam.name} (link: {fam.link})")),
+    spec = [("family", esc(getattr(fam, "composition", None) or f"{fam.name} (link: {fam.link})")),
             ("latent variables (num_lv)", str(fit.num_lv)),
             ("covariates", esc(fit.problem.formula or (", ".join(fit.terms) or "none"))),
             ("design terms (species-specific slopes)", esc(", ".join(fit.terms) or "none")),
@@ -74,6 +74,10 @@ def model_section(fit, opts):
     stats = [(k, fmt(v) if not isinstance(v, str) else esc(v)) for k, v in tables.fit_statistics(fit)]
     body = (row("<h3>Model</h3>" + key_values(spec), "<h3>Fit</h3>" + key_values(stats))
             + "<h3>Diagnostics</h3>" + diagnostics_html(fit))
+    fams = fit.families
+    if fams.nunique() > 1:                  # a family per species
+        body += ("<details><summary>Family of each species</summary>"
+                 + table(fams.to_frame()) + "</details>")
     disp = fit.dispersion
     if isinstance(disp, pd.DataFrame):      # ordinal cut points: species x cut point
         body += (f"<p>Cut points: {disp.shape[1]} per species ({esc(', '.join(map(str, disp.columns)))}; "
@@ -264,7 +268,9 @@ def methods_section(fit, opts):
     from .. import __version__
 
     prob, s = fit.problem, fit.settings
-    fam = _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
+    fam = getattr(fit.family, "description", None) or \
+        _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
+    link = "each family's" if fit.family.link == "mixed" else esc(fit.family.link)
     cov = (f", species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
            if fit.terms else "")
     row = {"fixed": " and fixed site effects", "random": " and normally distributed random site "
@@ -276,7 +282,7 @@ def methods_section(fit, opts):
     text = (
         f"We fitted a generalized linear latent variable model (GLLVM), a joint species distribution "
         f"model, to the responses of {prob.m} species at {prob.n} sites. Responses were modelled with "
-        f"{fam} and {esc(fit.family.link)} link. The linear predictor had species-specific intercepts"
+        f"{fam} and {link} link. The linear predictor had species-specific intercepts"
         f"{cov}{row}, and {lv}. {notes} "
         "Parameters were estimated by maximising the exact variational lower bound (evidence lower "
         "bound, ELBO) of the marginal log-likelihood, with a Gaussian variational distribution for "

@@ -243,8 +243,7 @@ def species_positions(layout):
     th[layout.tri_m] = sl["theta"].start + np.arange(int(layout.tri_m.sum()))
     cols.append(th)
     if layout.has_disp:
-        w = layout.disp_width
-        cols.append(sl["s"].start + np.arange(m)[:, None] * w + np.arange(w)[None, :])
+        cols.append(layout.s_index)
     return np.hstack(cols).astype(int)
 
 

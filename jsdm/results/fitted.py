@@ -33,6 +33,20 @@ class GLLVMResults:
         return self.problem.family
 
     @property
+    def families(self):
+        """Series species -> family of each species ("poisson", "binomial(probit)", ...).
+
+        One value throughout unless the model has a family per species (``family=``
+        a mapping), where it says which family each species was fitted with.
+        """
+        from ..families.mixed import _label
+
+        own = getattr(self.family, "species_families", None)
+        if own is not None:
+            return own().rename("family")
+        return pd.Series(_label(self.family), index=self.species, name="family")
+
+    @property
     def num_lv(self):
         return self.problem.d
 
@@ -61,7 +75,8 @@ class GLLVMResults:
         return [f"LV{k + 1}" for k in range(self.num_lv)]
 
     def __repr__(self):
-        return (f"<GLLVMResults: {self.family.name}({self.family.link}), {self.problem.n} sites x "
+        fam = getattr(self.family, "composition", f"{self.family.name}({self.family.link})")
+        return (f"<GLLVMResults: {fam}, {self.problem.n} sites x "
                 f"{self.problem.m} species, num_lv={self.num_lv}, ELBO={self.llf:.3f}, "
                 f"{'converged' if self.converged else 'NOT converged'}>")
 
@@ -78,7 +93,7 @@ class GLLVMResults:
         m, d = prob.m, prob.d
         k = m * (1 + prob.p) + m * d - d * (d - 1) // 2
         if prob.family.has_dispersion:
-            k += m * (prob.n_disp or 1)
+            k += self.state.layout.slices["s"].stop - self.state.layout.slices["s"].start
         if prob.row_effect == "fixed":
             k += prob.n - 1
         elif prob.row_effect == "random":
@@ -210,7 +225,9 @@ class GLLVMResults:
         disp = self.dispersion
         if isinstance(disp, pd.DataFrame):      # free entries only (ordinal: tau_1 = 0 is fixed)
             free = disp.iloc[:, disp.shape[1] - self.problem.n_disp:]
-            rows += [(("dispersion", sp, c), v) for sp, r in free.iterrows() for c, v in r.items()]
+            use = self.state.layout.s_index >= 0     # mixed families: padded entries are not
+            rows += [(("dispersion", sp, c), v) for j, (sp, r) in enumerate(free.iterrows())
+                     for k, (c, v) in enumerate(r.items()) if use[j, k]]
         elif disp is not None:
             rows += [(("dispersion", sp, disp.name), v) for sp, v in disp.items()]
         if self.row_effect == "fixed":

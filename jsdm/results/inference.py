@@ -138,14 +138,15 @@ def _packed_labels_and_order(fit):
 
 def _vector_dispersion_labels(fit, labels, order, jac):
     """Labels, packed positions and diagonal Jacobian of a vector dispersion's free entries (in place)."""
-    s, start = fit.state.params.s, fit.state.layout.slices["s"].start
+    s, index = fit.state.params.s, fit.state.layout.s_index
     m, q = s.shape
     names = list(fit.dispersion.columns[-q:])
     D = _vector_dispersion_jacobian(fit.family, s)
     for j, sp in enumerate(fit.species):
         for k in range(q):
-            labels[start + j * q + k] = ("dispersion", sp, names[k])
-            order.append(start + j * q + k), jac.append(D[j, k, k])
+            if index[j, k] >= 0:              # entries pinned at 0 (mixed families) are left out
+                labels[index[j, k]] = ("dispersion", sp, names[k])
+                order.append(index[j, k]), jac.append(D[j, k, k])
 
 
 def _vector_dispersion_jacobian(family, s, h=1e-6):
@@ -173,13 +174,13 @@ def _reported_jacobian(fit, order, jac):
     layout = fit.state.layout
     J = sparse.lil_matrix((len(order), layout.n_model))
     J[np.arange(len(order)), order] = jac
-    m, q = P.s.shape
     D = _vector_dispersion_jacobian(fit.family, P.s)
-    start = layout.slices["s"].start
-    rows = np.flatnonzero((order >= start) & (order < start + m * q))
-    for r in rows:
-        j, k = divmod(int(order[r]) - start, q)
-        J[r, start + j * q: start + (j + 1) * q] = D[j, k]
+    index = layout.s_index
+    where = {int(index[j, k]): (j, k) for j, k in zip(*np.nonzero(index >= 0))}
+    for r in np.flatnonzero(np.isin(order, list(where))):
+        j, k = where[int(order[r])]
+        free = index[j] >= 0
+        J[r, index[j, free]] = D[j, k, free]
     return J.tocsr()
 
 
@@ -204,15 +205,18 @@ def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
     Wald interval of that parameter mapped through ``family.dispersion`` (so a
     probability stays in (0, 1)). An entry that depends on several (ordinal cut
     points as sums of exponentials) gets the Wald interval of its logarithm,
-    mapped back, where the family marks it positive (``dispersion_positive``,
-    default all), else the plain Wald interval.
+    mapped back, where the family marks its column positive
+    (``dispersion_positive``, default all), else the plain Wald interval.
     """
     s = np.asarray(fit.state.params.s, dtype=float)
     m, q = s.shape
-    j, k = np.divmod(pos - fit.state.layout.slices["s"].start, q)
-    D = _vector_dispersion_jacobian(fit.family, s)
-    off = np.abs(D - D * np.eye(q)).max(axis=(0, 2))        # per reported column
-    own = off <= 1e-9 * max(np.abs(D).max(), 1e-300)
+    index = fit.state.layout.s_index
+    where = {int(index[j, k]): (j, k) for j, k in zip(*np.nonzero(index >= 0))}
+    j, k = (np.array(a, dtype=int) for a in zip(*[where[int(p)] for p in pos])) if len(pos) else \
+        (np.zeros(0, int), np.zeros(0, int))
+    D = np.nan_to_num(_vector_dispersion_jacobian(fit.family, s))
+    off = np.abs(D - D * np.eye(q)).max(axis=2)             # (m, q): per reported entry
+    own = off <= 1e-9 * np.maximum(np.abs(D).max(axis=(1, 2)), 1e-300)[:, None]
     positive = np.asarray(getattr(fit.family, "dispersion_positive", None) or [True] * q)
     lo_s, hi_s = s.copy(), s.copy()
     lo_s[j, k] -= z * se_u
@@ -221,8 +225,9 @@ def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
         a = fit.family.dispersion(lo_s)[:, -q:][j, k]
         b = fit.family.dispersion(hi_s)[:, -q:][j, k]
         w = z * se / est
-        lo = np.where(own[k], np.minimum(a, b), np.where(positive[k], est * np.exp(-w), est - z * se))
-        hi = np.where(own[k], np.maximum(a, b), np.where(positive[k], est * np.exp(w), est + z * se))
+        mine = own[j, k]
+        lo = np.where(mine, np.minimum(a, b), np.where(positive[k], est * np.exp(-w), est - z * se))
+        hi = np.where(mine, np.maximum(a, b), np.where(positive[k], est * np.exp(w), est + z * se))
     return lo, hi
 
 

@@ -256,7 +256,14 @@ def _encode_family(fam):
     extra = {k: v for k, v in vars(fam).items()
              if k != "link" and isinstance(v, (bool, int, str))
              or (isinstance(v, float) and math.isfinite(v))}
-    return {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra}
+    out = {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra}
+    if getattr(fam, "members", None) is not None:          # a family per species
+        out["species"] = [_label(sp) for sp in fam.species]
+        out["members"] = [_encode_family(f) for f in fam.members]
+        out["widths"] = None if fam.widths is None else [int(w) for w in fam.widths]
+        out["member_q"] = None if fam.member_q is None else [
+            None if q is None else int(q) for q in fam.member_q]
+    return out
 
 
 def _encode_frame(df, key, arrays):
@@ -380,11 +387,25 @@ def _decode_community(meta, ctx):
 
 def _decode_family(meta, ctx):
     from ..families import get_family
+    if "members" in meta:
+        return _decode_mixed(meta, ctx)
     fam = get_family(meta["name"], link=meta["link"])
     for k, v in meta.get("attributes", {}).items():
         if getattr(fam, k, _DROP) != v:
             setattr(fam, k, v)
     return fam
+
+
+def _decode_mixed(meta, ctx):
+    """A family per species, bound to the saved species order with the saved widths."""
+    from ..families import Mixed
+
+    members = [_decode_family(m, ctx) for m in meta["members"]]
+    bound = Mixed(dict(zip(meta["species"], members))).bind(pd.Index(meta["species"]))
+    if meta.get("widths") is not None:
+        bound.widths = np.asarray(meta["widths"], dtype=int)
+        bound.member_q = list(meta["member_q"])
+    return bound
 
 
 def _dataclasses():

@@ -22,11 +22,12 @@ class Summary:
         1 - confidence level of the intervals.
     """
 
-    def __init__(self, header, tables, alpha, notes):
+    def __init__(self, header, tables, alpha, notes, families=None):
         self.header = header
         self.tables = tables
         self.alpha = alpha
         self.notes = list(notes)
+        self.families = families       # Series species -> family where it varies, else None
 
     @property
     def coefficients(self):
@@ -54,6 +55,8 @@ class Summary:
         width = max(len(title), *(len(s) for s in lines))
         out = [title.center(width), "=" * width, *lines, "=" * width]
         level = f"[{self.alpha / 2:.3g}, {1 - self.alpha / 2:.3g}]"
+        if self.families is not None:
+            out += ["", "Families (per species):", self.families.to_frame().to_string(), "-" * width]
         for name, tab in self.tables.items():
             out += ["", f"{name.replace('_', ' ').capitalize()} (CI {level}):",
                     _table_text(tab), "-" * width]
@@ -67,6 +70,8 @@ class Summary:
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in self.header.items())
         parts = [f"<h4>GLLVM results</h4><table>{rows}</table>"]
+        if self.families is not None:
+            parts.append("<h4>Families (per species)</h4>" + self.families.to_frame().to_html())
         for name, tab in self.tables.items():
             parts.append(f"<h4>{html.escape(name.replace('_', ' ').capitalize())}</h4>"
                          + tab.to_html(float_format=lambda x: f"{x:.4g}"))
@@ -89,7 +94,9 @@ def _table_text(tab):
 
 def _header(fit):
     prob = fit.problem
-    h = {"Family": fit.family.name, "Link": fit.family.link, "Sites": prob.n,
+    fam = fit.family
+    h = {"Family": getattr(fam, "composition", fam.name),
+         "Link": "per species" if fam.link == "mixed" else fam.link, "Sites": prob.n,
          "Species": prob.m, "Observations": fit.nobs, "Latent variables": fit.num_lv,
          "Row effect": fit.row_effect or "none", "Covariates": ", ".join(fit.terms) or "none",
          "ELBO (log-lik bound)": float(fit.llf), "Df (parameters)": fit.df, "AIC": float(fit.aic),
@@ -143,4 +150,5 @@ def summary(fit, alpha=0.05):
     for block, name in names.items():
         if block in full.index.get_level_values("block"):
             tables[name] = full.xs(block, level="block")
-    return Summary(_header(fit), tables, alpha, notes)
+    fams = fit.families
+    return Summary(_header(fit), tables, alpha, notes, fams if fams.nunique() > 1 else None)

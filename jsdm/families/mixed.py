@@ -1,0 +1,367 @@
+"""Mixed response types in one model: a family per species, latent variables shared.
+
+``family={"sp1": "poisson", "sp2": "binomial", "sp3": Gaussian(), ...}`` (a dict,
+or a pandas Series such as a column of a species table) gives each species its
+own family; ``gllvm`` binds the mapping to the data's species order
+(``Mixed.bind``). Given the latent variables the cells are independent, each
+with its own family, so the ELBO is the sum of the members' exact ell over
+their columns: this composite family dispatches every call to the members on
+their columns and the engine stays as it is.
+
+Nuisance parameters: s is (m, q) with q the largest number any member has
+(ordinal: K - 2, zinb: 2, NB: 1, Poisson: 0); a species whose family has fewer
+keeps the remaining entries at 0 and they are not parameters
+(``dispersion_mask``: the engine packs, counts and reports the free ones only).
+``dispersion(s)`` reports each member's values in the first columns of its rows
+and NaN in the padding; ``species_families`` names every species' family.
+"""
+import numpy as np
+import pandas as pd
+
+from ..exceptions import JSDMError
+from .base import ELL, Family
+
+
+class Mixed(Family):
+    """A family per species (columns of the response table); see the module notes."""
+
+    name = "mixed"
+    aliases = ()
+    links = ("mixed",)
+    default_link = "mixed"
+    dispersion_name = "dispersion"
+    mean_uses_dispersion = True          # response means come from each member (and its s)
+    accepts_cache = True
+
+    def __init__(self, families=None, link=None):
+        if link not in (None, "mixed"):
+            raise JSDMError("a mixed-family model takes each species' link from its family: give "
+                            "family instances in the mapping (e.g. {'sp1': Binomial(link='probit')}) "
+                            f"instead of link={link!r}")
+        self.link = "mixed"
+        self.mapping = _as_mapping(families) if families is not None else {}
+        self.members = None              # Family per column once bound
+        self.widths = None               # nuisance entries per column once n_dispersion has run
+        self.member_q = None             # each group's n_dispersion (None: scalar s)
+        self.has_dispersion = any(f.has_dispersion for f in self.mapping.values())
+
+    def __repr__(self):
+        if self.members is None:
+            return f"Mixed({len(self.mapping)} species, unbound)"
+        return f"Mixed({', '.join(f'{n} x {c.size}' for n, c in self._names_counts())})"
+
+    # --- binding to the data's species ---------------------------------------------------------
+    def bind(self, species):
+        """A copy bound to the species (columns) of the data, in their order.
+
+        Raises a JSDMError naming species without a family, or mapping keys that
+        are not species of the data.
+        """
+        species = pd.Index(species)
+        keys = pd.Index(list(self.mapping))
+        missing = [sp for sp in species if sp not in self.mapping]
+        extra = [k for k in keys if k not in set(species)]
+        if missing:
+            raise JSDMError(f"family mapping has no family for {len(missing)} species: "
+                            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}; give every species "
+                            "of the response table a family")
+        if extra:
+            raise JSDMError(f"family mapping names {len(extra)} species that are not in the data: "
+                            f"{extra[:8]}{' ...' if len(extra) > 8 else ''}; check the labels")
+        new = Mixed(self.mapping)
+        new.members = [self.mapping[sp] for sp in species]
+        new.species = species
+        new.groups = _groups(new.members)
+        if self.widths is not None:          # already sized: keep each species' widths
+            width = dict(zip(self.species, self.widths))
+            q_of = {_key(g["family"]): q for g, q in zip(self.groups, self.member_q)}
+            new.widths = np.array([width[sp] for sp in species], dtype=int)
+            new.member_q = [q_of[_key(g["family"])] for g in new.groups]
+        return new
+
+    @property
+    def parts(self):
+        """[(family, column indices)] for the bound columns, one entry per distinct family."""
+        self._need_bound()
+        return [(g["family"], g["cols"]) for g in self.groups]
+
+    def species_families(self):
+        """Series species -> "family(link)" (the bound order)."""
+        self._need_bound()
+        return pd.Series([_label(f) for f in self.members], index=self.species, name="family")
+
+    @property
+    def composition(self):
+        """'mixed: poisson x3, binomial(probit) x2, ...' (the families and their species counts)."""
+        if self.members is None:
+            return "mixed"
+        return "mixed: " + ", ".join(f"{n} x{c.size}" for n, c in self._names_counts())
+
+    @property
+    def description(self):
+        """A phrase for a methods paragraph."""
+        return ("a family per species (" + ", ".join(f"{n} for {c.size} species"
+                                                     for n, c in self._names_counts()) + ")")
+
+    def _names_counts(self):
+        return [(_label(g["family"]), g["cols"]) for g in self.groups]
+
+    def _need_bound(self):
+        if self.members is None:
+            raise JSDMError("this mixed family is not bound to the data's species yet "
+                            "(jsdm.gllvm does that; or call family.bind(species))")
+
+    def _need_widths(self, s):
+        if self.widths is None and s is not None:
+            raise JSDMError("mixed family: call n_dispersion(y) before using nuisance parameters")
+
+    # --- nuisance parameters -------------------------------------------------------------------
+    def n_dispersion(self, y, species=None):
+        """q = the largest number of nuisance parameters of the members (data-dependent for
+        ordinal members); fixes each column's width."""
+        self._need_bound()
+        y = np.asarray(y, dtype=float)
+        widths = np.zeros(len(self.members), dtype=int)
+        self.member_q = []
+        for g in self.groups:
+            fam, cols = g["family"], g["cols"]
+            q = fam.n_dispersion(y[:, cols], None if species is None else pd.Index(species)[cols]) \
+                if fam.has_dispersion else None
+            self.member_q.append(q)
+            widths[cols] = 0 if not fam.has_dispersion else (1 if q is None else q)
+        self.widths = widths
+        return max(1, int(widths.max()))
+
+    def dispersion_mask(self, m, q):
+        """(m, q): entry k of species j is a parameter where k < that species' width."""
+        self._need_widths(0)
+        return np.arange(q)[None, :] < self.widths[:, None]
+
+    def _s_of(self, gi, s, cols):
+        """The member's s for its columns: None, (k,) for a scalar, (k, q) for a vector."""
+        fam = self.groups[gi]["family"]
+        if not fam.has_dispersion or s is None:
+            return None
+        s = np.asarray(s, dtype=float)
+        q = self.member_q[gi]
+        return s[cols, 0] if q is None else s[cols, :q]
+
+    def dispersion_labels(self, k):
+        """dispersion1..k (each species' family says what its entries are)."""
+        return ["dispersion"] if k == 1 else [f"dispersion{i + 1}" for i in range(k)]
+
+    @property
+    def dispersion_positive(self):
+        """Per column: positive for every member that uses it."""
+        self._need_widths(0)
+        q = max(1, int(self.widths.max()))
+        out = np.ones(q, dtype=bool)
+        for gi, g in enumerate(self.groups):
+            fam = g["family"]
+            if fam.has_dispersion:
+                pos = getattr(fam, "dispersion_positive", None)
+                if pos is not None:
+                    out[:len(pos)] &= np.asarray(pos, dtype=bool)
+        return tuple(out)
+
+    def dispersion(self, s):
+        """(m, q): each species' reported nuisance values in its first columns, NaN after."""
+        if s is None:
+            return None
+        s = np.asarray(s, dtype=float)
+        out = np.full(s.shape, np.nan)
+        for gi, g in enumerate(self.groups):
+            sg = self._s_of(gi, s, g["cols"])
+            if sg is None:
+                continue
+            d = np.asarray(g["family"].dispersion(sg), dtype=float)
+            d = d[:, None] if d.ndim == 1 else d[:, -sg.shape[1]:]      # ordinal: free cut points
+            out[g["cols"], :d.shape[1]] = d
+        return out
+
+    def dispersion_param(self, disp):
+        """s from reported values (NaN padding -> 0)."""
+        disp = np.asarray(disp, dtype=float)
+        out = np.zeros(disp.shape)
+        for gi, g in enumerate(self.groups):
+            fam, cols = g["family"], g["cols"]
+            if not fam.has_dispersion:
+                continue
+            q = self.member_q[gi]
+            out[cols, :(1 if q is None else q)] = np.reshape(
+                fam.dispersion_param(disp[cols, 0] if q is None else disp[cols, :q]), (cols.size, -1))
+        return out
+
+    def dispersion_start(self, y, mu, n_dispersion=None):
+        """Each member's start on its columns (0 in the padding)."""
+        y = np.asarray(y, dtype=float)
+        mu = np.broadcast_to(np.asarray(mu, dtype=float), y.shape)
+        out = np.zeros((y.shape[-1], max(1, int(self.widths.max()))))
+        for gi, g in enumerate(self.groups):
+            fam, cols = g["family"], g["cols"]
+            if not fam.has_dispersion:
+                continue
+            q = self.member_q[gi]
+            kw = {} if q is None else {"n_dispersion": q}
+            st = fam.dispersion_start(y[..., cols], mu[..., cols], **kw)
+            if st is not None:
+                out[cols, :(1 if q is None else q)] = np.reshape(st, (cols.size, -1))
+        return out
+
+    # --- the engine's entry point --------------------------------------------------------------
+    def ell(self, y, m, v, s=None, trials=None, order=1, cache=None):
+        """Each member's exact ell on its columns; d_s (..., q) and d_ss (..., q, q) with zeros in
+        the padding."""
+        self._need_bound()
+        y, m, v = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (y, m, v)))
+        if y.shape[-1] != len(self.members):
+            raise JSDMError(f"mixed family: expected {len(self.members)} species columns, got "
+                            f"{y.shape[-1]}")
+        val, d_m, d_v = np.empty(y.shape), np.empty(y.shape), np.empty(y.shape)
+        q = None if s is None else np.shape(s)[-1]
+        d_s = None if q is None else np.zeros(y.shape + (q,))
+        d_ss = None if q is None or order < 2 else np.zeros(y.shape + (q, q))
+        tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), y.shape)
+        for gi, g in enumerate(self.groups):
+            fam, cols = g["family"], g["cols"]
+            kw = {}
+            if cache is not None and getattr(fam, "accepts_cache", False):
+                kw["cache"] = cache.setdefault(gi, {})
+            sg = self._s_of(gi, s, cols)
+            e = fam.ell(y[..., cols], m[..., cols], v[..., cols], sg,
+                        None if tr is None else tr[..., cols], order=order, **kw)
+            val[..., cols], d_m[..., cols], d_v[..., cols] = e.value, e.d_m, e.d_v
+            if sg is not None:
+                w = 1 if sg.ndim == 1 else sg.shape[1]
+                d_s[..., cols, :w] = e.d_s[..., None] if sg.ndim == 1 else e.d_s
+                if d_ss is not None:
+                    d_ss[..., cols, :w, :w] = e.d_ss[..., None, None] if sg.ndim == 1 else e.d_ss
+        return ELL(val, d_m, d_v, d_s, d_ss)
+
+    # --- everything else, column by column ------------------------------------------------------
+    def _apply(self, method, arr, s, trials, *args, fill=np.nan, out_shape=None):
+        """Call ``member.method(arr[..., cols], *args, s_member, trials_member)`` per group."""
+        self._need_bound()
+        arr = np.asarray(arr, dtype=float)
+        out = np.full(arr.shape if out_shape is None else out_shape, fill)
+        tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), arr.shape)
+        for gi, g in enumerate(self.groups):
+            cols = g["cols"]
+            sub = [a[..., cols] for a in (arr, *args)]
+            out[..., cols] = getattr(g["family"], method)(
+                *sub, s=self._s_of(gi, s, cols), trials=None if tr is None else tr[..., cols])
+        return out
+
+    def check_y(self, y, trials=None):
+        """Each member's check on its columns; the error names the species."""
+        self._need_bound()
+        y = np.asarray(y, dtype=float)
+        tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), y.shape)
+        for g in self.groups:
+            cols = g["cols"]
+            try:
+                g["family"].check_y(y[..., cols], None if tr is None else tr[..., cols])
+            except JSDMError as err:
+                who = list(self.species[cols])
+                raise JSDMError(f"species {who[:6]}{' ...' if len(who) > 6 else ''} "
+                                f"({_label(g['family'])}): {err}") from None
+
+    def loglik(self, y, eta, s=None, trials=None):
+        """Each member's exact log f on its columns."""
+        return self._apply("loglik", y, s, trials, eta)
+
+    def mean(self, eta, trials=None, s=None):
+        """Each member's mean on its columns (with s where it matters)."""
+        eta = np.asarray(eta, dtype=float)
+        out = np.empty(eta.shape)
+        tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), eta.shape)
+        for gi, g in enumerate(self.groups):
+            cols = g["cols"]
+            out[..., cols] = g["family"].mean(eta[..., cols], None if tr is None else tr[..., cols],
+                                              s=self._s_of(gi, s, cols))
+        return out
+
+    def variance(self, mu, s=None, trials=None):
+        """Each member's variance function on its columns (NaN where it has none)."""
+        mu = np.asarray(mu, dtype=float)
+        out = np.full(mu.shape, np.nan)
+        tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), mu.shape)
+        for gi, g in enumerate(self.groups):
+            cols = g["cols"]
+            try:
+                out[..., cols] = g["family"].variance(mu[..., cols], self._s_of(gi, s, cols),
+                                                      None if tr is None else tr[..., cols])
+            except NotImplementedError:
+                pass
+        return out
+
+    def cdf(self, y, eta, s=None, trials=None):
+        """Each member's CDF on its columns."""
+        return self._apply("cdf", y, s, trials, eta)
+
+    def cdf_lower(self, y, eta, s=None, trials=None):
+        """Each member's P(Y < y) on its columns."""
+        return self._apply("cdf_lower", y, s, trials, eta)
+
+    def sample(self, eta, s=None, trials=None, rng=None):
+        """Each member's draws on its columns (one generator, groups in order)."""
+        self._need_bound()
+        rng = np.random.default_rng(rng)
+        eta = np.asarray(eta, dtype=float)
+        out = np.empty(eta.shape)
+        tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), eta.shape)
+        for gi, g in enumerate(self.groups):
+            cols = g["cols"]
+            out[..., cols] = g["family"].sample(eta[..., cols], self._s_of(gi, s, cols),
+                                                None if tr is None else tr[..., cols], rng)
+        return out
+
+    @property
+    def link_residual_variance(self):
+        """(m,): each member's latent-scale residual variance."""
+        self._need_bound()
+        return np.array([float(np.asarray(f.link_residual_variance)) for f in self.members])
+
+
+def _as_mapping(families):
+    """{species label: Family} from a dict or Series of names or Family instances."""
+    from . import get_family
+
+    if isinstance(families, pd.Series):
+        families = families.to_dict()
+    if not isinstance(families, dict) or not families:
+        raise JSDMError("family= as a mapping must be a non-empty dict or Series {species: family}")
+    out = {}
+    for sp, f in families.items():
+        if isinstance(f, Mixed) or (isinstance(f, str) and str(f).lower() == "mixed"):
+            raise JSDMError(f"species {sp!r}: a species' family cannot itself be mixed")
+        if f is None or (isinstance(f, float) and np.isnan(f)):
+            raise JSDMError(f"species {sp!r} has no family (missing value in the mapping)")
+        out[sp] = get_family(f)
+    return out
+
+
+def _key(fam):
+    return (type(fam).__name__, fam.link, repr(fam))
+
+
+def _groups(members):
+    """Columns grouped by identical family (same class, link and settings)."""
+    keys, groups = {}, []
+    for j, f in enumerate(members):
+        key = _key(f)
+        if key not in keys:
+            keys[key] = len(groups)
+            groups.append({"family": f, "cols": []})
+        groups[keys[key]]["cols"].append(j)
+    for g in groups:
+        g["cols"] = np.array(g["cols"], dtype=int)
+    return groups
+
+
+def _label(fam):
+    """'poisson', 'binomial(probit)', 'tweedie(power=1.6)': a family and its non-default link."""
+    text = fam.name if fam.link == fam.default_link else f"{fam.name}({fam.link})"
+    if hasattr(fam, "power"):
+        text += "(power estimated)" if fam.power is None else f"(power={fam.power:g})"
+    return text

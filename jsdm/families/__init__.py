@@ -37,7 +37,7 @@ from .ordered_beta import OrderedBeta
 from .ordinal import Ordinal
 from .poisson import Poisson
 from .truncated import TruncatedNegativeBinomial, TruncatedPoisson
-from .tweedie import Tweedie
+from .tweedie import Tweedie, TweediePower
 from .zinb import ZeroInflatedNegativeBinomial
 from .zip import ZeroInflatedPoisson
 
@@ -55,6 +55,10 @@ for _cls in (Poisson, NegativeBinomial, Binomial, Gaussian, Gamma, Tweedie, Ordi
              ZeroInflatedPoisson, Beta, ZeroInflatedNegativeBinomial, NegativeBinomial1,
              TruncatedPoisson, TruncatedNegativeBinomial, HurdlePoisson, HurdleNegativeBinomial, Exponential, OrderedBeta, BetaHurdle, BetaBinomial):
     register(_cls)
+
+
+for _key in TweediePower.aliases:        # "tweedie_power": Tweedie(power=None); "tweedie" stays p = 1.5
+    _REGISTRY[_key] = TweediePower
 
 
 def get_family(family, link=None):

@@ -254,8 +254,8 @@ def _encode_sequence(value, key, arrays):
 
 def _encode_family(fam):
     extra = {k: v for k, v in vars(fam).items()
-             if k != "link" and isinstance(v, (bool, int, str))
-             or (isinstance(v, float) and math.isfinite(v))}
+             if k != "link" and (v is None or isinstance(v, (bool, int, str))
+                                 or (isinstance(v, float) and math.isfinite(v)))}
     out = {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra}
     if getattr(fam, "members", None) is not None:          # a family per species
         out["species"] = [_label(sp) for sp in fam.species]

@@ -7,5 +7,6 @@ from .api import gllvm
 from .results.fitted import GLLVMResults
 from .results.io import load
 from .results.anova import anova, select_num_lv
+from .results.profile import profile_power
 
 __version__ = "0.1.0"

@@ -457,3 +457,53 @@ def test_zinb_mite_elbo_at_least_gllvm_zinb_va():
     assert fit.df == ref["df"]
     # the reported pi and phi are the parameters gllvm reports as phi and ZINB.phi
     assert list(fit.dispersion.columns) == ["pi", "phi"]
+
+
+# --- one Tweedie power shared by all species: the profile ELBO ------------------------------
+def test_shared_tweedie_power_by_profile_equals_statsmodels_joint_maximum():
+    """num_lv = 0: maximising the sum over species of statsmodels' exact Tweedie likelihood
+    (each species' coefficients by its GLM at that power, phi by scipy) over one common
+    power gives the power and the total log-likelihood that profile_power finds."""
+    import statsmodels.api as sm
+    from statsmodels.genmod.families import Tweedie as SMTweedie
+
+    com, _ = jsdm.simulate_community(150, 3, num_lv=0, family="tweedie", n_covariates=1, seed=2,
+                                     intercept=1.0, dispersion=1.0)
+    prof = jsdm.profile_power(com, num_lv=0, n_init=1, seed=0, gtol=1e-5)
+    X = np.column_stack([np.ones(com.n_sites), com.X.to_numpy(dtype=float)])
+    link = sm.families.links.Log()
+
+    def total(p):
+        out = 0.0
+        for sp in com.species:
+            y = com.Y[sp].to_numpy(dtype=float)
+            mu = sm.GLM(y, X, family=SMTweedie(var_power=p, link=link)).fit(tol=1e-12).mu
+            fam = SMTweedie(var_power=p, link=link, eql=False)
+            out += -optimize.minimize_scalar(lambda lp: -fam.loglike_obs(y, mu, scale=np.exp(lp)).sum(),
+                                             bounds=(-8.0, 5.0), method="bounded",
+                                             options={"xatol": 1e-10}).fun
+        return out
+
+    res = optimize.minimize_scalar(lambda p: -total(p), bounds=(1.02, 1.98), method="bounded",
+                                   options={"xatol": 1e-5})
+    assert prof.power == pytest.approx(res.x, abs=0.01)
+    assert prof.best.llf == pytest.approx(-res.fun, abs=2e-3)
+    assert prof.best.llf >= prof.table["llf"].max() - 1e-12 and prof.table["best"].sum() == 1
+    # the per-species powers nest the shared one: their ELBO is at least as high
+    free = jsdm.gllvm(com, family="tweedie_power", num_lv=0, n_init=1, seed=0)
+    assert free.llf >= prof.best.llf - 1e-6
+    assert prof.best.df == free.df - com.n_species + 1      # one power instead of one per species
+
+
+def test_profile_power_with_latent_variables_grid_and_errors(tmp_path):
+    com, _ = jsdm.simulate_community(60, 4, num_lv=1, family="tweedie", n_covariates=0, seed=3,
+                                     intercept=1.0)
+    prof = jsdm.profile_power(com, num_lv=1, powers=[1.3, 1.5, 1.7], n_init=1, seed=0)
+    assert list(prof.table.index) == [1.3, 1.5, 1.7]
+    assert prof.power == prof.table["llf"].idxmax() and prof.best.family.power == prof.power
+    again = jsdm.load(prof.best.save(tmp_path / "tw.jsdm"))
+    assert again.df == prof.best.df and again.settings["profiled"] == {"power": prof.power}
+    with pytest.raises(jsdm.JSDMError, match="profiles the Tweedie power"):
+        jsdm.profile_power(com, family="gamma", num_lv=0)
+    with pytest.raises(jsdm.JSDMError, match="strictly between 1 and 2"):
+        jsdm.profile_power(com, powers=[1.5, 2.0], num_lv=0)

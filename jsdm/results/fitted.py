@@ -98,7 +98,8 @@ class GLLVMResults:
             k += prob.n - 1
         elif prob.row_effect == "random":
             k += 1
-        return int(k)
+        from .profile import profiled_df
+        return int(k + profiled_df(self.settings))        # e.g. a Tweedie power shared by all
 
     @property
     def nobs(self):

@@ -35,7 +35,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     n_init : int
         Number of starts; the one with the highest ELBO is kept.
     seed : int, optional
-        Seed for starting values; the same seed gives the same fit.
+        Seed for starting values; the same seed gives the same fit. None uses a fixed
+        default (``jsdm.model.fit.DEFAULT_SEED``), so a call without it is reproducible too.
     maxiter, gtol : optimiser limits; converged means max |gradient| <= gtol.
     verbose : bool
         Print progress to stderr.

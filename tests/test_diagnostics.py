@@ -170,3 +170,25 @@ def test_degenerate_dispersion_check_is_quiet_on_a_sound_fit():
     fit.state.params.s[2] = -12.0                   # sd 6e-6 against data sd ~1
     probs = check_degenerate_dispersion(fit)
     assert len(probs) == 1 and probs[0].parameters == [("dispersion", fit.species[2], "sd")]
+
+
+def test_starts_that_end_at_different_optima_are_reported(clean):
+    """diagnose() says when the starts' final ELBOs differ by more than the tolerance."""
+    from jsdm.analysis.diagnostics import START_TOL, check_starts
+
+    _, fit = clean
+    best = fit.llf
+
+    def with_starts(values):
+        return GLLVMResults(fit.problem, replace(fit.state, start_values=list(values)), fit.settings)
+
+    assert check_starts(with_starts([best])) == []                              # one start: silent
+    assert check_starts(with_starts([best, best - 0.5 * START_TOL, best])) == []  # optimiser noise
+    apart = with_starts([best - 0.3, best, best - 4.2])
+    probs = check_starts(apart)
+    assert len(probs) == 1 and probs[0].kind == "starts"
+    assert "2 of 3 starts" in probs[0].message and f"{best - 4.2:.4f}" in probs[0].evidence
+    assert "n_init=10" in probs[0].remedy
+    assert "starts" in [p.kind for p in apart.diagnose(hessian=False).problems]
+    with pytest.warns(jsdm.JSDMWarning, match="starts ended more than"):
+        warn_quick_checks(apart)

@@ -38,6 +38,10 @@ SCALE_RANGE = (0.1, 10.0)
 LV_RMS = 0.1
 LV_SHARE = 0.01
 ROW_SD = 0.01
+#: starts whose final ELBO is this far below the best one (nats, or this fraction of |ELBO| on
+#: large data) ended at another optimum; smaller differences are the optimiser's tolerance
+START_TOL = 0.01
+START_RTOL = 1e-6
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Problem:
     kind : str
         Short name ("convergence", "hessian", "near_singular", "large_coefficient",
         "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance",
-        "degenerate_dispersion").
+        "degenerate_dispersion", "starts").
     message : str
         One-line statement of the problem.
     evidence : str
@@ -329,6 +333,33 @@ def _informative(fam, Y, trials):
     return info
 
 
+def check_starts(fit, tol=None):
+    """Starts that ended at different optima (the ELBO has several local maxima here).
+
+    ``fit.state.start_values`` holds the final ELBO of each start; the fit keeps the
+    best. Starts more than ``tol`` (default ``START_TOL`` nats, or ``START_RTOL`` of
+    |ELBO| when larger) below it ended at another, lower optimum.
+    """
+    vals = np.asarray(getattr(fit.state, "start_values", None) or [], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if vals.size < 2:
+        return []
+    best = vals.max()
+    tol = max(START_TOL, START_RTOL * abs(best)) if tol is None else float(tol)
+    behind = np.sort(vals[vals < best - tol])
+    if not behind.size:
+        return []
+    n = vals.size
+    return [Problem(
+        "starts", f"{behind.size} of {n} starts ended more than {tol:.3g} below the best",
+        f"final ELBO of the starts: best {best:.4f}; lower ones "
+        + ", ".join(f"{v:.4f}" for v in behind[:5]) + (" ..." if behind.size > 5 else "")
+        + f" (the fit kept the best; tolerance {tol:.3g})",
+        "the ELBO has several local optima for these data, so even the best of these starts may "
+        f"not be the highest: refit with more starts (n_init={max(10, 3 * n)}) and a few seeds and "
+        "keep the best; estimates that differ between such fits are not well determined", [])]
+
+
 def check_row_variance(fit):
     """Near-zero variance of random row effects."""
     if fit.row_effect != "random" or fit.row_sigma is None or fit.row_sigma >= ROW_SD:
@@ -388,7 +419,7 @@ def check_degenerate_dispersion(fit):
 
 
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
-         check_large_coefficients, check_degenerate_dispersion)
+         check_large_coefficients, check_degenerate_dispersion, check_starts)
 
 
 def quick_checks(fit):
@@ -445,7 +476,7 @@ def diagnose(fit, hessian=True):
             se = fit.bse
     problems += check_large_coefficients(fit, se)
     for check in (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
-                  check_degenerate_dispersion):
+                  check_degenerate_dispersion, check_starts):
         problems += check(fit)
     fam_text = getattr(fit.family, "composition", None) or f"{fit.family.name} ({fit.family.link})"
     stats = {"family": fam_text, "sites x species": f"{fit.problem.n} x {fit.problem.m}",

@@ -159,10 +159,14 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+#: the seed of the starting values when none is given: same data, same call, same fit
+DEFAULT_SEED = 0
+
+
 def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     t0 = time.perf_counter()
     layout = make_layout(prob)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(DEFAULT_SEED if seed is None else seed)   # deterministic by default
     glm = glm_start(prob)
     best, values = None, []
     work, order = prob, None

@@ -2,19 +2,24 @@
 
 For each case (data set, family, 2 latent variables, no covariates) the default call
 ``jsdm.gllvm(Y, family=..., num_lv=2, seed=S)`` (``n_init=3``) is compared with the best
-ELBO over many starts (``n_init=--n-ref`` with seeds S and S + 1000). The table reports
-the gap (best - default), how many of the reference starts ended within ``--tol`` of the
+ELBO over many starts (``n_init=--n-ref`` with seeds S + 100 and S + 1000), and with the
+previous default (three starts without the related-family start of
+``jsdm.model.fit.related_start``, emulated by switching it off). The table reports the
+gaps (best - default), how many of the reference starts ended within ``--tol`` of the
 best, and what ``fit.diagnose()`` says about the default fit's starts.
 
 Data: the bundled mite counts (70 x 35) and dune cover classes (20 x 30), aravo cover
-classes 0-5 (75 x 82, ``../shared/data/aravo``; skipped when absent), and communities
-simulated from each family of issue 16 (80 x 15, 2 latent variables, seed 1).
+classes 0-5 (75 x 82, ``../shared/data/aravo``; skipped when absent), "spider-like"
+communities (28 sites x 12 species of overdispersed counts, as R gllvm's hunting-spider
+data; simulated NB, seeds 1..7) and communities simulated from each family of issue 16
+(80 x 15, 2 latent variables, seed 1).
 
-    python bench/bench_starts.py                      # everything (a few minutes per case group)
-    python bench/bench_starts.py --cases mite --n-ref 10
-    python bench/bench_starts.py --seeds 1,2,3        # default fits with several seeds
+    python bench/bench_starts.py                      # everything (long on a shared machine)
+    python bench/bench_starts.py --cases spider --n-ref 10
+    python bench/bench_starts.py --cases mite,dune --seeds 1,2
 
-Writes bench/results/bench_starts.json (settings, machine, one record per case and seed).
+Writes bench/results/bench_starts.json after every case (settings, machine, one record
+per case and seed).
 """
 import argparse
 import json
@@ -56,6 +61,8 @@ REAL = [
     ("aravo", "tweedie", None, None), ("aravo", "zip", None, None),
     ("aravo", "binomial", "presence", None), ("aravo", "beta_binomial", None, 5),
 ]
+SPIDER = [("spider-like", fam, seed) for seed in range(1, 8)
+          for fam in ("zip", "zinb", "hurdle_poisson", "hurdle_nb", "tweedie")]
 SIMULATED = ["zinb", "nb1", "hurdle_poisson", "hurdle_nb", "exponential", "ordered_beta",
              "beta_hurdle", "beta_binomial", "tweedie_power", "truncated_poisson", "truncated_nb",
              "zip", "tweedie"]
@@ -63,9 +70,22 @@ TRANSFORMS = {None: lambda Y: Y, "presence": lambda Y: (Y > 0).astype(float),
               "div9": lambda Y: Y / 9.0, "div10": lambda Y: Y / 10.0}
 
 
+def spider_like(seed):
+    """28 sites x 12 species of overdispersed counts with two latent variables (NB)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        com, _ = jsdm.simulate_community(28, 12, num_lv=2, family="negative_binomial", n_covariates=0,
+                                         seed=seed, intercept=0.5, intercept_sd=1.5, loading_sd=1.2,
+                                         dispersion=1.0)
+    return com.Y
+
+
 def cases(select):
     data = datasets()
     out = []
+    for name, fam, seed in SPIDER:
+        if not select or "spider" in select or fam in select:
+            out.append((f"{name}-{seed}", fam, spider_like(seed), None, None))
     for name, fam, tf, trials in REAL:
         if name in data and (not select or name in select or fam in select):
             out.append((name, fam, TRANSFORMS[tf](data[name]), trials, tf))
@@ -82,9 +102,15 @@ def cases(select):
     return out
 
 
-def fit(Y, fam, trials, n_init, seed):
+def fit(Y, fam, trials, n_init, seed, related=True):
+    """A fit and its CPU time; ``related=False``: without the related-family start."""
+    from unittest import mock
+
+    import jsdm.model.fit as engine
+
     t0 = time.process_time()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), mock.patch.object(
+            engine, "related_start", engine.related_start if related else (lambda *a: None)):
         warnings.simplefilter("ignore")
         res = jsdm.gllvm(Y, family=fam, num_lv=2, n_init=n_init, seed=seed, trials=trials,
                          checks=False)
@@ -99,33 +125,37 @@ def start_note(res):
     return probs[0].evidence if probs else ""
 
 
-def run(args):
+def run(args, write):
     rows = []
     seeds = [int(s) for s in args.seeds.split(",")]
     for name, fam, Y, trials, tf in cases(args.cases.split(",") if args.cases else None):
-        ref, t_ref = None, 0.0
-        ref_values = []
-        for rs in (seeds[0], seeds[0] + 1000):
+        ref, t_ref, ref_values = None, 0.0, []
+        for rs in (seeds[0] + 100, seeds[0] + 1000):
             r, t = fit(Y, fam, trials, args.n_ref, rs)
             ref_values += list(r.state.start_values)
             t_ref += t
             ref = r if ref is None or r.llf > ref.llf else ref
         for seed in seeds:
             d, t_def = fit(Y, fam, trials, 3, seed)
-            best = max(ref.llf, d.llf)
+            old, t_old = fit(Y, fam, trials, 3, seed, related=False)
+            best = max(ref.llf, d.llf, old.llf)
             vals = np.asarray(ref_values)
             row = {"data": name, "family": fam, "response": tf or "as is",
                    "size": f"{Y.shape[0]}x{Y.shape[1]}", "seed": seed,
-                   "elbo_default": d.llf, "elbo_best": best, "gap": best - d.llf,
+                   "elbo_default": d.llf, "elbo_previous_default": old.llf, "elbo_best": best,
+                   "gap": best - d.llf, "gap_previous": best - old.llf,
                    "default_starts": [float(v) for v in d.state.start_values],
                    "default_converged": bool(d.converged), "n_ref": len(vals),
                    "ref_within_tol": int((vals >= best - args.tol).sum()),
                    "ref_spread": float(vals.max() - vals.min()),
-                   "diagnose_starts": start_note(d), "cpu_default_s": t_def, "cpu_ref_s": t_ref}
+                   "diagnose_starts": start_note(d), "diagnose_starts_previous": start_note(old),
+                   "cpu_default_s": t_def, "cpu_previous_s": t_old, "cpu_ref_s": t_ref}
             rows.append(row)
-            print(f"{name:9s} {fam:18s} {row['size']:>6s} seed {seed}: default {d.llf:12.4f}  "
-                  f"best {best:12.4f}  gap {row['gap']:8.4f}  within {row['ref_within_tol']:2d}/"
-                  f"{len(vals)}  spread {row['ref_spread']:8.3f}  {t_def:5.1f}s", flush=True)
+            write(rows)
+            print(f"{name:14s} {fam:18s} {row['size']:>6s} seed {seed}: default {d.llf:12.4f} "
+                  f"(previous {old.llf:12.4f})  best {best:12.4f}  gap {row['gap']:8.4f} "
+                  f"(previous {row['gap_previous']:8.4f})  within {row['ref_within_tol']:2d}/{len(vals)}"
+                  f"  {t_def:5.1f}s vs {t_old:5.1f}s", flush=True)
     return rows
 
 
@@ -141,10 +171,10 @@ def machine():
 
 def table(rows):
     """A markdown table (no tabulate needed)."""
-    cols = ["data", "family", "response", "size", "seed", "elbo_default", "elbo_best", "gap",
-            "ref_within_tol", "n_ref", "ref_spread", "cpu_default_s"]
-    fmt = {"elbo_default": "{:.3f}", "elbo_best": "{:.3f}", "gap": "{:.4f}", "ref_spread": "{:.3f}",
-           "cpu_default_s": "{:.1f}"}
+    cols = ["data", "family", "response", "size", "seed", "elbo_best", "gap", "gap_previous",
+            "ref_within_tol", "n_ref", "ref_spread", "cpu_default_s", "cpu_previous_s"]
+    fmt = {"elbo_best": "{:.3f}", "gap": "{:.4f}", "gap_previous": "{:.4f}", "ref_spread": "{:.3f}",
+           "cpu_default_s": "{:.1f}", "cpu_previous_s": "{:.1f}"}
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(fmt.get(c, "{}").format(r[c]) for c in cols) + " |")
@@ -159,9 +189,11 @@ def main():
     ap.add_argument("--tol", type=float, default=0.05, help="ELBO tolerance for 'the same optimum'")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_starts.json"))
     args = ap.parse_args()
-    rows = run(args)
-    Path(args.out).write_text(json.dumps({"settings": vars(args), "machine": machine(),
-                                          "rows": rows}, indent=1))
+    def write(rows):
+        Path(args.out).write_text(json.dumps({"settings": vars(args), "machine": machine(),
+                                              "rows": rows}, indent=1))
+
+    rows = run(args, write)
     print()
     print(table(rows))
 

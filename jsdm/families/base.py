@@ -194,6 +194,10 @@ class Family:
     # (probit 1, logit pi^2/3; 0 where the family has none)
     link_residual_variance = 0.0
 
+    # a family whose GLLVM fit (one start) gives a better start for this one where the
+    # likelihood has many local optima (zero inflation, hurdles); None: no such start
+    start_family = None
+
     # True where E[y | eta] depends on the dispersion s as well (zero inflation, hurdles,
     # point masses): response-scale means need s, and g^-1(eta) is not the mean of y
     mean_uses_dispersion = False

@@ -31,6 +31,7 @@ class BetaHurdle(_Hurdle):
     default_dispersion = (0.6, 10.0)
     count = Beta()
     _fill = 0.5
+    start_family = None
 
     def check_y(self, y, trials=None):
         """Values in [0, 1) (NaN allowed)."""

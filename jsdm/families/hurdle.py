@@ -42,6 +42,7 @@ class _Hurdle(Family):
     has_dispersion = True
     discrete = True
     mean_uses_dispersion = True
+    start_family = "negative_binomial"   # an extra start from its fit (model.fit.related_start)
     count = None               # the truncated family (an instance)
     _fill = 1.0                # a value of the count part's support, used where y = 0
 

@@ -108,6 +108,7 @@ class ZeroInflatedNegativeBinomial(Family):
     dispersion_name = "zinb"
     discrete = True
     mean_uses_dispersion = True
+    start_family = "negative_binomial"   # an extra start from its fit (model.fit.related_start)
     default_dispersion = (0.3, 0.5)        # pi, phi (for simulate_community)
 
     def ell(self, y, m, v, s=None, trials=None, order=1):

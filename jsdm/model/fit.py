@@ -134,7 +134,10 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
                 start=None):
     """Fit the model; return the best :class:`FitState` over ``n_init`` starts.
 
-    Each start runs block Newton sweeps (SQUAREM-accelerated), joint Newton
+    Start 1 is the per-species GLMs with an SVD of their Dunn-Smyth residuals; start 2,
+    where the family names a ``start_family``, the fit of that family (see
+    :func:`related_start`); the others jitter the residuals. Each start runs block Newton
+    sweeps (SQUAREM-accelerated), joint Newton
     steps on the means, then a diagonally scaled L-BFGS polish; ``maxiter``
     bounds the iterations of all three together. Converged means the scaled
     gradient max_k |g_k| / sqrt(max(h_k, 1)) is at most ``gtol``, with h_k the
@@ -171,8 +174,9 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     best, values = None, []
     work, order = prob, None
     for k in range(max(1, int(n_init)) if start is None else 1):
-        P0 = start if start is not None else initial_params(
-            prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
+        P0 = start if start is not None else (related_start(prob, rng, glm) if k == 1 else None)
+        if P0 is None:
+            P0 = initial_params(prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
         if k == 0:
             order = anchor_order(P0.theta)
             if order is not None:
@@ -208,6 +212,43 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
             "latent variables; fit.diagnose() shows which parameters carry the gradient.",
             ConvergenceWarning, stacklevel=3)
     return state
+
+
+def related_start(prob, rng, glm):
+    """A start from the fit of a related, better-behaved family (``family.start_family``).
+
+    Zero-inflated and hurdle count models have many local optima: whether a species'
+    zeros are explained by the latent variables or by its zero probability is decided
+    by where the fit starts. A negative binomial GLLVM (one start) on the same data puts
+    the latent variables on the co-occurrence pattern with the overdispersion in phi;
+    its coefficients and variational parameters start the family's own fit (its
+    nuisance parameters start as in the default start). None when the family names no
+    such family, the model has no latent variables, or the data do not suit that family.
+    """
+    from dataclasses import replace
+
+    from ..exceptions import JSDMError
+    from ..families import get_family
+
+    name = getattr(prob.family, "start_family", None)
+    if name is None or prob.d == 0:
+        return None
+    other = get_family(name)
+    try:
+        other.check_y(np.where(prob.W > 0, prob.Y, np.nan), prob.trials)
+    except JSDMError:
+        return None
+    sub = replace(prob, family=other, info={k: v for k, v in prob.info.items()
+                                           if k not in ("n_dispersion", CACHE_KEY)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = fit_problem(sub, n_init=1, seed=int(rng.integers(2 ** 31)))
+    P0 = initial_params(prob, rng, glm=glm)
+    src = state.params
+    for key in ("beta0", "B", "theta", "a", "L", "alpha", "log_sigma", "log_rho"):
+        val = getattr(src, key)
+        setattr(P0, key, None if val is None else np.array(val, dtype=float))
+    return P0
 
 
 ANCHOR_GAIN = 2.0

@@ -8,5 +8,6 @@ from .results.fitted import GLLVMResults
 from .results.io import load
 from .results.anova import anova, select_num_lv
 from .results.profile import profile_power
+from .results.crossval import cross_validate
 
 __version__ = "0.1.0"

@@ -1,12 +1,18 @@
 """The user-facing entry point :func:`gllvm`."""
-from .model.fit import fit_problem
+import numbers
+
+import numpy as np
+
+from .exceptions import JSDMError
+from .model.checks import check_fit_options
+from .model.fit import DEFAULT_SEED, fit_problem
 from .model.problem import build_problem
 from .results.fitted import GLLVMResults
 
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, n_init=3, seed=None,
-          maxiter=5000, gtol=1e-3, verbose=False, checks=True):
+          maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -29,20 +35,42 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Link function where the family offers several (binomial: logit, probit, cloglog).
     row_effect : None, "fixed" or "random"
         Site intercepts.
-    offset : array (n,) or (n, m), optional
-    trials : array broadcastable to (n, m), optional
+    offset : number, array (n,), (n, 1), (1, m) or (n, m), Series or DataFrame, optional
+        Known part of the linear predictor. A Series indexed by site (or by
+        species) or a DataFrame (sites x species) is matched by label; an
+        array is taken in the order of the sites and species (a 1-D array
+        holds one value per site). Must be finite wherever y is observed.
+    trials : same shapes as ``offset``, optional
         Binomial number of trials (1 when omitted).
-    n_init : int
+    n_init : int >= 1
         Number of starts; the one with the highest ELBO is kept.
-    seed : int, optional
-        Seed for starting values; the same seed gives the same fit. None uses a fixed
-        default (``jsdm.model.fit.DEFAULT_SEED``), so a call without it is reproducible too.
-    maxiter, gtol : optimiser limits; converged means max |gradient| <= gtol.
+    seed : int >= 0 or numpy Generator, optional
+        Seed of the starting values (the jittered starts and the randomised
+        residuals they come from). The default, None, uses a fixed seed (0):
+        the same data and call give the same fit, bit for bit. Pass other
+        seeds to try other starts.
+    maxiter : int >= 1
+        Iteration limit of the optimiser (all phases together).
+    gtol : float > 0
+        Convergence tolerance. The fit is *converged* when the largest
+        curvature-scaled gradient, max_k |g_k| / sqrt(max(h_k, 1)) with g the
+        gradient of the ELBO and h_k its curvature along parameter k, is at
+        most ``gtol`` (``fit.scaled_grad``); the raw max |gradient|
+        (``fit.max_grad``) can be larger for parameters with large curvature.
     verbose : bool
         Print progress to stderr.
     checks : bool
         Run the cheap diagnostics (covariate scaling, sparse species, collapsed
         latent variables, ...) at the end and warn about what they find.
+    prior_sd : float, optional
+        A weak Gaussian penalty: loadings and slopes (per standard deviation of
+        their covariate) get a N(0, prior_sd^2) prior, and the fit is the
+        penalised (posterior-mode) estimate. Keeps estimates finite for species
+        whose likelihood has no finite optimum (perfect separation, a species
+        seen at one site); well-informed species barely move (see
+        docs/associations.md, "Rare and separated species"; 5 is the value
+        studied there). Default None: maximum likelihood (of the ELBO), as R
+        gllvm. ``fit.llf`` is the ELBO without the penalty.
 
     Returns
     -------
@@ -51,6 +79,11 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     from .families import get_family
 
     fam = get_family(family, link=link)
+    check_fit_options(n_init, maxiter, gtol, seed)
+    if prior_sd is not None and (isinstance(prior_sd, bool) or not (
+            isinstance(prior_sd, numbers.Real) and np.isfinite(prior_sd) and prior_sd > 0)):
+        raise JSDMError(f"prior_sd must be a positive number (the sd of the penalty), got "
+                        f"{prior_sd!r}; use None for no penalty")
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
                 response=response, site=site, species=species)
     # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
@@ -60,10 +93,13 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     prob = build_problem(data, X, family=fam, trials=trials, **call)
+    if prior_sd is not None:
+        prob.info["prior_sd"] = float(prior_sd)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
     settings = dict(family=fam.name, link=fam.link, num_lv=call["num_lv"], formula=formula,
-                    row_effect=call["row_effect"], n_init=n_init, seed=seed, maxiter=maxiter,
-                    gtol=gtol)
+                    row_effect=call["row_effect"], n_init=n_init,
+                    seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
+                    prior_sd=prior_sd)
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

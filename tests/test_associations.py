@@ -41,7 +41,41 @@ def test_residual_correlation_symmetric_unit_diagonal(mite_poisson):
     np.testing.assert_allclose(np.diag(vals), 1.0, atol=1e-14)
     assert np.all(np.abs(vals) <= 1.0)
     assert np.all(np.linalg.eigvalsh(vals) > -1e-10)   # a correlation matrix (PSD)
-    np.testing.assert_allclose(vals, cor_from(mite_poisson.loadings), atol=1e-12)
+    pure = A.residual_correlation(mite_poisson, add_family_variance=False).to_numpy()
+    np.testing.assert_allclose(pure, cor_from(mite_poisson.loadings), atol=1e-12)
+
+
+def test_default_measure_adds_the_observation_variance_at_each_species_mean(mite_poisson):
+    # Nakagawa et al. (2017): Poisson log link, sigma_j^2 = log(1 + 1 / mu_j), mu_j the mean
+    # over sites of the marginal mean exp(b0 + x'B + |theta|^2 / 2), computed here by hand
+    th = mite_poisson.loadings.to_numpy()
+    eta = mite_poisson.coef["Intercept"].to_numpy() + mite_poisson.problem.X @ \
+        mite_poisson.coef[mite_poisson.terms].to_numpy().T
+    mu = np.exp(eta + 0.5 * (th ** 2).sum(1)).mean(0)
+    C = th @ th.T + np.diag(np.log1p(1.0 / mu))
+    sd = np.sqrt(np.diag(C))
+    np.testing.assert_allclose(A.residual_correlation(mite_poisson).to_numpy(), C / np.outer(sd, sd),
+                               rtol=1e-10)
+    np.testing.assert_allclose(A.family_variance(mite_poisson, "observation"), np.log1p(1.0 / mu),
+                               rtol=1e-10)
+    # every pair is shrunk towards zero relative to Theta Theta' alone
+    pure = A.residual_correlation(mite_poisson, add_family_variance=False)
+    assert np.all(np.abs(upper(mite_poisson.residual_correlation())) <= np.abs(upper(pure)) + 1e-12)
+
+
+def test_one_latent_variable_gives_products_of_loading_shares_not_plus_minus_one():
+    com, _ = jsdm.simulate_community(60, 6, 1, "binomial", 0, seed=2)
+    fit = quiet_fit(com, family="binomial", num_lv=1, seed=1)
+    pure = A.residual_correlation(fit, add_family_variance=False).to_numpy()
+    np.testing.assert_allclose(np.abs(upper(pure)), 1.0)            # rank 1: +-1 by construction
+    th = fit.loadings.to_numpy()[:, 0]
+    share = np.sqrt(th ** 2 / (th ** 2 + np.pi ** 2 / 3))               # logit: pi^2 / 3
+    np.testing.assert_allclose(fit.residual_correlation().to_numpy(),
+                               np.sign(np.outer(th, th)) * np.outer(share, share) + np.diag(1 - share ** 2),
+                               rtol=1e-10)
+    with pytest.warns(jsdm.JSDMWarning, match="one latent variable"):
+        tab = fit.association_table()
+    assert (tab["estimate"].abs() < 1).all() and (tab["upper"] - tab["lower"] > 0).all()
 
 
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
@@ -77,7 +111,8 @@ def test_family_term_on_the_diagonal():
         np.testing.assert_allclose(cov - np.diag(np.diag(cov)), (theta @ theta.T) - np.diag((theta ** 2).sum(1)))
     # the family term shrinks every correlation towards zero
     nb = cases[0][0]
-    r0, r1 = A.residual_correlation(nb).to_numpy(), A.residual_correlation(nb, add_family_variance=True).to_numpy()
+    r0 = A.residual_correlation(nb, add_family_variance=False).to_numpy()
+    r1 = A.residual_correlation(nb, add_family_variance=True).to_numpy()
     assert np.all(np.abs(upper(r1)) < np.abs(upper(r0)))
     with pytest.raises(jsdm.JSDMError, match="add_family_variance"):
         A.residual_covariance(nb, add_family_variance="gamma")
@@ -100,7 +135,7 @@ def test_mite_poisson_matches_r_gllvm(mite_poisson):
     if ref is None:
         pytest.skip("R reference fits not found (set JSDM_REFERENCE)")
     L = pd.DataFrame(ref["loadings"]["values"], index=ref["loadings"]["rownames"])
-    R = A.residual_correlation(mite_poisson)
+    R = A.residual_correlation(mite_poisson, add_family_variance=False)    # Theta Theta' alone
     Rr = cor_from(L.loc[R.index])
     # same exact VA objective as gllvm: the same optimum up to optimiser tolerance
     assert np.abs(R.to_numpy() - Rr).max() < 2e-3
@@ -141,7 +176,7 @@ def test_mite_nb_close_to_r_gllvm(mite_nb):
 def test_recovers_true_residual_correlation(family):
     com, truth = jsdm.simulate_community(300, 30, 2, family, 2, seed=3)
     fit = quiet_fit(com, family=family, num_lv=2, seed=1)
-    R = A.residual_correlation(fit)
+    R = A.residual_correlation(fit, add_family_variance=False)
     Rt = cor_from(truth.theta.loc[R.index])
     assert np.corrcoef(upper(R), upper(Rt))[0, 1] > 0.9
     C, Ct = A.residual_covariance(fit).to_numpy(), truth.theta.to_numpy() @ truth.theta.to_numpy().T
@@ -207,32 +242,40 @@ def _random_cov(index, seed):
     return pd.DataFrame(M @ M.T + 1e-4 * np.eye(k), index=index, columns=index)
 
 
-def _numeric_jacobian(fit, h=1e-6):
-    """d vech(cor) / d(free loadings), by central differences on copies of the Params."""
+def _numeric_jacobian(fit, measure, h=1e-6):
+    """d vech(cor) / d(free loadings, intercepts, slopes), by central differences on Params copies."""
     P0 = fit.state.params
     tri = np.tril(np.ones(P0.theta.shape, bool))
+    where = [("theta", (j, k)) for j, k in zip(*np.nonzero(tri))]
+    where += [("beta0", (j,)) for j in range(len(P0.beta0))]
+    where += [("B", (j, k)) for j in range(P0.B.shape[0]) for k in range(P0.B.shape[1])]
     cols = []
-    for j, k in zip(*np.nonzero(tri)):
+    for name, pos in where:
         out = []
         for sgn in (1, -1):
             P = P0.copy()
-            P.theta[j, k] += sgn * h
+            getattr(P, name)[pos] += sgn * h
             f = GLLVMResults(fit.problem, dataclasses.replace(fit.state, params=P), fit.settings)
-            out.append(upper(A.residual_correlation(f)))
+            out.append(upper(A.residual_correlation(f, add_family_variance=measure)))
         cols.append((out[0] - out[1]) / (2 * h))
     return np.column_stack(cols)
 
 
-def test_delta_method_gradient_matches_finite_differences(mite_poisson):
+@pytest.mark.parametrize("measure", [False, "observation"])
+def test_delta_method_gradient_matches_finite_differences(mite_poisson, measure):
     idx = mite_poisson.params.index
     fit = _FixedCov(mite_poisson, _random_cov(idx, seed=1))
-    J = _numeric_jacobian(fit)
-    lab = [i for i in idx if i[0] == "loading"]
+    J = _numeric_jacobian(fit, measure)
+    m, p = len(fit.species), len(fit.terms)
+    lab = [i for i in idx if i[0] == "loading"] + [("coef", sp, "Intercept") for sp in fit.species]
+    lab += [("coef", sp, t) for sp in fit.species for t in fit.terms]
     S = fit.cov_params().loc[lab, lab].to_numpy()
     se_fd = np.sqrt(np.einsum("pa,ab,pb->p", J, S, J))
-    ci = A.residual_correlation_intervals(fit)
+    ci = A.residual_correlation_intervals(fit, add_family_variance=measure)
     np.testing.assert_allclose(upper(ci.se), se_fd, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(np.diag(ci.se.to_numpy()), 0.0)
+    if measure is False:        # Theta Theta' does not depend on intercepts and slopes
+        assert np.abs(J[:, -m * (1 + p):]).max() == 0.0
 
 
 def test_association_table(mite_poisson):
@@ -240,7 +283,10 @@ def test_association_table(mite_poisson):
     fit = _FixedCov(mite_poisson, _random_cov(mite_poisson.params.index, seed=2))
     tab = A.association_table(fit, alpha=0.1)
     assert len(tab) == m * (m - 1) // 2
-    assert list(tab.columns) == ["species_1", "species_2", "estimate", "se", "lower", "upper", "excludes_zero"]
+    assert list(tab.columns) == ["species_1", "species_2", "estimate", "se", "lower", "upper",
+                                 "excludes_zero", "prevalence_1", "prevalence_2", "headline"]
+    prev = (mite_poisson.community.Y > 0).mean()
+    np.testing.assert_allclose(tab.prevalence_1, prev[tab.species_1].to_numpy())
     assert set(tab.species_1) | set(tab.species_2) == set(mite_poisson.species)
     assert np.all(np.diff(np.abs(tab.estimate)) <= 0)
     assert np.all((tab.lower <= tab.estimate + 1e-12) & (tab.estimate <= tab.upper + 1e-12))

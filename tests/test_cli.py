@@ -15,8 +15,8 @@ import jsdm
 from jsdm.cli import main
 from jsdm.report import SECTIONS
 
-TABLES = ("coefficients.csv", "residual_correlations.csv", "site_scores.csv", "loadings.csv",
-          "variance_partition.csv", "diagnostics.csv")
+TABLES = ("coefficients.csv", "species.csv", "residual_correlations.csv", "site_scores.csv",
+          "loadings.csv", "variance_partition.csv", "diagnostics.csv")
 IMG = '<img src="data:image/png;base64,'
 ALL_IDS = [sid for sid, _, _ in SECTIONS if sid != "selection"]
 
@@ -248,3 +248,75 @@ def test_errors_from_a_subprocess_are_one_line_unless_debug(tmp_path):
     assert len(lines) == 1 and "missing.csv" in lines[0] and "Traceback" not in res.stderr
     res = _run_module(*args, "--debug")
     assert res.returncode != 0 and "Traceback" in res.stderr and "JSDMError" in res.stderr
+
+
+# --- issue 12: papercuts -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["nbinom2", "nbinom", "negative.binomial", "nb2"])
+def test_negative_binomial_aliases_are_understood(name):
+    assert jsdm.get_family(name).name == "negative_binomial"
+
+
+def test_family_help_lists_every_registered_family(capsys):
+    from jsdm.families import _REGISTRY
+
+    assert main(["fit", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for cls in set(_REGISTRY.values()):
+        assert cls.name in out, cls.name
+    assert "--no-standardise" in out and "--prior-sd" in out and "--min-records" in out
+
+
+def test_select_num_lv_needs_no_num_lv_and_num_lv_alone_is_asked_for(capsys, csvs, tmp_path):
+    out = tmp_path / "sel"
+    assert main(["fit", str(csvs / "Y.csv"), "--family", "poisson", "--select-num-lv",
+                 "--n-init", "1", "--out", str(out), "--quiet"]) == 0
+    assert (out / "model_selection.csv").is_file()
+    capsys.readouterr()
+    line = _error(capsys, ["fit", str(csvs / "Y.csv"), "--family", "poisson", "--out",
+                           str(tmp_path / "o")], status=2)
+    assert "--num-lv" in line and "--select-num-lv" in line
+
+
+def test_a_semicolon_file_error_names_sep(capsys, csvs, tmp_path):
+    Y = pd.read_csv(csvs / "Y.csv", index_col=0)
+    Y.to_csv(tmp_path / "semi.csv", sep=";", index_label="site")
+    line = _error(capsys, ["fit", str(tmp_path / "semi.csv"), "--family", "poisson", "--num-lv",
+                           "1", "--out", str(tmp_path / "o")])
+    assert "--sep ';'" in line
+    assert main(["fit", str(tmp_path / "semi.csv"), "--sep", ";", "--family", "poisson",
+                 "--num-lv", "1", "--n-init", "1", "--out", str(tmp_path / "ok"), "--quiet"]) == 0
+
+
+def test_hints_name_flags_not_python_arguments():
+    from jsdm.cli import as_flags
+
+    assert as_flags("refit with num_lv=1 and n_init=5, or prior_sd=5.") == \
+        "refit with --num-lv 1 and --n-init 5, or --prior-sd 5."
+    assert as_flags("give response= and site= columns") == "give --response and --site columns"
+    assert as_flags("the variable x_num_lv=3 stays") == "the variable x_num_lv=3 stays"
+
+
+def test_fit_standardises_by_default_and_says_so(csvs, tmp_path, capsys):
+    for flag, std in (([], True), (["--no-standardise"], False)):
+        out = tmp_path / f"s{std}"
+        assert main(["fit", str(csvs / "Y.csv"), "--covariates", str(csvs / "X.csv"),
+                     "--formula", "~ SubsDens + WatrCont", "--family", "poisson", "--num-lv", "1",
+                     "--n-init", "1", "--out", str(out), "--quiet", *flag]) == 0
+        fit = jsdm.load(out / "fit.jsdm")
+        X = fit.problem.X
+        assert np.allclose(X.std(0, ddof=1), 1.0) == std
+        html = (out / "report.html").read_text()
+        assert ("standardised to mean 0" in html) == std
+        # advice to standardise appears only where the covariates are not standardised
+        assert ("standardise covariates" in html) <= (not std)
+    capsys.readouterr()
+
+
+def test_cli_fits_with_the_penalty_unless_none(csvs, tmp_path):
+    for arg, want in (([], 5.0), (["--prior-sd", "none"], None), (["--prior-sd", "2.5"], 2.5)):
+        out = tmp_path / f"p{want}"
+        assert main(["fit", str(csvs / "Y.csv"), "--family", "poisson", "--num-lv", "1",
+                     "--n-init", "1", "--out", str(out), "--quiet", *arg]) == 0
+        assert jsdm.load(out / "fit.jsdm").prior_sd == want
+    assert main(["fit", str(csvs / "Y.csv"), "--family", "poisson", "--num-lv", "1",
+                 "--prior-sd", "-1", "--out", str(tmp_path / "bad")]) == 2

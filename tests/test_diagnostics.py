@@ -3,12 +3,14 @@ from dataclasses import replace
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import jsdm
 from jsdm.analysis.diagnostics import Diagnosis, quick_checks, warn_quick_checks
 from jsdm.model.objective import evaluate
 from jsdm.results.fitted import GLLVMResults
+from _engine_helpers import fit_with_copied_column
 
 
 def _quiet_fit(*args, **kwargs):
@@ -106,9 +108,7 @@ def test_maxiter_stop_is_flagged_when_the_engine_stops_early(clean):
 
 def test_unidentified_parameters_flag_the_hessian(clean):
     com, _ = clean
-    X = com.X.copy()
-    X["x1copy"] = X["x1"]
-    fit = _quiet_fit(jsdm.Community(com.Y, X), family="poisson", num_lv=1, seed=1, n_init=1)
+    fit = fit_with_copied_column(com, "x1", family="poisson", num_lv=1, seed=1, n_init=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                     # diagnose() itself must not warn
         diag = fit.diagnose()
@@ -170,6 +170,27 @@ def test_degenerate_dispersion_check_is_quiet_on_a_sound_fit():
     fit.state.params.s[2] = -12.0                   # sd 6e-6 against data sd ~1
     probs = check_degenerate_dispersion(fit)
     assert len(probs) == 1 and probs[0].parameters == [("dispersion", fit.species[2], "sd")]
+
+
+def test_species_information_and_informative_records():
+    from jsdm.analysis.diagnostics import informative_records, species_information
+
+    rng = np.random.default_rng(3)
+    Y = pd.DataFrame((rng.random((40, 6)) < 0.5).astype(float), columns=list("abcdef"))
+    Y["g"] = 0.0
+    Y.loc[3, "g"] = 1.0                    # seen once
+    Y["h"] = 1.0
+    Y.loc[[0, 1], "h"] = 0.0               # absent twice: 2 informative records
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jsdm.gllvm(Y, family="binomial", num_lv=1, seed=1, n_init=1, prior_sd=5)
+    info = informative_records(fit)
+    assert info[list(fit.species).index("g")] == 1 and info[list(fit.species).index("h")] == 2
+    tab = species_information(fit)
+    assert tab.loc["g", "rare"] and tab.loc["h", "rare"] and not tab.loc["a", "rare"]
+    assert not tab.loc["g", "headline"] and tab.loc["a", "headline"]
+    assert tab.loc["g", "occupied"] == 1 and tab.loc["h", "prevalence"] == pytest.approx(38 / 40)
+    assert species_information(fit, min_records=30).loc["a", "rare"]
 
 
 def test_starts_that_end_at_different_optima_are_reported(clean):

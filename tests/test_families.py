@@ -661,3 +661,19 @@ def test_negative_binomial_cached_pair_terms_equal_the_direct_ones():
     np.testing.assert_array_equal(fam.ell(frac, m, v, s, cache=c2).value,
                                   fam.ell(frac, m, v, s).value)
     assert c2["pairs"] is False
+
+
+def test_observation_variance_is_nakagawas_distribution_specific_variance():
+    from jsdm.families import get_family
+
+    mu = np.array([0.05, 1.0, 20.0])
+    np.testing.assert_allclose(get_family("poisson").observation_variance(mu), np.log1p(1 / mu))
+    s = np.log(0.7)
+    np.testing.assert_allclose(get_family("nb").observation_variance(mu, s), np.log1p(1 / mu + 0.7))
+    np.testing.assert_allclose(get_family("gamma").observation_variance(mu, s), np.log1p(0.7))
+    np.testing.assert_allclose(get_family("gaussian").observation_variance(mu, np.log(2.0)), 4.0)
+    np.testing.assert_allclose(Binomial("logit").observation_variance(mu), np.pi ** 2 / 3)
+    np.testing.assert_allclose(Binomial("probit").observation_variance(mu), 1.0)
+    p = np.array([0.2, 0.5])
+    np.testing.assert_allclose(get_family("beta").observation_variance(p, np.log(9.0)),
+                               (p * (1 - p) / 10.0) / (p * (1 - p)) ** 2)

@@ -17,7 +17,7 @@ import pytest
 from scipy import optimize, stats
 
 import jsdm
-from _engine_helpers import fd_hessian
+from _engine_helpers import fd_hessian, fit_with_copied_column
 from jsdm.exceptions import HessianWarning, JSDMError
 from jsdm.model.fit import make_layout, neg_elbo
 from jsdm.model.problem import build_problem
@@ -152,9 +152,7 @@ def test_dispersion_at_the_poisson_boundary_gives_a_wide_positive_interval():
 
 def test_singular_hessian_warns_names_parameters_and_gives_nan():
     com, _ = jsdm.simulate_community(60, 4, num_lv=1, family="poisson", n_covariates=1, seed=3, intercept=1.0)
-    X = com.X.copy()
-    X["x1copy"] = X["x1"]
-    fit = _quiet_fit(jsdm.Community(com.Y, X), family="poisson", num_lv=1, seed=1, n_init=1)
+    fit = fit_with_copied_column(com, "x1", family="poisson", num_lv=1, seed=1, n_init=1)
     with pytest.warns(HessianWarning, match="x1copy"):
         se = fit.bse
     slopes = se.xs("coef", level="block").drop("Intercept", level="term")

@@ -145,7 +145,9 @@ def test_file_is_open_json_and_npy_without_pickle(fit, saved):
         manifest = json.loads(zf.read("jsdm.json"))
         arrays = {n: np.lib.format.read_array(io.BytesIO(zf.read(n)), allow_pickle=False)
                   for n in names if n.endswith(".npy")}
-    assert set(names) == {"jsdm.json", *arrays}
+    assert set(names) == {"jsdm.json", "checksums.json", *arrays}
+    listed = json.loads(zf_read(saved, "checksums.json"))["members"]
+    assert set(listed) == {"jsdm.json", *arrays}
     assert manifest["format"] == "jsdm-fit" and manifest["format_version"] == fio.FORMAT_VERSION
     assert manifest["jsdm_version"] == jsdm.__version__
     assert all(a.dtype != object for a in arrays.values())
@@ -162,21 +164,30 @@ def test_saving_does_not_change_the_fit(fit, tmp_path):
     pd.testing.assert_frame_equal(Y, fit.community.Y)
 
 
-def _rewrite_manifest(path, change):
+def zf_read(path, name):
     with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
+        return zf.read(name)
+
+
+def _rewrite_manifest(path, change):
+    """Edit the manifest and write consistent checksums (as a newer jsdm would)."""
+    from jsdm.results._archive import checksum_record
+
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist() if n != "checksums.json"}
     manifest = json.loads(members["jsdm.json"])
     change(manifest)
     members["jsdm.json"] = json.dumps(manifest).encode()
     with zipfile.ZipFile(path, "w") as zf:
         for n, b in members.items():
             zf.writestr(n, b)
+        zf.writestr("checksums.json", checksum_record(members))
 
 
 def test_newer_format_version_is_a_clear_error(saved):
     _rewrite_manifest(saved, lambda m: m.update(format_version=fio.FORMAT_VERSION + 1,
                                                 jsdm_version="9.9"))
-    with pytest.raises(JSDMError, match=r"format version 2 .*jsdm 9\.9.*Upgrade jsdm"):
+    with pytest.raises(JSDMError, match=rf"format version {fio.FORMAT_VERSION + 1} .*jsdm 9\.9.*Upgrade jsdm"):
         jsdm.load(saved)
 
 

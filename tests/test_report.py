@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import jsdm
+import jsdm.analysis.diagnostics
 from jsdm.exceptions import JSDMError, JSDMWarning
 from jsdm.report import SECTIONS, write_report
 from jsdm.report.tables import coefficient_table, covariate_table, species_table
@@ -148,6 +149,9 @@ def test_selection_table_marks_the_best_model(report, selection):
 def test_coefficient_table_bolds_intervals_that_exclude_zero(report, fit):
     body = _section(report, "coefficients")
     tab = coefficient_table(fit).xs("coef", level="block")
+    tab = tab[tab.index.get_level_values("term") != "Intercept"]       # slopes only
+    head = jsdm.analysis.diagnostics.species_information(fit)["headline"]
+    tab = tab[head.reindex(tab.index.get_level_values("species")).to_numpy()]
     n_sig = int(((tab["lower"] > 0) | (tab["upper"] < 0)).sum())
     assert body.split("<details>")[0].count("<b>") == n_sig
     for sp in fit.species.drop(ODD):
@@ -157,9 +161,11 @@ def test_coefficient_table_bolds_intervals_that_exclude_zero(report, fit):
 def test_associations_list_pairs_with_intervals(report, fit):
     body = _section(report, "associations")
     tab = fit.association_table()
-    n_ex = int(tab["excludes_zero"].sum())
-    assert f"{n_ex} of {len(tab)} species pairs" in body
-    assert "<th>lower</th>" in body and "<th>upper</th>" in body
+    good = tab[tab["headline"]]
+    n_ex = int(good["excludes_zero"].sum())
+    assert f"{n_ex} of {len(good)} pairs of species with enough information" in body
+    assert "<th>estimate [interval]</th>" in body and "<th>prev. 1</th>" in body
+    assert "rank-2 model can and cannot show" in body
 
 
 def test_methods_paragraph_is_citable(report, fit):
@@ -236,3 +242,15 @@ def test_shared_tables(fit):
     assert cov.loc["Shrub", "type"] == "ordered factor"
     sp = species_table(fit)
     assert list(sp.index) == list(fit.species) and (sp["prevalence"] <= 1).all()
+
+
+def test_numbers_for_people():
+    from jsdm.report.html import fixed, interval, num, prevalence
+
+    assert num(20658.77) == "20659" and num(123456.0) == "1.2e5" and num(0.000123) == "1.2e-4"
+    assert num(0.0456) == "0.046" and num(1.234) == "1.23" and num(70) == "70"
+    assert num(float("nan")) == "&ndash;" and num(-0.0) == "0"
+    assert fixed(-0.004) == "0.00" and fixed(12.345) == "12.3" and fixed(2.5e6) == "2.5e6"
+    assert interval(1.0, float("nan"), 2.0) == "1.00 [&ndash;]"
+    assert interval(-19306.04, -15477.61, 14756.4) == "-19306 [-15478, 14756]"
+    assert prevalence(0.4) == "0.40"

@@ -39,9 +39,14 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from ..exceptions import ConvergenceWarning, JSDMError
+from ..exceptions import ConvergenceWarning, JSDMError, JSDMWarning
 
 _NB_VARIANCE = ("lognormal", "trigamma")
+#: the family terms ``add_family_variance`` accepts (besides False/None and True = "lognormal")
+FAMILY_TERMS = ("observation", "lognormal", "trigamma")
+#: the association measure of correlations, tables, heatmaps and the report
+DEFAULT_MEASURE = "observation"
+_GH_NODES = 20
 
 
 # --- residual covariance -------------------------------------------------------------
@@ -50,63 +55,147 @@ def _theta(fit):
     return np.asarray(fit.loadings, dtype=float)
 
 
+def _measure(add_family_variance):
+    """The family term asked for: None (pure Theta Theta') or one of FAMILY_TERMS."""
+    if add_family_variance is False or add_family_variance is None:
+        return None
+    if add_family_variance is True:
+        return "lognormal"
+    if isinstance(add_family_variance, str) and add_family_variance in FAMILY_TERMS:
+        return add_family_variance
+    raise JSDMError("add_family_variance must be False (Theta Theta' alone), 'observation' (the "
+                    "default for correlations), True or 'lognormal' (R gllvm's getResidualCor), "
+                    f"or 'trigamma'; got {add_family_variance!r}")
+
+
+def _species_arrays(fit):
+    """(theta (m, d), beta0 (m,), B (m, p), s) of the fit, as arrays."""
+    P = fit.state.params
+    return (np.asarray(P.theta, dtype=float), np.asarray(P.beta0, dtype=float),
+            np.asarray(P.B, dtype=float), P.s)
+
+
+def species_mean(fit, beta0=None, B=None, theta=None, s=None):
+    """Mean response of each species over its observed sites, latent variables integrated out.
+
+    ``mean_i E[y_ij]`` with ``eta_ij ~ N(fixed_ij, theta_j' theta_j [+ sigma^2])``
+    (the marginal mean: exact for log links, 20-node Gauss-Hermite otherwise).
+    Optional arrays replace the fit's species parameters (for derivatives).
+
+    Returns
+    -------
+    ndarray (m,)
+    """
+    prob, fam = fit.problem, fit.family
+    t0, b0, B0, s0 = _species_arrays(fit)
+    theta = t0 if theta is None else theta
+    beta0, B = (b0 if beta0 is None else beta0), (B0 if B is None else B)
+    s = s0 if s is None else s
+    F = np.broadcast_to(beta0, (prob.n, prob.m)).copy()
+    if prob.p:
+        F += prob.X @ B.T
+    if prob.offset is not None:
+        F += prob.offset
+    if fit.row_effects is not None:
+        F += fit.row_effects.to_numpy()[:, None]
+    v = (theta ** 2).sum(1) + (fit.row_sigma ** 2 if fit.row_effect == "random" else 0.0)
+    W = prob.W
+    with np.errstate(over="ignore", invalid="ignore"):
+        if fam.link == "log":
+            mu = fam.mean(F + 0.5 * v, None, s)
+        else:
+            x, w = np.polynomial.hermite_e.hermegauss(_GH_NODES)
+            w = w / w.sum()
+            mu = sum(wk * fam.mean(F + xk * np.sqrt(v), prob.trials, s) for xk, wk in zip(x, w))
+        return (W * mu).sum(0) / np.maximum(W.sum(0), 1.0)
+
+
+def _observation_term(fit, beta0=None, B=None, theta=None, s=None):
+    """Nakagawa et al.'s observation-level variance per species at its mean (m,)."""
+    fam = fit.family
+    if getattr(fam, "parts", None) is None and fam.link_residual_variance:
+        return np.full(len(fit.species), float(fam.link_residual_variance))
+    s = fit.state.params.s if s is None else s
+    mu = species_mean(fit, beta0, B, theta, s)
+    return np.asarray(fam.observation_variance(mu, s), dtype=float)
+
+
+def _gllvm_term(fit, kind, disp=None):
+    """R gllvm's getResidualCor diagonal term per species (m,) (``kind`` lognormal/trigamma)."""
+    disp = fit.dispersion if disp is None else disp
+    parts = getattr(fit.family, "parts", None)
+    if parts is None:
+        return _gllvm_family_term(fit.family, kind, disp, len(fit.species))
+    out = np.zeros(len(fit.species))          # a family per species: each its own term
+    vals = np.asarray(disp, dtype=float).reshape(len(fit.species), -1)
+    for member, cols in parts:
+        out[cols] = _gllvm_family_term(member, kind, vals[cols, 0], cols.size)
+    return out
+
+
+def _gllvm_family_term(fam, kind, disp, m):
+    """``_gllvm_term`` for one family with its species' dispersions ``disp``."""
+    name, link = fam.name, getattr(fam, "link", None)
+    if name == "negative_binomial":
+        phi = np.asarray(disp, dtype=float)
+        return np.log1p(phi) if kind == "lognormal" else special.polygamma(1, 1.0 / phi)
+    if name == "gaussian":
+        return np.asarray(disp, dtype=float) ** 2
+    if name == "binomial" and link in ("probit", "logit", "cloglog"):
+        return np.full(m, {"probit": 1.0, "logit": np.pi ** 2 / 3, "cloglog": np.pi ** 2 / 6}[link])
+    return np.full(m, float(getattr(fam, "link_residual_variance", 0.0) or 0.0))
+
+
 def family_variance(fit, nb_variance="lognormal"):
     """Link-scale variance of the observation-level residual, per species.
 
     What is added to the diagonal of the residual covariance when
-    ``add_family_variance`` is asked for:
+    ``add_family_variance`` is asked for. ``nb_variance`` names the term (the
+    argument keeps its old name; it applies to every family):
+
+    ``"observation"`` (the default of :func:`residual_correlation`): the
+    distribution-specific variance of Nakagawa, Johnson & Schielzeth (2017),
+    :meth:`jsdm.families.Family.observation_variance` at the species' mean
+    response (latent variables integrated out):
 
     ========================  =========================================
     binomial, probit link     1 (latent standard normal)
     binomial, logit link      pi^2 / 3 (latent standard logistic)
     binomial, cloglog link    pi^2 / 6 (latent standard Gumbel)
-    negative binomial         log(1 + phi_j) (``nb_variance="lognormal"``,
-                              R gllvm's default) or trigamma(1 / phi_j)
-                              (``"trigamma"``: exact variance of log g for the
-                              gamma mixing variable g of the Poisson-gamma
-                              mixture, mean 1, variance phi_j)
+    ordinal                   as binomial, by link
+    Poisson                   log(1 + 1 / mu_j)
+    negative binomial         log(1 + 1 / mu_j + phi_j)
+    gamma, Tweedie, ZIP       log(1 + Var(y) / mu_j^2)
     gaussian (identity)       sd_j^2
-    poisson and others        0, or the family's ``link_residual_variance``
     ========================  =========================================
 
-    The lognormal value is the variance of a normal on the log scale whose
-    exponential has mean 1 and variance phi_j, the same over-dispersion as the
-    gamma variable; it is the smaller of the two and matches R gllvm.
+    ``"lognormal"`` (R gllvm's ``getResidualCor``): NB log(1 + phi_j), binomial
+    and gaussian as above, Poisson 0 (then a one-LV Poisson model gives
+    correlations of +-1). ``"trigamma"``: NB trigamma(1 / phi_j), the exact
+    variance of log g for the gamma mixing variable g (mean 1, variance
+    phi_j); otherwise as "lognormal".
 
     Parameters
     ----------
     fit : GLLVMResults
-    nb_variance : {"lognormal", "trigamma"}
+    nb_variance : {"observation", "lognormal", "trigamma"}
 
     Returns
     -------
     Series, length m (species)
     """
-    if nb_variance not in _NB_VARIANCE:
-        raise JSDMError(f"nb_variance must be one of {_NB_VARIANCE}, got {nb_variance!r}")
-    fam, m = fit.family, len(fit.species)
-    name, link = fam.name, getattr(fam, "link", None)
-    if name == "negative_binomial":
-        phi = np.asarray(fit.dispersion, dtype=float)
-        vals = np.log1p(phi) if nb_variance == "lognormal" else special.polygamma(1, 1.0 / phi)
-    elif name == "gaussian":
-        vals = np.asarray(fit.dispersion, dtype=float) ** 2
-    elif name == "binomial" and link in ("probit", "logit", "cloglog"):
-        vals = np.full(m, {"probit": 1.0, "logit": np.pi ** 2 / 3, "cloglog": np.pi ** 2 / 6}[link])
-    else:
-        vals = np.broadcast_to(np.asarray(getattr(fam, "link_residual_variance", 0.0) or 0.0,
-                                          dtype=float), (m,)).copy()   # (m,) for a family per species
+    kind = _measure(nb_variance)
+    if kind is None:
+        raise JSDMError(f"nb_variance must be one of {FAMILY_TERMS}, got {nb_variance!r}")
+    vals = _observation_term(fit) if kind == "observation" else _gllvm_term(fit, kind)
     return pd.Series(vals, index=fit.species, name="family_variance")
 
 
 def _family_diag(fit, add_family_variance):
     """Diagonal addition (m,) for the ``add_family_variance`` argument."""
-    if add_family_variance is False or add_family_variance is None:
+    kind = _measure(add_family_variance)
+    if kind is None:
         return np.zeros(len(fit.species))
-    kind = "lognormal" if add_family_variance is True else add_family_variance
-    if kind not in _NB_VARIANCE:
-        raise JSDMError("add_family_variance must be False, True, 'lognormal' or 'trigamma'; "
-                        f"got {add_family_variance!r}")
     return family_variance(fit, nb_variance=kind).to_numpy()
 
 
@@ -116,10 +205,10 @@ def residual_covariance(fit, add_family_variance=False):
     Parameters
     ----------
     fit : GLLVMResults
-    add_family_variance : bool or {"lognormal", "trigamma"}
-        Add the family's link-scale residual variance on the diagonal (see
-        :func:`family_variance`); True means "lognormal" for the negative
-        binomial.
+    add_family_variance : bool or {"observation", "lognormal", "trigamma"}
+        Add the family's link-scale observation-level variance on the diagonal
+        (see :func:`family_variance`); True means "lognormal" (R gllvm).
+        Default False: the model's rank-d covariance ``Theta Theta'`` alone.
 
     Returns
     -------
@@ -140,17 +229,32 @@ def _cov2cor(cov):
     return np.clip(cor, -1.0, 1.0)
 
 
-def residual_correlation(fit, add_family_variance=False):
-    """Residual correlation between species: ``cov2cor(Theta Theta' [+ family term])``.
+def residual_correlation(fit, add_family_variance=DEFAULT_MEASURE):
+    """Residual correlation between species: ``cov2cor(Theta Theta' + family term)``.
+
+    By default (``"observation"``) each species' observation-level variance on
+    the link scale (:func:`family_variance`) is added to the diagonal, so that
+    a correlation is that of the species' latent link-scale responses *with*
+    their own noise: ``r_jk = theta_j' theta_k / sqrt((|theta_j|^2 +
+    sigma_j^2) (|theta_k|^2 + sigma_k^2))``. It is near zero unless both
+    species carry a strong latent signal, and means something at low rank:
+    with one latent variable it is ``+- R_j R_k`` (R_j^2 the share of species
+    j's link-scale variance on the latent variable) instead of +-1 for every
+    pair. ``add_family_variance=False`` gives ``cov2cor(Theta Theta')``, the
+    cosine of the angle between two species' loadings: exactly +-1 for every
+    pair when num_lv = 1, and piling up at +-1 when num_lv is small
+    relative to the number of species (docs/associations.md).
 
     Symmetric with a unit diagonal and invariant to rotations of the latent
-    variables. A species with all-zero loadings has NaN correlations.
+    variables. A species with all-zero loadings (and no family term) has NaN
+    correlations.
 
     Parameters
     ----------
     fit : GLLVMResults
-    add_family_variance : bool or {"lognormal", "trigamma"}
-        See :func:`residual_covariance`.
+    add_family_variance : {"observation", "lognormal", "trigamma"} or bool
+        See :func:`family_variance`; False for Theta Theta' alone, True for
+        R gllvm's ``getResidualCor`` ("lognormal").
 
     Returns
     -------
@@ -171,7 +275,7 @@ def residual_trace(fit, add_family_variance=False):
     Parameters
     ----------
     fit : GLLVMResults
-    add_family_variance : bool or {"lognormal", "trigamma"}
+    add_family_variance : bool or {"observation", "lognormal", "trigamma"}
         When set, a row ``family`` holds the sum of the family terms.
 
     Returns
@@ -349,61 +453,99 @@ class CorrelationIntervals:
     info: dict
 
 
-def _disp_derivative(fit, kind):
-    """d family_variance_j / d dispersion_j (m,), on the reported dispersion scale."""
-    name = fit.family.name
-    if kind is False or kind is None or fit.dispersion is None:
-        return None
-    phi = np.asarray(fit.dispersion, dtype=float)
-    if name == "negative_binomial":
-        if kind == "trigamma":
-            return -special.polygamma(2, 1.0 / phi) / phi ** 2
-        return 1.0 / (1.0 + phi)
-    if name == "gaussian":
-        return 2.0 * phi
-    return None
+def _diag_parts(fit, kind):
+    """Each species' parameters u_j that the diagonal D_j = |theta_j|^2 + sigma_j^2 depends on.
+
+    Returns (labels, u (m, q), D(u) -> (m,)): labels are the (block, term)
+    of ``fit.params`` in u's columns (loadings first, then intercept and
+    slopes, then a scalar dispersion on its reported scale).
+    """
+    theta, beta0, B, s = _species_arrays(fit)
+    d, p = theta.shape[1], B.shape[1]
+    fam = fit.family
+    scalar_disp = fit.dispersion is not None and np.ndim(s) == 1
+    labels = [("loading", lv) for lv in fit.lv_names] + [("coef", t) for t in ["Intercept", *fit.terms]]
+    cols = [theta, beta0[:, None], B]
+    if scalar_disp:
+        labels.append(("dispersion", fit.dispersion.name))
+        cols.append(np.asarray(fit.dispersion, dtype=float)[:, None])
+    u0 = np.column_stack(cols)
+
+    def D(u):
+        th = u[:, :d]
+        if kind is None:
+            term = 0.0
+        elif kind == "observation":
+            sj = fam.dispersion_param(u[:, -1]) if scalar_disp else s
+            term = _observation_term(fit, u[:, d], u[:, d + 1:d + 1 + p], th, sj)
+        else:
+            term = _gllvm_term(fit, kind, u[:, -1] if scalar_disp else None)
+        return (th ** 2).sum(1) + term
+
+    return labels, u0, D
 
 
-def _species_param_cov(fit, with_disp):
-    """Covariance (m, q, m, q) of each species' loadings (and dispersion, last) from cov_params."""
+def _jacobian(D, u0, disp_col):
+    """Central differences dD_j/du_j (m, q), every species at once (D is species-separable)."""
+    J = np.zeros(u0.shape)
+    for c in range(u0.shape[1]):
+        x = u0[:, c]
+        h = 1e-4 * np.abs(x) if c == disp_col else 1e-6 * np.maximum(1.0, np.abs(x))
+        h = np.where(h > 0, h, 1e-10)
+        up, dn = u0.copy(), u0.copy()
+        up[:, c] += h
+        dn[:, c] -= h
+        with np.errstate(all="ignore"):
+            J[:, c] = (D(up) - D(dn)) / (2.0 * h)
+    return np.nan_to_num(J)
+
+
+def _species_param_cov(fit, labels):
+    """Covariance (m, q, m, q) of each species' parameters u_j (``labels``) from cov_params.
+
+    Entries not in ``fit.cov_params()`` (loadings fixed at zero) are 0.
+    """
     C = fit.cov_params()
-    m, d = len(fit.species), fit.num_lv
-    q = d + int(with_disp)
-    sp_pos = {s: j for j, s in enumerate(fit.species)}
-    lv_pos = {name: k for k, name in enumerate(fit.lv_names)}
-    idx = C.index
-    blocks = idx.get_level_values(0)
-    keep, slot = [], []
-    for r, (blk, sp, term) in enumerate(idx):
-        if blk == "loading":
-            keep.append(r)
-            slot.append(sp_pos[sp] * q + lv_pos[term])
-        elif with_disp and blk == "dispersion":
-            keep.append(r)
-            slot.append(sp_pos[sp] * q + d)
-    if not (blocks == "loading").any():
+    m, q = len(fit.species), len(labels)
+    sp_pos = {sp: j for j, sp in enumerate(fit.species)}
+    lab_pos = {lab: k for k, lab in enumerate(labels)}
+    if "loading" not in set(C.index.get_level_values(0)):
         raise JSDMError("fit.cov_params() has no 'loading' block; cannot form intervals")
+    keep, slot = [], []
+    for r, (blk, sp, term) in enumerate(C.index):
+        k = lab_pos.get((blk, term))
+        if k is not None and sp in sp_pos:
+            keep.append(r)
+            slot.append(sp_pos[sp] * q + k)
     S = np.zeros((m * q, m * q))
-    sub = np.asarray(C.to_numpy(dtype=float))[np.ix_(keep, keep)]
-    S[np.ix_(slot, slot)] = sub
+    S[np.ix_(slot, slot)] = np.asarray(C.to_numpy(dtype=float))[np.ix_(keep, keep)]
     return S.reshape(m, q, m, q)
 
 
 def _delta_se(fit, add_family_variance):
-    """Delta-method standard errors (m, m) of the residual correlations."""
+    """Delta-method standard errors (m, m) of the residual correlations.
+
+    r_jk = theta_j' theta_k / sqrt(D_j D_k): the gradient in species j's
+    parameters is theta_k / sqrt(D_j D_k) (loading slots) - r_jk dD_j/du_j /
+    (2 D_j); dD/du by central differences (D is separable by species), so every
+    family term (observation, lognormal, trigamma) is covered.
+    """
+    kind = _measure(add_family_variance)
     th = _theta(fit)
-    diag = (th ** 2).sum(1) + _family_diag(fit, add_family_variance)
+    d = th.shape[1]
+    labels, u0, D = _diag_parts(fit, kind)
+    disp_col = len(labels) - 1 if labels[-1][0] == "dispersion" else -1
+    J = _jacobian(D, u0, disp_col)
+    used = np.r_[np.arange(d), d + np.flatnonzero(np.abs(J[:, d:]).max(0) > 0)]
+    labels, J = [labels[k] for k in used], J[:, used]
+    diag = D(u0)
     r = residual_correlation(fit, add_family_variance).to_numpy()
-    dD = _disp_derivative(fit, add_family_variance)
     with np.errstate(invalid="ignore", divide="ignore"):
         s = np.sqrt(np.outer(diag, diag))
-        # dr_jk/dtheta_j = theta_k / s_jk - r_jk theta_j / C_jj, shape (j, k, d)
-        G = th[None, :, :] / s[:, :, None] - (r / diag[:, None])[:, :, None] * th[:, None, :]
-        if dD is not None:
-            Gd = (-0.5 * r / diag[:, None] * dD[:, None])[:, :, None]
-            G = np.concatenate([G, Gd], axis=2)
+        G = -0.5 * (r / diag[:, None])[:, :, None] * J[:, None, :]       # (j, k, q)
+        G[:, :, :d] += th[None, :, :] / s[:, :, None]
     G = np.nan_to_num(G)
-    S = _species_param_cov(fit, dD is not None)
+    S = _species_param_cov(fit, labels)
     Sd = np.einsum("jajb->jab", S)
     H = np.swapaxes(G, 0, 1)  # H[j, k] = dr_jk/du_k
     var = (np.einsum("jka,jab,jkb->jk", G, Sd, G) + np.einsum("jka,kab,jkb->jk", H, Sd, H)
@@ -499,7 +641,7 @@ def _bootstrap_correlations(fit, n_boot, seed, add_family_variance):
     return np.array(draws), info
 
 
-def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_variance=False,
+def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_variance=DEFAULT_MEASURE,
                                    n_boot=200, seed=None, transform="angle"):
     """Residual correlations with (1 - alpha) intervals for every species pair.
 
@@ -515,8 +657,8 @@ def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_v
         "bootstrap": percentile interval from ``n_boot`` parametric-bootstrap
         refits (seeded by ``seed``), each started at the estimates; failed
         refits are left out with a ConvergenceWarning.
-    add_family_variance : bool or {"lognormal", "trigamma"}
-        See :func:`residual_covariance`.
+    add_family_variance : {"observation", "lognormal", "trigamma"} or bool
+        See :func:`residual_correlation` (default "observation").
     n_boot, seed : int
         Bootstrap replicates and seed (``method="bootstrap"``).
     transform : {"angle", "fisher", "none"}
@@ -544,8 +686,18 @@ def residual_correlation_intervals(fit, alpha=0.05, method="delta", add_family_v
     return CorrelationIntervals(frame(r), frame(lo), frame(hi), frame(se), method, alpha, info)
 
 
-def association_table(fit, alpha=0.05, method="delta", add_family_variance=False, **kwargs):
-    """Tidy table of species pairs: residual correlation, interval, whether it excludes 0.
+RANK_ONE_WARNING = (
+    "with one latent variable every residual association is the product of two species' "
+    "loadings: all species lie on one axis, each pair is positive or negative by the signs of "
+    "its loadings, and Theta Theta' correlations are +-1 by construction. The table shows the "
+    "'observation' measure (the share of each species' link-scale variance on the latent "
+    "variable enters), which is not +-1, but no pair-specific association can be read from a "
+    "rank-1 model: fit num_lv >= 2 (compare with jsdm.anova) before interpreting pairs")
+
+
+def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAULT_MEASURE,
+                      min_records=None, **kwargs):
+    """Tidy table of species pairs: residual correlation, interval, prevalences, headline flag.
 
     Parameters
     ----------
@@ -554,24 +706,48 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=False
         1 - confidence level.
     method : {"delta", "bootstrap"}
         See :func:`residual_correlation_intervals` (``n_boot``, ``seed`` pass through).
-    add_family_variance : bool or {"lognormal", "trigamma"}
+    add_family_variance : {"observation", "lognormal", "trigamma"} or bool
+        The association measure (see :func:`residual_correlation`).
+    min_records : int, optional
+        Informative records a species needs for ``headline`` (default
+        :data:`jsdm.analysis.diagnostics.MIN_RECORDS`).
 
     Returns
     -------
-    DataFrame with m (m - 1) / 2 rows and columns species_1, species_2, estimate,
-    se, lower, upper, excludes_zero; sorted by |estimate|, largest first.
+    DataFrame with m (m - 1) / 2 rows and columns species_1, species_2,
+    estimate, se, lower, upper, excludes_zero, prevalence_1, prevalence_2,
+    headline; sorted by |estimate|, largest first. ``headline`` is True when
+    both species have enough information and a finite optimum
+    (:func:`jsdm.analysis.diagnostics.species_information`) and the interval
+    is not a single point (a correlation fixed by the model's rank, not by the
+    data). ``attrs`` hold the method, alpha, the measure and min_records.
+
+    Warns
+    -----
+    JSDMWarning
+        When the model has one latent variable (:data:`RANK_ONE_WARNING`).
     """
+    from .diagnostics import MIN_RECORDS, species_information
+
+    if fit.num_lv == 1:
+        warnings.warn(RANK_ONE_WARNING, JSDMWarning, stacklevel=2)
     ci = residual_correlation_intervals(fit, alpha=alpha, method=method,
                                         add_family_variance=add_family_variance, **kwargs)
     j, k = np.triu_indices(len(fit.species), 1)
     sp = np.asarray(fit.species)
+    info = species_information(fit, min_records=MIN_RECORDS if min_records is None else min_records)
+    prev, ok = info["prevalence"].to_numpy(), info["headline"].to_numpy()
     tab = pd.DataFrame({
         "species_1": sp[j], "species_2": sp[k],
         "estimate": ci.estimate.to_numpy()[j, k], "se": ci.se.to_numpy()[j, k],
         "lower": ci.lower.to_numpy()[j, k], "upper": ci.upper.to_numpy()[j, k],
     })
     tab["excludes_zero"] = (tab["lower"] > 0) | (tab["upper"] < 0)
+    tab["prevalence_1"], tab["prevalence_2"] = prev[j], prev[k]
+    point = ~(tab["upper"] - tab["lower"] > 1e-9)
+    tab["headline"] = ok[j] & ok[k] & ~point.to_numpy()
     order = np.argsort(-np.abs(tab["estimate"].to_numpy()), kind="stable")
     tab = tab.iloc[order].reset_index(drop=True)
-    tab.attrs.update(method=method, alpha=alpha, **ci.info)
+    tab.attrs.update(method=method, alpha=alpha, measure=_measure(add_family_variance) or "theta",
+                     min_records=info.attrs["min_records"], **ci.info)
     return tab

@@ -11,8 +11,15 @@ Thresholds (module constants, documented in the messages):
   above ``gtol``); the report names the parameters with the largest scaled gradient;
 - Hessian: smallest eigenvalue of the correlation-scaled negative Schur
   complement <= 1e-9 (not definite: SEs are NaN) or <= 1e-6 (near-singular);
-- large coefficients (non-identity links): |estimate| > 10 or SE > 10 on the
-  link scale (separation, or a parameter the data do not pin down);
+- large coefficients (non-identity links): |estimate| > 10 on the link scale
+  (separation: no finite optimum); large standard errors (``diagnose`` only,
+  it needs the Hessian): SE > 10 for a slope per sd or a loading length (a
+  parameter the data do not pin down);
+- estimates set by the penalty (fits with ``prior_sd``, ``diagnose`` only):
+  a slope (per sd) or a species' loading length |theta_j| whose SE exceeds
+  half the prior sd, i.e. the data carry less than three times the
+  information of the prior (SE checks judge loadings by |theta_j|: a single
+  loading's SE depends on the rotation's anchor species);
 - covariate scaling: design column sd outside [0.1, 10] or |mean| > 10 sd
   (0/1 dummy columns exempt);
 - collapsed latent variable: root-mean-square loading < 0.1 on the link scale
@@ -20,17 +27,26 @@ Thresholds (module constants, documented in the messages):
   Theta Theta';
 - sparse species: informative records (non-zeros; for binomial also
   non-full) not exceeding the species' number of parameters;
+- dispersion at its bound: the dispersion parameter at the lower end of its
+  range (negative binomial: phi ~ 2e-9, indistinguishable from Poisson);
 - random row effects: sd < 0.01;
 - degenerate dispersion (Gaussian, Tweedie, gamma, beta): model variance at the
-  fitted means below 1e-6 of the data's variance for a species.
+  fitted means below 1e-6 of the data's variance for a species;
+- variational approximation (:func:`check_approximation`, in ``diagnose`` only):
+  the importance-sampling log-likelihood exceeds the ELBO by more than 3 Monte
+  Carlo SEs and by more than ``APPROX_GAP`` nats per site on average; or the
+  importance sampling itself is unreliable (smallest effective sample size
+  below ``APPROX_ESS`` of the draws).
 """
 from dataclasses import dataclass, field
 import warnings
+import weakref
 
 import numpy as np
 import pandas as pd
 
 from ..exceptions import DataWarning, HessianWarning, JSDMWarning
+from ..model.params import S_BOUNDS
 
 LARGE_COEF = 10.0
 LARGE_SE = 10.0
@@ -38,6 +54,16 @@ SCALE_RANGE = (0.1, 10.0)
 LV_RMS = 0.1
 LV_SHARE = 0.01
 ROW_SD = 0.01
+APPROX_GAP = 0.1
+APPROX_ESS = 0.1
+#: a species enters headline tables and plot labels with at least this many informative
+#: records (and more than its number of parameters); bench/study_rare_separated.py
+MIN_RECORDS = 5
+#: SE / prior_sd above which a penalised estimate counts as set by the penalty
+PENALTY_SHARE = 0.5
+#: distance of s from its lower bound within which the dispersion counts as at the bound
+#: (a factor e^3 = 20: NB phi below 4e-8, over-dispersion of no consequence at any count)
+BOUND_TOL = 3.0
 #: starts whose final ELBO is this far below the best one (nats, or this fraction of |ELBO| on
 #: large data) ended at another optimum; smaller differences are the optimiser's tolerance
 START_TOL = 0.01
@@ -53,7 +79,8 @@ class Problem:
     kind : str
         Short name ("convergence", "hessian", "near_singular", "large_coefficient",
         "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance",
-        "degenerate_dispersion", "starts").
+        "degenerate_dispersion", "dispersion_at_bound", "large_se", "penalty_dominated",
+        "starts").
     message : str
         One-line statement of the problem.
     evidence : str
@@ -172,8 +199,8 @@ def check_convergence(fit):
         "convergence", "the optimiser stopped before the gradient was small",
         f"max scaled |gradient| = {gmax:.3g} (tolerance {gtol:g}; raw max {fit.max_grad:.3g}) after "
         f"{fit.n_iter} iterations; largest at {_names(who)}",
-        "refit with a larger maxiter and more starts (n_init=5); standardise covariates; "
-        "if the large gradient sits on one species, check that species' data", who)]
+        _join("refit with a larger maxiter and more starts (n_init=5)", standardise_advice(fit))
+        + "; if the large gradient sits on one species, check that species' data", who)]
 
 
 def check_hessian(fit):
@@ -189,8 +216,10 @@ def check_hessian(fit):
             "hessian", "the Hessian of the ELBO is not negative definite",
             f"smallest scaled eigenvalue {info.min_eigenvalue:.2e}; standard errors are NaN for "
             f"{_names(info.flagged)}",
-            "these parameters are not identified at this optimum: use fewer latent variables, "
-            "drop very rare species, standardise covariates, or refit with more starts", list(info.flagged)))
+            "these parameters are not identified at this optimum: " + _join(
+                "use fewer latent variables", "drop very rare species or use a weak penalty "
+                "(prior_sd=5)", standardise_advice(fit)) + ", or refit with more starts",
+            list(info.flagged)))
     elif info.min_eigenvalue < NEAR_SINGULAR_TOL:
         weak = info.weak_directions()
         who = [lab for _, labs in weak for lab in labs]
@@ -199,7 +228,8 @@ def check_hessian(fit):
             f"smallest scaled eigenvalue {info.min_eigenvalue:.2e} (< {NEAR_SINGULAR_TOL:g}); weak "
             f"direction(s) carried by {_names(who)}",
             "standard errors of these parameters are unreliable: simplify the model (fewer "
-            "latent variables or covariates) or standardise covariates", who))
+            "latent variables or covariates)" + (" or " + standardise_advice(fit)
+                                                 if standardise_advice(fit) else ""), who))
     if info.bad_sites:
         out.append(Problem(
             "hessian", "the variational optimum is not a strict maximum for some sites",
@@ -219,35 +249,151 @@ def _per_sd(fit, index):
                      for block, _, term in index])
 
 
-def check_large_coefficients(fit, se=None):
-    """Huge estimates or SEs on the link scale (separation, unidentified parameters).
-
-    Slopes are judged per sd of their covariate (the change in the linear
-    predictor over one sd), intercepts and loadings as they are.
-    """
-    if fit.family.link == "identity":
-        return []
+def _large(fit):
+    """(labels, per-sd estimates, per-sd factors) of slopes/loadings/intercepts with |estimate| > LARGE_COEF."""
     par = fit.params
     blocks = par.index.get_level_values("block")
     sel = np.asarray((blocks == "coef") | (blocks == "loading"))
+    if getattr(fit, "prior_sd", None) is not None:
+        # penalised slopes and loadings stay finite, and then so do the intercepts: a large
+        # intercept is a rare species with strong loadings, not separation
+        sel &= np.asarray(par.index.get_level_values("term") != "Intercept")
     unit = _per_sd(fit, par.index)
-    est = par.to_numpy()
-    bad = sel & (np.abs(est * unit) > LARGE_COEF)
-    if se is not None:
-        s = se.to_numpy()
-        bad |= sel & np.isfinite(s) & (s * unit > LARGE_SE)
+    bad = sel & (np.abs(par.to_numpy() * unit) > LARGE_COEF)
+    return bad, unit
+
+
+def standardise_advice(fit):
+    """"standardise covariates" when some numeric design column is not standardised, else ""."""
+    from ..model.problem import unstandardised
+
+    return "standardise covariates" if unstandardised(fit.problem.X) else ""
+
+
+def _join(*parts):
+    return ", ".join(p for p in parts if p)
+
+
+def large_coefficient_species(fit):
+    """Species with a slope, loading (or, unpenalised, intercept) beyond LARGE_COEF on the link
+    scale: the cheap, estimate-only sign of a likelihood without a finite optimum."""
+    if fit.family.link == "identity":
+        return []
+    bad, _ = _large(fit)
+    sp = set(fit.params.index[bad].get_level_values("species"))
+    return [s for s in fit.species if s in sp]
+
+
+def check_large_coefficients(fit, se=None):
+    """Huge estimates on the link scale: separation, a likelihood without a finite optimum.
+
+    Slopes are judged per sd of their covariate (the change in the linear
+    predictor over one sd), intercepts and loadings as they are. Uses the
+    estimates only, so the fit-time warning and :func:`diagnose` count the
+    same; large standard errors are :func:`check_large_se`. ``se`` (optional)
+    is only quoted in the evidence.
+    """
+    if fit.family.link == "identity":
+        return []
+    bad, _ = _large(fit)
     if not bad.any():
         return []
+    par = fit.params
     who = list(par.index[bad])
+    est = par.to_numpy()
     ex = [f"{_fmt(lab)} = {est[k]:.3g}" + (f" (SE {se.iloc[k]:.3g})" if se is not None else "")
           for k, lab in zip(np.flatnonzero(bad)[:4], who[:4])]
+    species = sorted(set(lab[1] for lab in who), key=list(fit.species).index)
     return [Problem(
-        "large_coefficient", f"{len(who)} suspiciously large coefficient(s) or standard error(s) "
-        "on the link scale", "; ".join(ex) + f" (limits |estimate| {LARGE_COEF:g}, SE {LARGE_SE:g}; "
-        "slopes per sd of their covariate)",
-        "a species present (or absent) only on one side of a covariate gives separation; drop "
-        "or merge that species or covariate level, standardise covariates, or use fewer latent "
-        "variables", who)]
+        "large_coefficient", f"{len(who)} suspiciously large coefficient(s) on the link scale "
+        f"({len(species)} species)", "; ".join(ex) + f" (limit |estimate| {LARGE_COEF:g}; slopes per "
+        "sd of their covariate)",
+        _separation_remedy(fit), who)]
+
+
+def _separation_remedy(fit):
+    cause = ("a species present (or absent) only on one side of a covariate or of the latent "
+             "variables, or at one site, has no finite optimum (separation)" if fit.terms else
+             "a species present (or absent) only at one end of the latent variables, or at one "
+             "site, has no finite optimum")
+    if getattr(fit, "prior_sd", None) is None:
+        todo = "refit with a weak penalty (prior_sd=5) or drop or merge that species"
+    else:
+        todo = ("the penalty keeps them finite, but they are set by it: read them as 'large, sign "
+                "known', or drop or merge that species")
+    return f"{cause}: " + _join(todo, standardise_advice(fit))
+
+
+def _judged_se(fit, se):
+    """(labels, SE) judged by the SE checks: each slope per sd of its covariate, and for the
+    loadings of a species the SE of their length |theta_j| (label (loading, species, "|theta|")).
+
+    A single loading's SE depends on how well the first species pin the rotation
+    of the latent variables (a rare anchor species inflates every loading's SE
+    while correlations stay precise); the length of a species' loading vector
+    does not depend on the rotation, so its SE is what says whether the data
+    pin that species' loadings down.
+    """
+    par = fit.params
+    blocks = par.index.get_level_values("block")
+    terms = par.index.get_level_values("term")
+    slope = np.asarray((blocks == "coef") & (terms != "Intercept"))
+    s = se.reindex(par.index).to_numpy() * _per_sd(fit, par.index)
+    labels, vals = list(par.index[slope]), list(s[slope])
+    if fit.num_lv:
+        C = fit.cov_params()
+        th = fit.loadings
+        for sp in fit.species:
+            lab = [("loading", sp, lv) for lv in fit.lv_names if ("loading", sp, lv) in C.index]
+            t = th.loc[sp, [lv for _, _, lv in lab]].to_numpy(dtype=float)
+            nrm = np.sqrt((t ** 2).sum())
+            g = t / nrm if nrm > 0 else np.full(len(t), np.nan)
+            V = C.loc[lab, lab].to_numpy(dtype=float)
+            labels.append(("loading", sp, "|theta|"))
+            vals.append(float(np.sqrt(max(g @ V @ g, 0.0))) if np.isfinite(V).all() else np.nan)
+    return labels, np.asarray(vals, dtype=float)
+
+
+def check_large_se(fit, se):
+    """Standard errors above LARGE_SE on the link scale: slopes per sd, loadings by the SE of
+    each species' loading length (rotation free); weakly identified parameters."""
+    if fit.family.link == "identity" or se is None:
+        return []
+    labels, s = _judged_se(fit, se)
+    bad = np.isfinite(s) & (s > LARGE_SE)
+    if not bad.any():
+        return []
+    who = [labels[k] for k in np.flatnonzero(bad)]
+    ex = [f"{_fmt(lab)}: SE {s[k]:.3g}" for k, lab in zip(np.flatnonzero(bad)[:4], who[:4])]
+    return [Problem(
+        "large_se", f"{len(who)} standard error(s) above {LARGE_SE:g} on the link scale",
+        "; ".join(ex) + " (slopes per sd of their covariate; loadings: the length of a species' "
+        "loading vector)",
+        "the data hardly pin these parameters down: " + _join(
+            "use fewer latent variables or covariates", "a weak penalty (prior_sd=5)"
+            if getattr(fit, "prior_sd", None) is None else "", "or drop the species"), who)]
+
+
+def check_penalty_dominated(fit, se):
+    """Penalised fits: slopes (per sd) or loading lengths whose SE exceeds PENALTY_SHARE *
+    prior_sd: set mainly by the prior (the data carry less than 3 times its information)."""
+    tau = getattr(fit, "prior_sd", None)
+    if tau is None or se is None:
+        return []
+    labels, s = _judged_se(fit, se)
+    bad = np.isfinite(s) & (s > PENALTY_SHARE * tau)
+    if not bad.any():
+        return []
+    who = [labels[k] for k in np.flatnonzero(bad)]
+    species = sorted(set(lab[1] for lab in who), key=list(fit.species).index)
+    return [Problem(
+        "penalty_dominated", f"{len(species)} species whose slopes or loadings are set mainly by "
+        "the penalty, not by the data", f"{_names(species)}: SE above {PENALTY_SHARE:g} x prior_sd "
+        f"= {PENALTY_SHARE * tau:.3g} (slopes per sd; loadings: the length of the species' "
+        "loading vector; the data carry less than 3 times the prior's information)",
+        "their likelihood has no finite optimum (separation) or too little data: read their "
+        "slopes and associations as 'large, sign known' at most; they are left out of headline "
+        "tables", who)]
 
 
 def check_covariate_scaling(fit):
@@ -295,29 +441,17 @@ def check_collapsed_lvs(fit):
         "jsdm.select_num_lv", who)]
 
 
-def check_sparse_species(fit):
-    """Species with no more informative records than species-specific parameters."""
+def informative_records(fit):
+    """Informative records per species (m,): sites with y > 0; for binomial the smaller of
+    that and the sites below the number of trials (a species present everywhere says as
+    little as one absent everywhere); for Gaussian every observed site. A model with a
+    family per species asks each species' own family."""
     prob = fit.problem
-    if fit.family.name == "gaussian":
-        return []
     Y = np.where(prob.W > 0, prob.Y, np.nan)
-    info = _informative(fit.family, Y, prob.trials)
-    k = 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + int(fit.family.has_dispersion)
-    bad = info <= k
-    if not bad.any():
-        return []
-    who = list(fit.species[bad])
-    ev = "; ".join(f"{sp}: {int(info[j])} informative record(s) for {int(k[j])} parameters"
-                   for sp, j in zip(who[:5], np.flatnonzero(bad)[:5]))
-    return [Problem(
-        "sparse_species", f"{len(who)} species with too few non-zero records for their parameters",
-        ev, "drop these species (Community.subset / drop_empty), pool them, or use fewer "
-        "covariates; their estimates and SEs are unreliable", who)]
+    return _informative(fit.family, Y, prob.trials).astype(int)
 
 
 def _informative(fam, Y, trials):
-    """Per-species count of informative records: non-zeros (successes and failures for a
-    binomial, all records for a Gaussian); a mixed model asks each species' own family."""
     parts = getattr(fam, "parts", None)
     if parts is not None:
         out = np.zeros(Y.shape[1])
@@ -333,31 +467,59 @@ def _informative(fam, Y, trials):
     return info
 
 
-def check_starts(fit, tol=None):
-    """Starts that ended at different optima (the ELBO has several local maxima here).
+def species_parameters(fit):
+    """Species-specific parameters per species (m,): intercept, slopes, free loadings, dispersion."""
+    prob = fit.problem
+    n_s = (fit.state.layout.s_index >= 0).sum(1) if fit.family.has_dispersion else 0
+    return 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + n_s
 
-    ``fit.state.start_values`` holds the final ELBO of each start; the fit keeps the
-    best. Starts more than ``tol`` (default ``START_TOL`` nats, or ``START_RTOL`` of
-    |ELBO| when larger) below it ended at another, lower optimum.
-    """
-    vals = np.asarray(getattr(fit.state, "start_values", None) or [], dtype=float)
-    vals = vals[np.isfinite(vals)]
-    if vals.size < 2:
+
+def check_sparse_species(fit):
+    """Species with no more informative records than species-specific parameters."""
+    prob = fit.problem
+    if fit.family.name == "gaussian":
         return []
-    best = vals.max()
-    tol = max(START_TOL, START_RTOL * abs(best)) if tol is None else float(tol)
-    behind = np.sort(vals[vals < best - tol])
-    if not behind.size:
+    info = informative_records(fit)
+    k = species_parameters(fit)
+    bad = info <= k
+    if not bad.any():
         return []
-    n = vals.size
+    who = list(fit.species[bad])
+    ev = "; ".join(f"{sp}: {int(info[j])} informative record(s) for {int(k[j])} parameters"
+                   for sp, j in zip(who[:5], np.flatnonzero(bad)[:5]))
+    if len(who) > 5:
+        ev += f" (+{len(who) - 5} more)"
     return [Problem(
-        "starts", f"{behind.size} of {n} starts ended more than {tol:.3g} below the best",
-        f"final ELBO of the starts: best {best:.4f}; lower ones "
-        + ", ".join(f"{v:.4f}" for v in behind[:5]) + (" ..." if behind.size > 5 else "")
-        + f" (the fit kept the best; tolerance {tol:.3g})",
-        "the ELBO has several local optima for these data, so even the best of these starts may "
-        f"not be the highest: refit with more starts (n_init={max(10, 3 * n)}) and a few seeds and "
-        "keep the best; estimates that differ between such fits are not well determined", [])]
+        "sparse_species", f"{len(who)} species with too few non-zero records for their parameters",
+        ev, "drop these species (Community.subset / drop_empty), pool them, or use fewer "
+        "covariates; their estimates and SEs are unreliable (the report leaves them out of "
+        "its headline tables)", who)]
+
+
+def dispersion_at_bound(fit):
+    """Boolean Series: species whose dispersion sits at the lower end of its range."""
+    s = fit.state.params.s
+    if s is None or np.ndim(s) != 1:
+        return pd.Series(False, index=fit.species)
+    return pd.Series(np.asarray(s) <= S_BOUNDS[0] + BOUND_TOL, index=fit.species)
+
+
+def check_dispersion_at_bound(fit):
+    """Dispersions at the lower bound of their range (NB: indistinguishable from Poisson)."""
+    at = dispersion_at_bound(fit)
+    if not at.any():
+        return []
+    who = list(fit.species[at.to_numpy()])
+    name = fit.family.dispersion_name or "dispersion"
+    val = float(fit.family.dispersion(np.array([S_BOUNDS[0]]))[0])
+    meaning = getattr(fit.family, "dispersion_floor_meaning", None) or \
+        "the smallest value the fit allows"
+    return [Problem(
+        "dispersion_at_bound", f"{len(who)} species with {name} at its lower bound: {meaning}",
+        f"{_names(who)}: {name} = {val:.2g} (the bound)",
+        "nothing to fix: the data show no over-dispersion for these species; their "
+        f"{name}, its SE and interval carry no information (the report prints them as 'at bound')",
+        [("dispersion", sp, name) for sp in who])]
 
 
 def check_row_variance(fit):
@@ -418,8 +580,74 @@ def check_degenerate_dispersion(fit):
         [("dispersion", sp, name) for sp in who])]
 
 
+def check_approximation(fit, n_draws=500, seed=0):
+    """Quality of the variational approximation: ([Problem], stats dict).
+
+    Compares the ELBO with an importance-sampling estimate of the marginal
+    log-likelihood at the fitted parameters (``fit.loglik_is``); their
+    difference is the summed KL divergence of the variational posteriors from
+    the true posteriors of the site latent variables.
+    """
+    if fit.num_lv == 0 and fit.row_effect != "random":
+        return [], {"variational approximation": "exact (no latent variables)"}
+    est = fit.loglik_is(n_draws=n_draws, seed=seed)
+    n = len(est.sites)
+    stats = {"log-likelihood (importance sampling)": f"{est.value:.3f} (MC se {est.se:.3f}, "
+                                                     f"{n_draws} draws per site)",
+             "ELBO gap (log-likelihood - ELBO)": f"{est.gap:.3f} in total, {est.gap / n:.3g} "
+                                                 f"per site (largest {est.sites['gap'].max():.3g})",
+             "min importance-sampling ESS": f"{est.min_ess:.0f} of {n_draws}"}
+    problems = []
+    if est.min_ess < APPROX_ESS * n_draws:
+        low = est.sites.index[est.sites["ess"] < APPROX_ESS * n_draws]
+        problems.append(Problem(
+            "approximation_check", "the importance-sampling check of the approximation is "
+            "unreliable at some sites", f"effective sample size below {APPROX_ESS:.0%} of "
+            f"{n_draws} draws at {len(low)} site(s): {_names(list(low))}",
+            "rerun fit.loglik_is(n_draws=...) with more draws; the posterior of these sites' "
+            "latent variables is far from the variational one", [("site", s, "") for s in low]))
+    if est.gap > 3.0 * est.se and est.gap > APPROX_GAP * n:
+        worst = est.sites["gap"].sort_values(ascending=False).index[:6]
+        problems.append(Problem(
+            "approximation", "the ELBO is well below the log-likelihood: comparisons based on the "
+            "ELBO (anova, AIC, BIC) can mislead", f"gap {est.gap:.3g} (MC se {est.se:.2g}), "
+            f"{est.gap / n:.3g} per site (limit {APPROX_GAP}); largest at {_names(list(worst))}",
+            "compare models with jsdm.anova(..., loglik='is') or by cross-validation "
+            "(jsdm.cross_validate); estimates are variational, so also check them against a "
+            "model with fewer latent variables", [("site", s, "") for s in worst]))
+    return problems, stats
+
+
+def check_starts(fit, tol=None):
+    """Starts that ended at different optima (the ELBO has several local maxima here).
+
+    ``fit.state.start_values`` holds the final ELBO of each start; the fit keeps the
+    best. Starts more than ``tol`` (default ``START_TOL`` nats, or ``START_RTOL`` of
+    |ELBO| when larger) below it ended at another, lower optimum.
+    """
+    vals = np.asarray(getattr(fit.state, "start_values", None) or [], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if vals.size < 2:
+        return []
+    best = vals.max()
+    tol = max(START_TOL, START_RTOL * abs(best)) if tol is None else float(tol)
+    behind = np.sort(vals[vals < best - tol])
+    if not behind.size:
+        return []
+    n = vals.size
+    return [Problem(
+        "starts", f"{behind.size} of {n} starts ended more than {tol:.3g} below the best",
+        f"final ELBO of the starts: best {best:.4f}; lower ones "
+        + ", ".join(f"{v:.4f}" for v in behind[:5]) + (" ..." if behind.size > 5 else "")
+        + f" (the fit kept the best; tolerance {tol:.3g})",
+        "the ELBO has several local optima for these data, so even the best of these starts may "
+        f"not be the highest: refit with more starts (n_init={max(10, 3 * n)}) and a few seeds and "
+        "keep the best; estimates that differ between such fits are not well determined", [])]
+
+
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
-         check_large_coefficients, check_degenerate_dispersion, check_starts)
+         check_large_coefficients, check_degenerate_dispersion, check_dispersion_at_bound,
+         check_starts)
 
 
 def quick_checks(fit):
@@ -430,7 +658,7 @@ def quick_checks(fit):
     already says so.
     """
     checks = QUICK if fit.converged else (check_covariate_scaling, check_sparse_species,
-                                          check_degenerate_dispersion)
+                                          check_degenerate_dispersion, check_dispersion_at_bound)
     out = []
     for check in checks:
         out += check(fit)
@@ -446,8 +674,17 @@ def warn_quick_checks(fit, stacklevel=3):
     return probs
 
 
-def diagnose(fit, hessian=True):
+_CACHE = weakref.WeakKeyDictionary()
+
+
+def diagnose(fit, hessian=True, approximation=True, n_draws=500, seed=0):
     """Run every check on a fitted GLLVM.
+
+    The cheap checks are the very functions the fit-time warnings run
+    (:data:`QUICK`), so their counts agree; the Hessian adds its own kinds
+    ("hessian", "near_singular", "large_se", "penalty_dominated"). The result
+    is cached per fit (a fit never changes), so the report, its summary box
+    and ``diagnostics.csv`` show one set of counts.
 
     Parameters
     ----------
@@ -455,6 +692,10 @@ def diagnose(fit, hessian=True):
     hessian : bool
         Include the Hessian check (eigenvalues of the covariance's inverse) and
         SE-based checks; skipped automatically for very large problems.
+    approximation : bool
+        Check the variational approximation against an importance-sampling
+        estimate of the log-likelihood (:func:`check_approximation`), with
+        ``n_draws`` draws per site and ``seed``.
 
     Returns
     -------
@@ -464,6 +705,10 @@ def diagnose(fit, hessian=True):
     """
     from ..results.inference import MAX_CROSS_ENTRIES
 
+    cache = _CACHE.setdefault(fit, {})
+    key = (hessian, approximation, n_draws, seed)
+    if key in cache:
+        return cache[key]
     layout = fit.state.layout
     q = layout.size - layout.n_model
     use_h = hessian and float(layout.n_model) * q <= MAX_CROSS_ENTRIES
@@ -474,17 +719,67 @@ def diagnose(fit, hessian=True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HessianWarning)
             se = fit.bse
-    problems += check_large_coefficients(fit, se)
-    for check in (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
-                  check_degenerate_dispersion, check_starts):
-        problems += check(fit)
+    for check in QUICK:
+        problems += check_large_coefficients(fit, se) if check is check_large_coefficients else check(fit)
+    problems += check_large_se(fit, se) + check_penalty_dominated(fit, se)
     fam_text = getattr(fit.family, "composition", None) or f"{fit.family.name} ({fit.family.link})"
     stats = {"family": fam_text, "sites x species": f"{fit.problem.n} x {fit.problem.m}",
              "num_lv": fit.num_lv, "ELBO": float(fit.llf), "converged": bool(fit.converged),
+             "max scaled gradient": float(fit.state.scaled_grad),
              "max |gradient|": float(fit.max_grad)}
     if use_h:
         from ..results.inference import information
         stats["min scaled Hessian eigenvalue"] = information(fit).min_eigenvalue
     else:
         stats["Hessian"] = "not checked (" + ("problem too large" if hessian else "hessian=False") + ")"
-    return Diagnosis(problems, stats)
+    if approximation:
+        more, approx_stats = check_approximation(fit, n_draws=n_draws, seed=seed)
+        problems += more
+        stats.update(approx_stats)
+    cache[key] = Diagnosis(problems, stats)
+    return cache[key]
+
+
+def species_information(fit, diagnosis=None, min_records=MIN_RECORDS):
+    """Per-species table of what the data and the fit can say, and who makes the headlines.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    diagnosis : Diagnosis, optional
+        ``fit.diagnose()`` (computed when None); its large-coefficient and
+        penalty checks mark species without a finite optimum.
+    min_records : int
+        Informative records a species needs for headline tables and plot
+        labels (also more than its number of parameters). The default 5 comes
+        from bench/study_rare_separated.py: below it, the strongest estimated
+        correlations are off by 0.4-1.2 on average (docs/associations.md).
+
+    Returns
+    -------
+    DataFrame indexed by species: ``sites`` (observed), ``occupied`` (y > 0),
+    ``prevalence``, ``informative`` (records), ``parameters``, ``rare``
+    (fewer informative records than required), ``no_finite_optimum``
+    (separation or an estimate set by the penalty), ``dispersion_at_bound``,
+    ``headline`` (neither rare nor without finite optimum).
+    """
+    prob = fit.problem
+    diag = fit.diagnose() if diagnosis is None else diagnosis
+    Y = np.where(prob.W > 0, prob.Y, np.nan)
+    sites = np.sum(prob.W > 0, axis=0)
+    occ = np.nansum(Y > 0, axis=0)
+    info, k = informative_records(fit), species_parameters(fit)
+    rare = (info < min_records) | (info <= k)
+    sep = set()
+    for p in getattr(diag, "problems", []):
+        if p.kind in ("large_coefficient", "penalty_dominated"):
+            sep |= {lab[1] for lab in p.parameters if isinstance(lab, tuple)}
+    out = pd.DataFrame({"sites": sites.astype(int), "occupied": occ.astype(int),
+                        "prevalence": occ / np.maximum(sites, 1), "informative": info,
+                        "parameters": k.astype(int), "rare": rare,
+                        "no_finite_optimum": [sp in sep for sp in fit.species],
+                        "dispersion_at_bound": dispersion_at_bound(fit).to_numpy()},
+                       index=fit.species)
+    out["headline"] = ~out["rare"] & ~out["no_finite_optimum"]
+    out.attrs["min_records"] = int(min_records)
+    return out

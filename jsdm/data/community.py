@@ -74,6 +74,7 @@ class Community:
         val.check_unique(table.index, f"{what} rows", axis_word,
                          f"Give {what} exactly one row per {axis_word}.")
         val.check_table(table, what, axis_word)
+        val.warn_numeric_text(table, what, axis_word)
         table = val.align(table, labels, what, "Y", axis_word)
         val.warn_missing_table(table, what, axis_word)
         return table

@@ -5,6 +5,7 @@ Every check raises :class:`~jsdm.exceptions.JSDMError` (or warns with
 offending labels, echoes a few values and says how to fix the input.
 Nothing here modifies its arguments.
 """
+import re
 import warnings
 
 import numpy as np
@@ -56,7 +57,7 @@ def as_frame(obj, what, index_name):
 
 
 def check_unique(index, what, axis_word, fix):
-    """Raise if an index holds duplicated or missing labels.
+    """Raise if an index holds duplicated, missing or unusable labels.
 
     Parameters
     ----------
@@ -68,12 +69,48 @@ def check_unique(index, what, axis_word, fix):
         What the labels are ("site", "species", "covariate").
     fix : str
         Sentence appended to the message saying what to do.
+
+    Raises
+    ------
+    JSDMError
+        A MultiIndex (several label levels), missing (NaN) labels, empty
+        labels or labels with control characters (line breaks, tabs, ...),
+        which do not survive a CSV file, or duplicated labels.
     """
+    check_labels(index, what, axis_word)
     if index.hasnans:
-        raise JSDMError(f"{what}: some {axis_word} labels are missing (NaN). {fix}")
+        raise JSDMError(f"{what}: some {axis_word} labels are missing (NaN; an empty cell in a "
+                        f"CSV file reads as missing). {fix}")
     dup = index[index.duplicated()].unique()
     if len(dup):
         raise JSDMError(f"{what}: duplicated {axis_word} labels {show(dup)}. {fix}")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_labels(index, what, axis_word):
+    """Refuse label sets that cannot be shown, matched or written to CSV and read back.
+
+    A MultiIndex, the empty label '' and labels holding control characters
+    (carriage return, line feed, tab, NUL, ...) are refused with the labels
+    named; a CSV written by pandas or R would bring them back changed.
+    """
+    if isinstance(index, pd.MultiIndex):
+        raise JSDMError(
+            f"{what} have {index.nlevels} levels of labels (a pandas MultiIndex, e.g. "
+            f"{index[0]!r}); jsdm needs one label per {axis_word}. Join the levels first, e.g. "
+            "df.columns = ['_'.join(map(str, c)) for c in df.columns] (or df.index for rows).")
+    text = [x for x in index if isinstance(x, str)]
+    empty = [x for x in text if x.strip() == ""]
+    if empty:
+        raise JSDMError(f"{what}: {len(empty)} {axis_word} label(s) are empty or blank "
+                        f"{show(empty)}; give every {axis_word} a visible label.")
+    bad = [x for x in text if _CONTROL.search(x)]
+    if bad:
+        raise JSDMError(f"{what}: {axis_word} labels {show(bad)} hold control characters (line "
+                        "breaks, tabs, ...), which do not survive a CSV file; remove them, e.g. "
+                        "df.index = df.index.str.replace(r'[\\x00-\\x1f]', ' ', regex=True).")
 
 
 def align(frame, target, what, target_what, axis_word):
@@ -144,11 +181,10 @@ def check_response(Y):
                         "and one species (column).")
     bad = [c for c in Y.columns if not is_numeric_column(Y[c])]
     if bad:
-        examples = _non_numeric_examples(Y[bad[0]])
+        examples, values = _non_numeric_examples(Y[bad[0]])
         raise JSDMError(
             f"Y must hold numbers, but species {show(bad)} have non-numeric values "
-            f"(e.g. {examples} in {bad[0]!r}). Convert them, e.g. "
-            "Y = Y.apply(pd.to_numeric, errors='coerce') to turn text into NaN (missing)."
+            f"(e.g. {examples} in {bad[0]!r}). " + _conversion_hint(values)
         )
     out = Y.astype("float64")
     arr = out.to_numpy()
@@ -177,9 +213,82 @@ def _all_numbers(col):
 
 
 def _non_numeric_examples(col):
-    coerced = pd.to_numeric(col.astype(object), errors="coerce")
-    vals = col[coerced.isna() & col.notna()].unique()
-    return show(vals, 3)
+    """A few values of ``col`` that are not numbers (text, booleans mixed with numbers, ...)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return f"a pandas Categorical with levels {show(col.cat.categories, 3)}", []
+    vals = col.dropna()
+    bad = [v for v in vals if not isinstance(v, (int, float, np.integer, np.floating))
+           or isinstance(v, (bool, np.bool_))]
+    bad = sorted(dict.fromkeys(bad), key=lambda v: isinstance(v, str) and _parses(v))
+    return show(bad, 3), bad
+
+
+def _conversion_hint(bad):
+    """What to do about the non-numeric values found."""
+    if bad and all(isinstance(v, str) and _parses(v) for v in bad):
+        return ("They are text that looks like numbers (read as text, e.g. because of a decimal "
+                "comma or quoting): convert with Y = Y.apply(pd.to_numeric, errors='coerce'), or "
+                "read the file with the right decimal= and na_values= settings.")
+    if bad and any(isinstance(v, (bool, np.bool_)) for v in bad):
+        return ("True/False mixed with numbers: convert the column, e.g. Y[c] = Y[c].astype(float), "
+                "after checking what True and False stand for.")
+    return ("Convert them, e.g. Y = Y.apply(pd.to_numeric, errors='coerce') to turn text "
+            "into NaN (missing).")
+
+
+def numeric_text_cells(col):
+    """Cells that keep a mostly numeric text column from being numbers.
+
+    Parameters
+    ----------
+    col : Series of text (object or string dtype)
+
+    Returns
+    -------
+    (Series, bool) or None
+        The offending cells (indexed like ``col``) and whether the numbers
+        would parse with a decimal comma; None when the column is not mostly
+        numbers (at least half of its non-missing cells) or is all numbers
+        with a decimal point.
+    """
+    if not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
+        return None
+    vals = col.dropna()
+    if not len(vals):
+        return None
+    text = vals.map(lambda v: v.strip() if isinstance(v, str) else v)
+    is_str = text.map(lambda v: isinstance(v, str))
+    number = text.map(lambda v: isinstance(v, (int, float, np.integer, np.floating))
+                      and not isinstance(v, (bool, np.bool_)))
+    ok = number | (is_str & text.map(lambda v: isinstance(v, str) and _parses(v)))
+    comma = is_str & text.map(lambda v: isinstance(v, str) and "," in v
+                              and _parses(v.replace(",", ".")))
+    if ok.mean() < 0.5 and (ok | comma).mean() < 0.5:
+        return None
+    if ok.all() and not is_str.any():
+        return None
+    if comma.any() and (ok | comma).all():
+        return vals[comma], True
+    return vals[~ok], bool(comma.any())
+
+
+def numeric_text_message(col, where, axis_word, cells, decimal_comma):
+    """Sentence naming the cells of a numeric column that are not numbers, and the remedies."""
+    tail = "; read as it is, it would become a factor with one level per distinct value."
+    if not len(cells):
+        return f"column {col!r} {where} holds numbers stored as text" + tail
+    shown = show([f"{lab}: {val!r}" for lab, val in cells.items()], 4)
+    what = ("numbers written with decimal commas" if decimal_comma
+            else "numbers but also text")
+    return f"column {col!r} {where} holds {what} at {len(cells)} {axis_word}(s) {shown}" + tail
+
+
+def _parses(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def check_table(frame, what, axis_word):
@@ -205,6 +314,20 @@ def check_table(frame, what, axis_word):
                     f"{what} column {name!r} is infinite at {axis_word}s {show(col.index[inf])}. "
                     "Replace them by finite values (or NaN and then impute)."
                 )
+
+
+def warn_numeric_text(frame, what, axis_word):
+    """Warn (DataWarning) about text columns of X or traits that mostly hold numbers."""
+    for name in frame.columns:
+        found = numeric_text_cells(frame[name])
+        if found is None:
+            continue
+        cells, comma = found
+        warnings.warn(
+            numeric_text_message(name, f"of {what}", axis_word, cells, comma) + " Convert it, "
+            f"e.g. {what}[{name!r}] = pd.to_numeric({what}[{name!r}], errors='coerce') (those "
+            f"cells become missing), or make it a factor on purpose with .astype('category').",
+            DataWarning, stacklevel=4)
 
 
 def warn_missing_table(frame, what, axis_word):

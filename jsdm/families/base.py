@@ -202,6 +202,47 @@ class Family:
     # point masses): response-scale means need s, and g^-1(eta) is not the mean of y
     mean_uses_dispersion = False
 
+    # --- family-specific words and numbers for the analysis layer (associations, diagnostics) --
+    #: what a dispersion at the lower end of its range means, in words (diagnostics, report)
+    dispersion_floor_meaning: Optional[str] = None
+
+    def observation_variance(self, mu, s=None, trials=None):
+        """Variance of one observation around its mean, on the link scale.
+
+        The "distribution-specific variance" of Nakagawa, Johnson & Schielzeth
+        (2017, J. R. Soc. Interface 14: 20170213), used for latent-scale
+        correlations: a family with a latent-threshold reading (binomial,
+        ordinal) returns its ``link_residual_variance`` (probit 1, logit
+        pi^2/3, cloglog pi^2/6); a log link the lognormal approximation
+        log(1 + Var(y) / mu^2) (Poisson log(1 + 1/mu), negative binomial
+        log(1 + 1/mu + phi), gamma log(1 + phi)); an identity link Var(y)
+        (Gaussian sd^2); other links the delta method Var(y) g'(mu)^2.
+
+        Parameters
+        ----------
+        mu : ndarray
+            Mean(s) on the response scale.
+        s : ndarray, optional
+            Unconstrained dispersion parameter(s), broadcasting with ``mu``.
+        trials : ndarray, optional
+
+        Returns
+        -------
+        ndarray shaped like ``mu`` (NaN where undefined)
+        """
+        mu = np.asarray(mu, dtype=float)
+        if self.link_residual_variance:
+            return np.full(mu.shape, float(self.link_residual_variance))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            var = np.asarray(self.variance(mu, s, trials), dtype=float)
+            if self.link == "log":
+                return np.log1p(var / (mu * mu))
+            if self.link == "identity":
+                return var
+            if self.link == "logit":
+                return var / (mu * (1.0 - mu)) ** 2
+        return np.full(np.broadcast(mu, var).shape, np.nan)
+
 
 def _check_nonneg_int(y, name):
     yy = np.asarray(y, dtype=float)

@@ -132,6 +132,14 @@ class BetaBinomial(Family):
         p = np.asarray(mu, dtype=float) / n
         return n * p * (1.0 - p) * (1.0 + (n - 1.0) / (np.exp(s) + 1.0))
 
+    def observation_variance(self, mu, s=None, trials=None):
+        """Link-scale variance of one observation (delta method on the proportion y / n):
+        (1 + (n - 1) / (phi + 1)) / (n p (1 - p)), p = mu / n."""
+        n = _trials(trials)
+        p = np.asarray(mu, dtype=float) / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (1.0 + (n - 1.0) / (np.exp(s) + 1.0)) / (n * p * (1.0 - p))
+
     def cdf(self, y, eta, s=None, trials=None):
         """P(Y <= y | eta)."""
         phi = np.exp(np.asarray(s, dtype=float))

@@ -318,9 +318,20 @@ class Mixed(Family):
 
     @property
     def link_residual_variance(self):
-        """(m,): each member's latent-scale residual variance."""
+        """(m,): each member's latent-scale residual variance (0 where it has none)."""
         self._need_bound()
         return np.array([float(np.asarray(f.link_residual_variance)) for f in self.members])
+
+    def observation_variance(self, mu, s=None, trials=None):
+        """Each member's observation-level variance on its columns."""
+        mu = np.asarray(mu, dtype=float)
+        out = np.full(mu.shape, np.nan)
+        tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), mu.shape)
+        for gi, g in enumerate(self.groups):
+            cols = g["cols"]
+            out[..., cols] = g["family"].observation_variance(
+                mu[..., cols], self._s_of(gi, s, cols), None if tr is None else tr[..., cols])
+        return out
 
 
 def _as_mapping(families):

@@ -34,11 +34,12 @@ class NegativeBinomial(Family):
     """Negative binomial counts, log link, species dispersion phi (s = log phi)."""
 
     name = "negative_binomial"
-    aliases = ("nb", "negbin", "nb2")
+    aliases = ("nb", "negbin", "nb2", "nbinom", "nbinom2", "negative.binomial")
     links = ("log",)
     default_link = "log"
     has_dispersion = True
     dispersion_name = "phi"
+    dispersion_floor_meaning = "indistinguishable from Poisson (no over-dispersion)"
     discrete = True
 
     accepts_cache = True

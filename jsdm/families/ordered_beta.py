@@ -144,9 +144,16 @@ class OrderedBeta(Family):
         return p1 + pm * mu
 
     def variance(self, mu, s=None, trials=None):
-        """Not a function of the mean alone."""
-        raise NotImplementedError("the ordered beta variance depends on eta and the cut points, "
-                                  "not on the mean alone")
+        """Var[y] at the eta whose mean is ``mu`` (the mean increases with eta, given s):
+        P1 + P_mid (m^2 + m (1 - m) / (1 + phi)) - mu^2 with m = expit(eta)."""
+        from .truncated import invert_increasing
+
+        mu = np.asarray(mu, dtype=float)
+        s = np.broadcast_to(np.asarray(s, dtype=float), mu.shape + (3,))
+        eta = invert_increasing(lambda e: self.mean(e, s=s), mu)
+        _, pm, p1 = self.probs(eta, s)
+        m, phi = special.expit(eta), np.exp(s[..., 2])
+        return np.maximum(p1 + pm * (m * m + m * (1.0 - m) / (1.0 + phi)) - mu * mu, 0.0)
 
     def cdf(self, y, eta, s=None, trials=None):
         """P(Y <= y) = P0 + P_mid F_beta(y) for 0 <= y < 1, 1 at y = 1."""

@@ -91,6 +91,7 @@ class ZeroInflatedPoisson(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "pi"
+    dispersion_floor_meaning = "no zero inflation: indistinguishable from Poisson"
     discrete = True
     mean_uses_dispersion = True
     start_family = "negative_binomial"   # an extra start from its fit (model.fit.related_start)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._numerics import safe_solve
 
+from . import penalty
 from .objective import cell_eval, gradient_from, moments
 from .params import S_BOUNDS
 
@@ -101,6 +102,11 @@ def species_step(prob, P, ce, only_dispersion=False, order=1):
         Q = (Gv.T @ A.reshape(n, d * d)).reshape(m, d, d)   # sum_i Gv A_i
         g[:, 1 + p:] += 2.0 * np.einsum("jkl,jl->jk", Q, P.theta)
         H[:, 1 + p:, 1 + p:] -= 2.0 * Q
+    pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
+    if pen is not None:
+        H += np.diag(pen)
+        g += penalty.species_gradient(prob, P)
+    if d:
         fixed = ~np.tril(np.ones((m, d), bool))            # theta_jk = 0 for k > j
         if fixed.any():
             jj, kk = np.nonzero(fixed)
@@ -360,6 +366,12 @@ def curvature_diagonal(prob, layout, P, ce=None):
         A = P.A
         second = P.a ** 2 + np.diagonal(A, axis1=1, axis2=2)
         G.theta = C.T @ second
+    pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
+    if pen is not None:
+        G.beta0 = G.beta0 + pen[0]
+        G.B = G.B + pen[1:1 + prob.p]
+        G.theta = G.theta + pen[1 + prob.p:]
+    if d:
         G.a = 1.0 + C @ P.theta ** 2
         lam = G.a                               # precision diagonal of each site
         Lsq = P.L ** 2

@@ -9,6 +9,7 @@ from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
 from .params import Layout, Params
+from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .newton import newton_ascent
 from .start import glm_start, initial_params, triangular_rotation
@@ -130,14 +131,20 @@ def normalise(P):
     return P
 
 
+DEFAULT_SEED = 0     # seed=None means this seed: the same call gives the same fit, bit for bit
+
+
 def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=False,
                 start=None):
     """Fit the model; return the best :class:`FitState` over ``n_init`` starts.
 
-    Start 1 is the per-species GLMs with an SVD of their Dunn-Smyth residuals; start 2,
-    where the family names a ``start_family``, the fit of that family (see
-    :func:`related_start`); the others jitter the residuals. Each start runs block Newton
-    sweeps (SQUAREM-accelerated), joint Newton
+    The starts are drawn from ``seed`` (``None`` means ``DEFAULT_SEED``, so that
+    fits are reproducible by default; pass another seed for other starts). Start 1 is
+    the per-species GLMs with an SVD of their Dunn-Smyth residuals; start 2, where the
+    family names a ``start_family``, the fit of that family (see :func:`related_start`);
+    the others jitter the residuals.
+
+    Each start runs block Newton sweeps (SQUAREM-accelerated), joint Newton
     steps on the means, then a diagonally scaled L-BFGS polish; ``maxiter``
     bounds the iterations of all three together. Converged means the scaled
     gradient max_k |g_k| / sqrt(max(h_k, 1)) is at most ``gtol``, with h_k the
@@ -162,14 +169,10 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-#: the seed of the starting values when none is given: same data, same call, same fit
-DEFAULT_SEED = 0
-
-
 def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     t0 = time.perf_counter()
     layout = make_layout(prob)
-    rng = np.random.default_rng(DEFAULT_SEED if seed is None else seed)   # deterministic by default
+    rng = np.random.default_rng(DEFAULT_SEED if seed is None else seed)
     glm = glm_start(prob)
     best, values = None, []
     work, order = prob, None
@@ -208,8 +211,9 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
         warnings.warn(
             f"the fit did not converge: max scaled gradient = {smax:.3g} > gtol = {gtol:g} "
             f"(max |gradient| = {state.max_grad:.3g}) after {n_iter} iterations ({message}). "
-            "Try more starts (n_init=5), a larger maxiter, standardising covariates, or fewer "
-            "latent variables; fit.diagnose() shows which parameters carry the gradient.",
+            "Try more starts (n_init=5), a larger maxiter, "
+            + ("standardising covariates, " if unstandardised(prob.X) else "")
+            + "or fewer latent variables; fit.diagnose() shows which parameters carry the gradient.",
             ConvergenceWarning, stacklevel=3)
     return state
 

@@ -24,6 +24,7 @@ steps. Every stage is accepted only if the ELBO increases.
 import numpy as np
 
 from .blocks import _chol_inv, ascend, polish_dispersion, scaled_gradient, species_step
+from . import penalty
 from .objective import _CHUNK_CELLS, _cache, cell_eval, kl_terms, moments
 from .start import triangular_rotation
 
@@ -118,6 +119,10 @@ def _species_blocks(prob, P, ce, Xt, A=None):
         AA = (A[:, :, :, None, None] * A[:, None, None, :, :]).reshape(n, d ** 4)
         T2 = (ce["Evv"].T @ AA).reshape(m, d, d, d, d)
         H[:, 1 + p:, 1 + p:] += 4.0 * np.einsum("jlrst,jr,jt->jls", T2, th, th)
+    pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
+    if pen is not None:
+        H -= np.diag(pen)
+        g += penalty.species_gradient(prob, P)
     return H, g
 
 
@@ -448,6 +453,7 @@ def gauge_step(prob, P, ce=None):
     if ce is None:
         return new, ce
     site = ce["site"] + kl_terms(prob, P) - kl_terms(prob, new)
+    site += penalty.kl_shift(prob, P, new)                  # penalty (prior_sd)
     if not float(site.sum()) >= float(ce["site"].sum()):
         return P, ce
     return new, {**ce, "site": site}

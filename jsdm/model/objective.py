@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import penalty
 from .params import Params
 
 
@@ -112,6 +113,7 @@ def cell_eval(prob, P, order=1, clip=True):
     for start in range(0, n, step):
         _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
     out["site"] -= kl_terms(prob, P)
+    penalty.add_to_cells(prob, P, out["site"], out["species"])      # penalty (prior_sd)
     return out
 
 
@@ -162,6 +164,7 @@ def evaluate(prob, P, grad=True):
     e = prob.family.ell(prob.Y, M, V, P.s, prob.trials)
     W = prob.W
     site_terms = (W * e.value).sum(1) - kl_terms(prob, P)
+    penalty.add_to_cells(prob, P, site_terms)                       # penalty (prior_sd)
     Gm, Gv = W * e.d_m, W * e.d_v
     gs = None if e.d_s is None else weighted(W, e.d_s).sum(0)
     return Evaluation(float(site_terms.sum()), site_terms, M, V, Gm, Gv, gs)
@@ -203,4 +206,5 @@ def gradient(prob, P, ev):
         g.alpha = Gm.sum(1) - P.alpha / s2
         g.log_rho = 2.0 * rho2 * Gv.sum(1) - rho2 / s2 + 1.0
         g.log_sigma = float(((rho2 + P.alpha ** 2) / s2 - 1.0).sum())
+    penalty.add_gradient(prob, P, g)                                # penalty (prior_sd)
     return g

@@ -10,10 +10,28 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ..data.validation import show
 from ..exceptions import DataWarning, JSDMError
 from ..families import Family, get_family
+from .checks import (cell_values, check_design_rank, check_num_lv, check_offset,
+                     check_response_scale)
 
 ROW_EFFECTS = (None, "fixed", "random")
+
+
+def unstandardised(X, tol=0.05):
+    """True when a numeric, non-0/1 design column has |mean| > tol sd or sd off 1 by more than tol.
+
+    Messages suggest standardising covariates only then (not to users who did,
+    nor on data without covariates).
+    """
+    X = np.asarray(X, dtype=float)
+    if not X.size or X.shape[0] < 2:
+        return False
+    sd, mean = X.std(0, ddof=1), X.mean(0)
+    dummy = np.array([np.isin(np.unique(X[:, k]), (0.0, 1.0)).all() for k in range(X.shape[1])])
+    off = ~dummy & ((np.abs(sd - 1.0) > tol) | (np.abs(mean) > tol * np.maximum(sd, 1e-300)))
+    return bool(off.any())
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,38 +142,101 @@ def _as_community(data, X=None, response=None, site=None, species=None):
     return Community(data, X=X)
 
 
+RESERVED_TERMS = ("Intercept",)      # the species intercepts' column in jsdm's tables
+
+
+def _token(k):
+    return f"_jsdm_c{k}_"
+
+
 def _design(com, formula):
-    """Site design matrix (no intercept) from a formula or from all covariates."""
+    """Site design matrix (no intercept) from a formula or from all covariates; (matrix, terms).
+
+    Covariate names are never parsed as formula syntax: with ``formula=None``
+    every column enters under its own name (``1``, ``a+b``, ``log(x)`` included),
+    and names quoted with backticks in a formula are taken literally. The
+    intercept is dropped by its position in formulaic's model spec, not by name.
+    """
     Xdf = com.X
-    if formula is None:
-        if Xdf is None or Xdf.shape[1] == 0:
-            return np.zeros((com.n_sites, 0)), ()
-        formula = "~ " + " + ".join(f"`{c}`" for c in Xdf.columns)
+    if formula is None and (Xdf is None or Xdf.shape[1] == 0):
+        return np.zeros((com.n_sites, 0)), ()
     if Xdf is None:
         raise JSDMError(f"formula {formula!r} given but the data have no site covariates; "
                         "pass X= or build a Community with X")
+    if formula is None:
+        _check_complete(Xdf)
+    names = {_token(k): str(c) for k, c in enumerate(Xdf.columns)}
+    data = Xdf.set_axis(list(names), axis=1)
+    if formula is None:
+        rhs = " + ".join(names)
+    else:
+        rhs = formula.split("~", 1)[1] if "~" in formula else formula
+        for tok, name in names.items():      # `name` -> its token, so formulaic reads it literally
+            rhs = rhs.replace(f"`{name}`", tok)
+        data = pd.concat([Xdf.set_axis([str(c) for c in Xdf.columns], axis=1), data], axis=1)
+        data = data.loc[:, ~data.columns.duplicated()]
+    mat, terms = _model_matrix(rhs, data, formula, Xdf, names)
+    _check_terms(terms, formula)
+    check_design_rank(mat, terms)
+    return mat, terms
+
+
+def _model_matrix(rhs, data, formula, Xdf, names):
     import formulaic
 
-    rhs = formula.split("~", 1)[1] if "~" in formula else formula
     try:
-        mm = formulaic.model_matrix("~ " + rhs, Xdf, na_action="raise")
+        mm = formulaic.model_matrix("~ " + rhs, data, na_action="raise")
     except Exception as exc:  # formulaic raises many types
-        raise JSDMError(f"could not build the design from formula {formula!r}: {exc}. "
-                        f"Available covariates: {list(Xdf.columns)}") from None
-    mm = pd.DataFrame(mm)
-    mm = mm.drop(columns=[c for c in mm.columns if c == "Intercept"])
-    mat = mm.to_numpy(dtype=float)
+        shown = f"formula {formula!r}" if formula is not None else "the covariates (every column)"
+        raise JSDMError(f"could not build the design from {shown}: "
+                        f"{_untoken(str(exc), names)}. Available covariates: {list(Xdf.columns)}; "
+                        "quote names that are not plain identifiers with backticks, e.g. "
+                        "'~ `soil pH` + temp'.") from None
+    keep = [i for t, idx in mm.model_spec.term_indices.items() if str(t) != "1" for i in idx]
+    mat = np.asarray(pd.DataFrame(mm).iloc[:, sorted(keep)].to_numpy(dtype=float))
+    terms = tuple(_untoken(str(mm.columns[i]), names) for i in sorted(keep))
     if not np.isfinite(mat).all():
         raise JSDMError("covariates contain missing or infinite values; remove or impute those sites")
-    return mat, tuple(str(c) for c in mm.columns)
+    return mat, terms
+
+
+def _check_complete(Xdf):
+    """Refuse missing covariate values (all covariates enter the design), naming them."""
+    miss = Xdf.isna()
+    if miss.to_numpy().any():
+        cols = [c for c in Xdf.columns if miss[c].any()]
+        rows = Xdf.index[miss.any(axis=1).to_numpy()]
+        raise JSDMError(f"covariates {show(cols)} are missing at sites {show(rows)}; the model "
+                        "needs complete covariates: impute them, leave those sites out "
+                        "(Community.subset), or name the complete covariates in formula=.")
+
+
+def _untoken(text, names):
+    for tok, name in names.items():
+        text = text.replace(tok, name)
+    return text
+
+
+def _check_terms(terms, formula):
+    """Refuse design columns whose names would be ambiguous in jsdm's tables."""
+    clash = [t for t in terms if t in RESERVED_TERMS]
+    if clash:
+        raise JSDMError(
+            f"a covariate named {clash[0]!r} would be confused with the species intercepts, which "
+            f"jsdm's coefficient tables call {RESERVED_TERMS[0]!r}; rename it, e.g. "
+            f"X.rename(columns={{{clash[0]!r}: {clash[0] + '_x'!r}}}).")
+    dup = sorted({t for t in terms if terms.count(t) > 1})
+    if dup:
+        raise JSDMError(f"the design has several columns named {show(dup)} (a covariate name "
+                        "equals a column that formula expansion makes, e.g. 'f[T.a]'); rename "
+                        "the covariate.")
 
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None):
     """Validate user input and build a :class:`Problem`."""
     fam = get_family(family)
-    if not (isinstance(num_lv, (int, np.integer)) and num_lv >= 0):
-        raise JSDMError(f"num_lv must be a whole number >= 0, got {num_lv!r}")
+    check_num_lv(num_lv)
     if row_effect not in ROW_EFFECTS:
         raise JSDMError(f"row_effect must be one of None, 'fixed', 'random'; got {row_effect!r}")
     com = _as_community(data, X, response, site, species)
@@ -167,13 +248,13 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         W = np.broadcast_to(1.0, Y.shape)
     if W.sum() == 0:
         raise JSDMError("the response table has no observed values")
-    tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float), Y.shape).copy()
+    tr = _trials(trials, W, Ydf)
     fam.check_y(Y, tr)
+    check_response_scale(Y, W, fam, Ydf.columns)
     Yf = np.where(W > 0, Y, 0.0)
     Xmat, terms = _design(com, formula)
-    off = None if offset is None else np.broadcast_to(
-        np.asarray(offset, dtype=float).reshape(-1, 1) if np.ndim(offset) == 1 else
-        np.asarray(offset, dtype=float), Y.shape).copy()
+    off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,
+                       Ydf.columns)
     if row_effect == "fixed" and Xmat.shape[1]:
         import warnings
         from ..exceptions import DataWarning
@@ -192,3 +273,11 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info)
+
+
+def _trials(trials, W, Ydf):
+    """``trials=`` as an (n, m) array matched to the data; cells with a missing response get 1."""
+    tr = cell_values(trials, "trials", Ydf.index, Ydf.columns)
+    if tr is None:
+        return None
+    return np.where(np.broadcast_to(W > 0, tr.shape), tr, np.where(np.isfinite(tr), tr, 1.0))

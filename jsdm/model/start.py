@@ -3,6 +3,7 @@ import numpy as np
 
 from .._numerics import safe_solve
 
+from . import penalty
 from .blocks import dispersion_step
 from .objective import weighted
 from .params import S_BOUNDS, Params
@@ -41,9 +42,13 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
                 s = np.clip(np.asarray(g, dtype=float), -10, 10)
     zero_v = np.zeros_like(Y)
 
+    pen = penalty.species_curvature(prob)            # penalty (prior_sd): (beta0, B) part
+    pen = None if pen is None else pen[:Xt.shape[1]]
+
     def loglik(b, s, order=1):
         e = fam.ell(Y, Xt @ b.T + off, zero_v, s, trials, order=order)
-        return (W * e.value).sum(0), e
+        ll = (W * e.value).sum(0)
+        return (ll, e) if pen is None else (ll - 0.5 * (b * b) @ pen, e)
 
     ll, e = loglik(b, s)
     for _ in range(n_iter):
@@ -53,6 +58,8 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
         g = Gm.T @ Xt
         H = np.einsum("ik,ij,il->jkl", Xt, 2.0 * Gv, Xt)
         H -= 1e-8 * np.eye(Xt.shape[1])
+        if pen is not None:
+            g, H = g - b * pen, H - np.diag(pen)
         step = -safe_solve(H, g)
         step = np.clip(step, -_MAX_STEP, _MAX_STEP)
         snew = s

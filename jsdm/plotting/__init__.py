@@ -7,6 +7,8 @@ Artists carry a ``gid`` naming what they show ("sites", "species",
 """
 from .associations import plot_associations, plot_variance_partition
 from .coefficients import plot_coefficients
+from .cv import plot_cv
+from .network import plot_network
 from .ordination import plot_ordination
 from .residuals import plot_residuals
 

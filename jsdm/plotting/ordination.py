@@ -4,7 +4,7 @@ import pandas as pd
 from scipy import stats
 
 from ..exceptions import JSDMError
-from ._util import get_ax
+from ._util import get_ax, short_label, short_labels, subset_species
 
 
 def _site_colors(fit, color):
@@ -33,7 +33,7 @@ def _draw_sites(ax, xy, col, categorical, cname):
         return ax.scatter(xy[:, 0], xy[:, 1], color="0.35", **kw)
     if not categorical:
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=col.to_numpy(float), cmap="viridis", **kw)
-        ax.figure.colorbar(sc, ax=ax, label=cname, shrink=0.8)
+        ax.figure.colorbar(sc, ax=ax, label=short_label(cname), shrink=0.8)
         return sc
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -42,9 +42,10 @@ def _draw_sites(ax, xy, col, categorical, cname):
     cmap = plt.get_cmap("tab10" if len(cat.cat.categories) <= 10 else "tab20")
     colors = [cmap(c % cmap.N) for c in cat.cat.codes]
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=colors, **kw)
-    handles = [Line2D([], [], marker="o", ls="", color=cmap(k % cmap.N), label=str(lev))
-               for k, lev in enumerate(cat.cat.categories)]
-    ax.legend(handles=handles, title=cname, fontsize=7, title_fontsize=8, loc="best")
+    levels = short_labels(list(cat.cat.categories))
+    handles = [Line2D([], [], marker="o", ls="", color=cmap(k % cmap.N), label=lev)
+               for k, lev in enumerate(levels)]
+    ax.legend(handles=handles, title=short_label(cname), fontsize=7, title_fontsize=8, loc="best")
     return sc
 
 
@@ -61,26 +62,45 @@ def _draw_ellipses(ax, xy, cov, level):
                              lw=0.6, color="0.55", alpha=0.7, gid="ellipse"))
 
 
-def _draw_arrows(ax, xy, names, color, gid, fontsize=7):
-    """Arrows from the origin with a text label at each tip."""
+def _draw_arrows(ax, xy, names, color, gid, fontsize=7, label=None):
+    """Arrows from the origin, with a text label at the tips where ``label`` (bool array) is set."""
     from matplotlib.patches import FancyArrowPatch
 
-    for (x, y), name in zip(xy, names):
+    label = np.ones(len(xy), bool) if label is None else np.asarray(label, bool)
+    for (x, y), name, lab in zip(xy, short_labels(list(names)), label):
         ax.add_artist(FancyArrowPatch((0, 0), (x, y), arrowstyle="->", mutation_scale=8,
-                                      color=color, lw=0.8, alpha=0.8, gid=gid))
-        t = ax.text(x * 1.06, y * 1.06, str(name), color=color, fontsize=fontsize,
-                    ha="left" if x >= 0 else "right", va="bottom" if y >= 0 else "top")
-        t.set_gid(gid)
+                                      color=color if lab else "0.7", lw=0.8 if lab else 0.5,
+                                      alpha=0.8, gid=gid if lab else gid + "_unlabelled"))
+        if lab:
+            t = ax.text(x * 1.06, y * 1.06, name, color=color, fontsize=fontsize,
+                        ha="left" if x >= 0 else "right", va="bottom" if y >= 0 else "top")
+            t.set_gid(gid)
     ax.update_datalim(np.vstack([np.asarray(xy) * 1.2, [[0.0, 0.0]]]))
 
 
-def _draw_species(ax, scores, site_radius, species_scale):
+#: biplots label every species up to this many, else the ``TOP_LABELS`` longest arrows
+LABEL_ALL = 40
+TOP_LABELS = 25
+
+
+def _draw_species(ax, scores, site_radius, species_scale, label_species):
     """Species arrows, scaled for display (the factor is written on the plot)."""
     sp = scores.to_numpy()
     f = 0.9 * site_radius / _radius(sp) if species_scale == "auto" else float(species_scale)
-    _draw_arrows(ax, sp * f, scores.index, "firebrick", "species")
+    m = len(sp)
+    if label_species == "auto":
+        label_species = m if m <= LABEL_ALL else TOP_LABELS
+    k = m if label_species is True else (0 if label_species is False else int(label_species))
+    label = np.zeros(m, bool)
+    label[np.argsort(-np.linalg.norm(sp, axis=1))[:k]] = True
+    _draw_arrows(ax, sp * f, scores.index, "firebrick", "species", label=label)
+    notes = []
     if not np.isclose(f, 1.0):
-        ax.text(0.01, 0.01, f"species scores x {f:.2g}", transform=ax.transAxes,
+        notes.append(f"species scores x {f:.2g}")
+    if k < m:
+        notes.append(f"{k} of {m} species labelled (longest arrows)")
+    if notes:
+        ax.text(0.01, 0.01, "; ".join(notes), transform=ax.transAxes,
                 fontsize=7, color="firebrick", gid="note")
 
 
@@ -90,7 +110,7 @@ def _radius(xy):
 
 def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, axes=(0, 1),
                     scaling="symmetric", alpha=0.5, species_scale="auto", covariate_arrows=False,
-                    level=0.95, site_labels=False):
+                    level=0.95, site_labels=False, species=None, label_species="auto"):
     """Ordination plot: sites as points, species as labelled arrows (a biplot).
 
     Parameters
@@ -119,6 +139,14 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
         Coverage of the ellipses.
     site_labels : bool
         Write site names next to the points.
+    species : list, optional
+        Species drawn as arrows (default: all but those with a slope or loading
+        beyond 10 on the link scale, i.e. without a finite optimum, whose
+        scores would set the scale of the plot; a note says how many).
+    label_species : "auto", bool or int
+        Species named at their arrow: "auto" names all up to 40 species, else
+        the 25 with the longest arrows (the others are thin grey arrows); an
+        int names that many.
 
     Returns
     -------
@@ -138,10 +166,19 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
     if ellipses:
         _draw_ellipses(ax, xy, o.site_cov[:, [i, j]][:, :, [i, j]], level)
     if site_labels:
-        for (x, y), name in zip(xy, o.sites.index):
+        for (x, y), name in zip(xy, short_labels(list(o.sites.index))):
             ax.text(x, y, f" {name}", fontsize=6, color="0.3", gid="site_label")
     if biplot:
-        _draw_species(ax, o.species.iloc[:, [i, j]], _radius(xy), species_scale)
+        if species is None:     # species without a finite optimum would set the scale
+            from ..analysis.diagnostics import large_coefficient_species
+
+            bad = set(large_coefficient_species(fit))
+            species = [s for s in fit.species if s not in bad]
+            if bad:
+                ax.text(0.99, 0.01, f"{len(bad)} species without a finite optimum not drawn",
+                        transform=ax.transAxes, ha="right", fontsize=7, color="0.35", gid="note")
+        sp = o.species.iloc[subset_species(fit, species)]
+        _draw_species(ax, sp.iloc[:, [i, j]], _radius(xy), species_scale, label_species)
     if covariate_arrows and o.covariates is not None:
         cov = o.covariates.iloc[:, [i, j]].to_numpy() * _radius(xy)
         _draw_arrows(ax, cov, o.covariates.index, "navy", "covariate", fontsize=8)

@@ -2,7 +2,7 @@
 import numpy as np
 from scipy import stats
 
-from ._util import label_fontsize, new_figure
+from ._util import label_fontsize, new_figure, readable, robust_limits, short_labels
 
 _PANELS = ("vs linear predictor", "normal Q-Q", "vs site", "vs species", "scale-location")
 
@@ -73,13 +73,22 @@ def plot_residuals(fit, seed=None, *, figsize=(13.0, 7.5)):
     a_site.set(xlabel=f"site index (1..{len(fit.sites)})", ylabel="Dunn-Smyth residual")
     _scatter(a_sp, jj, r, "residuals")
     m = len(fit.species)
-    a_sp.set_xticks(np.arange(m), labels=[str(s) for s in fit.species], rotation=90,
-                    fontsize=label_fontsize(m))
+    if readable(m):
+        a_sp.set_xticks(np.arange(m), labels=short_labels(list(fit.species)), rotation=90,
+                        fontsize=label_fontsize(m))
+    else:
+        a_sp.set_xlabel(f"species index (1..{m}, the fit's order)")
     a_sp.set_ylabel("Dunn-Smyth residual")
     sl = np.sqrt(np.abs(r))
     _scatter(a_sl, eta, sl, "residuals")
     _smooth(a_sl, eta, sl)
     a_sl.set(xlabel="linear predictor", ylabel="sqrt |residual|")
+    lo, hi, out = robust_limits(eta)
+    for ax in (a_eta, a_sl):            # a few extreme linear predictors must not squash the rest
+        ax.set_xlim(lo, hi)
+        if out:
+            ax.text(0.01, 0.01, f"{out} point(s) beyond the axis", transform=ax.transAxes,
+                    fontsize=7, color="0.35", gid="note")
     for ax, title in zip((a_eta, a_qq, a_site, a_sp, a_sl), _PANELS):
         ax.set_title(title)
         if title not in ("normal Q-Q", "scale-location"):

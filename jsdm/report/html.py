@@ -28,7 +28,7 @@ nav { background: var(--bg); padding: 8px 14px; border-radius: 6px; font-size: 1
 nav a { margin-right: 14px; color: var(--accent); text-decoration: none; white-space: nowrap; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
 th, td { padding: 3px 10px; border-bottom: 1px solid var(--line); text-align: right;
-         vertical-align: top; }
+         vertical-align: top; white-space: nowrap; }
 th { background: var(--bg); font-weight: 600; }
 td.l, th.l { text-align: left; }
 tr.best td { background: #e3f2e8; font-weight: 600; }
@@ -46,7 +46,15 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 .methods { background: var(--bg); padding: 12px 16px; border-radius: 6px; text-align: justify; }
 details { margin: 6px 0 12px; }
 summary { cursor: pointer; color: var(--accent); }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.tall { max-height: 460px; overflow-y: auto; border: 1px solid var(--line); }
+.tall table { margin: 0; }
+.tall thead th { position: sticky; top: 0; }
+.careful { background: #fff8e6; border-left: 4px solid #b45309; padding: 8px 16px; margin: 14px 0; }
+.careful ul { margin: 4px 0; padding-left: 20px; }
+.careful li { margin: 3px 0; }
+.note { color: var(--muted); font-size: 13px; }
+.flag { color: #b45309; }
 .row { display: flex; flex-wrap: wrap; gap: 8px 36px; align-items: flex-start; }
 .row > * { flex: 0 1 auto; min-width: 0; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
@@ -58,23 +66,65 @@ def esc(text):
     return html.escape(str(text), quote=True)
 
 
-def fmt(value, digits=3):
-    """Format one table cell: numbers with ``digits`` significant digits, NaN as an en dash."""
+def num(value, sig=3):
+    """A number as people write it: ``sig`` significant digits, at most 3 decimals,
+    powers of ten beyond 1e5 or below 1e-3, NaN as an en dash, integers as integers."""
     if value is None:
         return "&ndash;"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, numbers.Integral):
         return str(int(value))
-    if isinstance(value, numbers.Real):
-        v = float(value)
-        if math.isnan(v):
-            return "&ndash;"
-        if math.isinf(v):
-            return "&infin;" if v > 0 else "&minus;&infin;"
-        if v != 0 and (abs(v) < 10 ** -(digits) or abs(v) >= 10 ** (digits + 3)):
-            return f"{v:.{digits - 1}e}"
-        return f"{v:.{digits}f}" if abs(v) < 1000 else f"{v:.1f}"
+    v = float(value)
+    if math.isnan(v):
+        return "&ndash;"
+    if math.isinf(v):
+        return "&infin;" if v > 0 else "&minus;&infin;"
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a >= 1e5 or a < 1e-3:
+        mant, exp = f"{v:.{max(sig - 2, 0)}e}".split("e")
+        return f"{mant}e{int(exp)}"
+    dec = min(3, max(0, sig - 1 - int(math.floor(math.log10(a)))))
+    return f"{v:.{dec}f}"
+
+
+def fixed(value):
+    """A number with decimals by size: 2 below 10, 1 below 100, none below 1e5, else a power of ten."""
+    if value is None or not np.isfinite(value):
+        return num(value)
+    a = abs(float(value))
+    if a >= 1e5:
+        return num(value)
+    dec = 2 if a < 10 else (1 if a < 100 else 0)
+    out = f"{float(value):.{dec}f}"
+    return "0.00" if out == "-0.00" else out
+
+
+def interval(est, lo, hi, sig=None):
+    """'estimate [lower, upper]' (:func:`fixed`, or :func:`num` with ``sig``); a dash when missing."""
+    f = fixed if sig is None else (lambda v: num(v, sig))
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{f(est)} [&ndash;]"
+    return f"{f(est)} [{f(lo)}, {f(hi)}]"
+
+
+def prevalence(value):
+    """A share as a fixed two-decimal number."""
+    return "&ndash;" if value is None or not np.isfinite(value) else f"{float(value):.2f}"
+
+
+def fmt(value, digits=3):
+    """Format one table cell: numbers by :func:`num` (``digits`` significant), NaN as an en dash."""
+    if isinstance(value, (numbers.Real, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        if isinstance(value, numbers.Integral):
+            return str(int(value))
+        return num(value, digits)
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
     return esc(value)
 
 
@@ -85,8 +135,11 @@ def p_value(p):
     return "&lt;0.001" if p < 0.001 else f"{p:.3f}"
 
 
+DASH_NOTE = "&ndash; not available (for example a standard error the Hessian does not give)."
+
+
 def table(df, index=True, digits=3, formatters=None, row_class=None, cls=None, max_rows=None,
-          left=()):
+          left=(), tall=False, more=None, dash_note=DASH_NOTE):
     """An HTML table from a DataFrame.
 
     Parameters
@@ -95,7 +148,7 @@ def table(df, index=True, digits=3, formatters=None, row_class=None, cls=None, m
     index : bool
         Show the index as the first column(s).
     digits : int
-        Decimals for floats.
+        Significant digits of floats (:func:`num`).
     formatters : dict, optional
         Column name -> function(value) -> HTML string.
     row_class : callable, optional
@@ -103,9 +156,16 @@ def table(df, index=True, digits=3, formatters=None, row_class=None, cls=None, m
     cls : str, optional
         CSS class of the table.
     max_rows : int, optional
-        Show at most this many rows (a note says how many were left out).
+        Show at most this many rows (a note says how many were left out and ``more``,
+        where the rest are).
     left : sequence of str
         Columns to align left (text columns without a formatter always are).
+    tall : bool
+        Put the table in a scrolling box (long lists; the browser's find searches it).
+    more : str, optional
+        Where the full table is (HTML), said when rows are left out.
+    dash_note : str or None
+        Footnote shown when a cell is an en dash.
     """
     formatters = formatters or {}
     shown = df if max_rows is None else df.iloc[:max_rows]
@@ -127,11 +187,17 @@ def table(df, index=True, digits=3, formatters=None, row_class=None, cls=None, m
             cells += f"<td{lcls if col in left_cols else ''}>{f(val) if f else fmt(val, digits)}</td>"
         rc = row_class(label) if row_class else None
         rows.append(f'<tr class="{rc}">{cells}</tr>' if rc else f"<tr>{cells}</tr>")
-    more = "" if max_rows is None or len(df) <= max_rows else (
-        f'<p class="sub">Showing {max_rows} of {len(df)} rows.</p>')
+    body = "".join(rows)
+    notes = []
+    if max_rows is not None and len(df) > max_rows:
+        notes.append(f"Showing {max_rows} of {len(df)} rows" + (f"; {more}" if more else "") + ".")
+    if dash_note and "&ndash;" in body:
+        notes.append(dash_note)
     c = f' class="{cls}"' if cls else ""
-    return (f'<div class="scroll"><table{c}><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>{more}')
+    wrap = "scroll tall" if tall else "scroll"
+    foot = "".join(f'<p class="note">{n}</p>' for n in notes)
+    return (f'<div class="{wrap}"><table{c}><thead><tr>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table></div>{foot}')
 
 
 def key_values(pairs):

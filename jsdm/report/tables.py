@@ -32,18 +32,48 @@ def coefficient_table(fit, alpha=0.05):
     return out
 
 
-def species_table(fit):
-    """Per-species data summary: observed sites, prevalence, mean and max response.
+def species_table(fit, info=None):
+    """Per-species data summary: observed sites, occupied sites, prevalence, informative
+    records, mean and max response, and a status (rare, no finite optimum, dispersion at bound).
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    info : DataFrame, optional
+        :func:`jsdm.analysis.diagnostics.species_information` (computed when None).
 
     Returns
     -------
-    DataFrame (m species x 4)
+    DataFrame (m species x 7); counts are integers
     """
+    from ..analysis.diagnostics import species_information
+
+    info = species_information(fit) if info is None else info
     Y = pd.DataFrame(np.where(fit.problem.W > 0, fit.problem.Y, np.nan),
                      index=fit.sites, columns=fit.species)
-    return pd.DataFrame({"sites observed": Y.notna().sum(),
-                         "prevalence": (Y > 0).sum() / Y.notna().sum(),
-                         "mean": Y.mean(), "max": Y.max()})
+    out = pd.DataFrame({"sites observed": info["sites"].astype(int),
+                        "occupied": info["occupied"].astype(int),
+                        "prevalence": info["prevalence"],
+                        "informative": info["informative"].astype(int),
+                        "mean": Y.mean(), "max": Y.max()})
+    if np.all(np.mod(out["max"].dropna(), 1) == 0):
+        out["max"] = out["max"].astype("Int64") if out["max"].isna().any() else out["max"].astype(int)
+    out["status"] = species_status(info)
+    return out
+
+
+def species_status(info):
+    """One word (or a few) per species from its information table; "" when all is well."""
+    def status(r):
+        out = []
+        if r["rare"]:
+            out.append("rare")
+        if r["no_finite_optimum"]:
+            out.append("no finite optimum")
+        if r["dispersion_at_bound"]:
+            out.append("dispersion at bound")
+        return ", ".join(out)
+    return info.apply(status, axis=1).rename("status")
 
 
 def covariate_table(fit):
@@ -94,8 +124,10 @@ def fit_statistics(fit):
     return [("ELBO (variational lower bound of the log-likelihood)", fit.llf),
             ("parameters (df)", fit.df), ("observations (site x species cells)", fit.nobs),
             ("AIC", fit.aic), ("AICc", fit.aicc), ("BIC", fit.bic),
-            ("converged", bool(fit.converged)), ("max |gradient|", fit.max_grad),
-            ("iterations", fit.n_iter), ("fit time (s)", st.elapsed),
+            ("converged (max scaled gradient <= gtol)", bool(fit.converged)),
+            ("max scaled gradient |g_k| / sqrt(max(h_k, 1))", fit.scaled_grad),
+            ("gtol", fit.settings.get("gtol", float("nan"))), ("max |gradient|", fit.max_grad),
+            ("iterations", int(fit.n_iter)), ("fit time (s)", float(st.elapsed)),
             ("starts (ELBO of each)", ", ".join(f"{v:.2f}" for v in st.start_values))]
 
 

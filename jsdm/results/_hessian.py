@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model import penalty
 from ..model.objective import evaluate
 
 _STEP = 1e-4
@@ -270,6 +271,10 @@ def hessian_blocks(prob, P, layout, h=_STEP):
     if prob.d:
         t = slice(1 + prob.p, 1 + prob.p + prob.d)
         Hphiphi[:, t, t] += 2.0 * np.einsum("ij,ikl->jkl", ev.Gv, P.A)
+    pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
+    if pen is not None:
+        k0 = len(pen)
+        Hphiphi[:, np.arange(k0), np.arange(k0)] -= pen
     Kpsi = _contract(E, Jpsi)
     Hvv = _pair(Kpsi, Jpsi, "ijk,ijl->ikl") + _second_order_site(prob, P, ev, r, tri)
     Hcross = _pair(Kphi, Jpsi, "ijk,ijl->ijkl") + _second_order_cross(prob, P, ev, r, tri)

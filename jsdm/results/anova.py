@@ -80,7 +80,7 @@ def _check_nested(a, b, na, nb):
     return pa.d != pb.d or (pa.row_effect is None and pb.row_effect == "random")
 
 
-def anova(*fits, names=None):
+def anova(*fits, names=None, loglik="elbo", n_draws=1000, seed=0):
     """Likelihood-ratio tests of nested GLLVM fits on the same data.
 
     Parameters
@@ -90,6 +90,16 @@ def anova(*fits, names=None):
         each is tested against the previous one.
     names : list of str, optional
         Row labels (default "model 1", ... in the order given).
+    loglik : {"elbo", "is"}
+        What stands for the log-likelihood. "elbo": the variational bound
+        (``fit.llf``, as R gllvm). "is": the importance-sampling estimate of
+        the marginal log-likelihood at each fit's parameters
+        (:meth:`GLLVMResults.loglik_is`), which removes the bias of comparing
+        two bounds of unequal tightness; the table then also has ``llf_is``,
+        ``llf_is_se``, ``gap`` (llf_is - ELBO) and ``statistic_se`` (Monte
+        Carlo SE of the statistic). The parameters are still the variational
+        estimates, not maximum-likelihood ones.
+    n_draws, seed : importance-sampling draws per site and seed (``loglik="is"``).
 
     Returns
     -------
@@ -110,25 +120,39 @@ def anova(*fits, names=None):
     names = [f"model {k + 1}" for k in range(len(fits))] if names is None else [str(n) for n in names]
     if len(names) != len(fits):
         raise JSDMError(f"got {len(names)} names for {len(fits)} fits")
+    if loglik not in ("elbo", "is"):
+        raise JSDMError(f"loglik must be 'elbo' or 'is', got {loglik!r}")
     _check_same_data(fits, names)
     order = sorted(range(len(fits)), key=lambda k: fits[k].df)
+    ll = {k: (fits[k].llf, 0.0) for k in order}
+    if loglik == "is":
+        est = {k: fits[k].loglik_is(n_draws=n_draws, seed=seed) for k in order}
+        ll = {k: (e.value, e.se) for k, e in est.items()}
     rows = []
     for pos, k in enumerate(order):
         f = fits[k]
         row = {"model": names[k], "family": f.family.name, "num_lv": f.num_lv,
                "covariates": ", ".join(f.terms) or "-", "df": f.df, "llf": f.llf,
-               "aic": f.aic, "bic": f.bic, "statistic": np.nan, "df_diff": np.nan,
-               "p_value": np.nan, "boundary": False}
+               "aic": f.aic, "bic": f.bic}
+        if loglik == "is":
+            row.update(llf_is=ll[k][0], llf_is_se=ll[k][1], gap=ll[k][0] - f.llf)
+        row.update(statistic=np.nan, df_diff=np.nan, p_value=np.nan, boundary=False)
+        if loglik == "is":
+            row["statistic_se"] = np.nan
         if pos:
-            prev = fits[order[pos - 1]]
-            boundary = _check_nested(prev, f, names[order[pos - 1]], names[k])
+            kp = order[pos - 1]
+            prev = fits[kp]
+            boundary = _check_nested(prev, f, names[kp], names[k])
             ddf = f.df - prev.df
-            stat = 2.0 * (f.llf - prev.llf)
+            stat = 2.0 * (ll[k][0] - ll[kp][0])
             row.update(statistic=stat, df_diff=ddf, boundary=boundary,
                        p_value=float(stats.chi2.sf(max(stat, 0.0), ddf)) if ddf > 0 else np.nan)
+            if loglik == "is":
+                row["statistic_se"] = 2.0 * float(np.hypot(ll[k][1], ll[kp][1]))
         rows.append(row)
     out = pd.DataFrame(rows).set_index("model")
-    out.attrs["note"] = ("statistic = 2 (ELBO - ELBO of the previous row); boundary=True: the "
+    what = "ELBO" if loglik == "elbo" else "importance-sampling log-likelihood llf_is"
+    out.attrs["note"] = (f"statistic = 2 ({what} - that of the previous row); boundary=True: the "
                          "p-value is conservative (the null is on the boundary).")
     return out
 

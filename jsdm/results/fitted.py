@@ -83,8 +83,21 @@ class GLLVMResults:
     # --- fit quality -------------------------------------------------------------
     @property
     def llf(self):
-        """The evidence lower bound at the optimum (a lower bound of the log-likelihood)."""
-        return self.state.value
+        """The evidence lower bound at the optimum (a lower bound of the log-likelihood).
+
+        With ``prior_sd`` (a penalised fit) this is the ELBO without the penalty,
+        at the penalised estimates.
+        """
+        from ..model import penalty
+
+        return self.state.value - penalty.value(self.problem, self.state.params)
+
+    @property
+    def prior_sd(self):
+        """The sd of the weak Gaussian penalty on loadings and per-sd slopes, or None."""
+        from ..model import penalty
+
+        return penalty.prior_sd(self.problem)
 
     @property
     def df(self):
@@ -121,7 +134,21 @@ class GLLVMResults:
 
     @property
     def converged(self):
+        """True when the largest curvature-scaled gradient (``scaled_grad``) is at most ``gtol``.
+
+        The scaled gradient of parameter k is |g_k| / sqrt(max(h_k, 1)), with g
+        the gradient of the ELBO and h_k its curvature along k: a step of about
+        |g_k| / h_k would change the ELBO by about (scaled gradient)^2 / 2. The
+        raw ``max_grad`` can exceed ``gtol`` in a converged fit (parameters with
+        large curvature, e.g. intercepts of abundant species).
+        """
         return self.state.converged
+
+    @property
+    def scaled_grad(self):
+        """Largest curvature-scaled gradient max_k |g_k| / sqrt(max(h_k, 1)) at the estimates:
+        the quantity compared with ``gtol`` to decide ``converged``."""
+        return float(self.state.scaled_grad)
 
     @property
     def n_iter(self):
@@ -129,6 +156,7 @@ class GLLVMResults:
 
     @property
     def max_grad(self):
+        """Largest raw |gradient| of the ELBO at the estimates (not what ``converged`` checks)."""
         return self.state.max_grad
 
     @property
@@ -305,6 +333,24 @@ class GLLVMResults:
         from .predict import predict
         return predict(self, newdata=newdata, **kwargs)
 
+    def predict_conditional(self, newdata, observed, **kwargs):
+        """Predict every species at new sites given the species observed there
+        (see :func:`jsdm.results.conditional.predict_conditional`)."""
+        from .conditional import predict_conditional
+        return predict_conditional(self, newdata, observed, **kwargs)
+
+    def loglik_is(self, n_draws=1000, seed=0, **kwargs):
+        """Importance-sampling estimate of the marginal log-likelihood at the fitted parameters,
+        with its Monte Carlo SE and the per-site gap to the ELBO
+        (see :func:`jsdm.results.likelihood.loglik_is`)."""
+        from .likelihood import loglik_is
+        return loglik_is(self, n_draws=n_draws, seed=seed, **kwargs)
+
+    def cross_validate(self, k=5, **kwargs):
+        """K-fold cross-validation by sites of this model (see :func:`jsdm.cross_validate`)."""
+        from .crossval import cross_validate
+        return cross_validate(self, k=k, **kwargs)
+
     def simulate(self, n=1, **kwargs):
         """Draw response tables from the fitted model."""
         from .predict import simulate
@@ -344,6 +390,12 @@ class GLLVMResults:
         from ..analysis.associations import association_table
         return association_table(self, **kwargs)
 
+    def partial_correlation(self, **kwargs):
+        """Direct associations: partial correlations, sparse by default (graphical lasso)
+        (see :func:`jsdm.analysis.partial.partial_correlation`)."""
+        from ..analysis.partial import partial_correlation
+        return partial_correlation(self, **kwargs)
+
     def ordination(self, **kwargs):
         from ..analysis.ordination import ordination
         return ordination(self, **kwargs)
@@ -364,6 +416,11 @@ class GLLVMResults:
     def plot_coefficients(self, **kwargs):
         from ..plotting import plot_coefficients
         return plot_coefficients(self, **kwargs)
+
+    def plot_network(self, **kwargs):
+        """Network of direct associations (see :func:`jsdm.plotting.network.plot_network`)."""
+        from ..plotting.network import plot_network
+        return plot_network(self, **kwargs)
 
     def plot_variance_partition(self, **kwargs):
         from ..plotting import plot_variance_partition

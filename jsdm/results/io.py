@@ -16,9 +16,25 @@ valid NumPy ``.npz`` file:
 - ``<path>.npy``: one NumPy array per numeric block (``problem/Y``,
   ``state/params/theta``, ...), written with ``allow_pickle=False``.
 
+- ``checksums.json`` (format version 2): the SHA-256 and size of every other
+  member (see :mod:`jsdm.results._archive`).
+
 Everything can be read with a ZIP tool, any JSON reader and ``numpy.load``;
 nothing is executed when loading. A file written by a newer format version
 is refused with a :class:`~jsdm.exceptions.JSDMError`.
+
+Integrity
+---------
+``save`` writes to a temporary file beside the target and renames it into
+place, so an interrupted save leaves the earlier file intact. ``load`` checks
+the sizes the archive declares against limits before decompressing anything
+(``max_bytes``; the manifest at most :data:`MAX_MANIFEST_BYTES`), verifies
+every member's checksum, rebuilds the fit, and then checks that it is
+consistent: the arrays have the shapes the problem implies, and the ELBO
+recomputed from the stored data and estimates (with the engine's public
+:func:`jsdm.model.objective.evaluate`) equals the stored one. Whatever is
+wrong, ``load`` raises one :class:`~jsdm.exceptions.JSDMError` that names the
+file and the problem.
 """
 import dataclasses
 import datetime as _dt
@@ -26,17 +42,20 @@ import io
 import json
 import math
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..exceptions import DataWarning, JSDMError
+from ._archive import read_archive, verify, write_archive
 
 FORMAT = "jsdm-fit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2           # 2: checksums.json with the SHA-256 of every member (issue 13)
 MANIFEST = "jsdm.json"
+MAX_MANIFEST_BYTES = 64 * 2**20
+DEFAULT_MAX_BYTES = 2 * 2**30
+ELBO_RTOL, ELBO_ATOL = 1e-8, 1e-6     # stored vs recomputed ELBO
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -50,7 +69,10 @@ def save(fit, path):
     fit : GLLVMResults
         The fitted model (not modified).
     path : str or Path
-        File to write (overwritten if it exists). ``.jsdm`` is a good suffix.
+        File to write (replaced if it exists). ``.jsdm`` is a good suffix.
+        The file is written under a temporary name in the same folder and
+        renamed at the end, so an interrupted save leaves an earlier file of
+        that name intact.
 
     Returns
     -------
@@ -76,18 +98,24 @@ def save(fit, path):
         "state": _encode(fit.state, "state", arrays),
         "settings": _encode(dict(fit.settings), "settings", arrays),
     }
-    if path.parent and not path.parent.exists():
-        raise JSDMError(f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    _write_zip(path, manifest, arrays)
-    return path
+    members = {MANIFEST: json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8")}
+    for key, arr in arrays.items():
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+        members[key + ".npy"] = buf.getvalue()
+    return write_archive(path, members)
 
 
-def load(path):
+def load(path, *, max_bytes=DEFAULT_MAX_BYTES):
     """Load a fit saved with :func:`save` / ``fit.save(path)``.
 
     Parameters
     ----------
     path : str or Path
+    max_bytes : int
+        Largest total size the archive's members may inflate to (default
+        2 GiB). Checked against the sizes the file declares before anything
+        is decompressed; raise it for very large fits you trust.
 
     Returns
     -------
@@ -98,53 +126,77 @@ def load(path):
     Raises
     ------
     JSDMError
-        The file is missing, is not a jsdm fit, or was written by a newer
-        format version than this jsdm reads.
+        For every problem, with the file named: missing or not a jsdm fit;
+        written by a newer format version; members larger than the limits;
+        a damaged archive or a member whose checksum does not match; parts
+        missing or of the wrong type; arrays whose shapes do not fit the
+        problem; a stored ELBO that differs from the one recomputed from the
+        stored data and estimates.
     """
+    path = Path(path)
+    stage = ["reading the file"]
+    try:
+        return _load(path, max_bytes, stage)
+    except JSDMError as err:
+        msg = str(err)
+        raise JSDMError(msg if str(path) in msg else f"{str(path)!r}: {msg}") from None
+    except Exception as err:        # whatever a damaged or altered file provokes
+        raise JSDMError(f"{str(path)!r} could not be loaded: {type(err).__name__}: {err} (while "
+                        f"{stage[0]}). The file is damaged, altered or not a jsdm fit; save the "
+                        "fit again from its source.") from None
+
+
+def _load(path, max_bytes, stage):
     from .fitted import GLLVMResults
 
-    manifest, arrays = _read_zip(Path(path))
-    _check_version(manifest, path)
-    ctx = {"arrays": arrays}
+    members, record = read_archive(path, max_bytes, {MANIFEST: MAX_MANIFEST_BYTES})
+    stage[0] = "reading the manifest"
+    try:
+        manifest, version = _manifest(members, path)
+    except Exception:
+        if record is not None:          # a damaged member says more than the JSON error
+            verify(members, record, path)
+        raise
+    if version >= 2:                    # version 1 files were written without checksums
+        stage[0] = "verifying the checksums"
+        verify(members, record, path)
+    stage[0] = "reading the arrays"
+    ctx = {"arrays": _arrays(members)}
+    stage[0] = "rebuilding the fit"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         problem = _decode(manifest["problem"], ctx)
+        _check_data_shapes(problem, path)
         ctx["problem"] = problem
         state = _decode(manifest["state"], ctx)
         settings = _decode(manifest["settings"], ctx)
-    return GLLVMResults(problem, state, settings)
+    fit = GLLVMResults(problem, state, settings)
+    stage[0] = "checking the fit's consistency"
+    check_consistency(fit, path)
+    return fit
 
 
-# --- archive ----------------------------------------------------------------------
-def _write_zip(path, manifest, arrays):
-    text = json.dumps(manifest, indent=1, allow_nan=False)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(MANIFEST, text)
-        for key, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
-            zf.writestr(key + ".npy", buf.getvalue())
+def _manifest(members, path):
+    """(manifest, format version) from the archive's members."""
+    if MANIFEST not in members:
+        raise JSDMError(f"{str(path)!r} is not a jsdm fit file (no {MANIFEST} inside); "
+                        "save fits with fit.save(path)")
+    manifest = json.loads(members[MANIFEST].decode("utf-8"))
+    return manifest, _check_version(manifest, path)
 
 
-def _read_zip(path):
-    if not path.is_file():
-        where = "a folder, not a file" if path.is_dir() else "not found"
-        raise JSDMError(f"saved fit {str(path)!r} is {where}; check the path")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if MANIFEST not in names:
-                raise JSDMError(f"{str(path)!r} is not a jsdm fit file (no {MANIFEST} inside); "
-                                "save fits with fit.save(path)")
-            manifest = json.loads(zf.read(MANIFEST).decode("utf-8"))
-            arrays = {n[:-4]: np.lib.format.read_array(io.BytesIO(zf.read(n)), allow_pickle=False)
-                      for n in names if n.endswith(".npy")}
-    except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
-        if isinstance(err, JSDMError):
-            raise
-        raise JSDMError(f"{str(path)!r} is not a readable jsdm fit file ({type(err).__name__}: "
-                        f"{err}); save fits with fit.save(path)") from None
-    return manifest, arrays
+def _arrays(members):
+    """Every ``.npy`` member as an array (never pickled objects; no trailing bytes)."""
+    out = {}
+    for name, blob in members.items():
+        if not name.endswith(".npy"):
+            continue
+        buf = io.BytesIO(blob)
+        arr = np.lib.format.read_array(buf, allow_pickle=False)
+        if buf.tell() != len(blob):
+            raise JSDMError(f"member {name!r} has {len(blob) - buf.tell()} bytes after its array")
+        out[name[:-4]] = arr
+    return out
 
 
 def _check_version(manifest, path):
@@ -153,13 +205,91 @@ def _check_version(manifest, path):
                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r}, "
                         f"expected {FORMAT!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise JSDMError(f"{str(path)!r} has an invalid format_version {version!r}")
+    if type(version) is not int or version < 1:         # True is an int to isinstance
+        raise JSDMError(f"{str(path)!r} has an invalid format_version {version!r}; it must be a "
+                        "whole number >= 1")
     if version > FORMAT_VERSION:
         raise JSDMError(
             f"{str(path)!r} was written with fit-file format version {version} by jsdm "
             f"{manifest.get('jsdm_version', '?')}; this jsdm reads format versions up to "
             f"{FORMAT_VERSION}. Upgrade jsdm (pip install -U jsdm) to load it.")
+    return version
+
+
+# --- consistency --------------------------------------------------------------------
+def check_consistency(fit, path="the fit"):
+    """Check that a (loaded) fit's parts agree with each other; raise JSDMError if not.
+
+    The data arrays must have the shapes that the labels and terms imply, the
+    estimates the shapes that the problem implies (they must survive the
+    engine's pack/unpack unchanged), and the ELBO recomputed from the data and
+    the estimates with :func:`jsdm.model.objective.evaluate` must equal the
+    stored ``fit.llf`` (within 1e-6 + 1e-8 |llf|).
+    """
+    prob, state = fit.problem, fit.state
+    _check_data_shapes(prob, path)          # again: check_consistency is also public
+    _check_state_shapes(prob, state, path)
+    stored = float(state.value)
+    recomputed = _recomputed_elbo(prob, state.params)
+    same = (stored == recomputed or (math.isnan(stored) and math.isnan(recomputed))
+            or abs(stored - recomputed) <= ELBO_ATOL + ELBO_RTOL * abs(stored))
+    if not same:
+        raise JSDMError(
+            f"{str(path)!r} is inconsistent: its stored ELBO ({stored:.10g}) differs from the ELBO "
+            f"recomputed from its data and estimates ({recomputed:.10g}). The file was damaged "
+            "or edited; do not use it, and save the fit again from its source.")
+
+
+def _check_data_shapes(prob, path):
+    n, m, p = len(prob.sites), len(prob.species), len(prob.terms)
+    wanted = {"Y": (n, m), "X": (n, p)}
+    wanted.update({k: (n, m) for k in ("offset", "trials") if getattr(prob, k) is not None})
+    for name, shape in wanted.items():
+        arr = getattr(prob, name)
+        if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype.kind != "f":
+            raise JSDMError(f"{str(path)!r} is inconsistent: problem {name} has shape "
+                            f"{getattr(arr, 'shape', None)} (dtype {getattr(arr, 'dtype', None)}), "
+                            f"but its {n} sites, {m} species and {p} terms need {shape} floats")
+    W = np.asarray(prob.W)
+    if np.broadcast_shapes(W.shape, (n, m)) != (n, m) or not np.isin(W, (0.0, 1.0)).all():
+        raise JSDMError(f"{str(path)!r} is inconsistent: the mask of observed cells W has shape "
+                        f"{W.shape} or values other than 0 and 1")
+    com = prob.info.get("community")
+    if com is not None and not (com.sites.equals(prob.sites) and com.species.equals(prob.species)):
+        raise JSDMError(f"{str(path)!r} is inconsistent: the stored community's sites and "
+                        "species are not those of the fitted problem")
+
+
+def _check_state_shapes(prob, state, path):
+    """Estimates must have the problem's shapes: the engine's pack -> unpack returns them intact."""
+    from ..model.fit import make_layout
+
+    layout = make_layout(prob)
+    P = state.params
+    try:
+        Q = layout.unpack(layout.pack(P))
+    except (ValueError, TypeError, AttributeError, IndexError) as err:
+        raise JSDMError(f"{str(path)!r} is inconsistent: the estimates do not have the shapes "
+                        f"of a {prob.n} sites x {prob.m} species model with {prob.p} terms and "
+                        f"{prob.d} latent variables ({type(err).__name__}: {err})") from None
+    for f in dataclasses.fields(P):
+        a, b = getattr(P, f.name), getattr(Q, f.name)
+        if (a is None) != (b is None) or (a is not None and not (
+                np.shape(a) == np.shape(b)
+                and np.allclose(a, b, rtol=1e-12, atol=0.0, equal_nan=True))):
+            raise JSDMError(f"{str(path)!r} is inconsistent: estimate {f.name!r} does not fit the "
+                            "model (wrong shape, an entry outside the model's structure, or a "
+                            "part the model does not have)")
+    if np.shape(state.grad) != (layout.size,):
+        raise JSDMError(f"{str(path)!r} is inconsistent: the stored gradient has shape "
+                        f"{np.shape(state.grad)}, the model has {layout.size} parameters")
+
+
+def _recomputed_elbo(prob, P):
+    from ..model.objective import evaluate
+
+    with np.errstate(all="ignore"):
+        return float(evaluate(prob, P).value)
 
 
 # --- encoding ---------------------------------------------------------------------

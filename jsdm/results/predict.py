@@ -113,7 +113,7 @@ def marginal_mean(family, F, var, s=None):
 
 
 def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, offset=None,
-            trials=None, n_draws=1000, seed=None):
+            trials=None, n_draws=1000, seed=None, summary="mean"):
     """Predict on the link or response scale for fitted or new sites.
 
     Parameters
@@ -124,13 +124,15 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
     type : {"link", "response"}
     lv : {"conditional", "marginal"}, optional
         Default "conditional" for fitted sites, "marginal" (the only choice)
-        for new sites. See the module docstring.
+        for new sites. See the module docstring. To predict some species at a
+        new site from others observed there, see :func:`predict_conditional`.
     interval : {None, "confidence", "prediction"}
-        "confidence" (``lv="marginal"`` only): delta-method interval for the
-        predicted mean from ``cov_params`` (uncertainty of intercepts, slopes
-        and loadings, and of the row effects: a fitted site's fixed alpha_i, or
-        the random row-effect sd, which enters the marginal mean on the
-        response scale), built on the link scale and transformed back.
+        "confidence" (``lv="marginal"``, summaries "mean" and "median"):
+        delta-method interval for the predicted summary from ``cov_params``
+        (uncertainty of intercepts, slopes and loadings, and of the row
+        effects: a fitted site's fixed alpha_i, or the random row-effect sd,
+        which enters the marginal mean on the response scale), built on the
+        link scale and transformed back.
         "prediction": central interval of a new response y, from ``n_draws``
         simulated draws (parameters held at their estimates).
     level : float
@@ -140,26 +142,56 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
     trials : array, optional
         Binomial trials for new sites (default: 1, i.e. probabilities).
     n_draws, seed : Monte Carlo size and seed for prediction intervals.
+    summary : {"mean", "median", "presence"} or float in (0, 1)
+        Which summary of the prediction is returned. With ``lv="marginal"`` the
+        latent variables of a site are unknown, so the site's expected response
+        mu = E[y | eta] is itself random (eta ~ N(fixed part, theta_j' theta_j
+        [+ sigma^2])):
+
+        - "mean" (default): E[y] = E[mu], averaged over the latent variables.
+          For the log link this is exp(fixed + v / 2), which is dominated by
+          the rare sites with extreme latent values when a species' loadings
+          are large (v = theta_j' theta_j of 10 inflates it 150-fold over the
+          median); a warning says so when that happens.
+        - "median": the median of mu over the latent variables, g^-1(fixed
+          part): the expected response at a typical site (half of the sites
+          with these covariates expect more, half less).
+        - a float q: the q-quantile of mu over the latent variables,
+          g^-1(fixed + z_q sd): e.g. 0.1 and 0.9 give the range of expected
+          responses across sites with these covariates.
+        - "presence": P(y > 0), the predictive probability that the species
+          is present (discrete families and Tweedie), integrated over the
+          latent variables (for 0/1 data the same as "mean").
+
+        On the link scale "mean" and "median" are both the fixed part. With
+        ``lv="conditional"`` (plug-in site scores) only "mean" (E[y | eta])
+        and "presence" (P(y > 0 | eta)) exist.
 
     Returns
     -------
     DataFrame
         Without ``interval``: sites x species. With it: long, indexed by
         (site, species), columns ``prediction``, ``lower``, ``upper``.
+        ``attrs["summary"]`` names the summary returned.
     """
     lv = ("conditional" if newdata is None else "marginal") if lv is None else lv
     _check_choice("type", type, TYPES)
     _check_choice("lv", lv, LVS)
     _check_choice("interval", interval, INTERVALS)
+    summary = _check_summary(summary, type, lv, fit.family)
     fam, P = fit.problem.family, fit.state.params
     F, scores, extra, sites, tr = _setup(fit, newdata, lv, offset, trials)
     var = (P.theta ** 2).sum(1)[None, :] + extra[:, None]
     if lv == "conditional":
         eta = F if scores is None else F + scores
-        pred = eta if type == "link" else response_mean(fam, eta, tr, P.s)
+        if summary == "presence":
+            pred = 1.0 - fam.cdf(np.zeros(eta.shape), eta, P.s, _full_trials(tr, eta.shape))
+        else:
+            pred = eta if type == "link" else response_mean(fam, eta, tr, P.s)
     else:
-        pred = F if type == "link" else _scale(marginal_mean(fam, F, var, P.s), tr)
+        pred = _marginal_summary(fit, F, var, type, summary, tr)
     pred = pd.DataFrame(pred, index=sites, columns=fit.species)
+    pred.attrs["summary"] = _summary_name(summary, type, lv)
     if interval is None:
         return pred
     if interval == "confidence":
@@ -167,7 +199,14 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
             raise JSDMError("confidence intervals need lv='marginal' (conditional predictions "
                             "would need the joint uncertainty of the site scores); or use "
                             "interval='prediction'")
-        lo, hi = _confidence(fit, newdata, F, var, type, level, tr)
+        if summary not in ("mean", "median"):
+            raise JSDMError(f"confidence intervals are available for summary='mean' or 'median', "
+                            f"not {summary!r}")
+        if summary == "median" and type == "response":
+            lo, hi = _confidence(fit, newdata, F, var, "link", level, None)
+            lo, hi = (response_mean(fam, x, tr, P.s) for x in (lo, hi))
+        else:
+            lo, hi = _confidence(fit, newdata, F, var, type, level, tr)
     else:
         eta_fn = _eta_sampler(F, scores, var, lv)
         lo, hi = _prediction(fam, eta_fn, P.s, tr, level, n_draws, seed)
@@ -175,7 +214,103 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
     out["lower"] = np.asarray(lo).ravel()
     out["upper"] = np.asarray(hi).ravel()
     out.index.names = ["site", "species"]
+    out.attrs["summary"] = pred.attrs["summary"]
     return out
+
+
+SUMMARIES = ("mean", "median", "presence")
+_EXPLODE_VAR = 2.0 * np.log(100.0)      # exp(v / 2) > 100: mean over 100 x the median
+
+
+def _check_summary(summary, type, lv, family):
+    """The validated summary: one of SUMMARIES or a float quantile level."""
+    from .latent import has_presence
+
+    if isinstance(summary, str):
+        if summary not in SUMMARIES:
+            raise JSDMError(f"summary must be one of {', '.join(map(repr, SUMMARIES))} or a "
+                            f"quantile level in (0, 1); got {summary!r}")
+    elif isinstance(summary, (float, int, np.floating)) and 0.0 < float(summary) < 1.0:
+        summary = float(summary)
+    else:
+        raise JSDMError(f"summary must be 'mean', 'median', 'presence' or a quantile level "
+                        f"strictly between 0 and 1; got {summary!r}")
+    if summary == "presence":
+        if not has_presence(family):
+            raise JSDMError(f"summary='presence' (P(y > 0)) needs a family with zeros that mean "
+                            f"absence (counts, binomial, ordinal, Tweedie); {family.name!r} has "
+                            "none")
+        if type == "link":
+            raise JSDMError("summary='presence' is a probability on the response scale; use "
+                            "type='response'")
+    elif lv == "conditional" and summary != "mean":
+        raise JSDMError(f"summary={summary!r} describes the spread over unknown latent variables, "
+                        "which plug-in site scores do not have; use lv='marginal', or "
+                        "summary='mean' / 'presence'")
+    return summary
+
+
+def _summary_name(summary, type, lv):
+    if summary == "presence":
+        return "P(y > 0)" + (" given the site scores" if lv == "conditional" else
+                             ", marginal over the latent variables")
+    scale = "linear predictor" if type == "link" else "E[y | eta]"
+    if lv == "conditional":
+        return f"{scale} at the site scores"
+    if summary == "mean":
+        return f"mean of {scale} over the latent variables"
+    if summary == "median":
+        return f"median of {scale} over the latent variables"
+    return f"{summary:g} quantile of {scale} over the latent variables"
+
+
+def _full_trials(tr, shape):
+    return None if tr is None else np.broadcast_to(np.asarray(tr, dtype=float), shape)
+
+
+def _marginal_summary(fit, F, var, type, summary, tr):
+    """Summary (k, m) of the marginal prediction (see :func:`predict`)."""
+    fam, s = fit.family, fit.state.params.s
+    if summary == "presence":
+        from .marginal import normal_expectation
+
+        shape = np.broadcast(F, var).shape
+        trf = _full_trials(tr, shape)
+
+        def p0(eta):
+            with np.errstate(over="ignore", under="ignore"):
+                return fam.cdf(np.zeros(shape), eta, s, trf)
+        return np.clip(1.0 - normal_expectation(p0, F, np.sqrt(var)), 0.0, 1.0)
+    if summary == "mean":
+        if type == "link":
+            return F
+        _warn_exploding(fit, F, var)
+        return _scale(marginal_mean(fam, F, var, s), tr)
+    zq = 0.0 if summary == "median" else stats.norm.ppf(summary)
+    eta = F + zq * np.sqrt(var)
+    return eta if type == "link" else response_mean(fam, eta, tr, s)
+
+
+def _warn_exploding(fit, F, var):
+    """Warn when the marginal mean of a log-link species is dominated by extreme sites."""
+    import warnings
+
+    from ..exceptions import JSDMWarning
+
+    if fit.family.link != "log":
+        return
+    big = np.asarray(var).max(0) > _EXPLODE_VAR if np.ndim(var) == 2 else np.asarray(var) > _EXPLODE_VAR
+    big = np.broadcast_to(big, (F.shape[1],))
+    if big.any():
+        names = [str(x) for x in np.asarray(fit.species)[big]]
+        ratio = float(np.exp(0.5 * np.max(var)))
+        warnings.warn(
+            f"the marginal mean E[y] of {len(names)} species ({', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''}) is more than 100 times its median over the "
+            f"latent variables (up to {ratio:.3g} times): it is dominated by rare sites with extreme "
+            "latent values. For a typical site use summary='median' (or quantiles, e.g. "
+            "summary=0.9), or summary='presence' for the probability of presence.",
+            JSDMWarning, stacklevel=5)
 
 
 def _scale(mu, trials):

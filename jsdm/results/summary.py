@@ -101,7 +101,8 @@ def _header(fit):
          "Row effect": fit.row_effect or "none", "Covariates": ", ".join(fit.terms) or "none",
          "ELBO (log-lik bound)": float(fit.llf), "Df (parameters)": fit.df, "AIC": float(fit.aic),
          "AICc": float(fit.aicc), "BIC": float(fit.bic), "Converged": bool(fit.converged),
-         "Max |gradient|": float(fit.max_grad), "Iterations": fit.n_iter,
+         "Max scaled gradient": float(fit.scaled_grad), "Max |gradient|": float(fit.max_grad),
+         "Iterations": fit.n_iter,
          "Fit time (s)": float(fit.fit_time)}
     return h
 

@@ -1,0 +1,218 @@
+"""The per-site latent model of a fit: the one place that reads the engine's internals.
+
+Everything in :mod:`jsdm.results.marginal` (importance-sampled likelihood,
+predictive densities, conditional prediction), cross-validation, richness and
+joint occurrence is written against :class:`SiteLatent`, never against the
+engine's parameter containers. A GLLVM is, site by site,
+
+    eta_i = F_i + Lambda u_i,    u_i ~ N(0, Sigma_u),    y_ij | u_i ~ f(. | eta_ij) independently
+
+with ``F_i`` the fixed part of the linear predictor (offset, intercepts,
+covariate effects, fixed row effects), ``u_i`` the site's latent vector (the
+d latent variables, plus a random row effect when there is one), ``Lambda``
+its loadings on each species' linear predictor (theta_j, and 1 for the row
+effect) and ``Sigma_u`` its prior covariance (I_d, sigma^2). For fitted sites
+the variational posterior q(u_i) = N(mean_i, cov_i) comes along.
+
+When the engine changes (new terms: grouped site effects, species random
+effects), :func:`site_latent` is what changes; the rest reads only the fields
+and methods below.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import JSDMError
+
+
+@dataclass(frozen=True, eq=False)
+class SiteLatent:
+    """One Gaussian latent vector per site and the fixed part of the linear predictor.
+
+    Attributes
+    ----------
+    F : ndarray (k, m)
+        Fixed part of the linear predictor at the k sites.
+    loadings : ndarray (m, r)
+        Loadings of the site's latent vector u_i on each species' linear predictor.
+    prior_cov : ndarray (r, r)
+        Prior covariance of u_i.
+    mean, cov : ndarray (k, r), (k, r, r), or None
+        Variational posterior q(u_i) of fitted sites (None for new sites).
+    family : Family
+    s : ndarray or None
+        The family's unconstrained dispersion parameters (per species).
+    trials : ndarray (k, m) or None
+        Binomial trials (None: 1).
+    sites, species : Index
+    latent_names : list of str
+        Names of the r components of u_i (LV1, ..., and "row" for a random row effect).
+    """
+
+    F: np.ndarray
+    loadings: np.ndarray
+    prior_cov: np.ndarray
+    mean: Optional[np.ndarray]
+    cov: Optional[np.ndarray]
+    family: object
+    s: Optional[np.ndarray]
+    trials: Optional[np.ndarray]
+    sites: pd.Index
+    species: pd.Index
+    latent_names: tuple
+
+    @property
+    def k(self):
+        return self.F.shape[0]
+
+    @property
+    def m(self):
+        return self.F.shape[1]
+
+    @property
+    def r(self):
+        return self.loadings.shape[1]
+
+    def rows(self, rows):
+        """The same model restricted to the sites ``rows`` (slice, index array or mask)."""
+        pick = (lambda a: None if a is None else a[rows])
+        return SiteLatent(self.F[rows], self.loadings, self.prior_cov, pick(self.mean),
+                          pick(self.cov), self.family, self.s, pick(self.trials),
+                          self.sites[rows], self.species, self.latent_names)
+
+    # --- the linear predictor -----------------------------------------------------------
+    def eta(self, U):
+        """Linear predictor at latent values ``U`` (..., k, r) -> (..., k, m)."""
+        return self.F + np.asarray(U) @ self.loadings.T
+
+    def marginal_variance(self):
+        """Prior variance of each species' linear predictor, diag(Lambda Sigma_u Lambda'), (m,)."""
+        return np.einsum("ja,ab,jb->j", self.loadings, self.prior_cov, self.loadings)
+
+    # --- the response distribution, bound to the dispersion and trials -------------------
+    def _tr(self, shape):
+        return None if self.trials is None else np.broadcast_to(self.trials, shape)
+
+    def loglik(self, y, eta):
+        """log f(y | eta) cell-wise; ``eta`` (..., k, m), ``y`` (k, m) broadcasting along it."""
+        eta = np.asarray(eta, dtype=float)
+        y = np.broadcast_to(y, eta.shape)
+        with np.errstate(over="ignore", under="ignore"):
+            return self.family.loglik(y, eta, self.s, self._tr(eta.shape))
+
+    def ell(self, y, m, v):
+        """E[log f(y | eta)], eta ~ N(m, v), with its m- and v-derivatives (a family ELL)."""
+        return self.family.ell(y, m, v, self.s, self.trials)
+
+    def response_mean(self, eta):
+        """E[y | eta] on the response scale (counts out of ``trials`` for the binomial)."""
+        eta = np.asarray(eta, dtype=float)
+        with np.errstate(over="ignore"):
+            return self.family.mean(eta, self._tr(eta.shape), s=self.s)
+
+    def prob_zero(self, eta):
+        """P(y = 0 | eta)."""
+        eta = np.asarray(eta, dtype=float)
+        with np.errstate(over="ignore", under="ignore"):
+            return self.family.cdf(np.zeros(eta.shape), eta, self.s, self._tr(eta.shape))
+
+    def sample(self, eta, rng):
+        """One draw of y given eta (shape of eta)."""
+        eta = np.asarray(eta, dtype=float)
+        return self.family.sample(eta, self.s, self._tr(eta.shape), rng)
+
+
+def has_presence(family):
+    """True when 'presence' (y > 0) is a meaningful event for the family."""
+    return bool(getattr(family, "discrete", False)) or family.name == "tweedie"
+
+
+def site_latent(fit, newdata=None, offset=None, trials=None):
+    """The per-site latent model of ``fit`` at its fitted sites or at new sites.
+
+    This function is the adapter between the engine's parameter containers and
+    everything built on the marginal (latent-variable-integrated) model.
+
+    Parameters
+    ----------
+    fit : GLLVMResults
+    newdata : DataFrame (k sites x covariates), optional
+        New sites; None gives the fitted sites with their variational posteriors.
+        A fit without covariates accepts a DataFrame with no columns (its index
+        names the new sites).
+    offset : array (k,) or (k, m), optional
+        Offset at new sites.
+    trials : array broadcastable to (k, m), optional
+        Binomial trials at new sites (default 1).
+
+    Returns
+    -------
+    SiteLatent
+
+    Raises
+    ------
+    JSDMError
+        New sites for a fit with fixed row effects (their effect is unknown).
+    """
+    prob, P = fit.problem, fit.state.params
+    d = prob.d
+    random_row = prob.row_effect == "random"
+    names = tuple(fit.lv_names) + (("row",) if random_row else ())
+    lam = np.asarray(P.theta, dtype=float).reshape(prob.m, d)
+    prior = np.eye(d)
+    if random_row:
+        lam = np.column_stack([lam, np.ones(prob.m)])
+        prior = np.zeros((d + 1, d + 1))
+        prior[:d, :d] = np.eye(d)
+        prior[d, d] = np.exp(2.0 * P.log_sigma)
+    s = None if P.s is None else np.asarray(P.s, dtype=float)
+    if newdata is None:
+        F = _fixed_fitted(prob, P)
+        mean, cov = _q_fitted(prob, P, random_row)
+        return SiteLatent(F, lam, prior, mean, cov, prob.family, s, prob.trials, prob.sites,
+                          prob.species, names)
+    if prob.row_effect == "fixed":
+        raise JSDMError("a fit with fixed row effects cannot describe new sites (their effect is "
+                        "unknown); refit with row_effect='random' or None")
+    from .predict import new_design
+
+    if not isinstance(newdata, pd.DataFrame):
+        raise JSDMError("newdata must be a DataFrame of site covariates (one row per new site), "
+                        f"got {type(newdata).__name__}")
+    k = len(newdata)
+    Xn = new_design(fit, newdata)
+    F = np.broadcast_to(P.beta0, (k, prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
+    F = np.array(F, dtype=float)
+    if offset is not None:
+        off = np.asarray(offset, dtype=float)
+        F = F + (off[:, None] if off.ndim == 1 else off)
+    tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float),
+                                                     (k, prob.m)).copy()
+    return SiteLatent(F, lam, prior, None, None, prob.family, s, tr, newdata.index,
+                      prob.species, names)
+
+
+def _fixed_fitted(prob, P):
+    F = np.broadcast_to(P.beta0, (prob.n, prob.m)) + (prob.X @ P.B.T if prob.p else 0.0)
+    F = np.array(F, dtype=float)
+    if prob.offset is not None:
+        F += prob.offset
+    if prob.row_effect == "fixed":
+        F += P.alpha[:, None]
+    return F
+
+
+def _q_fitted(prob, P, random_row):
+    d, n = prob.d, prob.n
+    r = d + int(random_row)
+    mean = np.zeros((n, r))
+    cov = np.zeros((n, r, r))
+    if d:
+        mean[:, :d] = P.a
+        cov[:, :d, :d] = P.A
+    if random_row:          # q factorises between the LVs and the row effect (today's engine)
+        mean[:, d] = P.alpha
+        cov[:, d, d] = np.exp(2.0 * P.log_rho)
+    return mean, cov

@@ -208,10 +208,15 @@ def model_section(fit, opts):
         body += ("<details><summary>Family of each species</summary>"
                  + table(fams.to_frame()) + "</details>")
     disp = fit.dispersion
-    if isinstance(disp, pd.DataFrame):      # ordinal cut points: species x cut point
+    if isinstance(disp, pd.DataFrame) and hasattr(fam, "cutpoints"):   # ordinal: species x cut point
         body += (f"<p>Cut points: {disp.shape[1]} per species ({esc(', '.join(map(str, disp.columns)))}; "
                  "the first is 0 by definition, the intercept sets the location). Cut points next "
                  "to categories a species never shows are not identified.</p>")
+    elif isinstance(disp, pd.DataFrame):    # several nuisance parameters per species
+        parts = [f"{esc(str(c))}: median {num(col.median())}, range {num(col.min())} to "
+                 f"{num(col.max())} ({int(col.notna().sum())} species)"
+                 for c, col in disp.items() if col.notna().any()]
+        body += "<p>Nuisance parameters per species (" + "; ".join(parts) + ").</p>"
     elif disp is not None:
         info = shared(fit, opts, "species")
         at = info["dispersion_at_bound"].to_numpy()
@@ -335,9 +340,13 @@ def _wide_coefficients(coefs, fit, info):
     wide = pd.DataFrame.from_dict(cells, orient="index").reindex(index=list(fit.species))
     wide = wide[[c for c in ["Intercept", *fit.terms] if c in wide.columns]]
     disp = fit.dispersion
-    if isinstance(disp, pd.DataFrame):
+    if isinstance(disp, pd.DataFrame) and hasattr(fit.family, "cutpoints"):
         wide[disp.columns.name or "cut points"] = [
             " &lt; ".join(num(v) for v in r) for r in disp.reindex(wide.index).to_numpy()]
+    elif isinstance(disp, pd.DataFrame):    # zinb, hurdles, ordered beta, a family per species
+        wide[disp.columns.name or "dispersion"] = [
+            ", ".join(f"{esc(str(c))} {num(v)}" for c, v in r.items() if np.isfinite(v))
+            for _, r in disp.reindex(wide.index).iterrows()]
     elif disp is not None:
         at = info["dispersion_at_bound"].reindex(wide.index).to_numpy()
         wide[disp.name] = ['<span class="flag">at bound</span>' if a else num(v)

@@ -80,17 +80,22 @@ def spider_like(seed):
     return com.Y
 
 
-def cases(select):
+def cases(select, families=None):
+    """The cases whose data set (or family) is in ``select`` and family in ``families``."""
     data = datasets()
     out = []
+
+    def keep(name, fam):
+        return (not select or name in select or fam in select) and (not families or fam in families)
+
     for name, fam, seed in SPIDER:
-        if not select or "spider" in select or fam in select:
+        if keep("spider", fam):
             out.append((f"{name}-{seed}", fam, spider_like(seed), None, None))
     for name, fam, tf, trials in REAL:
-        if name in data and (not select or name in select or fam in select):
+        if name in data and keep(name, fam):
             out.append((name, fam, TRANSFORMS[tf](data[name]), trials, tf))
     for fam in SIMULATED:
-        if not select or "simulated" in select or fam in select:
+        if keep("simulated", fam):
             trials = 10 if fam == "beta_binomial" else None
             kw = {} if fam in ("ordered_beta", "beta_hurdle", "beta_binomial", "exponential") \
                 else {"intercept": 0.5}
@@ -128,7 +133,8 @@ def start_note(res):
 def run(args, write):
     rows = []
     seeds = [int(s) for s in args.seeds.split(",")]
-    for name, fam, Y, trials, tf in cases(args.cases.split(",") if args.cases else None):
+    for name, fam, Y, trials, tf in cases(args.cases.split(",") if args.cases else None,
+                                          args.families.split(",") if args.families else None):
         ref, t_ref, ref_values = None, 0.0, []
         for rs in (seeds[0] + 100, seeds[0] + 1000):
             r, t = fit(Y, fam, trials, args.n_ref, rs)
@@ -184,6 +190,7 @@ def table(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="", help="comma list of data sets, families or 'simulated'")
+    ap.add_argument("--families", default="", help="comma list of families to keep")
     ap.add_argument("--n-ref", type=int, default=10, help="starts per reference run (two runs)")
     ap.add_argument("--seeds", default="1", help="seeds of the default fits")
     ap.add_argument("--tol", type=float, default=0.05, help="ELBO tolerance for 'the same optimum'")

@@ -35,6 +35,18 @@ from scipy import special
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
+ANALYSIS_SEED = 0   # seed=None in analyses of a fit (residuals, intervals, CV folds, ...) means this
+
+
+def analysis_rng(seed=None):
+    """Random generator for an analysis of a fitted model: ``seed=None`` means ``ANALYSIS_SEED``.
+
+    Residuals, Monte Carlo intervals, cross-validation folds and layouts are then
+    the same on every call unless the user asks for other draws with a seed.
+    """
+    return np.random.default_rng(ANALYSIS_SEED if seed is None else seed)
+
+
 def log1pexp(x):
     """log(1 + exp(x)) without overflow (softplus)."""
     return np.logaddexp(0.0, x)

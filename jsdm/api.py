@@ -11,8 +11,8 @@ from .results.fitted import GLLVMResults
 
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
-          offset=None, trials=None, response=None, site=None, species=None, n_init=3, seed=None,
-          maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
+          offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
+          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -42,6 +42,11 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         holds one value per site). Must be finite wherever y is observed.
     trials : same shapes as ``offset``, optional
         Binomial number of trials (1 when omitted).
+    cutpoints : {"species", "common"}, optional
+        Ordinal family only: cut points per species (the default) or one set
+        shared by all species (R gllvm's ``zeta.struc = "common"``; far fewer
+        parameters for sparse cover tables). Categories a species (or, with
+        "common", every species) never uses are merged; a DataWarning says which.
     n_init : int >= 1
         Number of starts; the one with the highest ELBO is kept.
     seed : int >= 0 or numpy Generator, optional
@@ -79,6 +84,11 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     from .families import get_family
 
     fam = get_family(family, link=link)
+    if cutpoints is not None:
+        if fam.name != "ordinal":
+            raise JSDMError(f"cutpoints={cutpoints!r} applies to family='ordinal' only, not "
+                            f"{fam.name!r}; leave it out")
+        fam = type(fam)(link=fam.link, cutpoints=cutpoints)
     check_fit_options(n_init, maxiter, gtol, seed)
     if prior_sd is not None and (isinstance(prior_sd, bool) or not (
             isinstance(prior_sd, numbers.Real) and np.isfinite(prior_sd) and prior_sd > 0)):
@@ -97,6 +107,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         prob.info["prior_sd"] = float(prior_sd)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
     settings = dict(family=fam.name, link=fam.link, num_lv=call["num_lv"], formula=formula,
+                    cutpoints=getattr(fam, "cut_structure", None),
                     row_effect=call["row_effect"], n_init=n_init,
                     seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
                     prior_sd=prior_sd)

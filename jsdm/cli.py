@@ -126,6 +126,9 @@ def _common(p, example):
                    help=f"response family: {_family_names()}"
                    + (f" (default: {fam_default})" if example else ""))
     p.add_argument("--link", default=None, help="link function where the family has several")
+    p.add_argument("--cutpoints", choices=["species", "common"], default=None,
+                   help="ordinal family: cut points per species (default) or one set shared by "
+                        "all species (R gllvm's zeta.struc = \"common\")")
     p.add_argument("--num-lv", type=int, default=EXAMPLE["mite"]["num_lv"] if example else None,
                    metavar="D", help="number of latent variables" + (
                        " (default: 2)" if example else "; needed unless --select-num-lv"))
@@ -310,6 +313,8 @@ def _fit_options(args, spec):
               verbose=not args.quiet, prior_sd=args.prior_sd)
     if args.n_init is not None:
         kw["n_init"] = args.n_init
+    if args.cutpoints is not None:
+        kw["cutpoints"] = args.cutpoints
     return kw
 
 

@@ -44,9 +44,31 @@ def test_dune():
     assert X.loc["14", "A1"] == pytest.approx(9.3) and X.loc["1", "Manure"] == "4"
 
 
+def test_aravo():
+    import csv
+
+    com = datasets.load_aravo()
+    assert (com.n_sites, com.n_species) == (75, 82)
+    Y = com.Y.to_numpy()
+    assert set(np.unique(Y)) == set(range(6))
+    assert com.Y.loc["AR07", "Care.rosa"] == 1 and com.Y.loc["AR07", "Care.rupe"] == 3
+    with datasets.data_path("aravo.csv").open("r", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    assert Y.sum() == sum(float(v) for r in rows for v in r[1:])         # read independently
+    X = com.X
+    assert list(X.columns) == ["Aspect", "Slope", "Form", "PhysD", "ZoogD", "Snow"]
+    assert X["ZoogD"].cat.ordered and list(X["ZoogD"].cat.categories) == ["no", "some", "high"]
+    assert list(X["Form"].cat.categories) == ["1", "2", "3", "4", "5"]
+    assert X.loc["AR07", "Snow"] == 140 and X.loc["AR71", "Slope"] == 35
+    T = com.traits
+    assert T.shape == (82, 9) and T.loc["Agro.rupe", "full_name"] == "Agrostis rupestris All."
+    assert T.loc["Alop.alpi", "SLA"] == pytest.approx(15.1)
+
+
 def test_provenance_is_shipped():
     text = datasets.data_path("PROVENANCE.md").read_text(encoding="utf-8")
     assert "Borcard" in text and "MIT" in text and "nuee" in text
+    assert "Choler" in text and "ade4" in text
 
 
 def _build_wheel(tmp_path):
@@ -75,13 +97,15 @@ def test_data_loads_from_installed_wheel(tmp_path):
                           "--target", str(target), str(wheel)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in (target / "jsdm" / "data" / "files").iterdir()) == [
-        "PROVENANCE.md", "dune.csv", "dune.env.csv", "mite.csv", "mite.env.csv"]
+        "PROVENANCE.md", "aravo.csv", "aravo.env.csv", "aravo.traits.csv", "dune.csv",
+        "dune.env.csv", "mite.csv", "mite.env.csv"]
     code = ("import jsdm, sys; m = jsdm.datasets.load_mite(); d = jsdm.datasets.load_dune(); "
-            "print(jsdm.__file__); print(m.n_sites, m.n_species, d.n_sites, d.n_species)")
+            "a = jsdm.datasets.load_aravo(); print(jsdm.__file__); "
+            "print(m.n_sites, m.n_species, d.n_sites, d.n_species, a.n_sites, a.traits.shape[1])")
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     where, sizes = out.stdout.strip().splitlines()
     assert Path(where).resolve().is_relative_to(target.resolve())  # not the source checkout
-    assert sizes == "70 35 20 30"
+    assert sizes == "70 35 20 30 75 9"

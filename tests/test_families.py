@@ -452,10 +452,18 @@ def test_dispersion_start_recovers_simulated_dispersion(cls, true_disp):
 
 def test_n_dispersion():
     assert NegativeBinomial().n_dispersion(np.ones((3, 2))) is None
-    with pytest.warns(DataWarning, match="do not use every category"):
-        assert Ordinal().n_dispersion(np.array([[0.0, 4.0], [2.0, np.nan]])) == 3
+    y = np.array([[0.0, 4.0], [2.0, np.nan], [1.0, 3.0]])
+    assert Ordinal().n_dispersion(y) == 3                        # unbound: K - 2, K = 1 + max
+    with pytest.warns(DataWarning, match=r"column 1 \(uses 3-4\)"):
+        bound = Ordinal().prepare(y)                             # species 0 uses 0-2: q = 1
+    assert bound.n_dispersion(y) == 1 and Ordinal().categories_used is None
+    with pytest.warns(DataWarning, match="no species shows categories 3, 4, 5 of 0..6"):
+        common = Ordinal(cutpoints="common").prepare(np.array([[0.0, 6.0], [2.0, 1.0]]))
+    assert common.n_dispersion(None) == 2 and common.categories_used.shape == (1, 7)
     with pytest.raises(JSDMError, match="at least 3 categories"):
         Ordinal().n_dispersion(np.array([[0.0], [1.0]]))
+    with pytest.raises(JSDMError, match="cutpoints must be one of"):
+        Ordinal(cutpoints="shared")
 
 
 def test_dispersion_start_none_without_dispersion():

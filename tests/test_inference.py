@@ -22,7 +22,7 @@ from jsdm.exceptions import HessianWarning, JSDMError
 from jsdm.model.fit import make_layout, neg_elbo
 from jsdm.model.problem import build_problem
 from jsdm.results import inference
-from jsdm.results._hessian import hessian_blocks
+from jsdm.model.hessian import hessian_blocks
 from _analysis_helpers import reference_dir
 
 # small simulated data sets have empty sites; that is beside the point here

@@ -111,7 +111,7 @@ def test_gradient_with_padded_nuisance_parameters_matches_finite_differences():
             num[k] = (evaluate(prob, layout.unpack(xp), grad=False).value
                       - evaluate(prob, layout.unpack(xm), grad=False).value) / (2 * h)
         np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(P.s[prob.s_mask == 0], 0.0)        # padding stays 0
+        np.testing.assert_array_equal(P.s[~prob.s_free], 0.0)        # padding stays 0
 
 
 def test_two_part_hurdle_equals_statsmodels_hurdle_count_model():

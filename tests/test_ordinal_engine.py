@@ -24,7 +24,7 @@ from jsdm.model.fit import make_layout, neg_elbo
 from jsdm.model.objective import evaluate
 from jsdm.model.params import S_BOUNDS
 from jsdm.model.problem import Problem, build_problem
-from jsdm.results._hessian import hessian_blocks
+from jsdm.model.hessian import hessian_blocks
 
 # sites at category 0 for every species are beside the point here
 pytestmark = pytest.mark.filterwarnings("ignore:sites with no non-zero:jsdm.exceptions.DataWarning")
@@ -236,52 +236,98 @@ def test_recovers_residual_covariance(link):
     assert np.corrcoef(np.diag(S), np.diag(Shat))[0, 1] > 0.8
 
 
-# --- dune: unused categories, convergence, the results layer ------------------------------
+# --- dune: unused categories merged, convergence, the results layer ----------------------
 @pytest.fixture(scope="module")
 def dune_fits():
     Y = jsdm.datasets.load_dune().Y
-    with pytest.warns(DataWarning, match=r"do not use every category 0\.\.9.*Achimill \(no 5, 6, 7, 8, 9\)"):
+    with pytest.warns(DataWarning, match=r"30 of 30 species do not use every category 0\.\.9: "
+                                         r"Achimill \(uses 0-4\); Agrostol \(uses 0, 3-5, 7-8\)"):
         fit = quiet_dune(Y, 2)
     fit0 = quiet(jsdm.gllvm, Y, family="ordinal", num_lv=0, seed=1)
     return fit, fit0
 
 
-def quiet_dune(Y, d):
+def quiet_dune(Y, d, **kw):
     """Fit dune, letting only the ordinal DataWarning through."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jsdm.JSDMWarning)
         warnings.filterwarnings("always", message="family 'ordinal'", category=DataWarning)
-        return jsdm.gllvm(Y, family="ordinal", num_lv=d, seed=1)
+        return jsdm.gllvm(Y, family="ordinal", num_lv=d, seed=1, **kw)
+
+
+def used_categories(Y, K=10):
+    """(m, K) bool straight from the table: species j shows category k."""
+    Y = np.asarray(Y)
+    return np.stack([(Y == k).any(axis=0) for k in range(K)], axis=1)
 
 
 def test_dune_fit_converges_and_beats_num_lv0(dune_fits):
     fit, fit0 = dune_fits
     assert fit.converged and fit0.converged
     assert fit.llf >= fit0.llf
-    assert fit.state.params.s.shape == (30, 8)
+    kj = used_categories(fit.community.Y).sum(axis=1)
+    assert fit.state.params.s.shape == (30, kj.max() - 2)
     s = fit.state.params.s
-    assert np.all((s >= S_BOUNDS[0]) & (s <= S_BOUNDS[1]))
-    assert fit.df == 30 + 30 * 2 - 1 + 30 * 8
+    assert np.all((s > S_BOUNDS[0] + 1.0) & (s < S_BOUNDS[1] - 1.0))     # nothing runs to the box
+    assert fit.df == 30 + 30 * 2 - 1 + np.maximum(kj - 2, 0).sum()
 
 
-def test_dispersion_table_and_params_labels(dune_fits):
+def test_dispersion_table_shows_the_merged_categories(dune_fits):
     fit, _ = dune_fits
     disp = fit.dispersion
+    U = used_categories(fit.community.Y)
     assert list(disp.columns) == [f"{k}|{k + 1}" for k in range(9)]
-    assert np.all(disp["0|1"] == 0.0) and np.all(np.diff(disp.to_numpy(), axis=1) > 0)
+    for j, sp in enumerate(fit.species):
+        tau, cats = disp.loc[sp].to_numpy(), np.flatnonzero(U[j])
+        k = np.arange(9)
+        np.testing.assert_array_equal(np.isposinf(tau), k >= cats.max())
+        np.testing.assert_array_equal(np.isneginf(tau), k < cats.min())
+        fin = tau[np.isfinite(tau)]
+        assert fin[0] == 0.0 and np.all(np.diff(fin) >= 0)
+        # equal cut points exactly around the unused middle categories
+        inner = np.arange(cats.min() + 1, cats.max())
+        np.testing.assert_array_equal(tau[inner - 1] == tau[inner], ~U[j, inner])
     cuts = fit.params.xs("dispersion", level="block")
-    assert len(cuts) == 30 * 8
-    assert list(cuts.loc["Achimill"].index) == [f"{k}|{k + 1}" for k in range(1, 9)]
-    np.testing.assert_allclose(cuts.loc["Achimill"].to_numpy(), disp.loc["Achimill"].to_numpy()[1:])
+    kj = U.sum(axis=1)
+    assert len(cuts) == np.maximum(kj - 2, 0).sum()
+    assert list(cuts.loc["Achimill"].index) == ["1|2", "2|3", "3|4"]          # uses 0-4
+    assert list(cuts.loc["Agrostol"].index) == ["3|4", "4|5", "5|7", "7|8"]   # uses 0, 3-5, 7-8
+    np.testing.assert_allclose(cuts.loc["Agrostol"].to_numpy(),
+                               disp.loc["Agrostol", ["3|4", "4|5", "6|7", "7|8"]].to_numpy())
+    assert np.isfinite(fit.bse.xs("dispersion", level="block")).all()
+
+
+def test_merging_is_the_limit_of_the_unmerged_model(dune_fits):
+    """The merged model's ELBO equals the unmerged one's with the unused categories' gaps at
+    their limits (0 around an unused middle category, +inf above the largest)."""
+    fit, _ = dune_fits
+    prob, P = fit.problem, fit.state.params
+    tau = fit.dispersion.to_numpy().copy()
+    assert np.all(tau[:, 0] == 0.0)                       # every dune species shows category 0
+    top = np.where(np.isposinf(tau), 1e4 * (1 + np.arange(9)), 0.0)
+    tau = np.where(np.isposinf(tau), np.nanmax(np.where(np.isfinite(tau), tau, np.nan)) + top, tau)
+    tau = tau + 1e-9 * np.arange(9)                        # equal cut points: gaps of 1e-9
+    unbound = Problem(Y=prob.Y, W=prob.W, X=prob.X, family=get_family("ordinal"), num_lv=2,
+                      row_effect=None, sites=prob.sites, species=prob.species, terms=prob.terms,
+                      info={"n_dispersion": 8})
+    Q = P.copy()
+    Q.s = cut_param(tau)
+    full = evaluate(unbound, Q, grad=False).value
+    assert full == pytest.approx(fit.llf, abs=1e-5)
+    Q.s = np.minimum(Q.s, np.log(0.5))                     # finite gaps: strictly lower
+    assert evaluate(unbound, Q, grad=False).value < fit.llf - 1.0
 
 
 def test_unused_category_warning_names_species():
     Y = pd.DataFrame({"a": [0, 1, 2, 0, 1, 2], "b": [0, 2, 2, 0, 0, 2], "c": [0, 1, 1, 0, 1, 0]})
-    with pytest.warns(DataWarning, match=r"2 of 3 species.*b \(no 1\); c \(no 2\)"):
+    with pytest.warns(DataWarning, match=r"2 of 3 species.*b \(uses 0, 2\); c \(uses 0-1\)"):
         prob = build_problem(Y, family="ordinal", num_lv=1)
     assert prob.info["n_dispersion"] == 1
+    np.testing.assert_array_equal(prob.s_free, [[True], [False], [False]])
     with pytest.raises(JSDMError, match="at least 3 categories"):
         build_problem(Y.clip(upper=1), family="ordinal", num_lv=1)
+    with pytest.raises(JSDMError, match="cutpoints='common'"):
+        build_problem(Y[["b", "c"]], family="ordinal", num_lv=1)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from jsdm.model import penalty
 from jsdm.model.fit import make_layout, neg_elbo
 from jsdm.model.objective import evaluate
 from jsdm.model.problem import build_problem
-from jsdm.results._hessian import hessian_blocks
+from jsdm.model.hessian import hessian_blocks
 
 pytestmark = pytest.mark.filterwarnings("ignore::jsdm.exceptions.JSDMWarning")
 

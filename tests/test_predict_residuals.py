@@ -174,7 +174,7 @@ def test_dunn_smyth_randomises_at_the_atom_of_a_continuous_family():
 def test_confidence_interval_includes_the_row_effect_uncertainty(row_effect, type):
     """se of the marginal mean = sqrt(g' C g), g the numerical gradient of the prediction in every
     packed model parameter it depends on (species' coefficients and loadings, alpha_i or log sigma)."""
-    from jsdm.results._hessian import species_positions
+    from jsdm.model.hessian import species_positions
     from jsdm.results.inference import information
 
     com, truth = jsdm.simulate_community(40, 5, num_lv=1, family="poisson", n_covariates=0,
@@ -212,3 +212,16 @@ def test_confidence_interval_includes_the_row_effect_uncertainty(row_effect, typ
         assert np.log(row["upper"] / row["prediction"]) == pytest.approx(z * se / row["prediction"],
                                                                            rel=1e-4)
     assert g[-1] != 0.0
+
+
+def test_analyses_are_deterministic_without_a_seed(pois_fit):
+    """Same fit, same call, same result: randomised residuals and Monte Carlo prediction
+    intervals repeat exactly when no seed is given; a seed gives other draws."""
+    r1 = pois_fit.residuals("dunn-smyth")
+    r2 = pois_fit.residuals("dunn-smyth")
+    assert r1.equals(r2)
+    assert not r1.equals(pois_fit.residuals("dunn-smyth", seed=11))
+    p1 = pois_fit.predict(interval="prediction")
+    p2 = pois_fit.predict(interval="prediction")
+    for a, b in zip(p1 if isinstance(p1, tuple) else [p1], p2 if isinstance(p2, tuple) else [p2]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

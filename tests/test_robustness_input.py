@@ -361,3 +361,11 @@ def test_the_formula_docs_example_runs_as_written_without_a_seed():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jsdm.JSDMWarning)
         exec(compile(code, "docs/formula.md", "exec"), {})
+
+
+@pytest.mark.parametrize("family", ["poisson", "negative_binomial", "gaussian"])
+def test_trials_refused_for_families_without_trials(family):
+    """trials= with a family that has no number of trials was ignored silently; now refused."""
+    Y = pd.DataFrame([[1, 0], [2, 1], [0, 3], [1, 1]], index=list("abcd"), columns=["s1", "s2"])
+    with pytest.raises(JSDMError, match="trials= was given"):
+        jsdm.gllvm(Y, family=family, num_lv=0, trials=5)

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from .._numerics import analysis_rng
 from ..exceptions import ConvergenceWarning, JSDMError, JSDMWarning
 
 _NB_VARIANCE = ("lognormal", "trigamma")
@@ -622,7 +623,7 @@ def _bootstrap_correlations(fit, n_boot, seed, add_family_variance):
     from ..model.fit import fit_problem
     from ..results.fitted import GLLVMResults
 
-    rng = np.random.default_rng(seed)
+    rng = analysis_rng(seed)
     opts = {k: fit.settings[k] for k in ("maxiter", "gtol") if k in fit.settings}
     draws, n_bad, n_fail = [], 0, 0
     for _ in range(int(n_boot)):

@@ -470,8 +470,7 @@ def _informative(fam, Y, trials):
 def species_parameters(fit):
     """Species-specific parameters per species (m,): intercept, slopes, free loadings, dispersion."""
     prob = fit.problem
-    n_s = (fit.state.layout.s_index >= 0).sum(1) if fit.family.has_dispersion else 0
-    return 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + n_s
+    return 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + _species_dispersions(fit)
 
 
 def check_sparse_species(fit):
@@ -520,6 +519,17 @@ def check_dispersion_at_bound(fit):
         "nothing to fix: the data show no over-dispersion for these species; their "
         f"{name}, its SE and interval carry no information (the report prints them as 'at bound')",
         [("dispersion", sp, name) for sp in who])]
+
+
+def _species_dispersions(fit):
+    """Dispersion parameters of each species' own (ordinal: its free cut points; none when the
+    cut points are common to all species)."""
+    free = fit.state.layout.s_free
+    if not fit.family.has_dispersion:
+        return 0
+    if free is None:
+        return 1
+    return 0 if fit.family.shared_dispersion else free.sum(axis=1)
 
 
 def check_row_variance(fit):

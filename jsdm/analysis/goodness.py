@@ -42,6 +42,7 @@ Joint occurrence (``joint_occurrence``)
 import numpy as np
 import pandas as pd
 
+from .._numerics import analysis_rng
 from ..exceptions import JSDMError
 
 R2_KINDS = ("nakagawa", "tjur", "cor")
@@ -169,7 +170,7 @@ def richness(fit, newdata=None, lv="marginal", level=0.95, n_draws=1000, seed=0,
         raise JSDMError(f"level must be between 0 and 1, got {level!r}")
     sl = site_latent(fit, newdata, offset=offset, trials=trials)
     W = np.broadcast_to(fit.problem.W, sl.F.shape) if newdata is None else np.ones(sl.F.shape)
-    R = _simulate_richness(sl, W, lv, int(n_draws), np.random.default_rng(seed))
+    R = _simulate_richness(sl, W, lv, int(n_draws), analysis_rng(seed))
     a = (1.0 - level) / 2.0
     lo = np.quantile(R, a, axis=0, method="inverted_cdf")
     hi = np.quantile(R, 1.0 - a, axis=0, method="inverted_cdf")
@@ -273,5 +274,5 @@ def _prior_points(sl, n_draws, seed, width=7.0, panels=16, nodes=4):
         Z = np.stack([g.ravel() for g in np.meshgrid(*([t] * r), indexing="ij")], axis=-1)
         w = np.prod(np.stack(np.meshgrid(*([wt] * r), indexing="ij")), axis=0).ravel()
         return Z @ C.T, w / w.sum()
-    Z = np.random.default_rng(seed).standard_normal((int(n_draws), r))
+    Z = analysis_rng(seed).standard_normal((int(n_draws), r))
     return Z @ C.T, np.full(int(n_draws), 1.0 / int(n_draws))

@@ -28,6 +28,7 @@ Written here rather than taken from scikit-learn, which jsdm does not depend on.
 import numpy as np
 import pandas as pd
 
+from .._numerics import analysis_rng
 from ..exceptions import JSDMError
 
 SELECT = ("bic", "ebic", "cv")
@@ -254,7 +255,7 @@ def _partial_correlation(fit, method, diagonal, select, penalty, penalties, n_fo
 
 def _pseudo_residuals(fit, delta, seed):
     """One seeded draw per site of Theta z_i + e_i, z_i ~ q(z_i), e_i ~ N(0, diag(delta))."""
-    rng = np.random.default_rng(seed)
+    rng = analysis_rng(seed)
     th = np.asarray(fit.loadings, dtype=float)
     a = np.asarray(fit.lv, dtype=float)
     n, d = a.shape
@@ -275,7 +276,7 @@ def _cv_scores(fit, delta, pens, n_folds, seed, patience=5):
         raise JSDMError(f"n_folds must be a whole number between 2 and the number of sites ({n}); "
                         f"got {n_folds!r}")
     fold = np.empty(n, dtype=int)
-    fold[np.random.default_rng(seed).permutation(n)] = np.arange(n) % int(n_folds)
+    fold[analysis_rng(seed).permutation(n)] = np.arange(n) % int(n_folds)
     parts = []
     for f in range(int(n_folds)):
         tr, te = E[fold != f], E[fold == f]

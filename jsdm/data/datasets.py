@@ -12,7 +12,8 @@ from .community import Community
 from .io import NA_VALUES
 from .simulate import SimulationTruth, simulate_community
 
-__all__ = ["load_mite", "load_dune", "simulate_community", "SimulationTruth", "data_path"]
+__all__ = ["load_mite", "load_dune", "load_aravo", "simulate_community", "SimulationTruth",
+           "data_path"]
 
 
 def data_path(name):
@@ -82,3 +83,37 @@ def load_dune():
         env[name] = pd.Categorical(env[name].astype(str), categories=levels, ordered=True)
     env["Management"] = pd.Categorical(env["Management"], categories=["BF", "HF", "NM", "SF"])
     return Community(Y, env)
+
+
+def load_aravo():
+    """Alpine plants of the Aravo valley, Valloire, France (Choler 2005; ade4's ``aravo``).
+
+    75 sites x 82 species, abundance (cover) classes 0-5 (ordinal), with 6 site
+    variables and 8 species traits.
+
+    Returns
+    -------
+    Community
+        Y: cover classes 0-5, shape (75, 82), sites "AR07", ..., species "Agro.rupe", ...
+        X: ``Aspect`` (numeric, as in ade4), ``Slope`` (degrees), ``Form``
+        (microtopographic landform index, ordered "1" < ... < "5"), ``PhysD``
+        (physical disturbance, %), ``ZoogD`` (zoogenic disturbance, ordered no <
+        some < high), ``Snow`` (mean snowmelt date, Julian day, 1997-1999).
+        traits: ``full_name`` (the species' name; text) and ``Height`` (cm),
+        ``Spread`` (cm), ``Angle``, ``Area``, ``Thick``, ``SLA``, ``N_mass``, ``Seed``.
+
+    References
+    ----------
+    Choler, P. (2005) Consistent shifts in Alpine plant traits along a
+    mesotopographical gradient. Arctic, Antarctic, and Alpine Research 37, 444-453.
+    Distributed with the R package ade4 (Dray, S. & Dufour, A.-B. (2007) The ade4
+    package: implementing the duality diagram for ecologists. Journal of
+    Statistical Software 22(4), 1-20).
+    """
+    Y = _read("aravo.csv")
+    env = _read("aravo.env.csv")
+    env["Form"] = pd.Categorical(env["Form"].astype(str), categories=["1", "2", "3", "4", "5"],
+                                 ordered=True)
+    env["ZoogD"] = pd.Categorical(env["ZoogD"], categories=["no", "some", "high"], ordered=True)
+    traits = _read("aravo.traits.csv")
+    return Community(Y, env, traits)

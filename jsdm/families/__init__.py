@@ -3,35 +3,7 @@
 ``get_family("nb")`` or ``get_family(NegativeBinomial())``; an unknown name
 lists the valid ones.
 
-==================  =====================  =================================  ===========================
-family              links                  nuisance s (per species)           ell
-==================  =====================  =================================  ===========================
-poisson             log                    -                                  closed form
-negative_binomial   log                    log phi, Var = mu + phi mu^2       quadrature (softplus only)
-nb1                 log                    log phi, Var = mu (1 + phi)        closed form + quadrature
-zip                 log                    logit pi (zero inflation)          quadrature at y = 0
-zinb                log                    (m, 2): logit pi, log phi          NB + quadrature at y = 0
-hurdle_poisson      log                    logit p (presence)                 closed form (cloglog kernel)
-hurdle_nb           log                    (m, 2): logit p, log phi           NB + quadrature
-truncated_poisson   log                    -                                  closed form (cloglog kernel)
-truncated_nb        log                    log phi                            NB + quadrature
-binomial            logit, probit, cloglog -                                  quadrature (y-free kernels)
-beta_binomial       logit                  log phi (precision)                quadrature
-gaussian            identity               log sd                             closed form
-gamma               log                    log phi, Var = phi mu^2            closed form
-exponential         log                    -                                  closed form
-tweedie             log (power 1<p<2)      log phi, Var = phi mu^p            closed form + series
-tweedie_power       log                    (m, 2): log phi, logit(p - 1)      closed form + series
-beta                logit                  log phi (precision)                quadrature
-beta_hurdle         logit                  (m, 2): logit p, log phi           beta's quadrature
-ordered_beta        logit                  (m, 3): cut points, log phi        logistic kernels + beta's
-ordinal             probit, logit          (m, K-2) log cut-point gaps        quadrature
-mixed               each species' own      (m, q): each species' own, padded  each species' own
-==================  =====================  =================================  ===========================
-
-``family=`` also takes a mapping {species: family} (dict or Series): a family per
-species (``mixed``); see docs/families.md.
-
+==================  =====================  =================================  ====================
 Every ``ell`` is the exact expectation E[log f(y | eta)], eta ~ N(m, v), to
 ~1e-10 or better over m in [-30, 30], v in [0, 20] (tests/test_families.py).
 """

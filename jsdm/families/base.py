@@ -56,6 +56,7 @@ class Family:
     links: tuple = ()
     default_link: str = ""
     has_dispersion = False
+    uses_trials = False     # True where y counts successes out of ``trials`` (binomial)
     dispersion_name: Optional[str] = None
     discrete = False
 
@@ -173,13 +174,29 @@ class Family:
     def bind(self, species):
         """The family for a response table with these species (columns), in their order.
 
-        Every family but the mixed one (a family per species) returns itself.
+        Every family but the mixed one (a family per species: ``family=`` a mapping) returns
+        itself; ``build_problem`` binds before checking the responses (each species is
+        checked by its own family), then ``prepare`` binds to the values.
         """
         return self
 
-    def dispersion_mask(self, m, q):
-        """Which of the (m, q) entries of s are parameters, or None when all are (every family
-        but the mixed one, which pads species whose family has fewer nuisance parameters)."""
+    # --- data-dependent structure (only ordinal uses these today) --------------
+    #: True when one dispersion parameter (vector) is shared by all species: s is then (1, q)
+    shared_dispersion = False
+
+    def prepare(self, y, species=None):
+        """The family bound to the responses ``y`` (n, m; NaN missing), when its parameters
+        depend on them (ordinal: the categories each species uses); a copy, never ``self``
+        modified. Default: ``self``."""
+        return self
+
+    def take_species(self, order):
+        """The bound family with its species in ``order`` (default: ``self``)."""
+        return self
+
+    def free_dispersion(self):
+        """Boolean mask of the entries of ``s`` that the fit estimates (shape of ``s``), or None
+        for all; the others are held fixed and left out of the parameter vector."""
         return None
 
     def dispersion_start(self, y, mu):

@@ -82,6 +82,7 @@ class BetaBinomial(Family):
     has_dispersion = True
     dispersion_name = "phi"
     discrete = True
+    uses_trials = True
     default_dispersion = 5.0
 
     def ell(self, y, m, v, s=None, trials=None, order=1):

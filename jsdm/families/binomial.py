@@ -27,6 +27,7 @@ class Binomial(Family):
     """Binary or binomial responses with logit, probit or cloglog link."""
 
     name = "binomial"
+    uses_trials = True
     aliases = ("bernoulli", "binary")
     links = ("logit", "probit", "cloglog")
     default_link = "logit"

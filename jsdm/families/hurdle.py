@@ -152,6 +152,7 @@ class HurdlePoisson(_Hurdle):
     aliases = ("poisson_hurdle", "hurdle_pois", "hpoisson", "truncated_poisson_hurdle")
     dispersion_name = "p_present"
     default_dispersion = 0.6
+    dispersion_floor_meaning = "presence probability at its lower bound (the species is never present)"
     count = TruncatedPoisson()
 
     def dispersion(self, s):

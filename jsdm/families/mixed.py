@@ -11,10 +11,12 @@ their columns and the engine stays as it is.
 Nuisance parameters: s is (m, q) with q the largest number any member has
 (ordinal: K - 2, zinb: 2, NB: 1, Poisson: 0); a species whose family has fewer
 keeps the remaining entries at 0 and they are not parameters
-(``dispersion_mask``: the engine packs, counts and reports the free ones only).
+(``free_dispersion``: the engine packs, counts and reports the free ones only).
 ``dispersion(s)`` reports each member's values in the first columns of its rows
 and NaN in the padding; ``species_families`` names every species' family.
 """
+import copy
+
 import numpy as np
 import pandas as pd
 
@@ -72,12 +74,13 @@ class Mixed(Family):
         new.members = [self.mapping[sp] for sp in species]
         new.species = species
         new.groups = _groups(new.members)
-        if self.widths is not None:          # already sized: keep each species' widths
-            width = dict(zip(self.species, self.widths))
-            q_of = {_key(g["family"]): q for g, q in zip(self.groups, self.member_q)}
-            new.widths = np.array([width[sp] for sp in species], dtype=int)
-            new.member_q = [q_of[_key(g["family"])] for g in new.groups]
         return new
+
+    @property
+    def uses_trials(self):
+        """True when some species' family counts successes out of trials."""
+        fams = self.members if self.members is not None else list(self.mapping.values())
+        return any(getattr(f, "uses_trials", False) for f in fams)
 
     @property
     def parts(self):
@@ -132,10 +135,57 @@ class Mixed(Family):
         self.widths = widths
         return max(1, int(widths.max()))
 
-    def dispersion_mask(self, m, q):
-        """(m, q): entry k of species j is a parameter where k < that species' width."""
+    def prepare(self, y, species=None):
+        """A copy whose members are bound to their columns of ``y`` (ordinal: categories used)."""
+        self._need_bound()
+        y = np.asarray(y, dtype=float)
+        new = copy.copy(self)
+        new.groups = []
+        for g in self.groups:
+            fam, cols = g["family"], g["cols"]
+            sub = fam.prepare(y[:, cols], None if species is None else pd.Index(species)[cols])
+            if getattr(sub, "shared_dispersion", False):
+                raise JSDMError(f"{_label(fam)}: nuisance parameters shared by all species (e.g. "
+                                "common ordinal cut points) are not available in a model with a "
+                                "family per species; use per-species ones")
+            new.groups.append({"family": sub, "cols": cols})
+        return new
+
+    def take_species(self, order):
+        """The bound family with its species in ``order`` (each member's own state reordered)."""
+        self._need_bound()
+        order = np.asarray(order)
+        species = self.species[order]
+        new = Mixed(self.mapping)
+        new.members = [self.members[k] for k in order]
+        new.species = species
+        new.groups = _groups(new.members)
+        pos = {sp: j for j, sp in enumerate(self.species)}
+        old = {_key(self.members[g["cols"][0]]): g for g in self.groups}
+        q_of = {_key(self.members[g["cols"][0]]): q
+                for g, q in zip(self.groups, self.member_q or [None] * len(self.groups))}
+        for g in new.groups:
+            key = _key(new.members[g["cols"][0]])
+            before = list(old[key]["cols"])
+            perm = [before.index(pos[sp]) for sp in species[g["cols"]]]
+            g["family"] = old[key]["family"].take_species(perm)
+        if self.widths is not None:
+            new.widths = self.widths[order]
+            new.member_q = [q_of[_key(new.members[g["cols"][0]])] for g in new.groups]
+        return new
+
+    def free_dispersion(self):
+        """(m, q) bool: entry k of species j is a parameter where k < that species' width and
+        the species' own family estimates it (ordinal: cut points of categories it uses)."""
         self._need_widths(0)
-        return np.arange(q)[None, :] < self.widths[:, None]
+        q = max(1, int(self.widths.max()))
+        out = np.arange(q)[None, :] < self.widths[:, None]
+        for g in self.groups:
+            own = g["family"].free_dispersion() if g["family"].has_dispersion else None
+            if own is not None:
+                own = np.asarray(own, dtype=bool)
+                out[g["cols"], :own.shape[1]] &= own
+        return out
 
     def _s_of(self, gi, s, cols):
         """The member's s for its columns: None, (k,) for a scalar, (k, q) for a vector."""

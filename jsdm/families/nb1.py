@@ -89,6 +89,7 @@ class NegativeBinomial1(Family):
     dispersion_name = "phi"
     discrete = True
     default_dispersion = 1.0
+    dispersion_floor_meaning = "indistinguishable from Poisson (no over-dispersion)"
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Exact E[log f(y | eta)], eta ~ N(m, v), and derivatives (see module notes)."""

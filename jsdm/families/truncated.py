@@ -166,6 +166,7 @@ class TruncatedNegativeBinomial(Family):
     discrete = True
     mean_uses_dispersion = True
     default_dispersion = 0.5
+    dispersion_floor_meaning = "indistinguishable from the zero-truncated Poisson (no over-dispersion)"
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Exact E[log f(y | eta)], eta ~ N(m, v) (finite at y = 0, which has no mass)."""

@@ -115,14 +115,52 @@ def species_step(prob, P, ce, only_dispersion=False, order=1):
             H[jj, :, 1 + p + kk] = 0.0
             H[jj, 1 + p + kk, 1 + p + kk] = 1.0
     H += 1e-10 * np.eye(k)
+    shared = P.s is not None and prob.family.shared_dispersion
+    if shared and only_dispersion:
+        return shared_dispersion_step(prob, P, ce, order)
     step = np.zeros_like(g) if only_dispersion else safe_solve(H, g)
     ds = None
-    if P.s is not None:
+    if P.s is not None and not shared:
         if ce["gss"] is None:
             ce = cell_eval(prob, P, order=2)
-        ds = dispersion_step(ce["gs"], ce["gss"], 1.0)
+        ds = dispersion_step(*hold_fixed(ce["gs"], ce["gss"], prob.s_free), 1.0)
         ds = np.clip(ds, -2.0, 2.0)
-    return _accept_species(prob, P, step, ds, ce, order)
+    P, ce = _accept_species(prob, P, step, ds, ce, order)
+    if shared:
+        P, ce = shared_dispersion_step(prob, P, ce, order)
+    return P, ce
+
+
+def hold_fixed(gs, gss, free):
+    """(gs, gss) with the held entries of a vector dispersion (``free`` False) given zero
+    gradient and unit curvature, so that Newton steps leave them and solve for the others."""
+    if free is None or gss is None or gs.ndim != 2:
+        return gs, gss
+    gs = np.where(free, gs, 0.0)
+    both = free[:, :, None] & free[:, None, :]
+    gss = np.where(both, gss, 0.0) - np.where(~free, 1.0, 0.0)[:, :, None] * np.eye(free.shape[1])
+    return gs, gss
+
+
+def shared_dispersion_step(prob, P, ce, order=1):
+    """Newton step in a dispersion shared by all species (s of shape (1, q), a global
+    parameter), halved until the ELBO of all cells together does not fall.
+
+    Returns (P, cell_eval at P).
+    """
+    if ce["gss"] is None:
+        ce = cell_eval(prob, P, order=2)
+    ds = np.clip(dispersion_step(ce["gs"], ce["gss"], 1.0), -2.0, 2.0)
+    old = float(ce["site"].sum())
+    t = 1.0
+    for _ in range(_NHALF + 1):
+        T = P.copy()
+        T.s = np.clip(P.s + t * ds, *S_BOUNDS)
+        ct = cell_eval(prob, T, order)
+        if float(ct["site"].sum()) >= old - 1e-12 * abs(old):
+            return T, ct
+        t *= 0.5
+    return P, ce
 
 
 def dispersion_step(gs, gss, fallback):

@@ -11,6 +11,7 @@ from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
 from .params import Layout, Params
 from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
+from .full_newton import affordable, full_newton
 from .newton import newton_ascent
 from .start import glm_start, initial_params, triangular_rotation
 
@@ -39,7 +40,7 @@ class FitState:
 
 def make_layout(prob):
     return Layout(prob.n, prob.m, prob.p, prob.d, prob.family.has_dispersion, prob.row_effect,
-                  prob.n_disp, prob.s_mask)
+                  prob.n_disp, prob.s_free, prob.family.shared_dispersion)
 
 
 def neg_elbo(prob, layout):
@@ -175,7 +176,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     rng = np.random.default_rng(DEFAULT_SEED if seed is None else seed)
     glm = glm_start(prob)
     best, values = None, []
-    work, order = prob, None
+    work, work_layout, order = prob, layout, None
     for k in range(max(1, int(n_init)) if start is None else 1):
         P0 = start if start is not None else (related_start(prob, rng, glm) if k == 1 else None)
         if P0 is None:
@@ -184,9 +185,11 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
             order = anchor_order(P0.theta)
             if order is not None:
                 work = _reordered_problem(prob, order)
+                work_layout = make_layout(work)     # its held dispersion entries, in its order
         if order is not None:
             P0 = to_triangular(reorder_species(P0, order))
-        run = _run_start(work, layout, P0, maxiter, gtol, _printer(k, t0) if verbose else None)
+        run = _run_start(work, work_layout, P0, maxiter, gtol,
+                         _printer(k, t0) if verbose else None)
         values.append(run[1])
         if best is None or run[1] > best[1]:
             best = run
@@ -302,7 +305,7 @@ def reorder_species(P, order):
     """Params with the species-indexed parts (beta0, B, theta, s) taken in ``order``."""
     Q = P.copy()
     Q.beta0, Q.B, Q.theta = P.beta0[order], P.B[order], P.theta[order]
-    if P.s is not None:
+    if P.s is not None and P.s.shape[0] == P.beta0.shape[0] > 1:     # not a shared dispersion
         Q.s = P.s[order]
     return Q
 
@@ -334,7 +337,7 @@ def _reordered_problem(prob, order):
     W = prob.W if not any(prob.W.strides) else prob.W[:, order]      # all-ones view: as it is
     return replace(prob, Y=prob.Y[:, order], W=W, offset=cols(prob.offset),
                    trials=cols(prob.trials), species=prob.species[order],
-                   family=prob.family.bind(prob.species[order]),      # a family per species
+                   family=prob.family.take_species(order),
                    info={k: v for k, v in prob.info.items() if k != CACHE_KEY})
 
 
@@ -348,6 +351,7 @@ def _final_check(prob, layout, P):
 
 SQUAREM_ITERATIONS = 2      # block sweeps: cheap progress from the start
 NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergence)
+FULL_NEWTON_ITERATIONS = 100    # Newton steps in all parameters (small problems, full_newton.py)
 
 
 def _run_start(prob, layout, P, maxiter, gtol, cb):
@@ -378,13 +382,23 @@ def _run_start(prob, layout, P, maxiter, gtol, cb):
         val = h2[-1][1] if h2 else float(cell_eval(prob, P)["site"].sum())
         return (P, val, len(h1) + len(h2), 0,
                 "converged in the Newton phase" if done else "iteration limit reached", hist)
+    h3 = []
+    if affordable(prob, layout):    # full Newton (all parameters, exact Hessian) where cheap
+        P, h3, done = full_newton(prob, layout, P, min(left, FULL_NEWTON_ITERATIONS), gtol,
+                                  callback=record("full"))
+        left -= len(h3)
+        if done or left <= 0:
+            val = h3[-1][1] if h3 else float(cell_eval(prob, P)["site"].sum())
+            return (P, val, len(h1) + len(h2) + len(h3), 0,
+                    "converged in the full Newton phase" if done else "iteration limit reached",
+                    hist)
 
     def lcb(it, f, gmax):
         hist.append((len(hist) + 1, f, gmax, time.perf_counter() - t0))
         if cb is not None:
             cb("lbfgs", it, f, gmax)
 
-    used, n_eval = len(h1) + len(h2), 0
+    used, n_eval = len(h1) + len(h2) + len(h3), 0
     for _ in range(LBFGS_RESCALES + 1):
         P, val, n_it, n_ev, message = _lbfgs(prob, layout, P, maxiter - used, gtol, lcb)
         used, n_eval = used + n_it, n_eval + n_ev
@@ -425,16 +439,17 @@ def _lbfgs(prob, layout, P, maxiter, gtol, lcb):
 
 
 def _printer(k, t0, every=1.0):
-    """Progress lines on stderr: the first iteration of a start, then at most one per ``every`` s."""
+    """Progress lines on stderr: the first iteration of each phase of a start, then at most one
+    per ``every`` s."""
     import sys
 
-    last = [-np.inf]
+    last = [-np.inf, None]
     label = k if isinstance(k, str) else f"start {k + 1}"
 
     def cb(phase, it, f, gmax):
         now = time.perf_counter()
-        if (phase == "blocks" and it == 1) or now - last[0] >= every:
-            last[0] = now
+        if phase != last[1] or now - last[0] >= every:
+            last[0], last[1] = now, phase
             g = "" if np.isnan(gmax) else f"  max|grad| {gmax:.2e}"
             print(f"[jsdm] {label} {phase:6s} iter {it:4d}  ELBO {-f:.4f}{g}  "
                   f"{now - t0:.1f}s", file=sys.stderr)

@@ -26,7 +26,7 @@ class Evaluation:
     V: Optional[np.ndarray]     # (n, m) variances of eta under q (None when not kept)
     Gm: np.ndarray              # (n, m) w * d ell / dm
     Gv: np.ndarray              # (n, m) w * d ell / dv
-    gs: Optional[np.ndarray]    # (m,) or (m, q): sum_i w * d ell / ds, or None
+    gs: Optional[np.ndarray]    # (m,), (m, q) or (1, q) shared: sum_i (sum_j) w * d ell / ds, or None
     grad: Optional[Params] = None
 
 
@@ -95,16 +95,17 @@ def cell_eval(prob, P, order=1, clip=True):
 
     Returns a dict: Gm, Gv as (n, m) arrays (Gv clipped at 0 from above when
     ``clip``, as Newton steps want it); "gs", the per-species sum over sites of
-    the weighted derivative in the dispersion (shape (m,) or (m, q)), and "gss",
-    that of the second derivative ((m,) or (m, q, q)) when ``order`` is 2 (None
-    without a dispersion); and the sums "site" (n,: ell minus KL) and "species"
+    the weighted derivative in the dispersion (shape (m,) or (m, q); (1, q), summed
+    over species too, when the dispersion is shared), and "gss", that of the second
+    derivative ((m,), (m, q, q) or (1, q, q)) when ``order`` is 2 (None without a
+    dispersion); and the sums "site" (n,: ell minus KL) and "species"
     (m,). Sites are taken in chunks of about a million cells, so the family's
     temporaries stay small.
     """
     n, m = prob.n, prob.m
     disp = prob.family.has_dispersion
-    q = prob.n_disp if disp else None
-    vec, mat = ((m,), (m,)) if q is None else ((m, q), (m, q, q))
+    vec = prob.s_shape if disp else None
+    mat = vec if (not disp or len(vec) == 1) else vec + vec[-1:]
     out = {"Gm": np.empty((n, m)), "Gv": np.empty((n, m)), "clip": clip,
            "gs": np.zeros(vec) if disp else None,
            "gss": np.zeros(mat) if disp and order >= 2 else None,
@@ -143,9 +144,15 @@ def _eval_rows(prob, P, rows, order, out):
             out["clipped"] = True       # Gv is then not the gradient's (see ``gradient_from``)
         np.minimum(gv, 0.0, out=gv)
     if out["gs"] is not None:     # sums over sites: all the gradient and dispersion step need
-        out["gs"] += np.einsum("ij,ij...->j...", W, e.d_s)
+        out["gs"] += species_sum(prob, np.einsum("ij,ij...->j...", W, e.d_s))
     if out["gss"] is not None:
-        out["gss"] += np.einsum("ij,ij...->j...", W, e.d_ss)
+        out["gss"] += species_sum(prob, np.einsum("ij,ij...->j...", W, e.d_ss))
+
+
+def species_sum(prob, x):
+    """Per-species dispersion sums (m, ...) as the dispersion's shape: summed over species
+    when one dispersion vector is shared by all of them (then (1, ...))."""
+    return x.sum(axis=0, keepdims=True) if prob.family.shared_dispersion else x
 
 
 def evaluate(prob, P, grad=True):
@@ -166,7 +173,7 @@ def evaluate(prob, P, grad=True):
     site_terms = (W * e.value).sum(1) - kl_terms(prob, P)
     penalty.add_to_cells(prob, P, site_terms)                       # penalty (prior_sd)
     Gm, Gv = W * e.d_m, W * e.d_v
-    gs = None if e.d_s is None else weighted(W, e.d_s).sum(0)
+    gs = None if e.d_s is None else species_sum(prob, weighted(W, e.d_s).sum(0))
     return Evaluation(float(site_terms.sum()), site_terms, M, V, Gm, Gv, gs)
 
 

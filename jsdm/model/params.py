@@ -4,8 +4,9 @@ Natural form (a :class:`Params`):
 
 - ``beta0`` (m,), ``B`` (m, p): species intercepts and slopes
 - ``theta`` (m, d): loadings, zero above the diagonal
-- ``s`` (m,), (m, q) or None: unconstrained dispersion parameters, one per
-  species or a vector of q per species (ordinal cut points, q = K - 2)
+- ``s`` (m,), (m, q), (1, q) or None: unconstrained dispersion parameters, one per
+  species, a vector of q per species (ordinal cut points, q = K - 2) or one vector
+  shared by all species (ordinal common cut points; a global parameter)
 - ``alpha`` (n,) or None: fixed row effects (alpha[0] == 0) or, for random row
   effects, the variational means of the site effects
 - ``log_sigma`` float or None: log sd of random row effects
@@ -15,7 +16,8 @@ Natural form (a :class:`Params`):
 
 The packed vector stores free entries only: theta's lower triangle, L's lower
 triangle with its diagonal on the log scale, alpha without its first entry
-when fixed; a vector dispersion (m, q) is stored species by species (s.ravel()).
+when fixed; a vector dispersion (m, q) is stored species by species (s.ravel()), only its
+entries in ``s_free``; one shared by all species is (1, q).
 """
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -55,22 +57,25 @@ class Layout:
 
     MODEL_BLOCKS = ("beta0", "B", "theta", "s", "alpha_fixed", "log_sigma")
 
-    def __init__(self, n, m, p, d, has_disp, row_effect, n_disp=None, s_mask=None):
+    def __init__(self, n, m, p, d, has_disp, row_effect, n_disp=None, s_free=None, shared=False):
         self.n, self.m, self.p, self.d = n, m, p, d
         self.has_disp, self.row_effect = has_disp, row_effect
         self.n_disp = None if (n_disp is None or not has_disp) else int(n_disp)
         self.disp_width = (self.n_disp or 1) if has_disp else 0     # entries of s per species
-        # which entries of s (m, disp_width) are parameters; the others stay 0 (a mixed-family
-        # model pads species whose family has fewer nuisance parameters). None: all.
-        self.s_mask = None if (s_mask is None or not has_disp) else \
-            np.asarray(s_mask, dtype=bool).reshape(m, self.disp_width)
-        n_s = m * self.disp_width if self.s_mask is None else int(self.s_mask.sum())
+        # a vector dispersion is (rows, q): rows = m, or 1 when shared by all species; only the
+        # entries in s_free are packed (the others are held at 0: e.g. ordinal cut points of
+        # categories a species does not use)
+        self.s_free = None
+        if self.n_disp is not None:
+            shape = (1 if shared else m, self.n_disp)
+            self.s_free = (np.ones(shape, dtype=bool) if s_free is None
+                           else np.asarray(s_free, dtype=bool).reshape(shape))
         self.tri_m = np.tril(np.ones((m, d), dtype=bool))
         self.tri_d = np.tril_indices(d)
         self.diag_pos = np.array([k for k, (r, c) in enumerate(zip(*self.tri_d)) if r == c], dtype=int)
         nl = d * (d + 1) // 2
         sizes = [("beta0", m), ("B", m * p), ("theta", int(self.tri_m.sum())),
-                 ("s", n_s),
+                 ("s", int(self.s_free.sum()) if self.s_free is not None else m * self.disp_width),
                  ("alpha_fixed", n - 1 if row_effect == "fixed" else 0),
                  ("log_sigma", 1 if row_effect == "random" else 0),
                  ("alpha_random", n if row_effect == "random" else 0),
@@ -81,10 +86,6 @@ class Layout:
             self.slices[name] = slice(start, start + size)
             start += size
         self.size = start
-        # packed position of each entry of s (m, disp_width); -1 where it is not a parameter
-        self.s_index = -np.ones((m, self.disp_width), dtype=int)
-        free = np.ones((m, self.disp_width), bool) if self.s_mask is None else self.s_mask
-        self.s_index[free] = self.slices["s"].start + np.arange(n_s)
         self.n_model = sum(self.slices[b].stop - self.slices[b].start for b in self.MODEL_BLOCKS)
 
     def pack(self, P):
@@ -94,7 +95,7 @@ class Layout:
         x[sl["B"]] = P.B.ravel()
         x[sl["theta"]] = P.theta[self.tri_m]
         if self.has_disp:
-            x[sl["s"]] = self._free_s(P.s)
+            x[sl["s"]] = np.ravel(P.s) if self.s_free is None else np.asarray(P.s)[self.s_free]
         if self.row_effect == "fixed":
             x[sl["alpha_fixed"]] = P.alpha[1:]
         elif self.row_effect == "random":
@@ -118,13 +119,11 @@ class Layout:
         P = Params(beta0=x[sl["beta0"]].copy(), B=x[sl["B"]].reshape(m, p).copy(), theta=theta,
                    a=x[sl["a"]].reshape(n, d).copy(), L=L)
         if self.has_disp:
-            if self.s_mask is None:
+            if self.s_free is None:
                 P.s = x[sl["s"]].copy()
             else:
-                P.s = np.zeros((m, self.disp_width))
-                P.s[self.s_mask] = x[sl["s"]]
-            if self.n_disp is not None:
-                P.s = P.s.reshape(m, self.n_disp)
+                P.s = np.zeros(self.s_free.shape)
+                P.s[self.s_free] = x[sl["s"]]
         if self.row_effect == "fixed":
             P.alpha = np.concatenate([[0.0], x[sl["alpha_fixed"]]])
         elif self.row_effect == "random":
@@ -141,7 +140,7 @@ class Layout:
         g[sl["B"]] = G.B.ravel()
         g[sl["theta"]] = G.theta[self.tri_m]
         if self.has_disp:
-            g[sl["s"]] = self._free_s(G.s)
+            g[sl["s"]] = np.ravel(G.s) if self.s_free is None else np.asarray(G.s)[self.s_free]
         if self.row_effect == "fixed":
             g[sl["alpha_fixed"]] = G.alpha[1:]
         elif self.row_effect == "random":
@@ -154,11 +153,18 @@ class Layout:
         g[sl["L"]] = gL.ravel()
         return g
 
-    def _free_s(self, s):
-        """The free entries of s (or of its gradient) in packed order."""
-        if self.s_mask is None:
-            return np.ravel(s)
-        return np.reshape(s, (self.m, self.disp_width))[self.s_mask]
+    def s_positions(self):
+        """Packed position of each species' dispersion entries, (m, width); -1 where held.
+
+        A dispersion shared by all species has the same positions in every row.
+        """
+        start = self.slices["s"].start
+        if self.s_free is None:
+            w = self.disp_width
+            return start + np.arange(self.m)[:, None] * w + np.arange(w)[None, :]
+        pos = np.full(self.s_free.shape, -1, dtype=int)
+        pos[self.s_free] = start + np.arange(int(self.s_free.sum()))
+        return np.broadcast_to(pos, (self.m, pos.shape[1])).copy()
 
     def bounds(self):
         """(lower, upper) arrays for the packed vector (inf where unbounded)."""

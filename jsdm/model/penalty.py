@@ -27,7 +27,7 @@ engine calls these functions at five places, each marked "penalty":
   species blocks (1, x_i, a_i), with ``species_gradient`` its gradient;
 - ``kl_shift`` (newton.gauge_step): the change of the penalty under the
   gauge reparametrisation, added to the site sums;
-- results._hessian.hessian_blocks: -w on the diagonal of each species block.
+- model.hessian.hessian_blocks: -w on the diagonal of each species block.
 
 The reported ``fit.llf`` is the ELBO *without* the penalty at the penalised
 estimates (still a lower bound of the log-likelihood there); see

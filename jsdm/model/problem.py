@@ -98,23 +98,21 @@ class Problem:
             return self.family.n_dispersion(np.where(self.W > 0, self.Y, np.nan))
 
     @property
-    def s_mask(self):
-        """Which entries of s are parameters ((m, q) booleans), or None when all are.
-
-        A mixed-family model stores s as (m, q) with q the largest number of nuisance
-        parameters of its families; a species whose family has fewer keeps the rest at 0.
-        """
-        if not self.family.has_dispersion:
-            return None
-        return self.family.dispersion_mask(self.m, self.n_disp or 1)
-
-    @property
     def s_shape(self):
-        """Shape of the dispersion parameter s: (m,), (m, q) or None without dispersion."""
+        """Shape of the dispersion parameter s: (m,), (m, q), (1, q) when one vector is shared
+        by all species (``family.shared_dispersion``), or None without dispersion."""
         if not self.family.has_dispersion:
             return None
         q = self.n_disp
-        return (self.m,) if q is None else (self.m, q)
+        if q is None:
+            return (self.m,)
+        return (1, q) if self.family.shared_dispersion else (self.m, q)
+
+    @property
+    def s_free(self):
+        """Boolean mask (shape ``s_shape``) of the dispersion entries the fit estimates, or None
+        for all (ordinal: cut points of categories a species does not use are held)."""
+        return self.family.free_dispersion() if self.family.has_dispersion else None
 
 
 def _as_community(data, X=None, response=None, site=None, species=None):
@@ -248,9 +246,15 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         W = np.broadcast_to(1.0, Y.shape)
     if W.sum() == 0:
         raise JSDMError("the response table has no observed values")
+    if trials is not None and not fam.uses_trials:
+        raise JSDMError(
+            f"trials= was given, but family {fam.name!r} does not use a number of trials (only "
+            "counts out of a known total do, as family='binomial'); remove trials=, or use "
+            "family='binomial' for successes out of trials")
     tr = _trials(trials, W, Ydf)
     fam.check_y(Y, tr)
     check_response_scale(Y, W, fam, Ydf.columns)
+    fam = fam.prepare(np.where(W > 0, Y, np.nan), species=Ydf.columns)   # ordinal: categories used
     Yf = np.where(W > 0, Y, 0.0)
     Xmat, terms = _design(com, formula)
     off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,

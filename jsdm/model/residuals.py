@@ -2,6 +2,8 @@
 import numpy as np
 from scipy import special
 
+from .._numerics import analysis_rng
+
 
 def dunn_smyth(family, y, eta, s=None, trials=None, rng=None):
     """Randomised quantile residuals Phi^-1(u), u ~ U(F(y-), F(y)) (u = F(y) without an atom at y).
@@ -12,9 +14,9 @@ def dunn_smyth(family, y, eta, s=None, trials=None, rng=None):
     y, eta : ndarray (n, m); NaN in y gives NaN residuals
     s : ndarray (m,) or None
     trials : ndarray or None
-    rng : seed or Generator (the draw is reproducible for a fixed seed)
+    rng : seed or Generator (the draw is reproducible for a fixed seed; None means seed 0)
     """
-    rng = np.random.default_rng(rng)
+    rng = analysis_rng(rng)
     y = np.asarray(y, dtype=float)
     miss = np.isnan(y)
     yf = np.where(miss, 0.0, y)

@@ -4,7 +4,7 @@ import numpy as np
 from .._numerics import safe_solve
 
 from . import penalty
-from .blocks import dispersion_step
+from .blocks import dispersion_step, hold_fixed
 from .objective import weighted
 from .params import S_BOUNDS, Params
 from .residuals import dunn_smyth
@@ -64,9 +64,10 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
         step = np.clip(step, -_MAX_STEP, _MAX_STEP)
         snew = s
         if s is not None:
-            gs, gss = weighted(W, e.d_s).sum(0), weighted(W, e.d_ss).sum(0)
-            ds = dispersion_step(gs, gss, 0.5)
-            snew = np.clip(s + np.clip(ds, -2, 2), *S_BOUNDS)
+            if not fam.shared_dispersion:     # a shared one keeps its pooled start here
+                gs, gss = weighted(W, e.d_s).sum(0), weighted(W, e.d_ss).sum(0)
+                ds = dispersion_step(*hold_fixed(gs, gss, prob.s_free), 0.5)
+                snew = np.clip(s + np.clip(ds, -2, 2), *S_BOUNDS)
         b, s, ll_new, e = _accept(loglik, b, s, step, snew, ll)
         if np.max(np.abs(ll_new - ll)) < tol * (1 + np.abs(ll).max()):
             ll = ll_new
@@ -79,6 +80,8 @@ def _accept(loglik, b, s, step, snew, ll):
     """Per-species step halving: keep each species' step only where it improves."""
     frac = np.ones(b.shape[0])
     fs = (lambda f: f) if s is None or s.ndim == 1 else (lambda f: f[:, None])
+    if s is not None and s.shape[0] != b.shape[0]:      # shared by all species: not stepped here
+        fs, snew = (lambda f: 0.0), s
     for _ in range(8):
         bt = b + frac[:, None] * step
         st = None if s is None else s + fs(frac) * (snew - s)
@@ -114,9 +117,9 @@ def _intercept_guess(fam, Y, W, trials):
             if fam.link == "probit" else np.log(-np.log1p(-pbar))
     if fam.link == "log":
         return np.log(np.maximum(ybar, 0.05))
-    if fam.name == "ordinal":       # P(y = 0) = F(tau_1 - eta) with tau_1 = 0
+    if fam.name == "ordinal":       # P(lowest category) = F(tau_1 - eta) with tau_1 = 0
         from scipy import special
-        p0 = np.clip((W * (Y == 0)).sum(0) / np.maximum(W.sum(0), 1), 0.02, 0.98)
+        p0 = np.clip((W * (fam.ranks(Y) == 0)).sum(0) / np.maximum(W.sum(0), 1), 0.02, 0.98)
         return -special.ndtri(p0) if fam.link == "probit" else -special.logit(p0)
     return ybar
 

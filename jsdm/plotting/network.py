@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 
+from .._numerics import analysis_rng
 from ._util import get_ax, label_fontsize
 
 
@@ -24,7 +25,7 @@ def spring_layout(A, seed=0, iterations=300):
     p = A.shape[0]
     if p == 1:
         return np.zeros((1, 2))
-    rng = np.random.default_rng(seed)
+    rng = analysis_rng(seed)
     ang = 2 * np.pi * np.arange(p) / p
     pos = np.column_stack([np.cos(ang), np.sin(ang)]) + 0.05 * rng.standard_normal((p, 2))
     k = 1.0 / np.sqrt(p)

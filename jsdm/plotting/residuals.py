@@ -50,7 +50,7 @@ def plot_residuals(fit, seed=None, *, figsize=(13.0, 7.5)):
     ----------
     fit : GLLVMResults
     seed : int, optional
-        Seed of the randomisation (discrete families); same seed, same plot.
+        Seed of the randomisation (discrete families); same seed, same plot (None: seed 0).
     figsize : (float, float)
 
     Returns

@@ -209,9 +209,11 @@ def model_section(fit, opts):
                  + table(fams.to_frame()) + "</details>")
     disp = fit.dispersion
     if isinstance(disp, pd.DataFrame) and hasattr(fam, "cutpoints"):   # ordinal: species x cut point
-        body += (f"<p>Cut points: {disp.shape[1]} per species ({esc(', '.join(map(str, disp.columns)))}; "
-                 "the first is 0 by definition, the intercept sets the location). Cut points next "
-                 "to categories a species never shows are not identified.</p>")
+        note = getattr(fit.family, "structure_note", lambda: "per species")()
+        body += (f"<p>Cut points {esc(note)}: {esc(', '.join(map(str, disp.columns)))} (the first "
+                 "finite one is 0 by definition, the intercept sets the location; categories a "
+                 "species never shows are merged with its neighbours: their cut points are equal, "
+                 "or infinite beyond its smallest and largest category).</p>")
     elif isinstance(disp, pd.DataFrame):    # several nuisance parameters per species
         parts = [f"{esc(str(c))}: median {num(col.median())}, range {num(col.min())} to "
                  f"{num(col.max())} ({int(col.notna().sum())} species)"
@@ -342,7 +344,8 @@ def _wide_coefficients(coefs, fit, info):
     disp = fit.dispersion
     if isinstance(disp, pd.DataFrame) and hasattr(fit.family, "cutpoints"):
         wide[disp.columns.name or "cut points"] = [
-            " &lt; ".join(num(v) for v in r) for r in disp.reindex(wide.index).to_numpy()]
+            " &lt; ".join(num(v) for v in np.unique(r[np.isfinite(r)]))   # merged ones once
+            for r in disp.reindex(wide.index).to_numpy()]
     elif isinstance(disp, pd.DataFrame):    # zinb, hurdles, ordered beta, a family per species
         wide[disp.columns.name or "dispersion"] = [
             ", ".join(f"{esc(str(c))} {num(v)}" for c, v in r.items() if np.isfinite(v))
@@ -562,6 +565,8 @@ def methods_section(fit, opts):
     prob, s = fit.problem, fit.settings
     fam = getattr(fit.family, "description", None) or \
         _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
+    if getattr(fit.family, "cut_structure", None) == "common":
+        fam = "a cumulative model for ordered categories with one set of cut points shared by all species"
     link = "each family's" if fit.family.link == "mixed" else esc(fit.family.link)
     cov = (f", species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
            if fit.terms else "")

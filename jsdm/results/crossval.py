@@ -35,6 +35,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .._numerics import analysis_rng
 from ..exceptions import ConvergenceWarning, JSDMError, JSDMWarning
 
 
@@ -58,7 +59,7 @@ def make_folds(sites, k=5, seed=0, groups=None):
     if int(k) != k or k < 2:
         raise JSDMError(f"k must be a whole number >= 2, got {k!r}")
     k = int(k)
-    rng = np.random.default_rng(seed)
+    rng = analysis_rng(seed)
     if groups is None:
         if k > n:
             raise JSDMError(f"k={k} folds need at least {k} sites; there are {n}")

@@ -105,8 +105,9 @@ class GLLVMResults:
         prob = self.problem
         m, d = prob.m, prob.d
         k = m * (1 + prob.p) + m * d - d * (d - 1) // 2
-        if prob.family.has_dispersion:
-            k += self.state.layout.slices["s"].stop - self.state.layout.slices["s"].start
+        if prob.family.has_dispersion:      # the estimated ones (ordinal: free cut points)
+            sl = self.state.layout.slices["s"]
+            k += sl.stop - sl.start
         if prob.row_effect == "fixed":
             k += prob.n - 1
         elif prob.row_effect == "random":
@@ -204,9 +205,13 @@ class GLLVMResults:
         parameters per species: ordinal gives a species x cut-point DataFrame
         with columns "0|1", "1|2", ..., "K-2|K-1" (the cut points tau_1 = 0 <
         tau_2 < ... between consecutive categories, on the scale of the linear
-        predictor; P(y <= k) = F(tau_(k+1) - eta)). The first column is 0 by
-        definition (the intercept sets the location): the thresholds of R's
+        predictor; P(y <= k) = F(tau_(k+1) - eta)). The first finite cut point is 0
+        by definition (the intercept sets the location): the thresholds of R's
         ``ordinal::clm`` / ``MASS::polr`` parameterisation are tau_k - intercept.
+        Categories a species never uses were merged (see the family's warning):
+        its cut points are -inf below its smallest category, +inf above its
+        largest, and equal around an unused middle one. With common cut points
+        (``cutpoints="common"``) every row is the same.
         """
         s = self.state.params.s
         if s is None:
@@ -214,10 +219,31 @@ class GLLVMResults:
         name = self.family.dispersion_name or "dispersion"
         val = self.family.dispersion(s)
         if np.ndim(val) == 2:
+            val = np.broadcast_to(val, (self.problem.m, val.shape[1]))
             cols = self._dispersion_labels(val.shape[1])
             return pd.DataFrame(val, index=self.species,
                                 columns=pd.Index(cols, name=name))
         return pd.Series(val, index=self.species, name=name)
+
+    #: species label of a dispersion shared by all species (ordinal common cut points)
+    COMMON = "(common)"
+
+    def _vector_dispersion(self):
+        """[((species, term), value)] of the estimated entries of a vector dispersion, in the
+        packed order: the free cut points tau_2 < ... of each species (or the common set)."""
+        fam, s, free = self.family, self.state.params.s, self.state.layout.s_free
+        names = [self.COMMON] if s.shape[0] == 1 and self.problem.m > 1 else list(self.species)
+        out = []
+        if not hasattr(fam, "free_cutpoints"):    # zinb, hurdles, ordered beta, mixed: as reported
+            q = s.shape[1]
+            vals, labels = fam.dispersion(s)[:, -q:], self._dispersion_labels(q)
+            return [((names[j], labels[k]), float(vals[j, k])) for j, k in zip(*np.nonzero(free))]
+        vals = fam.free_cutpoints(s)
+        labels = fam.free_cutpoint_labels(s.shape[0])
+        for j, k in zip(*np.nonzero(free)):
+            term = labels[j, k] if labels is not None else self._dispersion_labels(k + 2)[k + 1]
+            out.append(((names[j], term), float(vals[j, k])))
+        return out
 
     def _dispersion_labels(self, k):
         labels = getattr(self.family, "dispersion_labels", None)
@@ -252,11 +278,8 @@ class GLLVMResults:
         for j, sp in enumerate(self.species):
             rows += [(("loading", sp, f"LV{k + 1}"), P.theta[j, k]) for k in range(self.num_lv) if tri[j, k]]
         disp = self.dispersion
-        if isinstance(disp, pd.DataFrame):      # free entries only (ordinal: tau_1 = 0 is fixed)
-            free = disp.iloc[:, disp.shape[1] - self.problem.n_disp:]
-            use = self.state.layout.s_index >= 0     # mixed families: padded entries are not
-            rows += [(("dispersion", sp, c), v) for j, (sp, r) in enumerate(free.iterrows())
-                     for k, (c, v) in enumerate(r.items()) if use[j, k]]
+        if isinstance(disp, pd.DataFrame):      # the estimated cut points (ordinal: tau_1 = 0 is not)
+            rows += [((("dispersion",) + lab), v) for lab, v in self._vector_dispersion()]
         elif disp is not None:
             rows += [(("dispersion", sp, disp.name), v) for sp, v in disp.items()]
         if self.row_effect == "fixed":

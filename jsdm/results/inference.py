@@ -7,7 +7,7 @@ block is the inverse of the Schur complement
 
     S = H_pp - sum_i H_pv,i H_vv,i^-1 H_vp,i
 
-computed from the analytic Hessian in :mod:`jsdm.results._hessian` (no finite
+computed from the analytic Hessian in :mod:`jsdm.model.hessian` (no finite
 differences of the full gradient). ``-S`` is checked for positive definiteness
 by the eigenvalues of its correlation-scaled form; when it fails, a
 :class:`~jsdm.exceptions.HessianWarning` names the parameters carrying the
@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from ..exceptions import HessianWarning, JSDMError
-from ._hessian import hessian_blocks
+from ..model.hessian import hessian_blocks
 
 #: smallest eigenvalue of the correlation-scaled negative Schur complement
 #: (relative to the largest) below which the Hessian counts as singular
@@ -150,24 +150,35 @@ def _packed_labels_and_order(fit):
 
 def _vector_dispersion_labels(fit, labels, order, jac):
     """Labels, packed positions and diagonal Jacobian of a vector dispersion's free entries (in place)."""
-    s, index = fit.state.params.s, fit.state.layout.s_index
-    m, q = s.shape
-    names = list(fit.dispersion.columns[-q:])
+    layout, s = fit.state.layout, fit.state.params.s
     D = _vector_dispersion_jacobian(fit.family, s)
-    for j, sp in enumerate(fit.species):
-        for k in range(q):
-            if index[j, k] >= 0:              # entries pinned at 0 (mixed families) are left out
-                labels[index[j, k]] = ("dispersion", sp, names[k])
-                order.append(index[j, k]), jac.append(D[j, k, k])
+    for (j, k), pos, (lab, _) in zip(_free_entries(layout), _free_positions(layout),
+                                     fit._vector_dispersion()):
+        labels[pos] = ("dispersion",) + lab
+        order.append(pos), jac.append(D[j, k, k])
+
+
+def _free_entries(layout):
+    """(row, k) of each packed entry of a vector dispersion, in packed order."""
+    return list(zip(*np.nonzero(layout.s_free)))
+
+
+def _free_positions(layout):
+    return layout.slices["s"].start + np.arange(int(layout.s_free.sum()))
 
 
 def _vector_dispersion_jacobian(family, s, h=1e-6):
-    """d (free reported dispersions) / d s per species, (m, q, q), by central differences.
+    """d (reported entries) / d s per row of s, (rows, q, q).
 
-    The reported entries are the last q columns of ``family.dispersion(s)``.
+    Ordinal cut points: tau_(k+2) = sum_(i <= k) exp(s_i) (log gaps), lower triangular and
+    exact (a row's held entries come after its free ones). Any other vector dispersion
+    (zero inflation and NB dispersion, hurdle, ordered-beta cut points, Tweedie power, a
+    family per species): central differences of the last q columns of ``family.dispersion``.
     """
-    m, q = s.shape
-    D = np.empty((m, q, q))
+    rows, q = s.shape
+    if hasattr(family, "free_cutpoints"):
+        return np.tril(np.ones((q, q)))[None, :, :] * np.exp(s)[:, None, :]
+    D = np.empty((rows, q, q))
     for i in range(q):
         step = np.zeros_like(s)
         step[:, i] = h * (1.0 + np.abs(s[:, i]))
@@ -187,12 +198,13 @@ def _reported_jacobian(fit, order, jac):
     J = sparse.lil_matrix((len(order), layout.n_model))
     J[np.arange(len(order)), order] = jac
     D = _vector_dispersion_jacobian(fit.family, P.s)
-    index = layout.s_index
-    where = {int(index[j, k]): (j, k) for j, k in zip(*np.nonzero(index >= 0))}
+    pos = np.full(layout.s_free.shape, -1)
+    pos[layout.s_free] = _free_positions(layout)
+    where = {int(p): jk for p, jk in zip(_free_positions(layout), _free_entries(layout))}
     for r in np.flatnonzero(np.isin(order, list(where))):
         j, k = where[int(order[r])]
-        free = index[j] >= 0
-        J[r, index[j, free]] = D[j, k, free]
+        cols = np.flatnonzero(layout.s_free[j])
+        J[r, pos[j, cols]] = D[j, k, cols]
     return J.tocsr()
 
 
@@ -222,8 +234,8 @@ def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
     """
     s = np.asarray(fit.state.params.s, dtype=float)
     m, q = s.shape
-    index = fit.state.layout.s_index
-    where = {int(index[j, k]): (j, k) for j, k in zip(*np.nonzero(index >= 0))}
+    where = {int(p): jk for p, jk in zip(_free_positions(fit.state.layout),
+                                         _free_entries(fit.state.layout))}
     j, k = (np.array(a, dtype=int) for a in zip(*[where[int(p)] for p in pos])) if len(pos) else \
         (np.zeros(0, int), np.zeros(0, int))
     D = np.nan_to_num(_vector_dispersion_jacobian(fit.family, s))

@@ -327,7 +327,7 @@ def _encode(value, key, arrays):
         return {"kind": "community", **{t: _encode(getattr(value, t), f"{key}/{t}", arrays)
                                         for t in ("Y", "X", "traits")}}
     if isinstance(value, Family):
-        return _encode_family(value)
+        return _encode_family(value, key, arrays)
     if isinstance(value, Layout):
         return {"kind": "layout"}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -382,15 +382,21 @@ def _encode_sequence(value, key, arrays):
             "items": [_encode(v, f"{key}/{i}", arrays) for i, v in enumerate(value)]}
 
 
-def _encode_family(fam):
+def _encode_family(fam, key, arrays):
     extra = {k: v for k, v in vars(fam).items()
              if k != "link" and (v is None or isinstance(v, (bool, int, str))
                                  or (isinstance(v, float) and math.isfinite(v)))}
-    out = {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra}
+    # arrays bound to the data (ordinal: the categories each species uses)
+    data = {k: _put(arrays, f"{key}/{k}", v) for k, v in vars(fam).items()
+            if isinstance(v, np.ndarray) and v.dtype != object}
+    out = {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra,
+           "arrays": data}
     if getattr(fam, "members", None) is not None:          # a family per species
         out["species"] = [_label(sp) for sp in fam.species]
-        out["members"] = [_encode_family(f) for f in fam.members]
-        out["widths"] = None if fam.widths is None else [int(w) for w in fam.widths]
+        out["members"] = [_encode_family(f, f"{key}/member{i}", arrays)
+                          for i, f in enumerate(fam.members)]
+        out["groups"] = [_encode_family(g["family"], f"{key}/group{i}", arrays)
+                         for i, g in enumerate(fam.groups)]          # bound to their columns
         out["member_q"] = None if fam.member_q is None else [
             None if q is None else int(q) for q in fam.member_q]
     return out
@@ -523,17 +529,23 @@ def _decode_family(meta, ctx):
     for k, v in meta.get("attributes", {}).items():
         if getattr(fam, k, _DROP) != v:
             setattr(fam, k, v)
+    for k, name in meta.get("arrays", {}).items():
+        setattr(fam, k, np.array(ctx["arrays"][name]))
     return fam
 
 
 def _decode_mixed(meta, ctx):
-    """A family per species, bound to the saved species order with the saved widths."""
+    """A family per species, bound to the saved species order, each group's family bound to
+    its columns as saved, with the saved nuisance widths."""
     from ..families import Mixed
 
     members = [_decode_family(m, ctx) for m in meta["members"]]
     bound = Mixed(dict(zip(meta["species"], members))).bind(pd.Index(meta["species"]))
-    if meta.get("widths") is not None:
-        bound.widths = np.asarray(meta["widths"], dtype=int)
+    for g, gm in zip(bound.groups, meta.get("groups", [])):
+        g["family"] = _decode_family(gm, ctx)
+    widths = meta.get("arrays", {}).get("widths")
+    if widths is not None:
+        bound.widths = np.asarray(ctx["arrays"][widths], dtype=int)
         bound.member_q = list(meta["member_q"])
     return bound
 

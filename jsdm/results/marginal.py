@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from .._numerics import analysis_rng
 from ..exceptions import JSDMError
 
 METHODS = ("auto", "quadrature", "is")
@@ -211,7 +212,7 @@ def make_points(sl, mean, cov, method="auto", n_nodes=None, n_draws=1000, seed=N
         logdet = np.log(np.abs(np.diagonal(chol, axis1=-2, axis2=-1))).sum(-1)
         logw = logw_x[:, None] + logdet[None, :] + _log_prior(U, sl.prior_cov)
         return Points(U, logw, "quadrature")
-    rng = np.random.default_rng(seed)
+    rng = analysis_rng(seed)
     K = int(n_draws)
     if K < 2:
         raise JSDMError(f"n_draws must be at least 2, got {n_draws!r}")
@@ -438,7 +439,7 @@ def mixture_points(sl, Y, W, q, n_draws=1000, seed=None, df=5.0, scale=1.5):
         raise JSDMError(f"n_draws={K} is fewer than the {C} mixture components (species + 1); "
                         "give more draws")
     comp = np.arange(K) % C                                                  # stratified
-    rng = np.random.default_rng(seed)
+    rng = analysis_rng(seed)
     X = rng.standard_normal((K, k, r))
     g = rng.chisquare(df, (K, k)) / df
     U = means[:, comp].transpose(1, 0, 2) + np.einsum(

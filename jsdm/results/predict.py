@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from .._numerics import analysis_rng
 from .._numerics import gauss_hermite
 from ..exceptions import JSDMError
 
@@ -319,7 +320,7 @@ def _scale(mu, trials):
 
 def _model_cov(fit):
     """(cov_packed, species positions (m, 1 + p + d)) of the model parameters."""
-    from ._hessian import species_positions
+    from ..model.hessian import species_positions
     from .inference import information
 
     info = information(fit)
@@ -416,7 +417,7 @@ def _eta_sampler(F, scores, var, lv):
 
 def _prediction(fam, eta_fn, s, trials, level, n_draws, seed):
     """Central Monte Carlo interval of a new response."""
-    rng = np.random.default_rng(seed)
+    rng = analysis_rng(seed)
     draws = np.stack([fam.sample(eta_fn(rng), s, trials, rng) for _ in range(int(n_draws))])
     a = (1.0 - level) / 2.0
     return np.quantile(draws, a, axis=0), np.quantile(draws, 1.0 - a, axis=0)

@@ -25,7 +25,8 @@ def residuals(fit, kind="dunn-smyth", seed=None):
         between F(y-) and F(y) for discrete families (exactly N(0, 1) under the
         model); ``"response"``: y - mu; ``"pearson"``: (y - mu) / sqrt(Var(y | mu)).
     seed : int or Generator, optional
-        Randomisation of the Dunn-Smyth residuals (same seed, same residuals).
+        Randomisation of the Dunn-Smyth residuals (same seed, same residuals; None
+        means seed 0, so that repeated calls give the same residuals).
 
     Returns
     -------

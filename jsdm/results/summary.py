@@ -104,6 +104,9 @@ def _header(fit):
          "Max scaled gradient": float(fit.scaled_grad), "Max |gradient|": float(fit.max_grad),
          "Iterations": fit.n_iter,
          "Fit time (s)": float(fit.fit_time)}
+    structure = getattr(fit.family, "cut_structure", None)
+    if structure is not None:                     # ordinal: cut points per species or common
+        h["Cut points"] = structure
     return h
 
 
@@ -140,6 +143,9 @@ def summary(fit, alpha=0.05):
     full = pd.DataFrame({"estimate": est, "std_err": se, "z": z,
                          "p_value": 2.0 * stats.norm.sf(np.abs(z)),
                          "lower": ci["lower"], "upper": ci["upper"]})[_COLS]
+    note = getattr(fit.family, "structure_note", None)
+    if note is not None:
+        notes.append(f"cut points: {note()}.")
     if fit.num_lv and fit.num_lv > 0:
         notes.append("loadings are identified by zeros above the diagonal and a positive diagonal; "
                      "their z and p depend on this choice (rotation-invariant: Theta Theta').")

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model import penalty
-from ..model.objective import evaluate
+from . import penalty
+from .objective import Evaluation, evaluate, moments
 
 _STEP = 1e-4
 
@@ -63,28 +63,37 @@ class HessianBlocks:
         return H
 
 
-def cell_curvature(prob, P, M, V, h=_STEP):
+def cell_curvature(prob, P, M, V, h=_STEP, e0=None):
     """Weighted second derivatives of ell per cell: dict of (n, m) arrays.
 
     Keys ``mm, mv, vv`` and, with a dispersion, ``ms, vs, ss`` (scalar s) or
     ``ms0, vs0, s0s0, s0s1, ...`` (vector s, channels of :func:`s_channels`).
+    Central differences of the family's first derivatives (four passes over the
+    cells besides ``e0``), or, given ``e0`` (the family's ``ell`` at (M, V) with
+    ``order=2``), forward differences from it (two passes; error O(h) = 1e-4
+    relative, enough for Newton steps).
     """
     fam, Y, W, s, tr = prob.family, prob.Y, prob.W, P.s, prob.trials
-    e0 = fam.ell(Y, M, V, s, tr, order=2)
-    ep, em = fam.ell(Y, M + h, V, s, tr), fam.ell(Y, M - h, V, s, tr)
     hv = h * (1.0 + V)
-    vlo = np.maximum(V - hv, 0.0)
-    vp, vm = fam.ell(Y, M, V + hv, s, tr), fam.ell(Y, M, vlo, s, tr)
-    dv = (V + hv) - vlo
-    E = {"mm": 2.0 * e0.d_v, "mv": (ep.d_v - em.d_v) / (2.0 * h), "vv": (vp.d_v - vm.d_v) / dv}
+    if e0 is None:
+        e0 = fam.ell(Y, M, V, s, tr, order=2)
+        ep, em = fam.ell(Y, M + h, V, s, tr), fam.ell(Y, M - h, V, s, tr)
+        vlo = np.maximum(V - hv, 0.0)
+        vp, vm = fam.ell(Y, M, V + hv, s, tr), fam.ell(Y, M, vlo, s, tr)
+        dm, dv = 2.0 * h, (V + hv) - vlo
+    else:
+        ep, em = fam.ell(Y, M + h, V, s, tr), e0
+        vp, vm = fam.ell(Y, M, V + hv, s, tr), e0
+        dm, dv = h, hv
+    E = {"mm": 2.0 * e0.d_v, "mv": (ep.d_v - em.d_v) / dm, "vv": (vp.d_v - vm.d_v) / dv}
     if fam.has_dispersion and np.ndim(s) == 2:
-        ms, vs = (ep.d_s - em.d_s) / (2.0 * h), (vp.d_s - vm.d_s) / dv[..., None]
+        ms, vs = (ep.d_s - em.d_s) / dm, (vp.d_s - vm.d_s) / dv[..., None]
         for k, a in enumerate(s_channels(s)):
             E["m" + a], E["v" + a] = ms[..., k], vs[..., k]
             for l, b in enumerate(s_channels(s)[k:], start=k):
                 E[a + b] = e0.d_ss[..., k, l]
     elif fam.has_dispersion:
-        E["ms"] = (ep.d_s - em.d_s) / (2.0 * h)
+        E["ms"] = (ep.d_s - em.d_s) / dm
         E["vs"] = (vp.d_s - vm.d_s) / dv
         E["ss"] = e0.d_ss
     return {k: W * np.asarray(v, dtype=float) for k, v in E.items()}
@@ -244,7 +253,7 @@ def species_positions(layout):
     th[layout.tri_m] = sl["theta"].start + np.arange(int(layout.tri_m.sum()))
     cols.append(th)
     if layout.has_disp:
-        cols.append(layout.s_index)
+        cols.append(layout.s_positions())       # shared by all species: the same in every row
     return np.hstack(cols).astype(int)
 
 
@@ -260,10 +269,21 @@ def site_positions(layout):
     return np.hstack(cols).astype(int)
 
 
-def hessian_blocks(prob, P, layout, h=_STEP):
-    """Analytic Hessian of the ELBO at P in packed coordinates, as :class:`HessianBlocks`."""
-    ev = evaluate(prob, P, grad=False)
-    E = cell_curvature(prob, P, ev.M, ev.V, h)
+def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
+    """Analytic Hessian of the ELBO at P in packed coordinates, as :class:`HessianBlocks`.
+
+    ``forward``: the third-order terms of ell by forward differences (three
+    passes of the family over the cells instead of six; see :func:`cell_curvature`),
+    as the fit's full Newton steps use it; standard errors use central ones.
+    """
+    if forward:
+        M, V = moments(prob, P)
+        e0 = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=2)
+        ev = Evaluation(np.nan, None, M, V, prob.W * e0.d_m, prob.W * e0.d_v, None)
+        E = cell_curvature(prob, P, M, V, h, e0=e0)
+    else:
+        ev = evaluate(prob, P, grad=False)
+        E = cell_curvature(prob, P, ev.M, ev.V, h)
     Jphi = _species_jacobian(prob, P)
     Jpsi, r, tri = _site_jacobian(prob, P)
     Kphi = _contract(E, Jphi)
@@ -304,16 +324,17 @@ def _assemble(prob, P, layout, Hphiphi, Hcross, Hvv, alpha):
     both = ok[:, :, None] & ok[:, None, :]
     rows = np.broadcast_to(pos[:, :, None], both.shape)[both]
     cols = np.broadcast_to(pos[:, None, :], both.shape)[both]
-    Hpp[rows, cols] = Hphiphi[both]
+    # accumulated, not assigned: a dispersion shared by all species has one position for all
+    np.add.at(Hpp, (rows, cols), Hphiphi[both])
     Hpv = np.zeros((Pn, n, q))
-    Hpv[pos[ok]] = np.transpose(Hcross, (1, 2, 0, 3))[ok]
+    np.add.at(Hpv, pos[ok], np.transpose(Hcross, (1, 2, 0, 3))[ok])
     if alpha is not None:
         Haa, Hap, Hav = alpha
         apos = sl["alpha_fixed"].start + np.arange(n - 1)
         Hpp[apos, apos] = Haa[1:]
         blk = np.zeros((n - 1, Pn))
         cols_ok = np.broadcast_to(pos, Hap.shape[1:])[ok]
-        blk[:, cols_ok] = Hap[1:][:, ok]
+        np.add.at(blk, (slice(None), cols_ok), Hap[1:][:, ok])
         Hpp[apos, :] += blk
         Hpp[:, apos] += blk.T
         Hpp[apos, apos] = Haa[1:]

@@ -74,5 +74,8 @@ def _is_series(obj):
     return type(obj).__name__ == "Series" and hasattr(obj, "to_dict")
 
 
-__all__ = ["ELL", "Beta", "Binomial", "Family", "Gamma", "Gaussian", "NegativeBinomial", "Ordinal", "Poisson",
-           "Tweedie", "ZeroInflatedPoisson", "get_family", "register"]
+__all__ = ["ELL", "Beta", "BetaBinomial", "BetaHurdle", "Binomial", "Exponential", "Family", "Gamma",
+           "Gaussian", "HurdleNegativeBinomial", "HurdlePoisson", "Mixed", "NegativeBinomial",
+           "NegativeBinomial1", "OrderedBeta", "Ordinal", "Poisson", "TruncatedNegativeBinomial",
+           "TruncatedPoisson", "Tweedie", "TweediePower", "ZeroInflatedNegativeBinomial",
+           "ZeroInflatedPoisson", "get_family", "register", "two_part"]

@@ -227,7 +227,8 @@ def related_start(prob, rng, glm):
     Zero-inflated and hurdle count models have many local optima: whether a species'
     zeros are explained by the latent variables or by its zero probability is decided
     by where the fit starts. A negative binomial GLLVM (one start) on the same data puts
-    the latent variables on the co-occurrence pattern with the overdispersion in phi;
+    the latent variables on the co-occurrence pattern with the overdispersion in phi
+    (for the hurdle NB, a hurdle Poisson GLLVM, which fits the same truncated counts);
     its coefficients and variational parameters start the family's own fit (its
     nuisance parameters start as in the default start). None when the family names no
     such family, the model has no latent variables, or the data do not suit that family.

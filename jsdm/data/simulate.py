@@ -79,9 +79,10 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
         Size of the community.
     num_lv : int
         Number of latent variables d (0 <= d <= n_species).
-    family : str or Family
+    family : str, Family, list or mapping
         "poisson", "negative_binomial" ("nb"), "binomial", "gaussian", or any
-        registered family.
+        registered family; or one family per species (a list of n_species, or a
+        mapping {"sp01": ..., ...}), which share the latent variables.
     n_covariates : int
         Number of site covariates x1..xp, drawn N(0, 1) (standardised).
     seed : int, Generator or None
@@ -94,6 +95,13 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
         "zip" (default 0.3), beta precision phi (default 10), Tweedie and gamma
         phi (default 1); for "ordinal" the cut points tau_1 = 0 < tau_2 < ...
         (K-1 values, or one row per species; default (0, 1, 2): categories 0-3).
+        Families with several nuisance parameters per species take one value of
+        each (or one row per species), in the order of ``family.dispersion_labels``
+        (zinb: pi, phi; hurdle_nb: p_present, phi; ordered_beta: cut_zero,
+        cut_one, phi; tweedie_power: phi, power); each family's own default
+        otherwise (``family.default_dispersion``). A family per species takes the
+        members' defaults, or an (n_species, q) array with NaN where a species
+        has fewer.
     trials : int or array broadcastable to (n_sites, n_species), optional
         Binomial trials; None gives 0/1 data.
     intercept : float, optional

@@ -136,6 +136,16 @@ def run(args, write):
     for name, fam, Y, trials, tf in cases(args.cases.split(",") if args.cases else None,
                                           args.families.split(",") if args.families else None):
         ref, t_ref, ref_values = None, 0.0, []
+        try:
+            from jsdm.model.problem import build_problem     # do the data suit the family?
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                build_problem(Y, family=fam, num_lv=2, trials=trials)
+        except jsdm.JSDMError as err:
+            print(f"{name:14s} {fam:18s} refused: {err}", flush=True)
+            rows.append({"data": name, "family": fam, "refused": str(err)})
+            write(rows)
+            continue
         for rs in (seeds[0] + 100, seeds[0] + 1000):
             r, t = fit(Y, fam, trials, args.n_ref, rs)
             ref_values += list(r.state.start_values)
@@ -183,6 +193,9 @@ def table(rows):
            "cpu_default_s": "{:.1f}", "cpu_previous_s": "{:.1f}"}
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['data']} | {r['family']} | refused: {r['refused'][:60]}... |")
+            continue
         lines.append("| " + " | ".join(fmt.get(c, "{}").format(r[c]) for c in cols) + " |")
     return "\n".join(lines)
 

@@ -486,3 +486,12 @@ def test_tweedie_estimated_power_equals_the_fixed_power_family():
         np.testing.assert_allclose(fam.variance(np.exp(eta), s)[:, j], f0.variance(np.exp(eta[:, j]), sj))
         assert np.all(draws[:, j] >= 0)
     np.testing.assert_allclose(fam.dispersion(s), np.column_stack([np.exp(s[:, 0]), ps]))
+
+
+def test_tweedie_power_is_not_estimated_from_counts():
+    """Whole-number responses make the likelihood unbounded as the power tends to 1."""
+    counts = np.array([[0.0, 3.0], [1.0, 7.0], [np.nan, 0.0]])
+    with pytest.raises(JSDMError, match="cannot be estimated from whole-number responses"):
+        get_family("tweedie_power").check_y(counts)
+    get_family("tweedie").check_y(counts)                        # a fixed power is fine
+    get_family("tweedie_power").check_y(counts + 0.25)            # so is continuous biomass

@@ -72,6 +72,19 @@ def profile_power(data, X=None, *, family="tweedie", powers=None, bounds=(1.02, 
     base = get_family(family)
     if not isinstance(base, Tweedie):
         raise JSDMError(f"profile_power profiles the Tweedie power; got family {base.name!r}")
+    from ..families.tweedie import _on_a_lattice
+    from ..model.problem import _as_community
+
+    Yv = _as_community(data, X, kwargs.get("response"), kwargs.get("site"),
+                       kwargs.get("species")).Y.to_numpy(dtype=float)
+    if _on_a_lattice(Yv):
+        import warnings
+
+        from ..exceptions import DataWarning
+        warnings.warn("profile_power: the responses are whole numbers; near a power of 1 the "
+                      "Tweedie likelihood of counts grows without bound (a lattice at multiples of "
+                      "phi), so the profile tends to the lower bound of the search. Prefer a "
+                      "count family for counts.", DataWarning, stacklevel=2)
     lo, hi = (float(b) for b in bounds)
     if not 1.0 < lo < hi < 2.0:
         raise JSDMError(f"bounds must satisfy 1 < lower < upper < 2; got {bounds!r}")

@@ -42,6 +42,7 @@ R_GLLVM = {"200x50": 31.0, "500x100": 110.0, "1000x100": 337.0}
 #: the mite data with R gllvm 2.0.5 (../shared/reference, elapsed seconds of one fit)
 R_GLLVM_MITE = {"mite": 2.763, "mite_X2": 14.93}
 LARGE_CELLS = 300_000
+KEEP_MARKER = "<!-- sections below are kept by bench_fit.py --write-docs -->"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -269,7 +270,10 @@ def write_docs(payload):
            f"- load average at start: {m['load_average_start']}, at end: "
            f"{payload.get('load_average_end')}"]
     DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text("\n".join(md) + "\n")
+    kept = ""           # hand-written sections after KEEP_MARKER survive regeneration
+    if DOCS.is_file() and KEEP_MARKER in DOCS.read_text():
+        kept = "\n" + KEEP_MARKER + DOCS.read_text().split(KEEP_MARKER, 1)[1]
+    DOCS.write_text("\n".join(md) + "\n" + kept)
     print(f"wrote {DOCS.relative_to(ROOT)}")
 
 

@@ -31,6 +31,11 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         lme4/glmmTMB-style formula on long data, e.g.
         "count ~ species + species:SubsDens + rr(0 + species | site, d = 2)"
         (see docs/formula.md and :func:`jsdm.model.formula.parse_formula`).
+    response, site, species : str, optional
+        Column names of the response, the site label and the species label
+        in a long table (with an lme4-style formula, the response defaults to
+        the formula's left-hand side; site and species default to "site" and
+        "species").
     link : str, optional
         Link function where the family offers several (binomial: logit, probit, cloglog).
     row_effect : None, "fixed" or "random"
@@ -80,15 +85,15 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     Returns
     -------
     GLLVMResults
+        The fitted model: estimates as labelled tables (``coef`` species x
+        terms, ``loadings`` species x num_lv, ``lv`` sites x num_lv), inference,
+        predictions, associations, ordination, plots and the report.
     """
     from .families import get_family
 
     fam = get_family(family, link=link)
     if cutpoints is not None:
-        if fam.name != "ordinal":
-            raise JSDMError(f"cutpoints={cutpoints!r} applies to family='ordinal' only, not "
-                            f"{fam.name!r}; leave it out")
-        fam = type(fam)(link=fam.link, cutpoints=cutpoints)
+        fam = fam.with_cutpoints(cutpoints)
     check_fit_options(n_init, maxiter, gtol, seed)
     if prior_sd is not None and (isinstance(prior_sd, bool) or not (
             isinstance(prior_sd, numbers.Real) and np.isfinite(prior_sd) and prior_sd > 0)):

@@ -72,7 +72,7 @@ def _prior_sd(text):
     try:
         val = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}") from None
     if not val > 0 or val == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}")
     return val
@@ -338,7 +338,7 @@ def _fit(com, kw, args, con):
 
 def _select(com, kw):
     """Fit 0..4 latent variables with :func:`jsdm.select_num_lv`; (table, best fit by AICc)."""
-    from .results.anova import select_num_lv
+    from .selection import select_num_lv
 
     kw = {k: v for k, v in kw.items() if k != "num_lv"}
     res = select_num_lv(com, num_lv=range(0, min(4, com.n_species) + 1), criterion="aicc", **kw)
@@ -420,7 +420,7 @@ def _attempt(name, make, con):
     except Exception as exc:  # one output must not cost the others
         if con.debug:
             raise
-        warnings.warn(f"{name} not written: {type(exc).__name__}: {exc}", JSDMWarning)
+        warnings.warn(f"{name} not written: {type(exc).__name__}: {exc}", JSDMWarning, stacklevel=2)
         return None
 
 

@@ -95,7 +95,7 @@ def test_family_term_on_the_diagonal():
     theta = np.array([[1.0, 0.0], [0.5, 0.8], [-0.3, 0.4]])
 
     def stub(name, link, disp=None):
-        return SimpleNamespace(family=SimpleNamespace(name=name, link=link), dispersion=disp,
+        return SimpleNamespace(family=jsdm.families.get_family(name, link=link), dispersion=disp,
                                species=species, loadings=pd.DataFrame(theta, index=species))
 
     cases = [(stub("negative_binomial", "log", phi), True, np.log1p(phi)),
@@ -230,7 +230,7 @@ class _FixedCov(GLLVMResults):
 
     def __init__(self, fit, cov):
         super().__init__(fit.problem, fit.state, fit.settings)
-        self._cov = cov
+        object.__setattr__(self, "_cov", cov)       # fitted results refuse plain assignment
 
     def cov_params(self):
         return self._cov

@@ -167,7 +167,9 @@ def test_degenerate_dispersion_check_is_quiet_on_a_sound_fit():
         warnings.simplefilter("ignore", jsdm.JSDMWarning)
         fit = jsdm.gllvm(com, family="gaussian", num_lv=1, n_init=1, seed=0)
     assert check_degenerate_dispersion(fit) == []
-    fit.state.params.s[2] = -12.0                   # sd 6e-6 against data sd ~1
+    P = fit.state.params.copy()
+    P.s[2] = -12.0                                  # sd 6e-6 against data sd ~1
+    fit = GLLVMResults(fit.problem, replace(fit.state, params=P), fit.settings)
     probs = check_degenerate_dispersion(fit)
     assert len(probs) == 1 and probs[0].parameters == [("dispersion", fit.species[2], "sd")]
 

@@ -507,7 +507,7 @@ def test_profile_power_with_latent_variables_grid_and_errors(tmp_path):
     assert prof.power == prof.table["llf"].idxmax() and prof.best.family.power == prof.power
     again = jsdm.load(prof.best.save(tmp_path / "tw.jsdm"))
     assert again.df == prof.best.df and again.settings["profiled"] == {"power": prof.power}
-    with pytest.raises(jsdm.JSDMError, match="profiles the Tweedie power"):
+    with pytest.raises(jsdm.JSDMError, match="profiles a family.s power parameter"):
         jsdm.profile_power(com, family="gamma", num_lv=0)
     with pytest.raises(jsdm.JSDMError, match="strictly between 1 and 2"):
         jsdm.profile_power(com, powers=[1.5, 2.0], num_lv=0)

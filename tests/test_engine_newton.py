@@ -22,9 +22,10 @@ def _operator(row_effect, shift=0.05):
     U = nt._site_design(prob, P)
     free = np.ones((prob.m, Xt.shape[1]))
     free[:, 1 + prob.p:] = np.tril(np.ones((prob.m, prob.d)))
-    Hbb, gb = nt._species_blocks(prob, P, ce, Xt)
+    cpl = nt._coupling(prob, P)
+    Hbb, gb = nt._species_blocks(prob, P, ce, Xt, cpl)
     D, gu = nt._site_blocks(prob, P, ce, U)
-    op = nt._Schur(prob, ce, Xt, U, free, Hbb, np.linalg.inv(D))
+    op = nt._Schur(prob, ce, Xt, U, free, Hbb, np.linalg.inv(D), cpl)
     return prob, ce, op, gb * free - op.c(op.dinv(gu))
 
 
@@ -75,7 +76,7 @@ def _means_problem(family, row_effect=None, widen=3.0):
 
 def _means_vector(prob, P):
     b = np.column_stack([P.beta0, P.B, P.theta]).ravel()
-    u = P.a if P.alpha is None else np.column_stack([P.alpha, P.a])
+    u = prob.predictor.site_means(P)              # (a_i, alpha_i): latent variables first
     return np.concatenate([b, u.ravel()])
 
 
@@ -84,20 +85,21 @@ def _means_gradient(prob, P, x, free_only=False):
     free lower triangle when ``free_only``)."""
     from jsdm.model.objective import evaluate
 
+    pred = prob.predictor
     m, n, p, d = prob.m, prob.n, prob.p, prob.d
-    ks, kv = 1 + p + d, d + (P.alpha is not None)
+    ks, kv, kr = 1 + p + d, pred.kv, pred.kr
     T = P.copy()
     b, u = x[:m * ks].reshape(m, ks), x[m * ks:].reshape(n, kv)
     T.beta0, T.B, T.theta = b[:, 0], b[:, 1:1 + p], b[:, 1 + p:]
-    if P.alpha is not None:
-        T.alpha = u[:, 0].copy()
-    T.a = u[:, kv - d:].copy()
+    pred.set_site_means(T, u)
     ev = evaluate(prob, T)
-    Q = (ev.Gv.T @ T.A.reshape(n, d * d)).reshape(m, d, d)
-    th = ev.Gm.T @ T.a + 2.0 * np.einsum("jkl,jl->jk", Q, T.theta)
+    S = T.L @ np.swapaxes(T.L, 1, 2)                 # joint site covariances (LV first)
+    Q = (ev.Gv.T @ S.reshape(n, kr * kr)).reshape(m, kr, kr)
+    UR = pred.site_design(T, random_only=True)
+    th = ev.Gm.T @ T.a + 2.0 * np.einsum("jkl,jl->jk", Q[:, :d, :], UR)
     if free_only:
         th = np.tril(th)
-    gu = ev.grad.a if P.alpha is None else np.column_stack([ev.grad.alpha, ev.grad.a])
+    gu = pred.site_means(ev.grad)
     return np.concatenate([np.column_stack([ev.grad.beta0, ev.grad.B, th]).ravel(), gu.ravel()])
 
 
@@ -117,14 +119,14 @@ def test_exact_mean_curvature_equals_finite_differences(family, row_effect):
     H = 0.5 * (H + H.T)
     ce = cell_eval(prob, P)
     Emv, Evv = nt.mv_curvature(prob, P, ce)
-    ce = {**ce, "Emv": Emv, "Evv": Evv, "theta": P.theta}
+    ce = {**ce, "Emv": Emv, "Evv": Evv}
     Xt = np.column_stack([np.ones(n), prob.X, P.a])
     U = nt._site_design(prob, P)
     ks, kv = Xt.shape[1], U.shape[1]
-    A = P.A
-    Hbb, _ = nt._species_blocks(prob, P, ce, Xt, A)
+    cpl = nt._coupling(prob, P)
+    Hbb, _ = nt._species_blocks(prob, P, ce, Xt, cpl)
     D, _ = nt._site_blocks(prob, P, ce, U)
-    C = nt._cross(prob, ce, Xt, U, slice(0, n), np.ones((m, ks)), A).reshape(m * ks, n * kv)
+    C = nt._cross(prob, ce, Xt, U, slice(0, n), np.ones((m, ks)), cpl).reshape(m * ks, n * kv)
     M = np.zeros((N, N))
     for j in range(m):
         M[j * ks:(j + 1) * ks, j * ks:(j + 1) * ks] = Hbb[j]
@@ -136,10 +138,10 @@ def test_exact_mean_curvature_equals_finite_differences(family, row_effect):
     assert np.abs(M - H).max() <= 2e-4 * np.abs(H).max()
     # the Gauss-Newton-type curvature alone is far off with these covariances
     ce_gn = {k: v for k, v in ce.items() if k not in ("Emv", "Evv")}
-    Hbb_gn, _ = nt._species_blocks(prob, P, ce_gn, Xt, A)
+    Hbb_gn, _ = nt._species_blocks(prob, P, ce_gn, Xt, cpl)
     assert np.abs(Hbb_gn - Hbb).max() > 1e-2 * np.abs(H).max()
     # matrix-free products with the exact terms equal the dense cross block
-    op = nt._Schur(prob, ce, Xt, U, np.ones((m, ks)), Hbb, np.linalg.inv(D), A)
+    op = nt._Schur(prob, ce, Xt, U, np.ones((m, ks)), Hbb, np.linalg.inv(D), cpl)
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(m, ks)), rng.normal(size=(n, kv))
     np.testing.assert_allclose(op.ct(x).ravel(), C.T @ x.ravel(), rtol=1e-10, atol=1e-10)
@@ -197,7 +199,9 @@ def test_gauge_step_is_the_exact_optimum_over_latent_reparametrisations(row_effe
     T0 = np.array([[1.7, 0.0], [0.6, 0.5]])             # move off the optimal gauge
     Q = P.copy()
     Q.a = P.a @ T0.T
-    Q.L = T0 @ P.L
+    R = np.eye(P.L.shape[1])                            # T0 on the latent variables only
+    R[:2, :2] = T0
+    Q.L = R @ P.L
     Q.theta = P.theta @ np.linalg.inv(T0)
     ce = cell_eval(prob, Q)
     G, cg = nt.gauge_step(prob, Q, ce)
@@ -217,7 +221,10 @@ def test_gauge_step_is_the_exact_optimum_over_latent_reparametrisations(row_effe
     for _ in range(20):
         T = np.eye(2) + 0.05 * rng.normal(size=(2, 2))
         R = G.copy()
-        R.a, R.L = G.a @ T.T, T @ G.L
+        Tf = np.eye(G.L.shape[1])
+        Tf[:2, :2] = T
+        S = Tf @ G.L @ np.swapaxes(G.L, 1, 2) @ Tf.T     # the KL reads log det from diag(L)
+        R.a, R.L = G.a @ T.T, np.linalg.cholesky(S)
         assert kl_terms(prob, R).sum() > kl_terms(prob, G).sum()
     # a second step changes nothing
     G2, _ = nt.gauge_step(prob, G, cg)

@@ -78,8 +78,11 @@ def test_richness_errors(binary_fit):
         richness(g)
     with pytest.raises(jsdm.JSDMError, match="new sites"):
         richness(binary_fit, newdata=pd.DataFrame({"x1": [0.0]}), lv="conditional")
-    with pytest.raises(jsdm.JSDMError, match="level"):
-        richness(binary_fit, level=95)
+    with pytest.raises(jsdm.JSDMError, match="alpha"):
+        richness(binary_fit, alpha=95)
+    with pytest.warns(FutureWarning, match="alpha=0.1"):    # the old name still works
+        old = richness(binary_fit, level=0.9, n_draws=50, seed=1)
+    pd.testing.assert_frame_equal(old, richness(binary_fit, alpha=0.1, n_draws=50, seed=1))
 
 
 def test_joint_occurrence_against_simulation(binary_fit):

@@ -127,7 +127,11 @@ def test_is_estimate_lies_above_the_elbo(family, kw):
     com = _mite_subset(binary=family == "binomial")
     fit = _fit(com, family=family, num_lv=2 if family == "binomial" else 1, seed=1, **kw)
     est = fit.loglik_is(n_draws=1000, seed=1)
-    assert est.gap > 3.0 * est.se
+    assert est.gap > -3.0 * est.se
+    if family == "binomial":
+        assert est.gap > 3.0 * est.se
+    else:   # the joint q of latent variable and row effect (issue 14) left little gap: measured
+        assert est.gap < 0.6    # 0.28 (se 0.12); 0.86 with the factorised q before
     assert (est.sites["gap"] > -4.0 * est.sites["se"] - 1e-9).all()
     assert est.min_ess > 100
 

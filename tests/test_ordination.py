@@ -24,11 +24,11 @@ def _latent(fit):
     return fit.lv.to_numpy() @ fit.loadings.to_numpy().T
 
 
-@pytest.mark.parametrize("scaling,alpha", [("symmetric", 0.5), ("sites", 1.0), ("species", 0.0),
-                                           ("symmetric", 0.3)])
-def test_scores_reproduce_the_latent_structure(mite_poisson, scaling, alpha):
-    o = ordination(mite_poisson, scaling=scaling, alpha=alpha)
-    assert o.alpha == alpha
+@pytest.mark.parametrize("scaling,exponent", [("symmetric", 0.5), ("sites", 1.0), ("species", 0.0),
+                                              ("symmetric", 0.3)])
+def test_scores_reproduce_the_latent_structure(mite_poisson, scaling, exponent):
+    o = ordination(mite_poisson, scaling=scaling, exponent=exponent)
+    assert o.exponent == exponent
     np.testing.assert_allclose(o.sites.to_numpy() @ o.species.to_numpy().T, _latent(mite_poisson),
                                atol=1e-10)
     assert list(o.sites.index) == list(mite_poisson.sites)
@@ -88,8 +88,8 @@ def test_covariate_correlations(mite_nocov):
 def test_bad_arguments(mite_poisson):
     with pytest.raises(jsdm.JSDMError, match="scaling"):
         ordination(mite_poisson, scaling="hill")
-    with pytest.raises(jsdm.JSDMError, match="alpha"):
-        ordination(mite_poisson, alpha=2.0)
+    with pytest.raises(jsdm.JSDMError, match="exponent"):
+        ordination(mite_poisson, exponent=2.0)
     with pytest.raises(jsdm.JSDMError, match="rank"):
         principal_axes(np.ones((10, 2)), np.random.default_rng(0).standard_normal((5, 2)))
 

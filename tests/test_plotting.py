@@ -194,8 +194,9 @@ def test_coefficient_forest_plot(mite_poisson):
 
 def test_coefficient_single_term_on_given_axes(mite_poisson):
     _, ax0 = plt.subplots()
-    ax = mite_poisson.plot_coefficients(term="WatrCont", ax=ax0)
-    assert ax is ax0
+    fig = mite_poisson.plot_coefficients(term="WatrCont", ax=ax0)
+    assert fig is ax0.figure                       # plot_coefficients always returns the Figure
+    ax = ax0
     assert _forest_points(ax).shape[0] == len(mite_poisson.species)
     with pytest.raises(jsdm.JSDMError, match="unknown term"):
         plotting.plot_coefficients(mite_poisson, term="pH")

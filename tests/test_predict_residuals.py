@@ -1,11 +1,15 @@
 """Residuals, predictions and simulation from fitted GLLVMs."""
 import warnings
 
+from dataclasses import replace
+
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import special, stats
 
 import jsdm
+from jsdm import GLLVMResults
 from jsdm.exceptions import JSDMError
 from jsdm.results.predict import marginal_mean
 
@@ -59,9 +63,17 @@ def test_residuals_seeded_missing_and_kinds(pois_fit):
 # --- predict ---------------------------------------------------------------------------------
 def test_conditional_predictions_are_the_fitted_values(pois_fit):
     fit = pois_fit
-    assert np.allclose(fit.predict(), fit.linear_predictor())
+    assert np.allclose(fit.predict(type="link"), fit.linear_predictor())
     assert np.allclose(fit.predict(type="response"), fit.fitted())
-    assert fit.predict().columns.equals(fit.species)
+    assert fit.predict(type="link").columns.equals(fit.species)
+
+
+def test_predict_and_fitted_default_to_the_response_scale(pois_fit):
+    """One default scale for predict() and fitted(); leaving type out says so until it is settled."""
+    with pytest.warns(FutureWarning, match="response scale by default"):
+        default = pois_fit.predict()
+    pd.testing.assert_frame_equal(default, pois_fit.fitted())
+    assert not np.allclose(default, pois_fit.linear_predictor())
 
 
 def test_marginal_predictions_integrate_over_latent_variables(pois_fit):
@@ -73,7 +85,7 @@ def test_marginal_predictions_integrate_over_latent_variables(pois_fit):
     z = np.random.default_rng(0).standard_normal((100_000, fit.num_lv))
     mc = np.exp(fixed[0] + z @ P.theta.T).mean(0)
     assert np.allclose(marg[0], mc, rtol=0.02)
-    assert np.allclose(fit.predict(lv="marginal"), fixed)
+    assert np.allclose(fit.predict(type="link", lv="marginal"), fixed)
     assert not np.allclose(marg, np.exp(fixed))          # not the z = 0 plug-in
 
 
@@ -92,9 +104,9 @@ def test_predict_new_sites_from_covariates(pois_fit):
     assert pred.index.equals(new.index)
     assert np.allclose(pred, fit.predict(type="response", lv="marginal").loc[new.index])
     with pytest.raises(JSDMError, match="marginal"):
-        fit.predict(new, lv="conditional")
+        fit.predict(new, type="response", lv="conditional")
     with pytest.raises(JSDMError, match="x2"):
-        fit.predict(new[["x1"]])
+        fit.predict(new[["x1"]], type="response")
 
 
 def test_new_site_design_keeps_categorical_levels():
@@ -106,13 +118,13 @@ def test_new_site_design_keeps_categorical_levels():
     fit = _quiet_fit(sub, family="poisson", num_lv=0, formula="~ SubsDens + Topo", n_init=1, seed=1)
     new = X.loc[keep].iloc[[0, 1]]
     assert (new["Topo"] == new["Topo"].iloc[0]).all()     # one level only in newdata
-    assert np.allclose(fit.predict(new), fit.predict().iloc[[0, 1]])
+    assert np.allclose(fit.predict(new, type="link"), fit.predict(type="link").iloc[[0, 1]])
 
 
 def test_confidence_interval_delta_method(pois_fit):
     fit = pois_fit
     new = fit.community.X.iloc[:4]
-    ci = fit.predict(new, type="link", interval="confidence", level=0.9)
+    ci = fit.predict_interval(new, type="link", interval="confidence", alpha=0.1)
     assert list(ci.columns) == ["prediction", "lower", "upper"]
     C = fit.cov_params()
     sp = fit.species[2]
@@ -121,15 +133,31 @@ def test_confidence_interval_delta_method(pois_fit):
     se = np.sqrt(x @ C.loc[idx, idx].to_numpy() @ x)
     row = ci.loc[(new.index[1], sp)]
     assert row["upper"] - row["prediction"] == pytest.approx(stats.norm.isf(0.05) * se)
-    resp = fit.predict(new, type="response", interval="confidence")
+    resp = fit.predict_interval(new, type="response", interval="confidence")
     assert (resp["lower"] < resp["prediction"]).all() and (resp["prediction"] < resp["upper"]).all()
     with pytest.raises(JSDMError, match="marginal"):
-        fit.predict(type="link", interval="confidence")
+        fit.predict_interval(type="link", interval="confidence")
+    with pytest.raises(JSDMError, match="interval must be"):
+        fit.predict_interval(new, interval=None)
+
+
+def test_deprecated_interval_and_level_arguments_still_work(pois_fit):
+    """predict(interval=, level=) give the same table as predict_interval(alpha=), with FutureWarnings."""
+    fit, new = pois_fit, pois_fit.community.X.iloc[:3]
+    want = fit.predict_interval(new, type="link", interval="confidence", alpha=0.1)
+    with pytest.warns(FutureWarning) as record:
+        old = fit.predict(new, type="link", interval="confidence", level=0.9)
+    messages = " ".join(str(w.message) for w in record)
+    assert "predict_interval" in messages and "alpha=0.1" in messages
+    pd.testing.assert_frame_equal(old, want)
+    with pytest.raises(TypeError, match="both alpha"):
+        jsdm.results.predict.predict(fit, new, type="link", interval="confidence", alpha=0.1,
+                                     level=0.9)
 
 
 def test_prediction_interval_covers_new_draws(pois_fit):
     fit = pois_fit
-    pi = fit.predict(type="response", interval="prediction", level=0.9, seed=1, n_draws=400)
+    pi = fit.predict_interval(type="response", interval="prediction", alpha=0.1, seed=1, n_draws=400)
     y = fit.simulate(n=200, seed=2)
     lo = pi["lower"].unstack().to_numpy()
     hi = pi["upper"].unstack().to_numpy()
@@ -186,7 +214,7 @@ def test_confidence_interval_includes_the_row_effect_uncertainty(row_effect, typ
     fit = _quiet_fit(jsdm.Community(Y, com.X), family="poisson", num_lv=1, row_effect=row_effect,
                      seed=1, n_init=1)
     i, j = 7, 3
-    ci = fit.predict(type=type, lv="marginal", interval="confidence", level=0.95)
+    ci = fit.predict_interval(type=type, lv="marginal", interval="confidence", alpha=0.05)
     row = ci.loc[(fit.sites[i], fit.species[j])]
     layout, P = fit.state.layout, fit.state.params
     x0 = layout.pack(P)
@@ -199,10 +227,10 @@ def test_confidence_interval_includes_the_row_effect_uncertainty(row_effect, typ
         for sgn in (1.0, -1.0):
             x = x0.copy()
             x[q] += sgn * 1e-5
-            fit.state.params = layout.unpack(x)
-            vals.append(fit.predict(type=type, lv="marginal").iloc[i, j])
+            moved = GLLVMResults(fit.problem, replace(fit.state, params=layout.unpack(x)),
+                                 fit.settings)
+            vals.append(moved.predict(type=type, lv="marginal").iloc[i, j])
         g[a] = (vals[0] - vals[1]) / 2e-5
-    fit.state.params = P
     C = information(fit).cov_packed[np.ix_(pos, pos)]
     se = np.sqrt(g @ C @ g)
     z = stats.norm.isf(0.025)
@@ -221,7 +249,7 @@ def test_analyses_are_deterministic_without_a_seed(pois_fit):
     r2 = pois_fit.residuals("dunn-smyth")
     assert r1.equals(r2)
     assert not r1.equals(pois_fit.residuals("dunn-smyth", seed=11))
-    p1 = pois_fit.predict(interval="prediction")
-    p2 = pois_fit.predict(interval="prediction")
+    p1 = pois_fit.predict_interval(interval="prediction", type="response")
+    p2 = pois_fit.predict_interval(interval="prediction", type="response")
     for a, b in zip(p1 if isinstance(p1, tuple) else [p1], p2 if isinstance(p2, tuple) else [p2]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import stats
 
 from .._numerics import analysis_rng
 from ..exceptions import ConvergenceWarning, JSDMError, JSDMWarning
@@ -114,7 +114,7 @@ def species_mean(fit, beta0=None, B=None, theta=None, s=None):
 def _observation_term(fit, beta0=None, B=None, theta=None, s=None):
     """Nakagawa et al.'s observation-level variance per species at its mean (m,)."""
     fam = fit.family
-    if getattr(fam, "parts", None) is None and fam.link_residual_variance:
+    if fam.link_residual_variance:
         return np.full(len(fit.species), float(fam.link_residual_variance))
     s = fit.state.params.s if s is None else s
     mu = species_mean(fit, beta0, B, theta, s)
@@ -128,28 +128,12 @@ def _observation_term(fit, beta0=None, B=None, theta=None, s=None):
 
 def _gllvm_term(fit, kind, disp=None):
     """R gllvm's getResidualCor diagonal term per species (m,) (``kind`` lognormal/trigamma)."""
+    fam, m = fit.family, len(fit.species)
     disp = fit.dispersion if disp is None else disp
-    parts = getattr(fit.family, "parts", None)
-    if parts is None:
-        return _gllvm_family_term(fit.family, kind, disp, len(fit.species))
-    out = np.zeros(len(fit.species))          # a family per species: each its own term
-    vals = np.asarray(disp, dtype=float).reshape(len(fit.species), -1)
-    for member, cols in parts:
-        out[cols] = _gllvm_family_term(member, kind, vals[cols, 0], cols.size)
-    return out
-
-
-def _gllvm_family_term(fam, kind, disp, m):
-    """``_gllvm_term`` for one family with its species' dispersions ``disp``."""
-    name, link = fam.name, getattr(fam, "link", None)
-    if name == "negative_binomial":
-        phi = np.asarray(disp, dtype=float)
-        return np.log1p(phi) if kind == "lognormal" else special.polygamma(1, 1.0 / phi)
-    if name == "gaussian":
-        return np.asarray(disp, dtype=float) ** 2
-    if name == "binomial" and link in ("probit", "logit", "cloglog"):
-        return np.full(m, {"probit": 1.0, "logit": np.pi ** 2 / 3, "cloglog": np.pi ** 2 / 6}[link])
-    return np.full(m, float(getattr(fam, "link_residual_variance", 0.0) or 0.0))
+    if disp is not None:                # (m,), or (m, q) for a vector per species
+        disp = np.asarray(disp, dtype=float)
+    vals = fam.link_variance(disp, m, method=kind)
+    return np.broadcast_to(np.asarray(vals, dtype=float), (m,))
 
 
 def family_variance(fit, nb_variance="lognormal"):
@@ -702,7 +686,7 @@ RANK_ONE_WARNING = (
 
 
 def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAULT_MEASURE,
-                      min_records=None, **kwargs):
+                      min_records=None, n_boot=200, seed=None, transform="angle"):
     """Tidy table of species pairs: residual correlation, interval, prevalences, headline flag.
 
     Parameters
@@ -711,12 +695,18 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAU
     alpha : float
         1 - confidence level.
     method : {"delta", "bootstrap"}
-        See :func:`residual_correlation_intervals` (``n_boot``, ``seed`` pass through).
+        See :func:`residual_correlation_intervals`.
     add_family_variance : {"observation", "lognormal", "trigamma"} or bool
         The association measure (see :func:`residual_correlation`).
     min_records : int, optional
         Informative records a species needs for ``headline`` (default
         :data:`jsdm.analysis.diagnostics.MIN_RECORDS`).
+    n_boot : int
+        Bootstrap refits (``method="bootstrap"``).
+    seed : int, optional
+        Seed of the bootstrap.
+    transform : {"angle", "fisher", "none"}
+        Scale of the delta-method interval (see :func:`wald_interval`).
 
     Returns
     -------
@@ -738,7 +728,8 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAU
     if fit.num_lv == 1:
         warnings.warn(RANK_ONE_WARNING, JSDMWarning, stacklevel=2)
     ci = residual_correlation_intervals(fit, alpha=alpha, method=method,
-                                        add_family_variance=add_family_variance, **kwargs)
+                                        add_family_variance=add_family_variance,
+                                        n_boot=n_boot, seed=seed, transform=transform)
     j, k = np.triu_indices(len(fit.species), 1)
     sp = np.asarray(fit.species)
     info = species_information(fit, min_records=MIN_RECORDS if min_records is None else min_records)

@@ -103,17 +103,33 @@ class Problem:
 
 @dataclass
 class Diagnosis:
-    """Result of :func:`diagnose`: ``.ok``, ``.problems`` (records) and a readable report."""
+    """Result of :func:`diagnose`: ``.ok``, ``.problems`` (records) and a readable report.
+
+    Parameters
+    ----------
+    problems : list of Problem
+        What is wrong, each with its evidence and remedy.
+    stats : dict
+        The numbers the checks looked at (max scaled gradient, smallest
+        Hessian eigenvalue, ...).
+    """
 
     problems: list
     stats: dict
 
     @property
     def ok(self):
+        """True when no check found a problem."""
         return not self.problems
 
     def to_frame(self):
-        """Problems as a DataFrame (one row each; empty when ok)."""
+        """Problems as a DataFrame (one row each; empty when ok).
+
+        Returns
+        -------
+        DataFrame, shape (n_problems, 5)
+            Columns kind, message, evidence, remedy, parameters.
+        """
         cols = ["kind", "message", "evidence", "remedy", "parameters"]
         rows = [[p.kind, p.message, p.evidence, p.remedy, "; ".join(_fmt(x) for x in p.parameters)]
                 for p in self.problems]
@@ -154,22 +170,9 @@ def _names(labels, k=6):
 # --- packed labels of every parameter (model and variational) --------------------------
 def packed_labels(fit):
     """Label of every entry of the packed parameter vector (model and variational)."""
-    from ..results.inference import _packed_labels_and_order
+    from ..results.inference import packed_labels as _labels
 
-    layout, sl = fit.state.layout, fit.state.layout.slices
-    labels = list(_packed_labels_and_order(fit)[0]) + [None] * (layout.size - layout.n_model)
-    d, sites = layout.d, fit.sites
-    tri = np.tril_indices(d)
-    for name, what, term in (("alpha_random", "row_effect_mean", "alpha"),
-                             ("log_rho", "row_effect_sd", "log_rho")):
-        for i in range(sl[name].stop - sl[name].start):
-            labels[sl[name].start + i] = (what, sites[i], term)
-    for i in range(layout.n):
-        for k in range(d):
-            labels[sl["a"].start + i * d + k] = ("lv_mean", sites[i], f"LV{k + 1}")
-        for t, (r, c) in enumerate(zip(*tri)):
-            labels[sl["L"].start + i * len(tri[0]) + t] = ("lv_chol", sites[i], f"L{r + 1}{c + 1}")
-    return labels
+    return _labels(fit)
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -448,36 +451,24 @@ def informative_records(fit):
     family per species asks each species' own family."""
     prob = fit.problem
     Y = np.where(prob.W > 0, prob.Y, np.nan)
-    return _informative(fit.family, Y, prob.trials).astype(int)
-
-
-def _informative(fam, Y, trials):
-    parts = getattr(fam, "parts", None)
-    if parts is not None:
-        out = np.zeros(Y.shape[1])
-        for member, cols in parts:
-            out[cols] = _informative(member, Y[:, cols], None if trials is None else trials[:, cols])
-        return out
-    if fam.name == "gaussian":
-        return np.sum(~np.isnan(Y), axis=0)
-    info = np.nansum(Y > 0, axis=0)
-    if fam.name == "binomial":
-        tr = 1.0 if trials is None else trials
-        info = np.minimum(info, np.nansum(Y < tr, axis=0))
-    return info
+    info = fit.family.informative_records(Y, prob.trials)     # None: every observed site
+    if info is None:
+        return np.sum(np.broadcast_to(prob.W, Y.shape) > 0, axis=0).astype(int)
+    return np.asarray(info).astype(int)
 
 
 def species_parameters(fit):
-    """Species-specific parameters per species (m,): intercept, slopes, free loadings, dispersion."""
+    """Species-specific parameters per species (m,): the free coordinates of its species block
+    (intercept, slopes, free loadings, ...) and its dispersion."""
     prob = fit.problem
-    return 1 + prob.p + np.minimum(np.arange(prob.m) + 1, prob.d) + _species_dispersions(fit)
+    return prob.predictor.free.sum(1) + _species_dispersions(fit)
 
 
 def check_sparse_species(fit):
     """Species with no more informative records than species-specific parameters."""
     prob = fit.problem
-    if fit.family.name == "gaussian":
-        return []
+    if fit.family.informative_records(np.where(prob.W > 0, prob.Y, np.nan), prob.trials) is None:
+        return []                       # every observed record informs (continuous families)
     info = informative_records(fit)
     k = species_parameters(fit)
     bad = info <= k
@@ -542,8 +533,6 @@ def check_row_variance(fit):
         "the site effects are not needed: refit with row_effect=None", [("row_sigma", "", "sigma")])]
 
 
-#: families whose fitted variance can shrink to nothing (sd, phi -> 0; beta precision -> inf)
-DEGENERATE_FAMILIES = ("gaussian", "tweedie", "gamma", "beta")
 DEGENERATE_RATIO = 1e-6
 
 
@@ -558,7 +547,7 @@ def check_degenerate_dispersion(fit):
     """
     prob = fit.problem
     s = fit.state.params.s
-    if fit.family.name not in DEGENERATE_FAMILIES or s is None or np.ndim(s) != 1:
+    if not fit.family.dispersion_can_vanish or s is None or np.ndim(s) != 1:
         return []
     y = np.where(prob.W > 0, prob.Y, np.nan)
     with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -112,8 +112,8 @@ def _obs_variance(fit):
 def _fitted_r2(fit, kind):
     Y = np.where(fit.problem.W > 0, fit.problem.Y, np.nan)
     if kind == "tjur":
-        if fit.family.name != "binomial" or (fit.problem.trials is not None
-                                             and np.nanmax(fit.problem.trials) > 1):
+        if not fit.family.uses_trials or (fit.problem.trials is not None
+                                          and np.nanmax(fit.problem.trials) > 1):
             raise JSDMError("Tjur's R2 is for presence/absence (0/1) data; use kind='nakagawa' "
                             "or 'cor'")
         P = fit.fitted().to_numpy()
@@ -130,8 +130,8 @@ def _fitted_r2(fit, kind):
 
 
 # --- richness -------------------------------------------------------------------------------
-def richness(fit, newdata=None, lv="marginal", level=0.95, n_draws=1000, seed=0, offset=None,
-             trials=None):
+def richness(fit, newdata=None, lv="marginal", alpha=None, n_draws=1000, seed=0, offset=None,
+             trials=None, *, level=None):
     """Species richness per site (number of species with y > 0) with a prediction interval.
 
     Parameters
@@ -141,18 +141,26 @@ def richness(fit, newdata=None, lv="marginal", level=0.95, n_draws=1000, seed=0,
         New sites' covariates (``lv="marginal"`` only); None: the fitted sites.
     lv : {"marginal", "conditional"}
         Where the latent variables of a site come from (see the module notes).
-    level : float
-        Coverage of the central interval.
-    n_draws, seed : simulation size and seed.
-    offset, trials : for new sites.
+    alpha : float, optional
+        1 - coverage of the central interval (default 0.05).
+    n_draws : int
+        Simulated tables.
+    seed : int
+        Seed of the simulation.
+    offset : array, optional
+        Offset for new sites.
+    trials : array, optional
+        Binomial trials for new sites.
+    level : float, optional
+        Deprecated: the coverage; use ``alpha = 1 - level``.
 
     Returns
     -------
     DataFrame, one row per site
         ``expected`` (mean simulated richness), ``lower``, ``upper`` (central
-        interval: the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
-        the simulated richness; whole numbers, so the interval holds a little
-        more than ``level`` of the model's probability), ``interval_probability``
+        interval: the ``alpha / 2`` and ``1 - alpha / 2`` quantiles of the
+        simulated richness; whole numbers, so the interval holds a little more
+        than ``1 - alpha`` of the model's probability), ``interval_probability``
         (that probability, by simulation); for fitted sites also ``observed``
         and ``inside``. Only species observed at a site count there.
     """
@@ -166,8 +174,12 @@ def richness(fit, newdata=None, lv="marginal", level=0.95, n_draws=1000, seed=0,
     if lv == "conditional" and newdata is not None:
         raise JSDMError("new sites have no posterior for their latent variables: use "
                         "lv='marginal' (or fit.predict_conditional for sites with observed species)")
-    if not 0.0 < level < 1.0:
-        raise JSDMError(f"level must be between 0 and 1, got {level!r}")
+    from .._deprecation import alpha_from_level
+
+    alpha = alpha_from_level(alpha, level, "richness", stacklevel=2)
+    if not 0.0 < alpha < 1.0:
+        raise JSDMError(f"alpha (1 - coverage) must be between 0 and 1, got {alpha!r}")
+    level = 1.0 - alpha
     sl = site_latent(fit, newdata, offset=offset, trials=trials)
     W = np.broadcast_to(fit.problem.W, sl.F.shape) if newdata is None else np.ones(sl.F.shape)
     R = _simulate_richness(sl, W, lv, int(n_draws), analysis_rng(seed))
@@ -181,7 +193,7 @@ def richness(fit, newdata=None, lv="marginal", level=0.95, n_draws=1000, seed=0,
         out["observed"] = obs
         out["inside"] = (obs >= out["lower"]) & (obs <= out["upper"])
     out.index.name = "site"
-    out.attrs.update(level=level, lv=lv, n_draws=int(n_draws))
+    out.attrs.update(alpha=alpha, level=level, lv=lv, n_draws=int(n_draws))
     return out
 
 

@@ -6,15 +6,17 @@ rotated (``a R``, ``Theta R`` with R orthogonal), so its singular value
 decomposition gives principal axes that do not depend on the
 identifiability constraint. With ``a Theta' = U S V'`` and ``S_n = S / sqrt(n)``:
 
-    site scores     sqrt(n) U S_n^alpha
-    species scores  V S_n^(1 - alpha)
+    site scores     sqrt(n) U S_n^exponent
+    species scores  V S_n^(1 - exponent)
 
-so that site scores times species scores' is ``a Theta'`` for every alpha.
-``alpha = 1`` ("sites" scaling) keeps the geometry of the sites,
-``alpha = 0`` ("species") gives site scores with unit mean square per axis
-and species scores on the scale of the loadings, ``alpha = 0.5`` is the
-symmetric biplot. The map from the fitted latent variables to the site
-scores is linear (``a T``), so the variational covariances become
+so that site scores times species scores' is ``a Theta'`` for every
+exponent. ``exponent = 1`` ("sites" scaling) keeps the geometry of the
+sites, ``exponent = 0`` ("species") gives site scores with unit mean square
+per axis and species scores on the scale of the loadings, ``exponent = 0.5``
+is the symmetric biplot (the exponent was called ``alpha`` before; in jsdm
+``alpha`` is always 1 - confidence level). The map from the fitted latent
+variables to the site scores is linear (``a T``), so the variational
+covariances become
 ``T' A_i T`` (prediction ellipses). Axes are signed so that the largest
 species score on each axis is positive.
 """
@@ -24,6 +26,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from .._deprecation import warn_renamed
 from ..exceptions import JSDMError
 
 _SCALINGS = {"sites": 1.0, "species": 0.0}
@@ -49,7 +52,8 @@ class Ordination:
     covariates : DataFrame (covariates, d) or None
         Correlation of each numeric site covariate with the site scores.
     scaling : str
-    alpha : float
+    exponent : float
+        Exponent of the singular values given to the site scores.
     """
 
     sites: pd.DataFrame
@@ -61,7 +65,16 @@ class Ordination:
     species_transform: np.ndarray
     covariates: Optional[pd.DataFrame]
     scaling: str
-    alpha: float
+    exponent: float
+
+    @property
+    def alpha(self):
+        """Deprecated name of ``exponent``."""
+        import warnings
+
+        warnings.warn("Ordination.alpha is deprecated and will be removed in a future version; "
+                      "use Ordination.exponent", FutureWarning, stacklevel=2)
+        return self.exponent
 
     @property
     def axis_labels(self):
@@ -69,19 +82,19 @@ class Ordination:
         return [f"{c} ({100 * s:.1f}%)" for c, s in self.share.items()]
 
 
-def _resolve_alpha(scaling, alpha):
+def _resolve_exponent(scaling, exponent):
     if scaling == "symmetric":
-        a = float(alpha)
+        a = float(exponent)
     elif scaling in _SCALINGS:
         a = _SCALINGS[scaling]
     else:
         raise JSDMError(f"scaling must be 'symmetric', 'sites' or 'species'; got {scaling!r}")
     if not 0.0 <= a <= 1.0:
-        raise JSDMError(f"alpha must lie in [0, 1], got {alpha!r}")
+        raise JSDMError(f"exponent must lie in [0, 1], got {exponent!r}")
     return a
 
 
-def principal_axes(a, theta, alpha=0.5):
+def principal_axes(a, theta, exponent=0.5):
     """Linear maps to principal axes of ``a theta'`` with the biplot scaling.
 
     Parameters
@@ -90,7 +103,8 @@ def principal_axes(a, theta, alpha=0.5):
         Site scores (variational means).
     theta : ndarray (m, d)
         Loadings.
-    alpha : float in [0, 1]
+    exponent : float in [0, 1]
+        Exponent of the singular values given to the site scores.
 
     Returns
     -------
@@ -108,8 +122,8 @@ def principal_axes(a, theta, alpha=0.5):
         raise JSDMError("the fitted latent structure a Theta' has rank below num_lv "
                         f"(singular values {np.round(s, 6).tolist()}); refit with fewer latent variables")
     sn = s / np.sqrt(n)
-    T_site = np.linalg.solve(Ra, u) * (np.sqrt(n) * sn ** alpha)
-    T_species = np.linalg.solve(Rt, vt.T) * sn ** (1.0 - alpha)
+    T_site = np.linalg.solve(Ra, u) * (np.sqrt(n) * sn ** exponent)
+    T_species = np.linalg.solve(Rt, vt.T) * sn ** (1.0 - exponent)
     sp = theta @ T_species
     sign = np.sign(sp[np.argmax(np.abs(sp), axis=0), np.arange(d)])
     sign[sign == 0] = 1.0
@@ -143,7 +157,7 @@ def covariate_correlations(fit, scores):
     return pd.DataFrame.from_dict(out, orient="index", columns=scores.columns)
 
 
-def ordination(fit, scaling="symmetric", alpha=0.5, covariates=True):
+def ordination(fit, scaling="symmetric", exponent=0.5, covariates=True, *, alpha=None):
     """Rotate site scores and loadings to principal axes with a biplot scaling.
 
     Parameters
@@ -151,12 +165,16 @@ def ordination(fit, scaling="symmetric", alpha=0.5, covariates=True):
     fit : GLLVMResults
         A fit with ``num_lv >= 1``.
     scaling : {"symmetric", "sites", "species"}
-        "sites" is alpha = 1, "species" alpha = 0, "symmetric" uses ``alpha``.
-    alpha : float in [0, 1]
-        Exponent of the singular values given to the site scores (symmetric scaling).
+        "sites" is exponent = 1, "species" exponent = 0, "symmetric" uses
+        ``exponent``.
+    exponent : float in [0, 1]
+        Exponent of the singular values given to the site scores (symmetric
+        scaling); 0.5 is the symmetric biplot.
     covariates : bool
         Add correlations of the numeric site covariates with the site scores
         (for covariate arrows).
+    alpha : float, optional
+        Deprecated name of ``exponent`` (FutureWarning).
 
     Returns
     -------
@@ -164,7 +182,10 @@ def ordination(fit, scaling="symmetric", alpha=0.5, covariates=True):
     """
     if fit.num_lv < 1:
         raise JSDMError("ordination needs a model with latent variables (num_lv >= 1)")
-    al = _resolve_alpha(scaling, alpha)
+    if alpha is not None:
+        warn_renamed("alpha", "exponent", "ordination", stacklevel=2)
+        exponent = alpha
+    al = _resolve_exponent(scaling, exponent)
     a = np.asarray(fit.lv, dtype=float)
     th = np.asarray(fit.loadings, dtype=float)
     Ts, Tp, s = principal_axes(a, th, al)

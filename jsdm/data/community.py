@@ -189,7 +189,17 @@ class Community:
         return "\n".join(lines)
 
     def equals(self, other):
-        """True when ``other`` is a Community with identical tables (labels, order, values, dtypes)."""
+        """True when ``other`` is a Community with identical tables (labels, order, values, dtypes).
+
+        Parameters
+        ----------
+        other : object
+            What to compare with (anything that is not a Community gives False).
+
+        Returns
+        -------
+        bool
+        """
         if not isinstance(other, Community):
             return False
         return all(_same(a, b) for a, b in ((self._Y, other._Y), (self._X, other._X),

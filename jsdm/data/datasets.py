@@ -17,7 +17,18 @@ __all__ = ["load_mite", "load_dune", "load_aravo", "simulate_community", "Simula
 
 
 def data_path(name):
-    """Traversable of a bundled file, e.g. ``data_path("mite.csv")``."""
+    """Where a bundled data file is, e.g. ``data_path("mite.csv")``.
+
+    Parameters
+    ----------
+    name : str
+        File name in ``jsdm/data/files/`` (see PROVENANCE.md there).
+
+    Returns
+    -------
+    importlib.resources.abc.Traversable
+        Open it with ``.open()``; ``str()`` gives a path when installed as files.
+    """
     return resources.files("jsdm.data").joinpath("files", name)
 
 

@@ -18,9 +18,6 @@ import pandas as pd
 from ..exceptions import JSDMError
 from .community import Community
 
-#: default dispersion per family: NB phi (Var = mu + phi mu^2), Gaussian residual sd
-DEFAULT_DISPERSION = {"negative_binomial": 0.5, "gaussian": 1.0, "zip": 0.3, "tweedie": 1.0,
-                      "beta": 10.0, "gamma": 1.0}
 
 
 @dataclass
@@ -129,8 +126,6 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
                             f"{len(family)}")
         family = dict(zip(_labels("sp", n_species), family))
     fam = get_family(family, link=link).bind(_labels("sp", n_species))
-    if getattr(fam, "parts", None) is not None:
-        fam.n_dispersion(np.full((1, n_species), np.nan))      # each species' nuisance widths
     rng = np.random.default_rng(seed)
     beta0 = rng.normal(0.0 if intercept is None else intercept, intercept_sd, n_species)
     B = rng.normal(0.0, coef_sd, (n_species, n_covariates))
@@ -217,17 +212,18 @@ def _cutpoints(fam, cuts, m):
 
 def _dispersion(fam, dispersion, m):
     """Per-species dispersion array (m,) or None for families without one."""
-    parts = getattr(fam, "parts", None)
-    if parts is not None and fam.has_dispersion:       # a family per species: each its own default
+    groups = fam.column_groups(m)
+    if groups[0][0] is not fam and fam.has_dispersion:  # a family per species: each its own default
+        q = fam.n_dispersion(np.full((1, m), np.nan))     # the widest member's nuisance count
         if dispersion is not None:
             disp = np.asarray(dispersion, dtype=float)
-            if disp.shape != (m, len(fam.dispersion_labels(fam.widths.max()))):
+            if disp.shape != (m, q):
                 raise JSDMError(f"a mixed-family community takes dispersion=None (each family's "
-                                f"default) or an array (n_species, {int(fam.widths.max())}) on the "
+                                f"default) or an array (n_species, {q}) on the "
                                 "families' reported scales, NaN where a species has fewer")
             return disp
-        out = np.full((m, max(1, int(fam.widths.max()))), np.nan)
-        for member, cols in parts:
+        out = np.full((m, q), np.nan)
+        for member, cols in groups:
             d = _dispersion(member, None, cols.size)
             if d is not None:
                 out[cols, :1 if d.ndim == 1 else d.shape[1]] = d.reshape(cols.size, -1)
@@ -240,8 +236,7 @@ def _dispersion(fam, dispersion, m):
     if hasattr(fam, "cutpoints"):
         return _cutpoints(fam, dispersion, m)
     if dispersion is None:
-        dispersion = getattr(fam, "default_dispersion", None)
-        dispersion = DEFAULT_DISPERSION.get(fam.name, 1.0) if dispersion is None else dispersion
+        dispersion = fam.default_dispersion if fam.default_dispersion is not None else 1.0
     q = fam.n_dispersion(np.full((1, m), np.nan))       # a fixed vector per species, or None
     try:
         disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,) if q is None else (m, q)).copy()

@@ -203,7 +203,7 @@ def is_numeric_column(col):
     dtype = col.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         return False
-    return pd.api.types.is_numeric_dtype(dtype) or (dtype == object and _all_numbers(col))
+    return pd.api.types.is_numeric_dtype(dtype) or (pd.api.types.is_object_dtype(dtype) and _all_numbers(col))
 
 
 def _all_numbers(col):

@@ -18,6 +18,17 @@ Conventions (all families):
   broadcasting along the last axis. ``dispersion(s)`` maps it to the reported
   value (NB: phi with Var = mu + phi mu^2; Gaussian: residual sd).
 - ``trials`` is None or an array broadcastable to ``y`` (binomial only).
+
+Everything else jsdm needs to know about a family is asked of it, never decided
+by its name outside ``jsdm/families/``: starting values (``start_intercept``,
+``dispersion_start``), the fill value of missing cells (``missing_fill``), how
+the dispersion is reported (``dispersion_name``, ``dispersion_labels``,
+``dispersion``, ``size``, ``n_dispersion`` for a vector per species), its
+link-scale residual variance for association matrices (``link_variance`` and its
+derivative), data checks (``dispersion_is_response_sd``, ``informative_records``),
+diagnostics (``dispersion_can_vanish``), simulation defaults
+(``default_dispersion``) and the methods text of reports (``description``).
+Adding a family means writing one file here and registering it.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -59,6 +70,9 @@ class Family:
     uses_trials = False     # True where y counts successes out of ``trials`` (binomial)
     dispersion_name: Optional[str] = None
     discrete = False
+    #: a valid response the engine puts in missing cells (they get weight 0, but
+    #: ell must stay finite there: 0 is not a valid gamma or beta response)
+    missing_fill = 0.0
 
     def __init__(self, link=None):
         link = self.default_link if link is None else str(link)
@@ -162,6 +176,36 @@ class Family:
         """Unconstrained parameter s from a reported dispersion."""
         return np.log(disp)
 
+    # --- a vector of nuisance parameters per species: what fit.params reports for each entry --
+    def reported_dispersion(self, s):
+        """(rows, q): the reported value behind each entry of a vector ``s`` (rows, q): by
+        default the last q columns of ``dispersion(s)``; NaN where an entry is held."""
+        s = np.asarray(s, dtype=float)
+        return np.asarray(self.dispersion(s), dtype=float)[:, -s.shape[1]:]
+
+    def reported_dispersion_labels(self, rows, q):
+        """(rows, q) labels of the entries of a vector ``s`` (default: ``dispersion_labels(q)``
+        on every row)."""
+        labels = getattr(self, "dispersion_labels", None)
+        names = list(labels(q)) if labels is not None else [f"dispersion{k + 1}" for k in range(q)]
+        out = np.empty((rows, q), dtype=object)
+        out[:] = names
+        return out
+
+    def dispersion_jacobian(self, s, h=1e-6):
+        """d reported_dispersion(s) / d s per row, (rows, q, q); default: central differences
+        (exact families override it)."""
+        s = np.asarray(s, dtype=float)
+        rows, q = s.shape
+        D = np.empty((rows, q, q))
+        for i in range(q):
+            step = np.zeros_like(s)
+            step[:, i] = h * (1.0 + np.abs(s[:, i]))
+            with np.errstate(invalid="ignore", over="ignore"):
+                diff = self.reported_dispersion(s + step) - self.reported_dispersion(s - step)
+            D[:, :, i] = diff / (2.0 * step[:, i:i + 1])
+        return D
+
     def n_dispersion(self, y, species=None):
         """Length q of each species' dispersion vector, or None when ``s`` is a scalar per species.
 
@@ -170,6 +214,20 @@ class Family:
         NaN for missing cells). ``species`` (labels) is only used in messages.
         """
         return None
+
+    def label(self):
+        """Short label: the name, with the link where it is not the default
+        ("poisson", "binomial(probit)")."""
+        return self.name if self.link == self.default_link else f"{self.name}({self.link})"
+
+    def column_groups(self, m):
+        """[(family, column indices)]: which family models which of the ``m`` species columns.
+
+        One family: ``[(self, arange(m))]``. A mixed family (a family per species) returns
+        one pair per distinct member family; layers that need a family's per-species
+        answers (its data checks, its default dispersion) ask each member for its columns.
+        """
+        return [(self, np.arange(m))]
 
     def bind(self, species):
         """The family for a response table with these species (columns), in their order.
@@ -190,6 +248,12 @@ class Family:
         modified. Default: ``self``."""
         return self
 
+    def with_cutpoints(self, cutpoints):
+        """The family with the cut-point structure ``cutpoints`` (``gllvm(cutpoints=)``); only
+        families with cut points have one (ordinal: "species" or "common")."""
+        raise JSDMError(f"cutpoints={cutpoints!r} applies to family='ordinal' only, not "
+                        f"{self.name!r}; leave it out")
+
     def take_species(self, order):
         """The bound family with its species in ``order`` (default: ``self``)."""
         return self
@@ -198,6 +262,18 @@ class Family:
         """Boolean mask of the entries of ``s`` that the fit estimates (shape of ``s``), or None
         for all; the others are held fixed and left out of the parameter vector."""
         return None
+
+    def start_intercept(self, y, w, trials=None):
+        """Starting species intercepts (m,) from responses ``y`` (n, m) with weights ``w``.
+
+        Default: the link of the species mean (log of the mean, floored at 0.05, for
+        log links; the mean itself otherwise). Families whose mean is not a simple
+        transform of the intercept (binomial, ordinal) override this.
+        """
+        ybar = (w * y).sum(0) / np.maximum(w.sum(0), 1)
+        if self.link == "log":
+            return np.log(np.maximum(ybar, 0.05))
+        return ybar
 
     def dispersion_start(self, y, mu):
         """Per-species moment estimate of ``s`` (shape (m,)) from y and fitted means.
@@ -218,6 +294,49 @@ class Family:
     # True where E[y | eta] depends on the dispersion s as well (zero inflation, hurdles,
     # point masses): response-scale means need s, and g^-1(eta) is not the mean of y
     mean_uses_dispersion = False
+    # --- what the layers above ask of a family (never its name) -------------------------
+    #: plain-text phrase for a methods paragraph ("a Poisson distribution", ...)
+    description = None
+    #: reported dispersion used by ``simulate_community`` when none is given (None: 1.0)
+    default_dispersion = None
+    #: the dispersion is the residual sd on the response scale (the data's sd is range-checked)
+    dispersion_is_response_sd = False
+    #: the fitted residual variance can shrink to zero (``diagnose`` flags such species)
+    dispersion_can_vanish = False
+    #: names of the ``method`` options of ``link_variance`` (the first is the default)
+    link_variance_methods = ()
+    #: a continuous family with a point mass at y = 0 (Tweedie): "presence" means y > 0
+    zero_atom = False
+    #: plain-text formula of ``observation_variance`` for reports, where it has its own
+    #: (None: the generic log(1 + Var(y)/mu^2), Var(y) or delta-method wording by link)
+    observation_variance_formula = None
+
+    def describe(self):
+        """The methods-text phrase: ``description`` or "a <name> distribution"."""
+        return self.description or f"a {self.name} distribution"
+
+    def link_variance(self, dispersion, m, method=None):
+        """Link-scale residual variance per species (m,), added on the diagonal of the
+        residual covariance when asked (``fit.residual_covariance(add_family_variance=)``).
+
+        ``dispersion``: the reported dispersion (m,) or None. Default: the constant
+        ``link_residual_variance``.
+        """
+        return np.full(m, float(self.link_residual_variance or 0.0))
+
+    def link_variance_derivative(self, dispersion, method=None):
+        """d link_variance / d dispersion (m,), or None when it does not depend on it."""
+        return None
+
+    def size(self, dispersion):
+        """The dispersion in R's ``size`` convention where the family has one (NB: 1 / phi),
+        else None."""
+        return None
+
+    def informative_records(self, y, trials=None):
+        """Records per species (m,) that inform its parameters (y NaN where missing), or None
+        when every record does (continuous responses). Default: the non-zero records."""
+        return np.nansum(y > 0, axis=0)
 
     # --- family-specific words and numbers for the analysis layer (associations, diagnostics) --
     #: what a dispersion at the lower end of its range means, in words (diagnostics, report)

@@ -73,6 +73,9 @@ class Beta(Family):
     default_link = "logit"
     has_dispersion = True
     dispersion_name = "phi"
+    missing_fill = 0.5
+    default_dispersion = 10.0
+    dispersion_can_vanish = True
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Exact E[log f(y | eta)], eta ~ N(m, v), and derivatives."""

@@ -156,7 +156,7 @@ class BetaBinomial(Family):
         n = np.broadcast_to(_trials(trials), eta.shape).astype(np.int64)
         return rng.binomial(n, p).astype(float)
 
-    def intercept_start(self, y, w, trials=None):
+    def start_intercept(self, y, w, trials=None):
         """logit of each species' share of successes, clipped to [0.02, 0.98]."""
         n = np.broadcast_to(_trials(trials), np.shape(y))
         keep = np.asarray(w) > 0

@@ -68,7 +68,7 @@ class BetaHurdle(_Hurdle):
         y = np.asarray(y, dtype=float)
         return np.where(y > 0, self.cdf(y, eta, s), 0.0)
 
-    def intercept_start(self, y, w, trials=None):
+    def start_intercept(self, y, w, trials=None):
         """logit of the mean cover where present, clipped to [0.02, 0.98]."""
         y = np.asarray(y, dtype=float)
         keep = (np.asarray(w) > 0) & (y > 0)

@@ -32,11 +32,28 @@ class Binomial(Family):
     links = ("logit", "probit", "cloglog")
     default_link = "logit"
     discrete = True
+    description = "a binomial distribution"
+
+    def informative_records(self, y, trials=None):
+        """min(successes > 0, failures > 0) records per species: both must occur."""
+        tr = 1.0 if trials is None else trials
+        return np.minimum(np.nansum(y > 0, axis=0), np.nansum(y < tr, axis=0))
 
     @property
     def link_residual_variance(self):
         """Latent-scale residual variance: probit 1, logit pi^2/3, cloglog pi^2/6."""
         return {"probit": 1.0, "logit": np.pi ** 2 / 3.0, "cloglog": np.pi ** 2 / 6.0}[self.link]
+
+    def start_intercept(self, y, w, trials=None):
+        """The link of each species' success proportion (clipped to [0.02, 0.98])."""
+        ybar = (w * y).sum(0) / np.maximum(w.sum(0), 1)
+        nt = 1.0 if trials is None else (w * trials).sum(0) / np.maximum(w.sum(0), 1)
+        pbar = np.clip(ybar / nt, 0.02, 0.98)
+        if self.link == "logit":
+            return special.logit(pbar)
+        if self.link == "probit":
+            return special.ndtri(pbar)
+        return np.log(-np.log1p(-pbar))
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Exact E[log f(y | eta)], eta ~ N(m, v), with d_m = E[h'], d_v = E[h'']/2."""

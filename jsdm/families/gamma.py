@@ -28,6 +28,9 @@ class Gamma(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "phi"
+    missing_fill = 1.0
+    default_dispersion = 1.0
+    dispersion_can_vanish = True
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Closed-form E[log f(y | eta)], eta ~ N(m, v), and derivatives."""

@@ -23,6 +23,21 @@ class Gaussian(Family):
     default_link = "identity"
     has_dispersion = True
     dispersion_name = "sd"
+    description = "a Gaussian distribution with species-specific residual standard deviation"
+    default_dispersion = 1.0
+    dispersion_is_response_sd = True
+    dispersion_can_vanish = True
+
+    def link_variance(self, dispersion, m, method=None):
+        """sd_j^2 (identity link: the residual variance itself)."""
+        return np.asarray(dispersion, dtype=float) ** 2
+
+    def link_variance_derivative(self, dispersion, method=None):
+        return 2.0 * np.asarray(dispersion, dtype=float)
+
+    def informative_records(self, y, trials=None):
+        """Every observed value informs a Gaussian species: None (no sparse-species check)."""
+        return None
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Closed-form E[log f(y | eta)], eta ~ N(m, v), and derivatives."""

@@ -135,9 +135,9 @@ class _Hurdle(Family):
         share = (ok & (y > 0)).sum(0) / np.maximum(ok.sum(0), 1)
         return special.logit(np.clip(share, 0.01, 0.99))
 
-    def intercept_start(self, y, w, trials=None):
+    def start_intercept(self, y, w, trials=None):
         """The truncated count's start from the non-zero records."""
-        return self.count.intercept_start(y, w, trials)
+        return self.count.start_intercept(y, w, trials)
 
     def n_dispersion(self, y, species=None):
         """1 (logit p) or 2 (logit p, log phi); warns about species never absent or never present."""

@@ -82,16 +82,17 @@ class Mixed(Family):
         fams = self.members if self.members is not None else list(self.mapping.values())
         return any(getattr(f, "uses_trials", False) for f in fams)
 
-    @property
-    def parts(self):
+    def column_groups(self, m=None):
         """[(family, column indices)] for the bound columns, one entry per distinct family."""
         self._need_bound()
+        if m is not None and m != len(self.members):
+            raise JSDMError(f"mixed family bound to {len(self.members)} species, asked about {m}")
         return [(g["family"], g["cols"]) for g in self.groups]
 
     def species_families(self):
         """Series species -> "family(link)" (the bound order)."""
         self._need_bound()
-        return pd.Series([_label(f) for f in self.members], index=self.species, name="family")
+        return pd.Series([f.label() for f in self.members], index=self.species, name="family")
 
     @property
     def composition(self):
@@ -107,7 +108,7 @@ class Mixed(Family):
                                                      for n, c in self._names_counts()) + ")")
 
     def _names_counts(self):
-        return [(_label(g["family"]), g["cols"]) for g in self.groups]
+        return [(g["family"].label(), g["cols"]) for g in self.groups]
 
     def _need_bound(self):
         if self.members is None:
@@ -117,6 +118,92 @@ class Mixed(Family):
     def _need_widths(self, s):
         if self.widths is None and s is not None:
             raise JSDMError("mixed family: call n_dispersion(y) before using nuisance parameters")
+
+    # --- what the layers above ask, answered by each species' own family ------------------------
+    @property
+    def missing_fill(self):
+        """(m,): each member's valid fill value for missing cells, on its columns."""
+        return self._per_column(lambda f, k: np.full(k, float(f.missing_fill)))
+
+    @property
+    def zero_atom(self):
+        """True when 'presence' (y > 0) means something for every member (counts, biomass)."""
+        fams = self.members if self.members is not None else list(self.mapping.values())
+        return all(f.discrete or f.zero_atom for f in fams)
+
+    observation_variance_formula = "each species' own family's observation-level variance"
+
+    def _per_column(self, fun):
+        self._need_bound()
+        out = np.empty(len(self.members))
+        for g in self.groups:
+            out[g["cols"]] = fun(g["family"], g["cols"].size)
+        return out
+
+    def start_intercept(self, y, w, trials=None):
+        """Each member's starting intercepts on its columns."""
+        self._need_bound()
+        y = np.asarray(y, dtype=float)
+        w = np.broadcast_to(np.asarray(w, dtype=float), y.shape)
+        out = np.empty(y.shape[1])
+        for g in self.groups:
+            cols = g["cols"]
+            out[cols] = g["family"].start_intercept(y[:, cols], w[:, cols],
+                                                   None if trials is None else
+                                                   np.broadcast_to(trials, y.shape)[:, cols])
+        return out
+
+    def informative_records(self, y, trials=None):
+        """Each member's informative records on its columns (every observed record where the
+        member says all of them inform it)."""
+        self._need_bound()
+        y = np.asarray(y, dtype=float)
+        out = np.empty(y.shape[1])
+        for g in self.groups:
+            cols = g["cols"]
+            info = g["family"].informative_records(
+                y[:, cols], None if trials is None else np.broadcast_to(trials, y.shape)[:, cols])
+            out[cols] = np.sum(~np.isnan(y[:, cols]), axis=0) if info is None else info
+        return out
+
+    def link_variance(self, dispersion, m, method=None):
+        """Each member's link-scale residual variance on its columns; ``dispersion`` is the
+        reported (m, q) table (NaN padding) or None."""
+        self._need_bound()
+        disp = None if dispersion is None else np.asarray(dispersion, dtype=float).reshape(m, -1)
+        out = np.zeros(m)
+        for gi, g in enumerate(self.groups):
+            fam, cols = g["family"], g["cols"]
+            d = None
+            if disp is not None and fam.has_dispersion:
+                q = self.member_q[gi] if self.member_q is not None else None
+                d = disp[cols, 0] if q is None else disp[cols, :q]
+            meth = method if method in fam.link_variance_methods else None
+            out[cols] = np.broadcast_to(np.asarray(fam.link_variance(d, cols.size, method=meth),
+                                                   dtype=float), (cols.size,))
+        return out
+
+    @property
+    def link_variance_methods(self):
+        """The methods any member offers."""
+        fams = self.members if self.members is not None else list(self.mapping.values())
+        return tuple(dict.fromkeys(k for f in fams for k in f.link_variance_methods))
+
+    def reported_dispersion_labels(self, rows, q):
+        """(m, q): each member's labels of its entries on its rows ("" in the padding)."""
+        self._need_bound()
+        out = np.full((len(self.members), q), "", dtype=object)
+        for gi, g in enumerate(self.groups):
+            fam, cols = g["family"], g["cols"]
+            if not fam.has_dispersion:
+                continue
+            mq = self.member_q[gi]
+            w = 1 if mq is None else mq
+            if mq is None:
+                out[cols, 0] = fam.dispersion_name or "dispersion"
+            else:
+                out[cols, :w] = fam.reported_dispersion_labels(cols.size, w)
+        return out
 
     # --- nuisance parameters -------------------------------------------------------------------
     def n_dispersion(self, y, species=None):
@@ -145,7 +232,7 @@ class Mixed(Family):
             fam, cols = g["family"], g["cols"]
             sub = fam.prepare(y[:, cols], None if species is None else pd.Index(species)[cols])
             if getattr(sub, "shared_dispersion", False):
-                raise JSDMError(f"{_label(fam)}: nuisance parameters shared by all species (e.g. "
+                raise JSDMError(f"{fam.label()}: nuisance parameters shared by all species (e.g. "
                                 "common ordinal cut points) are not available in a model with a "
                                 "family per species; use per-species ones")
             new.groups.append({"family": sub, "cols": cols})
@@ -314,7 +401,7 @@ class Mixed(Family):
             except JSDMError as err:
                 who = list(self.species[cols])
                 raise JSDMError(f"species {who[:6]}{' ...' if len(who) > 6 else ''} "
-                                f"({_label(g['family'])}): {err}") from None
+                                f"({g['family'].label()}): {err}") from None
 
     def loglik(self, y, eta, s=None, trials=None):
         """Each member's exact log f on its columns."""
@@ -366,11 +453,9 @@ class Mixed(Family):
                                                 None if tr is None else tr[..., cols], rng)
         return out
 
-    @property
-    def link_residual_variance(self):
-        """(m,): each member's latent-scale residual variance (0 where it has none)."""
-        self._need_bound()
-        return np.array([float(np.asarray(f.link_residual_variance)) for f in self.members])
+    #: no single latent-scale residual: ``link_variance`` and ``observation_variance`` answer
+    #: per species from each member
+    link_residual_variance = 0.0
 
     def observation_variance(self, mu, s=None, trials=None):
         """Each member's observation-level variance on its columns."""
@@ -418,11 +503,3 @@ def _groups(members):
     for g in groups:
         g["cols"] = np.array(g["cols"], dtype=int)
     return groups
-
-
-def _label(fam):
-    """'poisson', 'binomial(probit)', 'tweedie(power=1.6)': a family and its non-default link."""
-    text = fam.name if fam.link == fam.default_link else f"{fam.name}({fam.link})"
-    if hasattr(fam, "power"):
-        text += "(power estimated)" if fam.power is None else f"(power={fam.power:g})"
-    return text

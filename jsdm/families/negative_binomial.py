@@ -43,6 +43,29 @@ class NegativeBinomial(Family):
     discrete = True
 
     accepts_cache = True
+    description = ("a negative binomial distribution with species-specific dispersion \u03c6_j "
+                   "(variance \u03bc + \u03c6_j \u03bc\u00b2)")
+    default_dispersion = 0.5
+    observation_variance_formula = "log(1 + 1/\u03bc_j + \u03c6_j)"
+    link_variance_methods = ("lognormal", "trigamma")
+
+    def link_variance(self, dispersion, m, method=None):
+        """log(1 + phi_j) ("lognormal", R gllvm's choice) or trigamma(1 / phi_j) ("trigamma":
+        the exact variance of log g for the gamma mixing variable g, mean 1, variance phi_j)."""
+        phi = np.asarray(dispersion, dtype=float)
+        if (method or "lognormal") == "trigamma":
+            return special.polygamma(1, 1.0 / phi)
+        return np.log1p(phi)
+
+    def link_variance_derivative(self, dispersion, method=None):
+        phi = np.asarray(dispersion, dtype=float)
+        if (method or "lognormal") == "trigamma":
+            return -special.polygamma(2, 1.0 / phi) / phi ** 2
+        return 1.0 / (1.0 + phi)
+
+    def size(self, dispersion):
+        """R's size = 1 / phi."""
+        return 1.0 / np.asarray(dispersion, dtype=float)
 
     def ell(self, y, m, v, s=None, trials=None, order=1, cache=None):
         """Exact E[log f(y | eta)], eta ~ N(m, v), and its derivatives (see module notes).

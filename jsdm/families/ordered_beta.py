@@ -193,7 +193,7 @@ class OrderedBeta(Family):
         return np.stack([disp[..., 0], np.log(disp[..., 1] - disp[..., 0]), np.log(disp[..., 2])],
                         axis=-1)
 
-    def intercept_start(self, y, w, trials=None):
+    def start_intercept(self, y, w, trials=None):
         """logit of the mean of each species' values (0s and 1s included), clipped to [0.02, 0.98]."""
         ybar = np.where(np.asarray(w) > 0, y, 0.0).sum(0) / np.maximum((np.asarray(w) > 0).sum(0), 1)
         return special.logit(np.clip(ybar, 0.02, 0.98))

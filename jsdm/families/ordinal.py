@@ -75,6 +75,14 @@ class Ordinal(Family):
     has_dispersion = True
     dispersion_name = "cutpoints"
     discrete = True
+    description = "a cumulative model for ordered categories with species-specific cut points"
+
+    def describe(self):
+        """The methods-text phrase (common cut points say so)."""
+        if getattr(self, "cut_structure", None) == "common":
+            return ("a cumulative model for ordered categories with one set of cut points shared "
+                    "by all species")
+        return self.description
 
     def __init__(self, link=None, cutpoints="species"):
         super().__init__(link)
@@ -96,6 +104,11 @@ class Ordinal(Family):
     def link_residual_variance(self):
         """Latent-scale residual variance: probit 1, logit pi^2/3."""
         return 1.0 if self.link == "probit" else np.pi ** 2 / 3.0
+
+    def start_intercept(self, y, w, trials=None):
+        """From P(lowest category used) = F(tau_1 - eta) with tau_1 = 0: -F^-1(its share), clipped."""
+        p0 = np.clip((w * (self.ranks(y) == 0)).sum(0) / np.maximum(w.sum(0), 1), 0.02, 0.98)
+        return -_quantile(p0, self.link)
 
     @property
     def shared_dispersion(self):
@@ -123,6 +136,10 @@ class Ordinal(Family):
             new.categories_used = used
         _check_and_report(new, used, K, species)
         return new
+
+    def with_cutpoints(self, cutpoints):
+        """A new ordinal family with the given cut-point structure."""
+        return type(self)(link=self.link, cutpoints=cutpoints)
 
     def take_species(self, order):
         """The bound family with its species (rows of ``categories_used``) in ``order``."""
@@ -319,6 +336,24 @@ class Ordinal(Family):
         tau = np.cumsum(np.exp(c), axis=1)
         free = self.free_dispersion()
         return tau if free is None else np.where(free, tau, np.nan)
+
+    def reported_dispersion(self, s):
+        """The estimated cut points behind the entries of s (:meth:`free_cutpoints`)."""
+        return self.free_cutpoints(s)
+
+    def reported_dispersion_labels(self, rows, q):
+        """"k|l" per estimated cut point (:meth:`free_cutpoint_labels`)."""
+        names = self.free_cutpoint_labels(rows)
+        if names is not None:
+            return names
+        return super().reported_dispersion_labels(rows, q + 2)[:, 1:q + 1]
+
+    def dispersion_jacobian(self, s, h=None):
+        """Exact: tau_(k+2) = sum_(i <= k) exp(s_i) (log gaps), lower triangular; a row's held
+        entries come after its free ones, so its free block is exact."""
+        s = np.asarray(s, dtype=float)
+        q = s.shape[1]
+        return np.tril(np.ones((q, q)))[None, :, :] * np.exp(s)[:, None, :]
 
     def free_cutpoint_labels(self, rows):
         """(rows, q) labels "k|l" of the estimated cut points: between category k and the next used

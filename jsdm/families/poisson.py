@@ -9,6 +9,7 @@ class Poisson(Family):
     """Counts with log link; ell = y m - exp(m + v/2) - lgamma(y + 1) exactly."""
 
     name = "poisson"
+    description = "a Poisson distribution"
     links = ("log",)
     default_link = "log"
     discrete = True

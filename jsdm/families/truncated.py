@@ -102,6 +102,7 @@ class TruncatedPoisson(Family):
     links = ("log",)
     default_link = "log"
     discrete = True
+    missing_fill = 1.0          # zero is not a valid response of a zero-truncated count
     mean_uses_dispersion = True        # E[y] = e^eta / (1 - exp(-e^eta)), not g^-1(eta)
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
@@ -147,7 +148,7 @@ class TruncatedPoisson(Family):
         u = rng.random(lam.shape) * -np.expm1(-lam)
         return np.maximum(stats.poisson.isf(u, lam), 1.0)
 
-    def intercept_start(self, y, w, trials=None):
+    def start_intercept(self, y, w, trials=None):
         """log lam per species with the truncated mean equal to the mean of the observed counts."""
         ybar = _mean_positive(y, w)
         return invert_increasing(lambda x: self.mean(x), np.maximum(ybar, 1.0 + 1e-3))
@@ -164,6 +165,7 @@ class TruncatedNegativeBinomial(Family):
     has_dispersion = True
     dispersion_name = "phi"
     discrete = True
+    missing_fill = 1.0          # zero is not a valid response of a zero-truncated count
     mean_uses_dispersion = True
     default_dispersion = 0.5
     dispersion_floor_meaning = "indistinguishable from the zero-truncated Poisson (no over-dispersion)"
@@ -216,7 +218,7 @@ class TruncatedNegativeBinomial(Family):
         """NB moment estimate from the counts (``mu``: their untruncated mean e^eta)."""
         return _NB.dispersion_start(y, mu)
 
-    def intercept_start(self, y, w, trials=None):
+    def start_intercept(self, y, w, trials=None):
         """log of the mean observed count (the truncation is left to the fit)."""
         return np.log(np.maximum(_mean_positive(y, w), 1.0))
 

@@ -50,6 +50,8 @@ class Tweedie(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "phi"
+    zero_atom = True
+    dispersion_can_vanish = True
 
     def __init__(self, link=None, power=1.5):
         super().__init__(link)
@@ -63,6 +65,11 @@ class Tweedie(Family):
 
     def __repr__(self):
         return f"Tweedie(link={self.link!r}, power={self.power})"
+
+    def label(self):
+        """'tweedie(power=1.5)' or 'tweedie(power estimated)'."""
+        text = super().label()
+        return text + ("(power estimated)" if self.power is None else f"(power={self.power:g})")
 
     # --- the power: fixed, or a second nuisance parameter per species ------------------------
     def n_dispersion(self, y, species=None):
@@ -170,6 +177,23 @@ class Tweedie(Family):
                 "runs to power 1, phi 1 and an ELBO of +3e4). For counts use a count family "
                 "('poisson', 'negative_binomial', 'zip', ...), or keep the power fixed "
                 "(family='tweedie', Tweedie(power=1.5)).")
+
+    # --- a power shared by all species, profiled (jsdm.profile_power) -------------------------
+    #: the open interval a profiled power lies in, and its default search interval
+    power_range = (1.0, 2.0)
+    power_search = (1.02, 1.98)
+
+    def with_power(self, power):
+        """The same family with the power fixed at ``power`` (one profile evaluation)."""
+        return Tweedie(link=self.link, power=power)
+
+    def power_warning(self, y):
+        """Why profiling the power on responses ``y`` may mislead, or None."""
+        if _on_a_lattice(np.asarray(y, dtype=float)):
+            return ("the responses are whole numbers; near a power of 1 the Tweedie likelihood of "
+                    "counts grows without bound (a lattice at multiples of phi), so the profile "
+                    "tends to the lower bound of the search. Prefer a count family for counts.")
+        return None
 
     def loglik(self, y, eta, s=None, trials=None):
         """Exact log-density (log P(Y = 0) at y = 0)."""

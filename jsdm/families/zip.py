@@ -91,6 +91,7 @@ class ZeroInflatedPoisson(Family):
     default_link = "log"
     has_dispersion = True
     dispersion_name = "pi"
+    default_dispersion = 0.3
     dispersion_floor_meaning = "no zero inflation: indistinguishable from Poisson"
     discrete = True
     mean_uses_dispersion = True

@@ -4,13 +4,18 @@ Given the species parameters, the ELBO separates over sites; given the site
 (variational) parameters, it separates over species. Each block update below
 is a batch of small Newton steps, one per site or per species, computed with
 matrix products and accepted per site/species only where the ELBO increases.
+The blocks are assembled from the terms by ``prob.predictor`` (see
+``jsdm.model.terms.predictor``): site coordinates u_i with species design U (m, kv)
+(kr random ones first, with prior precision Pr), species coordinates phi_j with
+site design Xt (n, ks).
 
 Site step (exact Hessian in the means, since d2 ell/dm2 = 2 d ell/dv):
-    a_i <- a_i + Lambda_i^-1 (sum_j Gm_ij theta_j - a_i),  A_i <- Lambda_i^-1,
-    Lambda_i = I - 2 sum_j Gv_ij theta_j theta_j'
-(the second is the fixed point of dELBO/dA_i = 0). Species step: a Newton step
-in (beta0_j, B_j, theta_j) with the Gauss-Newton-type Hessian
-    sum_i 2 Gv_ij x_i x_i' + blockdiag(0, 2 sum_i Gv_ij A_i),  x_i = (1, x_i, a_i),
+    u_i <- u_i + Lambda_i^-1 (sum_j Gm_ij U_j - Pr u_i),  Sigma_i <- (Lambda_i^RR)^-1,
+    Lambda_i = Pr - 2 sum_j Gv_ij U_j U_j'
+(the second is the fixed point of dELBO/dSigma_i = 0, jointly over all the site's
+random coordinates: latent variables and random row effects share one q). Species
+step: a Newton step in phi_j with the Gauss-Newton-type Hessian
+    sum_i 2 Gv_ij x_i x_i' + (loadings block) 2 sum_i Gv_ij Sigma_i^(LV),  x_i = Xt_i,
 and a Newton step for the dispersion (one-dimensional, or a q x q solve per
 species for a vector dispersion such as ordinal cut points).
 """
@@ -34,52 +39,41 @@ def _chol_inv(S):
 
 def site_step(prob, P, ce):
     """One batched Newton step over sites; returns (P_new, cell_eval at P_new)."""
-    n, d = prob.n, prob.d
-    Gm, Gv = ce["Gm"], ce["Gv"]
-    cols = [np.ones((prob.m, 1))] if prob.row_effect is not None else []
-    U = np.column_stack(cols + [P.theta]) if (cols or d) else np.zeros((prob.m, 0))
-    k = U.shape[1]
-    if k == 0:
+    pred = prob.predictor
+    n, m, kv, kr = pred.n, pred.m, pred.kv, pred.kr
+    if kv == 0:
         return P, ce
-    U2 = (U[:, :, None] * U[:, None, :]).reshape(prob.m, k * k)
-    H = -(2.0 * Gv @ U2).reshape(n, k, k)          # minus Hessian of the ell part
+    Gm, Gv = ce["Gm"], ce["Gv"]
+    U = pred.site_design(P)
+    U2 = (U[:, :, None] * U[:, None, :]).reshape(m, kv * kv)
+    H = -(2.0 * Gv @ U2).reshape(n, kv, kv)          # minus Hessian of the ell part
     g = Gm @ U
-    off = k - d
-    idx = np.arange(off, k)
-    H[:, idx, idx] += 1.0
-    g[:, off:] -= P.a
-    if prob.row_effect == "random":
-        s2 = np.exp(2.0 * P.log_sigma)
-        H[:, 0, 0] += 1.0 / s2
-        g[:, 0] -= P.alpha / s2
-    if prob.row_effect == "fixed":
-        g[0, 0] = 0.0
-        H[0, 0, :] = H[0, :, 0] = 0.0
-        H[0, 0, 0] = 1.0
+    mu = pred.site_means(P)
+    if kr:
+        pr = pred.prior_precision(P)
+        idx = np.arange(kr)
+        H[:, idx, idx] += pr
+        g[:, :kr] -= pr * mu[:, :kr]
+    for i, k in pred.pinned:
+        g[i, k] = 0.0
+        H[i, k, :] = H[i, :, k] = 0.0
+        H[i, k, k] = 1.0
     step = safe_solve(H, g)
     new = P.copy()
-    if d:
-        Lam = H[:, off:, off:]
-        new.L, _ = _chol_inv(Lam)
-    if prob.row_effect == "random":
-        prec = 1.0 / s2 - 2.0 * Gv.sum(1)
-        new.log_rho = -0.5 * np.log(prec)
-    return _accept_sites(prob, P, new, step, off, ce)
+    if kr:
+        new.L, _ = _chol_inv(H[:, :kr, :kr])
+    return _accept_sites(prob, P, new, step, mu, ce)
 
 
-def _accept_sites(prob, P, new, step, off, ce):
+def _accept_sites(prob, P, new, step, mu, ce):
+    pred = prob.predictor
     frac = np.ones(prob.n)
     for it in range(_NHALF + 1):
         T = new.copy()
-        if prob.d:
-            T.a = P.a + frac[:, None] * step[:, off:]
-        if off:
-            T.alpha = P.alpha + frac * step[:, 0]
+        pred.set_site_means(T, mu + frac[:, None] * step)
         if it > 0:  # after a failed full step, keep the old covariances where it failed
             keep = frac < 1.0
             T.L[keep] = P.L[keep]
-            if T.log_rho is not None:
-                T.log_rho = np.where(keep, P.log_rho, T.log_rho)
         ct = cell_eval(prob, T, 2 if P.s is not None else 1)   # order 2: the species step's
         bad = ~(ct["site"] >= ce["site"] - 1e-10 * np.abs(ce["site"]))   # dispersion step
         if not bad.any():
@@ -88,32 +82,45 @@ def _accept_sites(prob, P, new, step, off, ce):
     return T, ct
 
 
+def bilinear_pair(pred):
+    """(species slice, site slice) of the bilinear term (latent variables), or None."""
+    if not pred.bilinear:
+        return None
+    if len(pred.bilinear) > 1:
+        raise NotImplementedError("the Newton steps handle one bilinear term (latent variables)")
+    return pred.bilinear[0]
+
+
 def species_step(prob, P, ce, only_dispersion=False, order=1):
     """One batched Newton step over species; returns (P_new, cell_eval at P_new)."""
-    n, m, p, d = prob.n, prob.m, prob.p, prob.d
+    pred = prob.predictor
+    n, m = pred.n, pred.m
     Gm, Gv = ce["Gm"], ce["Gv"]
-    Xt = np.column_stack([np.ones(n), prob.X, P.a])
+    Xt = pred.species_design(P)
     k = Xt.shape[1]
     g = Gm.T @ Xt
     X2 = (Xt[:, :, None] * Xt[:, None, :]).reshape(n, k * k)
     H = -(2.0 * Gv.T @ X2).reshape(m, k, k)
-    if d:
-        A = P.A
-        Q = (Gv.T @ A.reshape(n, d * d)).reshape(m, d, d)   # sum_i Gv A_i
-        g[:, 1 + p:] += 2.0 * np.einsum("jkl,jl->jk", Q, P.theta)
-        H[:, 1 + p:, 1 + p:] -= 2.0 * Q
+    pair = bilinear_pair(pred)
+    if pair is not None:
+        sp, si = pair
+        kr = pred.kr
+        S2 = pred.site_cov2(P)
+        UR = pred.site_design(P, random_only=True)
+        Q = (Gv.T @ S2).reshape(m, kr, kr)                 # sum_i Gv Sigma_i
+        g[:, sp] += 2.0 * np.einsum("jkl,jl->jk", Q[:, si, :], UR)
+        H[:, sp, sp] -= 2.0 * Q[:, si, si]
     pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
     if pen is not None:
         H += np.diag(pen)
         g += penalty.species_gradient(prob, P)
-    if d:
-        fixed = ~np.tril(np.ones((m, d), bool))            # theta_jk = 0 for k > j
-        if fixed.any():
-            jj, kk = np.nonzero(fixed)
-            g[jj, 1 + p + kk] = 0.0
-            H[jj, 1 + p + kk, :] = 0.0
-            H[jj, :, 1 + p + kk] = 0.0
-            H[jj, 1 + p + kk, 1 + p + kk] = 1.0
+    fixed = ~pred.free
+    if fixed.any():
+        jj, kk = np.nonzero(fixed)
+        g[jj, kk] = 0.0
+        H[jj, kk, :] = 0.0
+        H[jj, :, kk] = 0.0
+        H[jj, kk, kk] = 1.0
     H += 1e-10 * np.eye(k)
     shared = P.s is not None and prob.family.shared_dispersion
     if shared and only_dispersion:
@@ -224,20 +231,20 @@ def polish_dispersion(prob, P, ce, tol, max_iter=30):
     J = np.nonzero(scaled(P.s, gs_all, ce["gss"]) > tol)[0]
     if not J.size:
         return P, ce
-    A2 = P.A.reshape(prob.n, -1) if prob.d else None
+    S2 = prob.predictor.site_cov2(P) if prob.predictor.kr else None
     s_new = P.s.copy()
     batch = max(1, _POLISH_CELLS // max(prob.n, 1))
     for b in range(0, J.size, batch):
         cols = J[b:b + batch]
-        _polish_columns(prob, P, ce, cols, A2, s_new, scaled, tol / 10.0, max_iter)
+        _polish_columns(prob, P, ce, cols, S2, s_new, scaled, tol / 10.0, max_iter)
     P = P.copy()
     P.s = s_new
     return P, ce
 
 
-def _polish_columns(prob, P, ce, cols, A2, s_new, scaled, tol, max_iter):
+def _polish_columns(prob, P, ce, cols, S2, s_new, scaled, tol, max_iter):
     """``polish_dispersion`` for one batch of species; writes s_new[cols] and ce's columns."""
-    M, V = moments(prob, P, cols=cols, A2=A2)
+    M, V = moments(prob, P, cols=cols, S2=S2)
     Y, W = prob.Y[:, cols], prob.W[:, cols]
     tr = None if prob.trials is None else prob.trials[:, cols]
 
@@ -293,13 +300,12 @@ def _polish_columns(prob, P, ce, cols, A2, s_new, scaled, tol, max_iter):
 
 
 def _accept_species(prob, P, step, ds, ce, order=1):
-    p = prob.p
+    pred = prob.predictor
+    phi = pred.species_coef(P)
     frac = np.ones(prob.m)
     for it in range(_NHALF + 1):
         T = P.copy()
-        T.beta0 = P.beta0 + frac * step[:, 0]
-        T.B = P.B + frac[:, None] * step[:, 1:1 + p]
-        T.theta = np.tril(P.theta + frac[:, None] * step[:, 1 + p:])
+        pred.set_species_coef(T, phi + frac[:, None] * step)
         if ds is not None:
             T.s = np.clip(P.s + (frac if ds.ndim == 1 else frac[:, None]) * ds, *S_BOUNDS)
         ct = cell_eval(prob, T, order)
@@ -392,37 +398,46 @@ def scaled_max(layout, P, g, h):
 def curvature_diagonal(prob, layout, P, ce=None):
     """Approximate diagonal of the negative Hessian in packed coordinates (for scaling).
 
-    ``ce``: a ``cell_eval`` result at P to reuse (with "gss" when P has a dispersion).
+    Per cell the curvature in m is C = -2 Gv >= 0; a coordinate with design x gets
+    sum C x^2 (+ its prior precision), a loading also the variance part, an entry of L
+    its row's precision (times L_kk^2 + 1 on the log-diagonal), a dispersion -d2/ds2,
+    a hyperparameter what its term says. ``ce``: a ``cell_eval`` result at P to reuse
+    (with "gss" when P has a dispersion).
     """
+    from .params import Params
+
     if ce is None or (P.s is not None and ce["gss"] is None):
         ce = cell_eval(prob, P, order=2 if P.s is not None else 1)
+    pred = prob.predictor
     C = -2.0 * ce["Gv"]                         # -d2 ell/dm2 per cell, >= 0
-    n, m, d = prob.n, prob.m, prob.d
-    G = P.__class__(beta0=C.sum(0), B=C.T @ prob.X ** 2 if prob.p else np.zeros((m, 0)),
-                    theta=np.zeros((m, d)), a=np.zeros((n, d)), L=np.zeros((n, d, d)))
-    if d:
-        A = P.A
-        second = P.a ** 2 + np.diagonal(A, axis1=1, axis2=2)
-        G.theta = C.T @ second
-    pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
-    if pen is not None:
-        G.beta0 = G.beta0 + pen[0]
-        G.B = G.B + pen[1:1 + prob.p]
-        G.theta = G.theta + pen[1 + prob.p:]
-    if d:
-        G.a = 1.0 + C @ P.theta ** 2
-        lam = G.a                               # precision diagonal of each site
-        Lsq = P.L ** 2
-        G.L = np.broadcast_to(lam[:, :, None], (n, d, d)).copy()
-        idx = np.arange(d)
-        G.L[:, idx, idx] = 1.0 + lam * Lsq[:, idx, idx]   # log-diagonal scale
+    G = pred.zeros()
+    kr, kv = pred.kr, pred.kv
+    if pred.ks:
+        Xt = pred.species_design(P)
+        hb = C.T @ Xt ** 2
+        pair = bilinear_pair(pred)
+        if pair is not None:
+            S = P.L @ np.swapaxes(P.L, 1, 2)
+            hb[:, pair[0]] += C.T @ np.diagonal(S, axis1=1, axis2=2)[:, pair[1]]
+        pen = penalty.species_curvature(prob)               # penalty (prior_sd)
+        if pen is not None:
+            hb += pen
+        pred.set_species_coef(G, hb)
+    if kv:
+        prec = C @ pred.site_design(P) ** 2     # precision diagonal of each site coordinate
+        prec[:, :kr] += pred.prior_precision(P)
+        pred.set_site_means(G, prec)
+        if kr:
+            n = pred.n
+            Lsq = P.L ** 2
+            G.L = np.broadcast_to(prec[:, :kr, None], (n, kr, kr)).copy()
+            idx = np.arange(kr)
+            G.L[:, idx, idx] = 1.0 + prec[:, :kr] * Lsq[:, idx, idx]   # log-diagonal scale
+    for t, _ in pred.hyper_terms:
+        for k, v in t.curvature_hyper(pred, P).items():
+            setattr(G, k, v)
     if P.s is not None:
         gss = ce["gss"]
         G.s = np.maximum(-(gss if gss.ndim == 1 else np.diagonal(gss, axis1=1, axis2=2)), 1e-8)
-    if prob.row_effect is not None:
-        G.alpha = C.sum(1) + (0.0 if prob.row_effect == "fixed" else np.exp(-2.0 * P.log_sigma))
-    if prob.row_effect == "random":
-        G.log_rho = 2.0 + 0.0 * P.log_rho
-        G.log_sigma = 2.0 * n
-    h = layout.pack_grad(G, P.__class__(**{**P.__dict__, "L": np.ones_like(P.L)}))
+    h = layout.pack_grad(G, Params.from_fields({**P.fields(), "L": np.ones_like(P.L)}))
     return np.maximum(h, 1e-8)

@@ -7,13 +7,14 @@ import numpy as np
 
 from ..exceptions import ConvergenceWarning
 from ..optim.lbfgs import minimize_lbfgs
-from .objective import CACHE_KEY, cell_eval, evaluate, gradient_from
+from .objective import cell_eval, evaluate, gradient_from, release_cache
 from .params import Layout, Params
 from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .full_newton import affordable, full_newton
 from .newton import newton_ascent
-from .start import glm_start, initial_params, triangular_rotation
+from .start import glm_start, initial_params
+from .terms.latent import ANCHOR_GAIN, anchor_order, normalise, to_triangular  # noqa: F401
 
 
 @dataclass
@@ -39,8 +40,12 @@ class FitState:
 
 
 def make_layout(prob):
-    return Layout(prob.n, prob.m, prob.p, prob.d, prob.family.has_dispersion, prob.row_effect,
-                  prob.n_disp, prob.s_free, prob.family.shared_dispersion)
+    """The packed layout of the problem's terms (one per problem, kept on its predictor)."""
+    pred = prob.predictor
+    layout = pred.__dict__.get("_layout")
+    if layout is None:
+        layout = pred._layout = Layout(pred)
+    return layout
 
 
 def neg_elbo(prob, layout):
@@ -55,19 +60,37 @@ def neg_elbo(prob, layout):
 
 
 class NonCentred:
-    """Optimiser coordinates for random row effects: alpha_i = sigma u_i, rho_i = |sigma| tau_i.
+    """Optimiser coordinates for a random site coordinate with prior sd sigma (random row effects).
 
-    In the packed (centred) coordinates the ELBO is badly curved as sigma -> 0
-    (prior precision 1/sigma^2 on alpha); in (sigma, u, log tau) the KL term no
-    longer involves sigma and sigma can approach 0 smoothly. Only the random-row
-    slots change; everything else passes through.
+    With the coordinate's mean mu_i and its row c of the joint Cholesky factor L_i
+    (entries L_cl, l < c, and the diagonal L_cc on the log scale), the optimiser
+    sees (sigma, u_i = mu_i / sigma, L_cl / sigma, log L_cc - log sigma): the
+    alpha_i = sigma u_i, L_i = diag(.., sigma, ..) Lt_i parametrisation. In the
+    packed (centred) coordinates the ELBO is badly curved as sigma -> 0 (prior
+    precision 1/sigma^2 on alpha); in these the KL term no longer involves sigma
+    and sigma can approach 0 smoothly. Only those slots change; everything else
+    passes through. The term declares the pair by ``noncentred = (hyper slot, mean
+    slot)``.
     """
 
     def __init__(self, prob, layout):
         self.prob, self.layout = prob, layout
-        sl = layout.slices
-        self.on = prob.row_effect == "random"
-        self.ls, self.al, self.lr = sl["log_sigma"], sl["alpha_random"], sl["log_rho"]
+        pred = prob.predictor
+        found = [(t, sl) for t, sl in pred.random_site_terms if getattr(t, "noncentred", None)]
+        self.on = bool(found)
+        if not self.on:
+            return
+        term, sl = found[0]
+        self.c = sl.start
+        hyper, mean = term.noncentred
+        self.ls, self.al = layout.slices[hyper], layout.slices[mean]
+        slot = next(s for s in layout.slots if s.name == "L")
+        nl, start = len(slot.tri[0]), layout.slices["L"].start
+        row = np.flatnonzero(slot.tri[0] == self.c)                # entries of row c
+        self.off = (start + np.arange(pred.n)[:, None] * nl + row[:-1][None, :]).ravel()
+        self.diag = start + np.arange(pred.n) * nl + row[-1]
+        self.off_cols = slot.tri[1][row[:-1]]
+        self.lr = self.diag                                         # (kept name: log-sd slots)
 
     def to_opt(self, x):
         if not self.on:
@@ -76,7 +99,8 @@ class NonCentred:
         sig = np.exp(x[self.ls])
         y[self.ls] = sig
         y[self.al] = x[self.al] / sig
-        y[self.lr] = x[self.lr] - x[self.ls]
+        y[self.off] = x[self.off] / sig
+        y[self.diag] = x[self.diag] - x[self.ls]
         return y
 
     def from_opt(self, y):
@@ -86,20 +110,34 @@ class NonCentred:
         sig = max(abs(float(y[self.ls][0])), 1e-300)
         x[self.ls] = np.log(sig)
         x[self.al] = y[self.al] * y[self.ls][0]
-        x[self.lr] = y[self.lr] + np.log(sig)
+        x[self.off] = y[self.off] * sig
+        x[self.diag] = y[self.diag] + np.log(sig)
         return x
 
-    def grad_to_opt(self, y, g, ev):
-        """Chain rule for the gradient of the ELBO; g is the packed (centred) gradient."""
+    def grad_to_opt(self, y, g, ev, P):
+        """Chain rule for the gradient of the ELBO; g is the packed (centred) gradient.
+
+        The ell part is differentiated through alpha = sigma u and L_c = sigma Lt_c; the
+        KL part in these coordinates is free of sigma: -(u^2 + |Lt_c|^2) / 2 + log Lt_cc.
+        """
         if not self.on:
             return g
+        pred = self.prob.predictor
         out = g.copy()
-        sig, u, tau2 = y[self.ls][0], y[self.al], np.exp(2.0 * y[self.lr])
-        # d/du_i: the ell part gives sigma * sum_j Gm_ij, the KL part -u_i
-        out[self.al] = sig * ev.Gm.sum(1) - u
-        # d/dlog tau_i: 2 sigma^2 tau_i^2 sum_j Gv_ij (ell) - tau_i^2 + 1 (KL)
-        out[self.lr] = 2.0 * sig * sig * tau2 * ev.Gv.sum(1) - tau2 + 1.0
-        out[self.ls] = (ev.Gm.sum(1) * u).sum() + 2.0 * sig * (ev.Gv.sum(1) * tau2).sum()
+        n, c = pred.n, self.c
+        sig, u = y[self.ls][0], y[self.al]
+        UR = pred.site_design(P, random_only=True)
+        kr = UR.shape[1]
+        UU = (UR[:, :, None] * UR[:, None, :]).reshape(len(UR), kr * kr)
+        dS = (ev.Gv @ UU).reshape(n, kr, kr)
+        gLc = 2.0 * np.einsum("il,ilk->ik", dS[:, c, :], P.L)       # ell part, d / dL_c. (n, kr)
+        Lt = P.L[:, c, :] / abs(sig)                                 # (n, kr): row c / sigma
+        gm = ev.Gm @ UR[:, c]
+        out[self.al] = sig * gm - u
+        off = self.off_cols
+        out[self.off] = (abs(sig) * gLc[:, off] - Lt[:, off]).ravel()
+        out[self.diag] = gLc[:, c] * P.L[:, c, c] - Lt[:, c] ** 2 + 1.0
+        out[self.ls] = (gm * u).sum() + np.sign(sig) * (gLc[:, :c + 1] * Lt[:, :c + 1]).sum()
         return out
 
 
@@ -112,24 +150,8 @@ def neg_elbo_opt(prob, layout, nc):
             ev = evaluate(prob, P)
         if not np.isfinite(ev.value):
             return np.inf, np.zeros_like(y)
-        return -ev.value, -nc.grad_to_opt(y, layout.pack_grad(ev.grad, P), ev)
+        return -ev.value, -nc.grad_to_opt(y, layout.pack_grad(ev.grad, P), ev, P)
     return fg
-
-
-def normalise(P):
-    """Flip LV signs so the loadings' diagonal is positive (an exact symmetry)."""
-    d = P.theta.shape[1]
-    if d == 0:
-        return P
-    sign = np.sign(np.diag(P.theta[:d]))
-    sign[sign == 0] = 1.0
-    P = P.copy()
-    P.theta = P.theta * sign
-    P.a = P.a * sign
-    P.L = P.L * sign[None, :, None]
-    # keep L's diagonal positive: flip columns of L back (A = L L' is unchanged by column signs)
-    P.L = P.L * sign[None, None, :]
-    return P
 
 
 DEFAULT_SEED = 0     # seed=None means this seed: the same call gives the same fit, bit for bit
@@ -155,7 +177,7 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
         with _one_blas_thread():
             return _fit(prob, n_init, seed, maxiter, gtol, verbose, start)
     finally:
-        prob.info.pop(CACHE_KEY, None)      # the family's y-only terms: memory, not results
+        release_cache(prob)         # the family's y-only terms: memory, not results
 
 
 def _one_blas_thread():
@@ -187,7 +209,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
                 work = _reordered_problem(prob, order)
                 work_layout = make_layout(work)     # its held dispersion entries, in its order
         if order is not None:
-            P0 = to_triangular(reorder_species(P0, order))
+            P0 = to_triangular(reorder_species(P0, order, layout))
         run = _run_start(work, work_layout, P0, maxiter, gtol,
                          _printer(k, t0) if verbose else None)
         values.append(run[1])
@@ -195,8 +217,8 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
             best = run
     P, _, n_iter, n_eval, message, hist = best
     if order is not None:       # back to the user's species order and identifiability convention
-        work.info.pop(CACHE_KEY, None)
-        P = to_triangular(reorder_species(P, np.argsort(order)))
+        release_cache(work)
+        P = to_triangular(reorder_species(P, np.argsort(order), layout))
     P = normalise(P)
     value, g, smax = _final_check(prob, layout, P)
     if order is not None and smax > gtol and n_iter < maxiter:
@@ -247,89 +269,40 @@ def related_start(prob, rng, glm):
     except JSDMError:
         return None
     sub = replace(prob, family=other, info={k: v for k, v in prob.info.items()
-                                           if k not in ("n_dispersion", CACHE_KEY)})
+                                           if k != "n_dispersion"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         state = fit_problem(sub, n_init=1, seed=int(rng.integers(2 ** 31)))
     P0 = initial_params(prob, rng, glm=glm)
     src = state.params
-    for key in ("beta0", "B", "theta", "a", "L", "alpha", "log_sigma", "log_rho"):
-        val = getattr(src, key)
-        setattr(P0, key, None if val is None else np.array(val, dtype=float))
+    for slot in make_layout(prob).slots:        # every term's parameters; s keeps its own start
+        if slot.field == "s":
+            continue
+        val = getattr(src, slot.field)
+        setattr(P0, slot.field, None if val is None else np.array(val, dtype=float))
     return P0
 
 
-ANCHOR_GAIN = 2.0
+def reorder_species(P, order, layout=None, prob=None):
+    """Params with every species-scope array (species on its first axis) taken in ``order``.
 
-
-def anchor_order(theta):
-    """A species order whose first d species pin the latent variables' rotation well, or None.
-
-    theta_jk = 0 for k > j fixes the rotation through the first d species only;
-    when their loadings are small (a rare species first, say) the rotation is
-    barely determined and the Newton steps crawl along it (measured: a simulated
-    1000 x 200 community with many rare species took 68 iterations with the data's
-    order and 12 with strong species first, to the same ELBO). The fit then runs
-    with the d species chosen by a pivoted Gram-Schmidt on the start loadings
-    (largest loading first, then the largest part orthogonal to those chosen)
-    moved to the front, and the result is rotated back to the data's order and
-    convention (an exact symmetry). None when d < 2 or when the pivoted anchors
-    are not at least ``ANCHOR_GAIN`` times better than the data's first species
-    (by the smallest diagonal entry of the triangular loadings).
+    The species-scope fields come from ``layout`` (or ``prob``'s terms); without either,
+    the classic ones (beta0, B, theta, s).
     """
-    m, d = theta.shape
-    if d < 2 or m <= d or not np.all(np.isfinite(theta)):
-        return None
-    R, chosen = theta.copy(), []
-    for _ in range(d):
-        norms = (R * R).sum(1)
-        norms[chosen] = -1.0
-        j = int(np.argmax(norms))
-        if norms[j] <= 0:
-            return None
-        chosen.append(j)
-        u = R[j] / np.sqrt(norms[j])
-        R -= np.outer(R @ u, u)
-    if chosen == list(range(d)):
-        return None
-
-    def weakest(rows):
-        return np.abs(np.diag(np.linalg.qr(theta[rows].T)[1])).min()
-
-    if weakest(chosen) < ANCHOR_GAIN * weakest(list(range(d))):
-        return None
-    rest = np.setdiff1d(np.arange(m), chosen)
-    return np.concatenate([np.array(chosen), rest])
-
-
-def reorder_species(P, order):
-    """Params with the species-indexed parts (beta0, B, theta, s) taken in ``order``."""
+    if layout is None and prob is not None:
+        layout = make_layout(prob)
+    fields = ({s.field for s in layout.slots if s.scope == "species"} if layout is not None
+              else {"beta0", "B", "theta", "s"})
     Q = P.copy()
-    Q.beta0, Q.B, Q.theta = P.beta0[order], P.B[order], P.theta[order]
-    if P.s is not None and P.s.shape[0] == P.beta0.shape[0] > 1:     # not a shared dispersion
-        Q.s = P.s[order]
+    for f in fields:
+        v = getattr(P, f)
+        if v is not None and np.shape(v)[:1] == (len(order),):   # (not a shared dispersion)
+            setattr(Q, f, np.asarray(v)[order])
     return Q
 
 
-def to_triangular(P):
-    """Rotate the latent variables so that theta's first d rows are lower triangular.
-
-    a_i -> Q' a_i, A_i -> Q' A_i Q, theta_j -> Q' theta_j with Q orthogonal from a QR
-    factorisation of theta_top': every m_ij, v_ij and KL term is unchanged.
-    """
-    if P.theta.shape[1] == 0:
-        return P
-    Qm = triangular_rotation(P.theta)
-    new = P.copy()
-    new.theta = np.tril(P.theta @ Qm)
-    new.a = P.a @ Qm
-    A = np.swapaxes(Qm, 0, 1)[None] @ P.A @ Qm[None]
-    new.L = np.linalg.cholesky(0.5 * (A + np.swapaxes(A, 1, 2)))
-    return new
-
-
 def _reordered_problem(prob, order):
-    """The problem with its species (columns) in ``order``; its own cache of family terms."""
+    """The problem with its species (columns) in ``order`` (its own cache of family terms)."""
     from dataclasses import replace
 
     def cols(x):
@@ -339,7 +312,7 @@ def _reordered_problem(prob, order):
     return replace(prob, Y=prob.Y[:, order], W=W, offset=cols(prob.offset),
                    trials=cols(prob.trials), species=prob.species[order],
                    family=prob.family.take_species(order),
-                   info={k: v for k, v in prob.info.items() if k != CACHE_KEY})
+                   info=dict(prob.info))
 
 
 def _final_check(prob, layout, P):
@@ -422,8 +395,8 @@ def _lbfgs(prob, layout, P, maxiter, gtol, lcb):
     """
     nc = NonCentred(prob, layout)
     scale = np.sqrt(curvature_diagonal(prob, layout, P))
-    if nc.on:   # curvature in the non-centred slots: u and log tau near 1, sigma ~ sum of Gv
-        scale[nc.al], scale[nc.lr] = 1.0, np.sqrt(2.0)
+    if nc.on:   # curvature in the non-centred slots: u, Lt near 1, sigma ~ sum of Gv
+        scale[nc.al], scale[nc.off], scale[nc.diag] = 1.0, 1.0, np.sqrt(2.0)
         scale[nc.ls] = np.sqrt(max(float(-2.0 * cell_eval(prob, P)["Gv"].sum()), 1.0))
     x0 = nc.to_opt(layout.pack(P))
     fg = neg_elbo_opt(prob, layout, nc)

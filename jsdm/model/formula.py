@@ -99,14 +99,41 @@ class ParsedFormula:
         """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call."""
         return dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
 
+    @property
+    def model_terms(self):
+        """list of Term: the terms of the linear predictor this formula fits (``jsdm.model.terms``).
+
+        The same list a fit reports (``fit.model_terms``) and a saved fit stores; species
+        slopes are named by the formula's covariate terms here, by the design columns they
+        expand to (factor levels) in the fit.
+        """
+        from .terms import default_terms
+
+        return [t for t in default_terms(self.slopes, self.num_lv, self.row_effect)
+                if t.active(_Dims(len(self.slopes)))]
+
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
         lines = [f"formula: {self.formula}"]
         lines += [f"  {t:<{width}}  ->  {meaning}" for t, meaning in self.terms]
+        lines.append("terms of the linear predictor (eta = offset + sum of terms):")
+        shown = [(t.lme4(self.site, self.species), t.describe()) for t in self.model_terms]
+        if self.offsets:
+            shown.insert(0, (" + ".join(f"offset({o})" for o in self.offsets),
+                             "offset (coefficient fixed at 1)"))
+        w2 = max(len(a) for a, _ in shown)
+        lines += [f"  {a:<{w2}}  {b}" for a, b in shown]
         args = ", ".join(f"{k}={v!r}" for k, v in self.gllvm_arguments().items())
         lines.append(f"equivalent wide call: jsdm.gllvm(community, {args}"
                      + (", offset=<offset matrix>)" if self.offsets else ")"))
         return "\n".join(lines)
+
+
+class _Dims:
+    """What ``Term.active`` asks of a problem, before there is data (p covariate columns)."""
+
+    def __init__(self, p):
+        self.p = p
 
 
 # --- scanning ----------------------------------------------------------------------------

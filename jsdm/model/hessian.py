@@ -1,28 +1,31 @@
 """Analytic Hessian of the ELBO in the packed parameters, assembled by blocks.
 
-Every cell (i, j) enters the ELBO through ell(y_ij, m_ij, v_ij, s_j), where
-m_ij is linear in (beta0_j, B_j, alpha_i, a_i) and bilinear in (a_i, theta_j),
-and v_ij = theta_j' L_i L_i' theta_j (+ rho_i^2) is quadratic. The chain rule
-gives, per cell,
+Every cell (i, j) enters the ELBO through ell(y_ij, m_ij, v_ij, s_j), where m_ij is
+linear in the species-block coordinates phi_j (site design Xt_i) and in the site
+means u_i (species design U_j), bilinear in (a_i, theta_j) for the latent variables,
+and v_ij = U^R_j' L_i L_i' U^R_j is quadratic in the loadings and in L_i (the joint
+Cholesky factor of the site's random coordinates). The chain rule gives, per cell,
 
     H = J' E J + ell_m * d2m + ell_v * d2v
 
-with J the Jacobian of (m, v, s) in the cell's parameters and E the 3 x 3
-matrix of second derivatives of ell in (m, v, s). ``E_mm = 2 ell_v`` exactly;
-``E_mv``, ``E_vv``, ``E_ms``, ``E_vs`` come from central differences of the
-family's analytic first derivatives (four extra ``ell`` calls on the whole
-(n, m) array), ``E_ss`` from the family (``order=2``).
+with J the Jacobian of (m, v, s) in the cell's parameters and E the matrix of
+second derivatives of ell in (m, v, s). ``E_mm = 2 ell_v`` exactly; ``E_mv``,
+``E_vv``, ``E_ms``, ``E_vs`` come from central differences of the family's
+analytic first derivatives (four extra ``ell`` calls on the whole (n, m) array),
+``E_ss`` from the family (``order=2``).
 
 A vector dispersion s_j = (s_j1, ..., s_jq) (ordinal cut points) enters as q
 channels "s0", ..., "s(q-1)" in place of "s", with E the (2 + q) x (2 + q)
 matrix of second derivatives in (m, v, s_j1, ..., s_jq).
 
-The parameters split into species-local blocks phi_j = (beta0_j, B_j, theta_j,
-s_j), site-local variational blocks psi_i = (alpha_i, log rho_i [random row
-effects], a_i, L_i) and a few others (fixed row effects alpha_i, log sigma).
-The result is returned in three dense pieces: the model block ``Hpp``, the
-model x variational block ``Hpv`` (P, n, q) and the site-diagonal variational
-block ``Hvv`` (n, q, q), which is all the Schur complement needs.
+The parameters split as the terms' scopes say (``prob.predictor``):
+species-local blocks phi_j = (species coordinates, s_j), site-local variational
+blocks psi_i = (random site means mu_i, L_i raw lower triangle), site-local model
+coordinates (fixed row effects alpha_i) and global ones (the terms'
+hyperparameters, e.g. log sigma). The result is returned in three dense pieces:
+the model block ``Hpp``, the model x variational block ``Hpv`` (P, n, q) and the
+site-diagonal variational block ``Hvv`` (n, q, q), which is all the Schur
+complement needs.
 """
 from dataclasses import dataclass
 
@@ -132,141 +135,172 @@ def _pair(K, J, spec):
     return acc
 
 
-def _species_jacobian(prob, P):
-    """Jacobians of (m, v, s...) in phi_j = (beta0_j, B_j, theta_j, s_j), each (n, m, k_phi).
+# --- positions ---------------------------------------------------------------------------
+def positions(layout):
+    """A Params whose arrays hold each entry's packed position (-1: fixed, not packed).
 
-    One dispersion channel per entry of s_j (none without a dispersion).
+    Computed once per layout (the positions never change) and kept on it.
     """
-    n, m, p, d = prob.n, prob.m, prob.p, prob.d
+    from .params import Params
+
+    cached = getattr(layout, "_positions", None)
+    if cached is not None:
+        return cached
+    out = {}
+    for slot in layout.slots:
+        pos = -np.ones(slot.shape) if slot.shape else np.array(-1.0)
+        start = layout.slices[slot.name].start
+        ix = slot.entries()
+        if not slot.shape:
+            pos[()] = start
+        elif ix:
+            pos[tuple(np.array(ix).T)] = start + np.arange(len(ix))
+        pos.setflags(write=False)
+        out[slot.field] = pos
+    layout._positions = Params.from_fields(out)
+    return layout._positions
+
+
+def species_positions(layout):
+    """Packed positions (m, k_phi) of phi_j = (species-block coordinates, s_j); -1 where fixed.
+
+    With the classic terms phi_j = (beta0_j, B_j, theta_j, s_j); a dispersion shared by all
+    species has the same positions in every row.
+    """
+    pred, pos = layout.predictor, positions(layout)
+    cols = [pred.species_coef(pos)]
+    if pred.dispersion is not None:
+        s = np.asarray(pos.s)
+        s = s[:, None] if s.ndim == 1 else np.broadcast_to(s, (pred.m, s.shape[1]))
+        cols.append(s)
+    return np.hstack(cols).astype(int)
+
+
+def site_positions(layout):
+    """Packed positions (n, q) of psi_i = (random site means, L_i lower triangle)."""
+    pred, pos = layout.predictor, positions(layout)
+    kr = pred.kr
+    tri = np.tril_indices(kr)
+    mu = pred.site_means(pos)[:, :kr]
+    return np.hstack([mu, pos.L[:, tri[0], tri[1]]]).astype(int)
+
+
+def _fixed_site_positions(layout):
+    """Packed positions (n, kf) of the site-local model coordinates (-1: pinned)."""
+    pred = layout.predictor
+    return pred.site_means(positions(layout))[:, pred.kr:].astype(int)
+
+
+# --- Jacobians ---------------------------------------------------------------------------
+def _coupling(pred, P):
+    """(species slice, site slice, UR (m, kr), S (n, kr, kr)) of the bilinear term, or None."""
+    from ..model.blocks import bilinear_pair
+
+    pair = bilinear_pair(pred)
+    if pair is None:
+        return None
+    L = P.L
+    return pair[0], pair[1], pred.site_design(P, random_only=True), L @ np.swapaxes(L, 1, 2)
+
+
+def _species_jacobian(pred, P, cpl):
+    """Jacobians of (m, v, s...) in phi_j, each (n, m, k_phi); one channel per entry of s_j."""
+    n, m, ks = pred.n, pred.m, pred.ks
     chans = s_channels(P.s)
-    k = 1 + p + d + len(chans)
-    Jm, Jv = _mean_var_jacobian(prob, P, k)
+    k = ks + len(chans)
+    Jm = np.zeros((n, m, k))
+    Jm[:, :, :ks] = pred.species_design(P)[:, None, :]
+    Jv = np.zeros((n, m, k))
+    if cpl is not None:
+        sp, si, UR, S = cpl
+        Jv[:, :, sp] = 2.0 * np.einsum("ikr,jr->ijk", S[:, si, :], UR)     # 2 (S_i U_j)_LV
     J = {"m": Jm, "v": Jv}
     for c, name in enumerate(chans):
         J[name] = np.zeros((n, m, k))
-        J[name][:, :, 1 + p + d + c] = 1.0
+        J[name][:, :, ks + c] = 1.0
     return J
 
 
-def _mean_var_jacobian(prob, P, k):
-    """Jacobians (n, m, k) of m and v in (beta0_j, B_j, theta_j, ...) (zero beyond theta)."""
-    n, m, p, d = prob.n, prob.m, prob.p, prob.d
-    Jm = np.zeros((n, m, k))
-    Jm[:, :, 0] = 1.0
-    Jm[:, :, 1:1 + p] = prob.X[:, None, :]
-    Jm[:, :, 1 + p:1 + p + d] = P.a[:, None, :]
-    Jv = np.zeros((n, m, k))
-    if d:
-        Jv[:, :, 1 + p:1 + p + d] = 2.0 * np.einsum("ikl,jl->ijk", P.A, P.theta)
-    return Jm, Jv
+def _site_jacobian(pred, P):
+    """Jacobians of (m, v) in psi_i = (random means, L_i raw tril), each (n, m, q)."""
+    n, m, kr = pred.n, pred.m, pred.kr
+    tri = np.tril_indices(kr)
+    q = kr + len(tri[0])
+    Jm, Jv = np.zeros((n, m, q)), np.zeros((n, m, q))
+    if kr:
+        UR = pred.site_design(P, random_only=True)
+        Jm[:, :, :kr] = UR[None, :, :]
+        w = np.einsum("ikl,jk->ijl", P.L, UR)                    # w_ij = L_i' U_j
+        Jv[:, :, kr:] = 2.0 * UR[None, :, tri[0]] * w[:, :, tri[1]]
+    return {"m": Jm, "v": Jv}, tri
 
 
-def _site_jacobian(prob, P):
-    """Jacobians of (m, v) in psi_i = (alpha_i, log rho_i, a_i, L_i raw tril), each (n, m, q)."""
-    n, m, d = prob.n, prob.m, prob.d
-    r = 2 if prob.row_effect == "random" else 0
-    tri = np.tril_indices(d)
-    q = r + d + len(tri[0])
-    Jm = np.zeros((n, m, q))
-    Jv = np.zeros((n, m, q))
-    if r:
-        Jm[:, :, 0] = 1.0
-        Jv[:, :, 1] = 2.0 * np.exp(2.0 * P.log_rho)[:, None]
-    if d:
-        Jm[:, :, r:r + d] = P.theta[None, :, :]
-        u = np.einsum("ikl,jk->ijl", P.L, P.theta)              # u_ij = L_i' theta_j
-        Jv[:, :, r + d:] = 2.0 * P.theta[None, :, tri[0]] * u[:, :, tri[1]]
-    return {"m": Jm, "v": Jv}, r, tri
+def _dS(pred, P, ev):
+    """sum_j Gv_ij U^R_j U^R_j' (n, kr, kr)."""
+    kr = pred.kr
+    UR = pred.site_design(P, random_only=True)
+    UU = (UR[:, :, None] * UR[:, None, :]).reshape(pred.m, kr * kr)
+    return (ev.Gv @ UU).reshape(pred.n, kr, kr)
 
 
-def _second_order_site(prob, P, ev, r, tri):
-    """Site block: ell_v * d2v (L-L, log rho) minus the KL Hessian, raw L coordinates."""
-    n, d = prob.n, prob.d
+def _second_order_site(pred, P, ev, tri):
+    """Site block: ell_v * d2v (L-L) minus the KL Hessian, raw L coordinates."""
+    n, kr = pred.n, pred.kr
     nl = len(tri[0])
-    q = r + d + nl
-    H = np.zeros((n, q, q))
-    if d:
-        th2 = (P.theta[:, :, None] * P.theta[:, None, :]).reshape(prob.m, d * d)
-        dA = (ev.Gv @ th2).reshape(n, d, d)
-        same_col = (tri[1][:, None] == tri[1][None, :]).astype(float)
-        LL = 2.0 * dA[:, tri[0][:, None], tri[0][None, :]] * same_col
-        LL -= np.eye(nl)
-        diag = tri[0] == tri[1]
-        Ld = P.L[:, tri[0][diag], tri[1][diag]]
-        idx = r + d + np.flatnonzero(diag)
-        H[:, r + d:, r + d:] = LL
-        H[:, idx, idx] -= 1.0 / Ld ** 2
-        H[:, r:r + d, r:r + d] -= np.eye(d)
-    if r:
-        s2, rho2 = np.exp(2.0 * P.log_sigma), np.exp(2.0 * P.log_rho)
-        H[:, 0, 0] -= 1.0 / s2
-        H[:, 1, 1] += 4.0 * rho2 * ev.Gv.sum(1) - 2.0 * rho2 / s2
+    H = np.zeros((n, kr + nl, kr + nl))
+    if not kr:
+        return H
+    pr = pred.prior_precision(P)
+    dS = _dS(pred, P, ev)
+    same_col = (tri[1][:, None] == tri[1][None, :]).astype(float)
+    LL = 2.0 * dS[:, tri[0][:, None], tri[0][None, :]] * same_col
+    LL -= np.diag(pr[tri[0]])
+    diag = tri[0] == tri[1]
+    Ld = P.L[:, tri[0][diag], tri[1][diag]]
+    idx = kr + np.flatnonzero(diag)
+    H[:, kr:, kr:] = LL
+    H[:, idx, idx] -= 1.0 / Ld ** 2
+    H[:, np.arange(kr), np.arange(kr)] -= pr
     return H
 
 
-def _second_order_cross(prob, P, ev, r, tri):
+def _second_order_cross(pred, P, ev, tri, cpl, k_phi):
     """Species x site block from ell_m * d2m and ell_v * d2v, shape (n, m, k_phi, q)."""
-    n, m, p, d = prob.n, prob.m, prob.p, prob.d
-    hs = len(s_channels(P.s))
-    q = r + d + len(tri[0])
-    C = np.zeros((n, m, 1 + p + d + hs, q))
-    if not d:
+    n, m, kr = pred.n, pred.m, pred.kr
+    q = kr + len(tri[0])
+    C = np.zeros((n, m, k_phi, q))
+    if cpl is None:
         return C
-    t0 = 1 + p
-    k_idx = np.arange(d)
-    C[:, :, t0 + k_idx, r + k_idx] = ev.Gm[:, :, None]
-    u = np.einsum("ikl,jk->ijl", P.L, P.theta)                  # (n, m, d)
-    # d2v / dtheta_r dL_kl = 2 delta_kr u_l + 2 theta_k L_rl, for (k, l) in tril
+    sp, si, UR, _ = cpl
+    d = sp.stop - sp.start
+    r_idx = np.arange(d)
+    C[:, :, sp.start + r_idx, si.start + r_idx] = ev.Gm[:, :, None]
+    w = np.einsum("ikl,jk->ijl", P.L, UR)                        # (n, m, kr)
+    # d2v / dtheta_r dL_kl = 2 delta_(k, c_r) w_l + 2 U_k L_(c_r) l, for (k, l) in tril
     kk, ll = tri
-    first = 2.0 * (k_idx[:, None] == kk[None, :])[None, None] * u[:, :, None, ll]
-    second = 2.0 * P.theta[None, :, None, kk] * P.L[:, None, :, ll]
-    term = first + second                                          # (n, m, d, nl)
-    C[:, :, t0:t0 + d, r + d:] = ev.Gv[:, :, None, None] * term
+    rows = si.start + r_idx
+    first = 2.0 * (rows[:, None] == kk[None, :])[None, None] * w[:, :, None, ll]
+    second = 2.0 * UR[None, :, None, kk] * P.L[:, None, rows][:, :, :, ll]
+    C[:, :, sp, kr:] = ev.Gv[:, :, None, None] * (first + second)
     return C
 
 
-def _log_diag_chain(prob, P, ev, r, tri, Hvv, Hcross_list):
+def _log_diag_chain(pred, P, ev, tri, Hvv, Hcross_list):
     """Move L's diagonal to the log scale: scale rows/cols by L_kk, add L_kk * gradient."""
-    d = prob.d
-    if not d:
+    kr = pred.kr
+    if not kr:
         return
     diag = np.flatnonzero(tri[0] == tri[1])
-    idx = r + d + diag
-    Ld = P.L[:, tri[0][diag], tri[1][diag]]                     # (n, d)
-    th2 = (P.theta[:, :, None] * P.theta[:, None, :]).reshape(prob.m, d * d)
-    dA = (ev.Gv @ th2).reshape(prob.n, d, d)
-    g_raw = np.diagonal(2.0 * dA @ P.L, axis1=1, axis2=2) - Ld + 1.0 / Ld
+    idx = kr + diag
+    Ld = P.L[:, tri[0][diag], tri[1][diag]]                     # (n, kr)
+    pr = pred.prior_precision(P)
+    g_raw = np.diagonal(2.0 * _dS(pred, P, ev) @ P.L, axis1=1, axis2=2) - pr * Ld + 1.0 / Ld
     D = np.ones(Hvv.shape[:2])
     D[:, idx] = Ld
     Hvv *= D[:, :, None] * D[:, None, :]
     Hvv[:, idx, idx] += Ld * g_raw
     for Hc in Hcross_list:                                       # arrays with last axis q, first n
         Hc *= D.reshape(D.shape[0], *([1] * (Hc.ndim - 2)), D.shape[1])
-
-
-def species_positions(layout):
-    """Packed positions (m, k_phi) of phi_j = (beta0_j, B_j, theta_j, s_j); -1 where fixed at 0."""
-    m, p, d, sl = layout.m, layout.p, layout.d, layout.slices
-    cols = [sl["beta0"].start + np.arange(m)[:, None]]
-    cols.append(sl["B"].start + np.arange(m)[:, None] * p + np.arange(p)[None, :])
-    th = -np.ones((m, d), dtype=int)
-    th[layout.tri_m] = sl["theta"].start + np.arange(int(layout.tri_m.sum()))
-    cols.append(th)
-    if layout.has_disp:
-        cols.append(layout.s_positions())       # shared by all species: the same in every row
-    return np.hstack(cols).astype(int)
-
-
-def site_positions(layout):
-    """Packed positions (n, q) of psi_i = (alpha_i, log rho_i, a_i, L_i tril)."""
-    n, d, sl = layout.n, layout.d, layout.slices
-    nl = d * (d + 1) // 2
-    cols = []
-    if layout.row_effect == "random":
-        cols += [sl["alpha_random"].start + np.arange(n)[:, None], sl["log_rho"].start + np.arange(n)[:, None]]
-    cols.append(sl["a"].start + np.arange(n)[:, None] * d + np.arange(d)[None, :])
-    cols.append(sl["L"].start + np.arange(n)[:, None] * nl + np.arange(nl)[None, :])
-    return np.hstack(cols).astype(int)
 
 
 def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
@@ -276,6 +310,7 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     passes of the family over the cells instead of six; see :func:`cell_curvature`),
     as the fit's full Newton steps use it; standard errors use central ones.
     """
+    pred = prob.predictor
     if forward:
         M, V = moments(prob, P)
         e0 = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=2)
@@ -284,39 +319,67 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     else:
         ev = evaluate(prob, P, grad=False)
         E = cell_curvature(prob, P, ev.M, ev.V, h)
-    Jphi = _species_jacobian(prob, P)
-    Jpsi, r, tri = _site_jacobian(prob, P)
+    cpl = _coupling(pred, P)
+    Jphi = _species_jacobian(pred, P, cpl)
+    Jpsi, tri = _site_jacobian(pred, P)
     Kphi = _contract(E, Jphi)
     Hphiphi = _pair(Kphi, Jphi, "ijk,ijl->jkl")
-    if prob.d:
-        t = slice(1 + prob.p, 1 + prob.p + prob.d)
-        Hphiphi[:, t, t] += 2.0 * np.einsum("ij,ikl->jkl", ev.Gv, P.A)
+    if cpl is not None:
+        sp, si, _, S = cpl
+        Hphiphi[:, sp, sp] += 2.0 * np.einsum("ij,ikl->jkl", ev.Gv, S[:, si, si])
     pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
     if pen is not None:
         k0 = len(pen)
         Hphiphi[:, np.arange(k0), np.arange(k0)] -= pen
     Kpsi = _contract(E, Jpsi)
-    Hvv = _pair(Kpsi, Jpsi, "ijk,ijl->ikl") + _second_order_site(prob, P, ev, r, tri)
-    Hcross = _pair(Kphi, Jpsi, "ijk,ijl->ijkl") + _second_order_cross(prob, P, ev, r, tri)
-    alpha = _fixed_alpha_parts(prob, E, Jphi, Jpsi, P) if prob.row_effect == "fixed" else None
-    _log_diag_chain(prob, P, ev, r, tri, Hvv,
-                    [Hcross] + ([alpha[2]] if alpha is not None else []))
-    return _assemble(prob, P, layout, Hphiphi, Hcross, Hvv, alpha)
+    Hvv = _pair(Kpsi, Jpsi, "ijk,ijl->ikl") + _second_order_site(pred, P, ev, tri)
+    k_phi = Jphi["m"].shape[2]
+    Hcross = _pair(Kphi, Jpsi, "ijk,ijl->ijkl") + _second_order_cross(pred, P, ev, tri, cpl, k_phi)
+    fixed = _fixed_site_parts(pred, P, E, Jphi, Jpsi) if pred.kv > pred.kr else None
+    hyper = _hyper_parts(pred, P, tri)
+    _log_diag_chain(pred, P, ev, tri, Hvv, [Hcross] + ([fixed[2]] if fixed is not None else [])
+                    + [hv for _, _, hv in hyper])
+    return _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper)
 
 
-def _fixed_alpha_parts(prob, E, Jphi, Jpsi, P):
-    """Fixed row effects (m_ij linear in alpha_i, no second-order terms)."""
+def _fixed_site_parts(pred, P, E, Jphi, Jpsi):
+    """Site-local model coordinates (fixed row effects): m linear in them, no second-order terms.
+
+    Returns (Haa (n, kf, kf), Hap (n, m, kf, k_phi), Hav (n, kf, q)).
+    """
+    UF = pred.site_design(P)[:, pred.kr:]                         # (m, kf)
     Ka = {"m": E["mm"], "v": E["mv"], "s": E.get("ms")}
     Ka.update({c: E["m" + c] for c in s_channels(P.s) if c != "s"})
-    Haa = Ka["m"].sum(1)                                        # (n,)
-    Hap = sum(Ka[b][:, :, None] * Jphi[b] for b in Jphi if Jphi.get(b) is not None)
-    Hav = sum((Ka[b][:, :, None] * Jpsi[b]).sum(1) for b in ("m", "v"))
-    return Haa, Hap, np.asarray(Hav, dtype=float).reshape(prob.n, -1)
+    Haa = np.einsum("ij,jk,jl->ikl", Ka["m"], UF, UF)
+    Hap = sum(Ka[b][:, :, None, None] * UF[None, :, :, None] * Jphi[b][:, :, None, :]
+              for b in Jphi if Jphi.get(b) is not None)
+    Hav = sum(np.einsum("ij,jk,ijq->ikq", Ka[b], UF, Jpsi[b]) for b in ("m", "v"))
+    return Haa, Hap, np.asarray(Hav, dtype=float)
 
 
-def _assemble(prob, P, layout, Hphiphi, Hcross, Hvv, alpha):
+def _hyper_parts(pred, P, tri):
+    """[(fields, H_hh (h, h), H_hv (n, h, q))] of the terms' hyperparameters (raw L scale)."""
+    out = []
+    if not pred.hyper_terms:
+        return out
+    kr = pred.kr
+    mu = pred.site_means(P)
+    tpos = {(r, c): kr + k for k, (r, c) in enumerate(zip(*tri))}
+    for t, sl in pred.hyper_terms:
+        cur = t.hyper_curvature(pred, P, mu[:, sl], P.L[:, sl, :])
+        h = len(t.hyper_fields)
+        Hv = np.zeros((pred.n, h, kr + len(tri[0])))
+        Hv[:, :, sl] = cur["hmu"]
+        for a, r in enumerate(range(sl.start, sl.stop)):
+            for c in range(r + 1):
+                Hv[:, :, tpos[(r, c)]] = cur["hL"][:, :, a, c]
+        out.append((t.hyper_fields, cur["hh"], Hv))
+    return out
+
+
+def _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper):
     """Scatter the local blocks into (Hpp, Hpv, Hvv) in packed order."""
-    n, Pn, sl = prob.n, layout.n_model, layout.slices
+    n, Pn = pred.n, layout.n_model
     pos = species_positions(layout)
     ok = pos >= 0
     q = Hvv.shape[1]
@@ -328,21 +391,28 @@ def _assemble(prob, P, layout, Hphiphi, Hcross, Hvv, alpha):
     np.add.at(Hpp, (rows, cols), Hphiphi[both])
     Hpv = np.zeros((Pn, n, q))
     np.add.at(Hpv, pos[ok], np.transpose(Hcross, (1, 2, 0, 3))[ok])
-    if alpha is not None:
-        Haa, Hap, Hav = alpha
-        apos = sl["alpha_fixed"].start + np.arange(n - 1)
-        Hpp[apos, apos] = Haa[1:]
-        blk = np.zeros((n - 1, Pn))
-        cols_ok = np.broadcast_to(pos, Hap.shape[1:])[ok]
-        np.add.at(blk, (slice(None), cols_ok), Hap[1:][:, ok])
-        Hpp[apos, :] += blk
-        Hpp[:, apos] += blk.T
-        Hpp[apos, apos] = Haa[1:]
-        Hpv[apos, np.arange(1, n), :] = Hav[1:]
-    if prob.row_effect == "random":
-        s2, rho2 = np.exp(2.0 * P.log_sigma), np.exp(2.0 * P.log_rho)
-        ls = sl["log_sigma"].start
-        Hpp[ls, ls] = -2.0 * ((rho2 + P.alpha ** 2) / s2).sum()
-        Hpv[ls, :, 0] = 2.0 * P.alpha / s2
-        Hpv[ls, :, 1] = 2.0 * rho2 / s2
+    if fixed is not None:
+        Haa, Hap, Hav = fixed
+        fpos = _fixed_site_positions(layout)                      # (n, kf)
+        for a in range(fpos.shape[1]):
+            live = np.flatnonzero(fpos[:, a] >= 0)
+            ap = fpos[live, a]
+            for b in range(fpos.shape[1]):
+                bl = fpos[live, b]
+                okb = bl >= 0
+                Hpp[ap[okb], bl[okb]] = Haa[live[okb], a, b]
+            blk = np.zeros((len(live), Pn))
+            np.add.at(blk, (slice(None), pos[ok]), Hap[live][:, :, a, :][:, ok])
+            Hpp[ap, :] += blk
+            Hpp[:, ap] += blk.T
+            for b in range(fpos.shape[1]):       # the site's own block (set, not added twice)
+                bl = fpos[live, b]
+                okb = bl >= 0
+                Hpp[ap[okb], bl[okb]] = Haa[live[okb], a, b]
+            Hpv[ap, live, :] = Hav[live, a, :]
+    P = positions(layout)
+    for fields, hh, hv in hyper:
+        hp = np.array([int(getattr(P, f)) for f in fields])
+        Hpp[np.ix_(hp, hp)] = hh
+        Hpv[hp] = np.transpose(hv, (1, 0, 2))
     return HessianBlocks(Hpp, Hpv, Hvv, site_positions(layout))

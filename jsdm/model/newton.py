@@ -1,20 +1,22 @@
 """Joint Newton steps on all means, with the site blocks eliminated (Schur complement).
 
-Species blocks b_j = (beta0_j, B_j, theta_j) and site blocks u_i = (alpha_i, a_i)
-are coupled through every cell. With the variational covariances A_i held fixed,
-the Hessian of the ELBO in the means is, per cell, with m_ij = ... + x_i' b_j,
-v_ij = theta_j' A_i theta_j, w_ij = dv_ij / db_j = (0, 0, 2 A_i theta_j) and
-E_mm = 2 Gv, E_mv, E_vv the second derivatives of ell in (m, v):
+Species blocks phi_j (design Xt, n x ks: 1, x_i, a_i) and site blocks u_i (design U,
+m x kv: theta_j, 1) are coupled through every cell (``prob.predictor`` assembles
+both from the terms). With the variational covariances Sigma_i held fixed, the
+Hessian of the ELBO in the means is, per cell, with m_ij = ... + Xt_i' phi_j,
+v_ij = U^R_j' Sigma_i U^R_j, w_ij = dv_ij / dphi_j (nonzero in the loadings:
+2 (Sigma_i U^R_j)_LV) and E_mm = 2 Gv, E_mv, E_vv the second derivatives of ell in
+(m, v):
 
     H_bb[j]   = sum_i E_mm x_i x_i' + E_mv (x_i w_ij' + w_ij x_i') + E_vv w_ij w_ij'
-                + blockdiag(0, 2 sum_i Gv_ij A_i),                      x_i = (1, x_i, a_i)
-    H_uu[i]   = sum_j E_mm t_j t_j' - prior precision,                  t_j = (1, theta_j)
-    H_bu[j,i] = E_mm x_i t_j' + E_mv w_ij t_j' + Gm_ij E   (E: identity in the theta-a block)
+                + (loadings block) 2 sum_i Gv_ij Sigma_i^(LV,LV),             x_i = Xt_i
+    H_uu[i]   = sum_j E_mm U_j U_j' - prior precision
+    H_bu[j,i] = E_mm x_i U_j' + E_mv w_ij U_j' + Gm_ij E   (E: identity in the theta-a block)
 
 E_mm = 2 Gv is exact (d2/dm2 = 2 d/dv under a normal); E_mv and E_vv come from
 one extra evaluation of the family at v + h (1 + v) (a forward difference of
 Gm and Gv). Without them (the Gauss-Newton-type curvature) the step converges
-only linearly once the A_i are not small.
+only linearly once the Sigma_i are not small.
 
 the species step solves S db = -(g_b - C D^-1 g_u), S = H_bb - C D^-1 C', and the
 site step follows as du_i = -D_i^-1 (g_u,i + C_i' db). The variational covariances
@@ -23,36 +25,35 @@ steps. Every stage is accepted only if the ELBO increases.
 """
 import numpy as np
 
-from .blocks import _chol_inv, ascend, polish_dispersion, scaled_gradient, species_step
 from . import penalty
-from .objective import _CHUNK_CELLS, _cache, cell_eval, kl_terms, moments
-from .start import triangular_rotation
+from .blocks import (_chol_inv, ascend, bilinear_pair, polish_dispersion, scaled_gradient,
+                     species_step)
+from .objective import _CHUNK_CELLS, _cache, cell_eval, moments
+from .terms import latent
 
 _SITE_CHUNK = 500
 
 
 def _site_design(prob, P):
-    cols = [np.ones((prob.m, 1))] if prob.row_effect is not None else []
-    return np.column_stack(cols + [P.theta])
+    return prob.predictor.site_design(P)
 
 
 def _site_blocks(prob, P, ce, U):
     """Curvature D (n, kv, kv) and gradient g (n, kv) of the site means."""
-    n, kv, d = prob.n, U.shape[1], prob.d
+    pred = prob.predictor
+    n, kv, kr = pred.n, U.shape[1], pred.kr
     U2 = (U[:, :, None] * U[:, None, :]).reshape(prob.m, kv * kv)
     D = (2.0 * ce["Gv"] @ U2).reshape(n, kv, kv)
     g = ce["Gm"] @ U
-    idx = np.arange(kv - d, kv)
-    D[:, idx, idx] -= 1.0
-    g[:, kv - d:] -= P.a
-    if prob.row_effect == "random":
-        s2 = np.exp(2.0 * P.log_sigma)
-        D[:, 0, 0] -= 1.0 / s2
-        g[:, 0] -= P.alpha / s2
-    if prob.row_effect == "fixed":
-        D[0, 0, :] = D[0, :, 0] = 0.0
-        D[0, 0, 0] = -1.0
-        g[0, 0] = 0.0
+    if kr:
+        pr = pred.prior_precision(P)
+        idx = np.arange(kr)
+        D[:, idx, idx] -= pr
+        g[:, :kr] -= pr * pred.site_means(P)[:, :kr]
+    for i, k in pred.pinned:
+        D[i, k, :] = D[i, :, k] = 0.0
+        D[i, k, k] = -1.0
+        g[i, k] = 0.0
     return D, g
 
 
@@ -99,47 +100,64 @@ def _third_order_matters(P, A):
     return 2.0 * tr * np.sqrt((P.theta ** 2).sum(1).mean()) > _EXACT_FROM
 
 
-def _species_blocks(prob, P, ce, Xt, A=None):
-    n, m, p, d = prob.n, prob.m, prob.p, prob.d
+def _coupling(prob, P):
+    """What the bilinear term (latent variables) couples: (species slice, site slice,
+    UR (m, kr): the random site design, SL (n, d, kr): the latent variables' rows of
+    Sigma_i), or None without latent variables."""
+    pred = prob.predictor
+    pair = bilinear_pair(pred)
+    if pair is None:
+        return None
+    L = P.L
+    S = L @ np.swapaxes(L, 1, 2)
+    return pair[0], pair[1], pred.site_design(P, random_only=True), S[:, pair[1], :]
+
+
+def _species_blocks(prob, P, ce, Xt, cpl=None):
+    n, m = prob.n, prob.m
     ks = Xt.shape[1]
-    A = P.A if A is None else A
     X2 = (Xt[:, :, None] * Xt[:, None, :]).reshape(n, ks * ks)
     H = (2.0 * ce["Gv"].T @ X2).reshape(m, ks, ks)
     g = ce["Gm"].T @ Xt
-    Q = (ce["Gv"].T @ A.reshape(n, d * d)).reshape(m, d, d)
-    g[:, 1 + p:] += 2.0 * np.einsum("jkl,jl->jk", Q, P.theta)
-    H[:, 1 + p:, 1 + p:] += 2.0 * Q
-    if d and "Emv" in ce:
-        th = P.theta
-        XA = (Xt[:, :, None, None] * A[:, None, :, :]).reshape(n, ks * d * d)
-        T1 = (ce["Emv"].T @ XA).reshape(m, ks, d, d)
-        G = 2.0 * np.einsum("jklr,jr->jkl", T1, th)          # sum_i E_mv x_i (A_i theta_j)'
-        H[:, :, 1 + p:] += G
-        H[:, 1 + p:, :] += np.swapaxes(G, 1, 2)
-        AA = (A[:, :, :, None, None] * A[:, None, None, :, :]).reshape(n, d ** 4)
-        T2 = (ce["Evv"].T @ AA).reshape(m, d, d, d, d)
-        H[:, 1 + p:, 1 + p:] += 4.0 * np.einsum("jlrst,jr,jt->jls", T2, th, th)
     pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
     if pen is not None:
         H -= np.diag(pen)
         g += penalty.species_gradient(prob, P)
+    if cpl is None:
+        return H, g
+    sp, si, UR, SL = cpl
+    d, kr = SL.shape[1], SL.shape[2]
+    Q = (ce["Gv"].T @ SL.reshape(n, d * kr)).reshape(m, d, kr)       # sum_i Gv Sigma_i[LV, :]
+    g[:, sp] += 2.0 * np.einsum("jkl,jl->jk", Q, UR)
+    H[:, sp, sp] += 2.0 * Q[:, :, si]
+    if "Emv" in ce:
+        XA = (Xt[:, :, None, None] * SL[:, None, :, :]).reshape(n, ks * d * kr)
+        T1 = (ce["Emv"].T @ XA).reshape(m, ks, d, kr)
+        G = 2.0 * np.einsum("jklr,jr->jkl", T1, UR)          # sum_i E_mv x_i (Sigma_i U_j)_LV'
+        H[:, :, sp] += G
+        H[:, sp, :] += np.swapaxes(G, 1, 2)
+        AA = (SL[:, :, :, None, None] * SL[:, None, None, :, :]).reshape(n, (d * kr) ** 2)
+        T2 = (ce["Evv"].T @ AA).reshape(m, d, kr, d, kr)
+        H[:, sp, sp] += 4.0 * np.einsum("jlrst,jr,jt->jls", T2, UR, UR)
     return H, g
 
 
-def _cross(prob, ce, Xt, U, rows, free, A=None):
-    """C[j, :, i, :] = 2 Gv_ij x_i t_j' + E_mv w_ij t_j' + Gm_ij E for sites in ``rows``; (m, ks, r, kv)."""
-    p, d = prob.p, prob.d
+def _cross(prob, ce, Xt, U, rows, free, cpl=None):
+    """C[j, :, i, :] = 2 Gv_ij x_i U_j' + E_mv w_ij U_j' + Gm_ij E for sites in ``rows``; (m, ks, r, kv)."""
     Gv, Gm = ce["Gv"][rows], ce["Gm"][rows]
     C = 2.0 * np.einsum("ij,ik,jl->jkil", Gv, Xt[rows], U)
-    kv = U.shape[1]
-    for k in range(d):
-        C[:, 1 + p + k, :, kv - d + k] += Gm.T
-    if d and "Emv" in ce:
-        At = np.einsum("ilr,jr->jli", A[rows], ce["theta"])           # (m, d, r): A_i theta_j
-        C[:, 1 + p:, :, :] += 2.0 * (ce["Emv"][rows].T[:, None, :] * At)[..., None] * U[:, None, None, :]
+    if cpl is not None:
+        sp, si, UR, SL = cpl
+        for k in range(sp.stop - sp.start):
+            C[:, sp.start + k, :, si.start + k] += Gm.T
+        if "Emv" in ce:
+            At = np.einsum("ilr,jr->jli", SL[rows], UR)             # (m, d, r): (Sigma_i U_j)_LV
+            C[:, sp, :, :] += 2.0 * (ce["Emv"][rows].T[:, None, :] * At)[..., None] * U[:, None, None, :]
     C *= free[:, :, None, None]
-    if prob.row_effect == "fixed" and rows.start == 0:
-        C[:, :, 0, 0] = 0.0
+    start = rows.start or 0
+    for i, k in prob.predictor.pinned:
+        if start <= i < rows.stop:
+            C[:, :, i - start, k] = 0.0
     return C
 
 
@@ -153,19 +171,19 @@ def newton_means(prob, P, ce):
     ``_DIRECT_MAX`` unknowns; beyond that it is solved by preconditioned
     conjugate gradients with matrix-free products (cost O(n m) per product).
     """
-    n, m, p, d = prob.n, prob.m, prob.p, prob.d
-    Xt = np.column_stack([np.ones(n), prob.X, P.a])
-    U = _site_design(prob, P)
+    pred = prob.predictor
+    m = pred.m
+    Xt = pred.species_design(P)
+    U = pred.site_design(P)
     ks = Xt.shape[1]
-    free = np.ones((m, ks))
-    free[:, 1 + p:] = np.tril(np.ones((m, d)))
-    A, ce0 = P.A, ce
-    if d and _third_order_matters(P, A):
+    free = pred.free.astype(float)
+    cpl, ce0 = _coupling(prob, P), ce
+    if cpl is not None and _third_order_matters(P, P.A):
         Emv, Evv = mv_curvature(prob, P, ce)
-        ce = {**ce, "Emv": Emv, "Evv": Evv, "theta": P.theta}
-    Hbb, gb = _species_blocks(prob, P, ce, Xt, A)
+        ce = {**ce, "Emv": Emv, "Evv": Evv}
+    Hbb, gb = _species_blocks(prob, P, ce, Xt, cpl)
     D, gu = _site_blocks(prob, P, ce, U)
-    op = _Schur(prob, ce, Xt, U, free, Hbb, np.linalg.inv(D), A)
+    op = _Schur(prob, ce, Xt, U, free, Hbb, np.linalg.inv(D), cpl)
     rhs = gb * free - op.c(op.dinv(gu))
     if m * ks <= _DIRECT_MAX:
         db = _solve_nd(_dense_schur(prob, ce, op), -rhs.reshape(-1)).reshape(m, ks)
@@ -179,18 +197,19 @@ def newton_means(prob, P, ce):
 class _Schur:
     """Products with the cross-curvature C (species x sites) and the Schur complement.
 
-    C[j, :, i, :] = 2 Gv_ij x_i t_j' + Gm_ij E, never formed: C' x and C y are
-    computed with (n, m) matrix products.
+    C[j, :, i, :] = 2 Gv_ij x_i U_j' + Gm_ij E (+ the E_mv part), never formed:
+    C' x and C y are computed with (n, m) matrix products.
     """
 
-    def __init__(self, prob, ce, Xt, U, free, Hbb, Dinv, A=None):
+    def __init__(self, prob, ce, Xt, U, free, Hbb, Dinv, cpl=None):
         self.prob, self.ce, self.Xt, self.U, self.free = prob, ce, Xt, U, free
         self.Hbb, self.Dinv = Hbb, Dinv
-        self.p, self.d, self.kv = prob.p, prob.d, U.shape[1]
-        self.fixed_alpha = prob.row_effect == "fixed"
-        self.exact = self.d > 0 and "Emv" in ce
-        self.A = A
-        self.A2 = None if A is None else A.reshape(prob.n, self.d * self.d)
+        self.cpl = cpl
+        self.pinned = prob.predictor.pinned
+        self.exact = cpl is not None and "Emv" in ce
+        if cpl is not None:
+            self.sp, self.si, self.UR, SL = cpl
+            self.SL2 = SL.reshape(SL.shape[0], -1)                  # (n, d * kr)
 
     def dinv(self, y):
         return np.einsum("ilq,iq->il", self.Dinv, y)
@@ -200,29 +219,32 @@ class _Schur:
         x = x * self.free
         Gv, Gm = self.ce["Gv"], self.ce["Gm"]
         R = 2.0 * Gv * (self.Xt @ x.T)
-        if self.exact:      # + E_mv (w_ij' x_j): w_ij' x_j = 2 theta_j' A_i x_theta_j
-            th, xt = self.ce["theta"], x[:, 1 + self.p:]
-            sym = (th[:, :, None] * xt[:, None, :]).reshape(len(th), -1)
-            R += 2.0 * self.ce["Emv"] * (self.A2 @ sym.T)
+        if self.exact:      # + E_mv (w_ij' x_j): w_ij' x_j = 2 (Sigma_i U_j)_LV' x_theta_j
+            xt = x[:, self.sp]
+            sym = (xt[:, :, None] * self.UR[:, None, :]).reshape(len(xt), -1)
+            R += 2.0 * self.ce["Emv"] * (self.SL2 @ sym.T)
         y = R @ self.U
-        y[:, self.kv - self.d:] += Gm @ x[:, 1 + self.p:]
-        if self.fixed_alpha:
-            y[0, 0] = 0.0
+        if self.cpl is not None:
+            y[:, self.si] += Gm @ x[:, self.sp]
+        for i, k in self.pinned:
+            y[i, k] = 0.0
         return y
 
     def c(self, y):
         """C y for y (n, kv): (m, ks)."""
-        if self.fixed_alpha:
+        if self.pinned:
             y = y.copy()
-            y[0, 0] = 0.0
+            for i, k in self.pinned:
+                y[i, k] = 0.0
         Gv, Gm = self.ce["Gv"], self.ce["Gm"]
         r = y @ self.U.T
         z = (2.0 * Gv * r).T @ self.Xt
-        z[:, 1 + self.p:] += Gm.T @ y[:, self.kv - self.d:]
-        if self.exact:      # + sum_i E_mv (t_j' y_i) 2 A_i theta_j
-            d = self.d
-            Q = ((self.ce["Emv"] * r).T @ self.A2).reshape(-1, d, d)
-            z[:, 1 + self.p:] += 2.0 * np.einsum("jlr,jr->jl", Q, self.ce["theta"])
+        if self.cpl is not None:
+            z[:, self.sp] += Gm.T @ y[:, self.si]
+        if self.exact:      # + sum_i E_mv (U_j' y_i) 2 (Sigma_i U_j)_LV
+            d = self.si.stop - self.si.start
+            Q = ((self.ce["Emv"] * r).T @ self.SL2).reshape(-1, d, self.UR.shape[1])
+            z[:, self.sp] += 2.0 * np.einsum("jlr,jr->jl", Q, self.UR)
         return z * self.free
 
     def neg_schur(self, x):
@@ -237,7 +259,7 @@ class _Schur:
         B = -self.Hbb.copy()
         for start in range(0, prob.n, _SITE_CHUNK):
             rows = slice(start, min(prob.n, start + _SITE_CHUNK))
-            C = _cross(prob, self.ce, self.Xt, self.U, rows, self.free, self.A)
+            C = _cross(prob, self.ce, self.Xt, self.U, rows, self.free, self.cpl)
             B += np.einsum("jkil,ilq,jriq->jkr", C, self.Dinv[rows], C, optimize=True)
         fixed = self.free == 0
         jj, kk = np.nonzero(fixed)
@@ -277,12 +299,12 @@ class _Schur:
 def _dense_schur(prob, ce, op):
     """The Schur complement S = H_bb - C D^-1 C' as a dense matrix (fixed entries -1 on the diagonal)."""
     m, ks = op.free.shape
-    n, kv = prob.n, op.kv
+    n, kv = prob.n, op.U.shape[1]
     S = np.zeros((m * ks, m * ks))
     idx = np.arange(m)
     S.reshape(m, ks, m, ks)[idx, :, idx, :] = op.Hbb
     with _all_threads((m * ks) ** 2 * n * kv):
-        _accumulate(prob, op.ce, op.Xt, op.U, op.free, op.Dinv, S, op.A)
+        _accumulate(prob, op.ce, op.Xt, op.U, op.free, op.Dinv, S, op.cpl)
     fixed = (op.free.reshape(-1) == 0)
     S[fixed, :] = 0.0
     S[:, fixed] = 0.0
@@ -301,12 +323,12 @@ def _all_threads(flops):
     return threadpool_limits(limits=None, user_api="blas")
 
 
-def _accumulate(prob, ce, Xt, U, free, Dinv, S, A=None):
+def _accumulate(prob, ce, Xt, U, free, Dinv, S, cpl=None):
     """S -= C D^-1 C' over chunks of sites (in place)."""
     n, m, ks, kv = prob.n, prob.m, Xt.shape[1], U.shape[1]
     for start in range(0, n, _SITE_CHUNK):
         rows = slice(start, min(n, start + _SITE_CHUNK))
-        C = _cross(prob, ce, Xt, U, rows, free, A)
+        C = _cross(prob, ce, Xt, U, rows, free, cpl)
         r = rows.stop - rows.start
         CD = np.einsum("jkil,ilq->jkiq", C, Dinv[rows]).reshape(m * ks, r * kv)
         S -= CD @ C.reshape(m * ks, r * kv).T
@@ -328,14 +350,11 @@ def _solve_nd(S, rhs):
 
 
 def _apply(prob, P, db, du, t):
-    p, kv, d = prob.p, du.shape[1], prob.d
+    pred = prob.predictor
     T = P.copy()
-    T.beta0 = P.beta0 + t * db[:, 0]
-    T.B = P.B + t * db[:, 1:1 + p]
-    T.theta = np.tril(P.theta + t * db[:, 1 + p:])
-    T.a = P.a + t * du[:, kv - d:]
-    if prob.row_effect is not None:
-        T.alpha = P.alpha + t * du[:, 0]
+    pred.set_species_coef(T, pred.species_coef(P) + t * db)
+    if du.shape[1]:
+        pred.set_site_means(T, pred.site_means(P) + t * du)
     return T
 
 
@@ -355,26 +374,29 @@ def _line_search(prob, P, ce, db, du):
 
 
 def covariance_step(prob, P, ce):
-    """Fixed-point update of each site's variational covariance, accepted per site."""
-    n, d = prob.n, prob.d
+    """Fixed-point update of each site's joint variational covariance, accepted per site,
+    then the closed-form update of the terms' hyperparameters (random row-effect sd)."""
+    pred = prob.predictor
+    n, kr = pred.n, pred.kr
     new = P.copy()
-    if d:
-        th2 = (P.theta[:, :, None] * P.theta[:, None, :]).reshape(prob.m, d * d)
-        Lam = np.eye(d) - (2.0 * ce["Gv"] @ th2).reshape(n, d, d)
+    if kr:
+        UR = pred.site_design(P, random_only=True)
+        UU = (UR[:, :, None] * UR[:, None, :]).reshape(prob.m, kr * kr)
+        Lam = -(2.0 * ce["Gv"] @ UU).reshape(n, kr, kr)
+        idx = np.arange(kr)
+        Lam[:, idx, idx] += pred.prior_precision(P)
         new.L, _ = _chol_inv(Lam)
-    if prob.row_effect == "random":
-        prec = np.exp(-2.0 * P.log_sigma) - 2.0 * ce["Gv"].sum(1)
-        new.log_rho = -0.5 * np.log(prec)
     order = 2 if P.s is not None else 1    # the dispersion step that follows needs order 2
     ct = cell_eval(prob, new, order)
     keep = ~(ct["site"] >= ce["site"])
     if keep.any():
         new.L[keep] = P.L[keep]
-        if new.log_rho is not None:
-            new.log_rho = np.where(keep, P.log_rho, new.log_rho)
         ct = cell_eval(prob, new, order)
-    if prob.row_effect == "random":   # exact maximiser of the ELBO in sigma
-        new.log_sigma = 0.5 * np.log(np.mean(new.alpha ** 2 + np.exp(2 * new.log_rho)))
+    if pred.hyper_terms:   # exact maximiser of the ELBO in the hyperparameters
+        mu = pred.site_means(new)
+        sq = mu[:, :kr] ** 2 + (new.L ** 2).sum(2)
+        for t, sl in pred.hyper_terms:
+            t.hyper_update(pred, new, mu[:, sl], sq[:, sl])
         ct = cell_eval(prob, new, order)
     return new, ct
 
@@ -414,46 +436,10 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
 
 
 def gauge_step(prob, P, ce=None):
-    """Exact ELBO maximisation over the latent variables' affine reparametrisations.
-
-    For any shift c and invertible T, a_i -> T (a_i + c), A_i -> T A_i T',
-    theta_j -> T^-T theta_j, beta0_j -> beta0_j - theta_j' c leave every m_ij and
-    v_ij, hence the likelihood part, unchanged; only the KL terms move. They are
-    least at c = -mean_i(a_i) and T M T' = n I, M = sum_i (a_i + c)(a_i + c)' + A_i;
-    among those T, the one keeping theta lower triangular with a positive
-    diagonal is T = R S^-1/2 (S = M / n, R from a QR factorisation of
-    (theta_top S^1/2)'). These are the slow directions of the alternating
-    updates (location, scale and shear of the latent variables against the
-    intercepts and loadings, pinned only by the prior), so one closed-form step
-    replaces many iterations. No cell is evaluated; ``ce["site"]`` (when given)
-    is updated for the new KL terms.
-    """
-    n, d = prob.n, prob.d
-    if d == 0 or n == 0:
+    """The latent variables' closed-form gauge step (:func:`jsdm.model.terms.latent.gauge_step`)."""
+    if prob.predictor.lv is None:
         return P, ce
-    A = P.A
-    abar = P.a.mean(0)
-    ac = P.a - abar
-    S = (ac.T @ ac + A.sum(0)) / n
-    w, V = np.linalg.eigh(0.5 * (S + S.T))
-    if not (np.all(np.isfinite(w)) and w.min() > 1e-12 * max(w.max(), 1e-300)):
-        return P, ce
-    S_half, S_mhalf = (V * np.sqrt(w)) @ V.T, (V / np.sqrt(w)) @ V.T
-    Q = triangular_rotation(P.theta @ S_half)
-    T = Q.T @ S_mhalf
-    new = P.copy()
-    new.beta0 = P.beta0 + P.theta @ abar
-    new.theta = np.tril(P.theta @ S_half @ Q)
-    new.a = ac @ T.T
-    At = T @ A @ T.T
-    try:
-        new.L = np.linalg.cholesky(0.5 * (At + np.swapaxes(At, 1, 2)))
-    except np.linalg.LinAlgError:
-        return P, ce
-    if ce is None:
-        return new, ce
-    site = ce["site"] + kl_terms(prob, P) - kl_terms(prob, new)
-    site += penalty.kl_shift(prob, P, new)                  # penalty (prior_sd)
-    if not float(site.sum()) >= float(ce["site"].sum()):
-        return P, ce
-    return new, {**ce, "site": site}
+    pred = prob.predictor
+    objective = (lambda Q: pred.kl(Q) - penalty.value(prob, Q) / max(prob.n, 1)) \
+        if penalty.prior_sd(prob) is not None else pred.kl       # penalty (prior_sd)
+    return latent.gauge_step(pred, P, objective, ce)

@@ -1,19 +1,24 @@
 """The evidence lower bound (ELBO) and its analytic gradient.
 
-    ELBO = sum_ij w_ij ell(y_ij, m_ij, v_ij) - sum_i KL(q(z_i) || N(0, I)) [- KL of row effects]
-    m_ij = offset_ij + alpha_i + beta0_j + x_i' B_j + a_i' theta_j
-    v_ij = theta_j' A_i theta_j [+ rho_i^2 for random row effects]
+    ELBO = sum_ij w_ij ell(y_ij, m_ij, v_ij) - sum over q blocks of KL
+    m_ij = offset_ij + sum_t m^t_ij,   v_ij = sum of the q blocks' variances
 
-All work is batched as matrix products over sites and species; the only
-Python loop is inside quadrature families, over quadrature nodes.
+The terms and their blocks are assembled by the problem's
+:class:`~jsdm.model.terms.predictor.LinearPredictor` (``prob.predictor``); with the
+classic terms m_ij = offset_ij + alpha_i + beta0_j + x_i' B_j + a_i' theta_j and
+v_ij = U_j' Sigma_i U_j, U_j = (theta_j[, 1]) and Sigma_i the joint covariance of
+the site's latent variables [and random row effect]. All work is batched as
+matrix products over sites and species; the only Python loops are over the few
+terms when a block is assembled, and inside quadrature families over nodes.
 """
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from . import penalty
-from .params import Params
+from .params import Params  # noqa: F401  (kept for callers importing it from here)
 
 
 @dataclass
@@ -37,57 +42,32 @@ def weighted(W, D):
 
 
 def fixed_part(prob, P, rows=slice(None), cols=slice(None)):
-    """offset + alpha_i + beta0_j + x_i' B_j for the sites in ``rows`` and species in ``cols``."""
-    X = prob.X[rows]
-    beta0 = P.beta0[cols]
-    F = np.broadcast_to(beta0, (X.shape[0], beta0.shape[0])).copy()
-    if prob.p:
-        F += X @ P.B[cols].T
-    if prob.offset is not None:
-        F += prob.offset[rows][:, cols]
-    if P.alpha is not None:
-        F += P.alpha[rows, None]
-    return F
+    """The mean of every term but the latent variables (offset, row effects, intercepts,
+    slopes) for the sites in ``rows`` and species in ``cols``."""
+    return prob.predictor.fixed_part(P, rows, cols)
 
 
-def moments(prob, P, rows=slice(None), cols=slice(None), A2=None):
+def moments(prob, P, rows=slice(None), cols=slice(None), S2=None):
     """Means and variances of the linear predictor under q for the sites in ``rows`` and the
-    species in ``cols``. ``A2``: all sites' covariances reshaped (n, d * d), when at hand."""
-    M = fixed_part(prob, P, rows, cols)
-    d = prob.d
-    if d:
-        th = P.theta[cols]
-        M += P.a[rows] @ th.T
-        th2 = (th[:, :, None] * th[:, None, :]).reshape(th.shape[0], d * d)
-        if A2 is None:
-            L = P.L[rows]
-            A2 = (L @ np.swapaxes(L, 1, 2)).reshape(-1, d * d)
-        else:
-            A2 = A2[rows]
-        V = A2 @ th2.T
-        np.maximum(V, 0.0, out=V)
-    else:
-        V = np.zeros_like(M)
-    if prob.row_effect == "random":
-        V += np.exp(2.0 * P.log_rho[rows])[:, None]
-    return M, V
+    species in ``cols``. ``S2``: all sites' joint site covariances reshaped (n, kr * kr),
+    when at hand (``prob.predictor.site_cov2(P)``)."""
+    return prob.predictor.moments(P, rows, cols, S2)
 
 
 def kl_terms(prob, P):
     """Per-site KL of the variational posteriors from their priors, shape (n,)."""
-    kl = np.zeros(prob.n)
-    if prob.d:
-        diagL = np.diagonal(P.L, axis1=1, axis2=2)
-        kl += 0.5 * ((P.L ** 2).sum(axis=(1, 2)) + (P.a ** 2).sum(1) - prob.d) - np.log(diagL).sum(1)
-    if prob.row_effect == "random":
-        s2 = np.exp(2.0 * P.log_sigma)
-        rho2 = np.exp(2.0 * P.log_rho)
-        kl += 0.5 * (rho2 + P.alpha ** 2) / s2 - 0.5 - (P.log_rho - P.log_sigma)
-    return kl
+    return prob.predictor.kl(P)
 
 
 _CHUNK_CELLS = 1_000_000
-CACHE_KEY = "_ell_cache"     # in Problem.info while a fit runs; removed at its end
+# The family's per-chunk caches of y-only terms, per problem while a fit runs (the
+# Problem itself is never written to; fit_problem releases its entry at the end).
+_ELL_CACHES = weakref.WeakKeyDictionary()
+
+
+def release_cache(prob):
+    """Drop the family's cached y-only terms of ``prob`` (memory, not results)."""
+    _ELL_CACHES.pop(prob, None)
 
 
 def cell_eval(prob, P, order=1, clip=True):
@@ -113,7 +93,7 @@ def cell_eval(prob, P, order=1, clip=True):
     step = max(1, _CHUNK_CELLS // max(m, 1))
     for start in range(0, n, step):
         _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
-    out["site"] -= kl_terms(prob, P)
+    out["site"] -= prob.predictor.kl(P)
     penalty.add_to_cells(prob, P, out["site"], out["species"])      # penalty (prior_sd)
     return out
 
@@ -122,14 +102,14 @@ def _cache(prob, rows):
     """The family's per-chunk cache of y-only terms (families that accept one), as kwargs."""
     if not getattr(prob.family, "accepts_cache", False):
         return {}
-    store = prob.info.setdefault(CACHE_KEY, {})
+    store = _ELL_CACHES.setdefault(prob, {})
     return {"cache": store.setdefault((rows.start, rows.stop), {})}
 
 
 def _eval_rows(prob, P, rows, order, out):
     """Fill ``out`` for the sites in ``rows`` (one chunk of cell_eval)."""
     with np.errstate(over="ignore", invalid="ignore"):   # trial points may be wild:
-        M, V = moments(prob, P, rows)                     # non-finite sums are rejected
+        M, V = prob.predictor.moments(P, rows)           # non-finite sums are rejected
         trials = None if prob.trials is None else prob.trials[rows]
         e = prob.family.ell(prob.Y[rows], M, V, P.s, trials, order=order, **_cache(prob, rows))
     W = prob.W[rows]
@@ -187,31 +167,6 @@ def gradient_from(prob, P, ce):
 
 def gradient(prob, P, ev):
     """Analytic gradient of the ELBO (natural coordinates, full L and theta)."""
-    n, m, d = prob.n, prob.m, prob.d
-    Gm, Gv = ev.Gm, ev.Gv
-    g = Params(beta0=Gm.sum(0), B=Gm.T @ prob.X if prob.p else np.zeros((m, 0)),
-               theta=np.zeros((m, d)), a=np.zeros((n, d)), L=np.zeros((n, d, d)))
-    if d:
-        A = P.A
-        th2 = (P.theta[:, :, None] * P.theta[:, None, :]).reshape(m, d * d)
-        dA = (Gv @ th2).reshape(n, d, d)                       # sum_j Gv theta theta'
-        Q = (Gv.T @ A.reshape(n, d * d)).reshape(m, d, d)      # sum_i Gv A_i
-        g.theta = Gm.T @ P.a + 2.0 * np.einsum("jkl,jl->jk", Q, P.theta)
-        g.theta = np.tril(g.theta)
-        g.a = Gm @ P.theta - P.a
-        gL = 2.0 * dA @ P.L - P.L
-        idx = np.arange(d)
-        gL[:, idx, idx] += 1.0 / P.L[:, idx, idx]
-        g.L = np.tril(gL)
-    if ev.gs is not None:
-        g.s = ev.gs
-    if prob.row_effect == "fixed":
-        g.alpha = Gm.sum(1)
-    elif prob.row_effect == "random":
-        s2 = np.exp(2.0 * P.log_sigma)
-        rho2 = np.exp(2.0 * P.log_rho)
-        g.alpha = Gm.sum(1) - P.alpha / s2
-        g.log_rho = 2.0 * rho2 * Gv.sum(1) - rho2 / s2 + 1.0
-        g.log_sigma = float(((rho2 + P.alpha ** 2) / s2 - 1.0).sum())
+    g = prob.predictor.gradient(P, ev.Gm, ev.Gv, ev.gs)
     penalty.add_gradient(prob, P, g)                                # penalty (prior_sd)
     return g

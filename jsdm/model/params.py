@@ -1,156 +1,172 @@
-"""Model and variational parameters, and their packing into one vector.
+"""Parameter values of the terms, and their packing into one vector.
 
-Natural form (a :class:`Params`):
+A :class:`Params` is a namespace of the arrays the terms own (see
+``jsdm.model.terms``); with the classic terms they are
 
 - ``beta0`` (m,), ``B`` (m, p): species intercepts and slopes
 - ``theta`` (m, d): loadings, zero above the diagonal
-- ``s`` (m,), (m, q), (1, q) or None: unconstrained dispersion parameters, one per
-  species, a vector of q per species (ordinal cut points, q = K - 2) or one vector
-  shared by all species (ordinal common cut points; a global parameter)
+- ``s`` (m,), (m, q), (1, q) or None: the family's unconstrained dispersion parameters,
+  one per species, a vector of q per species (ordinal cut points, q = K - 2) or one
+  vector shared by all species (ordinal common cut points; a global parameter); only
+  the entries in ``s_free`` are packed
 - ``alpha`` (n,) or None: fixed row effects (alpha[0] == 0) or, for random row
   effects, the variational means of the site effects
 - ``log_sigma`` float or None: log sd of random row effects
-- ``log_rho`` (n,) or None: log variational sd of random row effects
-- ``a`` (n, d), ``L`` (n, d, d): variational means and Cholesky factors
-  (lower triangular, positive diagonal) of the latent-variable covariances
+- ``a`` (n, d): variational means of the latent variables
+- ``L`` (n, kr, kr): Cholesky factors (lower triangular, positive diagonal) of the
+  joint variational covariance of each site's random coordinates: the d latent
+  variables first, then the random row effect when there is one (kr = d + 1).
 
-The packed vector stores free entries only: theta's lower triangle, L's lower
-triangle with its diagonal on the log scale, alpha without its first entry
-when fixed; a vector dispersion (m, q) is stored species by species (s.ravel()), only its
-entries in ``s_free``; one shared by all species is (1, q).
+``P.A`` is the latent variables' covariance (the leading d x d block of L L') and
+``P.log_rho`` the log sd of the random row effect's variational marginal.
+
+A :class:`Layout` lays the terms' packed blocks (``jsdm.model.terms.slots``) end
+to end: model parameters first (species-local, then the dispersion, then
+site-local and global ones), then the variational ones, then L (its lower
+triangle with the diagonal on the log scale).
 """
-from dataclasses import dataclass, replace
-from typing import Optional
-
 import numpy as np
 
-# Box for the unconstrained dispersion parameter s: wide enough for any real data
-# (NB: phi from 2e-9, practically Poisson, to 3e6), and it keeps the optimiser
-# away from the boundary phi -> 0 where s drifts to -infinity.
-S_BOUNDS = (-20.0, 15.0)
+from .terms.dispersion import S_BOUNDS  # noqa: F401  (re-exported: the dispersion box)
+
+_OPTIONAL = ("s", "alpha", "log_sigma")
 
 
-@dataclass
 class Params:
-    beta0: np.ndarray
-    B: np.ndarray
-    theta: np.ndarray
-    a: np.ndarray
-    L: np.ndarray
-    s: Optional[np.ndarray] = None
-    alpha: Optional[np.ndarray] = None
-    log_sigma: Optional[float] = None
-    log_rho: Optional[np.ndarray] = None
+    """Named parameter arrays (attributes). Unset optional parts (``s``, ``alpha``,
+    ``log_sigma``) read as None.
+
+    The legacy signature ``Params(beta0, B, theta, a, L, s=None, alpha=None,
+    log_sigma=None, log_rho=None)`` is accepted: given ``log_rho`` (random row effects
+    with an LV-only L), L becomes the joint factor with zero covariance between the
+    latent variables and the row effect.
+    """
+
+    # optional parts read as None when a model has none (class attributes: no lookup cost)
+    s = None
+    alpha = None
+    log_sigma = None
+
+    def __init__(self, beta0=None, B=None, theta=None, a=None, L=None, s=None, alpha=None,
+                 log_sigma=None, log_rho=None, **more):
+        given = dict(beta0=beta0, B=B, theta=theta, a=a, L=L, s=s, alpha=alpha,
+                     log_sigma=log_sigma, **more)
+        for k, v in given.items():
+            if v is not None or k in _OPTIONAL:
+                self.__dict__[k] = v
+        if log_rho is not None:
+            L = np.asarray(self.__dict__["L"], dtype=float)
+            n, d = L.shape[0], L.shape[1]
+            J = np.zeros((n, d + 1, d + 1))
+            J[:, :d, :d] = L
+            J[:, d, d] = np.exp(np.asarray(log_rho, dtype=float))
+            self.__dict__["L"] = J
+
+    @classmethod
+    def from_fields(cls, fields):
+        """A Params holding ``fields`` (dict name -> array) as they are (no legacy handling)."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(fields)
+        return obj
+
+    def __getattr__(self, name):
+        raise AttributeError(f"{type(self).__name__!r} has no parameter {name!r}")
 
     def copy(self):
-        return replace(self, **{k: (None if v is None else np.array(v, dtype=float))
-                                for k, v in self.__dict__.items()})
+        return Params.from_fields({k: (None if v is None else np.array(v, dtype=float))
+                                   for k, v in self.__dict__.items()})
+
+    def fields(self):
+        """dict of the parameter arrays (not copied)."""
+        return dict(self.__dict__)
+
+    def __repr__(self):
+        parts = [f"{k}={np.shape(v)}" if v is not None else f"{k}=None"
+                 for k, v in self.__dict__.items()]
+        return f"Params({', '.join(parts)})"
+
+    @property
+    def _d(self):
+        a = self.__dict__.get("a")
+        return 0 if a is None else np.shape(a)[1]
 
     @property
     def A(self):
-        """Variational covariances L L' (n, d, d)."""
-        return self.L @ np.swapaxes(self.L, 1, 2)
+        """Variational covariances of the latent variables (n, d, d): the leading block of L L'."""
+        d, L = self._d, self.__dict__["L"]
+        Ld = L[:, :d, :]
+        return Ld @ np.swapaxes(Ld, 1, 2)
+
+    @property
+    def log_rho(self):
+        """log sd of each site's random row effect under q (n,), or None."""
+        if self.log_sigma is None or self.alpha is None:
+            return None
+        L, d = self.__dict__["L"], self._d
+        if L.shape[1] <= d:
+            return None
+        return 0.5 * np.log((L[:, d, :] ** 2).sum(1))
 
 
 class Layout:
-    """Maps between :class:`Params` and a flat vector for one problem shape."""
+    """Maps between :class:`Params` and a flat vector for one problem's terms.
 
-    MODEL_BLOCKS = ("beta0", "B", "theta", "s", "alpha_fixed", "log_sigma")
+    ``Layout(predictor)``; the legacy form ``Layout(n, m, p, d, has_disp,
+    row_effect, n_disp=None, s_free=None, shared=False)`` builds the classic terms for
+    those sizes.
 
-    def __init__(self, n, m, p, d, has_disp, row_effect, n_disp=None, s_free=None, shared=False):
-        self.n, self.m, self.p, self.d = n, m, p, d
-        self.has_disp, self.row_effect = has_disp, row_effect
-        self.n_disp = None if (n_disp is None or not has_disp) else int(n_disp)
-        self.disp_width = (self.n_disp or 1) if has_disp else 0     # entries of s per species
-        # a vector dispersion is (rows, q): rows = m, or 1 when shared by all species; only the
-        # entries in s_free are packed (the others are held at 0: e.g. ordinal cut points of
-        # categories a species does not use)
-        self.s_free = None
-        if self.n_disp is not None:
-            shape = (1 if shared else m, self.n_disp)
-            self.s_free = (np.ones(shape, dtype=bool) if s_free is None
-                           else np.asarray(s_free, dtype=bool).reshape(shape))
-        self.tri_m = np.tril(np.ones((m, d), dtype=bool))
-        self.tri_d = np.tril_indices(d)
-        self.diag_pos = np.array([k for k, (r, c) in enumerate(zip(*self.tri_d)) if r == c], dtype=int)
-        nl = d * (d + 1) // 2
-        sizes = [("beta0", m), ("B", m * p), ("theta", int(self.tri_m.sum())),
-                 ("s", int(self.s_free.sum()) if self.s_free is not None else m * self.disp_width),
-                 ("alpha_fixed", n - 1 if row_effect == "fixed" else 0),
-                 ("log_sigma", 1 if row_effect == "random" else 0),
-                 ("alpha_random", n if row_effect == "random" else 0),
-                 ("log_rho", n if row_effect == "random" else 0),
-                 ("a", n * d), ("L", n * nl)]
+    Attributes
+    ----------
+    slots : list of Slot, in packed order
+    slices : dict slot name -> slice of the packed vector
+    size, n_model : total entries and model entries (the model ones come first)
+    """
+
+    def __init__(self, predictor, m=None, p=None, d=None, has_disp=None, row_effect=None,
+                 n_disp=None, s_free=None, shared=False):
+        if not hasattr(predictor, "slots"):
+            predictor = _legacy_predictor(int(predictor), m, p, d, has_disp, row_effect, n_disp,
+                                          s_free, shared)
+        self.predictor = predictor
+        pred = predictor
+        self.n, self.m, self.p, self.d = pred.n, pred.m, pred.p, pred.d
+        self.has_disp = pred.dispersion is not None
+        self.n_disp = pred.dispersion.n_disp if self.has_disp else None
+        self.disp_width = pred.dispersion.width if self.has_disp else 0
+        # a vector dispersion (rows, q): rows = m, or 1 when shared by all species; only the
+        # entries in s_free are packed (ordinal: cut points of unused categories are held)
+        self.s_free = pred.dispersion.free_mask(pred) if self.has_disp else None
+        row = pred.term("row_fixed") or pred.term("row_random")
+        self.row_effect = None if row is None else ("fixed" if row.kind == "row_fixed" else "random")
+        self.tri_m = np.tril(np.ones((self.m, self.d), dtype=bool))
+        self.tri_d = np.tril_indices(self.d)
+        self.slots = pred.slots()
         self.slices, start = {}, 0
-        for name, size in sizes:
-            self.slices[name] = slice(start, start + size)
-            start += size
+        for s in self.slots:
+            self.slices[s.name] = slice(start, start + s.size)
+            start += s.size
         self.size = start
-        self.n_model = sum(self.slices[b].stop - self.slices[b].start for b in self.MODEL_BLOCKS)
+        self.n_model = sum(s.size for s in self.slots if s.model)
+        self.model_slots = [s for s in self.slots if s.model]
+        self._plan = [(s, s.field, self.slices[s.name]) for s in self.slots]
+        self._nonempty = [(s, f, sl) for s, f, sl in self._plan if s.size]
 
     def pack(self, P):
         x = np.empty(self.size)
-        sl = self.slices
-        x[sl["beta0"]] = P.beta0
-        x[sl["B"]] = P.B.ravel()
-        x[sl["theta"]] = P.theta[self.tri_m]
-        if self.has_disp:
-            x[sl["s"]] = np.ravel(P.s) if self.s_free is None else np.asarray(P.s)[self.s_free]
-        if self.row_effect == "fixed":
-            x[sl["alpha_fixed"]] = P.alpha[1:]
-        elif self.row_effect == "random":
-            x[sl["log_sigma"]] = P.log_sigma
-            x[sl["alpha_random"]] = P.alpha
-            x[sl["log_rho"]] = P.log_rho
-        x[sl["a"]] = P.a.ravel()
-        Lt = P.L[:, self.tri_d[0], self.tri_d[1]].copy()
-        Lt[:, self.diag_pos] = np.log(Lt[:, self.diag_pos])
-        x[sl["L"]] = Lt.ravel()
+        fields = P.__dict__
+        for s, f, sl in self._nonempty:
+            x[sl] = s.pack(fields[f])
         return x
 
     def unpack(self, x):
-        n, m, p, d, sl = self.n, self.m, self.p, self.d, self.slices
-        theta = np.zeros((m, d))
-        theta[self.tri_m] = x[sl["theta"]]
-        Lt = x[sl["L"]].reshape(n, -1).copy()
-        Lt[:, self.diag_pos] = np.exp(Lt[:, self.diag_pos])
-        L = np.zeros((n, d, d))
-        L[:, self.tri_d[0], self.tri_d[1]] = Lt
-        P = Params(beta0=x[sl["beta0"]].copy(), B=x[sl["B"]].reshape(m, p).copy(), theta=theta,
-                   a=x[sl["a"]].reshape(n, d).copy(), L=L)
-        if self.has_disp:
-            if self.s_free is None:
-                P.s = x[sl["s"]].copy()
-            else:
-                P.s = np.zeros(self.s_free.shape)
-                P.s[self.s_free] = x[sl["s"]]
-        if self.row_effect == "fixed":
-            P.alpha = np.concatenate([[0.0], x[sl["alpha_fixed"]]])
-        elif self.row_effect == "random":
-            P.log_sigma = float(x[sl["log_sigma"]][0])
-            P.alpha = x[sl["alpha_random"]].copy()
-            P.log_rho = x[sl["log_rho"]].copy()
-        return P
+        return Params.from_fields({f: s.unpack(x[sl]) for s, f, sl in self._plan})
 
     def pack_grad(self, G, P):
-        """Pack a gradient given in natural coordinates (chain rule for log-diagonals)."""
-        sl = self.slices
+        """Pack a gradient given in natural coordinates (chain rule of each slot)."""
         g = np.empty(self.size)
-        g[sl["beta0"]] = G.beta0
-        g[sl["B"]] = G.B.ravel()
-        g[sl["theta"]] = G.theta[self.tri_m]
-        if self.has_disp:
-            g[sl["s"]] = np.ravel(G.s) if self.s_free is None else np.asarray(G.s)[self.s_free]
-        if self.row_effect == "fixed":
-            g[sl["alpha_fixed"]] = G.alpha[1:]
-        elif self.row_effect == "random":
-            g[sl["log_sigma"]] = G.log_sigma
-            g[sl["alpha_random"]] = G.alpha
-            g[sl["log_rho"]] = G.log_rho
-        g[sl["a"]] = G.a.ravel()
-        gL = G.L[:, self.tri_d[0], self.tri_d[1]].copy()
-        gL[:, self.diag_pos] *= P.L[:, self.tri_d[0], self.tri_d[1]][:, self.diag_pos]
-        g[sl["L"]] = gL.ravel()
+        gf, pf = G.__dict__, P.__dict__
+        for s, f, sl in self._nonempty:
+            g[sl] = s.pack_grad(gf[f], pf[f])
         return g
 
     def s_positions(self):
@@ -169,7 +185,9 @@ class Layout:
     def bounds(self):
         """(lower, upper) arrays for the packed vector (inf where unbounded)."""
         lo, hi = np.full(self.size, -np.inf), np.full(self.size, np.inf)
-        lo[self.slices["s"]], hi[self.slices["s"]] = S_BOUNDS
+        for s in self.slots:
+            if s.bounds is not None:
+                lo[self.slices[s.name]], hi[self.slices[s.name]] = s.bounds
         return lo, hi
 
     def projected(self, x, g):
@@ -183,6 +201,28 @@ class Layout:
     def model_mask(self):
         """Boolean mask of the packed vector: True for model (not variational) entries."""
         mask = np.zeros(self.size, dtype=bool)
-        for b in self.MODEL_BLOCKS:
-            mask[self.slices[b]] = True
+        for s in self.slots:
+            if s.model:
+                mask[self.slices[s.name]] = True
         return mask
+
+
+class _DispersionShape:
+    """Stands in for a family when a legacy Layout only needs the dispersion's shape."""
+
+    has_dispersion = True
+    dispersion_name = None
+
+    def __init__(self, shared=False):
+        self.shared_dispersion = bool(shared)
+
+
+def _legacy_predictor(n, m, p, d, has_disp, row_effect, n_disp, s_free=None, shared=False):
+    from .terms import LinearPredictor, default_terms
+
+    covs = tuple(f"x{k + 1}" for k in range(int(p)))
+    return LinearPredictor(default_terms(covs, int(d), row_effect), n=n, m=int(m),
+                           X=np.zeros((n, int(p))),
+                           family=_DispersionShape(shared) if has_disp else None,
+                           n_disp=n_disp if has_disp else None,
+                           s_free=s_free if has_disp else None)

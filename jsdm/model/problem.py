@@ -46,6 +46,11 @@ class Problem:
     X : ndarray (n, p)   site design without intercept (p may be 0)
     offset : ndarray (n, m) or None
     trials : ndarray (n, m) or None (binomial)
+    model_terms : tuple of Term or None
+        The terms of the linear predictor (``jsdm.model.terms``); None: the classic
+        ones from ``terms`` (species slopes), ``num_lv`` and ``row_effect``.
+    predictor : LinearPredictor (built on construction, not a field)
+        The terms bound to this problem's data.
     """
 
     Y: np.ndarray
@@ -61,6 +66,24 @@ class Problem:
     trials: Optional[np.ndarray] = None
     formula: Optional[str] = None
     info: dict = field(default_factory=dict)
+    model_terms: Optional[tuple] = None
+
+    def __post_init__(self):
+        from .terms import LinearPredictor, default_terms
+
+        if self.family.has_dispersion and "n_dispersion" not in self.info:
+            self.info["n_dispersion"] = self.n_disp      # asked of the family once
+        terms = self.model_terms
+        if terms is None:
+            terms = default_terms(self.terms, self.num_lv, self.row_effect)
+            object.__setattr__(self, "model_terms", terms)
+        disp = self.family.has_dispersion
+        pred = LinearPredictor(terms, n=self.Y.shape[0], m=self.Y.shape[1], X=self.X,
+                               offset=self.offset, family=self.family,
+                               n_disp=self.n_disp if disp else None,
+                               s_free=self.s_free if disp else None,
+                               sites=self.sites, species=self.species, covariates=self.terms)
+        object.__setattr__(self, "predictor", pred)
 
     @property
     def n(self):
@@ -231,8 +254,14 @@ def _check_terms(terms, formula):
 
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
-                  offset=None, trials=None, response=None, site=None, species=None):
-    """Validate user input and build a :class:`Problem`."""
+                  offset=None, trials=None, response=None, site=None, species=None,
+                  extra_terms=()):
+    """Validate user input and build a :class:`Problem`.
+
+    ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
+    appended to the classic ones (intercepts, slopes, ``num_lv`` latent variables,
+    ``row_effect``); the optimiser and the outputs take them as they come.
+    """
     fam = get_family(family)
     check_num_lv(num_lv)
     if row_effect not in ROW_EFFECTS:
@@ -255,7 +284,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     fam.check_y(Y, tr)
     check_response_scale(Y, W, fam, Ydf.columns)
     fam = fam.prepare(np.where(W > 0, Y, np.nan), species=Ydf.columns)   # ordinal: categories used
-    Yf = np.where(W > 0, Y, 0.0)
+    Yf = np.where(W > 0, Y, fam.missing_fill)
     Xmat, terms = _design(com, formula)
     off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,
                        Ydf.columns)
@@ -274,9 +303,13 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     q = fam.n_dispersion(Y, species=Ydf.columns) if fam.has_dispersion else None
     if q is not None:
         info["n_dispersion"] = int(q)
+    model_terms = None
+    if extra_terms:
+        from .terms import default_terms
+        model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
-                   offset=off, trials=tr, formula=formula, info=info)
+                   offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
 
 
 def _trials(trials, W, Ydf):

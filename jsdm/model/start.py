@@ -1,4 +1,10 @@
-"""Starting values: per-species GLMs, then an SVD of their Dunn-Smyth residuals."""
+"""Starting values: per-species GLMs, then an SVD of their Dunn-Smyth residuals.
+
+The GLMs fit the terms marked ``in_glm_start`` (species intercepts and slopes) with
+the dispersion; every term then writes its own starting values
+(``Term.start``) from them: the latent variables from the leading factors of the
+GLMs' Dunn-Smyth residuals, row effects at zero, the site covariances diagonal.
+"""
 import numpy as np
 
 from .._numerics import safe_solve
@@ -6,8 +12,9 @@ from .._numerics import safe_solve
 from . import penalty
 from .blocks import dispersion_step, hold_fixed
 from .objective import weighted
-from .params import S_BOUNDS, Params
+from .params import S_BOUNDS
 from .residuals import dunn_smyth
+from .terms.latent import lower_triangularise, triangular_rotation  # noqa: F401
 
 _MAX_STEP = 5.0
 
@@ -20,16 +27,18 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
     spaced subset of sites (deterministic, so fits stay reproducible); the full
     fit refines everything.
 
-    Returns ``(b, s)``: b (m, 1 + p) intercepts and slopes, s (m,), (m, q) or None.
+    Returns ``(b, s)``: b (m, k) the coefficients of the ``in_glm_start`` terms (with the
+    classic terms: intercepts and slopes, k = 1 + p), s (m,), (m, q) or None.
     """
     keep = min(prob.n, max_sites, max(200, 500_000 // max(prob.m, 1)))
     rows = np.unique(np.linspace(0, prob.n - 1, keep).round().astype(int))
     fam, Y, W = prob.family, prob.Y[rows], prob.W[rows]
-    Xt = np.column_stack([np.ones(len(rows)), prob.X[rows]])
+    Xt = glm_design(prob, rows)
     off = 0.0 if prob.offset is None else prob.offset[rows]
     trials = None if prob.trials is None else prob.trials[rows]
     b = np.zeros((prob.m, Xt.shape[1]))
-    b[:, 0] = _intercept_guess(fam, Y, W, trials)
+    if prob.predictor.glm_terms and prob.predictor.glm_terms[0].kind == "intercepts":
+        b[:, 0] = fam.start_intercept(Y, W, trials)
     s = None
     if fam.has_dispersion:
         s = np.zeros(prob.s_shape)
@@ -42,8 +51,7 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
                 s = np.clip(np.asarray(g, dtype=float), -10, 10)
     zero_v = np.zeros_like(Y)
 
-    pen = penalty.species_curvature(prob)            # penalty (prior_sd): (beta0, B) part
-    pen = None if pen is None else pen[:Xt.shape[1]]
+    pen = penalty.glm_curvature(prob)                # penalty (prior_sd): the GLMs' terms
 
     def loglik(b, s, order=1):
         e = fam.ell(Y, Xt @ b.T + off, zero_v, s, trials, order=order)
@@ -97,38 +105,18 @@ def _accept(loglik, b, s, step, snew, ll):
     return bt, st, llt, e
 
 
-def _intercept_guess(fam, Y, W, trials):
-    parts = getattr(fam, "parts", None)                 # a mixed model: each family on its columns
-    if parts is not None:
-        out = np.empty(Y.shape[1])
-        for member, cols in parts:
-            out[cols] = _intercept_guess(member, Y[:, cols], W[:, cols],
-                                         None if trials is None else trials[:, cols])
-        return out
-    own = getattr(fam, "intercept_start", None)        # a family's own start, where it has one
-    if own is not None:
-        return own(Y, W, trials)
-    ybar = (W * Y).sum(0) / np.maximum(W.sum(0), 1)
-    if fam.name == "binomial":
-        nt = 1.0 if trials is None else (W * trials).sum(0) / np.maximum(W.sum(0), 1)
-        pbar = np.clip(ybar / nt, 0.02, 0.98)
-        from scipy import special
-        return special.logit(pbar) if fam.link == "logit" else special.ndtri(pbar) \
-            if fam.link == "probit" else np.log(-np.log1p(-pbar))
-    if fam.link == "log":
-        return np.log(np.maximum(ybar, 0.05))
-    if fam.name == "ordinal":       # P(lowest category) = F(tau_1 - eta) with tau_1 = 0
-        from scipy import special
-        p0 = np.clip((W * (fam.ranks(Y) == 0)).sum(0) / np.maximum(W.sum(0), 1), 0.02, 0.98)
-        return -special.ndtri(p0) if fam.link == "probit" else -special.logit(p0)
-    return ybar
+def glm_design(prob, rows=slice(None)):
+    """Site design (r, k) of the terms fitted by the starting GLMs (intercept column first)."""
+    pred = prob.predictor
+    P = None            # their designs are data (1, x_i), not parameters
+    return np.column_stack([t.species_design(pred, P, rows) for t in pred.glm_terms])
 
 
-def lv_start(prob, b, s, rng, jitter=0.0):
-    """Latent-variable means and loadings from the leading factors of Dunn-Smyth residuals."""
-    n, d = prob.n, prob.d
-    Xt = np.column_stack([np.ones(n), prob.X])
-    eta = Xt @ b.T + (0.0 if prob.offset is None else prob.offset)
+def lv_start(prob, eta, s, d, rng, jitter=0.0):
+    """Latent-variable means and loadings from the leading factors of Dunn-Smyth residuals.
+
+    ``eta`` (n, m): the starting GLMs' linear predictor (offset included).
+    """
     y = np.where(prob.W > 0, prob.Y, np.nan)
     R = dunn_smyth(prob.family, y, eta, s, prob.trials, rng)
     R = np.where(np.isnan(R), 0.0, R)
@@ -153,39 +141,21 @@ def _leading_factors(R, d):
     return U * np.sqrt(n), (V * sv) / np.sqrt(n)
 
 
-def triangular_rotation(theta):
-    """Orthogonal Q (d, d) such that theta @ Q is lower triangular in its first d rows with a
-    non-negative diagonal (QR factorisation of the top block's transpose, signs fixed)."""
-    d = theta.shape[1]
-    Q, R = np.linalg.qr(theta[:d].T)      # theta_top' = Q R  ->  theta_top Q = R'
-    sign = np.sign(np.diag(R))
-    sign[sign == 0] = 1.0
-    return Q * sign
-
-
-def lower_triangularise(a, theta):
-    """Rotate (a, theta) so theta is lower triangular with positive diagonal; a theta' unchanged."""
-    if theta.shape[1] == 0:
-        return a, theta
-    Q = triangular_rotation(theta)
-    return a @ Q, np.tril(theta @ Q)
-
-
 def initial_params(prob, rng, jitter=0.0, glm=None):
-    """Complete starting Params for one start."""
+    """Complete starting Params for one start: every term's ``start`` from the GLMs."""
     b, s = glm if glm is not None else glm_start(prob)
-    n, m, d = prob.n, prob.m, prob.d
-    if d:
-        a, theta = lv_start(prob, b, s, rng, jitter)
-    else:
-        a, theta = np.zeros((n, 0)), np.zeros((m, 0))
-    L = np.broadcast_to(np.eye(d) * 0.5, (n, d, d)).copy()
-    P = Params(beta0=b[:, 0].copy(), B=b[:, 1:].copy(), theta=theta, a=a, L=L,
-               s=None if s is None else s.copy())
-    if prob.row_effect == "fixed":
-        P.alpha = np.zeros(n)
-    elif prob.row_effect == "random":
-        P.alpha = np.zeros(n)
-        P.log_sigma = np.log(0.5)
-        P.log_rho = np.full(n, np.log(0.3))
+    pred = prob.predictor
+    P = pred.zeros()
+    if s is not None:
+        P.s = s.copy()
+    coef, at = {}, 0
+    for t in pred.glm_terms:
+        w = t.species_width(pred)
+        coef[t] = b[:, at:at + w]
+        at += w
+    eta0 = glm_design(prob) @ b.T + (0.0 if prob.offset is None else prob.offset)
+    init = {"glm": coef, "s": s, "rng": rng, "jitter": jitter, "eta0": eta0, "prob": prob}
+    for t in pred.terms:
+        t.start(pred, P, init)
+    P.L = pred.start_cov()
     return P

@@ -12,5 +12,5 @@ from .network import plot_network
 from .ordination import plot_ordination
 from .residuals import plot_residuals
 
-__all__ = ["plot_associations", "plot_coefficients", "plot_ordination", "plot_residuals",
-           "plot_variance_partition"]
+__all__ = ["plot_associations", "plot_coefficients", "plot_cv", "plot_network", "plot_ordination",
+           "plot_residuals", "plot_variance_partition"]

@@ -90,7 +90,7 @@ def short_labels(labels, width=LABEL_WIDTH):
     seen = {}
     for k, text in enumerate(out):
         seen.setdefault(text, []).append(k)
-    for text, where in seen.items():
+    for where in seen.values():
         if len(where) > 1 and len({str(labels[k]) for k in where}) > 1:
             for k in where:
                 out[k] = short_label(labels[k], width - len(f" [{k + 1}]")) + f" [{k + 1}]"

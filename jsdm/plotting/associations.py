@@ -29,7 +29,7 @@ def cluster_order(cor):
 
 def plot_associations(fit, cluster=True, only_significant=False, ax=None, *, alpha=0.05,
                       method="delta", add_family_variance="observation", cmap="RdBu_r",
-                      species=None, labels="auto", **kwargs):
+                      species=None, labels="auto", n_boot=200, seed=None, transform="angle"):
     """Heatmap of residual correlations (lower triangle) with a colour bar.
 
     Parameters
@@ -41,10 +41,13 @@ def plot_associations(fit, cluster=True, only_significant=False, ax=None, *, alp
     only_significant : bool
         Blank out pairs whose (1 - alpha) interval contains 0 (intervals from
         :func:`jsdm.analysis.associations.residual_correlation_intervals` with
-        ``method`` and ``**kwargs``).
+        ``method``, ``n_boot``, ``seed`` and ``transform``).
     ax : matplotlib Axes, optional
+        Axes to draw on (default: a new figure sized for the species).
     alpha : float
+        1 - confidence level of the intervals (with ``only_significant``).
     method : {"delta", "bootstrap"}
+        Interval method (with ``only_significant``).
     add_family_variance : {"observation", "lognormal", "trigamma"} or bool
         The association measure (see
         :func:`jsdm.analysis.associations.residual_correlation`); False for
@@ -56,6 +59,12 @@ def plot_associations(fit, cluster=True, only_significant=False, ax=None, *, alp
     labels : "auto" or bool
         Species names on the axes; "auto" writes them only when they can be
         read (at most ``READABLE_LABELS`` species).
+    n_boot : int
+        Bootstrap refits (``method="bootstrap"``).
+    seed : int, optional
+        Seed of the bootstrap.
+    transform : {"angle", "fisher", "none"}
+        Scale of the delta-method interval.
 
     Returns
     -------
@@ -69,7 +78,8 @@ def plot_associations(fit, cluster=True, only_significant=False, ax=None, *, alp
     vals = R.to_numpy()[np.ix_(pos, pos)].copy()
     if only_significant:
         ci = assoc.residual_correlation_intervals(fit, alpha=alpha, method=method,
-                                                  add_family_variance=add_family_variance, **kwargs)
+                                                  add_family_variance=add_family_variance,
+                                                  n_boot=n_boot, seed=seed, transform=transform)
         keep = ((ci.lower.to_numpy() > 0) | (ci.upper.to_numpy() < 0))[np.ix_(pos, pos)]
         np.fill_diagonal(keep, True)
         vals[~keep] = np.nan

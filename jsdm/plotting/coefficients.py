@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import JSDMError
-from ._util import get_ax, label_fontsize, new_figure, short_label, short_labels, subset_species
+from ._util import label_fontsize, new_figure, short_label, short_labels, subset_species
 
 #: species per forest panel (about 0.17 inch each: labels stay readable)
 PER_PANEL = 40
@@ -118,20 +118,24 @@ def plot_coefficients(fit, term=None, ax=None, *, alpha=0.05, species=None, per_
         A fit with covariates.
     term : str, optional
         One covariate term: with ``ax`` draws on it (at most ``per_panel``
-        species, the largest |z|) and returns the Axes; without ``ax``,
-        returns a Figure with as many panels as needed. When None, one row of
-        panels per term in one Figure.
+        species, the largest |z|); without ``ax``, a Figure with as many
+        panels as needed. When None, one row of panels per term in one Figure.
     ax : matplotlib Axes, optional
         Only with ``term``.
     alpha : float
+        1 - confidence level of the intervals.
     species : list, optional
         Species to consider (default all), e.g. those with enough information.
-    per_panel, max_species : int
-        Species per panel, and at most this many per term (largest |z| kept).
+    per_panel : int
+        Species per panel.
+    max_species : int
+        At most this many species per term (largest |z| kept).
 
     Returns
     -------
-    matplotlib Axes (``term`` and ``ax`` given) or Figure
+    matplotlib Figure
+        The figure drawn on (with ``ax``: ``ax.figure``). Before jsdm 0.2 a
+        call with ``ax`` returned the Axes.
     """
     if not fit.terms:
         raise JSDMError("the model has no covariates, so there are no slopes to plot")
@@ -142,7 +146,7 @@ def plot_coefficients(fit, term=None, ax=None, *, alpha=0.05, species=None, per_
         _forest(ax, tab, term, alpha)
         if note:
             ax.text(0.0, -0.12, note, transform=ax.transAxes, fontsize=7, color="0.35", gid="note")
-        return ax
+        return ax.figure
     terms = list(fit.terms) if term is None else [term]
     shown = [_shown(fit, t, alpha, species, max_species) for t in terms]
     ncol = max(1, max(int(np.ceil(len(tab) / per_panel)) for tab, _, _ in shown))

@@ -108,9 +108,27 @@ def _radius(xy):
     return float(np.max(np.linalg.norm(xy, axis=1))) if len(xy) else 1.0
 
 
+def _old_alpha(ellipses, exponent, alpha, level):
+    """(exponent, alpha) from a call that may use ``alpha`` in its pre-0.2 meaning (the exponent)."""
+    import warnings
+
+    from .._deprecation import alpha_from_level
+
+    if alpha is not None and level is None and (not ellipses or alpha >= 0.5):
+        if not ellipses:        # alpha only matters for ellipses: the caller meant the exponent
+            warnings.warn("plot_ordination(alpha=...) as the biplot exponent is deprecated; use "
+                          "exponent=... (alpha is 1 - coverage of the ellipses, as everywhere "
+                          "in jsdm)", FutureWarning, stacklevel=4)
+            return alpha, 0.05
+        warnings.warn(f"plot_ordination(alpha={alpha!r}) draws {100 * (1 - alpha):.0f}% ellipses: "
+                      "alpha is 1 - coverage; the biplot exponent is now exponent=...",
+                      FutureWarning, stacklevel=4)
+    return exponent, alpha_from_level(alpha, level, "plot_ordination", stacklevel=4)
+
+
 def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, axes=(0, 1),
-                    scaling="symmetric", alpha=0.5, species_scale="auto", covariate_arrows=False,
-                    level=0.95, site_labels=False, species=None, label_species="auto"):
+                    scaling="symmetric", exponent=0.5, species_scale="auto", covariate_arrows=False,
+                    alpha=None, site_labels=False, species=None, label_species="auto", level=None):
     """Ordination plot: sites as points, species as labelled arrows (a biplot).
 
     Parameters
@@ -123,20 +141,27 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
         Site covariate name, or values per site (Series indexed by site or in
         site order); numeric gives a colour bar, categorical a legend.
     ellipses : bool
-        Draw ``level`` prediction ellipses of the site scores from their
+        Draw (1 - ``alpha``) prediction ellipses of the site scores from their
         variational covariances.
     ax : matplotlib Axes, optional
+        Axes to draw on (default: a new figure).
     axes : (int, int)
         Principal axes to show (0-based).
-    scaling, alpha :
+    scaling : {"symmetric", "sites", "species"}
         Biplot scaling (see :func:`jsdm.analysis.ordination.ordination`).
+    exponent : float in [0, 1]
+        Exponent of the singular values given to the site scores with
+        ``scaling="symmetric"`` (0.5: the symmetric biplot).
     species_scale : "auto" or float
         Factor applied to species scores for display; "auto" scales the
         longest arrow to 90% of the farthest site (noted on the plot).
     covariate_arrows : bool
         Arrows for the correlations of site covariates with the site scores.
-    level : float
-        Coverage of the ellipses.
+    alpha : float, optional
+        1 - coverage of the ellipses (default 0.05: 95% ellipses). Before
+        jsdm 0.2 ``alpha`` was the biplot exponent: a call that passes
+        ``alpha`` without ``ellipses=True`` is read that way, with a
+        FutureWarning.
     site_labels : bool
         Write site names next to the points.
     species : list, optional
@@ -147,6 +172,8 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
         Species named at their arrow: "auto" names all up to 40 species, else
         the 25 with the longest arrows (the others are thin grey arrows); an
         int names that many.
+    level : float, optional
+        Deprecated: coverage of the ellipses; use ``alpha = 1 - level``.
 
     Returns
     -------
@@ -154,9 +181,10 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
     """
     from ..analysis.ordination import ordination
 
+    exponent, alpha = _old_alpha(ellipses, exponent, alpha, level)
     if fit.num_lv < 2:
         raise JSDMError(f"an ordination plot needs num_lv >= 2; this fit has num_lv={fit.num_lv}")
-    o = ordination(fit, scaling=scaling, alpha=alpha, covariates=covariate_arrows)
+    o = ordination(fit, scaling=scaling, exponent=exponent, covariates=covariate_arrows)
     i, j = axes
     ax = get_ax(ax, (7.0, 6.0))
     xy = o.sites.iloc[:, [i, j]].to_numpy()
@@ -164,7 +192,7 @@ def plot_ordination(fit, biplot=True, color=None, ellipses=False, ax=None, *, ax
     cname = color if isinstance(color, str) else (getattr(color, "name", None) or "group")
     _draw_sites(ax, xy, col, categorical, str(cname))
     if ellipses:
-        _draw_ellipses(ax, xy, o.site_cov[:, [i, j]][:, :, [i, j]], level)
+        _draw_ellipses(ax, xy, o.site_cov[:, [i, j]][:, :, [i, j]], 1.0 - alpha)
     if site_labels:
         for (x, y), name in zip(xy, short_labels(list(o.sites.index))):
             ax.text(x, y, f" {name}", fontsize=6, color="0.3", gid="site_label")

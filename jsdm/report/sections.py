@@ -385,8 +385,8 @@ def _measure_formula(fit):
     fam = fit.family
     if fam.link_residual_variance:
         return f"{num(fam.link_residual_variance)} (the latent {esc(fam.link)} residual)"
-    if fam.name == "negative_binomial":
-        return "log(1 + 1/&mu;<sub>j</sub> + &phi;<sub>j</sub>) at the species' mean &mu;<sub>j</sub>"
+    if fam.observation_variance_formula:
+        return f"{esc(fam.observation_variance_formula)} at the species' mean &mu;<sub>j</sub>"
     if fam.link == "log":
         return "log(1 + Var(y)/&mu;<sub>j</sub><sup>2</sup>) at the species' mean &mu;<sub>j</sub>"
     if fam.link == "identity":
@@ -548,25 +548,12 @@ def residuals_section(fit, opts):
 
 
 # --- methods -----------------------------------------------------------------------------
-_FAMILY_TEXT = {
-    "poisson": "a Poisson distribution",
-    "negative_binomial": ("a negative binomial distribution with species-specific dispersion "
-                          "&phi;<sub>j</sub> (variance &mu; + &phi;<sub>j</sub>&mu;<sup>2</sup>)"),
-    "binomial": "a binomial distribution",
-    "gaussian": "a Gaussian distribution with species-specific residual standard deviation",
-    "ordinal": "a cumulative model for ordered categories with species-specific cut points",
-}
-
-
 def methods_section(fit, opts):
     """A methods paragraph for a paper: model, family, estimation, software, seed."""
     from .. import __version__
 
     prob, s = fit.problem, fit.settings
-    fam = getattr(fit.family, "description", None) or \
-        _FAMILY_TEXT.get(fit.family.name, f"a {esc(fit.family.name)} distribution")
-    if getattr(fit.family, "cut_structure", None) == "common":
-        fam = "a cumulative model for ordered categories with one set of cut points shared by all species"
+    fam = esc(fit.family.describe())
     link = "each family's" if fit.family.link == "mixed" else esc(fit.family.link)
     cov = (f", species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
            if fit.terms else "")

@@ -1,18 +1,16 @@
-"""Likelihood-ratio tests between nested fits, and selection of the number of latent variables.
+"""Likelihood-ratio tests between nested fits.
 
-Both use the ELBO in place of the log-likelihood (as R gllvm does for VA
+The test uses the ELBO in place of the log-likelihood (as R gllvm does for VA
 fits): the statistic 2 (ELBO_b - ELBO_a) approximates the likelihood ratio
-statistic when both bounds are equally tight.
+statistic when both bounds are equally tight. Model selection, which refits,
+lives in ``jsdm.selection`` (above the fitter, so that results/ never
+imports the top-level API).
 """
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..exceptions import JSDMError
-
-CRITERIA = ("aic", "aicc", "bic")
 
 
 def _observed(prob):
@@ -155,82 +153,3 @@ def anova(*fits, names=None, loglik="elbo", n_draws=1000, seed=0):
     out.attrs["note"] = (f"statistic = 2 ({what} - that of the previous row); boundary=True: the "
                          "p-value is conservative (the null is on the boundary).")
     return out
-
-
-@dataclass
-class Selection:
-    """Result of :func:`select_num_lv`; unpacks as ``table, best = select_num_lv(...)``.
-
-    Attributes
-    ----------
-    table : DataFrame indexed by num_lv (df, llf, aic, aicc, bic, converged, best)
-    best : GLLVMResults (smallest criterion)
-    fits : dict num_lv -> GLLVMResults
-    criterion : str
-    """
-
-    table: pd.DataFrame
-    best: object
-    fits: dict = field(default_factory=dict)
-    criterion: str = "aicc"
-
-    @property
-    def best_fit(self):
-        return self.best
-
-    def __iter__(self):
-        return iter((self.table, self.best))
-
-
-def _rank_arguments(k, kwargs):
-    """gllvm arguments for k latent variables: num_lv=k, or k written into an lme4 formula."""
-    from ..model.formula import is_lme4_formula, with_rank
-
-    formula = kwargs.get("formula")
-    if formula is not None and is_lme4_formula(formula, kwargs.get("species")):
-        names = {key: kwargs[key] for key in ("site", "species") if kwargs.get(key)}
-        return {**kwargs, "formula": with_rank(formula, k, **names)}
-    return {**kwargs, "num_lv": k}
-
-
-def select_num_lv(data, X=None, *, num_lv=range(0, 5), criterion="aicc", **kwargs):
-    """Fit several numbers of latent variables and pick the best by an information criterion.
-
-    Parameters
-    ----------
-    data, X : as for :func:`jsdm.gllvm`
-    num_lv : iterable of int
-        Candidates (default 0..4; values above the number of species are dropped).
-    criterion : {"aicc", "aic", "bic"}
-    **kwargs
-        Passed to :func:`jsdm.gllvm` (family, formula, seed, n_init, ...).
-
-    Returns
-    -------
-    Selection
-        ``.table`` (one row per candidate, the chosen one marked in ``best``),
-        ``.best`` (the chosen fit), ``.fits``.
-    """
-    from ..api import gllvm
-
-    crit = str(criterion).lower()
-    if crit not in CRITERIA:
-        raise JSDMError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
-    cands = sorted({int(k) for k in num_lv})
-    if not cands or cands[0] < 0:
-        raise JSDMError(f"num_lv candidates must be whole numbers >= 0, got {list(num_lv)!r}")
-    fits, rows = {}, []
-    for k in cands:
-        try:
-            fit = gllvm(data, X, **_rank_arguments(k, kwargs))
-        except JSDMError:
-            if fits:          # e.g. more LVs than species: stop at the largest valid
-                break
-            raise
-        fits[k] = fit
-        rows.append({"num_lv": k, "df": fit.df, "llf": fit.llf, "aic": fit.aic, "aicc": fit.aicc,
-                     "bic": fit.bic, "converged": fit.converged})
-    table = pd.DataFrame(rows).set_index("num_lv")
-    best_k = int(table[crit].idxmin())
-    table["best"] = table.index == best_k
-    return Selection(table, fits[best_k], fits, crit)

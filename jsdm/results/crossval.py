@@ -508,6 +508,19 @@ class CVResult:
             return head + self.table[cols].to_string(float_format=lambda v: f"{v:.3f}")
 
     def plot(self, metric="lpd", ax=None):
-        """Compare the models (see :func:`jsdm.plotting.plot_cv`); returns the Axes."""
+        """Compare the models' cross-validated scores.
+
+        Parameters
+        ----------
+        metric : {"lpd", "lpd_marginal", "lpd_conditional", "auc", "tss", "rmse"}
+            The score drawn (default "lpd", the log predictive density).
+        ax : matplotlib Axes, optional
+            Axes to draw on.
+
+        Returns
+        -------
+        matplotlib Axes
+            See :func:`jsdm.plotting.plot_cv`.
+        """
         from ..plotting.cv import plot_cv
         return plot_cv(self, metric=metric, ax=ax)

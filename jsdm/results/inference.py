@@ -112,50 +112,33 @@ class Information:
 
 
 def _packed_labels_and_order(fit):
-    """Labels of the packed model parameters, and the packed position / Jacobian of each params row."""
-    layout, prob = fit.state.layout, fit.problem
-    P = fit.state.params
-    sl = layout.slices
+    """Labels of the packed model parameters, and the packed position / Jacobian of each params row.
+
+    The rows come from the terms (``LinearPredictor.reported``): each term says which
+    packed entry stands behind each of its reported parameters and d reported / d packed.
+    """
+    layout = fit.state.layout
+    rep = _reported(fit)
     labels = [None] * layout.n_model
-    order, jac = [], []
-    for j, sp in enumerate(fit.species):
-        for t, term in enumerate(["Intercept", *fit.terms]):
-            pos = sl["beta0"].start + j if t == 0 else sl["B"].start + j * prob.p + t - 1
-            labels[pos] = ("coef", sp, term)
-            order.append(pos), jac.append(1.0)
-    thpos = np.cumsum(layout.tri_m.ravel()).reshape(layout.tri_m.shape) - 1 + sl["theta"].start
-    for j, sp in enumerate(fit.species):
-        for k in range(prob.d):
-            if layout.tri_m[j, k]:
-                labels[thpos[j, k]] = ("loading", sp, f"LV{k + 1}")
-                order.append(thpos[j, k]), jac.append(1.0)
-    if P.s is not None and np.ndim(P.s) == 2:
-        _vector_dispersion_labels(fit, labels, order, jac)
-    elif P.s is not None:
-        name = fit.dispersion.name
-        dj = _dispersion_jacobian(prob.family, P.s)
-        for j, sp in enumerate(fit.species):
-            labels[sl["s"].start + j] = ("dispersion", sp, name)
-            order.append(sl["s"].start + j), jac.append(dj[j])
-    if prob.row_effect == "fixed":
-        for i, st in enumerate(fit.sites[1:]):
-            labels[sl["alpha_fixed"].start + i] = ("row_effect", st, "alpha")
-            order.append(sl["alpha_fixed"].start + i), jac.append(1.0)
-    elif prob.row_effect == "random":
-        labels[sl["log_sigma"].start] = ("row_sigma", "", "sigma")
-        order.append(sl["log_sigma"].start), jac.append(float(np.exp(P.log_sigma)))
+    for lab, pos in zip(rep["labels"], rep["positions"]):
+        labels[pos] = lab
     idx = pd.MultiIndex.from_tuples(labels, names=["block", "species", "term"])
-    return idx, np.array(order, dtype=int), np.array(jac, dtype=float)
+    return idx, rep["positions"], rep["jac"]
 
 
-def _vector_dispersion_labels(fit, labels, order, jac):
-    """Labels, packed positions and diagonal Jacobian of a vector dispersion's free entries (in place)."""
-    layout, s = fit.state.layout, fit.state.params.s
-    D = _vector_dispersion_jacobian(fit.family, s)
-    for (j, k), pos, (lab, _) in zip(_free_entries(layout), _free_positions(layout),
-                                     fit._vector_dispersion()):
-        labels[pos] = ("dispersion",) + lab
-        order.append(pos), jac.append(D[j, k, k])
+def packed_labels(fit):
+    """(block, site or species, name) of every entry of the packed parameter vector.
+
+    Model parameters carry their ``fit.params`` label; variational ones are
+    labelled by their term ("lv_mean", "row_effect_mean") or as entries of the site's
+    joint Cholesky factor ("lv_chol", "site_chol").
+    """
+    return fit.problem.predictor.packed_labels(fit.state.params, fit.state.layout)
+
+
+def _reported(fit):
+    """The terms' reported rows at the fit (``GLLVMResults._reported``)."""
+    return fit._reported
 
 
 def _free_entries(layout):
@@ -167,24 +150,10 @@ def _free_positions(layout):
     return layout.slices["s"].start + np.arange(int(layout.s_free.sum()))
 
 
-def _vector_dispersion_jacobian(family, s, h=1e-6):
-    """d (reported entries) / d s per row of s, (rows, q, q).
-
-    Ordinal cut points: tau_(k+2) = sum_(i <= k) exp(s_i) (log gaps), lower triangular and
-    exact (a row's held entries come after its free ones). Any other vector dispersion
-    (zero inflation and NB dispersion, hurdle, ordered-beta cut points, Tweedie power, a
-    family per species): central differences of the last q columns of ``family.dispersion``.
-    """
-    rows, q = s.shape
-    if hasattr(family, "free_cutpoints"):
-        return np.tril(np.ones((q, q)))[None, :, :] * np.exp(s)[:, None, :]
-    D = np.empty((rows, q, q))
-    for i in range(q):
-        step = np.zeros_like(s)
-        step[:, i] = h * (1.0 + np.abs(s[:, i]))
-        diff = family.dispersion(s + step)[:, -q:] - family.dispersion(s - step)[:, -q:]
-        D[:, :, i] = diff / (2.0 * step[:, i:i + 1])
-    return D
+def _vector_dispersion_jacobian(family, s):
+    """d (estimated cut points) / d s per row of s, (rows, q, q) (see terms.dispersion)."""
+    from ..model.terms.dispersion import vector_dispersion_jacobian
+    return vector_dispersion_jacobian(family, s)
 
 
 def _reported_jacobian(fit, order, jac):
@@ -253,12 +222,6 @@ def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
         lo = np.where(mine, np.minimum(a, b), np.where(positive[k], est * np.exp(-w), est - z * se))
         hi = np.where(mine, np.maximum(a, b), np.where(positive[k], est * np.exp(w), est + z * se))
     return lo, hi
-
-
-def _dispersion_jacobian(family, s, h=1e-6):
-    """d dispersion(s) / ds by central differences (any family's mapping)."""
-    step = h * (1.0 + np.abs(s))
-    return (family.dispersion(s + step) - family.dispersion(s - step)) / (2.0 * step)
 
 
 def _scaled_eigh(A, vectors=True):
@@ -464,10 +427,11 @@ def conf_int(fit, alpha=0.05):
         sel = np.asarray(block == "dispersion")
         lo[sel], hi[sel] = _vector_dispersion_interval(fit, info.order[sel], est[sel], se[sel],
                                                        se_u[sel], z)
-    for name, fwd in (("dispersion", fit.family.dispersion), ("row_sigma", np.exp)):
-        if name == "dispersion" and info.jmat is not None:
-            continue
-        sel = np.asarray(block == name)
+    for rows, fwd in _reported(fit)["transforms"]:
+        sel = np.zeros(len(est), dtype=bool)
+        sel[rows] = True
+        if info.jmat is not None:
+            sel &= np.asarray(block != "dispersion")
         if sel.any():
             with np.errstate(over="ignore"):          # a huge SE gives an unbounded interval
                 a, b = fwd(packed[sel] - z * se_u[sel]), fwd(packed[sel] + z * se_u[sel])

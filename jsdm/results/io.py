@@ -12,7 +12,9 @@ valid NumPy ``.npz`` file:
   :class:`~jsdm.data.Community` tables (with their column dtypes, including
   categoricals with levels and order), the :class:`~jsdm.model.fit.FitState`
   (ELBO, gradient, convergence, iterations, message, time, start values,
-  history) and the call's settings.
+  history) and the call's settings. ``terms`` lists the terms of the linear
+  predictor (``Term.spec()`` of each, as ``parse_formula`` prints them); the
+  problem's ``model_terms`` holds the same list and rebuilds them on loading.
 - ``<path>.npy``: one NumPy array per numeric block (``problem/Y``,
   ``state/params/theta``, ...), written with ``allow_pickle=False``.
 
@@ -22,6 +24,17 @@ valid NumPy ``.npz`` file:
 Everything can be read with a ZIP tool, any JSON reader and ``numpy.load``;
 nothing is executed when loading. A file written by a newer format version
 is refused with a :class:`~jsdm.exceptions.JSDMError`.
+
+Versions
+--------
+3 (the terms architecture) stores the parameters by term (``Params`` fields), with
+random row effects in the joint site covariance ``L`` (latent variables first).
+Files of versions 1 and 2 are still read: their ``log_rho`` becomes the row
+effect's entry of the joint factor (no covariance with the latent variables, which
+is what those versions fitted, so the stored ELBO is reproduced exactly), their
+terms are the classic ones from ``num_lv`` and ``row_effect``, and a stored
+gradient whose packing changed (random row effects) is recomputed at the stored
+estimates.
 
 Integrity
 ---------
@@ -51,7 +64,9 @@ from ..exceptions import DataWarning, JSDMError
 from ._archive import read_archive, verify, write_archive
 
 FORMAT = "jsdm-fit"
-FORMAT_VERSION = 2           # 2: checksums.json with the SHA-256 of every member (issue 13)
+FORMAT_VERSION = 3           # 2: checksums.json with the SHA-256 of every member (issue 13)
+#                              3: parameters stored by term; random row effects in the joint
+#                                 site covariance L (issue 14)
 MANIFEST = "jsdm.json"
 MAX_MANIFEST_BYTES = 64 * 2**20
 DEFAULT_MAX_BYTES = 2 * 2**30
@@ -94,6 +109,7 @@ def save(fit, path):
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "summary": {"llf": _finite_or_str(fit.llf), "family": fit.family.name,
                     "link": fit.family.link, "num_lv": int(fit.num_lv)},
+        "terms": [t.spec() for t in fit.problem.model_terms],
         "problem": _encode(fit.problem, "problem", arrays),
         "state": _encode(fit.state, "state", arrays),
         "settings": _encode(dict(fit.settings), "settings", arrays),
@@ -169,6 +185,8 @@ def _load(path, max_bytes, stage):
         _check_data_shapes(problem, path)
         ctx["problem"] = problem
         state = _decode(manifest["state"], ctx)
+        if version < 3:
+            state = _upgrade_state(problem, state)
         settings = _decode(manifest["settings"], ctx)
     fit = GLLVMResults(problem, state, settings)
     stage[0] = "checking the fit's consistency"
@@ -272,17 +290,40 @@ def _check_state_shapes(prob, state, path):
         raise JSDMError(f"{str(path)!r} is inconsistent: the estimates do not have the shapes "
                         f"of a {prob.n} sites x {prob.m} species model with {prob.p} terms and "
                         f"{prob.d} latent variables ({type(err).__name__}: {err})") from None
-    for f in dataclasses.fields(P):
-        a, b = getattr(P, f.name), getattr(Q, f.name)
+    for name in set(P.fields()) | set(Q.fields()):
+        a, b = getattr(P, name, None), getattr(Q, name, None)
         if (a is None) != (b is None) or (a is not None and not (
                 np.shape(a) == np.shape(b)
                 and np.allclose(a, b, rtol=1e-12, atol=0.0, equal_nan=True))):
-            raise JSDMError(f"{str(path)!r} is inconsistent: estimate {f.name!r} does not fit the "
+            raise JSDMError(f"{str(path)!r} is inconsistent: estimate {name!r} does not fit the "
                             "model (wrong shape, an entry outside the model's structure, or a "
                             "part the model does not have)")
     if np.shape(state.grad) != (layout.size,):
         raise JSDMError(f"{str(path)!r} is inconsistent: the stored gradient has shape "
                         f"{np.shape(state.grad)}, the model has {layout.size} parameters")
+
+
+def _upgrade_state(prob, state):
+    """A state read from a format version 1-2 file, in this version's packing.
+
+    Its Params were converted on decoding (``Params(..., log_rho=...)``); the packed
+    gradient is recomputed at them where the packing changed (random row effects).
+    """
+    from ..model.fit import make_layout
+    from ..model.objective import evaluate
+
+    layout = make_layout(prob)
+    if not isinstance(state.params, _params_class()) or np.shape(state.grad) == (layout.size,):
+        return state
+    with np.errstate(all="ignore"):
+        ev = evaluate(prob, state.params)
+        grad = layout.pack_grad(ev.grad, state.params)
+    return dataclasses.replace(state, grad=grad, layout=layout)
+
+
+def _params_class():
+    from ..model.params import Params
+    return Params
 
 
 def _recomputed_elbo(prob, P):
@@ -311,7 +352,8 @@ def _encode(value, key, arrays):
     """Describe ``value`` as JSON; numeric blocks go into ``arrays`` under ``key``."""
     from ..data import Community
     from ..families import Family
-    from ..model.params import Layout
+    from ..model.params import Layout, Params
+    from ..model.terms import Term
 
     if value is None:
         return {"kind": "none"}
@@ -330,6 +372,11 @@ def _encode(value, key, arrays):
         return _encode_family(value, key, arrays)
     if isinstance(value, Layout):
         return {"kind": "layout"}
+    if isinstance(value, Term):
+        return {"kind": "term", "spec": value.spec()}
+    if isinstance(value, Params):
+        return {"kind": "params", "fields": {k: _encode(v, f"{key}/{k}", arrays)
+                                             for k, v in value.fields().items()}}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"kind": "dataclass", "class": type(value).__name__,
                 "fields": {f.name: _encode(getattr(value, f.name), f"{key}/{f.name}", arrays)
@@ -466,9 +513,10 @@ def _decode(meta, ctx):
               "layout": lambda: _layout(ctx), "array": lambda: ctx["arrays"][meta["array"]]}
     if kind in simple:
         return simple[kind]()
-    decoders = {"index": _decode_index, "frame": _decode_frame, "community": _decode_community,
-                "family": _decode_family, "dataclass": _decode_dataclass, "dict": _decode_dict,
-                "rows": _decode_rows, "float_list": _decode_float_list, "list": _decode_list}
+    decoders = {"term": _decode_term, "params": _decode_params, "index": _decode_index,
+                "frame": _decode_frame, "community": _decode_community, "family": _decode_family,
+                "dataclass": _decode_dataclass, "dict": _decode_dict, "rows": _decode_rows,
+                "float_list": _decode_float_list, "list": _decode_list}
     if kind not in decoders:
         raise JSDMError(f"unknown entry kind {kind!r} in the fit file; was it written by a newer jsdm?")
     return decoders[kind](meta, ctx)
@@ -552,12 +600,27 @@ def _decode_mixed(meta, ctx):
 
 def _dataclasses():
     from ..model.fit import FitState
-    from ..model.params import Params
     from ..model.problem import Problem
-    return {"Problem": Problem, "Params": Params, "FitState": FitState}
+    return {"Problem": Problem, "FitState": FitState}
+
+
+def _decode_term(meta, ctx):
+    from ..model.terms import make_term
+    return make_term(meta["spec"])
+
+
+def _decode_params(meta, ctx):
+    """Params from their fields (format 3), or from the version 1-2 dataclass fields, where
+    ``log_rho`` (random row effects) becomes the row entry of the joint factor L."""
+    from ..model.params import Params
+
+    fields = {k: _decode(v, ctx) for k, v in meta["fields"].items()}
+    return Params(**{k: v for k, v in fields.items() if v is not _DROP})
 
 
 def _decode_dataclass(meta, ctx):
+    if meta["class"] == "Params":           # format versions 1-2: a dataclass with log_rho
+        return _decode_params(meta, ctx)
     classes = _dataclasses()
     cls = classes.get(meta["class"])
     if cls is None:

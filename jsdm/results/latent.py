@@ -126,7 +126,7 @@ class SiteLatent:
 
 def has_presence(family):
     """True when 'presence' (y > 0) is a meaningful event for the family."""
-    return bool(getattr(family, "discrete", False)) or family.name == "tweedie"
+    return bool(getattr(family, "discrete", False) or getattr(family, "zero_atom", False))
 
 
 def site_latent(fit, newdata=None, offset=None, trials=None):
@@ -205,14 +205,13 @@ def _fixed_fitted(prob, P):
 
 
 def _q_fitted(prob, P, random_row):
-    d, n = prob.d, prob.n
-    r = d + int(random_row)
-    mean = np.zeros((n, r))
-    cov = np.zeros((n, r, r))
-    if d:
-        mean[:, :d] = P.a
-        cov[:, :d, :d] = P.A
-    if random_row:          # q factorises between the LVs and the row effect (today's engine)
-        mean[:, d] = P.alpha
-        cov[:, d, d] = np.exp(2.0 * P.log_rho)
+    """Each site's variational q over (z_i[, alpha_i]): one joint Gaussian (the site block of
+    ``prob.predictor``: latent variables first, then the random row effect)."""
+    pred = prob.predictor
+    r = prob.d + int(random_row)
+    if pred.kr != r:
+        raise JSDMError(f"site_latent knows latent variables and random row effects; this model's "
+                        f"site block has {pred.kr} random coordinates ({pred.coord_names()})")
+    mean = np.array(pred.site_means(P)[:, :r], dtype=float).reshape(prob.n, r)
+    cov = P.L @ np.swapaxes(P.L, 1, 2) if r else np.zeros((prob.n, 0, 0))
     return mean, cov

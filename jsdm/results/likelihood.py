@@ -62,6 +62,7 @@ class LoglikIS:
 
     @property
     def min_ess(self):
+        """Smallest effective sample size of the importance weights over the sites."""
         return float(self.sites["ess"].min()) if len(self.sites) else float("nan")
 
     def __float__(self):
@@ -72,7 +73,13 @@ class LoglikIS:
                 f"gap={self.gap:.3f}, n_draws={self.n_draws}, min_ess={self.min_ess:.0f})")
 
     def to_frame(self):
-        """One-row summary DataFrame."""
+        """One-row summary.
+
+        Returns
+        -------
+        DataFrame, shape (1, 8)
+            loglik_is, se, elbo, gap, gap_per_site, max_site_gap, min_ess, n_draws.
+        """
         return pd.DataFrame([{"loglik_is": self.value, "se": self.se, "elbo": self.elbo,
                               "gap": self.gap, "gap_per_site": self.gap / max(len(self.sites), 1),
                               "max_site_gap": float(self.sites["gap"].max()),

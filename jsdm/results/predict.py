@@ -113,16 +113,21 @@ def marginal_mean(family, F, var, s=None):
     return out
 
 
-def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, offset=None,
-            trials=None, n_draws=1000, seed=None, summary="mean"):
+def predict(fit, newdata=None, type=None, lv=None, interval=None, alpha=None, offset=None,
+            trials=None, n_draws=1000, seed=None, summary="mean", *, level=None):
     """Predict on the link or response scale for fitted or new sites.
 
     Parameters
     ----------
     fit : GLLVMResults
+        The fitted model.
     newdata : DataFrame (k sites x covariates), optional
         New sites' covariates; None predicts the fitted sites.
-    type : {"link", "response"}
+    type : {"response", "link"}
+        Scale of the prediction: the mean of y (default, the scale of
+        ``fit.fitted()``) or the linear predictor. Before jsdm 0.2 the
+        default was "link"; leaving ``type`` out gives a FutureWarning saying
+        so until a later version.
     lv : {"conditional", "marginal"}, optional
         Default "conditional" for fitted sites, "marginal" (the only choice)
         for new sites. See the module docstring. To predict some species at a
@@ -136,13 +141,16 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
         link scale and transformed back.
         "prediction": central interval of a new response y, from ``n_draws``
         simulated draws (parameters held at their estimates).
-    level : float
-        Coverage of the interval.
+    alpha : float
+        1 - coverage of the interval (default 0.05: 95% intervals).
     offset : array (k,) or (k, m), optional
         Offset for new sites (fitted sites use the fit's offset).
     trials : array, optional
         Binomial trials for new sites (default: 1, i.e. probabilities).
-    n_draws, seed : Monte Carlo size and seed for prediction intervals.
+    n_draws : int
+        Monte Carlo draws for prediction intervals.
+    seed : int or Generator, optional
+        Seed of those draws.
     summary : {"mean", "median", "presence"} or float in (0, 1)
         Which summary of the prediction is returned. With ``lv="marginal"`` the
         latent variables of a site are unknown, so the site's expected response
@@ -167,6 +175,8 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
         On the link scale "mean" and "median" are both the fixed part. With
         ``lv="conditional"`` (plug-in site scores) only "mean" (E[y | eta])
         and "presence" (P(y > 0 | eta)) exist.
+    level : float, optional
+        Deprecated: coverage of the interval; use ``alpha = 1 - level``.
 
     Returns
     -------
@@ -175,6 +185,10 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
         (site, species), columns ``prediction``, ``lower``, ``upper``.
         ``attrs["summary"]`` names the summary returned.
     """
+    from .._deprecation import alpha_from_level
+
+    level = 1.0 - alpha_from_level(alpha, level, "predict", stacklevel=3)
+    type = _default_type(type)
     lv = ("conditional" if newdata is None else "marginal") if lv is None else lv
     _check_choice("type", type, TYPES)
     _check_choice("lv", lv, LVS)
@@ -219,6 +233,17 @@ def predict(fit, newdata=None, type="link", lv=None, interval=None, level=0.95, 
     return out
 
 
+def _default_type(type):
+    """``type`` with the default scale, "response" (a FutureWarning when it was left out)."""
+    if type is None:
+        import warnings
+
+        warnings.warn("predict() now returns the response scale by default (the scale of "
+                      "fitted()); before jsdm 0.2 it returned the link scale. Pass "
+                      "type='response' or type='link' to silence this warning.", FutureWarning,
+                      stacklevel=4)
+        return "response"
+    return type
 SUMMARIES = ("mean", "median", "presence")
 _EXPLODE_VAR = 2.0 * np.log(100.0)      # exp(v / 2) > 100: mean over 100 x the median
 

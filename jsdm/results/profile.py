@@ -41,19 +41,25 @@ class PowerProfile:
         return iter((self.power, self.best))
 
 
-def profile_power(data, X=None, *, family="tweedie", powers=None, bounds=(1.02, 1.98), xtol=0.005,
+def profile_power(data, X=None, *, family="tweedie", powers=None, bounds=None, xtol=0.005,
                   **kwargs):
-    """Estimate one Tweedie power shared by all species by maximising the profile ELBO.
+    """Estimate one power shared by all species (Tweedie) by maximising the profile ELBO.
+
+    ``family=Tweedie(power=None)`` (or ``family="tweedie_power"``) in :func:`jsdm.gllvm`
+    estimates a power per species; this function estimates a single power for the whole
+    community: each evaluation is a complete fit at a fixed power, and Brent's method
+    (or the grid ``powers``) finds the power with the highest ELBO.
 
     Parameters
     ----------
     data, X : as for :func:`jsdm.gllvm`
-    family : "tweedie" or a Tweedie instance
-        The family whose power is profiled (its own power is ignored).
+    family : str or Family
+        A family with a power parameter ("tweedie" or a Tweedie instance); its own
+        power is ignored.
     powers : sequence of float, optional
         Powers to try (a grid search); default: Brent's method on ``bounds``.
-    bounds : (float, float)
-        Search interval inside (1, 2).
+    bounds : (float, float), optional
+        Search interval, inside the family's range (Tweedie: (1, 2); default (1.02, 1.98)).
     xtol : float
         Absolute tolerance on the power for Brent's method.
     **kwargs
@@ -62,44 +68,45 @@ def profile_power(data, X=None, *, family="tweedie", powers=None, bounds=(1.02, 
     Returns
     -------
     PowerProfile
-        ``.power``, ``.best`` (the fit at that power), ``.table`` (power, llf, converged, best).
+        ``.power``, ``.best`` (the fit at that power; its ``df`` counts the shared
+        power and ``settings["profiled"]`` records it), ``.table`` (power, llf,
+        converged, best) and ``.fits``.
     """
+    import warnings
+
     from scipy import optimize
 
     from ..api import gllvm
-    from ..families import Tweedie, get_family
+    from ..exceptions import DataWarning
+    from ..families import get_family
+    from ..model.problem import _as_community
+    from .fitted import GLLVMResults
 
     base = get_family(family)
-    if not isinstance(base, Tweedie):
-        raise JSDMError(f"profile_power profiles the Tweedie power; got family {base.name!r}")
-    from ..families.tweedie import _on_a_lattice
-    from ..model.problem import _as_community
-
+    if not hasattr(base, "with_power"):
+        raise JSDMError(f"profile_power profiles a family's power parameter (family='tweedie'); "
+                        f"family {base.name!r} has none")
     Yv = _as_community(data, X, kwargs.get("response"), kwargs.get("site"),
                        kwargs.get("species")).Y.to_numpy(dtype=float)
-    if _on_a_lattice(Yv):
-        import warnings
-
-        from ..exceptions import DataWarning
-        warnings.warn("profile_power: the responses are whole numbers; near a power of 1 the "
-                      "Tweedie likelihood of counts grows without bound (a lattice at multiples of "
-                      "phi), so the profile tends to the lower bound of the search. Prefer a "
-                      "count family for counts.", DataWarning, stacklevel=2)
-    lo, hi = (float(b) for b in bounds)
-    if not 1.0 < lo < hi < 2.0:
-        raise JSDMError(f"bounds must satisfy 1 < lower < upper < 2; got {bounds!r}")
+    why = base.power_warning(Yv)
+    if why:
+        warnings.warn(f"profile_power: {why}", DataWarning, stacklevel=2)
+    lo_p, hi_p = base.power_range
+    lo, hi = (float(b) for b in (base.power_search if bounds is None else bounds))
+    if not lo_p < lo < hi < hi_p:
+        raise JSDMError(f"bounds must satisfy {lo_p:g} < lower < upper < {hi_p:g}; got {bounds!r}")
     fits = {}
 
     def fit_at(p):
         p = float(p)
         if p not in fits:
-            fits[p] = gllvm(data, X, family=Tweedie(link=base.link, power=p), **kwargs)
+            fits[p] = gllvm(data, X, family=base.with_power(p), **kwargs)
         return fits[p]
 
     if powers is not None:
         for p in powers:
-            if not 1.0 < float(p) < 2.0:
-                raise JSDMError(f"Tweedie powers must lie strictly between 1 and 2; got {p!r}")
+            if not lo_p < float(p) < hi_p:
+                raise JSDMError(f"powers must lie strictly between {lo_p:g} and {hi_p:g}; got {p!r}")
             fit_at(p)
     else:
         optimize.minimize_scalar(lambda p: -fit_at(p).llf, bounds=(lo, hi), method="bounded",
@@ -108,8 +115,9 @@ def profile_power(data, X=None, *, family="tweedie", powers=None, bounds=(1.02, 
                           for p, f in sorted(fits.items())]).set_index("power")
     best_p = float(table["llf"].idxmax())
     table["best"] = table.index == best_p
-    best = fits[best_p]
-    best.settings["profiled"] = {"power": best_p}
+    found = fits[best_p]             # fits are read-only: the best one again, with the profile noted
+    best = GLLVMResults(found.problem, found.state, {**found.settings, "profiled": {"power": best_p}})
+    fits[best_p] = best
     return PowerProfile(best_p, best, table, fits)
 
 

@@ -20,6 +20,11 @@ class Summary:
         std_err, z, p_value and the CI bounds; absent blocks are left out.
     alpha : float
         1 - confidence level of the intervals.
+    notes : list of str
+        Sentences printed under the tables (what the numbers mean, warnings).
+    families : Series or None
+        The family of each species where a model has a family per species
+        (``family=`` a mapping), else None.
     """
 
     def __init__(self, header, tables, alpha, notes, families=None):
@@ -38,7 +43,14 @@ class Summary:
         return self.tables[key]
 
     def to_frame(self):
-        """All parameter rows in one DataFrame indexed by (block, species, term)."""
+        """All parameter rows in one DataFrame.
+
+        Returns
+        -------
+        DataFrame, shape (k, 6)
+            Indexed by (block, species, term); columns estimate, std_err, z,
+            p_value, lower, upper.
+        """
         return pd.concat(self.tables, names=["block"])
 
     def _header_lines(self):

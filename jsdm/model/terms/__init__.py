@@ -1,0 +1,57 @@
+"""Terms of the linear predictor (see docs/engine_terms.md).
+
+``default_terms(covariates, num_lv, row_effect)`` gives the terms of the classic
+wide call; ``make_term(spec)`` rebuilds a term from its ``spec()`` (saved fits);
+``register_term(cls)`` adds a new kind of term.
+"""
+from .base import Reported, Term
+from .dispersion import S_BOUNDS, Dispersion
+from .latent import LatentVariables
+from .predictor import LinearPredictor
+from .row_effects import FixedRowEffects, RandomRowEffects
+from .slots import CholeskySlot, MaskedSlot, PinnedFirstSlot, Slot
+from .species_effects import SpeciesIntercepts, SpeciesSlopes
+
+_TERMS = {}
+
+
+def register_term(cls):
+    """Make a Term subclass known by its ``kind`` (for ``make_term`` and saved fits)."""
+    _TERMS[cls.kind] = cls
+    return cls
+
+
+for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects):
+    register_term(_cls)
+
+
+def make_term(spec):
+    """The term described by ``spec`` (a dict from ``Term.spec()``)."""
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    if kind not in _TERMS:
+        from ...exceptions import JSDMError
+        raise JSDMError(f"unknown term kind {kind!r}; known: {', '.join(sorted(_TERMS))}. Was the "
+                        "fit saved by a newer jsdm?")
+    return _TERMS[kind](**spec)
+
+
+def default_terms(covariates=(), num_lv=0, row_effect=None):
+    """The terms of ``gllvm(..., num_lv=, row_effect=)`` with species slopes on ``covariates``.
+
+    Species intercepts, species slopes and latent variables are always listed (with
+    zero width when there are no covariates or latent variables) so that every fit
+    has ``beta0``, ``B``, ``theta`` and ``a``; a row effect only when asked for.
+    """
+    terms = [SpeciesIntercepts(), SpeciesSlopes(tuple(covariates)), LatentVariables(int(num_lv))]
+    if row_effect == "fixed":
+        terms.append(FixedRowEffects())
+    elif row_effect == "random":
+        terms.append(RandomRowEffects())
+    return tuple(terms)
+
+
+__all__ = ["CholeskySlot", "Dispersion", "FixedRowEffects", "LatentVariables", "LinearPredictor",
+           "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "Reported", "S_BOUNDS", "Slot",
+           "SpeciesIntercepts", "SpeciesSlopes", "Term", "default_terms", "make_term",
+           "register_term"]

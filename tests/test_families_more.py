@@ -495,3 +495,17 @@ def test_tweedie_power_is_not_estimated_from_counts():
         get_family("tweedie_power").check_y(counts)
     get_family("tweedie").check_y(counts)                        # a fixed power is fine
     get_family("tweedie_power").check_y(counts + 0.25)            # so is continuous biomass
+
+
+def test_tweedie_power_arguments():
+    """power=None estimates one power per species; a shared power is profile_power's job."""
+    from jsdm.families import Tweedie, TweediePower
+
+    assert Tweedie(power=None).n_dispersion(np.ones((2, 2))) == 2
+    assert get_family("tweedie_power").power is None and isinstance(get_family("tweedie_power"),
+                                                                     TweediePower)
+    assert Tweedie().power == 1.5 and Tweedie().n_dispersion(np.ones((2, 2))) is None
+    with pytest.raises(JSDMError, match="profile_power"):
+        Tweedie(power="shared")
+    with pytest.raises(JSDMError, match="strictly between 1 and 2"):
+        Tweedie(power=2.0)

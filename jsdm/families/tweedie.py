@@ -55,6 +55,10 @@ class Tweedie(Family):
 
     def __init__(self, link=None, power=1.5):
         super().__init__(link)
+        if isinstance(power, str):
+            raise JSDMError(f"Tweedie power={power!r}: give a number in (1, 2) to fix it, power=None "
+                            "to estimate one per species, or estimate one power shared by all "
+                            "species with jsdm.profile_power(data, family='tweedie', ...)")
         if power is not None:
             power = float(power)
             if not 1.0 < power < 2.0:

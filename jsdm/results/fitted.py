@@ -190,8 +190,8 @@ class GLLVMResults:
         gllvm counts them: loadings m d - d (d - 1) / 2, fixed row effects n - 1, a random
         row effect's sd 1; plus parameters estimated by profiling (a Tweedie power shared
         by all species, :func:`jsdm.profile_power`)."""
-        from .profile import profiled_df
-        return int(self.state.layout.n_model + profiled_df(self.settings))
+        profiled = self._settings.get("profiled") or {}     # estimated outside the engine
+        return int(self.state.layout.n_model + len(profiled))
 
     @property
     def nobs(self):

@@ -1,10 +1,13 @@
 """One parameter shared by all species, estimated by profiling the ELBO: the Tweedie power.
 
+This module sits above the fitter (:func:`jsdm.gllvm`), like :mod:`jsdm.selection`:
+profiling means fitting the model at several values of the parameter.
+
 The engine estimates nuisance parameters per species (``Tweedie(power=None)`` gives
 each species its own power). A single power for the whole community is one more
 parameter shared across species: here it is estimated by maximising the profile
 ELBO(p) = max over everything else of the ELBO at power p, with Brent's method on
-p in ``bounds`` (each evaluation is a complete fit at a fixed power, warm from the
+p in ``bounds`` (each evaluation is a complete fit at a fixed power, from the
 same seed), as R's ``tweedie.profile`` does for one response. The ELBO stays an
 exact lower bound at every p, so its maximum over p is the joint optimum the
 engine would find with the power as a free global parameter.
@@ -13,7 +16,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..exceptions import JSDMError
+from .api import gllvm
+from .exceptions import JSDMError
 
 
 @dataclass
@@ -76,11 +80,10 @@ def profile_power(data, X=None, *, family="tweedie", powers=None, bounds=None, x
 
     from scipy import optimize
 
-    from ..api import gllvm
-    from ..exceptions import DataWarning
-    from ..families import get_family
-    from ..model.problem import _as_community
-    from .fitted import GLLVMResults
+    from .exceptions import DataWarning
+    from .families import get_family
+    from .model.problem import _as_community
+    from .results.fitted import GLLVMResults
 
     base = get_family(family)
     if not hasattr(base, "with_power"):
@@ -119,11 +122,6 @@ def profile_power(data, X=None, *, family="tweedie", powers=None, bounds=None, x
     best = GLLVMResults(found.problem, found.state, {**found.settings, "profiled": {"power": best_p}})
     fits[best_p] = best
     return PowerProfile(best_p, best, table, fits)
-
-
-def profiled_df(settings):
-    """Number of parameters estimated by profiling (counted in ``df``)."""
-    return len(settings.get("profiled", {}) or {})
 
 
 __all__ = ["PowerProfile", "profile_power"]

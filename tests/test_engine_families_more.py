@@ -525,7 +525,7 @@ def spider_like(seed):
 
 def test_zip_default_starts_find_the_optimum_that_jittered_starts_miss():
     """On these data five jittered starts all stop about 158 below the optimum that the start from
-    a negative binomial GLLVM reaches; the default (three starts, one of them that) finds it, and
+    a negative binomial GLLVM reaches; the default (three starts, then that one) finds it, and
     diagnose() reports that the starts disagree."""
     from unittest import mock
 
@@ -539,7 +539,14 @@ def test_zip_default_starts_find_the_optimum_that_jittered_starts_miss():
             jittered = jsdm.gllvm(Y, family="zip", num_lv=2, seed=1, n_init=5)
     assert default.converged
     assert default.llf > jittered.llf + 10.0, (default.llf, jittered.llf)
-    assert np.argmax(default.state.start_values) == 1                 # the related start
+    assert len(default.state.start_values) == 4
+    assert np.argmax(default.state.start_values) == 3                 # the related start, last
+    # the first three starts are the plain default's (the related one is added, not substituted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mock.patch.object(engine, "related_start", lambda *a: None):
+            plain = jsdm.gllvm(Y, family="zip", num_lv=2, seed=1)
+    np.testing.assert_allclose(default.state.start_values[:3], plain.state.start_values, rtol=1e-12)
     assert "starts" in [p.kind for p in default.diagnose(hessian=False).problems]
 
 

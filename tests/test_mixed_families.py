@@ -81,6 +81,9 @@ def test_mixed_members_with_vector_nuisance_equal_separate_fits():
     assert fit.llf == pytest.approx(total, rel=1e-9)
     assert fit.df == df
     assert list(fit.params.loc["dispersion"].index.get_level_values(0).unique()) == list(com.species[:4])
+    sp = list(com.species)             # each species' entries labelled by its own family
+    assert list(fit.params.loc["dispersion"].index) == [
+        (sp[0], "pi"), (sp[0], "phi"), (sp[1], "pi"), (sp[1], "phi"), (sp[2], "phi"), (sp[3], "phi")]
 
 
 def test_gradient_with_padded_nuisance_parameters_matches_finite_differences():

@@ -163,9 +163,11 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
 
     The starts are drawn from ``seed`` (``None`` means ``DEFAULT_SEED``, so that
     fits are reproducible by default; pass another seed for other starts). Start 1 is
-    the per-species GLMs with an SVD of their Dunn-Smyth residuals; start 2, where the
-    family names a ``start_family``, the fit of that family (see :func:`related_start`);
-    the others jitter the residuals.
+    the per-species GLMs with an SVD of their Dunn-Smyth residuals; the others jitter
+    the residuals. Where the family names a ``start_family`` (zero-inflated and hurdle
+    counts) and ``n_init >= 2``, one more start comes after these: the fit of that
+    family (see :func:`related_start`), so the default starts of such a family are a
+    superset of the plain ones.
 
     Each start runs block Newton sweeps (SQUAREM-accelerated), joint Newton
     steps on the means, then a diagonally scaled L-BFGS polish; ``maxiter``
@@ -199,10 +201,16 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     glm = glm_start(prob)
     best, values = None, []
     work, work_layout, order = prob, layout, None
-    for k in range(max(1, int(n_init)) if start is None else 1):
-        P0 = start if start is not None else (related_start(prob, rng, glm) if k == 1 else None)
-        if P0 is None:
-            P0 = initial_params(prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
+    n_plain = max(1, int(n_init)) if start is None else 1
+    extra = 1 if start is None and n_plain >= 2 else 0         # the related-family start
+    for k in range(n_plain + extra):
+        if k == n_plain:
+            P0 = related_start(prob, rng, glm)
+            if P0 is None:              # the family names none, or the data do not suit it
+                break
+        else:
+            P0 = start if start is not None else \
+                initial_params(prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
         if k == 0:
             order = anchor_order(P0.theta)
             if order is not None:

@@ -166,7 +166,7 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
     the per-species GLMs with an SVD of their Dunn-Smyth residuals; the others jitter
     the residuals. Where the family names a ``start_family`` (zero-inflated and hurdle
     counts) and ``n_init >= 2``, one more start comes after these: the fit of that
-    family (see :func:`related_start`), so the default starts of such a family are a
+    family (see ``related_start``), so the default starts of such a family are a
     superset of the plain ones.
 
     Each start runs block Newton sweeps (SQUAREM-accelerated), joint Newton

@@ -86,7 +86,8 @@ def get_family(family, link=None):
         A registered name or alias ("poisson", "nb", "binomial", ...;
         case-insensitive, "-" and "." read as "_"), a class, or an instance;
         or a mapping {species: family} (a dict, or a pandas Series such as a
-        column of a species table) for a family per species (:class:`Mixed`).
+        column of a species table) for a family per species
+        (:class:`~jsdm.families.Mixed`).
     link : str, optional
         Link function, where the family offers several (binomial: "logit",
         "probit", "cloglog"); default the family's own.

@@ -141,6 +141,16 @@ def test_zinb_num_lv0_equals_statsmodels():
         disp = fit.dispersion.loc[sp]
         assert disp["pi"] == pytest.approx(special.expit(res.params[0]), rel=1e-3, abs=1e-4)
         assert disp["phi"] == pytest.approx(res.params[-1], rel=1e-3)
+        # num_lv = 0: the ELBO is the log-likelihood, so standard errors and intervals are
+        # statsmodels' (observed information): coefficients and phi (delta method) directly,
+        # pi through its interval on the logit scale mapped back (it stays inside (0, 1))
+        se, ci = fit.bse, fit.conf_int(alpha=0.05)
+        np.testing.assert_allclose(se.loc[("coef", sp)].to_numpy(), res.bse[1:-1], rtol=2e-2)
+        assert se.loc[("dispersion", sp, "phi")] == pytest.approx(res.bse[-1], rel=2e-2)
+        lo, hi = special.expit(res.conf_int(alpha=0.05)[0])
+        got = ci.loc[("dispersion", sp, "pi")]
+        assert 0.0 < got["lower"] < disp["pi"] < got["upper"] < 1.0
+        assert got["lower"] == pytest.approx(lo, rel=3e-2) and got["upper"] == pytest.approx(hi, rel=3e-2)
 
 
 def test_nb1_num_lv0_equals_statsmodels():

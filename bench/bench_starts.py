@@ -17,6 +17,7 @@ data; simulated NB, seeds 1..7) and communities simulated from each family of is
     python bench/bench_starts.py                      # everything (long on a shared machine)
     python bench/bench_starts.py --cases spider --n-ref 10
     python bench/bench_starts.py --cases mite,dune --seeds 1,2
+    python bench/bench_starts.py --cases spider,mite --families zip,zinb --update  # redo some
 
 Writes bench/results/bench_starts.json after every case (settings, machine, one record
 per case and seed).
@@ -132,6 +133,7 @@ def start_note(res):
 
 def run(args, write):
     rows = []
+    commit = machine()["commit"]
     seeds = [int(s) for s in args.seeds.split(",")]
     for name, fam, Y, trials, tf in cases(args.cases.split(",") if args.cases else None,
                                           args.families.split(",") if args.families else None):
@@ -165,7 +167,8 @@ def run(args, write):
                    "ref_within_tol": int((vals >= best - args.tol).sum()),
                    "ref_spread": float(vals.max() - vals.min()),
                    "diagnose_starts": start_note(d), "diagnose_starts_previous": start_note(old),
-                   "cpu_default_s": t_def, "cpu_previous_s": t_old, "cpu_ref_s": t_ref}
+                   "cpu_default_s": t_def, "cpu_previous_s": t_old, "cpu_ref_s": t_ref,
+                   "commit": commit}
             rows.append(row)
             write(rows)
             print(f"{name:14s} {fam:18s} {row['size']:>6s} seed {seed}: default {d.llf:12.4f} "
@@ -208,10 +211,23 @@ def main():
     ap.add_argument("--seeds", default="1", help="seeds of the default fits")
     ap.add_argument("--tol", type=float, default=0.05, help="ELBO tolerance for 'the same optimum'")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_starts.json"))
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other rows of --out; replace those of the cases run now")
     args = ap.parse_args()
+    old = []
+    if args.update and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())["rows"]
+
+    def key(r):
+        return (r["data"], r["family"], r.get("seed"))
+
     def write(rows):
+        new = {key(r) for r in rows}
+        kept = [r for r in old if key(r) not in new]
+        for r in kept:
+            r.setdefault("run", "earlier run")
         Path(args.out).write_text(json.dumps({"settings": vars(args), "machine": machine(),
-                                              "rows": rows}, indent=1))
+                                              "rows": kept + rows}, indent=1))
 
     rows = run(args, write)
     print()

@@ -233,3 +233,29 @@ def test_bad_mappings_are_clear_errors():
     with pytest.raises(JSDMError, match=rf"species \['{sp[2]}'\] \(binomial\).*0/1"):
         jsdm.gllvm(com, family={sp[0]: "poisson", sp[1]: "poisson", sp[2]: "binomial"}, num_lv=0)
     assert isinstance(get_family({"a": "poisson"}), Mixed)
+
+
+def test_mixed_with_ordinal_members_equals_separate_fits_with_inference():
+    """Ordinal members (cut points in rank space, held entries of unused categories) next to
+    NB ones: with num_lv=0 the estimates, standard errors and intervals of every nuisance
+    parameter are those of the separate fits."""
+    Y = jsdm.datasets.load_dune().Y.astype(float).iloc[:, :8]
+    fams = {sp: ("ordinal" if k < 4 else "negative_binomial") for k, sp in enumerate(Y.columns)}
+    fit = fit_quiet(Y, family=fams, num_lv=0, n_init=1, seed=0)
+    parts = [fit_quiet(Y.iloc[:, :4], family="ordinal", num_lv=0, n_init=1, seed=0),
+             fit_quiet(Y.iloc[:, 4:], family="negative_binomial", num_lv=0, n_init=1, seed=0)]
+    assert fit.llf == pytest.approx(sum(p.llf for p in parts), rel=1e-9)
+    assert fit.df == sum(p.df for p in parts)
+    ours = pd.concat([fit.params, fit.bse, fit.conf_int()], axis=1).loc["dispersion"]
+    theirs = pd.concat([pd.concat([p.params, p.bse, p.conf_int()], axis=1).loc["dispersion"]
+                        for p in parts])
+    assert list(ours.index) == list(theirs.index)          # the same entries, the same labels
+    # a phi at its lower bound (no overdispersion: Chenalbu) is ~0 in both, the likelihood flat
+    bound = (theirs["estimate"] < 1e-6).to_numpy()
+    assert bound.sum() <= 1 and (ours["estimate"].to_numpy()[bound] < 1e-6).all()
+    np.testing.assert_allclose(ours.to_numpy()[~bound], theirs.to_numpy()[~bound], rtol=2e-3)
+    ci = fit.conf_int().loc["dispersion"]
+    est = fit.params.loc["dispersion"]
+    inside = np.isfinite(est) & np.isfinite(ci["lower"])
+    assert inside.sum() > 5
+    assert ((ci["lower"] <= est) & (est <= ci["upper"]))[inside].all()

@@ -189,6 +189,42 @@ class Mixed(Family):
         fams = self.members if self.members is not None else list(self.mapping.values())
         return tuple(dict.fromkeys(k for f in fams for k in f.link_variance_methods))
 
+    def reported_dispersion(self, s):
+        """(m, q): each member's reported value behind each of its entries of s (ordinal: its
+        estimated cut points), NaN in the padding."""
+        s = np.asarray(s, dtype=float)
+        out = np.full(s.shape, np.nan)
+        for gi, g in enumerate(self.groups):
+            sg = self._s_of(gi, s, g["cols"])
+            if sg is None:
+                continue
+            if sg.ndim == 1:
+                out[g["cols"], 0] = np.asarray(g["family"].dispersion(sg), dtype=float)
+            else:
+                out[g["cols"], :sg.shape[1]] = g["family"].reported_dispersion(sg)
+        return out
+
+    def dispersion_jacobian(self, s, h=1e-6):
+        """(m, q, q): each member's Jacobian of its reported entries in its own block (exact
+        where the member's is), zeros elsewhere."""
+        s = np.asarray(s, dtype=float)
+        m, q = s.shape
+        D = np.zeros((m, q, q))
+        for gi, g in enumerate(self.groups):
+            sg = self._s_of(gi, s, g["cols"])
+            if sg is None:
+                continue
+            cols = g["cols"]
+            if sg.ndim == 1:
+                step = h * (1.0 + np.abs(sg))
+                fam = g["family"]
+                D[cols, 0, 0] = (np.asarray(fam.dispersion(sg + step), dtype=float)
+                                 - np.asarray(fam.dispersion(sg - step), dtype=float)) / (2 * step)
+            else:
+                w = sg.shape[1]
+                D[cols, :w, :w] = g["family"].dispersion_jacobian(sg)
+        return D
+
     def reported_dispersion_labels(self, rows, q):
         """(m, q): each member's labels of its entries on its rows ("" in the padding)."""
         self._need_bound()

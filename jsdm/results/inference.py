@@ -195,7 +195,7 @@ def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
 
     An entry that depends on its own unconstrained parameter only (a zero-
     inflation probability, an NB dispersion, a first cut point, ...) gets the
-    Wald interval of that parameter mapped through ``family.dispersion`` (so a
+    Wald interval of that parameter mapped through ``family.reported_dispersion`` (so a
     probability stays in (0, 1)). An entry that depends on several (ordinal cut
     points as sums of exponentials) gets the Wald interval of its logarithm,
     mapped back, where the family marks its column positive
@@ -215,8 +215,8 @@ def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
     lo_s[j, k] -= z * se_u
     hi_s[j, k] += z * se_u
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        a = fit.family.dispersion(lo_s)[:, -q:][j, k]
-        b = fit.family.dispersion(hi_s)[:, -q:][j, k]
+        a = fit.family.reported_dispersion(lo_s)[j, k]
+        b = fit.family.reported_dispersion(hi_s)[j, k]
         w = z * se / est
         mine = own[j, k]
         lo = np.where(mine, np.minimum(a, b), np.where(positive[k], est * np.exp(-w), est - z * se))

@@ -193,7 +193,9 @@ def test_outputs_name_each_species_family_and_survive_save_load(pbg0, tmp_path):
     again = jsdm.load(path)
     assert again.llf == fit.llf and again.families.to_dict() == fams and again.df == fit.df
     pd.testing.assert_frame_equal(again.summary().tables["dispersion"], summ.tables["dispersion"])
-    out = fit.report(tmp_path / "r.html")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jsdm.JSDMWarning)       # every section is produced
+        out = fit.report(tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text() if out is None or not hasattr(out, "read_text") \
         else out.read_text()
     assert "Family of each species" in html
@@ -259,3 +261,20 @@ def test_mixed_with_ordinal_members_equals_separate_fits_with_inference():
     inside = np.isfinite(est) & np.isfinite(ci["lower"])
     assert inside.sum() > 5
     assert ((ci["lower"] <= est) & (est <= ci["upper"]))[inside].all()
+
+
+def test_report_of_a_mixed_model_with_latent_variables(tmp_path):
+    """Every report section (importance-sampling check, goodness of fit, associations with each
+    member's observation-level variance) is produced for a mixed model with latent variables."""
+    fl = ["poisson"] * 3 + ["binomial"] * 2 + ["gaussian"] * 2 + ["zinb"] * 2
+    com, _ = jsdm.simulate_community(50, len(fl), num_lv=1, family=fl, seed=4, intercept=0.5)
+    fit = fit_quiet(com, family=dict(zip(com.species, fl)), num_lv=1, n_init=1, seed=0)
+    from jsdm.analysis.associations import family_variance
+
+    var = family_variance(fit, nb_variance="observation")       # each member's own
+    assert np.isfinite(var.to_numpy()).all() and (var > 0).all()
+    assert var[com.species[3]] == pytest.approx(np.pi ** 2 / 3)        # binomial logit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jsdm.JSDMWarning)
+        fit.report(tmp_path / "r.html")
+    assert "Family of each species" in (tmp_path / "r.html").read_text()

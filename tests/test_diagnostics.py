@@ -215,3 +215,37 @@ def test_starts_that_end_at_different_optima_are_reported(clean):
     assert "starts" in [p.kind for p in apart.diagnose(hessian=False).problems]
     with pytest.warns(jsdm.JSDMWarning, match="starts ended more than"):
         warn_quick_checks(apart)
+    failed = check_starts(with_starts([best, -np.inf, best]))       # a start that broke down
+    assert len(failed) == 1 and "1 of 3 starts failed numerically" in failed[0].message
+
+
+def test_a_start_that_fails_numerically_leaves_the_others(monkeypatch):
+    """A start whose Newton step meets a singular matrix is recorded as failed (-inf) and the
+    fit keeps the best of the others; when every start fails, a JSDMError says what to try.
+    (Found by bench/bench_starts.py: dune cover classes, Tweedie, seed 1001, n_init=5: a
+    jittered start's site precisions reached 1e26 and the whole fit stopped with LinAlgError.)"""
+    import jsdm.model.fit as engine
+
+    com, _ = jsdm.simulate_community(30, 5, num_lv=1, family="poisson", seed=2)
+    real = engine._run_start
+    calls = []
+
+    def second_fails(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise np.linalg.LinAlgError("Singular matrix")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine, "_run_start", second_fails)
+    fit = jsdm.gllvm(com, family="poisson", num_lv=1, n_init=3, seed=0)
+    vals = fit.state.start_values
+    assert len(vals) == 3 and vals[1] == -np.inf and np.isfinite(vals[0]) and np.isfinite(vals[2])
+    assert fit.llf == max(vals[0], vals[2])
+    assert "starts" in [p.kind for p in fit.diagnose(hessian=False).problems]
+
+    def always_fails(*args, **kw):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(engine, "_run_start", always_fails)
+    with pytest.raises(jsdm.JSDMError, match="every start of the fit failed numerically"):
+        jsdm.gllvm(com, family="poisson", num_lv=1, n_init=2, seed=0)

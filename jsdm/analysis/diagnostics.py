@@ -624,20 +624,25 @@ def check_starts(fit, tol=None):
     best. Starts more than ``tol`` (default ``START_TOL`` nats, or ``START_RTOL`` of
     |ELBO| when larger) below it ended at another, lower optimum.
     """
-    vals = np.asarray(getattr(fit.state, "start_values", None) or [], dtype=float)
-    vals = vals[np.isfinite(vals)]
-    if vals.size < 2:
+    allv = np.asarray(getattr(fit.state, "start_values", None) or [], dtype=float)
+    n, failed = allv.size, int((~np.isfinite(allv)).sum())
+    vals = allv[np.isfinite(allv)]
+    if n < 2 or not vals.size:
         return []
     best = vals.max()
     tol = max(START_TOL, START_RTOL * abs(best)) if tol is None else float(tol)
     behind = np.sort(vals[vals < best - tol])
-    if not behind.size:
+    if not behind.size and not failed:
         return []
-    n = vals.size
+    what = [f"{behind.size} of {n} starts ended more than {tol:.3g} below the best"] if \
+        behind.size else []
+    what += [f"{failed} of {n} starts failed numerically"] if failed else []
     return [Problem(
-        "starts", f"{behind.size} of {n} starts ended more than {tol:.3g} below the best",
-        f"final ELBO of the starts: best {best:.4f}; lower ones "
-        + ", ".join(f"{v:.4f}" for v in behind[:5]) + (" ..." if behind.size > 5 else "")
+        "starts", "; ".join(what),
+        f"final ELBO of the starts: best {best:.4f}"
+        + ("; lower ones " + ", ".join(f"{v:.4f}" for v in behind[:5])
+           + (" ..." if behind.size > 5 else "") if behind.size else "")
+        + (f"; {failed} failed (a singular step)" if failed else "")
         + f" (the fit kept the best; tolerance {tol:.3g})",
         "the ELBO has several local optima for these data, so even the best of these starts may "
         f"not be the highest: refit with more starts (n_init={max(10, 3 * n)}) and a few seeds and "

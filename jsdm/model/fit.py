@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from ..exceptions import ConvergenceWarning
+from ..exceptions import ConvergenceWarning, JSDMError
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import cell_eval, evaluate, gradient_from, release_cache
 from .params import Layout, Params
@@ -218,11 +218,22 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
                 work_layout = make_layout(work)     # its held dispersion entries, in its order
         if order is not None:
             P0 = to_triangular(reorder_species(P0, order, layout))
-        run = _run_start(work, work_layout, P0, maxiter, gtol,
-                         _printer(k, t0) if verbose else None)
+        try:
+            run = _run_start(work, work_layout, P0, maxiter, gtol,
+                             _printer(k, t0) if verbose else None)
+        except (np.linalg.LinAlgError, FloatingPointError) as err:
+            # a start that ran into a numerically singular step (e.g. a jittered start whose
+            # linear predictor exploded) is one that failed: the others decide
+            values.append(-np.inf)
+            failure = f"start {k + 1}: {type(err).__name__}: {err}"
+            continue
         values.append(run[1])
         if best is None or run[1] > best[1]:
             best = run
+    if best is None:
+        raise JSDMError(f"every start of the fit failed numerically ({failure}). Check the data "
+                        "(a species with extreme values, covariates on very different scales), "
+                        "try other starts (seed=, n_init=) or fewer latent variables.")
     P, _, n_iter, n_eval, message, hist = best
     if order is not None:       # back to the user's species order and identifiability convention
         release_cache(work)
@@ -265,7 +276,6 @@ def related_start(prob, rng, glm):
     """
     from dataclasses import replace
 
-    from ..exceptions import JSDMError
     from ..families import get_family
 
     name = getattr(prob.family, "start_family", None)

@@ -401,7 +401,8 @@ def covariance_step(prob, P, ce):
     return new, ct
 
 
-def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None, gtol=None):
+def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None, gtol=None,
+                  stop=None):
     """Alternate joint mean Newton steps, covariance, gauge and dispersion updates.
 
     Each iteration: ``newton_means``; ``covariance_step``; ``gauge_step`` (the
@@ -411,7 +412,8 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
 
     Stops after ``max_iter`` steps, when the ELBO changes by at most ``rtol``
     (relative), or, given ``layout`` and ``gtol``, once the scaled gradient
-    (:func:`blocks.scaled_gradient`) is at most ``gtol``.
+    (:func:`blocks.scaled_gradient`) is at most ``gtol``, or when ``stop(P, ELBO)``
+    (optional) is true.
     """
     polish_tol = 1e-4 if gtol is None else gtol
 
@@ -431,6 +433,11 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
         return last["converged"]
 
     done = converged if gtol is not None and layout is not None else None
+    if stop is not None:
+        check = done
+
+        def done(P, ce):
+            return bool(stop(P, float(ce["site"].sum()))) or (check is not None and check(P, ce))
     P, hist = ascend(step, prob, P, max_iter, rtol, callback, done)
     return P, hist, last.get("converged", False)
 

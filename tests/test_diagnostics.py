@@ -249,3 +249,25 @@ def test_a_start_that_fails_numerically_leaves_the_others(monkeypatch):
     monkeypatch.setattr(engine, "_run_start", always_fails)
     with pytest.raises(jsdm.JSDMError, match="every start of the fit failed numerically"):
         jsdm.gllvm(com, family="poisson", num_lv=1, n_init=2, seed=0)
+
+
+def test_precision_at_its_upper_bound_is_reported():
+    """Cover classes divided by 10 are a lattice: a beta precision can grow without bound for a
+    species with few distinct values (its values reproduced exactly). diagnose() names those
+    species; a beta fit to simulated continuous data has none."""
+    from jsdm.analysis.diagnostics import check_dispersion_at_ceiling
+
+    cover = jsdm.datasets.load_dune().Y.astype(float) / 10.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jsdm.gllvm(cover, family="beta_hurdle", num_lv=2, seed=1, n_init=1)
+    probs = check_dispersion_at_ceiling(fit)
+    assert len(probs) == 1 and "unbounded" in probs[0].message
+    flagged = {sp for _, sp, term in probs[0].parameters if term == "phi"}
+    distinct = cover.apply(lambda c: c[c > 0].nunique())
+    assert flagged and distinct[list(flagged)].max() <= 4                # few distinct values
+    assert distinct[list(flagged)].mean() < distinct.drop(list(flagged)).mean()
+    assert fit.params.loc[("dispersion", sorted(flagged)[0], "phi")] > 1e5
+    assert "dispersion_at_ceiling" in [p.kind for p in fit.diagnose(hessian=False).problems]
+    com, _ = jsdm.simulate_community(80, 5, num_lv=1, family="beta", seed=2)
+    assert check_dispersion_at_ceiling(jsdm.gllvm(com, family="beta", num_lv=1, seed=0)) == []

@@ -79,8 +79,8 @@ class Problem:
     kind : str
         Short name ("convergence", "hessian", "near_singular", "large_coefficient",
         "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance",
-        "degenerate_dispersion", "dispersion_at_bound", "large_se", "penalty_dominated",
-        "starts").
+        "degenerate_dispersion", "dispersion_at_bound", "dispersion_at_ceiling", "large_se",
+        "penalty_dominated", "starts").
     message : str
         One-line statement of the problem.
     evidence : str
@@ -512,6 +512,44 @@ def check_dispersion_at_bound(fit):
         [("dispersion", sp, name) for sp in who])]
 
 
+def dispersion_at_ceiling(fit):
+    """Series (species, term) -> value of the estimated nuisance parameters at the upper end
+    of their range (unconstrained s within ``BOUND_TOL`` of its upper bound)."""
+    P, layout = fit.state.params, fit.state.layout
+    if P.s is None:
+        return pd.Series(dtype=float)
+    sl = layout.slices["s"]
+    packed = layout.pack(P)[sl]
+    est = fit.params.loc["dispersion"]
+    if len(est) != packed.size:           # (not the terms' packed order: nothing to say)
+        return pd.Series(dtype=float)
+    return est[packed >= S_BOUNDS[1] - BOUND_TOL]
+
+
+def check_dispersion_at_ceiling(fit):
+    """Nuisance parameters at the upper end of their range (a beta precision: the species'
+    non-zero values reproduced exactly, an unbounded likelihood)."""
+    at = dispersion_at_ceiling(fit)
+    if at.empty:
+        return []
+    meaning = getattr(fit.family, "dispersion_ceiling_meaning", None) or (
+        "at the upper end of the range the fit allows; where it is a precision the species' "
+        "values are reproduced exactly and the likelihood is unbounded there")
+    who = list(dict.fromkeys(sp for sp, _ in at.index))
+    ev = "; ".join(f"{_fmt(sp)}: {term} = {v:.3g}" for (sp, term), v in list(at.items())[:5])
+    if len(at) > 5:
+        ev += f" (+{len(at) - 5} more)"
+    return [Problem(
+        "dispersion_at_ceiling",
+        f"{len(at)} nuisance parameter(s) of {len(who)} species at the upper bound: {meaning}",
+        ev, "these estimates and their SEs carry no information. Where the likelihood is "
+        "unbounded (a precision fitted to few distinct values), fits from different starts can "
+        "differ by how many species reach the bound and their ELBOs are not comparable: look at "
+        "these species (how many distinct non-zero values?), drop them, fit fewer latent "
+        "variables, or use a family for classes (cover classes: ordinal)",
+        [("dispersion", sp, term) for sp, term in at.index])]
+
+
 def _species_dispersions(fit):
     """Dispersion parameters of each species' own (ordinal: its free cut points; none when the
     cut points are common to all species)."""
@@ -651,6 +689,7 @@ def check_starts(fit, tol=None):
 
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
          check_large_coefficients, check_degenerate_dispersion, check_dispersion_at_bound,
+         check_dispersion_at_ceiling,
          check_starts)
 
 

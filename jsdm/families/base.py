@@ -341,6 +341,8 @@ class Family:
     # --- family-specific words and numbers for the analysis layer (associations, diagnostics) --
     #: what a dispersion at the lower end of its range means, in words (diagnostics, report)
     dispersion_floor_meaning: Optional[str] = None
+    #: ... and at the upper end (a precision there: the species' values fitted exactly)
+    dispersion_ceiling_meaning: Optional[str] = None
 
     def observation_variance(self, mu, s=None, trials=None):
         """Variance of one observation around its mean, on the link scale.

@@ -81,6 +81,9 @@ class BetaBinomial(Family):
     default_link = "logit"
     has_dispersion = True
     dispersion_name = "phi"
+    dispersion_ceiling_meaning = (
+        "the precision phi at its upper bound: no extra-binomial variation (the beta-binomial "
+        "has become the binomial)")
     discrete = True
     uses_trials = True
     default_dispersion = 5.0

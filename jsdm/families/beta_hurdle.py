@@ -28,6 +28,10 @@ class BetaHurdle(_Hurdle):
     default_link = "logit"
     discrete = False
     dispersion_name = "beta_hurdle"
+    dispersion_ceiling_meaning = (
+        "the precision phi at its upper bound: the species' values inside (0, 1) are reproduced "
+        "exactly and the likelihood is unbounded (few distinct values, e.g. cover classes "
+        "converted to proportions)")
     default_dispersion = (0.6, 10.0)
     count = Beta()
     _fill = 0.5

@@ -47,6 +47,10 @@ class OrderedBeta(Family):
     default_link = "logit"
     has_dispersion = True
     dispersion_name = "ordered_beta"
+    dispersion_ceiling_meaning = (
+        "the precision phi at its upper bound: the species' values inside (0, 1) are reproduced "
+        "exactly and the likelihood is unbounded (few distinct values, e.g. cover classes "
+        "converted to proportions)")
     mean_uses_dispersion = True
     dispersion_positive = (False, False, True)      # cut points are locations; phi is positive
     default_dispersion = (-1.0, 1.0, 5.0)

@@ -12,7 +12,8 @@ from .results.fitted import GLLVMResults
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
-          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
+          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
+          random_species=None, fourth_corner=None, site_effects=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -23,9 +24,12 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Site covariates for wide data; every column enters when ``formula`` is None.
     family : str or Family
         "poisson", "negative_binomial" ("nb"), "binomial", "gaussian", ... or an instance.
-    num_lv : int, optional
+    num_lv : int or "species", optional
         Number of latent variables (0 gives independent GLMs per species); default 2,
-        or the d of ``rr()`` with an lme4-style formula.
+        or the d of ``rr()`` with an lme4-style formula. ``"species"``: one per species,
+        the unstructured species covariance by site (lme4's ``(0 + species | site)``)
+        as a full-rank factor model; a DataWarning suggests ``rr()`` when its
+        m (m + 1) / 2 parameters are many for the data.
     formula : str, optional
         Right-hand side on the site covariates, e.g. "~ SubsDens + WatrCont"; or an
         lme4/glmmTMB-style formula on long data, e.g.
@@ -40,6 +44,14 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Link function where the family offers several (binomial: logit, probit, cloglog).
     row_effect : None, "fixed" or "random"
         Site intercepts.
+    site_effects : str or list of str, optional
+        Grouped site effects: random intercepts by the levels of site-level grouping
+        columns of the site table (``X`` / ``Community.X``), the wide form of lme4's
+        ``(1 | plot)``. ``"plot"``: one effect per plot; ``["year", "observer"]``:
+        crossed; ``"plot/transect"``: nested, i.e. ``"plot"`` and ``"plot:transect"``
+        (the combinations). With an lme4-style formula write the bars instead. The
+        grouping columns are not covariates (they are left out of the design when
+        ``formula`` is None). See docs/formula.md, "Grouped site effects".
     offset : number, array (n,), (n, 1), (1, m) or (n, m), Series or DataFrame, optional
         Known part of the linear predictor. A Series indexed by site (or by
         species) or a DataFrame (sites x species) is matched by label; an
@@ -81,6 +93,22 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         docs/associations.md, "Rare and separated species"; 5 is the value
         studied there). Default None: maximum likelihood (of the ELBO), as R
         gllvm. ``fit.llf`` is the ELBO without the penalty.
+    random_species : str, optional
+        Random species coefficients (wide data), written as on long data in lme4: bars
+        by species and the fixed terms that are their community means, e.g.
+        ``"WatrCont + (1 + WatrCont | species)"`` (correlated random intercepts and
+        WatrCont slopes; the intercept's mean is implicit as in lme4),
+        ``"(1 | species) + (0 + x | species)"`` (independent), ``"x + (x || species)"``,
+        ``"x + x:height + (0 + x | species)"`` (a species trait in the slopes' mean: the
+        fourth corner; traits from the Community). A random coefficient replaces the
+        fixed species-specific one on the same column (the covariate must be in the
+        design, see ``formula``). See docs/species_random.md; on long data write the
+        bars in the formula.
+    fourth_corner : str, optional
+        Community slopes on site covariates and their interactions with species traits
+        (fixed), as R gllvm's trait formula: ``"Snow + Slope + (Snow + Slope):(Height + SLA)"``
+        (the covariate first). Replaces the species-specific slopes on those covariates;
+        traits come from the Community. ``fit.fourth_corner()`` gives the coefficients.
 
     Returns
     -------
@@ -100,11 +128,30 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         raise JSDMError(f"prior_sd must be a positive number (the sd of the penalty), got "
                         f"{prior_sd!r}; use None for no penalty")
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
-                response=response, site=site, species=species)
+                response=response, site=site, species=species, site_effects=site_effects)
+    if random_species is not None:
+        from .model.formula import parse_random_species
+        call["species_random"], shared = parse_random_species(random_species, both=True)
+        if shared is not None:
+            if fourth_corner is not None:
+                raise JSDMError(f"community slopes are given twice: {shared.lme4()!r} in "
+                                "random_species= and fourth_corner=; write them in one place.")
+            call["community_slopes"] = shared
+    if fourth_corner is not None:
+        from .model.formula import parse_fourth_corner
+        call["community_slopes"] = parse_fourth_corner(fourth_corner)
     # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
     from .model.formula import is_lme4_formula, translate_call
     if is_lme4_formula(formula, species):
+        given = [call.pop(k, None) for k in ("species_random", "community_slopes")]
         data, X, call = translate_call(data, X, **call)
+        if any(g is not None for g in given):
+            raise JSDMError("random_species= and fourth_corner= are for wide data; with an "
+                            "lme4-style formula write those terms in the formula.")
+        if "random_species" in call:
+            call["species_random"] = call.pop("random_species")
+        if "fourth_corner" in call:
+            call["community_slopes"] = call.pop("fourth_corner")
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     prob = build_problem(data, X, family=fam, trials=trials, **call)
@@ -116,6 +163,12 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                     row_effect=call["row_effect"], n_init=n_init,
                     seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
                     prior_sd=prior_sd)
+    if call.get("site_effects"):
+        settings["site_effects"] = list(prob.info.get("site_effects", []))
+    if call.get("species_random") is not None:
+        settings["random_species"] = call["species_random"].lme4()
+    if call.get("community_slopes") is not None:
+        settings["fourth_corner"] = call["community_slopes"].lme4()
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

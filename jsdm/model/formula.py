@@ -23,6 +23,9 @@ formula term                                  jsdm
 ``species:x``, ``species/x``, ``species*x``    species-specific slopes on site covariate x
 ``site`` (fixed)                              ``row_effect="fixed"``
 ``(1 | site)``                                ``row_effect="random"``
+``(1 | plot)``, ``(1 | a) + (1 | b)``           ``site_effects=["plot"]``, ``["a", "b"]``
+``(1 | a/b)``, ``(1 | a:b)``                   ``site_effects=["a", "a:b"]``, ``["a:b"]``
+``(1 | plot/site)``                           ``site_effects=["plot"]``, ``row_effect="random"``
 ``rr(0 + species | site, d = k)``             ``num_lv=k`` (glmmTMB's default k = 2);
                                               no ``rr()`` term: ``num_lv=0``
 ``offset(expr)``                              ``offset`` = expr evaluated per row
@@ -37,8 +40,12 @@ import pandas as pd
 
 from ..exceptions import JSDMError
 
-__all__ = ["ParsedFormula", "parse_formula", "is_lme4_formula", "translate_call"]
+__all__ = ["ParsedFormula", "parse_formula", "parse_fourth_corner", "parse_random_species",
+           "is_lme4_formula",
+           "translate_call"]
 
+#: ``num_lv`` of the unstructured term ``(0 + species | site)`` before the data are seen
+UNSTRUCTURED = "species"
 DEFAULT_RANK = 2   # glmmTMB: "d ... defaults to 2" (vignette "Covariance structures with glmmTMB")
 COVSTRUCTS = ("rr", "us", "diag", "homdiag", "cs", "homcs", "ar1", "hetar1", "ou", "exp",
               "gau", "mat", "toep", "homtoep", "propto", "equalto")
@@ -49,7 +56,9 @@ _CALL = re.compile(r"^([A-Za-z_.][A-Za-z0-9_.]*)\s*\(")
 def _supported(site, species):
     return (f"Supported: {species} (species intercepts), {species}:x (species-specific slopes "
             f"on a site covariate x), {site} (fixed site effects), (1 | {site}) (random site "
-            f"effects), rr(0 + {species} | {site}, d = k) (k latent variables), offset(expr).")
+            f"effects), (1 | plot), (1 | plot/sub), (1 | a) + (1 | b) (grouped site effects by "
+            f"site-level groupings), rr(0 + {species} | {site}, d = k) (k latent variables), "
+            f"offset(expr).")
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,17 @@ class ParsedFormula:
     absorbed : tuple of str
         Shared slopes written next to their species-specific version (as in
         ``species*x``): the same model, so nothing is added.
-    num_lv : int
-        Rank ``d`` of the ``rr()`` term (0 without one).
+    num_lv : int or "species"
+        Rank ``d`` of the ``rr()`` term (0 without one); ``"species"`` for the
+        unstructured ``(0 + species | site)``, fitted as a full-rank factor model with one
+        latent variable per species (the number is set when the data are read).
     row_effect : None, "fixed" or "random"
     offsets : tuple of str
         Expressions inside ``offset(...)``, summed.
+    site_effects : tuple of str
+        Groupings of grouped site effects ``(1 | plot)`` (``"a:b"`` for an
+        interaction; ``(1 | a/b)`` gives ``"a"`` and ``"a:b"``), the wide call's
+        ``site_effects=``.
     terms : tuple of (str, str)
         Each term as read and what it becomes (see ``str(parsed)``).
     """
@@ -89,15 +104,41 @@ class ParsedFormula:
     row_effect: Optional[str] = None
     offsets: tuple = ()
     terms: tuple = ()
+    site_effects: tuple = ()
+    species_random: object = None       # a SpeciesRandom term (random species effects) or None
+    community: object = None            # a CommunitySlopes term (x, x:trait fixed) or None
+
+    @property
+    def design_columns(self):
+        """Site covariates of the design: species-specific slopes, then random-slope covariates."""
+        extra = [] if self.species_random is None else [
+            c for c in self.species_random.columns if c != "1" and c not in self.slopes]
+        if self.community is not None:
+            extra += [c for c in self.community.columns if c not in self.slopes + tuple(extra)]
+        return tuple(self.slopes) + tuple(extra)
 
     @property
     def site_formula(self):
         """str or None: the engine's site-covariate formula, e.g. ``"~ SubsDens + WatrCont"``."""
-        return "~ " + " + ".join(self.slopes) if self.slopes else None
+        cols = self.design_columns
+        return "~ " + " + ".join(cols) if cols else None
 
     def gllvm_arguments(self):
-        """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call."""
-        return dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+        """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call (and
+        ``random_species``, the species random-effect term, when there is one; ``site_effects``,
+        the grouped site effects, when there are any)."""
+        out = dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+        com, sr = self.community, self.species_random
+        if sr is not None:
+            out["random_species"] = sr.lme4(species=self.species)
+            if com is not None and not com.traits:      # shared slopes next to the bars
+                out["random_species"] = com.lme4() + " + " + out["random_species"]
+                com = None
+        if com is not None:
+            out["fourth_corner"] = com.lme4()
+        if self.site_effects:
+            out["site_effects"] = list(self.site_effects)
+        return out
 
     @property
     def model_terms(self):
@@ -108,9 +149,17 @@ class ParsedFormula:
         expand to (factor levels) in the fit.
         """
         from .terms import default_terms
+        from .terms.group_effects import _group_terms
 
-        return [t for t in default_terms(self.slopes, self.num_lv, self.row_effect)
-                if t.active(_Dims(len(self.slopes)))]
+        cols = self.design_columns
+        d = 0 if self.num_lv == UNSTRUCTURED else self.num_lv
+        terms = [t for t in default_terms(cols, d, self.row_effect,
+                                          species_random=self.species_random,
+                                          community=self.community)
+                 if t.active(_Dims(cols))]
+        if self.num_lv == UNSTRUCTURED:
+            terms.append(_UnstructuredShown())
+        return terms + _group_terms(list(self.site_effects))
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
@@ -129,11 +178,23 @@ class ParsedFormula:
         return "\n".join(lines)
 
 
-class _Dims:
-    """What ``Term.active`` asks of a problem, before there is data (p covariate columns)."""
+class _UnstructuredShown:
+    """How the unstructured term is listed before the number of species is known."""
 
-    def __init__(self, p):
-        self.p = p
+    def lme4(self, site="site", species="species"):
+        return f"(0 + {species} | {site})"
+
+    def describe(self):
+        return ("unstructured species covariance by site, Sigma = Theta Theta' with Theta "
+                "lower triangular (m x m): num_lv = number of species latent variables")
+
+
+class _Dims:
+    """What ``Term.active`` asks of a problem, before there is data (its covariate columns)."""
+
+    def __init__(self, covariates):
+        self.covariates = tuple(covariates)
+        self.p = len(self.covariates)
 
 
 # --- scanning ----------------------------------------------------------------------------
@@ -226,6 +287,9 @@ class _Parts:
         self.fixed, self.terms, self.offsets, self.random_terms = [], [], [], []
         self.num_lv, self.random_site, self.fixed_site = None, None, None
         self.has_species = False
+        self.site_effects = []
+        self.nested_site = None
+        self.species_bars, self.has_intercept = [], False
 
     def fail(self, term, why):
         raise JSDMError(f"formula term {term!r} in {self.formula!r}: {why} "
@@ -259,6 +323,12 @@ def parse_formula(formula, site="site", species="species"):
     >>> p.site_formula, p.num_lv, p.row_effect
     ('~ WatrCont', 2, None)
     """
+    return _parse(formula, site, species)
+
+
+def _parse(formula, site, species, wide=False):
+    """parse_formula; ``wide``: the species random effects of a wide call (no species term
+    needed: the wide call has its own species intercepts)."""
     if not isinstance(formula, str) or not formula.strip():
         raise JSDMError(f"formula must be a non-empty string, got {formula!r}; e.g. "
                         f"'count ~ {species} + {species}:x + rr(0 + {species} | {site}, d = 2)'.")
@@ -270,6 +340,7 @@ def parse_formula(formula, site="site", species="species"):
     if not rhs:
         raise JSDMError(f"formula {formula!r} has no terms after '~'; add at least '{species}'.")
     parts = _Parts(formula, site, species)
+    parts.wide = wide
     if response is not None:
         parts.terms.append((lhs.strip(), f"response column {response!r}"))
     for sign, piece in _additive_pieces(rhs):
@@ -312,11 +383,17 @@ def _read_piece(parts, sign, piece):
         parts.fixed.append((sign, piece))
 
 
-def _bar_sides(parts, term, text):
-    """(left, group) of ``left | group``; rejects ``||``."""
+def _bar_sides(parts, term, text, double=None):
+    """(left, group) of ``left | group``; ``||`` only when ``double`` (a list) is given, which
+    then receives True."""
     cuts = [i for i, ch, d in _scan(text) if ch == "|" and d == 0]
+    if len(cuts) == 2 and cuts[1] == cuts[0] + 1 and double is not None:
+        double.append(True)
+        text = text[:cuts[0]] + " " + text[cuts[1]:]
+        cuts = [cuts[1]]
     if len(cuts) == 2 and cuts[1] == cuts[0] + 1:
-        parts.fail(term, "double-bar (uncorrelated) random effects '||' are not supported.")
+        parts.fail(term, f"double-bar (uncorrelated) random effects '||' are supported by "
+                         f"{parts.species} only, e.g. (1 + x || {parts.species}).")
     if len(cuts) != 1:
         parts.fail(term, "a random-effect term needs exactly one '|' (left | group).")
     left, group = text[:cuts[0]].strip(), text[cuts[0] + 1:].strip()
@@ -326,13 +403,12 @@ def _bar_sides(parts, term, text):
 
 
 def _group_name(parts, term, group):
-    """Grouping column of a bar term; nested and interaction groupings are refused."""
-    if _has_top(group, "/"):
-        parts.fail(term, "nested random effects (1 | a/b), i.e. (1 | a) + (1 | a:b) as in lme4, "
-                         "are not supported yet.")
-    if _has_top(group, ":"):
-        parts.fail(term, "random effects on an interaction of grouping factors (a:b) are not "
-                         "supported yet.")
+    """Grouping of a bar term: one column, ``a:b`` (interaction) or ``a/b`` (nested), the
+    last two returned as they are (after checking each column name)."""
+    if _has_top(group, "/") or _has_top(group, ":"):
+        names = [_group_name(parts, term, g) for g in re.split(r"[/:]", group)]
+        seps = [c for c in group if c in "/:"]
+        return "".join(n + (seps[k] if k < len(seps) else "") for k, n in enumerate(names))
     name = group[1:-1] if group.startswith("`") and group.endswith("`") else group
     if not _NAME.fullmatch(group) and name == group:
         parts.fail(term, f"the grouping {group!r} must be one column name.")
@@ -352,30 +428,151 @@ def _left_terms(parts, term, left):
 
 def _read_bar(parts, sign, piece, inner):
     """An lme4 random-effect term ``(left | group)``: only ``(1 | site)`` is supported."""
-    left, group = _bar_sides(parts, piece, inner)
+    double = []
+    left, group = _bar_sides(parts, piece, inner, double)
     lt = _left_terms(parts, piece, left)
     site, species = parts.site, parts.species
     if sign == "-":
         parts.fail("-" + piece, "a random-effect term cannot be subtracted.")
+    if double and group != species:
+        parts.fail(piece, f"double-bar (uncorrelated) random effects '||' are supported by "
+                          f"{species} only, e.g. (1 + x || {species}).")
     if group == site and lt == {"1"}:
         if parts.random_site:
             parts.fail(piece, f"(1 | {site}) is given twice.")
         parts.random_site = piece
         parts.random_terms.append((piece, "random site effects -> row_effect='random'"))
         return
+    if group == site and lt == {species}:          # (0 + species | site): unstructured
+        if parts.num_lv is not None:
+            parts.fail(piece, "the unstructured term (0 + species | site) and rr() are two "
+                              "covariance structures for the same effects; keep one.")
+        parts.num_lv = UNSTRUCTURED
+        parts.random_terms.append((piece, "unstructured species covariance by site: a full-rank "
+                                          "factor model, num_lv = number of species"))
+        return
     if group == site and species in lt:
-        parts.fail(piece, f"an unstructured species covariance by site is not supported; write "
-                          f"rr(0 + {species} | {site}, d = k) for k latent variables.")
+        parts.fail(piece, f"write the unstructured species covariance as (0 + {species} | "
+                          f"{site}) (no intercept), or rr(0 + {species} | {site}, d = k) for k "
+                          "latent variables.")
     if group == site:
         parts.fail(piece, f"random slopes by {site} are not supported; only (1 | {site}).")
-    if group == species and lt == {"1"}:
-        parts.fail(piece, f"random species intercepts are not supported: the engine always fits "
-                          f"fixed species intercepts (write {species}).")
     if group == species:
-        parts.fail(piece, f"species-specific random slopes (0 + x | {species}) are not supported "
-                          f"yet; fixed species-specific slopes are written {species}:x.")
-    parts.fail(piece, f"random effects grouped by {group!r} (other than {site}) are not "
-                      "supported yet.")
+        _read_species_bar(parts, piece, left, lt, bool(double))
+        return
+    if lt != {"1"}:
+        parts.fail(piece, f"random slopes by {group!r} are not supported; only random intercepts "
+                          f"(1 | {group}) by a site-level grouping.")
+    _read_group(parts, piece, group)
+
+
+def _read_group(parts, piece, group):
+    """``(1 | plot)``, ``(1 | a:b)``, nested ``(1 | a/b)`` (= (1 | a) + (1 | a:b)); a nested
+    level equal to the site column is the site effect ``(1 | site)``."""
+    site = parts.site
+    chain = group.split("/")
+    added = []
+    for k in range(len(chain)):
+        name = ":".join(chain[:k + 1])
+        if chain[k] == site and k == len(chain) - 1 and k > 0:   # (1 | plot/site): + (1 | site)
+            if parts.random_site:
+                parts.fail(piece, f"(1 | {site}) is given twice (once inside {piece}).")
+            parts.random_site = piece
+            parts.nested_site = (piece, name, len(parts.random_terms))
+            added.append("{site_part}")
+            continue
+        if site in name.split(":") or parts.species in name.split(":"):
+            parts.fail(piece, f"the grouping {name!r} involves the {site} or {parts.species} "
+                              f"column; grouped site effects take site-level grouping columns, "
+                              f"and {site} nested last ((1 | plot/{site})).")
+        if name in parts.site_effects:
+            parts.fail(piece, f"(1 | {name}) is given twice.")
+        parts.site_effects.append(name)
+        added.append(f"(1 | {name}) -> site_effects {name!r}")
+    parts.random_terms.append((piece, "grouped site effects: " + "; ".join(added)))
+
+
+def _place_nested_site(parts, num_lv):
+    """``(1 | plot/site)``: without latent variables the site effects join their plot's joint q
+    (the nested chain plot, plot:site: exact for Gaussian data); with latent variables they
+    stay site effects ``(1 | site)``, whose q is joint with the site's latent variables."""
+    piece, name, k = parts.nested_site
+    site = parts.site
+    text, meaning = parts.random_terms[k]
+    if num_lv == 0:
+        parts.random_site = None
+        parts.site_effects.append(name)
+        part = (f"(1 | {name}) -> site_effects {name!r} (no latent variables: each {site} "
+                f"effect in the joint q of its {name.split(':')[-2]})")
+    else:
+        part = (f"(1 | {site}) -> row_effect='random' (q joint with the {site}'s latent "
+                "variables)")
+    parts.random_terms[k] = (text, meaning.replace("{site_part}", part))
+
+
+def _read_species_bar(parts, piece, left, lt, double):
+    """A species random-effect bar: ``(1 | species)``, ``(0 + x | species)``, ``(1 + x | species)``,
+    ``(x || species)``; the coordinates are read in the order written, the intercept first."""
+    from formulaic import Formula
+
+    species = parts.species
+    cols = []
+    for term in Formula(left):
+        names = [f.expr for f in term.factors]
+        if names in ([], ["1"]):
+            cols.append("1")
+        elif species in names or parts.site in names:
+            parts.fail(piece, f"the left side of a bar by {species} takes site covariates, not "
+                              f"{species} or {parts.site}.")
+        else:
+            cols.append(":".join(_factor_text(parts, f, term) for f in term.factors))
+    if not cols:
+        parts.fail(piece, "a random-effect term needs at least one coefficient on the left of '|'.")
+    taken = [c for _, cs, _ in parts.species_bars for c in cs]
+    twice = [c for c in cols if c in taken]
+    if twice:
+        parts.fail(piece, f"the random species effect on {twice[0]} is given twice.")
+    parts.species_bars.append((piece, cols, double))
+    kind = "independent" if double or len(cols) == 1 else "correlated"
+    shown = ", ".join("intercept" if c == "1" else c for c in cols)
+    parts.random_terms.append((piece, f"random species effects on {shown} ({kind})"))
+
+
+def _species_random_term(parts, bare):
+    """The SpeciesRandom term of the species bars, with the fixed terms that are their means:
+    the intercept, a bare ``x`` of a random slope, and ``x:trait`` (trait: a column that is not a
+    site covariate: any factor of the interaction other than the random-slope covariate).
+    Returns (term, the bare texts it used)."""
+    from .terms import SpeciesRandom
+
+    cols, blocks = [], []
+    for _, cs, double in parts.species_bars:
+        idx = list(range(len(cols), len(cols) + len(cs)))
+        cols += cs
+        blocks += [(i,) for i in idx] if double else [tuple(idx)]
+    mean = [parts.has_intercept if c == "1" else False for c in cols]
+    traits, used = {}, []
+    for text_, shown in bare:
+        if text_ in cols:
+            mean[cols.index(text_)] = True
+            used.append(text_)
+            parts.terms.append((shown, f"community mean of the random {text_} slopes"))
+            continue
+        factors = text_.split(":")
+        hit = [c for c in cols if c != "1" and c in factors]
+        if hit and len(factors) > len(hit[0].split(":")):
+            rest = [f for f in factors if f not in hit[0].split(":")]
+            trait = ":".join(rest)
+            traits.setdefault(hit[0], []).append(trait)
+            used.append(text_)
+            parts.terms.append((shown, f"trait interaction: {trait} in the mean of the random "
+                                       f"{hit[0]} slopes (fourth corner)"))
+    if "1" in cols and parts.has_intercept:
+        parts.terms.append(("1", "community mean of the random species intercepts"))
+    term = SpeciesRandom(cols, blocks=blocks, mean=mean,
+                         traits=tuple((c, tuple(ts)) for c, ts in traits.items()),
+                         group=parts.species)
+    return term, used
 
 
 def _read_covstruct(parts, sign, piece, name, inner):
@@ -391,6 +588,9 @@ def _read_covstruct(parts, sign, piece, name, inner):
     if group != site or _left_terms(parts, piece, left) - {"1"} != {species}:
         parts.fail(piece, f"the reduced-rank term must be rr(0 + {species} | {site}, d = k): "
                           f"latent variables by {site} with loadings by {species}.")
+    if parts.num_lv == UNSTRUCTURED:
+        parts.fail(piece, "the unstructured term (0 + species | site) and rr() are two covariance "
+                          "structures for the same effects; keep one.")
     if parts.num_lv is not None:
         parts.fail(piece, "only one rr() term is allowed.")
     parts.num_lv = _rank(parts, piece, args[1:])
@@ -420,6 +620,8 @@ def _read_fixed(parts):
     from formulaic import Formula
 
     text = " ".join(f"{s} {p}" for s, p in parts.fixed).lstrip("+ ").strip()
+    if not text:                # lme4: 'y ~ (1 | g)' has the implicit intercept
+        parts.has_intercept = True
     try:
         terms = list(Formula(text)) if text else []
     except Exception as exc:  # formulaic raises many types
@@ -429,6 +631,15 @@ def _read_fixed(parts):
     for term in terms:
         _read_fixed_term(parts, term, slopes, bare)
     absorbed = []
+    if parts.species_bars:
+        parts.species_random, used = _species_random_term(parts, bare)
+        bare = [b for b in bare if b[0] not in used]
+    else:
+        parts.species_random = None
+    parts.community, bare = _community_term(parts, bare, slopes)
+    if parts.has_intercept and not (parts.species_random is not None
+                                    and "1" in parts.species_random.columns):
+        parts.terms.append(("1", "overall intercept: absorbed by the species intercepts"))
     for text_, shown in bare:
         if text_ not in slopes:
             parts.fail(shown, f"a slope shared by all species is not available in the engine "
@@ -455,7 +666,7 @@ def _read_fixed_term(parts, term, slopes, bare):
     site, species = parts.site, parts.species
     names = [f.expr for f in term.factors]
     if names in ([], ["1"]):
-        parts.terms.append(("1", "overall intercept: absorbed by the species intercepts"))
+        parts.has_intercept = True
     elif names == [species]:
         parts.terms.append((species, "species-specific intercepts (always in the model)"))
         parts.has_species = True
@@ -479,21 +690,128 @@ def _read_fixed_term(parts, term, slopes, bare):
 def _finish(parts, response, slopes, absorbed):
     """Check the combination of terms and build the :class:`ParsedFormula`."""
     site, species = parts.site, parts.species
-    if not parts.has_species:
+    sr = parts.species_random
+    if sr is not None:
+        _check_species_random(parts, sr, slopes)
+    if not parts.has_species and not (sr is not None and "1" in sr.columns) \
+            and not getattr(parts, "wide", False):
         raise JSDMError(f"formula {parts.formula!r} has no {species} term: the engine always fits "
                         f"one intercept per species, so write it, e.g. '... ~ {species} + ...' "
                         f"(or 0 + {species}). " + _supported(site, species))
     if parts.random_site and parts.fixed_site:
         parts.fail(parts.random_site, f"{site} is both a fixed term and (1 | {site}); keep one "
                                       "(fixed or random site effects).")
-    row_effect = "random" if parts.random_site else ("fixed" if parts.fixed_site else None)
     num_lv = parts.num_lv if parts.num_lv is not None else 0
+    if parts.nested_site is not None:
+        _place_nested_site(parts, num_lv)
+    row_effect = "random" if parts.random_site else ("fixed" if parts.fixed_site else None)
     terms = parts.terms + parts.random_terms
     if parts.num_lv is None:
         terms.append(("(no rr() term)", "no latent variables -> num_lv=0"))
     return ParsedFormula(formula=parts.formula, response=response, site=site, species=species,
                          slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
-                         offsets=tuple(parts.offsets), terms=tuple(terms))
+                         offsets=tuple(parts.offsets), terms=tuple(terms), species_random=sr,
+                         community=getattr(parts, "community", None),
+                         site_effects=tuple(parts.site_effects))
+
+
+def parse_random_species(text, species="species", both=False):
+    """The species random-effect term of ``gllvm(..., random_species=text)`` (wide data).
+
+    ``text`` is written as on long data in lme4: bars by species and the fixed terms
+    that are their community means, e.g. ``"WatrCont + (1 + WatrCont | species)"``
+    (the intercept is implicit, as in lme4: write ``0 + ...`` for a random intercept
+    with mean 0), ``"(1 | species) + (0 + x | species)"``, ``"x + (x || species)"``,
+    ``"x + x:height + (0 + x | species)"`` (a trait in the slopes' mean: the fourth
+    corner). A :class:`~jsdm.model.terms.SpeciesRandom` is returned as it is.
+
+    Returns
+    -------
+    SpeciesRandom
+        (with ``both=True``: (SpeciesRandom, CommunitySlopes or None), the second holding
+        community slopes written next to the bars, as ``x`` in ``"x + (1 | species)"``).
+    """
+    from .terms import SpeciesRandom
+
+    if isinstance(text, SpeciesRandom):
+        return (text, None) if both else text
+    if not isinstance(text, str) or "|" not in text:
+        raise JSDMError(f"random_species must be lme4-style bar terms by {species}, e.g. "
+                        f"'x + (1 + x | {species})', got {text!r}.")
+    body = text.split("~", 1)[1] if "~" in text else text
+    parsed = _parse("~ " + body, "_no_site_", species, wide=True)
+    if parsed.species_random is None:
+        raise JSDMError(f"random_species={text!r} has no bar term by {species}; write e.g. "
+                        f"'(1 | {species})'.")
+    if parsed.num_lv or parsed.row_effect or parsed.slopes or parsed.offsets:
+        raise JSDMError(f"random_species={text!r} may hold only bars by {species} and their "
+                        "community means (the intercept, x, x:trait); give the other terms with "
+                        "formula=, num_lv= and row_effect=.")
+    if both:
+        return parsed.species_random, parsed.community
+    if parsed.community is not None:
+        raise JSDMError(f"random_species={text!r} has community slopes without random slopes "
+                        f"({parsed.community.lme4()}); pass it to gllvm(), which fits them.")
+    return parsed.species_random
+
+
+def _community_term(parts, bare, slopes=()):
+    """Fixed trait interactions x:trait (the fourth corner) and the community slopes x (one
+    slope shared by all species, also on their own): a CommunitySlopes term. A bare
+    interaction whose first factor is a bare main effect is covariate:trait(s). A bare x that
+    also has species-specific slopes (``species*x``) is left: absorbed by them. Returns (term
+    or None, the bare terms left)."""
+    from .terms import CommunitySlopes
+
+    mains = [t for t, _ in bare if ":" not in t and t not in slopes]
+    inter = [(t, s) for t, s in bare if ":" in t and t.split(":")[0] in mains]
+    if not inter and not mains:
+        return None, bare
+    traits = {}
+    for t, shown in inter:
+        cov, trait = t.split(":", 1)
+        traits.setdefault(cov, []).append(trait)
+        parts.terms.append((shown, f"trait interaction {trait} x {cov} (fixed; the fourth corner)"))
+    for c in mains:
+        parts.terms.append((c, f"community slope on {c} (one slope shared by all species)"))
+    term = CommunitySlopes(mains, traits=tuple((c, tuple(ts)) for c, ts in traits.items()))
+    used = set(mains) | {t for t, _ in inter}
+    return term, [b for b in bare if b[0] not in used]
+
+
+def parse_fourth_corner(text, species="species"):
+    """The fixed fourth-corner term of ``gllvm(..., fourth_corner=text)`` (wide data), written
+    as in R gllvm's trait formula, e.g. ``"Snow + Slope + (Snow + Slope):(Height + SLA)"``:
+    community slopes on the covariates and their interactions with species traits (the
+    covariate first). Returns a :class:`~jsdm.model.terms.CommunitySlopes`."""
+    from .terms import CommunitySlopes
+
+    if isinstance(text, CommunitySlopes):
+        return text
+    body = text.split("~", 1)[1] if "~" in text else text
+    parsed = _parse("~ 0 + " + species + " + " + body, "_no_site_", species, wide=True)
+    if parsed.community is None:
+        raise JSDMError(f"fourth_corner={text!r} has no covariate:trait interaction; write e.g. "
+                        "'x + x:height' (the covariate first, with its main effect).")
+    if parsed.num_lv or parsed.row_effect or parsed.slopes or parsed.species_random is not None:
+        raise JSDMError(f"fourth_corner={text!r} may hold only community slopes and their trait "
+                        "interactions; give other terms with formula=, random_species=, num_lv=.")
+    return parsed.community
+
+
+def _check_species_random(parts, sr, slopes):
+    """Refuse random species effects next to the fixed species effects they duplicate."""
+    species = parts.species
+    if "1" in sr.columns and parts.has_species:
+        parts.fail(parts.species_bars[0][0], f"random species intercepts (1 | {species}) and fixed "
+                   f"species intercepts ({species}) together are not identified; drop {species} "
+                   f"(write e.g. 'y ~ 1 + (1 | {species})') or the random intercept.")
+    both = [c for c in sr.columns if c in slopes]
+    if both:
+        parts.fail(parts.species_bars[0][0], f"random species slopes on {both[0]} and fixed "
+                   f"species-specific slopes {species}:{both[0]} together are not identified; "
+                   f"keep one (the community slope is written {both[0]}).")
+
 
 
 # --- detection and translation -------------------------------------------------------------
@@ -527,7 +845,7 @@ def is_lme4_formula(formula, species=None):
 
 
 def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=None,
-                   response=None, site=None, species=None):
+                   response=None, site=None, species=None, site_effects=None):
     """Turn a :func:`jsdm.gllvm` call with an lme4/glmmTMB formula into the wide call.
 
     Parameters
@@ -563,9 +881,20 @@ def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=Non
                         "to the long table (or use a one-sided formula '~ x' with X=).")
     long = _long_table(data, resp, site, species)
     covs = _covariate_columns(parsed, long, resp)
-    com = Community.from_long(long[[site, species, resp] + covs], site=site, species=species,
-                              response=resp, covariates=covs, traits=[])
+    covs += [c for c in _grouping_columns(parsed, long, resp) if c not in covs]
+    trs = _trait_columns(parsed, long)
+    com = Community.from_long(long[[site, species, resp] + covs + trs], site=site, species=species,
+                              response=resp, covariates=covs, traits=trs)
     args = _merge_arguments(parsed, num_lv, row_effect, offset)
+    if parsed.species_random is not None:
+        args["random_species"] = parsed.species_random
+    if parsed.community is not None:
+        args["fourth_corner"] = parsed.community
+    if site_effects is not None and list(site_effects) != list(parsed.site_effects):
+        raise JSDMError(f"site_effects={site_effects!r} contradicts the formula {formula!r}, whose "
+                        f"grouped site effects are {list(parsed.site_effects)!r}; write them as "
+                        "(1 | plot) terms in the formula and leave site_effects out.")
+    args["site_effects"] = list(parsed.site_effects) or None
     if parsed.offsets:
         args["offset"] = _offset_matrix(parsed, long, com, resp)
     args.update(response=None, site=None, species=None)
@@ -619,7 +948,7 @@ def _covariate_columns(parsed, long, resp):
 
     site, species = parsed.site, parsed.species
     covs = []
-    for slope in parsed.slopes:
+    for slope in parsed.design_columns:
         used = _columns_in(slope, list(long.columns))
         if not used:
             raise JSDMError(f"the term {species}:{slope} names no column of the long table; its "
@@ -639,10 +968,52 @@ def _covariate_columns(parsed, long, resp):
     return covs
 
 
+def _grouping_columns(parsed, long, resp):
+    """Site-level grouping columns of the grouped site effects, checked to be constant within
+    site."""
+    from ..data.reshape import varies_within
+    from ..data.validation import show
+
+    site = parsed.site
+    cols = []
+    for name in parsed.site_effects:
+        for col in name.split(":"):
+            if col == site:                 # (1 | plot/site): the site level itself
+                continue
+            if col not in long.columns:
+                raise JSDMError(f"the term (1 | {name}) names the column {col!r}, which the long "
+                                f"table does not have; its columns are {show(long.columns, 20)}.")
+            bad = varies_within(long, site, col)
+            if len(bad):
+                raise JSDMError(
+                    f"(1 | {name}) needs {col!r} to be a site-level grouping (one value per "
+                    f"{site}), but it takes several values within {site} {show(bad)}. Grouped "
+                    "site effects group whole sites; fix those rows.")
+            if col not in cols:
+                cols.append(col)
+    return cols
+def _trait_columns(parsed, long):
+    """Species traits named in the species random effects' means (columns of the long table)."""
+    from ..data.validation import show
+
+    names = sorted({t for term in (parsed.species_random, parsed.community) if term is not None
+                    for _, ts in term.traits for t in ts})
+    missing = [t for t in names if t not in long.columns]
+    if missing:
+        raise JSDMError(f"the trait(s) {show(missing)} in {parsed.formula!r} are not columns of "
+                        f"the long table; its columns are {show(long.columns, 20)}.")
+    return names
+
+
 def _merge_arguments(parsed, num_lv, row_effect, offset):
     """Engine arguments from the formula, refusing explicit arguments that contradict it."""
     where = f"the formula {parsed.formula!r}"
-    if num_lv is not None and (isinstance(num_lv, bool) or num_lv != parsed.num_lv):
+    if parsed.num_lv == UNSTRUCTURED and num_lv is not None:
+        raise JSDMError(f"num_lv={num_lv!r} contradicts {where}, whose (0 + {parsed.species} | "
+                        f"{parsed.site}) term has one latent variable per species; leave num_lv "
+                        "out.")
+    if parsed.num_lv != UNSTRUCTURED and num_lv is not None and (
+            isinstance(num_lv, bool) or num_lv != parsed.num_lv):
         rr = f"rr(0 + {parsed.species} | {parsed.site}, d = k)"
         raise JSDMError(
             f"num_lv={num_lv!r} contradicts {where}, which has num_lv={parsed.num_lv} (the d of "

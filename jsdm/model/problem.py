@@ -269,7 +269,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     ``site_effects``: grouped site effects, a grouping column name or a list of them
     (columns of the site table, ``Community.X``): ``"plot"`` is ``(1 | plot)``,
     ``"a:b"`` the combinations of a and b, ``"a/b"`` both ``a`` and ``a:b`` (nested);
-    see :func:`jsdm.model.terms.group_effects.site_groupings`.
+    see ``jsdm.model.terms.group_effects.site_groupings``.
 
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
     appended to the classic ones (intercepts, slopes, ``num_lv`` latent variables,

@@ -353,7 +353,7 @@ class GLLVMResults:
     def ranef(self, condsd=False):
         """Predicted random effects per grouping (variational means).
 
-        See :func:`jsdm.results.ranef.ranef`. For species random effects these are the
+        See ``jsdm.results.ranef.ranef``. For species random effects these are the
         shrunken deviations from the community (and trait) mean, as lme4's ``ranef``.
 
         Parameters
@@ -498,7 +498,7 @@ class GLLVMResults:
     def fourth_corner(self, se=False, alpha=0.05):
         """Fourth-corner coefficients: covariates x traits.
 
-        See :func:`jsdm.results.random_effects.fourth_corner`.
+        See ``jsdm.results.random_effects.fourth_corner``.
 
         Parameters
         ----------

@@ -12,7 +12,8 @@ from .results.fitted import GLLVMResults
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
-          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None):
+          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
+          client=None, chunks=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -81,6 +82,15 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         docs/associations.md, "Rare and separated species"; 5 is the value
         studied there). Default None: maximum likelihood (of the ELBO), as R
         gllvm. ``fit.llf`` is the ELBO without the penalty.
+    client : dask.distributed.Client, optional
+        Fit on that Dask cluster: the sites are split into chunks that stay on the
+        workers with their site parameters; the driver steps the species
+        parameters (docs/scaling.md). Needs ``pip install 'jsdm[dask]'``. Returns a
+        :class:`jsdm.results.cluster.ClusterGLLVMResults`. ``data`` may also be a
+        :class:`jsdm.data.cluster.ClusterData` (Parquet files, Zarr or dask arrays).
+    chunks : int, optional
+        Number of chunks of sites with ``client`` (default: two per worker, and
+        at most about 5 million cells per chunk).
 
     Returns
     -------
@@ -107,6 +117,13 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         data, X, call = translate_call(data, X, **call)
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
+    if client is None and chunks is not None:
+        raise JSDMError("chunks= splits the sites over a Dask cluster; give client= too")
+    if client is not None:
+        from .results.cluster import gllvm_on_cluster
+        return gllvm_on_cluster(data, X, client=client, chunks=chunks, family=fam, trials=trials,
+                                call=call, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol,
+                                verbose=verbose, prior_sd=prior_sd, formula=formula)
     prob = build_problem(data, X, family=fam, trials=trials, **call)
     if prior_sd is not None:
         prob.info["prior_sd"] = float(prior_sd)

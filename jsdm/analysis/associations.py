@@ -87,6 +87,9 @@ def species_mean(fit, beta0=None, B=None, theta=None, s=None):
     -------
     ndarray (m,)
     """
+    on_cluster = getattr(fit, "_cluster_species_mean", None)    # a cluster fit: summed by chunk
+    if on_cluster is not None:
+        return on_cluster(beta0, B, theta, s)
     prob, fam = fit.problem, fit.family
     t0, b0, B0, s0 = _species_arrays(fit)
     theta = t0 if theta is None else theta

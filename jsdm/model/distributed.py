@@ -1,0 +1,838 @@
+"""The fit mapped over chunks of sites on a Dask cluster (DESIGN.md section 8).
+
+Given the species (and global) parameters x, the ELBO separates over sites. Each
+chunk of sites lives on a worker as a :class:`~jsdm.model.problem.Problem` of its
+rows, with its site parameters (latent-variable means a_i, the joint Cholesky
+factors L_i, row effects). One evaluation at x is one round trip: every chunk
+maximises its sites' part of the ELBO given x by the engine's own batched site
+Newton steps (:func:`jsdm.model.blocks.site_step`, warm-started from its last
+sites) and returns three small sums over its sites: the ELBO, the gradient in x and
+its curvature diagonal (O(m (p + d)) numbers, independent of the number of sites).
+The driver maximises the *profiled* ELBO
+
+    F(x) = max over site parameters of ELBO(x, sites),   dF/dx = dELBO/dx at those sites
+
+(the envelope theorem) by the engine's L-BFGS in curvature-scaled coordinates, and
+declares convergence by the engine's rule: the largest curvature-scaled gradient
+max_k |g_k| / sqrt(max(h_k, 1)) at most ``gtol`` (the sites being at their optimum,
+their gradient is zero up to the site tolerance). The cell kernels are the in-memory
+engine's (``cell_eval``, the family's ell, ``site_step``, ``gradient``,
+``curvature_diagonal``): one engine, mapped over sites two ways.
+
+Dask is imported only here and only when a client is given.
+"""
+from dataclasses import dataclass, field, replace
+import operator
+import time
+import warnings
+
+import numpy as np
+
+from ..exceptions import ConvergenceWarning, JSDMError
+from .blocks import curvature_diagonal, site_step
+from .objective import cell_eval, gradient_from
+from .params import Layout
+from .problem import Problem
+
+SITE_TOL = 1e-11        # relative change of each site's ELBO that ends its Newton steps
+SITE_ITER = 50          # site Newton steps per evaluation at most (warm starts need 1-3)
+REDERIVE_ITER = 500     # site Newton steps when a lost chunk's sites are re-derived
+LBFGS_RESCALES = 3
+
+
+# --- what travels: the chunk's arrays and the model's description -----------------------
+@dataclass
+class ChunkSpec:
+    """Everything a worker needs to rebuild the Problem of one chunk of sites.
+
+    ``arrays`` holds Y (r, m) (NaN where missing), X (r, p), offset and trials (or
+    None), or ``loader`` a callable returning that dict (e.g. reading a Parquet file),
+    so that a lost chunk can be re-created from its source.
+    """
+
+    index: int
+    row0: int                       # global index of the chunk's first site
+    sites: list
+    model: dict                     # family, num_lv, row_effect, species, terms, ...
+    arrays: dict = None
+    loader: object = None
+
+
+@dataclass
+class Chunk:
+    """A chunk resident on a worker: its Problem, the global-slot positions of its layout."""
+
+    index: int
+    row0: int
+    prob: Problem
+    layout: Layout
+    gidx: np.ndarray
+    spec: ChunkSpec = None
+
+    def __reduce__(self):
+        # moved between workers (or re-created): rebuilt from its spec, never pickled with
+        # the predictor's internal state
+        return build_chunk, (self.spec,)
+
+
+def build_chunk(spec):
+    """Worker task: the chunk's Problem (validated arrays) and layout."""
+    arr = spec.arrays if spec.arrays is not None else spec.loader()
+    mod = spec.model
+    Y = np.asarray(arr["Y"], dtype=float)
+    W = np.isfinite(Y).astype(float)
+    if W.all():
+        W = np.broadcast_to(1.0, Y.shape)
+    fam = mod["family"]
+    Yf = np.where(W > 0, Y, fam.missing_fill)
+    import pandas as pd
+
+    info = {} if mod["n_disp"] is None else {"n_dispersion": mod["n_disp"]}
+    prob = Problem(Y=Yf, W=W, X=np.asarray(arr["X"], dtype=float), family=fam,
+                   num_lv=mod["num_lv"], row_effect=mod["row_effect"],
+                   sites=pd.Index(spec.sites), species=mod["species"], terms=mod["terms"],
+                   offset=arr.get("offset"), trials=arr.get("trials"), formula=mod["formula"],
+                   info=info, model_terms=mod["model_terms"])
+    if spec.row0 != 0:          # alpha_1 = 0 pins the first site of the data, not of each chunk
+        prob.predictor.pinned = []
+    layout = Layout(prob.predictor)
+    return Chunk(spec.index, spec.row0, prob, layout, global_positions(layout), spec)
+
+
+def global_slots(layout):
+    """The packed blocks the driver owns: model parameters of species or global scope."""
+    return [s for s in layout.slots if s.model and s.scope in ("species", "global")]
+
+
+def global_positions(layout):
+    pos = [np.arange(layout.slices[s.name].start, layout.slices[s.name].stop)
+           for s in global_slots(layout)]
+    return np.concatenate(pos) if pos else np.zeros(0, dtype=int)
+
+
+def pack_global(layout, P):
+    parts = [s.pack(getattr(P, s.field)) for s in global_slots(layout)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def put_global(layout, P, x):
+    """Write the driver's vector x into P (a copy); held entries keep their values."""
+    P = P.copy()
+    at = 0
+    for s in global_slots(layout):
+        k = s.size
+        cur = getattr(P, s.field)
+        if not s.shape:
+            val = float(x[at])
+        else:
+            val = np.array(cur, dtype=float)
+            mask = getattr(s, "mask", None)
+            if mask is not None:
+                val[mask] = x[at:at + k]
+            else:
+                val = x[at:at + k].reshape(s.shape).copy()
+        setattr(P, s.field, val)
+        at += k
+    return P
+
+
+# --- worker tasks --------------------------------------------------------------------
+def _order(P):
+    return 2 if P.s is not None else 1
+
+
+def optimise_sites(chunk, P, max_iter=SITE_ITER, tol=SITE_TOL):
+    """Site Newton steps (the engine's ``site_step``) until every site's ELBO settles.
+
+    Returns (P, cell_eval at P, iterations, largest relative change in the last one).
+    """
+    prob = chunk.prob
+    ce = cell_eval(prob, P, _order(P))
+    change = 0.0
+    it = 0
+    if prob.predictor.kv == 0:
+        return P, ce, 0, 0.0
+    for it in range(1, max_iter + 1):
+        old = ce["site"]
+        P, ce = site_step(prob, P, ce)
+        rel = np.abs(ce["site"] - old) / (1.0 + np.abs(old))
+        change = float(rel.max()) if rel.size else 0.0
+        if change <= tol:
+            break
+    return P, ce, it, change
+
+
+def profile(chunk, P, x, curvature=True, max_iter=SITE_ITER):
+    """Worker task: sites optimised given x; returns (P, sums) with sums the chunk's
+    ELBO ("value"), gradient in x ("g") and curvature diagonal ("h", when asked)."""
+    t0 = time.process_time()
+    P = put_global(chunk.layout, P, x)
+    P, ce, it, change = optimise_sites(chunk, P, max_iter)
+    if ce["clipped"]:
+        ce = cell_eval(chunk.prob, P, _order(P), clip=False)
+    G = gradient_from(chunk.prob, P, ce)
+    full = chunk.layout.pack_grad(G, P)
+    out = {"value": float(ce["site"].sum()), "g": full[chunk.gidx], "site_iter": it,
+           "site_change": change, "cpu": 0.0}
+    if curvature:
+        h = curvature_diagonal(chunk.prob, chunk.layout, P, ce)
+        out["h"] = h[chunk.gidx]
+        site = np.ones(chunk.layout.size, dtype=bool)
+        site[chunk.gidx] = False
+        gs = chunk.layout.projected(chunk.layout.pack(P), full)[site]
+        out["site_scaled"] = float((np.abs(gs) / np.sqrt(np.maximum(h[site], 1.0))).max()) \
+            if gs.size else 0.0
+    out["cpu"] = time.process_time() - t0
+    return P, out
+
+
+def start_sites(chunk, x, template, a=None):
+    """Worker task: the chunk's starting Params: species fields from x (``template``
+    holds the driver's full species Params), site fields at each term's start, the
+    latent-variable means ``a`` (r, d) when given."""
+    pred = chunk.prob.predictor
+    P = pred.zeros()
+    for k, v in template.items():
+        setattr(P, k, None if v is None else np.array(v, dtype=float))
+    for t in pred.terms:
+        if t.bilinear or not pred.n:
+            continue
+        if t.site_width(pred):                        # row effects: their own start
+            keep = {k: getattr(P, k) for k in template}
+            t.start(pred, P, {"glm": {}, "s": P.s, "rng": None, "jitter": 0.0,
+                              "eta0": None, "prob": chunk.prob})
+            for k, v in keep.items():                 # species / global fields from the driver
+                setattr(P, k, v)
+    if a is not None and pred.d:
+        P.a = np.array(a, dtype=float)
+    P.L = pred.start_cov()
+    return put_global(chunk.layout, P, x)
+
+
+def rederive(chunk, x, template):
+    """Worker task: a lost chunk's sites from scratch, given the species parameters x."""
+    P = start_sites(chunk, x, template)
+    P, _, _, _ = optimise_sites(chunk, P, REDERIVE_ITER)
+    return P
+
+
+def residual_gram(chunk, b, s, seed, jitter):
+    """Worker task: sums for the latent variables' start (column sums and Gram matrix of the
+    chunk's Dunn-Smyth residuals of the starting GLMs)."""
+    R = _start_residuals(chunk, b, s, seed, jitter)
+    return {"n": R.shape[0], "sum": R.sum(0), "gram": R.T @ R}
+
+
+def residual_scores(chunk, b, s, seed, jitter, mean, V, sv, n, Q):
+    """Worker task: the chunk's starting latent-variable means from the global factors."""
+    R = _start_residuals(chunk, b, s, seed, jitter) - mean
+    return ((R @ V) / sv * np.sqrt(n)) @ Q
+
+
+def _start_residuals(chunk, b, s, seed, jitter):
+    from .residuals import dunn_smyth
+    from .start import glm_design
+
+    prob = chunk.prob
+    rng = np.random.default_rng([int(seed), int(chunk.index)])
+    eta = glm_design(prob) @ b.T + (0.0 if prob.offset is None else prob.offset)
+    y = np.where(prob.W > 0, prob.Y, np.nan)
+    R = dunn_smyth(prob.family, y, eta, s, prob.trials, rng)
+    R = np.where(np.isnan(R), 0.0, R)
+    if jitter:
+        R = R + jitter * rng.standard_normal(R.shape)
+    return R
+
+
+def take_rows(chunk, rows):
+    """Worker task: the chunk's data at the global site indices ``rows`` (for the GLM start)."""
+    prob = chunk.prob
+    loc = np.asarray(rows, dtype=int) - chunk.row0
+    Y = np.where(prob.W[loc] > 0, prob.Y[loc], np.nan)
+    return {"Y": Y, "X": prob.X[loc],
+            "offset": None if prob.offset is None else prob.offset[loc],
+            "trials": None if prob.trials is None else prob.trials[loc]}
+
+
+def site_fields(chunk, P, fields):
+    """Worker task: the chunk's site arrays (``fields``), e.g. the site scores."""
+    return {f: np.asarray(getattr(P, f)) for f in fields if getattr(P, f, None) is not None}
+
+
+def flip_signs(chunk, P, sign):
+    """Worker task: the latent variables' sign flips (an exact symmetry) on the chunk's sites."""
+    P = P.copy()
+    d = len(sign)
+    P.a = P.a * sign
+    full = np.ones(P.L.shape[1])
+    full[:d] = sign
+    P.L = P.L * full[None, :, None] * full[None, None, :]
+    return P
+
+
+def schur_part(chunk, P):
+    """Worker task: the chunk's part of the negative Schur complement of the Hessian
+    (model block, site blocks eliminated), and the sites whose block is not definite."""
+    from ..results.inference import _schur
+    from .hessian import hessian_blocks
+
+    blocks = hessian_blocks(chunk.prob, P, chunk.layout)
+    negS, bad = _schur(blocks)
+    return {"negS": negS, "bad": [chunk.row0 + i for i in bad]}
+
+
+def sample_data(chunk, P, k, seed):
+    """Worker task: k sites of the chunk (data and site parameters), for in-memory views."""
+    prob = chunk.prob
+    rng = np.random.default_rng([int(seed), int(chunk.index)])
+    loc = np.sort(rng.choice(prob.n, size=min(k, prob.n), replace=False))
+    out = take_rows(chunk, loc + chunk.row0)
+    out["rows"] = loc + chunk.row0
+    out["sites"] = [prob.sites[i] for i in loc]
+    out["params"] = {f: np.asarray(v)[loc] for f, v in P.fields().items()
+                     if v is not None and f in _site_field_names(chunk)}
+    return out
+
+
+def _site_field_names(chunk):
+    return {s.field for s in chunk.layout.slots if s.scope == "site"}
+
+
+# --- the driver ------------------------------------------------------------------------
+class LostChunks(Exception):
+    """Some chunks' site parameters were lost with a worker."""
+
+
+class ClusterState:
+    """The chunks on the cluster: futures of their Problems and of their site parameters.
+
+    Holds the client, the chunk specs (to re-create lost chunks), the futures, and
+    the log of round trips (time, bytes) for the benchmark.
+    """
+
+    def __init__(self, client, specs, template_layout):
+        self.client = client
+        self.specs = specs
+        self.layout = template_layout
+        self.chunks = [client.submit(build_chunk, s, pure=False, key=f"jsdm-chunk-{_tok()}-{s.index}")
+                       for s in specs]
+        self.states = [None] * len(specs)
+        self.template = None
+        self.x = None
+        self.rounds = []        # (seconds, bytes to workers, bytes back, worker cpu s, site iters)
+        self.recoveries = 0
+
+    def submit_each(self, fn, *args, with_state=True, **kw):
+        fut = []
+        for k, c in enumerate(self.chunks):
+            a = (c, self.states[k]) if with_state else (c,)
+            fut.append(self.client.submit(fn, *a, *args, pure=False, **kw))
+        return fut
+
+    def gather(self, futs):
+        return self.client.gather(futs)
+
+    def round(self, x, curvature=True):
+        """One evaluation of the profiled ELBO at x: sums over chunks."""
+        t0 = time.perf_counter()
+        for attempt in range(4):
+            try:
+                res = self.submit_each(profile, x, curvature)
+                states = [self.client.submit(operator.getitem, r, 0, pure=False) for r in res]
+                outs = self.client.gather([self.client.submit(operator.getitem, r, 1, pure=False)
+                                           for r in res])
+                break
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:       # a worker died: its chunks' state is gone
+                if attempt == 3:
+                    raise
+                self.recover(exc)
+        del res
+        self.states = states
+        self.x = np.asarray(x)
+        val = float(sum(o["value"] for o in outs))
+        g = np.sum([o["g"] for o in outs], axis=0)
+        h = np.sum([o["h"] for o in outs], axis=0) if curvature else None
+        sent = len(self.chunks) * (x.nbytes + 200)
+        back = sum(o["g"].nbytes + (o["h"].nbytes if curvature else 0) + 200 for o in outs)
+        self.rounds.append((time.perf_counter() - t0, sent, back,
+                            sum(o["cpu"] for o in outs), max(o["site_iter"] for o in outs)))
+        site_scaled = max(o.get("site_scaled", 0.0) for o in outs)
+        return val, g, h, site_scaled
+
+    def recover(self, exc):
+        """Re-create lost chunks from their sources and re-derive their sites from x."""
+        self.recoveries += 1
+        lost = [k for k in range(len(self.chunks))
+                if self.chunks[k].status != "finished" or self.states[k] is None
+                or self.states[k].status != "finished"]
+        warnings.warn(f"a worker was lost during the fit ({type(exc).__name__}: {exc}); "
+                      f"re-creating {len(lost)} chunk(s) of sites from their data and re-deriving "
+                      "their site parameters from the current species parameters",
+                      RuntimeWarning, stacklevel=4)
+        for k in lost:
+            if self.chunks[k].status != "finished":
+                self.chunks[k] = self.client.submit(
+                    build_chunk, self.specs[k], pure=False,
+                    key=f"jsdm-chunk-{_tok()}-{k}")
+            self.states[k] = self.client.submit(rederive, self.chunks[k], self.x, self.template,
+                                                pure=False)
+        self.client.gather(self.states)   # raises again if the cluster is still failing
+
+
+_TOKEN = [0]
+
+
+def _tok():
+    _TOKEN[0] += 1
+    return f"{time.time_ns():x}{_TOKEN[0]}"
+
+
+@dataclass
+class ClusterFitState:
+    """What the cluster fit found: the driver's parameters and where the sites live."""
+
+    params: object                  # Params with the species / global fields
+    x: np.ndarray
+    value: float
+    grad: np.ndarray
+    converged: bool
+    n_iter: int
+    n_eval: int
+    message: str
+    elapsed: float
+    scaled_grad: float
+    cluster: ClusterState = None
+    history: list = field(default_factory=list)
+    interrupted: bool = False
+
+
+def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hook=None):
+    """Maximise the profiled ELBO over the driver's parameters from ``start_x``.
+
+    ``hook(iteration, cluster)``, when given, is called after each L-BFGS iteration
+    (the fault-tolerance tests kill a worker there). Returns a :class:`ClusterFitState`.
+    """
+    from ..optim.lbfgs import minimize_lbfgs
+
+    t0 = time.perf_counter()
+    layout = cluster.layout
+    lo, hi = _bounds(layout)
+    x = np.asarray(start_x, dtype=float).copy()
+    hist, it_total, n_eval = [], 0, 0
+    val, g, h, site_s = cluster.round(x)
+    n_eval += 1
+    printer = _progress(cluster, t0) if verbose else None
+    smax = _scaled(x, g, h, lo, hi)
+    message, interrupted = "converged at the start", False
+    try:
+        for _ in range(LBFGS_RESCALES + 1):
+            if max(smax, site_s) <= gtol or it_total >= maxiter:
+                break
+            x0, scale = x.copy(), np.sqrt(np.maximum(h, 1e-8))
+            last = {"x": x0.copy()}
+
+            def fg(y):
+                xx = x0 + y / scale
+                v, gg, _, _ = cluster.round(xx, curvature=False)
+                last["x"] = xx
+                if not np.isfinite(v):
+                    return np.inf, np.zeros_like(y)
+                return -v, -gg / scale
+
+            def cb(it, f, gmax):
+                hist.append((len(hist) + 1, f, gmax, time.perf_counter() - t0))
+                if printer is not None:
+                    printer(len(hist), -f, gmax)
+                if hook is not None:
+                    hook(len(hist), cluster)
+
+            res = minimize_lbfgs(fg, np.zeros_like(x0), maxiter=maxiter - it_total,
+                                 gtol=0.5 * gtol, callback=cb,
+                                 bounds=((lo - x0) * scale, (hi - x0) * scale))
+            it_total += res.n_iter
+            n_eval += res.n_eval
+            message = res.message
+            x = x0 + res.x / scale
+            val, g, h, site_s = cluster.round(x)          # sites at x, with the curvature
+            n_eval += 1
+            smax = _scaled(x, g, h, lo, hi)
+            if not str(message).startswith("CONVERGENCE"):
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        message = (f"interrupted by the user after {it_total + len(hist)} iterations: the "
+                   "estimates are those of the last completed evaluation; not converged")
+        x = cluster.x if cluster.x is not None else x
+        warnings.warn("the cluster fit was interrupted (KeyboardInterrupt); returning the last "
+                      "completed state, not converged. fit.save(path) keeps it; refit to finish.",
+                      ConvergenceWarning, stacklevel=3)
+        g = np.full_like(x, np.nan)
+        smax = np.nan
+    converged = bool(np.isfinite(smax) and max(smax, site_s) <= gtol) and not interrupted
+    if not converged and not interrupted:
+        warnings.warn(
+            f"the cluster fit did not converge: max scaled gradient = {max(smax, site_s):.3g} > "
+            f"gtol = {gtol:g} after {it_total} iterations ({message}). Try a larger maxiter or "
+            "fewer latent variables.", ConvergenceWarning, stacklevel=3)
+    P = put_global(layout, _template_params(cluster), x)
+    return ClusterFitState(P, x, val, g, converged, it_total, n_eval, str(message),
+                           time.perf_counter() - t0, smax, cluster, hist, interrupted)
+
+
+def _template_params(cluster):
+    from .params import Params
+
+    return Params.from_fields({k: (None if v is None else np.array(v, dtype=float))
+                               for k, v in cluster.template.items()})
+
+
+def _bounds(layout):
+    lo, hi = layout.bounds()
+    gi = global_positions(layout)
+    return lo[gi], hi[gi]
+
+
+def _scaled(x, g, h, lo, hi):
+    if not g.size:
+        return 0.0
+    g = g.copy()
+    g[(x <= lo) & (g < 0)] = 0.0
+    g[(x >= hi) & (g > 0)] = 0.0
+    return float((np.abs(g) / np.sqrt(np.maximum(h, 1.0))).max())
+
+
+def _progress(cluster, t0, every=1.0):
+    import sys
+
+    last = [-np.inf]
+    link = getattr(cluster.client, "dashboard_link", None)
+    if link:
+        print(f"[jsdm] cluster fit: {len(cluster.chunks)} chunks of sites; dashboard {link}",
+              file=sys.stderr)
+
+    def cb(it, elbo, gmax):
+        now = time.perf_counter()
+        if now - last[0] >= every:
+            last[0] = now
+            r = cluster.rounds[-1] if cluster.rounds else (np.nan,)
+            print(f"[jsdm] cluster iter {it:4d}  ELBO {elbo:.4f}  max|grad| {gmax:.2e}  "
+                  f"{r[0]:.2f}s/evaluation  {now - t0:.1f}s", file=sys.stderr)
+    return cb
+
+
+# --- setting up: chunks and starting values -------------------------------------------------
+def model_description(prob):
+    """The model part of a chunk spec, from a (driver-side) Problem."""
+    return {"family": prob.family, "num_lv": prob.num_lv, "row_effect": prob.row_effect,
+            "species": prob.species, "terms": prob.terms, "formula": prob.formula,
+            "n_disp": prob.info.get("n_dispersion"), "model_terms": prob.model_terms}
+
+
+def template_layout(model, p):
+    """A layout of the model for two sites: the driver's slots (species and global ones)."""
+    import pandas as pd
+
+    m = len(model["species"])
+    Y = np.zeros((2, m))
+    info = {} if model["n_disp"] is None else {"n_dispersion": model["n_disp"]}
+    prob = Problem(Y=Y, W=np.broadcast_to(1.0, Y.shape), X=np.zeros((2, p)),
+                   family=model["family"], num_lv=model["num_lv"], row_effect=model["row_effect"],
+                   sites=pd.Index(["_a", "_b"]), species=model["species"], terms=model["terms"],
+                   formula=model["formula"], info=info, model_terms=model["model_terms"])
+    return Layout(prob.predictor), prob
+
+
+def split_rows(n, n_chunks):
+    """Contiguous chunks of sites, as equal as possible: list of (start, stop)."""
+    n_chunks = max(1, min(int(n_chunks), n))
+    edges = np.linspace(0, n, n_chunks + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def specs_from_problem(prob, n_chunks):
+    """Chunk specs holding slices of an in-memory Problem's arrays."""
+    model = model_description(prob)
+    specs = []
+    for k, (a, b) in enumerate(split_rows(prob.n, n_chunks)):
+        Y = np.where(prob.W[a:b] > 0, prob.Y[a:b], np.nan)
+        arrays = {"Y": Y, "X": prob.X[a:b],
+                  "offset": None if prob.offset is None else prob.offset[a:b],
+                  "trials": None if prob.trials is None else prob.trials[a:b]}
+        specs.append(ChunkSpec(k, a, list(prob.sites[a:b]), model, arrays=arrays))
+    return specs
+
+
+def glm_rows(n, m, max_sites=1000):
+    """The sites the starting GLMs use (as :func:`jsdm.model.start.glm_start` picks them)."""
+    keep = min(n, max_sites, max(200, 500_000 // max(m, 1)))
+    return np.unique(np.linspace(0, n - 1, keep).round().astype(int))
+
+
+def cluster_start(cluster, model, p, n, seed, jitter=0.0):
+    """Starting driver vector x and the chunks' starting sites (futures), as the in-memory
+    engine starts: per-species GLMs on the same subset of sites (gathered to the driver),
+    then the leading factors of their Dunn-Smyth residuals (Gram matrix summed over chunks).
+    """
+    import pandas as pd
+
+    from .start import glm_start
+    from .terms.latent import triangular_rotation
+
+    client = cluster.client
+    rows = glm_rows(n, len(model["species"]))
+    parts = []
+    for k, spec in enumerate(cluster.specs):
+        stop = spec.row0 + len(spec.sites)
+        mine = rows[(rows >= spec.row0) & (rows < stop)]
+        if mine.size:
+            parts.append(client.submit(take_rows, cluster.chunks[k], mine, pure=False))
+    got = client.gather(parts)
+
+    def cat(key):
+        vals = [g[key] for g in got]
+        return None if vals[0] is None else np.concatenate(vals, axis=0)
+
+    Y = cat("Y")
+    W = np.isfinite(Y).astype(float)
+    info = {} if model["n_disp"] is None else {"n_dispersion": model["n_disp"]}
+    sub = Problem(Y=np.where(W > 0, Y, model["family"].missing_fill), W=W, X=cat("X"),
+                  family=model["family"], num_lv=model["num_lv"], row_effect=model["row_effect"],
+                  sites=pd.RangeIndex(len(Y)), species=model["species"], terms=model["terms"],
+                  offset=cat("offset"), trials=cat("trials"), formula=model["formula"], info=info,
+                  model_terms=model["model_terms"])
+    b, s = glm_start(sub, max_sites=len(Y))
+    pred = sub.predictor
+    P = pred.zeros()
+    if s is not None:
+        P.s = s.copy()
+    at = 0
+    for t in pred.glm_terms:
+        w = t.species_width(pred)
+        t.start(pred, P, {"glm": {t: b[:, at:at + w]}, "s": s, "rng": None, "jitter": jitter,
+                          "eta0": None, "prob": sub})
+        at += w
+    for t in pred.terms:            # global fields (random row effects' sd): their own start
+        if not t.bilinear and t.site_width(pred) and t.hyper_fields:
+            t.start(pred, P, {"glm": {}, "s": s, "rng": None, "jitter": 0.0, "eta0": None,
+                              "prob": sub})
+    d = model["num_lv"]
+    a_futs = [None] * len(cluster.chunks)
+    if d:
+        gram = client.gather(cluster.submit_each(residual_gram, b, s, seed, jitter,
+                                                 with_state=False))
+        nn = sum(g["n"] for g in gram)
+        mean = sum(g["sum"] for g in gram) / nn
+        G = sum(g["gram"] for g in gram) - nn * np.outer(mean, mean)
+        lam, V = np.linalg.eigh(G)
+        lam, V = lam[::-1][:d], V[:, ::-1][:, :d]
+        sv = np.sqrt(np.maximum(lam, 1e-12))
+        theta = (V * sv) / np.sqrt(nn)
+        Q = triangular_rotation(theta)
+        P.theta = np.tril(theta @ Q)
+        a_futs = cluster.submit_each(residual_scores, b, s, seed, jitter, mean, V, sv, nn, Q,
+                                     with_state=False)
+    species_fields = {f: getattr(P, f) for f in _global_fields(cluster.layout)}
+    cluster.template = species_fields
+    x0 = pack_global(cluster.layout, P)
+    cluster.x = x0
+    cluster.states = [client.submit(start_sites, c, x0, species_fields, a, pure=False)
+                      for c, a in zip(cluster.chunks, a_futs)]
+    return x0
+
+
+def _global_fields(layout):
+    return list(dict.fromkeys(s.field for s in global_slots(layout)))
+
+
+def check_supported(prob):
+    """Refuse what the cluster engine does not do (yet), naming the alternative."""
+    if prob.info.get("prior_sd") is not None:
+        raise JSDMError("prior_sd= is not available with client= yet; fit without the penalty "
+                        "or in memory")
+    extra = [t.kind for t in prob.model_terms
+             if t.kind not in ("intercepts", "slopes", "lv", "row_fixed", "row_random")]
+    if extra:
+        raise JSDMError(f"terms {extra} are not available with client= yet; fit them in memory")
+
+
+def default_chunks(client, n, m):
+    """Chunks of sites: at least two per worker, and at most about 5 million cells each."""
+    try:
+        workers = max(1, len(client.scheduler_info()["workers"]))
+    except Exception:       # pragma: no cover - a client without scheduler info
+        workers = 1
+    return max(2 * workers, int(np.ceil(n * m / 5e6)))
+
+
+def run(prob, client, *, chunks=None, n_init=1, seed=0, maxiter=5000, gtol=1e-3, verbose=False,
+        hook=None, specs=None):
+    """Fit ``prob`` (a driver-side Problem, or None with ``specs``) on the cluster."""
+    if prob is not None:
+        check_supported(prob)
+        n_chunks = chunks or default_chunks(client, prob.n, prob.m)
+        specs = specs_from_problem(prob, n_chunks)
+    model = specs[0].model
+    p = len(model["terms"])
+    n = specs[-1].row0 + len(specs[-1].sites)
+    layout, _ = template_layout(model, p)
+    best = None
+    for k in range(max(1, int(n_init))):
+        cluster = ClusterState(client, specs, layout)
+        x0 = cluster_start(cluster, model, p, n, seed, jitter=0.0 if k == 0 else 0.5)
+        st = fit_cluster(cluster, x0, maxiter=maxiter, gtol=gtol, verbose=verbose, hook=hook)
+        if best is None or st.value > best.value:
+            best = st
+        if st.interrupted:
+            break
+    return normalise_signs(best)
+
+
+def normalise_signs(st):
+    """Flip latent variables so the loadings' diagonal is positive (on the workers too)."""
+    P = st.params
+    theta = getattr(P, "theta", None)
+    if theta is None or theta.shape[1] == 0:
+        return st
+    d = theta.shape[1]
+    sign = np.sign(np.diag(theta[:d]))
+    sign[sign == 0] = 1.0
+    if (sign > 0).all():
+        return st
+    cl = st.cluster
+    P = P.copy()
+    P.theta = theta * sign
+    cl.template = {**cl.template, "theta": P.theta}
+    x = pack_global(cl.layout, P)
+    flip = np.ones_like(x)
+    flip[x != st.x] = -1.0
+    cl.states = cl.submit_each(flip_signs, sign)
+    cl.x = x
+    return replace(st, params=P, x=x, grad=st.grad * flip)
+
+
+# --- after the fit: results on the driver ------------------------------------------------------
+def write_scores(chunk, P, path, names):
+    """Worker task: the chunk's site scores to ``<path>/part-<k>.parquet``."""
+    import os
+
+    import pandas as pd
+
+    os.makedirs(path, exist_ok=True)
+    df = pd.DataFrame(np.asarray(P.a), index=pd.Index(chunk.prob.sites, name="site"),
+                      columns=names)
+    out = os.path.join(path, f"part-{chunk.index:05d}.parquet")
+    df.to_parquet(out)
+    return out
+
+
+def schur_sum(cluster):
+    """The negative Schur complement summed over the chunks, and the sites (global indices)
+    whose variational block is not negative definite."""
+    parts = cluster.client.gather(cluster.submit_each(schur_part))
+    return sum(p["negS"] for p in parts), [i for p in parts for i in p["bad"]]
+
+
+def driver_problem(model, p, sites_total=0):
+    """The model on zero sites: labels, terms and family for the driver's tables."""
+    import pandas as pd
+
+    m = len(model["species"])
+    info = {} if model["n_disp"] is None else {"n_dispersion": model["n_disp"]}
+    return Problem(Y=np.zeros((0, m)), W=np.broadcast_to(1.0, (0, m)), X=np.zeros((0, p)),
+                   family=model["family"], num_lv=model["num_lv"], row_effect=model["row_effect"],
+                   sites=pd.Index([]), species=model["species"], terms=model["terms"],
+                   formula=model["formula"], info=info, model_terms=model["model_terms"])
+
+
+def to_fit_state(st, prob0):
+    """The engine's FitState for the driver's zero-site problem."""
+    from .fit import FitState
+
+    layout = Layout(prob0.predictor)
+    P = prob0.predictor.zeros()
+    for s in global_slots(layout):
+        setattr(P, s.field, getattr(st.params, s.field))
+    P.L = np.zeros((0, prob0.predictor.kr, prob0.predictor.kr))
+    return FitState(P, float(st.value), np.asarray(st.grad, dtype=float), bool(st.converged),
+                    int(st.n_iter), int(st.n_eval), st.message, float(st.elapsed), layout, [],
+                    list(st.history), float(st.scaled_grad))
+
+
+def nobs_of(cluster):
+    return int(sum(cluster.client.gather(cluster.submit_each(_nobs, with_state=False))))
+
+
+def _nobs(chunk):
+    return float(np.broadcast_to(chunk.prob.W, chunk.prob.Y.shape).sum())
+
+
+def sample_problem(fit, k, seed):
+    """(Problem, FitState) on about k sites drawn from the chunks, with the fit's estimates."""
+    import pandas as pd
+
+    from .fit import FitState, make_layout
+    from .objective import evaluate
+
+    cl = fit._cluster
+    n = len(fit.sites)
+    per = [max(1, int(round(k * len(s.sites) / n))) for s in cl.specs]
+    parts = cl.client.gather([cl.client.submit(sample_data, c, s, kk, seed, pure=False)
+                              for c, s, kk in zip(cl.chunks, cl.states, per)])
+
+    def cat(key):
+        vals = [g[key] for g in parts]
+        return None if vals[0] is None else np.concatenate(vals, axis=0)
+
+    model = cl.specs[0].model
+    Y = cat("Y")
+    W = np.isfinite(Y).astype(float)
+    if W.all():
+        W = np.broadcast_to(1.0, Y.shape)
+    info = {} if model["n_disp"] is None else {"n_dispersion": model["n_disp"]}
+    sites = pd.Index([s for g in parts for s in g["sites"]])
+    prob = Problem(Y=np.where(W > 0, Y, model["family"].missing_fill), W=W, X=cat("X"),
+                   family=model["family"], num_lv=model["num_lv"], row_effect=model["row_effect"],
+                   sites=sites, species=model["species"], terms=model["terms"],
+                   offset=cat("offset"), trials=cat("trials"), formula=model["formula"],
+                   info=info, model_terms=model["model_terms"])
+    P = prob.predictor.zeros()
+    for f, v in fit.state.params.fields().items():
+        if v is not None and f not in parts[0]["params"]:
+            setattr(P, f, np.array(v, dtype=float))
+    for f in parts[0]["params"]:
+        setattr(P, f, np.concatenate([g["params"][f] for g in parts], axis=0))
+    if fit.row_effect == "fixed":       # alpha_1 = 0 on the sample: shift into the intercepts
+        P.beta0 = P.beta0 + P.alpha[0]
+        P.alpha = P.alpha - P.alpha[0]
+    layout = make_layout(prob)
+    ev = evaluate(prob, P)
+    st = FitState(P, float(ev.value), layout.pack_grad(ev.grad, P), fit.converged, fit.n_iter, 0,
+                  "sites sampled from a cluster fit", fit.fit_time, layout, [], [],
+                  fit.scaled_grad)
+    return prob, st
+
+
+class _ChunkView:
+    """What ``jsdm.analysis.associations.species_mean`` reads of a fit, for one chunk."""
+
+    def __init__(self, chunk, P, row_sigma):
+        import pandas as pd
+
+        self.problem, self.family = chunk.prob, chunk.prob.family
+        self.state = type("S", (), {"params": P})()
+        self.row_effect = chunk.prob.row_effect
+        self.row_sigma = row_sigma
+        alpha = getattr(P, "alpha", None)
+        self.row_effects = None if alpha is None else pd.Series(alpha)
+
+
+def species_mean_part(chunk, P, args, row_sigma):
+    """Worker task: the chunk's sums for the species means over observed sites
+    (``species_mean`` times the number of observed sites, and that number)."""
+    from ..analysis.associations import species_mean
+
+    view = _ChunkView(chunk, P, row_sigma)
+    w = np.broadcast_to(chunk.prob.W, chunk.prob.Y.shape).sum(0)
+    return species_mean(view, *args) * np.maximum(w, 1.0), w

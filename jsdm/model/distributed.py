@@ -183,37 +183,71 @@ def profile(chunk, P, x, curvature=True, max_iter=SITE_ITER):
         out["site_scaled"] = float((np.abs(gs) / np.sqrt(np.maximum(h[site], 1.0))).max()) \
             if gs.size else 0.0
     out["cpu"] = time.process_time() - t0
-    return P, out
+    return Updated(P, out)
 
 
-def start_sites(chunk, x, template, a=None):
-    """Worker task: the chunk's starting Params: species fields from x (``template``
-    holds the driver's full species Params), site fields at each term's start, the
-    latent-variable means ``a`` (r, d) when given."""
+def start_sites(chunk, x, a=None):
+    """The chunk's starting Params: species and global fields from x (held dispersion entries
+    at 0, as the in-memory layout unpacks them), site fields at each term's start, the
+    latent-variable means ``a`` (r, d) when given (else 0)."""
     pred = chunk.prob.predictor
     P = pred.zeros()
-    for k, v in template.items():
-        setattr(P, k, None if v is None else np.array(v, dtype=float))
     for t in pred.terms:
-        if t.bilinear or not pred.n:
-            continue
-        if t.site_width(pred):                        # row effects: their own start
-            keep = {k: getattr(P, k) for k in template}
+        if t.site_width(pred) and not t.bilinear:          # row effects: their own start
             t.start(pred, P, {"glm": {}, "s": P.s, "rng": None, "jitter": 0.0,
                               "eta0": None, "prob": chunk.prob})
-            for k, v in keep.items():                 # species / global fields from the driver
-                setattr(P, k, v)
     if a is not None and pred.d:
         P.a = np.array(a, dtype=float)
     P.L = pred.start_cov()
     return put_global(chunk.layout, P, x)
 
 
-def rederive(chunk, x, template):
-    """Worker task: a lost chunk's sites from scratch, given the species parameters x."""
-    P = start_sites(chunk, x, template)
+def rederive(chunk, x):
+    """A lost chunk's sites from scratch, given the species parameters x (the site blocks
+    are conditionally independent given them; each site's ELBO is maximised by Newton)."""
+    P = start_sites(chunk, x)
     P, _, _, _ = optimise_sites(chunk, P, REDERIVE_ITER)
     return P
+
+
+# The site parameters live in the worker process (not as Dask keys, so that no task
+# lineage grows over the iterations): (fit token, chunk index) -> Params.
+_SITES = {}
+
+
+class Updated:
+    """A worker task's result that replaces the chunk's site parameters."""
+
+    def __init__(self, P, out=None):
+        self.P, self.out = P, out
+
+
+def on_sites(fn, chunk, key, x, *args):
+    """Worker task: ``fn(chunk, P, *args)`` with the chunk's site parameters P, re-derived
+    from the species parameters x when this worker does not hold them (a re-created chunk)."""
+    P = _SITES.get(key)
+    fresh = P is None
+    if fresh:
+        P = _SITES[key] = rederive(chunk, x)
+    res = fn(chunk, P, *args)
+    if isinstance(res, Updated):
+        _SITES[key] = res.P
+        res = res.out
+    if fresh and isinstance(res, dict):
+        res["rederived"] = True
+    return res
+
+
+def set_sites(chunk, key, x, a=None):
+    """Worker task: the chunk's starting site parameters."""
+    _SITES[key] = start_sites(chunk, x, a)
+    return True
+
+
+def drop_sites(token):
+    """Run on every worker: forget a fit's site parameters."""
+    for key in [k for k in _SITES if k[0] == token]:
+        del _SITES[key]
 
 
 def residual_gram(chunk, b, s, seed, jitter):
@@ -267,7 +301,7 @@ def flip_signs(chunk, P, sign):
     full = np.ones(P.L.shape[1])
     full[:d] = sign
     P.L = P.L * full[None, :, None] * full[None, None, :]
-    return P
+    return Updated(P, True)
 
 
 def schur_part(chunk, P):
@@ -300,85 +334,143 @@ def _site_field_names(chunk):
 
 # --- the driver ------------------------------------------------------------------------
 class LostChunks(Exception):
-    """Some chunks' site parameters were lost with a worker."""
+    """Some chunks were lost with their worker."""
+
+    def __init__(self, chunks, reason):
+        super().__init__(reason)
+        self.chunks, self.reason = chunks, reason
+
+
+def _live_workers(dask_scheduler=None):
+    return sorted(dask_scheduler.workers)
 
 
 class ClusterState:
-    """The chunks on the cluster: futures of their Problems and of their site parameters.
+    """The chunks on the cluster: each pinned to one worker, which holds its Problem (a
+    Dask key, re-creatable from its spec) and its site parameters (``_SITES``).
 
-    Holds the client, the chunk specs (to re-create lost chunks), the futures, and
-    the log of round trips (time, bytes) for the benchmark.
+    Holds the client, the chunk specs (to re-create lost chunks), the log of round
+    trips (time, bytes) and the number of recoveries.
     """
 
     def __init__(self, client, specs, template_layout):
+        import weakref
+
         self.client = client
         self.specs = specs
         self.layout = template_layout
-        self.chunks = [client.submit(build_chunk, s, pure=False, key=f"jsdm-chunk-{_tok()}-{s.index}")
-                       for s in specs]
-        self.states = [None] * len(specs)
-        self.template = None
+        self.token = _tok()
+        self.where = [None] * len(specs)
+        self.chunks = [None] * len(specs)
+        live = self.live()
+        for k in range(len(specs)):
+            self._build(k, live[k % len(live)])
         self.x = None
         self.rounds = []        # (seconds, bytes to workers, bytes back, worker cpu s, site iters)
         self.recoveries = 0
+        weakref.finalize(self, _forget, client, self.token)
 
-    def submit_each(self, fn, *args, with_state=True, **kw):
-        fut = []
-        for k, c in enumerate(self.chunks):
-            a = (c, self.states[k]) if with_state else (c,)
-            fut.append(self.client.submit(fn, *a, *args, pure=False, **kw))
-        return fut
+    def live(self):
+        return self.client.run_on_scheduler(_live_workers)
 
-    def gather(self, futs):
-        return self.client.gather(futs)
+    def _build(self, k, addr):
+        self.where[k] = addr
+        self.chunks[k] = self.client.submit(build_chunk, self.specs[k], pure=False,
+                                            key=f"jsdm-chunk-{self.token}-{k}-{_tok()}",
+                                            workers=[addr], allow_other_workers=False)
+
+    def _submit(self, k, fn, args, state):
+        if state:
+            fn, args = on_sites, (fn, self.chunks[k], (self.token, k), self.x) + tuple(args)
+        else:
+            args = (self.chunks[k],) + tuple(args)
+        return self.client.submit(fn, *args, pure=False, workers=[self.where[k]],
+                                  allow_other_workers=False)
+
+    def call(self, fn, *args, state=True, per_chunk=None):
+        """``fn(chunk, P, *args)`` (``fn(chunk, *args)`` without ``state``) on every chunk;
+        the list of results. ``per_chunk``: a list of argument tuples, one per chunk.
+        A chunk whose worker died is re-created on a live worker (its sites re-derived
+        from the species parameters) and the call is repeated."""
+        for attempt in range(6):
+            futs = [self._submit(k, fn, per_chunk[k] if per_chunk is not None else args, state)
+                    for k in range(len(self.chunks))]
+            try:
+                return self._gather(futs)
+            except LostChunks as lost:
+                if attempt == 5:
+                    raise JSDMError(f"the cluster keeps losing workers ({lost.reason}); the fit "
+                                    "cannot go on") from None
+                self.recover(lost)
+
+    def _gather(self, futs):
+        from distributed import wait
+
+        while True:
+            try:
+                wait(futs, timeout=1.0)
+                return self.client.gather(futs)
+            except KeyboardInterrupt:
+                self.client.cancel(futs)
+                raise
+            except Exception as exc:        # a timeout while waiting, or a failed gather
+                live = set(self.live())
+                lost = [k for k, w in enumerate(self.where) if w not in live]
+                if lost:
+                    self.client.cancel([f for f in futs if not f.done()])
+                    raise LostChunks(lost, f"worker(s) {sorted(set(self.where) - live)} gone")
+                failed = [f for f in futs if f.status == "error"]
+                if failed:
+                    raise failed[0].exception() from None
+                if not isinstance(exc, TimeoutError) and type(exc).__name__ != "TimeoutError":
+                    raise
+
+    def recover(self, lost):
+        """Re-create lost chunks on live workers; their sites are re-derived from x."""
+        self.recoveries += 1
+        live = self.live()
+        warnings.warn(f"a worker was lost during the fit ({lost.reason}); re-creating "
+                      f"{len(lost.chunks)} chunk(s) of sites from their data on the remaining "
+                      "workers and re-deriving their site parameters from the current species "
+                      "parameters", RuntimeWarning, stacklevel=5)
+        for i, k in enumerate(lost.chunks):
+            self._build(k, live[i % len(live)])
 
     def round(self, x, curvature=True):
         """One evaluation of the profiled ELBO at x: sums over chunks."""
         t0 = time.perf_counter()
-        for attempt in range(4):
-            try:
-                res = self.submit_each(profile, x, curvature)
-                states = [self.client.submit(operator.getitem, r, 0, pure=False) for r in res]
-                outs = self.client.gather([self.client.submit(operator.getitem, r, 1, pure=False)
-                                           for r in res])
-                break
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:       # a worker died: its chunks' state is gone
-                if attempt == 3:
-                    raise
-                self.recover(exc)
-        del res
-        self.states = states
-        self.x = np.asarray(x)
+        x = np.asarray(x, dtype=float)
+        if self.x is None:
+            self.x = x
+        outs = self.call(profile, x, curvature)
+        self.x = x
         val = float(sum(o["value"] for o in outs))
         g = np.sum([o["g"] for o in outs], axis=0)
         h = np.sum([o["h"] for o in outs], axis=0) if curvature else None
-        sent = len(self.chunks) * (x.nbytes + 200)
+        sent = len(self.chunks) * (2 * x.nbytes + 200)
         back = sum(o["g"].nbytes + (o["h"].nbytes if curvature else 0) + 200 for o in outs)
         self.rounds.append((time.perf_counter() - t0, sent, back,
                             sum(o["cpu"] for o in outs), max(o["site_iter"] for o in outs)))
         site_scaled = max(o.get("site_scaled", 0.0) for o in outs)
         return val, g, h, site_scaled
 
-    def recover(self, exc):
-        """Re-create lost chunks from their sources and re-derive their sites from x."""
-        self.recoveries += 1
-        lost = [k for k in range(len(self.chunks))
-                if self.chunks[k].status != "finished" or self.states[k] is None
-                or self.states[k].status != "finished"]
-        warnings.warn(f"a worker was lost during the fit ({type(exc).__name__}: {exc}); "
-                      f"re-creating {len(lost)} chunk(s) of sites from their data and re-deriving "
-                      "their site parameters from the current species parameters",
-                      RuntimeWarning, stacklevel=4)
-        for k in lost:
-            if self.chunks[k].status != "finished":
-                self.chunks[k] = self.client.submit(
-                    build_chunk, self.specs[k], pure=False,
-                    key=f"jsdm-chunk-{_tok()}-{k}")
-            self.states[k] = self.client.submit(rederive, self.chunks[k], self.x, self.template,
-                                                pure=False)
-        self.client.gather(self.states)   # raises again if the cluster is still failing
+    def template_params(self):
+        """Params of the driver's fields (species and global) at zero, for ``put_global``."""
+        prob = template_layout(self.specs[0].model, len(self.specs[0].model["terms"]))[1]
+        return prob.predictor.zeros()
+
+    def release(self):
+        """Forget the site parameters on the workers and the chunks' data."""
+        _forget(self.client, self.token)
+        self.client.cancel([c for c in self.chunks if c is not None])
+
+
+def _forget(client, token):
+    try:
+        if client.status == "running":
+            client.run(drop_sites, token)
+    except Exception:       # pragma: no cover - the cluster is already gone
+        pass
 
 
 _TOKEN = [0]
@@ -476,16 +568,9 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
             f"the cluster fit did not converge: max scaled gradient = {max(smax, site_s):.3g} > "
             f"gtol = {gtol:g} after {it_total} iterations ({message}). Try a larger maxiter or "
             "fewer latent variables.", ConvergenceWarning, stacklevel=3)
-    P = put_global(layout, _template_params(cluster), x)
+    P = put_global(layout, cluster.template_params(), x)
     return ClusterFitState(P, x, val, g, converged, it_total, n_eval, str(message),
                            time.perf_counter() - t0, smax, cluster, hist, interrupted)
-
-
-def _template_params(cluster):
-    from .params import Params
-
-    return Params.from_fields({k: (None if v is None else np.array(v, dtype=float))
-                               for k, v in cluster.template.items()})
 
 
 def _bounds(layout):
@@ -587,8 +672,10 @@ def cluster_start(cluster, model, p, n, seed, jitter=0.0):
         stop = spec.row0 + len(spec.sites)
         mine = rows[(rows >= spec.row0) & (rows < stop)]
         if mine.size:
-            parts.append(client.submit(take_rows, cluster.chunks[k], mine, pure=False))
-    got = client.gather(parts)
+            parts.append((k, mine))
+    got = [client.submit(take_rows, cluster.chunks[k], mine, pure=False,
+                         workers=[cluster.where[k]]) for k, mine in parts]
+    got = cluster._gather(got)
 
     def cat(key):
         vals = [g[key] for g in got]
@@ -620,8 +707,7 @@ def cluster_start(cluster, model, p, n, seed, jitter=0.0):
     d = model["num_lv"]
     a_futs = [None] * len(cluster.chunks)
     if d:
-        gram = client.gather(cluster.submit_each(residual_gram, b, s, seed, jitter,
-                                                 with_state=False))
+        gram = cluster.call(residual_gram, b, s, seed, jitter, state=False)
         nn = sum(g["n"] for g in gram)
         mean = sum(g["sum"] for g in gram) / nn
         G = sum(g["gram"] for g in gram) - nn * np.outer(mean, mean)
@@ -631,14 +717,16 @@ def cluster_start(cluster, model, p, n, seed, jitter=0.0):
         theta = (V * sv) / np.sqrt(nn)
         Q = triangular_rotation(theta)
         P.theta = np.tril(theta @ Q)
-        a_futs = cluster.submit_each(residual_scores, b, s, seed, jitter, mean, V, sv, nn, Q,
-                                     with_state=False)
-    species_fields = {f: getattr(P, f) for f in _global_fields(cluster.layout)}
-    cluster.template = species_fields
+        a_futs = cluster.call(residual_scores, b, s, seed, jitter, mean, V, sv, nn, Q,
+                              state=False)
     x0 = pack_global(cluster.layout, P)
     cluster.x = x0
-    cluster.states = [client.submit(start_sites, c, x0, species_fields, a, pure=False)
-                      for c, a in zip(cluster.chunks, a_futs)]
+    if d:
+        cluster.call(set_sites, state=False,
+                     per_chunk=[((cluster.token, k), x0, a) for k, a in enumerate(a_futs)])
+    else:
+        cluster.call(set_sites, (cluster.token, 0), x0, state=False,
+                     per_chunk=[((cluster.token, k), x0) for k in range(len(cluster.chunks))])
     return x0
 
 
@@ -703,11 +791,10 @@ def normalise_signs(st):
     cl = st.cluster
     P = P.copy()
     P.theta = theta * sign
-    cl.template = {**cl.template, "theta": P.theta}
     x = pack_global(cl.layout, P)
     flip = np.ones_like(x)
     flip[x != st.x] = -1.0
-    cl.states = cl.submit_each(flip_signs, sign)
+    cl.call(flip_signs, sign)
     cl.x = x
     return replace(st, params=P, x=x, grad=st.grad * flip)
 
@@ -730,7 +817,7 @@ def write_scores(chunk, P, path, names):
 def schur_sum(cluster):
     """The negative Schur complement summed over the chunks, and the sites (global indices)
     whose variational block is not negative definite."""
-    parts = cluster.client.gather(cluster.submit_each(schur_part))
+    parts = cluster.call(schur_part)
     return sum(p["negS"] for p in parts), [i for p in parts for i in p["bad"]]
 
 
@@ -761,7 +848,7 @@ def to_fit_state(st, prob0):
 
 
 def nobs_of(cluster):
-    return int(sum(cluster.client.gather(cluster.submit_each(_nobs, with_state=False))))
+    return int(sum(cluster.call(_nobs, state=False)))
 
 
 def _nobs(chunk):
@@ -778,8 +865,7 @@ def sample_problem(fit, k, seed):
     cl = fit._cluster
     n = len(fit.sites)
     per = [max(1, int(round(k * len(s.sites) / n))) for s in cl.specs]
-    parts = cl.client.gather([cl.client.submit(sample_data, c, s, kk, seed, pure=False)
-                              for c, s, kk in zip(cl.chunks, cl.states, per)])
+    parts = cl.call(sample_data, per_chunk=[(kk, seed) for kk in per])
 
     def cat(key):
         vals = [g[key] for g in parts]

@@ -109,7 +109,7 @@ class ClusterGLLVMResults(GLLVMResults):
                 return path
             from ..model.distributed import write_scores
             cl = self._cluster
-            cl.client.gather(cl.submit_each(write_scores, str(path), self.lv_names))
+            cl.call(write_scores, str(path), self.lv_names)
             return path
         return self.lv
 
@@ -129,7 +129,7 @@ class ClusterGLLVMResults(GLLVMResults):
             raise JSDMError("the site scores were not stored with this cluster fit")
         from ..model.distributed import site_fields
         cl = self._cluster
-        parts = cl.client.gather(cl.submit_each(site_fields, [name]))
+        parts = cl.call(site_fields, [name])
         return np.concatenate([p[name] for p in parts], axis=0)
 
     def sample_sites(self, k=1000, seed=0):
@@ -253,8 +253,7 @@ def _cluster_species_mean(self, beta0=None, B=None, theta=None, s=None):
                         "add_family_variance=False (or 'trigamma' / 'lognormal')")
     from ..model.distributed import species_mean_part
     cl = self._cluster
-    parts = cl.client.gather(cl.submit_each(species_mean_part, (beta0, B, theta, s),
-                                            self.row_sigma))
+    parts = cl.call(species_mean_part, (beta0, B, theta, s), self.row_sigma)
     tot = sum(p[0] for p in parts)
     w = sum(p[1] for p in parts)
     return tot / np.maximum(w, 1.0)

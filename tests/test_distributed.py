@@ -176,3 +176,44 @@ def test_worker_killed_mid_fit_recovers():
         assert killed and fit.cluster_info["recoveries"] >= 1
         assert fit.converged
         assert abs(fit.llf - plain.llf) <= 1e-6 * abs(plain.llf)
+
+
+def test_parquet_files_and_dask_array_inputs(client, tmp_path):
+    """Long tables in three Parquet files (and a dask array) fit as the in-memory table does;
+    labels survive; bad values are reported with their file."""
+    pytest.importorskip("pyarrow")
+    import dask.array as da
+    import pandas as pd
+
+    from jsdm.model.cluster_data import ClusterData
+
+    com = _community("poisson", n=45, m=5, seed=19)
+    long = com.Y.stack().rename("count").reset_index()
+    long.columns = ["site", "species", "count"]
+    paths = []
+    for k, part in enumerate(np.array_split(np.arange(45), 3)):
+        sel = long[long["site"].isin(com.Y.index[part])]
+        paths.append(str(tmp_path / f"part{k}.parquet"))
+        sel.to_parquet(paths[-1])
+    opts = dict(family="poisson", num_lv=2, n_init=1, gtol=GTOL, checks=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        mem = jsdm.gllvm(com, **opts)
+        data = ClusterData.from_parquet(paths, site="site", species="species", response="count",
+                                        covariates=com.X, client=client)
+        cl = jsdm.gllvm(data, client=client, **opts)
+        arr = ClusterData.from_array(da.from_array(com.Y.to_numpy(), chunks=(15, 5)),
+                                     sites=com.Y.index, species=com.Y.columns, covariates=com.X)
+        cl2 = jsdm.gllvm(arr, client=client, **opts)
+    for fit in (cl, cl2):
+        assert abs(fit.llf - mem.llf) <= 1e-6 * abs(mem.llf)
+        assert list(fit.sites) == list(com.Y.index)
+        assert list(fit.coef.index) == list(com.Y.columns)
+        assert list(fit.coef.columns) == list(mem.coef.columns)
+    bad = long.copy()
+    bad.loc[bad.index[0], "count"] = -1.0
+    bad.to_parquet(tmp_path / "bad.parquet")
+    data = ClusterData.from_parquet([tmp_path / "bad.parquet"], site="site", species="species",
+                                    response="count")
+    with pytest.raises(JSDMError, match="bad.parquet"):
+        jsdm.gllvm(data, family="poisson", num_lv=1, n_init=1, client=client, checks=False)

@@ -34,10 +34,14 @@ from .objective import cell_eval, gradient_from
 from .params import Layout
 from .problem import Problem
 
-SITE_TOL = 1e-11        # relative change of each site's ELBO that ends its Newton steps
+SITE_GAIN = 0.01        # sites stop when another Newton step would gain < SITE_GAIN gtol^2
+#                         (their scaled gradient is then about 0.14 gtol)
 SITE_ITER = 50          # site Newton steps per evaluation at most (warm starts need 1-3)
 REDERIVE_ITER = 500     # site Newton steps when a lost chunk's sites are re-derived
 LBFGS_RESCALES = 3
+PROFILED_BLOCKS = False  # species blocks of the L-BFGS scaling: H_bb alone (True: minus the
+#                          sites' Schur part; with fixed row effects that nearly removes the
+#                          intercepts' curvature and the steps blow up)
 
 
 # --- what travels: the chunk's arrays and the model's description -----------------------
@@ -141,33 +145,115 @@ def _order(P):
     return 2 if P.s is not None else 1
 
 
-def optimise_sites(chunk, P, max_iter=SITE_ITER, tol=SITE_TOL):
-    """Site Newton steps (the engine's ``site_step``) until every site's ELBO settles.
+def site_gain(prob, P, ce):
+    """Per site, the ELBO gain a full Newton step in its means and the fixed point of its
+    covariance would bring (quadratic model; no cell evaluation), (n,).
 
-    Returns (P, cell_eval at P, iterations, largest relative change in the last one).
+    Means: g' Lambda^-1 g / 2 with Lambda = Pr - 2 sum_j Gv U_j U_j' (the site step's
+    Hessian); covariance: (tr M - log det M - kr) / 2 with M = Lambda^RR Sigma_i, the
+    gain of Sigma_i -> (Lambda^RR)^-1 under the same model.
+    """
+    from .._numerics import safe_solve
+
+    pred = prob.predictor
+    n, m, kv, kr = pred.n, pred.m, pred.kv, pred.kr
+    U = pred.site_design(P)
+    U2 = (U[:, :, None] * U[:, None, :]).reshape(m, kv * kv)
+    H = -(2.0 * ce["Gv"] @ U2).reshape(n, kv, kv)
+    g = ce["Gm"] @ U
+    if kr:
+        pr = pred.prior_precision(P)
+        idx = np.arange(kr)
+        H[:, idx, idx] += pr
+        g[:, :kr] -= pr * pred.site_means(P)[:, :kr]
+    for i, k in pred.pinned:
+        g[i, k] = 0.0
+        H[i, k, :] = H[i, :, k] = 0.0
+        H[i, k, k] = 1.0
+    gain = 0.5 * np.einsum("ik,ik->i", g, safe_solve(H, g))
+    if kr:
+        S = P.L @ np.swapaxes(P.L, 1, 2)
+        M = H[:, :kr, :kr] @ S
+        sign, logdet = np.linalg.slogdet(M)
+        cov = 0.5 * (np.trace(M, axis1=1, axis2=2) - logdet - kr)
+        gain = gain + np.where(sign > 0, cov, np.inf)
+    return gain
+
+
+def optimise_sites(chunk, P, max_iter=SITE_ITER, tol=1e-12, ce=None):
+    """Site Newton steps (the engine's ``site_step``) until no site can gain more than
+    ``tol`` by another step (:func:`site_gain`).
+
+    Returns (P, cell_eval at P, Newton steps taken, largest gain left).
     """
     prob = chunk.prob
-    ce = cell_eval(prob, P, _order(P))
-    change = 0.0
-    it = 0
+    if ce is None:
+        ce = cell_eval(prob, P, _order(P))
     if prob.predictor.kv == 0:
         return P, ce, 0, 0.0
-    for it in range(1, max_iter + 1):
-        old = ce["site"]
-        P, ce = site_step(prob, P, ce)
-        rel = np.abs(ce["site"] - old) / (1.0 + np.abs(old))
-        change = float(rel.max()) if rel.size else 0.0
-        if change <= tol:
+    left = np.inf
+    for it in range(max_iter + 1):
+        with np.errstate(all="ignore"):
+            rel = site_gain(prob, P, ce)
+        left = float(np.max(rel)) if rel.size else 0.0
+        if left <= tol or it == max_iter:
             break
-    return P, ce, it, change
+        P, ce = site_step(prob, P, ce)
+    return P, ce, it, left
 
 
-def profile(chunk, P, x, curvature=True, max_iter=SITE_ITER):
+def predict_sites(chunk, P_old, ce_old, P_new):
+    """First-order prediction of the sites' optimum at new species parameters:
+    du = -D^-1 C' dphi (implicit function theorem; D the site blocks' curvature, C the
+    species-site cross curvature at the old point, as the joint Newton step uses them)."""
+    from .newton import _Schur, _coupling, _site_blocks
+
+    prob = chunk.prob
+    pred = prob.predictor
+    if not pred.kv or not pred.ks:
+        return P_new
+    dphi = pred.species_coef(P_new) - pred.species_coef(P_old)
+    if not np.any(dphi):
+        return P_new
+    Xt, U = pred.species_design(P_old), pred.site_design(P_old)
+    D, _ = _site_blocks(prob, P_old, ce_old, U)
+    try:
+        with np.errstate(all="ignore"):
+            op = _Schur(prob, ce_old, Xt, U, pred.free.astype(float), None, np.linalg.inv(D),
+                        _coupling(prob, P_old))
+            du = -op.dinv(op.ct(dphi))
+    except np.linalg.LinAlgError:       # no prediction: the Newton steps start from the old sites
+        return P_new
+    if not np.all(np.isfinite(du)):
+        return P_new
+    out = P_new.copy()
+    pred.set_site_means(out, pred.site_means(P_new) + du)
+    return out
+
+
+def profile(chunk, P, x, curvature=True, gtol=1e-3, max_iter=SITE_ITER):
     """Worker task: sites optimised given x; returns (P, sums) with sums the chunk's
     ELBO ("value"), gradient in x ("g") and curvature diagonal ("h", when asked)."""
     t0 = time.process_time()
-    P = put_global(chunk.layout, P, x)
-    P, ce, it, change = optimise_sites(chunk, P, max_iter)
+    Q = put_global(chunk.layout, P, x)
+    last = _LAST.get(id(chunk))
+    ce = None
+    if last is not None and last[0] is P:          # the chunk's last evaluation: predict
+        Qp = predict_sites(chunk, P, last[1], Q)
+        if Qp is not Q:
+            ce = cell_eval(chunk.prob, Qp, _order(Qp))
+            if np.all(np.isfinite(ce["site"])):
+                Q = Qp
+            else:
+                ce = None
+    try:
+        with np.errstate(all="ignore"):
+            P_new, ce, it, change = optimise_sites(chunk, Q, max_iter, SITE_GAIN * gtol ** 2,
+                                                   ce=ce)
+    except np.linalg.LinAlgError:       # a wild trial point of the line search: reject it
+        return {"value": -np.inf, "g": np.zeros(len(chunk.gidx)), "site_iter": 0,
+                "site_change": np.inf, "cpu": time.process_time() - t0}
+    P = P_new
     if ce["clipped"]:
         ce = cell_eval(chunk.prob, P, _order(P), clip=False)
     G = gradient_from(chunk.prob, P, ce)
@@ -175,6 +261,7 @@ def profile(chunk, P, x, curvature=True, max_iter=SITE_ITER):
     out = {"value": float(ce["site"].sum()), "g": full[chunk.gidx], "site_iter": it,
            "site_change": change, "cpu": 0.0}
     if curvature:
+        out["B"] = species_blocks(chunk.prob, P, ce)
         h = curvature_diagonal(chunk.prob, chunk.layout, P, ce)
         out["h"] = h[chunk.gidx]
         site = np.ones(chunk.layout.size, dtype=bool)
@@ -183,7 +270,45 @@ def profile(chunk, P, x, curvature=True, max_iter=SITE_ITER):
         out["site_scaled"] = float((np.abs(gs) / np.sqrt(np.maximum(h[site], 1.0))).max()) \
             if gs.size else 0.0
     out["cpu"] = time.process_time() - t0
+    if not change <= SITE_GAIN * gtol ** 2:
+        # the sites did not settle (a wild trial point of the line search): report the value
+        # (a lower bound of the profiled ELBO there) but keep the chunk's last sites
+        return out
+    # (per chunk: one more copy of its Gm, Gv arrays)
+    _LAST[id(chunk)] = (P, {"Gm": ce["Gm"], "Gv": ce["Gv"]})
     return Updated(P, out)
+
+
+# The last evaluation's cell derivatives of a chunk (for the next one's prediction).
+_LAST = {}
+
+
+def species_blocks(prob, P, ce, rows=500):
+    """The species-diagonal blocks (m, ks, ks) of the negative curvature of the profiled
+    ELBO in the species coefficients, -H_bb + sum_i C_i D_i^-1 C_i' (the joint Newton
+    step's block preconditioner, before inversion): a sum over the chunk's sites."""
+    from .newton import _coupling, _cross, _site_blocks, _species_blocks
+
+    pred = prob.predictor
+    if not pred.ks:
+        return np.zeros((pred.m, 0, 0))
+    Xt = pred.species_design(P)
+    cpl = _coupling(prob, P)
+    Hbb, _ = _species_blocks(prob, P, ce, Xt, cpl)
+    B = -Hbb
+    if pred.kv and PROFILED_BLOCKS:
+        U = pred.site_design(P)
+        D, _ = _site_blocks(prob, P, ce, U)
+        try:
+            Dinv = np.linalg.inv(D)
+        except np.linalg.LinAlgError:       # (then the blocks of H_bb alone)
+            return B
+        free = pred.free.astype(float)
+        for start in range(0, pred.n, rows):
+            r = slice(start, min(pred.n, start + rows))
+            C = _cross(prob, ce, Xt, U, r, free, cpl)
+            B -= np.einsum("jkil,ilq,jriq->jkr", C, Dinv[r], C, optimize=True)
+    return B
 
 
 def start_sites(chunk, x, a=None):
@@ -368,6 +493,7 @@ class ClusterState:
         self.x = None
         self.rounds = []        # (seconds, bytes to workers, bytes back, worker cpu s, site iters)
         self.recoveries = 0
+        self.gtol = 1e-3
         weakref.finalize(self, _forget, client, self.token)
 
     def live(self):
@@ -442,17 +568,42 @@ class ClusterState:
         x = np.asarray(x, dtype=float)
         if self.x is None:
             self.x = x
-        outs = self.call(profile, x, curvature)
+        outs = self.call(profile, x, curvature, self.gtol)
         self.x = x
         val = float(sum(o["value"] for o in outs))
+        if not np.isfinite(val):
+            if curvature:
+                raise JSDMError("the ELBO is not finite at the current estimates")
+            return val, np.zeros_like(x), None, np.inf
         g = np.sum([o["g"] for o in outs], axis=0)
         h = np.sum([o["h"] for o in outs], axis=0) if curvature else None
+        if curvature:
+            self.B = np.sum([o["B"] for o in outs], axis=0)
         sent = len(self.chunks) * (2 * x.nbytes + 200)
-        back = sum(o["g"].nbytes + (o["h"].nbytes if curvature else 0) + 200 for o in outs)
+        back = sum(o["g"].nbytes + (o["h"].nbytes + o["B"].nbytes if curvature else 0) + 200
+                   for o in outs)
         self.rounds.append((time.perf_counter() - t0, sent, back,
                             sum(o["cpu"] for o in outs), max(o["site_iter"] for o in outs)))
         site_scaled = max(o.get("site_scaled", 0.0) for o in outs)
         return val, g, h, site_scaled
+
+    def coef_positions(self):
+        """(m, ks) packed position in x of each species coefficient (pred.species_coef order),
+        -1 for entries held at zero (loadings above the diagonal)."""
+        if getattr(self, "_coef_pos", None) is None:
+            P = self.template_params()
+            pred = template_layout(self.specs[0].model, len(self.specs[0].model["terms"]))[1].predictor
+            m, ks = pred.m, pred.ks
+            for s in global_slots(self.layout):
+                v = getattr(P, s.field)
+                setattr(P, s.field, np.zeros_like(v) if np.ndim(v) else 0.0)
+            pred.set_species_coef(P, np.arange(1, m * ks + 1, dtype=float).reshape(m, ks))
+            x = pack_global(self.layout, P)
+            pos = np.full(m * ks, -1)
+            hit = np.flatnonzero(x > 0)
+            pos[x[hit].astype(int) - 1] = hit
+            self._coef_pos = pos.reshape(m, ks)
+        return self._coef_pos
 
     def template_params(self):
         """Params of the driver's fields (species and global) at zero, for ``put_global``."""
@@ -510,6 +661,7 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
 
     t0 = time.perf_counter()
     layout = cluster.layout
+    cluster.gtol = float(gtol)
     lo, hi = _bounds(layout)
     x = np.asarray(start_x, dtype=float).copy()
     hist, it_total, n_eval = [], 0, 0
@@ -522,16 +674,13 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
         for _ in range(LBFGS_RESCALES + 1):
             if max(smax, site_s) <= gtol or it_total >= maxiter:
                 break
-            x0, scale = x.copy(), np.sqrt(np.maximum(h, 1e-8))
-            last = {"x": x0.copy()}
+            x0, sc = x.copy(), Scaling(h, cluster)
 
             def fg(y):
-                xx = x0 + y / scale
-                v, gg, _, _ = cluster.round(xx, curvature=False)
-                last["x"] = xx
+                v, gg, _, _ = cluster.round(x0 + sc.to_x(y), curvature=False)
                 if not np.isfinite(v):
                     return np.inf, np.zeros_like(y)
-                return -v, -gg / scale
+                return -v, -sc.grad(gg)
 
             def cb(it, f, gmax):
                 hist.append((len(hist) + 1, f, gmax, time.perf_counter() - t0))
@@ -541,12 +690,11 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
                     hook(len(hist), cluster)
 
             res = minimize_lbfgs(fg, np.zeros_like(x0), maxiter=maxiter - it_total,
-                                 gtol=0.5 * gtol, callback=cb,
-                                 bounds=((lo - x0) * scale, (hi - x0) * scale))
+                                 gtol=0.5 * gtol, callback=cb, bounds=sc.bounds(lo, hi, x0))
             it_total += res.n_iter
             n_eval += res.n_eval
             message = res.message
-            x = x0 + res.x / scale
+            x = x0 + sc.to_x(res.x)
             val, g, h, site_s = cluster.round(x)          # sites at x, with the curvature
             n_eval += 1
             smax = _scaled(x, g, h, lo, hi)
@@ -571,6 +719,56 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
     P = put_global(layout, cluster.template_params(), x)
     return ClusterFitState(P, x, val, g, converged, it_total, n_eval, str(message),
                            time.perf_counter() - t0, smax, cluster, hist, interrupted)
+
+
+class Scaling:
+    """Coordinates of the driver's L-BFGS: x = x0 + T y with T = R_j^-T on each species'
+    free coefficients (B_j = R_j R_j' the species block of the profiled curvature, summed
+    over the chunks) and 1 / sqrt(h_k) on the others (dispersions, global parameters)."""
+
+    def __init__(self, h, cluster):
+        self.d = np.sqrt(np.maximum(h, 1e-8))
+        self.groups = []
+        pos = cluster.coef_positions()          # (m, ks): packed position or -1
+        B = getattr(cluster, "B", None)
+        if B is None or not pos.size:
+            return
+        by_k = {}
+        for j in range(pos.shape[0]):
+            f = np.flatnonzero(pos[j] >= 0)
+            if f.size:
+                by_k.setdefault(f.size, []).append((pos[j, f], B[j][np.ix_(f, f)]))
+        for items in by_k.values():
+            P = np.array([p for p, _ in items])
+            Bk = np.array([b for _, b in items])
+            Bk = 0.5 * (Bk + np.swapaxes(Bk, 1, 2))
+            w = np.linalg.eigvalsh(Bk)
+            ok = w[:, 0] > 1e-10 * np.maximum(w[:, -1], 1e-300)
+            if not ok.any():
+                continue
+            R = np.linalg.cholesky(Bk[ok])
+            T = np.swapaxes(np.linalg.inv(R), 1, 2)            # R^-T
+            self.groups.append((P[ok], T))
+
+    def to_x(self, y):
+        dx = y / self.d
+        for P, T in self.groups:
+            dx[P] = np.einsum("gkl,gl->gk", T, y[P])
+        return dx
+
+    def grad(self, g):
+        gy = g / self.d
+        for P, T in self.groups:
+            gy[P] = np.einsum("glk,gl->gk", T, g[P])
+        return gy
+
+    def bounds(self, lo, hi, x0):
+        blo, bhi = (lo - x0) * self.d, (hi - x0) * self.d
+        for P, _ in self.groups:
+            if np.isfinite(lo[P]).any() or np.isfinite(hi[P]).any():
+                raise ValueError("bounded species coefficients cannot be block-scaled")
+            blo[P], bhi[P] = -np.inf, np.inf
+        return blo, bhi
 
 
 def _bounds(layout):

@@ -13,7 +13,7 @@ from .results.fitted import GLLVMResults
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
           n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
-          client=None, chunks=None):
+          random_species=None, fourth_corner=None, client=None, chunks=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -82,12 +82,28 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         docs/associations.md, "Rare and separated species"; 5 is the value
         studied there). Default None: maximum likelihood (of the ELBO), as R
         gllvm. ``fit.llf`` is the ELBO without the penalty.
+    random_species : str, optional
+        Random species coefficients (wide data), written as on long data in lme4: bars
+        by species and the fixed terms that are their community means, e.g.
+        ``"WatrCont + (1 + WatrCont | species)"`` (correlated random intercepts and
+        WatrCont slopes; the intercept's mean is implicit as in lme4),
+        ``"(1 | species) + (0 + x | species)"`` (independent), ``"x + (x || species)"``,
+        ``"x + x:height + (0 + x | species)"`` (a species trait in the slopes' mean: the
+        fourth corner; traits from the Community). A random coefficient replaces the
+        fixed species-specific one on the same column (the covariate must be in the
+        design, see ``formula``). See docs/species_random.md; on long data write the
+        bars in the formula.
+    fourth_corner : str, optional
+        Community slopes on site covariates and their interactions with species traits
+        (fixed), as R gllvm's trait formula: ``"Snow + Slope + (Snow + Slope):(Height + SLA)"``
+        (the covariate first). Replaces the species-specific slopes on those covariates;
+        traits come from the Community. ``fit.fourth_corner()`` gives the coefficients.
     client : dask.distributed.Client, optional
         Fit on that Dask cluster: the sites are split into chunks that stay on the
         workers with their site parameters; the driver steps the species
         parameters (docs/scaling.md). Needs ``pip install 'jsdm[dask]'``. Returns a
         :class:`jsdm.results.cluster.ClusterGLLVMResults`. ``data`` may also be a
-        :class:`jsdm.data.cluster.ClusterData` (Parquet files, Zarr or dask arrays).
+        :class:`jsdm.model.cluster_data.ClusterData` (Parquet files, Zarr or dask arrays).
     chunks : int, optional
         Number of chunks of sites with ``client`` (default: two per worker, and
         at most about 5 million cells per chunk).
@@ -111,10 +127,29 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                         f"{prior_sd!r}; use None for no penalty")
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
                 response=response, site=site, species=species)
+    if random_species is not None:
+        from .model.formula import parse_random_species
+        call["species_random"], shared = parse_random_species(random_species, both=True)
+        if shared is not None:
+            if fourth_corner is not None:
+                raise JSDMError(f"community slopes are given twice: {shared.lme4()!r} in "
+                                "random_species= and fourth_corner=; write them in one place.")
+            call["community_slopes"] = shared
+    if fourth_corner is not None:
+        from .model.formula import parse_fourth_corner
+        call["community_slopes"] = parse_fourth_corner(fourth_corner)
     # --- lme4/glmmTMB-style formula: translated into the wide call (jsdm/model/formula.py)
     from .model.formula import is_lme4_formula, translate_call
     if is_lme4_formula(formula, species):
+        given = [call.pop(k, None) for k in ("species_random", "community_slopes")]
         data, X, call = translate_call(data, X, **call)
+        if any(g is not None for g in given):
+            raise JSDMError("random_species= and fourth_corner= are for wide data; with an "
+                            "lme4-style formula write those terms in the formula.")
+        if "random_species" in call:
+            call["species_random"] = call.pop("random_species")
+        if "fourth_corner" in call:
+            call["community_slopes"] = call.pop("fourth_corner")
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     if client is None and chunks is not None:
@@ -133,6 +168,10 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                     row_effect=call["row_effect"], n_init=n_init,
                     seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
                     prior_sd=prior_sd)
+    if call.get("species_random") is not None:
+        settings["random_species"] = call["species_random"].lme4()
+    if call.get("community_slopes") is not None:
+        settings["fourth_corner"] = call["community_slopes"].lme4()
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

@@ -47,3 +47,33 @@ def fit_with_copied_column(com, column, **kwargs):
         warnings.simplefilter("ignore", jsdm.JSDMWarning)
         state = fit_problem(prob, **fit_kw)
     return GLLVMResults(prob, state, dict(family=family, **fit_kw))
+
+
+def common_sd_gaussian():
+    """A Gaussian family with ONE residual sd shared by all species (s of shape (1, 1)), as
+    lme4 / statsmodels MixedLM / glmmTMB fit it: the engine's shared-dispersion path (the
+    one ordinal common cut points use), written here for the exact-likelihood checks."""
+    import numpy as np
+
+    from jsdm.families.base import ELL
+    from jsdm.families.gaussian import Gaussian
+
+    class CommonSDGaussian(Gaussian):
+        name = "gaussian"
+        shared_dispersion = True
+
+        def n_dispersion(self, y, species=None):
+            return 1
+
+        def ell(self, y, m, v, s=None, trials=None, order=1):
+            e = Gaussian.ell(self, y, m, v, np.asarray(s, dtype=float)[..., 0], trials, order)
+            return ELL(e.value, e.d_m, e.d_v, e.d_s[..., None],
+                       None if e.d_ss is None else e.d_ss[..., None, None])
+
+        def dispersion_start(self, y, mu, n_dispersion=None):
+            return Gaussian.dispersion_start(self, y, mu).mean()[None, None] + np.zeros((1, 1))
+
+        def loglik(self, y, eta, s=None, trials=None):
+            return Gaussian.loglik(self, y, eta, np.asarray(s, dtype=float)[..., 0], trials)
+
+    return CommonSDGaussian()

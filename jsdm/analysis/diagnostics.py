@@ -75,7 +75,8 @@ class Problem:
     kind : str
         Short name ("convergence", "hessian", "near_singular", "large_coefficient",
         "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance",
-        "degenerate_dispersion", "dispersion_at_bound", "large_se", "penalty_dominated").
+        "degenerate_dispersion", "dispersion_at_bound", "large_se", "penalty_dominated",
+        "species_random_variance").
     message : str
         One-line statement of the problem.
     evidence : str
@@ -527,6 +528,36 @@ def check_row_variance(fit):
         "the site effects are not needed: refit with row_effect=None", [("row_sigma", "", "sigma")])]
 
 
+#: sd of a random species coefficient below which its variance counts as collapsed
+SPECIES_RE_SD = 0.01
+
+
+def check_species_random_variance(fit):
+    """Random species effects whose sd collapsed to ~0: name them with the term to drop."""
+    pred = fit.problem.predictor
+    out = []
+    for t, _, _ in getattr(pred, "species_random_terms", []):
+        sd = np.exp(np.asarray(fit.state.params.sp_logsd, dtype=float))
+        names = ["(Intercept)" if c == "1" else c for c in t.columns]
+        low = [k for k in range(t.kb) if sd[k] < SPECIES_RE_SD]
+        if not low:
+            continue
+        who = ", ".join(f"{names[k]} (sd {sd[k]:.2g})" for k in low)
+        drop = [f"(1 | {t.group})" if t.columns[k] == "1" else f"(0 + {t.columns[k]} | {t.group})"
+                for k in low]
+        fixed = ["the species intercepts (species)" if t.columns[k] == "1"
+                 else f"the community slope {t.columns[k]}" for k in low]
+        out.append(Problem(
+            "species_random_variance",
+            f"random species effect(s) on {', '.join(names[k] for k in low)} have collapsed to ~0",
+            f"{who} (< {SPECIES_RE_SD:g}; the variance sits on its boundary, where Wald SEs and "
+            "likelihood-ratio p-values are not reliable)",
+            f"drop {' and '.join(drop)} from the model (keep {', '.join(fixed)} as a fixed "
+            "effect); the species do not differ detectably in it",
+            [("ranef_sd", t.group, names[k]) for k in low]))
+    return out
+
+
 DEGENERATE_RATIO = 1e-6
 
 
@@ -612,7 +643,8 @@ def check_approximation(fit, n_draws=500, seed=0):
 
 
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
-         check_large_coefficients, check_degenerate_dispersion, check_dispersion_at_bound)
+         check_species_random_variance, check_large_coefficients, check_degenerate_dispersion,
+         check_dispersion_at_bound)
 
 
 def quick_checks(fit):

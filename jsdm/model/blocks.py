@@ -114,6 +114,7 @@ def species_step(prob, P, ce, only_dispersion=False, order=1):
     if pen is not None:
         H += np.diag(pen)
         g += penalty.species_gradient(prob, P)
+    Lsp = species_random_prior(pred, P, g, H, sign=1.0)     # species random effects
     fixed = ~pred.free
     if fixed.any():
         jj, kk = np.nonzero(fixed)
@@ -132,10 +133,31 @@ def species_step(prob, P, ce, only_dispersion=False, order=1):
             ce = cell_eval(prob, P, order=2)
         ds = dispersion_step(*hold_fixed(ce["gs"], ce["gss"], prob.s_free), 1.0)
         ds = np.clip(ds, -2.0, 2.0)
-    P, ce = _accept_species(prob, P, step, ds, ce, order)
+    P, ce = _accept_species(prob, P, step, ds, ce, order, Lsp)
+    if pred.ksr:                    # closed-form prior (Sigma, gamma) of the species random effects
+        P = P.copy()
+        pred.species_hyper_update(P)
+        ce = cell_eval(prob, P, order)
     if shared:
         P, ce = shared_dispersion_step(prob, P, ce, order)
     return P, ce
+
+
+def species_random_prior(pred, P, g, H, sign=1.0):
+    """Add the species random effects' prior to a species-block gradient g (m, ks) and
+    curvature H (m, ks, ks) in place (``sign`` 1: H is minus the Hessian; -1: the Hessian);
+    returns the Cholesky factors of the species q's fixed point (Lambda_j^-1) or None."""
+    if not pred.ksr:
+        return None
+    r, prec, _ = pred.species_random_residual(P)
+    c = pred.sr_cols
+    g[:, c] -= r @ prec
+    H[np.ix_(np.arange(pred.m), c, c)] += sign * prec
+    if sign < 0:
+        return None
+    # the random block of H is now Lambda_j = Sigma^-1 - 2 sum_i Gv_ij z_i z_i': S_j = Lambda_j^-1
+    Lam = H[np.ix_(np.arange(pred.m), c, c)]
+    return _chol_inv(Lam)[0]
 
 
 def hold_fixed(gs, gss, free):
@@ -299,13 +321,15 @@ def _polish_columns(prob, P, ce, cols, S2, s_new, scaled, tol, max_iter):
     ce["Gv"][:, c] = gv
 
 
-def _accept_species(prob, P, step, ds, ce, order=1):
+def _accept_species(prob, P, step, ds, ce, order=1, Lsp=None):
     pred = prob.predictor
     phi = pred.species_coef(P)
     frac = np.ones(prob.m)
     for it in range(_NHALF + 1):
         T = P.copy()
         pred.set_species_coef(T, phi + frac[:, None] * step)
+        if Lsp is not None:         # the species q's covariance: new where the full step holds
+            T.Lsp = np.where((frac < 1.0)[:, None, None], P.Lsp, Lsp)
         if ds is not None:
             T.s = np.clip(P.s + (frac if ds.ndim == 1 else frac[:, None]) * ds, *S_BOUNDS)
         ct = cell_eval(prob, T, order)
@@ -336,8 +360,32 @@ def ascend(step, prob, P, max_iter, rtol, callback=None, done=None):
     return P, hist
 
 
+def global_step(prob, P, ce):
+    """A Newton step in the global coefficients that enter the cells (community slopes, the
+    fourth corner), one term at a time, halved until the ELBO does not fall."""
+    pred = prob.predictor
+    order = 2 if P.s is not None else 1
+    for t in pred.global_terms:
+        g, H = t.global_newton(pred, P, ce["Gm"], ce["Gv"])
+        step = safe_solve(-H + 1e-10 * np.eye(len(g)), g)
+        old = float(ce["site"].sum())
+        frac = 1.0
+        for _ in range(_NHALF + 1):
+            T = P.copy()
+            for f in t.fields(pred):
+                setattr(T, f, getattr(P, f) + frac * step)
+            ct = cell_eval(prob, T, order)
+            if float(ct["site"].sum()) >= old - 1e-12 * abs(old):
+                P, ce = T, ct
+                break
+            frac *= 0.5
+    return P, ce
+
+
 def _sweep(prob, P, ce):
     P, ce = site_step(prob, P, ce)
+    if prob.predictor.global_terms:
+        P, ce = global_step(prob, P, ce)
     return species_step(prob, P, ce)
 
 
@@ -422,6 +470,17 @@ def curvature_diagonal(prob, layout, P, ce=None):
         pen = penalty.species_curvature(prob)               # penalty (prior_sd)
         if pen is not None:
             hb += pen
+        if pred.ksr:                                        # species random effects
+            prec, _, _ = pred.species_prior(P)
+            hb[:, pred.sr_cols] += np.diag(prec)
+            lam = C.T @ pred.species_random_design(P) ** 2 + np.diag(prec)     # (m, ksr)
+            Lsq = P.Lsp ** 2
+            G.Lsp = np.broadcast_to(lam[:, :, None], Lsq.shape).copy()
+            idx = np.arange(pred.ksr)
+            G.Lsp[:, idx, idx] = 1.0 + lam * Lsq[:, idx, idx]
+            for t, _, _ in pred.species_random_terms:
+                for k, v in t.curvature_hyper(pred, P).items():
+                    setattr(G, k, v)
         pred.set_species_coef(G, hb)
     if kv:
         prec = C @ pred.site_design(P) ** 2     # precision diagonal of each site coordinate
@@ -436,8 +495,14 @@ def curvature_diagonal(prob, layout, P, ce=None):
     for t, _ in pred.hyper_terms:
         for k, v in t.curvature_hyper(pred, P).items():
             setattr(G, k, v)
+    for t in pred.global_terms:
+        for k, v in t.curvature_global(pred, P, C).items():
+            setattr(G, k, v)
     if P.s is not None:
         gss = ce["gss"]
         G.s = np.maximum(-(gss if gss.ndim == 1 else np.diagonal(gss, axis1=1, axis2=2)), 1e-8)
-    h = layout.pack_grad(G, Params.from_fields({**P.fields(), "L": np.ones_like(P.L)}))
+    ones = {"L": np.ones_like(P.L)}
+    if pred.ksr:
+        ones["Lsp"] = np.ones_like(P.Lsp)
+    h = layout.pack_grad(G, Params.from_fields({**P.fields(), **ones}))
     return np.maximum(h, 1e-8)

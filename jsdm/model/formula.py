@@ -37,7 +37,9 @@ import pandas as pd
 
 from ..exceptions import JSDMError
 
-__all__ = ["ParsedFormula", "parse_formula", "is_lme4_formula", "translate_call"]
+__all__ = ["ParsedFormula", "parse_formula", "parse_fourth_corner", "parse_random_species",
+           "is_lme4_formula",
+           "translate_call"]
 
 DEFAULT_RANK = 2   # glmmTMB: "d ... defaults to 2" (vignette "Covariance structures with glmmTMB")
 COVSTRUCTS = ("rr", "us", "diag", "homdiag", "cs", "homcs", "ar1", "hetar1", "ou", "exp",
@@ -89,15 +91,37 @@ class ParsedFormula:
     row_effect: Optional[str] = None
     offsets: tuple = ()
     terms: tuple = ()
+    species_random: object = None       # a SpeciesRandom term (random species effects) or None
+    community: object = None            # a CommunitySlopes term (x, x:trait fixed) or None
+
+    @property
+    def design_columns(self):
+        """Site covariates of the design: species-specific slopes, then random-slope covariates."""
+        extra = [] if self.species_random is None else [
+            c for c in self.species_random.columns if c != "1" and c not in self.slopes]
+        if self.community is not None:
+            extra += [c for c in self.community.columns if c not in self.slopes + tuple(extra)]
+        return tuple(self.slopes) + tuple(extra)
 
     @property
     def site_formula(self):
         """str or None: the engine's site-covariate formula, e.g. ``"~ SubsDens + WatrCont"``."""
-        return "~ " + " + ".join(self.slopes) if self.slopes else None
+        cols = self.design_columns
+        return "~ " + " + ".join(cols) if cols else None
 
     def gllvm_arguments(self):
-        """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call."""
-        return dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+        """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call (and
+        ``random_species``, the species random-effect term, when there is one)."""
+        out = dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
+        com, sr = self.community, self.species_random
+        if sr is not None:
+            out["random_species"] = sr.lme4(species=self.species)
+            if com is not None and not com.traits:      # shared slopes next to the bars
+                out["random_species"] = com.lme4() + " + " + out["random_species"]
+                com = None
+        if com is not None:
+            out["fourth_corner"] = com.lme4()
+        return out
 
     @property
     def model_terms(self):
@@ -109,8 +133,11 @@ class ParsedFormula:
         """
         from .terms import default_terms
 
-        return [t for t in default_terms(self.slopes, self.num_lv, self.row_effect)
-                if t.active(_Dims(len(self.slopes)))]
+        cols = self.design_columns
+        return [t for t in default_terms(cols, self.num_lv, self.row_effect,
+                                         species_random=self.species_random,
+                                         community=self.community)
+                if t.active(_Dims(cols))]
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
@@ -130,10 +157,11 @@ class ParsedFormula:
 
 
 class _Dims:
-    """What ``Term.active`` asks of a problem, before there is data (p covariate columns)."""
+    """What ``Term.active`` asks of a problem, before there is data (its covariate columns)."""
 
-    def __init__(self, p):
-        self.p = p
+    def __init__(self, covariates):
+        self.covariates = tuple(covariates)
+        self.p = len(self.covariates)
 
 
 # --- scanning ----------------------------------------------------------------------------
@@ -226,6 +254,7 @@ class _Parts:
         self.fixed, self.terms, self.offsets, self.random_terms = [], [], [], []
         self.num_lv, self.random_site, self.fixed_site = None, None, None
         self.has_species = False
+        self.species_bars, self.has_intercept = [], False
 
     def fail(self, term, why):
         raise JSDMError(f"formula term {term!r} in {self.formula!r}: {why} "
@@ -259,6 +288,12 @@ def parse_formula(formula, site="site", species="species"):
     >>> p.site_formula, p.num_lv, p.row_effect
     ('~ WatrCont', 2, None)
     """
+    return _parse(formula, site, species)
+
+
+def _parse(formula, site, species, wide=False):
+    """parse_formula; ``wide``: the species random effects of a wide call (no species term
+    needed: the wide call has its own species intercepts)."""
     if not isinstance(formula, str) or not formula.strip():
         raise JSDMError(f"formula must be a non-empty string, got {formula!r}; e.g. "
                         f"'count ~ {species} + {species}:x + rr(0 + {species} | {site}, d = 2)'.")
@@ -270,6 +305,7 @@ def parse_formula(formula, site="site", species="species"):
     if not rhs:
         raise JSDMError(f"formula {formula!r} has no terms after '~'; add at least '{species}'.")
     parts = _Parts(formula, site, species)
+    parts.wide = wide
     if response is not None:
         parts.terms.append((lhs.strip(), f"response column {response!r}"))
     for sign, piece in _additive_pieces(rhs):
@@ -312,11 +348,17 @@ def _read_piece(parts, sign, piece):
         parts.fixed.append((sign, piece))
 
 
-def _bar_sides(parts, term, text):
-    """(left, group) of ``left | group``; rejects ``||``."""
+def _bar_sides(parts, term, text, double=None):
+    """(left, group) of ``left | group``; ``||`` only when ``double`` (a list) is given, which
+    then receives True."""
     cuts = [i for i, ch, d in _scan(text) if ch == "|" and d == 0]
+    if len(cuts) == 2 and cuts[1] == cuts[0] + 1 and double is not None:
+        double.append(True)
+        text = text[:cuts[0]] + " " + text[cuts[1]:]
+        cuts = [cuts[1]]
     if len(cuts) == 2 and cuts[1] == cuts[0] + 1:
-        parts.fail(term, "double-bar (uncorrelated) random effects '||' are not supported.")
+        parts.fail(term, f"double-bar (uncorrelated) random effects '||' are supported by "
+                         f"{parts.species} only, e.g. (1 + x || {parts.species}).")
     if len(cuts) != 1:
         parts.fail(term, "a random-effect term needs exactly one '|' (left | group).")
     left, group = text[:cuts[0]].strip(), text[cuts[0] + 1:].strip()
@@ -352,11 +394,15 @@ def _left_terms(parts, term, left):
 
 def _read_bar(parts, sign, piece, inner):
     """An lme4 random-effect term ``(left | group)``: only ``(1 | site)`` is supported."""
-    left, group = _bar_sides(parts, piece, inner)
+    double = []
+    left, group = _bar_sides(parts, piece, inner, double)
     lt = _left_terms(parts, piece, left)
     site, species = parts.site, parts.species
     if sign == "-":
         parts.fail("-" + piece, "a random-effect term cannot be subtracted.")
+    if double and group != species:
+        parts.fail(piece, f"double-bar (uncorrelated) random effects '||' are supported by "
+                          f"{species} only, e.g. (1 + x || {species}).")
     if group == site and lt == {"1"}:
         if parts.random_site:
             parts.fail(piece, f"(1 | {site}) is given twice.")
@@ -368,14 +414,76 @@ def _read_bar(parts, sign, piece, inner):
                           f"rr(0 + {species} | {site}, d = k) for k latent variables.")
     if group == site:
         parts.fail(piece, f"random slopes by {site} are not supported; only (1 | {site}).")
-    if group == species and lt == {"1"}:
-        parts.fail(piece, f"random species intercepts are not supported: the engine always fits "
-                          f"fixed species intercepts (write {species}).")
     if group == species:
-        parts.fail(piece, f"species-specific random slopes (0 + x | {species}) are not supported "
-                          f"yet; fixed species-specific slopes are written {species}:x.")
+        _read_species_bar(parts, piece, left, lt, bool(double))
+        return
     parts.fail(piece, f"random effects grouped by {group!r} (other than {site}) are not "
                       "supported yet.")
+
+
+def _read_species_bar(parts, piece, left, lt, double):
+    """A species random-effect bar: ``(1 | species)``, ``(0 + x | species)``, ``(1 + x | species)``,
+    ``(x || species)``; the coordinates are read in the order written, the intercept first."""
+    from formulaic import Formula
+
+    species = parts.species
+    cols = []
+    for term in Formula(left):
+        names = [f.expr for f in term.factors]
+        if names in ([], ["1"]):
+            cols.append("1")
+        elif species in names or parts.site in names:
+            parts.fail(piece, f"the left side of a bar by {species} takes site covariates, not "
+                              f"{species} or {parts.site}.")
+        else:
+            cols.append(":".join(_factor_text(parts, f, term) for f in term.factors))
+    if not cols:
+        parts.fail(piece, "a random-effect term needs at least one coefficient on the left of '|'.")
+    taken = [c for _, cs, _ in parts.species_bars for c in cs]
+    twice = [c for c in cols if c in taken]
+    if twice:
+        parts.fail(piece, f"the random species effect on {twice[0]} is given twice.")
+    parts.species_bars.append((piece, cols, double))
+    kind = "independent" if double or len(cols) == 1 else "correlated"
+    shown = ", ".join("intercept" if c == "1" else c for c in cols)
+    parts.random_terms.append((piece, f"random species effects on {shown} ({kind})"))
+
+
+def _species_random_term(parts, bare):
+    """The SpeciesRandom term of the species bars, with the fixed terms that are their means:
+    the intercept, a bare ``x`` of a random slope, and ``x:trait`` (trait: a column that is not a
+    site covariate: any factor of the interaction other than the random-slope covariate).
+    Returns (term, the bare texts it used)."""
+    from .terms import SpeciesRandom
+
+    cols, blocks = [], []
+    for _, cs, double in parts.species_bars:
+        idx = list(range(len(cols), len(cols) + len(cs)))
+        cols += cs
+        blocks += [(i,) for i in idx] if double else [tuple(idx)]
+    mean = [parts.has_intercept if c == "1" else False for c in cols]
+    traits, used = {}, []
+    for text_, shown in bare:
+        if text_ in cols:
+            mean[cols.index(text_)] = True
+            used.append(text_)
+            parts.terms.append((shown, f"community mean of the random {text_} slopes"))
+            continue
+        factors = text_.split(":")
+        hit = [c for c in cols if c != "1" and c in factors]
+        if hit and len(factors) > len(hit[0].split(":")):
+            rest = [f for f in factors if f not in hit[0].split(":")]
+            trait = ":".join(rest)
+            traits.setdefault(hit[0], []).append(trait)
+            used.append(text_)
+            parts.terms.append((shown, f"trait interaction: {trait} in the mean of the random "
+                                       f"{hit[0]} slopes (fourth corner)"))
+    if "1" in cols and parts.has_intercept:
+        parts.terms.append(("1", "community mean of the random species intercepts"))
+    term = SpeciesRandom(cols, blocks=blocks, mean=mean,
+                         traits=tuple((c, tuple(ts)) for c, ts in traits.items()),
+                         group=parts.species)
+    return term, used
 
 
 def _read_covstruct(parts, sign, piece, name, inner):
@@ -420,6 +528,8 @@ def _read_fixed(parts):
     from formulaic import Formula
 
     text = " ".join(f"{s} {p}" for s, p in parts.fixed).lstrip("+ ").strip()
+    if not text:                # lme4: 'y ~ (1 | g)' has the implicit intercept
+        parts.has_intercept = True
     try:
         terms = list(Formula(text)) if text else []
     except Exception as exc:  # formulaic raises many types
@@ -429,6 +539,15 @@ def _read_fixed(parts):
     for term in terms:
         _read_fixed_term(parts, term, slopes, bare)
     absorbed = []
+    if parts.species_bars:
+        parts.species_random, used = _species_random_term(parts, bare)
+        bare = [b for b in bare if b[0] not in used]
+    else:
+        parts.species_random = None
+    parts.community, bare = _community_term(parts, bare)
+    if parts.has_intercept and not (parts.species_random is not None
+                                    and "1" in parts.species_random.columns):
+        parts.terms.append(("1", "overall intercept: absorbed by the species intercepts"))
     for text_, shown in bare:
         if text_ not in slopes:
             parts.fail(shown, f"a slope shared by all species is not available in the engine "
@@ -455,7 +574,7 @@ def _read_fixed_term(parts, term, slopes, bare):
     site, species = parts.site, parts.species
     names = [f.expr for f in term.factors]
     if names in ([], ["1"]):
-        parts.terms.append(("1", "overall intercept: absorbed by the species intercepts"))
+        parts.has_intercept = True
     elif names == [species]:
         parts.terms.append((species, "species-specific intercepts (always in the model)"))
         parts.has_species = True
@@ -479,7 +598,11 @@ def _read_fixed_term(parts, term, slopes, bare):
 def _finish(parts, response, slopes, absorbed):
     """Check the combination of terms and build the :class:`ParsedFormula`."""
     site, species = parts.site, parts.species
-    if not parts.has_species:
+    sr = parts.species_random
+    if sr is not None:
+        _check_species_random(parts, sr, slopes)
+    if not parts.has_species and not (sr is not None and "1" in sr.columns) \
+            and not getattr(parts, "wide", False):
         raise JSDMError(f"formula {parts.formula!r} has no {species} term: the engine always fits "
                         f"one intercept per species, so write it, e.g. '... ~ {species} + ...' "
                         f"(or 0 + {species}). " + _supported(site, species))
@@ -493,7 +616,105 @@ def _finish(parts, response, slopes, absorbed):
         terms.append(("(no rr() term)", "no latent variables -> num_lv=0"))
     return ParsedFormula(formula=parts.formula, response=response, site=site, species=species,
                          slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
-                         offsets=tuple(parts.offsets), terms=tuple(terms))
+                         offsets=tuple(parts.offsets), terms=tuple(terms), species_random=sr,
+                         community=getattr(parts, "community", None))
+
+
+def parse_random_species(text, species="species", both=False):
+    """The species random-effect term of ``gllvm(..., random_species=text)`` (wide data).
+
+    ``text`` is written as on long data in lme4: bars by species and the fixed terms
+    that are their community means, e.g. ``"WatrCont + (1 + WatrCont | species)"``
+    (the intercept is implicit, as in lme4: write ``0 + ...`` for a random intercept
+    with mean 0), ``"(1 | species) + (0 + x | species)"``, ``"x + (x || species)"``,
+    ``"x + x:height + (0 + x | species)"`` (a trait in the slopes' mean: the fourth
+    corner). A :class:`~jsdm.model.terms.SpeciesRandom` is returned as it is.
+
+    Returns
+    -------
+    SpeciesRandom
+        (with ``both=True``: (SpeciesRandom, CommunitySlopes or None), the second holding
+        community slopes written next to the bars, as ``x`` in ``"x + (1 | species)"``).
+    """
+    from .terms import SpeciesRandom
+
+    if isinstance(text, SpeciesRandom):
+        return (text, None) if both else text
+    if not isinstance(text, str) or "|" not in text:
+        raise JSDMError(f"random_species must be lme4-style bar terms by {species}, e.g. "
+                        f"'x + (1 + x | {species})', got {text!r}.")
+    body = text.split("~", 1)[1] if "~" in text else text
+    parsed = _parse("~ " + body, "_no_site_", species, wide=True)
+    if parsed.species_random is None:
+        raise JSDMError(f"random_species={text!r} has no bar term by {species}; write e.g. "
+                        f"'(1 | {species})'.")
+    if parsed.num_lv or parsed.row_effect or parsed.slopes or parsed.offsets:
+        raise JSDMError(f"random_species={text!r} may hold only bars by {species} and their "
+                        "community means (the intercept, x, x:trait); give the other terms with "
+                        "formula=, num_lv= and row_effect=.")
+    if both:
+        return parsed.species_random, parsed.community
+    if parsed.community is not None:
+        raise JSDMError(f"random_species={text!r} has community slopes without random slopes "
+                        f"({parsed.community.lme4()}); pass it to gllvm(), which fits them.")
+    return parsed.species_random
+
+
+def _community_term(parts, bare):
+    """Fixed trait interactions x:trait (the fourth corner) and, next to them, the community
+    slopes x: a CommunitySlopes term. A bare interaction whose first factor is a bare main effect
+    is covariate:trait(s); without any such interaction nothing is taken (shared slopes alone
+    are another term's). Returns (term or None, the bare terms left)."""
+    from .terms import CommunitySlopes
+
+    mains = [t for t, _ in bare if ":" not in t]
+    inter = [(t, s) for t, s in bare if ":" in t and t.split(":")[0] in mains]
+    if not inter and not (mains and parts.species_bars):
+        return None, bare
+    traits = {}
+    for t, shown in inter:
+        cov, trait = t.split(":", 1)
+        traits.setdefault(cov, []).append(trait)
+        parts.terms.append((shown, f"trait interaction {trait} x {cov} (fixed; the fourth corner)"))
+    for c in mains:
+        parts.terms.append((c, f"community slope on {c} (one slope shared by all species)"))
+    term = CommunitySlopes(mains, traits=tuple((c, tuple(ts)) for c, ts in traits.items()))
+    used = set(mains) | {t for t, _ in inter}
+    return term, [b for b in bare if b[0] not in used]
+
+
+def parse_fourth_corner(text, species="species"):
+    """The fixed fourth-corner term of ``gllvm(..., fourth_corner=text)`` (wide data), written
+    as in R gllvm's trait formula, e.g. ``"Snow + Slope + (Snow + Slope):(Height + SLA)"``:
+    community slopes on the covariates and their interactions with species traits (the
+    covariate first). Returns a :class:`~jsdm.model.terms.CommunitySlopes`."""
+    from .terms import CommunitySlopes
+
+    if isinstance(text, CommunitySlopes):
+        return text
+    body = text.split("~", 1)[1] if "~" in text else text
+    parsed = _parse("~ 0 + " + species + " + " + body, "_no_site_", species, wide=True)
+    if parsed.community is None:
+        raise JSDMError(f"fourth_corner={text!r} has no covariate:trait interaction; write e.g. "
+                        "'x + x:height' (the covariate first, with its main effect).")
+    if parsed.num_lv or parsed.row_effect or parsed.slopes or parsed.species_random is not None:
+        raise JSDMError(f"fourth_corner={text!r} may hold only community slopes and their trait "
+                        "interactions; give other terms with formula=, random_species=, num_lv=.")
+    return parsed.community
+
+
+def _check_species_random(parts, sr, slopes):
+    """Refuse random species effects next to the fixed species effects they duplicate."""
+    species = parts.species
+    if "1" in sr.columns and parts.has_species:
+        parts.fail(parts.species_bars[0][0], f"random species intercepts (1 | {species}) and fixed "
+                   f"species intercepts ({species}) together are not identified; drop {species} "
+                   f"(write e.g. 'y ~ 1 + (1 | {species})') or the random intercept.")
+    both = [c for c in sr.columns if c in slopes]
+    if both:
+        parts.fail(parts.species_bars[0][0], f"random species slopes on {both[0]} and fixed "
+                   f"species-specific slopes {species}:{both[0]} together are not identified; "
+                   f"keep one (the community slope is written {both[0]}).")
 
 
 # --- detection and translation -------------------------------------------------------------
@@ -563,9 +784,14 @@ def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=Non
                         "to the long table (or use a one-sided formula '~ x' with X=).")
     long = _long_table(data, resp, site, species)
     covs = _covariate_columns(parsed, long, resp)
-    com = Community.from_long(long[[site, species, resp] + covs], site=site, species=species,
-                              response=resp, covariates=covs, traits=[])
+    trs = _trait_columns(parsed, long)
+    com = Community.from_long(long[[site, species, resp] + covs + trs], site=site, species=species,
+                              response=resp, covariates=covs, traits=trs)
     args = _merge_arguments(parsed, num_lv, row_effect, offset)
+    if parsed.species_random is not None:
+        args["random_species"] = parsed.species_random
+    if parsed.community is not None:
+        args["fourth_corner"] = parsed.community
     if parsed.offsets:
         args["offset"] = _offset_matrix(parsed, long, com, resp)
     args.update(response=None, site=None, species=None)
@@ -619,7 +845,7 @@ def _covariate_columns(parsed, long, resp):
 
     site, species = parsed.site, parsed.species
     covs = []
-    for slope in parsed.slopes:
+    for slope in parsed.design_columns:
         used = _columns_in(slope, list(long.columns))
         if not used:
             raise JSDMError(f"the term {species}:{slope} names no column of the long table; its "
@@ -637,6 +863,19 @@ def _covariate_columns(parsed, long, resp):
             if col not in covs:
                 covs.append(col)
     return covs
+
+
+def _trait_columns(parsed, long):
+    """Species traits named in the species random effects' means (columns of the long table)."""
+    from ..data.validation import show
+
+    names = sorted({t for term in (parsed.species_random, parsed.community) if term is not None
+                    for _, ts in term.traits for t in ts})
+    missing = [t for t in names if t not in long.columns]
+    if missing:
+        raise JSDMError(f"the trait(s) {show(missing)} in {parsed.formula!r} are not columns of "
+                        f"the long table; its columns are {show(long.columns, 20)}.")
+    return names
 
 
 def _merge_arguments(parsed, num_lv, row_effect, offset):

@@ -40,7 +40,7 @@ def affordable(prob, layout):
     """Whether this phase runs: a full Newton step costs little enough (see module doc), and
     there are no random row effects (in these centred coordinates the ELBO is badly curved as
     their sd goes to 0; the L-BFGS polish works in non-centred ones, ``fit.NonCentred``)."""
-    if prob.row_effect == "random":
+    if prob.row_effect == "random" or prob.predictor.ksr or prob.predictor.global_terms:
         return False
     pm = layout.n_model
     nv = layout.size - pm
@@ -51,7 +51,7 @@ def affordable(prob, layout):
             and cells <= MAX_ENTRIES)
 
 
-def full_newton(prob, layout, P, max_iter, gtol, callback=None):
+def full_newton(prob, layout, P, max_iter, gtol, callback=None, stop=None):
     """Levenberg-Marquardt iterations in all parameters until the scaled gradient is at most ``gtol``.
 
     Parameters
@@ -61,6 +61,7 @@ def full_newton(prob, layout, P, max_iter, gtol, callback=None):
     max_iter : int
     gtol : float, the fit's convergence tolerance (see :func:`blocks.scaled_max`)
     callback : callable(iteration, ELBO), optional
+    stop : callable(P, ELBO) -> bool, optional; ends the iterations when true
 
     Returns
     -------
@@ -96,6 +97,8 @@ def full_newton(prob, layout, P, max_iter, gtol, callback=None):
         hist.append((it, val))
         if callback is not None:
             callback(it, val)
+        if stop is not None and stop(P, val):
+            return P, hist, False
     else:
         g = layout.pack_grad(gradient_from(prob, P, ce), P)
         converged = scaled_max(layout, P, g, curvature_diagonal(prob, layout, P, ce)) <= gtol

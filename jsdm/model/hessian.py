@@ -311,6 +311,10 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     as the fit's full Newton steps use it; standard errors use central ones.
     """
     pred = prob.predictor
+    if pred.ksr or pred.global_terms:   # species random effects, the fourth corner: by
+        # differences of the gradient (model.hessian_fd)
+        from .hessian_fd import fd_blocks
+        return fd_blocks(prob, P, layout)
     if forward:
         M, V = moments(prob, P)
         e0 = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=2)

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import penalty
 from .blocks import (_chol_inv, ascend, bilinear_pair, polish_dispersion, scaled_gradient,
-                     species_step)
+                     global_step, species_random_prior, species_step)
 from .objective import _CHUNK_CELLS, _cache, cell_eval, moments
 from .terms import latent
 
@@ -123,6 +123,7 @@ def _species_blocks(prob, P, ce, Xt, cpl=None):
     if pen is not None:
         H -= np.diag(pen)
         g += penalty.species_gradient(prob, P)
+    species_random_prior(prob.predictor, P, g, H, sign=-1.0)    # species random effects
     if cpl is None:
         return H, g
     sp, si, UR, SL = cpl
@@ -392,6 +393,8 @@ def covariance_step(prob, P, ce):
     if keep.any():
         new.L[keep] = P.L[keep]
         ct = cell_eval(prob, new, order)
+    if pred.ksr:           # species random effects: their q's fixed point, then their prior
+        new, ct = _species_cov_step(prob, P, new, ct, order)
     if pred.hyper_terms:   # exact maximiser of the ELBO in the hyperparameters
         mu = pred.site_means(new)
         sq = mu[:, :kr] ** 2 + (new.L ** 2).sum(2)
@@ -401,7 +404,26 @@ def covariance_step(prob, P, ce):
     return new, ct
 
 
-def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None, gtol=None):
+def _species_cov_step(prob, P, new, ct, order):
+    """Fixed point S_j = (Sigma^-1 - 2 sum_i Gv_ij z_i z_i')^-1 of each species' random-effects
+    q, accepted per species, then the closed-form update of their prior."""
+    pred = prob.predictor
+    k = pred.ksr
+    prec, _, _ = pred.species_prior(new)
+    ZZ = pred.species_random_design2(new)
+    Lam = prec - (2.0 * ct["Gv"].T @ ZZ).reshape(pred.m, k, k)
+    T = new.copy()
+    T.Lsp, _ = _chol_inv(Lam)
+    cs = cell_eval(prob, T, order)
+    keep = ~(cs["species"] >= ct["species"])
+    if keep.any():
+        T.Lsp[keep] = new.Lsp[keep]
+    pred.species_hyper_update(T)
+    return T, cell_eval(prob, T, order)
+
+
+def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None, gtol=None,
+                  stop=None):
     """Alternate joint mean Newton steps, covariance, gauge and dispersion updates.
 
     Each iteration: ``newton_means``; ``covariance_step``; ``gauge_step`` (the
@@ -411,12 +433,15 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
 
     Stops after ``max_iter`` steps, when the ELBO changes by at most ``rtol``
     (relative), or, given ``layout`` and ``gtol``, once the scaled gradient
-    (:func:`blocks.scaled_gradient`) is at most ``gtol``.
+    (:func:`blocks.scaled_gradient`) is at most ``gtol``, or when ``stop(P, ELBO)``
+    (optional) is true.
     """
     polish_tol = 1e-4 if gtol is None else gtol
 
     def step(P, ce):
         P, ce, _ = newton_means(prob, P, ce)
+        if prob.predictor.global_terms:
+            P, ce = global_step(prob, P, ce)
         P, ce = covariance_step(prob, P, ce)
         P, ce = gauge_step(prob, P, ce)
         if P.s is not None:     # order 2: the stopping rule's curvature of the dispersion
@@ -431,6 +456,11 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
         return last["converged"]
 
     done = converged if gtol is not None and layout is not None else None
+    if stop is not None:
+        check = done
+
+        def done(P, ce):
+            return bool(stop(P, float(ce["site"].sum()))) or (check is not None and check(P, ce))
     P, hist = ascend(step, prob, P, max_iter, rtol, callback, done)
     return P, hist, last.get("converged", False)
 

@@ -94,6 +94,8 @@ def cell_eval(prob, P, order=1, clip=True):
     for start in range(0, n, step):
         _eval_rows(prob, P, slice(start, min(n, start + step)), order, out)
     out["site"] -= prob.predictor.kl(P)
+    if prob.predictor.ksr:                      # species random effects: their q's KL by species
+        out["species"] -= prob.predictor.species_kl(P)
     penalty.add_to_cells(prob, P, out["site"], out["species"])      # penalty (prior_sd)
     return out
 

@@ -82,7 +82,9 @@ class Problem:
                                offset=self.offset, family=self.family,
                                n_disp=self.n_disp if disp else None,
                                s_free=self.s_free if disp else None,
-                               sites=self.sites, species=self.species, covariates=self.terms)
+                               sites=self.sites, species=self.species, covariates=self.terms,
+                               traits=self.info.get("traits"),
+                               trait_names=self.info.get("trait_names", ()))
         object.__setattr__(self, "predictor", pred)
 
     @property
@@ -255,7 +257,7 @@ def _check_terms(terms, formula):
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
-                  extra_terms=()):
+                  extra_terms=(), species_random=None, community_slopes=None):
     """Validate user input and build a :class:`Problem`.
 
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
@@ -303,12 +305,37 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     if q is not None:
         info["n_dispersion"] = int(q)
     model_terms = None
-    if extra_terms:
+    if species_random is not None or community_slopes is not None:
+        _species_traits(com, [t for t in (species_random, community_slopes) if t is not None],
+                        info)
+    if extra_terms or species_random is not None or community_slopes is not None:
         from .terms import default_terms
-        model_terms = default_terms(terms, int(num_lv), row_effect) + tuple(extra_terms)
+        model_terms = default_terms(terms, int(num_lv), row_effect, species_random=species_random,
+                                    community=community_slopes) + tuple(extra_terms)
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
+
+
+def _species_traits(com, terms, info):
+    """Put the species traits the terms (species random effects, community slopes) use into
+    ``info`` (checked)."""
+    names = sorted({t for term in terms for _, ts in term.traits for t in ts})
+    if not names:
+        return
+    T = com.traits
+    missing = [t for t in names if T is None or t not in T.columns]
+    if missing:
+        raise JSDMError(f"species trait(s) {show(missing)} are not in the community's traits "
+                        f"{show([] if T is None else list(T.columns))}; give them as "
+                        "Community(Y, X, traits=...).")
+    T = T.loc[com.Y.columns, names]
+    vals = T.to_numpy(dtype=float)
+    if not np.isfinite(vals).all():
+        bad = T.index[~np.isfinite(vals).all(axis=1)]
+        raise JSDMError(f"species traits {show(names)} are missing for species {show(bad)}; "
+                        "impute them or leave those species out (Community.subset).")
+    info["traits"], info["trait_names"] = vals, tuple(names)
 
 
 def _trials(trials, W, Ydf):

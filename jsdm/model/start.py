@@ -37,8 +37,9 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
     off = 0.0 if prob.offset is None else prob.offset[rows]
     trials = None if prob.trials is None else prob.trials[rows]
     b = np.zeros((prob.m, Xt.shape[1]))
-    if prob.predictor.glm_terms and prob.predictor.glm_terms[0].kind == "intercepts":
-        b[:, 0] = fam.start_intercept(Y, W, trials)
+    col = _intercept_column(prob.predictor)
+    if col is not None:
+        b[:, col] = fam.start_intercept(Y, W, trials)
     s = None
     if fam.has_dispersion:
         s = np.zeros(prob.s_shape)
@@ -82,6 +83,19 @@ def glm_start(prob, n_iter=25, tol=1e-7, max_sites=1000):
             break
         ll = ll_new
     return b, s
+
+
+def _intercept_column(pred):
+    """Column of the starting GLMs' design holding the species intercepts, or None."""
+    at = 0
+    for t in pred.glm_terms:
+        if t.kind == "intercepts":
+            return at
+        cols = getattr(t, "columns", ())
+        if t.kind == "species_random" and "1" in cols:
+            return at + list(cols).index("1")
+        at += t.species_width(pred)
+    return None
 
 
 def _accept(loglik, b, s, step, snew, ll):
@@ -158,4 +172,6 @@ def initial_params(prob, rng, jitter=0.0, glm=None):
     for t in pred.terms:
         t.start(pred, P, init)
     P.L = pred.start_cov()
+    if pred.ksr:                                # species random effects: their joint q
+        P.Lsp = pred.species_random_start()
     return P

@@ -288,8 +288,42 @@ def _criterion(tab, opts):
 
 
 # --- coefficients --------------------------------------------------------------------
+def _random_coefficients(fit, opts):
+    """Coefficients of a model with random species effects or community slopes: the fixed
+    effects with intervals, the random effects' sds and correlations, the fourth corner (heatmap
+    when there are trait interactions) and every species' own coefficients."""
+    from ..results.random_effects import varcorr_se
+
+    alpha = opts.get("alpha", 0.05)
+    level = f"{100 * (1 - alpha):.0f}%"
+    summ = fit.summary(alpha=alpha)
+    body = ""
+    if "fixed_effects" in summ.tables:
+        body += (f"<h3>Community-level fixed effects ({level} intervals)</h3>"
+                 + table(summ.tables["fixed_effects"].droplevel(0), formatters={"p_value": p_value}))
+    if getattr(fit.problem.predictor, "ksr", 0):
+        vc = varcorr_se(fit, alpha=alpha)
+        body += ("<h3>Random species effects</h3><p>Standard deviations (var2 empty) and "
+                 f"correlations with {level} intervals (log scale for sds, Fisher z for "
+                 "correlations). A sd near 0 sits on the boundary of its range, where Wald "
+                 "intervals and likelihood-ratio tests are unreliable.</p>" + table(vc))
+    pred = fit.problem.predictor
+    has_fc = any(getattr(t, "traits", ()) for t in getattr(pred, "global_terms", [])) or any(
+        t.traits for t, _, _ in getattr(pred, "species_random_terms", []))
+    if has_fc:
+        fig = _plot(fit, "plot_fourth_corner", (4.5, 3.5), alpha=alpha)
+        body += img(fig, "fourth corner", f"Fourth-corner coefficients (covariate x trait); * where "
+                    f"the {level} Wald interval excludes zero.", opts.get("dpi", 100), width=420)
+    body += ("<details><summary>Every species' own coefficients (fixed + random: lme4's "
+             "coef())</summary>" + table(fit.coef, tall=True) + "</details>")
+    return body
+
+
 def coefficients_section(fit, opts):
     """Slope table (estimate and interval per species and covariate) and the forest plot."""
+    pred = fit.problem.predictor
+    if getattr(pred, "ksr", 0) or getattr(pred, "global_terms", None):
+        return _random_coefficients(fit, opts)
     coefs = shared(fit, opts, "coefs")
     alpha = opts.get("alpha", 0.05)
     level = f"{100 * (1 - alpha):.0f}%"

@@ -128,7 +128,15 @@ def fit_statistics(fit):
             ("max scaled gradient |g_k| / sqrt(max(h_k, 1))", fit.scaled_grad),
             ("gtol", fit.settings.get("gtol", float("nan"))), ("max |gradient|", fit.max_grad),
             ("iterations", int(fit.n_iter)), ("fit time (s)", float(st.elapsed)),
-            ("starts (ELBO of each)", ", ".join(f"{v:.2f}" for v in st.start_values))]
+            ("starts (ELBO of each)", _starts(st))]
+
+
+def _starts(st):
+    """The starts' ELBOs; a start stopped on its way to an earlier start's optimum says so."""
+    joined = list(getattr(st, "start_joined", None) or [])
+    joined += [None] * (len(st.start_values) - len(joined))
+    return ", ".join(f"{v:.2f}" + ("" if j is None else f" (joined start {j + 1})")
+                     for v, j in zip(st.start_values, joined))
 
 
 def variance_summary(vp):

@@ -65,10 +65,25 @@ def _check_nested(a, b, na, nb):
                         f"contained in those of {nb!r} ({', '.join(pb.terms) or 'none'})")
     if pa.row_effect is not None and pa.row_effect != pb.row_effect:
         problems.append(f"row effects {pa.row_effect!r} vs {pb.row_effect!r}")
+    ra, rb = _species_random(pa), _species_random(pb)
+    if not ra[0] <= rb[0]:
+        problems.append(f"{na!r} has random species effects on {sorted(ra[0] - rb[0])} that "
+                        f"{nb!r} does not have")
     if problems:
         raise JSDMError(f"model {na!r} is not nested in {nb!r}: " + "; ".join(problems)
                         + ". Compare non-nested models by AIC/BIC instead.")
-    return pa.d != pb.d or (pa.row_effect is None and pb.row_effect == "random")
+    # a variance (or correlation) added by the larger model: its null is on the boundary
+    return (pa.d != pb.d or (pa.row_effect is None and pb.row_effect == "random")
+            or ra[0] != rb[0] or ra[1] < rb[1])
+
+
+def _species_random(prob):
+    """(set of random species coefficients, number of correlation parameters) of a problem."""
+    cols, ncor = set(), 0
+    for t, _, _ in getattr(prob.predictor, "species_random_terms", []):
+        cols |= set(t.columns)
+        ncor += int(t.corr_mask().sum())
+    return cols, ncor
 
 
 def anova(*fits, names=None, loglik="elbo", n_draws=1000, seed=0):

@@ -233,7 +233,10 @@ def gllvm_on_cluster(data, X, *, client, chunks, family, trials, call, n_init, s
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     specs, prob = None, None
-    if hasattr(data, "chunk_specs"):            # jsdm.data.cluster.ClusterData
+    if hasattr(data, "chunk_specs"):            # jsdm.model.cluster_data.ClusterData
+        if call.get("species_random") is not None or call.get("community_slopes") is not None:
+            raise JSDMError("random_species= and fourth_corner= are not available with client= "
+                            "yet; fit them in memory")
         specs = data.chunk_specs(family=family, num_lv=call["num_lv"],
                                  row_effect=call["row_effect"], formula=call["formula"],
                                  client=client, chunks=chunks)

@@ -255,7 +255,16 @@ class GLLVMResults:
 
     @_cached
     def coef(self):
-        """Species x (Intercept, covariate terms) DataFrame: the fixed species coefficients."""
+        """Species x (Intercept, covariate terms) DataFrame: the fixed species coefficients.
+
+        With random species effects or community slopes (the fourth corner) these are each
+        species' own coefficients, as lme4's ``coef()``: fixed species coefficients plus the
+        variational means of its random ones, plus its community (and trait) slopes.
+        """
+        pred = self.problem.predictor
+        if getattr(pred, "ksr", 0) or getattr(pred, "global_terms", None):
+            from .random_effects import species_coefficients
+            return species_coefficients(self)
         rep = self._reported
         sel = [k for k, lab in enumerate(rep["labels"]) if lab[0] == "coef"]
         cols = list(dict.fromkeys(rep["labels"][k][2] for k in sel))
@@ -338,6 +347,39 @@ class GLLVMResults:
         """Site effects (fixed estimates or random-effect predictions), or None."""
         a = self.state.params.alpha
         return None if a is None else pd.Series(a, index=self.sites, name="row_effect")
+
+    def ranef(self, condsd=False):
+        """Predicted random effects per grouping (variational means).
+
+        See :func:`jsdm.results.ranef.ranef`. For species random effects these are the
+        shrunken deviations from the community (and trait) mean, as lme4's ``ranef``.
+
+        Parameters
+        ----------
+        condsd : bool
+            Also return the variational sds, as one tidy table.
+
+        Returns
+        -------
+        dict of DataFrame, or DataFrame
+            {grouping: levels x variables}; with ``condsd=True`` one DataFrame with
+            columns grpvar, term, grp, condval, condsd.
+        """
+        from .ranef import ranef
+        return ranef(self, condsd)
+
+    def varcorr(self):
+        """Variances and correlations of the random effects.
+
+        Returns
+        -------
+        DataFrame
+            One row per (group, var1, var2) with columns group, var1, var2, vcov, sdcor,
+            as R's ``as.data.frame(VarCorr(fit))`` (var2 empty: a variance, sdcor its sd;
+            else a covariance, sdcor the correlation). ``summary()`` adds standard errors.
+        """
+        from .ranef import varcorr
+        return varcorr(self)
 
     @property
     def row_sigma(self):
@@ -450,6 +492,42 @@ class GLLVMResults:
         """Two-sided normal p-values of :attr:`tvalues` (Series indexed like :attr:`params`)."""
         from .inference import pvalues
         return pvalues(self)
+
+    def fourth_corner(self, se=False, alpha=0.05):
+        """Fourth-corner coefficients: covariates x traits.
+
+        See :func:`jsdm.results.random_effects.fourth_corner`.
+
+        Parameters
+        ----------
+        se : bool
+            Return a long table with standard errors, z, p and Wald intervals.
+        alpha : float
+            Intervals at level 1 - alpha.
+
+        Returns
+        -------
+        DataFrame
+            Covariates x traits, or (``se=True``) one row per interaction.
+        """
+        from .random_effects import fourth_corner
+        return fourth_corner(self, se=se, alpha=alpha)
+
+    def plot_fourth_corner(self, ax=None, alpha=0.05):
+        """Heatmap of the fourth-corner coefficients with significant cells marked.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+        alpha : float
+            A cell is marked when its 1 - alpha Wald interval excludes 0.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
+        from ..plotting.fourth_corner import plot_fourth_corner
+        return plot_fourth_corner(self, ax=ax, alpha=alpha)
 
     def summary(self, alpha=0.05):
         """Summary tables: coefficients, SEs, z, p, CIs; dispersions; loadings; convergence.

@@ -117,9 +117,14 @@ def _packed_labels_and_order(fit):
     The rows come from the terms (``LinearPredictor.reported``): each term says which
     packed entry stands behind each of its reported parameters and d reported / d packed.
     """
+    from ..model.hessian_fd import extended_size
+
     layout = fit.state.layout
     rep = _reported(fit)
-    labels = [None] * layout.n_model
+    ne = extended_size(layout)
+    labels = [None] * ne
+    if ne > layout.n_model:     # species random effects: their q's entries join the model block
+        labels = list(packed_labels(fit)[:ne])
     for lab, pos in zip(rep["labels"], rep["positions"]):
         labels[pos] = lab
     idx = pd.MultiIndex.from_tuples(labels, names=["block", "species", "term"])

@@ -68,7 +68,7 @@ def _setup(fit, newdata, lv, offset, trials):
     """Fixed part (k, m), LV-score part or None, extra marginal variance (k,), labels, trials."""
     prob, P = fit.problem, fit.state.params
     if newdata is None:
-        F = P.beta0 + (prob.X @ P.B.T if prob.p else 0.0)
+        F = P.beta0 + (prob.X @ P.B.T if prob.p else 0.0) + _species_random_part(fit, prob.X)
         F = F + (prob.offset if prob.offset is not None else 0.0)
         F = np.broadcast_to(F, (prob.n, prob.m)).astype(float)     # (m,) without covariates
         extra = np.zeros(prob.n)
@@ -86,11 +86,30 @@ def _setup(fit, newdata, lv, offset, trials):
                         "unknown); refit with row_effect='random' or None")
     Xn = new_design(fit, newdata)
     F = np.broadcast_to(P.beta0, (len(newdata), prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
+    F = F + _species_random_part(fit, Xn)
     if offset is not None:
         off = np.asarray(offset, dtype=float)
         F = F + (off[:, None] if off.ndim == 1 else off)
     extra = np.full(len(newdata), np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
     return np.asarray(F, dtype=float), None, extra, newdata.index, trials
+
+
+def _species_random_part(fit, X):
+    """z_i' mu_j of the species random effects (conditional on the fitted species: every
+    species of a fit is a seen level) and x_i' (gamma + Gamma t_j) of community slopes, at the
+    site design X (k, p); 0.0 without them."""
+    pred, P = fit.problem.predictor, fit.state.params
+    out = 0.0
+    for t, _, _ in getattr(pred, "species_random_terms", []):
+        idx = t.col_index(pred)
+        Z = np.column_stack([np.ones(len(X)) if c < 0 else X[:, c] for c in idx])
+        out = out + Z @ t.get_species(P).T
+    for t in getattr(pred, "global_terms", []):        # community slopes, the fourth corner
+        if hasattr(t, "slopes"):
+            cov = list(pred.covariates)
+            Z = X[:, [cov.index(c) for c in t.columns]]
+            out = out + Z @ t.slopes(pred, P).T
+    return out
 
 
 def response_mean(family, eta, trials, s):

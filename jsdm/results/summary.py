@@ -154,9 +154,17 @@ def summary(fit, alpha=0.05):
     if not fit.converged:
         notes.append("the fit did NOT converge: estimates and SEs are unreliable (see fit.diagnose()).")
     tables = {}
-    names = {"coef": "coefficients", "loading": "loadings", "dispersion": "dispersion",
-             "row_effect": "row_effects", "row_sigma": "row_effects_sd"}
+    names = {"fixef": "fixed_effects", "coef": "coefficients", "loading": "loadings",
+             "dispersion": "dispersion", "row_effect": "row_effects", "row_sigma": "row_effects_sd"}
     for block, name in names.items():
         if block in full.index.get_level_values("block"):
             tables[name] = full.xs(block, level="block")
+    if getattr(fit.problem.predictor, "ksr", 0):      # species random effects: as VarCorr
+        from .random_effects import varcorr_se
+        vc = varcorr_se(fit, alpha=alpha).set_index(["group", "var1", "var2"])
+        tables["random_effects"] = vc.rename(columns={"sdcor": "sd / cor"})
+        notes.append("random effects: one row per sd (var2 empty) and correlation, as R's "
+                     "as.data.frame(VarCorr()); intervals on the log (sd) and Fisher-z (cor) scales. "
+                     "A variance near 0 sits on the boundary: its Wald SE and likelihood-ratio "
+                     "tests are not reliable there.")
     return Summary(_header(fit), tables, alpha, notes)

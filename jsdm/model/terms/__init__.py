@@ -11,6 +11,8 @@ from .predictor import LinearPredictor
 from .row_effects import FixedRowEffects, RandomRowEffects
 from .slots import CholeskySlot, MaskedSlot, PinnedFirstSlot, Slot
 from .species_effects import SpeciesIntercepts, SpeciesSlopes
+from .species_random import SpeciesRandom
+from .community_slopes import CommunitySlopes
 
 _TERMS = {}
 
@@ -21,7 +23,8 @@ def register_term(cls):
     return cls
 
 
-for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects):
+for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
+             SpeciesRandom, CommunitySlopes):
     register_term(_cls)
 
 
@@ -36,14 +39,26 @@ def make_term(spec):
     return _TERMS[kind](**spec)
 
 
-def default_terms(covariates=(), num_lv=0, row_effect=None):
+def default_terms(covariates=(), num_lv=0, row_effect=None, species_random=None, community=None):
     """The terms of ``gllvm(..., num_lv=, row_effect=)`` with species slopes on ``covariates``.
 
     Species intercepts, species slopes and latent variables are always listed (with
     zero width when there are no covariates or latent variables) so that every fit
     has ``beta0``, ``B``, ``theta`` and ``a``; a row effect only when asked for.
+    ``species_random`` (a :class:`SpeciesRandom`): random species coefficients, which
+    take the place of the fixed species intercepts / slopes on the same columns
+    (those are then held at 0). ``community`` (a :class:`CommunitySlopes`): community slopes
+    and trait interactions (the fourth corner); the species slopes on its columns are held.
     """
-    terms = [SpeciesIntercepts(), SpeciesSlopes(tuple(covariates)), LatentVariables(int(num_lv))]
+    if species_random is not None or community is not None:
+        cols = species_random.columns if species_random is not None else ()
+        ccols = community.columns if community is not None else ()
+        held = tuple(dict.fromkeys([c for c in cols if c != "1"] + list(ccols)))
+        terms = [SpeciesIntercepts(held="1" in cols), SpeciesSlopes(tuple(covariates), held=held)]
+        terms += [t for t in (community, species_random) if t is not None]
+        terms.append(LatentVariables(int(num_lv)))
+    else:
+        terms = [SpeciesIntercepts(), SpeciesSlopes(tuple(covariates)), LatentVariables(int(num_lv))]
     if row_effect == "fixed":
         terms.append(FixedRowEffects())
     elif row_effect == "random":
@@ -51,7 +66,7 @@ def default_terms(covariates=(), num_lv=0, row_effect=None):
     return tuple(terms)
 
 
-__all__ = ["CholeskySlot", "Dispersion", "FixedRowEffects", "LatentVariables", "LinearPredictor",
+__all__ = ["CommunitySlopes", "CholeskySlot", "Dispersion", "FixedRowEffects", "LatentVariables", "LinearPredictor",
            "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "Reported", "S_BOUNDS", "Slot",
-           "SpeciesIntercepts", "SpeciesSlopes", "Term", "default_terms", "make_term",
+           "SpeciesIntercepts", "SpeciesRandom", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

@@ -94,7 +94,7 @@ class Term:
         return {}
 
     def slots(self, ctx):
-        """The term's packed parameter blocks (:class:`~jsdm.model.terms.slots.Slot`)."""
+        """The term's packed parameter blocks (``jsdm.model.terms.slots.Slot`` objects)."""
         return []
 
     # --- contribution to the mean ------------------------------------------------------
@@ -195,7 +195,7 @@ class Term:
 
     # --- outputs ------------------------------------------------------------------------------
     def reported(self, ctx, P, layout):
-        """Its model parameters as shown in ``fit.params``: list of :class:`Reported`."""
+        """Its model parameters as shown in ``fit.params``: list of ``Reported`` rows."""
         return []
 
 

@@ -52,8 +52,10 @@ class LinearPredictor:
     """
 
     def __init__(self, terms, *, n, m, X, offset=None, family=None, n_disp=None, s_free=None,
-                 sites=None, species=None, covariates=()):
+                 sites=None, species=None, covariates=(), traits=None, trait_names=()):
         self.terms = tuple(terms)
+        self.traits = None if traits is None else np.asarray(traits, dtype=float)
+        self.trait_names = tuple(trait_names)
         self.n, self.m, self.X = int(n), int(m), X
         self.p = X.shape[1]
         self.offset, self.family = offset, family
@@ -69,6 +71,8 @@ class LinearPredictor:
         for t in self.terms:
             if not isinstance(t, Term):
                 raise TypeError(f"not a Term: {t!r}")
+            if hasattr(t, "bind"):          # terms that need the design's column names
+                t.bind(self)
         fields = [f for t in self.terms for f in t.fields(self)]
         if len(set(fields)) != len(fields):
             from ...exceptions import JSDMError
@@ -84,6 +88,7 @@ class LinearPredictor:
                 self.species_terms.append((t, slice(ks, ks + w)))
                 ks += w
         self.ks = ks
+        self._index_species_random()
         rand = [t for t in self.terms if t.site_width(self) and t.site_random]
         rand = [t for t in rand if t.bilinear] + [t for t in rand if not t.bilinear]
         fixed = [t for t in self.terms if t.site_width(self) and not t.site_random]
@@ -116,9 +121,28 @@ class LinearPredictor:
         self._shapes = self.field_shapes()
         # fields every gradient writes (the rest start at zero): the blocks' coordinates
         filled = {"L"} if self.kr else set()
+        filled |= {"Lsp"} if self.ksr else set()
+        filled |= {f for t in self.global_terms for f in t.fields(self)}
         filled |= {"s"} if self.dispersion is not None else set()
         probe = self._probe_fields()
         self._filled = filled | probe
+
+    def _index_species_random(self):
+        """The species-local random coordinates (species random effects): their columns in the
+        species block and in the joint species q (``Lsp``, (m, ksr, ksr))."""
+        self.species_random_terms, cols, k = [], [], 0
+        blocks = dict(self.species_terms)
+        for t in self.terms:
+            if getattr(t, "species_random", False) and t in blocks:
+                sl = blocks[t]
+                self.species_random_terms.append((t, sl, slice(k, k + sl.stop - sl.start)))
+                cols += list(range(sl.start, sl.stop))
+                k += sl.stop - sl.start
+        self.ksr = k
+        self.sr_cols = np.array(cols, dtype=int)
+        # global coordinates entering the cells (community slopes, the fourth corner)
+        self.global_terms = [t for t in self.terms if getattr(t, "global_cell", False)
+                             and t.active(self)]
 
     def _probe_fields(self):
         """Fields written by ``set_species_coef`` / ``set_site_means`` (found by trying)."""
@@ -154,6 +178,8 @@ class LinearPredictor:
         if self.dispersion is not None:
             out.update(self.dispersion.fields(self))
         out["L"] = (self.n, self.kr, self.kr)
+        if self.ksr:
+            out["Lsp"] = (self.m, self.ksr, self.ksr)
         return out
 
     def zeros(self, skip=()):
@@ -174,6 +200,13 @@ class LinearPredictor:
         disp = self.dispersion.slots(self) if self.dispersion is not None else []
         other = sorted((s for s in model if s.scope != "species"), key=lambda s: rank[s.scope])
         var = [s for s in slots if not s.model]
+        # species-local variational blocks (species random effects) right after the model
+        # parameters: the Hessian's extended model block (see model.hessian_fd)
+        var_sp = [s for s in var if s.scope == "species"]
+        if self.ksr:
+            var_sp.append(CholeskySlot("Lsp", "Lsp", self.m, self.ksr, model=False,
+                                       scope="species"))
+        var = var_sp + [s for s in var if s.scope != "species"]
         return species + disp + other + var + [
             CholeskySlot("L", "L", self.n, self.kr, model=False, scope="site")]
 
@@ -217,12 +250,19 @@ class LinearPredictor:
         """
         M = self.mean(P, rows, cols)
         kr = self.kr
-        if not kr:
+        if not kr and not self.ksr:
             return M, np.zeros_like(M)
-        UR = self.site_design(P, cols, random_only=True)
-        UU = (UR[:, :, None] * UR[:, None, :]).reshape(UR.shape[0], kr * kr)
-        S2 = self.site_cov2(P, rows) if S2 is None else S2[rows]
-        V = S2 @ UU.T
+        if kr:
+            UR = self.site_design(P, cols, random_only=True)
+            UU = (UR[:, :, None] * UR[:, None, :]).reshape(UR.shape[0], kr * kr)
+            S2 = self.site_cov2(P, rows) if S2 is None else S2[rows]
+            V = S2 @ UU.T
+        else:
+            V = np.zeros_like(M)
+        if self.ksr:                       # + z_i' S_j z_i (species random effects)
+            ZZ = self.species_random_design2(P, rows)
+            Ls = P.Lsp[cols]
+            V += ZZ @ (Ls @ np.swapaxes(Ls, 1, 2)).reshape(len(Ls), -1).T
         np.maximum(V, 0.0, out=V)
         return M, V
 
@@ -276,7 +316,13 @@ class LinearPredictor:
 
     # --- KL and gradient -----------------------------------------------------------------------
     def kl(self, P):
-        """Per-site KL of the joint site q from the prior, (n,)."""
+        """Per-site KL of the joint site q from the prior, (n,); the species q's KL (species
+        random effects) is spread evenly over the sites (it does not depend on them)."""
+        if self.ksr:
+            return self._kl_sites(P) + self.species_kl(P).sum() / max(self.n, 1)
+        return self._kl_sites(P)
+
+    def _kl_sites(self, P):
         kr = self.kr
         if not kr:
             return np.zeros(self.n)
@@ -288,6 +334,72 @@ class LinearPredictor:
             sq = (L ** 2).sum(2) + mu ** 2
             out = 0.5 * (sq @ self.prior_precision(P) - kr + self.prior_logdet(P))
         return out - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
+
+    # --- species random effects: the joint species q -------------------------------------------
+    def species_random_design(self, P, rows=slice(None)):
+        """Z (r, ksr): the site design of the random species coordinates."""
+        parts = [t.species_design(self, P, rows) for t, _, _ in self.species_random_terms]
+        return parts[0] if len(parts) == 1 else np.column_stack(parts)
+
+    def species_random_design2(self, P, rows=slice(None)):
+        Z = self.species_random_design(P, rows)
+        return (Z[:, :, None] * Z[:, None, :]).reshape(Z.shape[0], -1)
+
+    def species_prior(self, P):
+        """(precision (ksr, ksr), log det of the prior covariance, prior means (m, ksr))."""
+        k = self.ksr
+        prec, logdet, means = np.zeros((k, k)), 0.0, np.zeros((self.m, k))
+        for t, _, rs in self.species_random_terms:
+            p_, l_, m_ = t.prior(self, P)
+            prec[rs, rs], means[:, rs] = p_, m_
+            logdet += l_
+        return prec, logdet, means
+
+    def species_random_residual(self, P, prior=None):
+        """(r (m, ksr) = mu_j - prior mean, precision, log det)."""
+        prec, logdet, means = self.species_prior(P) if prior is None else prior
+        return self.species_coef(P)[:, self.sr_cols] - means, prec, logdet
+
+    def species_kl(self, P):
+        """KL of each species' joint q of its random coordinates from their prior, (m,)."""
+        if not self.ksr:
+            return np.zeros(self.m)
+        r, prec, logdet = self.species_random_residual(P)
+        Ls = P.Lsp
+        tr = np.einsum("kl,jkc,jlc->j", prec, Ls, Ls)
+        quad = np.einsum("jk,kl,jl->j", r, prec, r)
+        logdetL = np.log(np.diagonal(Ls, axis1=1, axis2=2)).sum(1)
+        return 0.5 * (logdet + tr + quad - self.ksr) - logdetL
+
+    def species_hyper_update(self, P):
+        """Closed-form update of the species random effects' prior (Sigma, gamma), in place."""
+        mu = self.species_coef(P)[:, self.sr_cols]
+        S = P.Lsp @ np.swapaxes(P.Lsp, 1, 2)
+        for t, _, rs in self.species_random_terms:
+            t.hyper_update(self, P, mu[:, rs], S[:, rs, rs])
+
+    def _species_random_gradient(self, P, Gv, gb, g):
+        """Add the species q's part of the gradient: prior on the means, Lsp, hyperparameters."""
+        r, prec, _ = self.species_random_residual(P)
+        gb[:, self.sr_cols] -= r @ prec
+        ZZ = self.species_random_design2(P)
+        k = self.ksr
+        dS = (Gv.T @ ZZ).reshape(self.m, k, k)
+        Ls = P.Lsp
+        gL = 2.0 * dS @ Ls - prec @ Ls
+        idx = np.arange(k)
+        gL[:, idx, idx] += 1.0 / Ls[:, idx, idx]
+        g.Lsp = np.tril(gL)
+        mu = self.species_coef(P)[:, self.sr_cols]
+        S = Ls @ np.swapaxes(Ls, 1, 2)
+        for t, _, rs in self.species_random_terms:
+            for f, v in t.hyper_gradient(self, P, mu[:, rs], S[:, rs, rs]).items():
+                setattr(g, f, v)
+
+    def species_random_start(self):
+        sd = np.concatenate([np.broadcast_to(t.start_sd(self), (rs.stop - rs.start,))
+                             for t, _, rs in self.species_random_terms])
+        return np.broadcast_to(np.diag(sd), (self.m, self.ksr, self.ksr)).copy()
 
     def gradient(self, P, Gm, Gv, gs=None):
         """Analytic gradient of the ELBO in natural coordinates, from Gm, Gv (n, m)."""
@@ -320,6 +432,11 @@ class LinearPredictor:
                 for t, sl in self.hyper_terms:
                     for k, v in t.hyper_gradient(self, P, mu[:, sl], sq[:, sl]).items():
                         setattr(g, k, v)
+        if self.ksr:
+            self._species_random_gradient(P, Gv, gb, g)
+        for t in self.global_terms:
+            for f, v in t.global_gradient(self, P, Gm, Gv).items():
+                setattr(g, f, v)
         if self.ks:
             self.set_species_coef(g, gb * self.free)
         if kv:
@@ -389,9 +506,12 @@ class LinearPredictor:
             if slot.model:
                 continue
             start = layout.slices[slot.name].start
+            names_major = self.species if slot.scope == "species" else self.sites
             for k, ix in enumerate(slot.entries()):
-                site = self.sites[ix[0]]
-                if slot.field == "L":
+                site = names_major[ix[0]]
+                if slot.field == "Lsp":
+                    labels[start + k] = ("ranef_chol", site, f"L{ix[1] + 1}{ix[2] + 1}")
+                elif slot.field == "L":
                     r, c = ix[1], ix[2]
                     labels[start + k] = (("lv_chol", site, f"L{r + 1}{c + 1}") if {r, c} <= lv
                                          else ("site_chol", site, f"L[{names[r]},{names[c]}]"))

@@ -59,6 +59,7 @@ def run(n, m, maxiter):
             wall = time.perf_counter() - t0
             peaks = c.run(_peak_rss)
         rounds = np.array(fit.cluster_info["rounds"])
+        prods = np.array(fit.cluster_info.get("products") or [[np.nan, np.nan]])
     return {"n": n, "m": m, "cells": n * m, "files": len(paths), "write_s": round(t_write, 1),
             "wall_s": round(wall, 1), "iterations": fit.n_iter, "evaluations": len(rounds),
             "s_per_round": float(rounds[:, 0].mean()),
@@ -66,6 +67,9 @@ def run(n, m, maxiter):
             "bytes_to_workers_per_round": float(rounds[:, 1].mean()),
             "bytes_back_per_round": float(rounds[:, 2].mean()),
             "site_newton_per_round": float(rounds[:, 4].mean()),
+            "schur_products": int(np.isfinite(prods[:, 0]).sum()),
+            "s_per_product": float(np.nanmean(prods[:, 0])),
+            "bytes_per_product": float(np.nanmean(prods[:, 1])),
             "worker_peak_rss_gib": [round(v / 2**30, 3) for v in peaks.values()],
             "elbo": fit.llf, "converged": fit.converged, "scaled_grad": fit.scaled_grad}
 

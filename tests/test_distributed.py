@@ -183,7 +183,6 @@ def test_parquet_files_and_dask_array_inputs(client, tmp_path):
     labels survive; bad values are reported with their file."""
     pytest.importorskip("pyarrow")
     import dask.array as da
-    import pandas as pd
 
     from jsdm.model.cluster_data import ClusterData
 

@@ -748,3 +748,23 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAU
     tab.attrs.update(method=method, alpha=alpha, measure=_measure(add_family_variance) or "theta",
                      min_records=info.attrs["min_records"], **ci.info)
     return tab
+
+
+class _ChunkView:
+    """What :func:`species_mean` reads of a fit, for one chunk of sites of a cluster fit."""
+
+    def __init__(self, chunk, P, row_sigma):
+        self.problem, self.family = chunk.prob, chunk.prob.family
+        self.state = type("State", (), {"params": P})()
+        self.row_effect = chunk.prob.row_effect
+        self.row_sigma = row_sigma
+        alpha = getattr(P, "alpha", None)
+        self.row_effects = None if alpha is None else pd.Series(alpha)
+
+
+def species_mean_part(chunk, P, args, row_sigma):
+    """Worker task of a cluster fit: one chunk's sums for :func:`species_mean` (its mean
+    times the number of observed sites, and that number), summed by the driver."""
+    view = _ChunkView(chunk, P, row_sigma)
+    w = np.broadcast_to(chunk.prob.W, chunk.prob.Y.shape).sum(0)
+    return species_mean(view, *args) * np.maximum(w, 1.0), w

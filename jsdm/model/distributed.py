@@ -22,7 +22,6 @@ engine's (``cell_eval``, the family's ell, ``site_step``, ``gradient``,
 Dask is imported only here and only when a client is given.
 """
 from dataclasses import dataclass, field, replace
-import operator
 import time
 import warnings
 
@@ -478,12 +477,20 @@ def flip_signs(chunk, P, sign):
 def schur_part(chunk, P):
     """Worker task: the chunk's part of the negative Schur complement of the Hessian
     (model block, site blocks eliminated), and the sites whose block is not definite."""
-    from ..results.inference import _schur
     from .hessian import hessian_blocks
 
-    blocks = hessian_blocks(chunk.prob, P, chunk.layout)
-    negS, bad = _schur(blocks)
-    return {"negS": negS, "bad": [chunk.row0 + i for i in bad]}
+    b = hessian_blocks(chunk.prob, P, chunk.layout)
+    Pn, n, q = b.Hpv.shape
+    if q == 0 or n == 0:
+        return {"negS": -b.Hpp, "bad": []}
+    w = np.linalg.eigvalsh(-b.Hvv)
+    bad = np.flatnonzero(~(w[:, 0] > 1e-12 * np.maximum(w[:, -1], 1e-300)))
+    try:
+        Z = np.linalg.solve(b.Hvv, np.transpose(b.Hpv, (1, 2, 0)))       # (n, q, P)
+        S = b.Hpp - b.Hpv.reshape(Pn, n * q) @ Z.reshape(n * q, Pn)
+    except np.linalg.LinAlgError:                                      # a singular site block
+        S = np.full((Pn, Pn), np.nan)
+    return {"negS": -0.5 * (S + S.T), "bad": [chunk.row0 + int(i) for i in bad]}
 
 
 def sample_data(chunk, P, k, seed):
@@ -539,6 +546,7 @@ class ClusterState:
         self.x = None
         self.rounds = []        # (seconds, bytes to workers, bytes back, worker cpu s, site iters)
         self.recoveries = 0
+        self.products = []      # (seconds, bytes both ways) of each Schur product (CG iteration)
         self.gtol = 1e-3
         weakref.finalize(self, _forget, client, self.token)
 
@@ -595,7 +603,8 @@ class ClusterState:
                 lost = [k for k, w in enumerate(self.where) if w not in live]
                 if lost:
                     self.client.cancel([f for f in futs if not f.done()])
-                    raise LostChunks(lost, f"worker(s) {sorted(set(self.where) - live)} gone")
+                    raise LostChunks(lost, f"worker(s) {sorted(set(self.where) - live)} gone") \
+                        from None
                 failed = [f for f in futs if f.status == "error"]
                 if failed:
                     raise failed[0].exception() from None
@@ -761,7 +770,10 @@ def _pcg(cluster, rhs, live, B, rtol=1e-4):
         return np.einsum("jkl,jl->jk", Minv, r) * free
 
     def A(v):
-        return np.sum(cluster.call(schur_product, v * free), axis=0) * free
+        t0 = time.perf_counter()
+        out = np.sum(cluster.call(schur_product, v * free), axis=0) * free
+        cluster.products.append((time.perf_counter() - t0, len(cluster.chunks) * 2 * v.nbytes))
+        return out
 
     x = np.zeros_like(rhs)
     r = rhs * free
@@ -828,7 +840,7 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
                 break
             x0, sc = x.copy(), Scaling(h, cluster)
 
-            def fg(y):
+            def fg(y, x0=x0, sc=sc):
                 v, gg, _, _ = cluster.round(x0 + sc.to_x(y), curvature=False)
                 if not np.isfinite(v):
                     return np.inf, np.zeros_like(y)
@@ -1262,27 +1274,3 @@ def sample_problem(fit, k, seed):
                   "sites sampled from a cluster fit", fit.fit_time, layout, [], [],
                   fit.scaled_grad)
     return prob, st
-
-
-class _ChunkView:
-    """What ``jsdm.analysis.associations.species_mean`` reads of a fit, for one chunk."""
-
-    def __init__(self, chunk, P, row_sigma):
-        import pandas as pd
-
-        self.problem, self.family = chunk.prob, chunk.prob.family
-        self.state = type("S", (), {"params": P})()
-        self.row_effect = chunk.prob.row_effect
-        self.row_sigma = row_sigma
-        alpha = getattr(P, "alpha", None)
-        self.row_effects = None if alpha is None else pd.Series(alpha)
-
-
-def species_mean_part(chunk, P, args, row_sigma):
-    """Worker task: the chunk's sums for the species means over observed sites
-    (``species_mean`` times the number of observed sites, and that number)."""
-    from ..analysis.associations import species_mean
-
-    view = _ChunkView(chunk, P, row_sigma)
-    w = np.broadcast_to(chunk.prob.W, chunk.prob.Y.shape).sum(0)
-    return species_mean(view, *args) * np.maximum(w, 1.0), w

@@ -175,6 +175,7 @@ class ClusterGLLVMResults(GLLVMResults):
         data["neg_schur"] = np.asarray(info.neg_schur, dtype=float)
         data["bad_sites"] = [int(np.flatnonzero(self.sites == s)[0]) for s in info.bad_sites]
         data.pop("rounds", None)
+        data.pop("products", None)
         settings = dict(self._settings)
         settings["cluster"] = data
         return save(_Saving(self, settings), path)
@@ -211,7 +212,8 @@ def fit_on_cluster(prob, client, settings, *, chunks=None, n_init=1, seed=0, max
         "sites": [s for spec in cl.specs for s in spec.sites],
         "nobs": dist.nobs_of(cl), "chunks": len(cl.specs),
         "recoveries": cl.recoveries, "interrupted": bool(st.interrupted),
-        "rounds": [list(r) for r in cl.rounds]}
+        "rounds": [list(r) for r in cl.rounds],
+        "products": [list(r) for r in cl.products]}
     return ClusterGLLVMResults(prob0, state, settings, cluster=cl)
 
 
@@ -254,7 +256,7 @@ def _cluster_species_mean(self, beta0=None, B=None, theta=None, s=None):
         raise JSDMError("the observation-level variance needs the species' mean responses over "
                         "the sites, which stay on the cluster: with a loaded cluster fit use "
                         "add_family_variance=False (or 'trigamma' / 'lognormal')")
-    from ..model.distributed import species_mean_part
+    from ..analysis.associations import species_mean_part
     cl = self._cluster
     parts = cl.call(species_mean_part, (beta0, B, theta, s), self.row_sigma)
     tot = sum(p[0] for p in parts)

@@ -1070,10 +1070,11 @@ def cluster_start(cluster, model, p, n, seed, jitter=0.0):
     d = model["num_lv"]
     a_futs = [None] * len(cluster.chunks)
     if d:
-        gram = cluster.call(residual_gram, b, s, seed, jitter, state=False)
-        nn = sum(g["n"] for g in gram)
-        mean = sum(g["sum"] for g in gram) / nn
-        G = sum(g["gram"] for g in gram) - nn * np.outer(mean, mean)
+        tot = tree_sum(cluster, cluster.call(residual_gram, b, s, seed, jitter, state=False,
+                                             futures=True))
+        nn = tot["n"]
+        mean = tot["sum"] / nn
+        G = tot["gram"] - nn * np.outer(mean, mean)
         lam, V = np.linalg.eigh(G)
         lam, V = lam[::-1][:d], V[:, ::-1][:, :d]
         sv = np.sqrt(np.maximum(lam, 1e-12))
@@ -1184,17 +1185,22 @@ def schur_sum(cluster):
         raise JSDMError("standard errors of a cluster fit with fixed row effects are not "
                         "available yet (their n - 1 estimates are model parameters); use random "
                         "row effects, or fit in memory")
-    futs = cluster.call(schur_part, futures=True)
-    while len(futs) > 1:            # summed on the workers, pairwise: one matrix to the driver
-        nxt = [cluster.client.submit(_add_parts, futs[i], futs[i + 1], pure=False)
-               for i in range(0, len(futs) - 1, 2)]
-        futs = nxt + ([futs[-1]] if len(futs) % 2 else [])
-    total = cluster._gather(futs)[0]
+    total = tree_sum(cluster, cluster.call(schur_part, futures=True))
     return total["negS"], total["bad"]
 
 
+def tree_sum(cluster, futs):
+    """Sum dicts of arrays (futures on the workers) pairwise on the workers; one result
+    comes to the driver (the m x m and P x P sums never pile up there)."""
+    while len(futs) > 1:
+        nxt = [cluster.client.submit(_add_parts, futs[i], futs[i + 1], pure=False)
+               for i in range(0, len(futs) - 1, 2)]
+        futs = nxt + ([futs[-1]] if len(futs) % 2 else [])
+    return cluster._gather(futs)[0]
+
+
 def _add_parts(a, b):
-    return {"negS": a["negS"] + b["negS"], "bad": a["bad"] + b["bad"]}
+    return {k: a[k] + b[k] for k in a if k in b}
 
 
 def driver_problem(model, p, sites_total=0):

@@ -102,8 +102,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Fit on that Dask cluster: the sites are split into chunks that stay on the
         workers with their site parameters; the driver steps the species
         parameters (docs/scaling.md). Needs ``pip install 'jsdm[dask]'``. Returns a
-        :class:`jsdm.results.cluster.ClusterGLLVMResults`. ``data`` may also be a
-        :class:`jsdm.model.cluster_data.ClusterData` (Parquet files, Zarr or dask arrays).
+        ``jsdm.results.cluster.ClusterGLLVMResults``. ``data`` may also be a
+        ``jsdm.model.cluster_data.ClusterData`` (Parquet files, Zarr or dask arrays).
     chunks : int, optional
         Number of chunks of sites with ``client`` (default: two per worker, and
         at most about 5 million cells per chunk).

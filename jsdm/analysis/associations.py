@@ -751,7 +751,7 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAU
 
 
 class _ChunkView:
-    """What :func:`species_mean` reads of a fit, for one chunk of sites of a cluster fit."""
+    """What ``species_mean`` reads of a fit, for one chunk of sites of a cluster fit."""
 
     def __init__(self, chunk, P, row_sigma):
         self.problem, self.family = chunk.prob, chunk.prob.family
@@ -762,8 +762,8 @@ class _ChunkView:
         self.row_effects = None if alpha is None else pd.Series(alpha)
 
 
-def species_mean_part(chunk, P, args, row_sigma):
-    """Worker task of a cluster fit: one chunk's sums for :func:`species_mean` (its mean
+def _chunk_species_mean(chunk, P, args, row_sigma):
+    """Worker task of a cluster fit: one chunk's sums for ``species_mean`` (its mean
     times the number of observed sites, and that number), summed by the driver."""
     view = _ChunkView(chunk, P, row_sigma)
     w = np.broadcast_to(chunk.prob.W, chunk.prob.Y.shape).sum(0)

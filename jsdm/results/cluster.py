@@ -256,9 +256,9 @@ def _cluster_species_mean(self, beta0=None, B=None, theta=None, s=None):
         raise JSDMError("the observation-level variance needs the species' mean responses over "
                         "the sites, which stay on the cluster: with a loaded cluster fit use "
                         "add_family_variance=False (or 'trigamma' / 'lognormal')")
-    from ..analysis.associations import species_mean_part
+    from ..analysis.associations import _chunk_species_mean
     cl = self._cluster
-    parts = cl.call(species_mean_part, (beta0, B, theta, s), self.row_sigma)
+    parts = cl.call(_chunk_species_mean, (beta0, B, theta, s), self.row_sigma)
     tot = sum(p[0] for p in parts)
     w = sum(p[1] for p in parts)
     return tot / np.maximum(w, 1.0)

@@ -13,7 +13,7 @@ from .results.fitted import GLLVMResults
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
           n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
-          random_species=None, fourth_corner=None, client=None, chunks=None):
+          random_species=None, fourth_corner=None, site_effects=None, client=None, chunks=None):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -24,9 +24,12 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Site covariates for wide data; every column enters when ``formula`` is None.
     family : str or Family
         "poisson", "negative_binomial" ("nb"), "binomial", "gaussian", ... or an instance.
-    num_lv : int, optional
+    num_lv : int or "species", optional
         Number of latent variables (0 gives independent GLMs per species); default 2,
-        or the d of ``rr()`` with an lme4-style formula.
+        or the d of ``rr()`` with an lme4-style formula. ``"species"``: one per species,
+        the unstructured species covariance by site (lme4's ``(0 + species | site)``)
+        as a full-rank factor model; a DataWarning suggests ``rr()`` when its
+        m (m + 1) / 2 parameters are many for the data.
     formula : str, optional
         Right-hand side on the site covariates, e.g. "~ SubsDens + WatrCont"; or an
         lme4/glmmTMB-style formula on long data, e.g.
@@ -41,6 +44,14 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Link function where the family offers several (binomial: logit, probit, cloglog).
     row_effect : None, "fixed" or "random"
         Site intercepts.
+    site_effects : str or list of str, optional
+        Grouped site effects: random intercepts by the levels of site-level grouping
+        columns of the site table (``X`` / ``Community.X``), the wide form of lme4's
+        ``(1 | plot)``. ``"plot"``: one effect per plot; ``["year", "observer"]``:
+        crossed; ``"plot/transect"``: nested, i.e. ``"plot"`` and ``"plot:transect"``
+        (the combinations). With an lme4-style formula write the bars instead. The
+        grouping columns are not covariates (they are left out of the design when
+        ``formula`` is None). See docs/formula.md, "Grouped site effects".
     offset : number, array (n,), (n, 1), (1, m) or (n, m), Series or DataFrame, optional
         Known part of the linear predictor. A Series indexed by site (or by
         species) or a DataFrame (sites x species) is matched by label; an
@@ -126,7 +137,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         raise JSDMError(f"prior_sd must be a positive number (the sd of the penalty), got "
                         f"{prior_sd!r}; use None for no penalty")
     call = dict(num_lv=num_lv, formula=formula, row_effect=row_effect, offset=offset,
-                response=response, site=site, species=species)
+                response=response, site=site, species=species, site_effects=site_effects)
     if random_species is not None:
         from .model.formula import parse_random_species
         call["species_random"], shared = parse_random_species(random_species, both=True)
@@ -168,6 +179,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
                     row_effect=call["row_effect"], n_init=n_init,
                     seed=DEFAULT_SEED if seed is None else seed, maxiter=maxiter, gtol=gtol,
                     prior_sd=prior_sd)
+    if call.get("site_effects"):
+        settings["site_effects"] = list(prob.info.get("site_effects", []))
     if call.get("species_random") is not None:
         settings["random_species"] = call["species_random"].lme4()
     if call.get("community_slopes") is not None:

@@ -381,7 +381,8 @@ def variance_partition(fit, groups=None, normalize=True):
     """Share of each species' linear-predictor variance by component.
 
     Components: covariates (all together, each term with ``groups="terms"``, or
-    named groups of terms), latent variables and row effects. Covariate parts
+    named groups of terms), latent variables, row effects and grouped site effects
+    (one column per grouping, ``(1 | plot)``, its sigma^2). Covariate parts
     use the sample variance of ``x_i' beta_j`` across the sites; the latent
     part is the model-implied ``theta_j' theta_j`` (the diagonal of the
     residual covariance, z ~ N(0, I)); row effects use ``sigma^2`` when random
@@ -409,6 +410,10 @@ def variance_partition(fit, groups=None, normalize=True):
         out["row effect"] = np.full(len(fit.species), fit.row_sigma ** 2)
     elif fit.row_effect == "fixed":
         out["row effect"] = np.full(len(fit.species), float(np.var(fit.row_effects, ddof=1)))
+    pred = fit.problem.predictor             # grouped site effects (1 | plot): sigma^2 each
+    for t in pred.group_terms:
+        for g, _, _, var, _ in t.varcorr_rows(pred, fit.state.params):
+            out[f"(1 | {g})"] = np.full(len(fit.species), float(var))
     df = pd.DataFrame(out, index=fit.species)
     if normalize and df.shape[1]:
         tot = df.sum(axis=1).replace(0.0, np.nan)

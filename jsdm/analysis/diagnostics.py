@@ -75,8 +75,8 @@ class Problem:
     kind : str
         Short name ("convergence", "hessian", "near_singular", "large_coefficient",
         "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance",
-        "degenerate_dispersion", "dispersion_at_bound", "large_se", "penalty_dominated",
-        "species_random_variance").
+        "group_variance", "degenerate_dispersion", "dispersion_at_bound", "large_se",
+        "penalty_dominated", "species_random_variance").
     message : str
         One-line statement of the problem.
     evidence : str
@@ -528,6 +528,21 @@ def check_row_variance(fit):
         "the site effects are not needed: refit with row_effect=None", [("row_sigma", "", "sigma")])]
 
 
+def check_group_variance(fit):
+    """Near-zero variance of a grouped site effect (1 | plot): named, with the term to drop."""
+    out = []
+    pred, P = fit.problem.predictor, fit.state.params
+    for t in pred.group_terms:
+        for g, _, _, _, sd in t.varcorr_rows(pred, P):
+            if sd < ROW_SD:
+                out.append(Problem(
+                    "group_variance", f"the sd of the grouped site effect (1 | {g}) is near zero",
+                    f"sd = {sd:.3g} (< {ROW_SD:g})",
+                    f"the effects of {g} are not needed: drop (1 | {g}) (site_effects without "
+                    f"{g!r}) and compare with jsdm.anova", [("group_sd", g, "sd")]))
+    return out
+
+
 #: sd of a random species coefficient below which its variance counts as collapsed
 SPECIES_RE_SD = 0.01
 
@@ -643,8 +658,8 @@ def check_approximation(fit, n_draws=500, seed=0):
 
 
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
-         check_species_random_variance, check_large_coefficients, check_degenerate_dispersion,
-         check_dispersion_at_bound)
+         check_group_variance, check_species_random_variance, check_large_coefficients,
+         check_degenerate_dispersion, check_dispersion_at_bound)
 
 
 def quick_checks(fit):

@@ -360,6 +360,41 @@ def ascend(step, prob, P, max_iter, rtol, callback=None, done=None):
     return P, hist
 
 
+def group_step(prob, P, ce):
+    """Newton steps on the group-scope terms' levels (``(1 | plot)``), one term at a time.
+
+    Per block (a level; for nested groupings a top level with everything nested in it)
+    the term gives a Newton step in the means (exact: d2 ell / dm2 = 2 d ell / dv) and
+    the fixed point of its covariance, Lambda^-1 with Lambda = prior precision
+    - 2 sum_{i in block, j} G_v,ij z_i z_i'; accepted per block where the ELBO of the
+    block's sites does not fall (the mean step halved otherwise, the covariance kept);
+    then the sds in closed form. Returns (P, cell_eval).
+    """
+    pred = prob.predictor
+    order = 2 if P.s is not None else 1
+    for t in pred.group_terms:
+        codes, G = t.codes(pred), t.n_levels(pred)
+        step, new_cov = t.newton(pred, P, ce["Gm"], ce["Gv"])
+        old = np.bincount(codes, ce["site"], minlength=G)
+        frac = np.ones(G)
+        for it in range(_NHALF + 1):
+            T = P.copy()
+            t.apply_step(P, T, frac, step, new_cov)
+            ct = cell_eval(prob, T, order)
+            new = np.bincount(codes, ct["site"], minlength=G)
+            bad = ~(new >= old - 1e-10 * np.abs(old))
+            if not bad.any():
+                break
+            frac = np.where(bad, frac * 0.5 if it < _NHALF - 1 else 0.0, frac)
+        P, ce = T, ct
+        T = P.copy()
+        t.hyper_update(pred, T)
+        ct = cell_eval(prob, T, order)
+        if ct["site"].sum() >= ce["site"].sum():
+            P, ce = T, ct
+    return P, ce
+
+
 def global_step(prob, P, ce):
     """A Newton step in the global coefficients that enter the cells (community slopes, the
     fourth corner), one term at a time, halved until the ELBO does not fall."""
@@ -384,6 +419,8 @@ def global_step(prob, P, ce):
 
 def _sweep(prob, P, ce):
     P, ce = site_step(prob, P, ce)
+    if prob.predictor.group_terms:
+        P, ce = group_step(prob, P, ce)
     if prob.predictor.global_terms:
         P, ce = global_step(prob, P, ce)
     return species_step(prob, P, ce)
@@ -494,6 +531,9 @@ def curvature_diagonal(prob, layout, P, ce=None):
             G.L[:, idx, idx] = 1.0 + prec[:, :kr] * Lsq[:, idx, idx]   # log-diagonal scale
     for t, _ in pred.hyper_terms:
         for k, v in t.curvature_hyper(pred, P).items():
+            setattr(G, k, v)
+    for t in pred.group_terms:
+        for k, v in t.curvature(pred, P, C).items():
             setattr(G, k, v)
     for t in pred.global_terms:
         for k, v in t.curvature_global(pred, P, C).items():

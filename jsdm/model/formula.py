@@ -23,6 +23,9 @@ formula term                                  jsdm
 ``species:x``, ``species/x``, ``species*x``    species-specific slopes on site covariate x
 ``site`` (fixed)                              ``row_effect="fixed"``
 ``(1 | site)``                                ``row_effect="random"``
+``(1 | plot)``, ``(1 | a) + (1 | b)``           ``site_effects=["plot"]``, ``["a", "b"]``
+``(1 | a/b)``, ``(1 | a:b)``                   ``site_effects=["a", "a:b"]``, ``["a:b"]``
+``(1 | plot/site)``                           ``site_effects=["plot"]``, ``row_effect="random"``
 ``rr(0 + species | site, d = k)``             ``num_lv=k`` (glmmTMB's default k = 2);
                                               no ``rr()`` term: ``num_lv=0``
 ``offset(expr)``                              ``offset`` = expr evaluated per row
@@ -41,6 +44,8 @@ __all__ = ["ParsedFormula", "parse_formula", "parse_fourth_corner", "parse_rando
            "is_lme4_formula",
            "translate_call"]
 
+#: ``num_lv`` of the unstructured term ``(0 + species | site)`` before the data are seen
+UNSTRUCTURED = "species"
 DEFAULT_RANK = 2   # glmmTMB: "d ... defaults to 2" (vignette "Covariance structures with glmmTMB")
 COVSTRUCTS = ("rr", "us", "diag", "homdiag", "cs", "homcs", "ar1", "hetar1", "ou", "exp",
               "gau", "mat", "toep", "homtoep", "propto", "equalto")
@@ -51,7 +56,9 @@ _CALL = re.compile(r"^([A-Za-z_.][A-Za-z0-9_.]*)\s*\(")
 def _supported(site, species):
     return (f"Supported: {species} (species intercepts), {species}:x (species-specific slopes "
             f"on a site covariate x), {site} (fixed site effects), (1 | {site}) (random site "
-            f"effects), rr(0 + {species} | {site}, d = k) (k latent variables), offset(expr).")
+            f"effects), (1 | plot), (1 | plot/sub), (1 | a) + (1 | b) (grouped site effects by "
+            f"site-level groupings), rr(0 + {species} | {site}, d = k) (k latent variables), "
+            f"offset(expr).")
 
 
 @dataclass(frozen=True)
@@ -72,11 +79,17 @@ class ParsedFormula:
     absorbed : tuple of str
         Shared slopes written next to their species-specific version (as in
         ``species*x``): the same model, so nothing is added.
-    num_lv : int
-        Rank ``d`` of the ``rr()`` term (0 without one).
+    num_lv : int or "species"
+        Rank ``d`` of the ``rr()`` term (0 without one); ``"species"`` for the
+        unstructured ``(0 + species | site)``, fitted as a full-rank factor model with one
+        latent variable per species (the number is set when the data are read).
     row_effect : None, "fixed" or "random"
     offsets : tuple of str
         Expressions inside ``offset(...)``, summed.
+    site_effects : tuple of str
+        Groupings of grouped site effects ``(1 | plot)`` (``"a:b"`` for an
+        interaction; ``(1 | a/b)`` gives ``"a"`` and ``"a:b"``), the wide call's
+        ``site_effects=``.
     terms : tuple of (str, str)
         Each term as read and what it becomes (see ``str(parsed)``).
     """
@@ -91,6 +104,7 @@ class ParsedFormula:
     row_effect: Optional[str] = None
     offsets: tuple = ()
     terms: tuple = ()
+    site_effects: tuple = ()
     species_random: object = None       # a SpeciesRandom term (random species effects) or None
     community: object = None            # a CommunitySlopes term (x, x:trait fixed) or None
 
@@ -111,7 +125,8 @@ class ParsedFormula:
 
     def gllvm_arguments(self):
         """dict: ``formula``, ``num_lv`` and ``row_effect`` of the equivalent wide call (and
-        ``random_species``, the species random-effect term, when there is one)."""
+        ``random_species``, the species random-effect term, when there is one; ``site_effects``,
+        the grouped site effects, when there are any)."""
         out = dict(formula=self.site_formula, num_lv=self.num_lv, row_effect=self.row_effect)
         com, sr = self.community, self.species_random
         if sr is not None:
@@ -121,6 +136,8 @@ class ParsedFormula:
                 com = None
         if com is not None:
             out["fourth_corner"] = com.lme4()
+        if self.site_effects:
+            out["site_effects"] = list(self.site_effects)
         return out
 
     @property
@@ -132,12 +149,17 @@ class ParsedFormula:
         expand to (factor levels) in the fit.
         """
         from .terms import default_terms
+        from .terms.group_effects import _group_terms
 
         cols = self.design_columns
-        return [t for t in default_terms(cols, self.num_lv, self.row_effect,
-                                         species_random=self.species_random,
-                                         community=self.community)
-                if t.active(_Dims(cols))]
+        d = 0 if self.num_lv == UNSTRUCTURED else self.num_lv
+        terms = [t for t in default_terms(cols, d, self.row_effect,
+                                          species_random=self.species_random,
+                                          community=self.community)
+                 if t.active(_Dims(cols))]
+        if self.num_lv == UNSTRUCTURED:
+            terms.append(_UnstructuredShown())
+        return terms + _group_terms(list(self.site_effects))
 
     def __str__(self):
         width = max([len(t) for t, _ in self.terms] + [10])
@@ -154,6 +176,17 @@ class ParsedFormula:
         lines.append(f"equivalent wide call: jsdm.gllvm(community, {args}"
                      + (", offset=<offset matrix>)" if self.offsets else ")"))
         return "\n".join(lines)
+
+
+class _UnstructuredShown:
+    """How the unstructured term is listed before the number of species is known."""
+
+    def lme4(self, site="site", species="species"):
+        return f"(0 + {species} | {site})"
+
+    def describe(self):
+        return ("unstructured species covariance by site, Sigma = Theta Theta' with Theta "
+                "lower triangular (m x m): num_lv = number of species latent variables")
 
 
 class _Dims:
@@ -254,6 +287,8 @@ class _Parts:
         self.fixed, self.terms, self.offsets, self.random_terms = [], [], [], []
         self.num_lv, self.random_site, self.fixed_site = None, None, None
         self.has_species = False
+        self.site_effects = []
+        self.nested_site = None
         self.species_bars, self.has_intercept = [], False
 
     def fail(self, term, why):
@@ -368,13 +403,12 @@ def _bar_sides(parts, term, text, double=None):
 
 
 def _group_name(parts, term, group):
-    """Grouping column of a bar term; nested and interaction groupings are refused."""
-    if _has_top(group, "/"):
-        parts.fail(term, "nested random effects (1 | a/b), i.e. (1 | a) + (1 | a:b) as in lme4, "
-                         "are not supported yet.")
-    if _has_top(group, ":"):
-        parts.fail(term, "random effects on an interaction of grouping factors (a:b) are not "
-                         "supported yet.")
+    """Grouping of a bar term: one column, ``a:b`` (interaction) or ``a/b`` (nested), the
+    last two returned as they are (after checking each column name)."""
+    if _has_top(group, "/") or _has_top(group, ":"):
+        names = [_group_name(parts, term, g) for g in re.split(r"[/:]", group)]
+        seps = [c for c in group if c in "/:"]
+        return "".join(n + (seps[k] if k < len(seps) else "") for k, n in enumerate(names))
     name = group[1:-1] if group.startswith("`") and group.endswith("`") else group
     if not _NAME.fullmatch(group) and name == group:
         parts.fail(term, f"the grouping {group!r} must be one column name.")
@@ -409,16 +443,71 @@ def _read_bar(parts, sign, piece, inner):
         parts.random_site = piece
         parts.random_terms.append((piece, "random site effects -> row_effect='random'"))
         return
+    if group == site and lt == {species}:          # (0 + species | site): unstructured
+        if parts.num_lv is not None:
+            parts.fail(piece, "the unstructured term (0 + species | site) and rr() are two "
+                              "covariance structures for the same effects; keep one.")
+        parts.num_lv = UNSTRUCTURED
+        parts.random_terms.append((piece, "unstructured species covariance by site: a full-rank "
+                                          "factor model, num_lv = number of species"))
+        return
     if group == site and species in lt:
-        parts.fail(piece, f"an unstructured species covariance by site is not supported; write "
-                          f"rr(0 + {species} | {site}, d = k) for k latent variables.")
+        parts.fail(piece, f"write the unstructured species covariance as (0 + {species} | "
+                          f"{site}) (no intercept), or rr(0 + {species} | {site}, d = k) for k "
+                          "latent variables.")
     if group == site:
         parts.fail(piece, f"random slopes by {site} are not supported; only (1 | {site}).")
     if group == species:
         _read_species_bar(parts, piece, left, lt, bool(double))
         return
-    parts.fail(piece, f"random effects grouped by {group!r} (other than {site}) are not "
-                      "supported yet.")
+    if lt != {"1"}:
+        parts.fail(piece, f"random slopes by {group!r} are not supported; only random intercepts "
+                          f"(1 | {group}) by a site-level grouping.")
+    _read_group(parts, piece, group)
+
+
+def _read_group(parts, piece, group):
+    """``(1 | plot)``, ``(1 | a:b)``, nested ``(1 | a/b)`` (= (1 | a) + (1 | a:b)); a nested
+    level equal to the site column is the site effect ``(1 | site)``."""
+    site = parts.site
+    chain = group.split("/")
+    added = []
+    for k in range(len(chain)):
+        name = ":".join(chain[:k + 1])
+        if chain[k] == site and k == len(chain) - 1 and k > 0:   # (1 | plot/site): + (1 | site)
+            if parts.random_site:
+                parts.fail(piece, f"(1 | {site}) is given twice (once inside {piece}).")
+            parts.random_site = piece
+            parts.nested_site = (piece, name, len(parts.random_terms))
+            added.append("{site_part}")
+            continue
+        if site in name.split(":") or parts.species in name.split(":"):
+            parts.fail(piece, f"the grouping {name!r} involves the {site} or {parts.species} "
+                              f"column; grouped site effects take site-level grouping columns, "
+                              f"and {site} nested last ((1 | plot/{site})).")
+        if name in parts.site_effects:
+            parts.fail(piece, f"(1 | {name}) is given twice.")
+        parts.site_effects.append(name)
+        added.append(f"(1 | {name}) -> site_effects {name!r}")
+    parts.random_terms.append((piece, "grouped site effects: " + "; ".join(added)))
+
+
+def _place_nested_site(parts, num_lv):
+    """``(1 | plot/site)``: without latent variables the site effects join their plot's joint q
+    (the nested chain plot, plot:site: exact for Gaussian data); with latent variables they
+    stay site effects ``(1 | site)``, whose q is joint with the site's latent variables."""
+    piece, name, k = parts.nested_site
+    site = parts.site
+    text, meaning = parts.random_terms[k]
+    if num_lv == 0:
+        parts.random_site = None
+        parts.site_effects.append(name)
+        part = (f"(1 | {name}) -> site_effects {name!r} (no latent variables: each {site} "
+                f"effect in the joint q of its {name.split(':')[-2]})")
+    else:
+        part = (f"(1 | {site}) -> row_effect='random' (q joint with the {site}'s latent "
+                "variables)")
+    parts.random_terms[k] = (text, meaning.replace("{site_part}", part))
 
 
 def _read_species_bar(parts, piece, left, lt, double):
@@ -499,6 +588,9 @@ def _read_covstruct(parts, sign, piece, name, inner):
     if group != site or _left_terms(parts, piece, left) - {"1"} != {species}:
         parts.fail(piece, f"the reduced-rank term must be rr(0 + {species} | {site}, d = k): "
                           f"latent variables by {site} with loadings by {species}.")
+    if parts.num_lv == UNSTRUCTURED:
+        parts.fail(piece, "the unstructured term (0 + species | site) and rr() are two covariance "
+                          "structures for the same effects; keep one.")
     if parts.num_lv is not None:
         parts.fail(piece, "only one rr() term is allowed.")
     parts.num_lv = _rank(parts, piece, args[1:])
@@ -544,7 +636,7 @@ def _read_fixed(parts):
         bare = [b for b in bare if b[0] not in used]
     else:
         parts.species_random = None
-    parts.community, bare = _community_term(parts, bare)
+    parts.community, bare = _community_term(parts, bare, slopes)
     if parts.has_intercept and not (parts.species_random is not None
                                     and "1" in parts.species_random.columns):
         parts.terms.append(("1", "overall intercept: absorbed by the species intercepts"))
@@ -609,15 +701,18 @@ def _finish(parts, response, slopes, absorbed):
     if parts.random_site and parts.fixed_site:
         parts.fail(parts.random_site, f"{site} is both a fixed term and (1 | {site}); keep one "
                                       "(fixed or random site effects).")
-    row_effect = "random" if parts.random_site else ("fixed" if parts.fixed_site else None)
     num_lv = parts.num_lv if parts.num_lv is not None else 0
+    if parts.nested_site is not None:
+        _place_nested_site(parts, num_lv)
+    row_effect = "random" if parts.random_site else ("fixed" if parts.fixed_site else None)
     terms = parts.terms + parts.random_terms
     if parts.num_lv is None:
         terms.append(("(no rr() term)", "no latent variables -> num_lv=0"))
     return ParsedFormula(formula=parts.formula, response=response, site=site, species=species,
                          slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
                          offsets=tuple(parts.offsets), terms=tuple(terms), species_random=sr,
-                         community=getattr(parts, "community", None))
+                         community=getattr(parts, "community", None),
+                         site_effects=tuple(parts.site_effects))
 
 
 def parse_random_species(text, species="species", both=False):
@@ -660,16 +755,17 @@ def parse_random_species(text, species="species", both=False):
     return parsed.species_random
 
 
-def _community_term(parts, bare):
-    """Fixed trait interactions x:trait (the fourth corner) and, next to them, the community
-    slopes x: a CommunitySlopes term. A bare interaction whose first factor is a bare main effect
-    is covariate:trait(s); without any such interaction nothing is taken (shared slopes alone
-    are another term's). Returns (term or None, the bare terms left)."""
+def _community_term(parts, bare, slopes=()):
+    """Fixed trait interactions x:trait (the fourth corner) and the community slopes x (one
+    slope shared by all species, also on their own): a CommunitySlopes term. A bare
+    interaction whose first factor is a bare main effect is covariate:trait(s). A bare x that
+    also has species-specific slopes (``species*x``) is left: absorbed by them. Returns (term
+    or None, the bare terms left)."""
     from .terms import CommunitySlopes
 
-    mains = [t for t, _ in bare if ":" not in t]
+    mains = [t for t, _ in bare if ":" not in t and t not in slopes]
     inter = [(t, s) for t, s in bare if ":" in t and t.split(":")[0] in mains]
-    if not inter and not (mains and parts.species_bars):
+    if not inter and not mains:
         return None, bare
     traits = {}
     for t, shown in inter:
@@ -717,6 +813,7 @@ def _check_species_random(parts, sr, slopes):
                    f"keep one (the community slope is written {both[0]}).")
 
 
+
 # --- detection and translation -------------------------------------------------------------
 def is_lme4_formula(formula, species=None):
     """True when ``formula`` is in lme4/glmmTMB style rather than a site-covariate formula.
@@ -748,7 +845,7 @@ def is_lme4_formula(formula, species=None):
 
 
 def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=None,
-                   response=None, site=None, species=None):
+                   response=None, site=None, species=None, site_effects=None):
     """Turn a :func:`jsdm.gllvm` call with an lme4/glmmTMB formula into the wide call.
 
     Parameters
@@ -784,6 +881,7 @@ def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=Non
                         "to the long table (or use a one-sided formula '~ x' with X=).")
     long = _long_table(data, resp, site, species)
     covs = _covariate_columns(parsed, long, resp)
+    covs += [c for c in _grouping_columns(parsed, long, resp) if c not in covs]
     trs = _trait_columns(parsed, long)
     com = Community.from_long(long[[site, species, resp] + covs + trs], site=site, species=species,
                               response=resp, covariates=covs, traits=trs)
@@ -792,6 +890,11 @@ def translate_call(data, X, formula, *, num_lv=None, row_effect=None, offset=Non
         args["random_species"] = parsed.species_random
     if parsed.community is not None:
         args["fourth_corner"] = parsed.community
+    if site_effects is not None and list(site_effects) != list(parsed.site_effects):
+        raise JSDMError(f"site_effects={site_effects!r} contradicts the formula {formula!r}, whose "
+                        f"grouped site effects are {list(parsed.site_effects)!r}; write them as "
+                        "(1 | plot) terms in the formula and leave site_effects out.")
+    args["site_effects"] = list(parsed.site_effects) or None
     if parsed.offsets:
         args["offset"] = _offset_matrix(parsed, long, com, resp)
     args.update(response=None, site=None, species=None)
@@ -865,6 +968,30 @@ def _covariate_columns(parsed, long, resp):
     return covs
 
 
+def _grouping_columns(parsed, long, resp):
+    """Site-level grouping columns of the grouped site effects, checked to be constant within
+    site."""
+    from ..data.reshape import varies_within
+    from ..data.validation import show
+
+    site = parsed.site
+    cols = []
+    for name in parsed.site_effects:
+        for col in name.split(":"):
+            if col == site:                 # (1 | plot/site): the site level itself
+                continue
+            if col not in long.columns:
+                raise JSDMError(f"the term (1 | {name}) names the column {col!r}, which the long "
+                                f"table does not have; its columns are {show(long.columns, 20)}.")
+            bad = varies_within(long, site, col)
+            if len(bad):
+                raise JSDMError(
+                    f"(1 | {name}) needs {col!r} to be a site-level grouping (one value per "
+                    f"{site}), but it takes several values within {site} {show(bad)}. Grouped "
+                    "site effects group whole sites; fix those rows.")
+            if col not in cols:
+                cols.append(col)
+    return cols
 def _trait_columns(parsed, long):
     """Species traits named in the species random effects' means (columns of the long table)."""
     from ..data.validation import show
@@ -881,7 +1008,12 @@ def _trait_columns(parsed, long):
 def _merge_arguments(parsed, num_lv, row_effect, offset):
     """Engine arguments from the formula, refusing explicit arguments that contradict it."""
     where = f"the formula {parsed.formula!r}"
-    if num_lv is not None and (isinstance(num_lv, bool) or num_lv != parsed.num_lv):
+    if parsed.num_lv == UNSTRUCTURED and num_lv is not None:
+        raise JSDMError(f"num_lv={num_lv!r} contradicts {where}, whose (0 + {parsed.species} | "
+                        f"{parsed.site}) term has one latent variable per species; leave num_lv "
+                        "out.")
+    if parsed.num_lv != UNSTRUCTURED and num_lv is not None and (
+            isinstance(num_lv, bool) or num_lv != parsed.num_lv):
         rr = f"rr(0 + {parsed.species} | {parsed.site}, d = k)"
         raise JSDMError(
             f"num_lv={num_lv!r} contradicts {where}, which has num_lv={parsed.num_lv} (the d of "

@@ -40,7 +40,8 @@ def affordable(prob, layout):
     """Whether this phase runs: a full Newton step costs little enough (see module doc), and
     there are no random row effects (in these centred coordinates the ELBO is badly curved as
     their sd goes to 0; the L-BFGS polish works in non-centred ones, ``fit.NonCentred``)."""
-    if prob.row_effect == "random" or prob.predictor.ksr or prob.predictor.global_terms:
+    if (prob.row_effect == "random" or prob.predictor.ksr or prob.predictor.global_terms
+            or prob.predictor.group_terms):
         return False
     pm = layout.n_model
     nv = layout.size - pm

@@ -53,6 +53,9 @@ class HessianBlocks:
     Hpv: np.ndarray
     Hvv: np.ndarray
     site_pos: np.ndarray
+    #: group-scope variational parameters appended after the model ones in Hpp / Hpv
+    #: (``(1 | plot)``: the levels' means and log sds); eliminate them after the sites
+    n_extra: int = 0
 
     def dense(self, size):
         """The full (size x size) Hessian (small problems and tests only)."""
@@ -314,7 +317,8 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     if pred.ksr or pred.global_terms:   # species random effects, the fourth corner: by
         # differences of the gradient (model.hessian_fd)
         from .hessian_fd import fd_blocks
-        return fd_blocks(prob, P, layout)
+        out = fd_blocks(prob, P, layout)
+        return _with_group_block(prob, P, layout, out) if pred.group_terms else out
     if forward:
         M, V = moments(prob, P)
         e0 = prob.family.ell(prob.Y, M, V, P.s, prob.trials, order=2)
@@ -343,7 +347,72 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     hyper = _hyper_parts(pred, P, tri)
     _log_diag_chain(pred, P, ev, tri, Hvv, [Hcross] + ([fixed[2]] if fixed is not None else [])
                     + [hv for _, _, hv in hyper])
-    return _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper)
+    out = _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper)
+    if pred.group_terms:
+        out = _with_group_block(prob, P, layout, out)
+    return out
+
+
+#: most group-scope parameters whose Hessian columns are formed by differences
+MAX_GROUP_COLUMNS = 20000
+
+
+def _group_positions(layout):
+    """Packed positions of the group-scope terms: (model ones (their sds), variational ones)."""
+    pred = layout.predictor
+    model, var = [], []
+    for t in pred.group_terms:
+        for slot in t.slots(pred):
+            sl = layout.slices[slot.name]
+            (model if slot.model else var).extend(range(sl.start, sl.stop))
+    return np.array(model, dtype=int), np.array(var, dtype=int)
+
+
+def _with_group_block(prob, P, layout, hb, rel_step=1e-5):
+    """Add the group-scope terms' rows and columns to the Hessian blocks.
+
+    Their columns are forward differences of the analytic packed gradient (one gradient
+    evaluation per group parameter: 2 G + 1 for G levels with q by level, more for the
+    joint q's Cholesky factors), symmetrised. The levels' means and log sds are appended to the
+    model block as ``n_extra`` rows, eliminated after the sites by the caller
+    (``jsdm.results.inference``).
+    """
+    from .objective import evaluate
+
+    gm, gv = _group_positions(layout)
+    cols = np.concatenate([gm, gv])
+    if len(cols) > MAX_GROUP_COLUMNS:
+        from ..exceptions import JSDMError
+        raise JSDMError(
+            f"standard errors with grouped site effects need {len(cols)} Hessian columns for "
+            f"the groupings' {len(cols)} parameters (two gradient evaluations each), more than "
+            f"jsdm.model.hessian.MAX_GROUP_COLUMNS = {MAX_GROUP_COLUMNS}; raise it if the time "
+            "is acceptable.")
+    x0 = layout.pack(P)
+    g0 = layout.pack_grad(evaluate(prob, P).grad, P)
+    Hc = np.empty((layout.size, len(cols)))
+    for k, c in enumerate(cols):       # forward differences: one gradient per column (the
+        h = rel_step * max(1.0, abs(x0[c]))     # O(h) = 1e-5 relative error is far below
+        x = x0.copy()                           # what standard errors need)
+        x[c] += h
+        Q = layout.unpack(x)
+        Hc[:, k] = (layout.pack_grad(evaluate(prob, Q).grad, Q) - g0) / h
+    Pn, E = hb.Hpp.shape[0], len(gv)     # the (extended) model block, then the group's
+    n, q = hb.Hvv.shape[0], hb.Hvv.shape[1]
+    Hpp = np.zeros((Pn + E, Pn + E))
+    Hpp[:Pn, :Pn] = hb.Hpp
+    new = np.concatenate([gm, Pn + np.arange(E)])          # rows/cols of the group parameters
+    model_rows = np.arange(Pn)
+    Hpp[np.ix_(model_rows, new)] = Hc[:Pn, :]
+    Hpp[np.ix_(new, model_rows)] = Hc[:Pn, :].T
+    block = Hc[cols, :]
+    Hpp[np.ix_(new, new)] = 0.5 * (block + block.T)
+    Hpv = np.zeros((Pn + E, n, q))
+    Hpv[:Pn] = hb.Hpv
+    if q:
+        site = Hc[hb.site_pos.reshape(-1), :].reshape(n, q, len(cols))     # (n, q, k)
+        Hpv[new] = np.transpose(site, (2, 0, 1))
+    return HessianBlocks(Hpp, Hpv, hb.Hvv, hb.site_pos, n_extra=E)
 
 
 def _fixed_site_parts(pred, P, E, Jphi, Jpsi):

@@ -26,8 +26,8 @@ steps. Every stage is accepted only if the ELBO increases.
 import numpy as np
 
 from . import penalty
-from .blocks import (_chol_inv, ascend, bilinear_pair, polish_dispersion, scaled_gradient,
-                     global_step, species_random_prior, species_step)
+from .blocks import (_chol_inv, ascend, bilinear_pair, group_step, polish_dispersion,
+                     scaled_gradient, global_step, species_random_prior, species_step)
 from .objective import _CHUNK_CELLS, _cache, cell_eval, moments
 from .terms import latent
 
@@ -443,6 +443,8 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
         if prob.predictor.global_terms:
             P, ce = global_step(prob, P, ce)
         P, ce = covariance_step(prob, P, ce)
+        if prob.predictor.group_terms:
+            P, ce = group_step(prob, P, ce)
         P, ce = gauge_step(prob, P, ce)
         if P.s is not None:     # order 2: the stopping rule's curvature of the dispersion
             P, ce = species_step(prob, P, ce, only_dispersion=True, order=2)

@@ -67,6 +67,8 @@ class Problem:
     formula: Optional[str] = None
     info: dict = field(default_factory=dict)
     model_terms: Optional[tuple] = None
+    #: {grouping name: (codes (n,), level labels)} of grouped site effects ``(1 | plot)``
+    groups: Optional[dict] = None
 
     def __post_init__(self):
         from .terms import LinearPredictor, default_terms
@@ -84,7 +86,8 @@ class Problem:
                                s_free=self.s_free if disp else None,
                                sites=self.sites, species=self.species, covariates=self.terms,
                                traits=self.info.get("traits"),
-                               trait_names=self.info.get("trait_names", ()))
+                               trait_names=self.info.get("trait_names", ()),
+                               groups=self.groups)
         object.__setattr__(self, "predictor", pred)
 
     @property
@@ -172,7 +175,7 @@ def _token(k):
     return f"_jsdm_c{k}_"
 
 
-def _design(com, formula):
+def _design(com, formula, drop=()):
     """Site design matrix (no intercept) from a formula or from all covariates; (matrix, terms).
 
     Covariate names are never parsed as formula syntax: with ``formula=None``
@@ -181,6 +184,8 @@ def _design(com, formula):
     intercept is dropped by its position in formulaic's model spec, not by name.
     """
     Xdf = com.X
+    if drop and Xdf is not None:       # grouping columns of site_effects: not covariates
+        Xdf = Xdf.drop(columns=[c for c in drop if c in Xdf.columns])
     if formula is None and (Xdf is None or Xdf.shape[1] == 0):
         return np.zeros((com.n_sites, 0)), ()
     if Xdf is None:
@@ -257,20 +262,30 @@ def _check_terms(terms, formula):
 
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
-                  extra_terms=(), species_random=None, community_slopes=None):
+                  extra_terms=(), species_random=None, community_slopes=None,
+                  site_effects=None):
     """Validate user input and build a :class:`Problem`.
+
+    ``site_effects``: grouped site effects, a grouping column name or a list of them
+    (columns of the site table, ``Community.X``): ``"plot"`` is ``(1 | plot)``,
+    ``"a:b"`` the combinations of a and b, ``"a/b"`` both ``a`` and ``a:b`` (nested);
+    see :func:`jsdm.model.terms.group_effects.site_groupings`.
 
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
     appended to the classic ones (intercepts, slopes, ``num_lv`` latent variables,
     ``row_effect``); the optimiser and the outputs take them as they come.
     """
     fam = get_family(family)
-    check_num_lv(num_lv)
+    unstructured = isinstance(num_lv, str) and num_lv == "species"
+    if not unstructured:
+        check_num_lv(num_lv)
     if row_effect not in ROW_EFFECTS:
         raise JSDMError(f"row_effect must be one of None, 'fixed', 'random'; got {row_effect!r}")
     com = _as_community(data, X, response, site, species)
     Ydf = com.Y
     Y = Ydf.to_numpy(dtype=float)
+    if unstructured:
+        num_lv = _unstructured_rank(*Y.shape)
     W = np.isfinite(Y).astype(float)
     if W.all():         # complete data: a read-only view of 1.0 (no n x m array of ones)
         W = np.broadcast_to(1.0, Y.shape)
@@ -286,7 +301,9 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     check_response_scale(Y, W, fam, Ydf.columns)
     fam = fam.prepare(np.where(W > 0, Y, np.nan), species=Ydf.columns)   # ordinal: categories used
     Yf = np.where(W > 0, Y, fam.missing_fill)
-    Xmat, terms = _design(com, formula)
+    from .terms.group_effects import site_groupings
+    groups, group_terms, group_cols = site_groupings(com, site_effects, row_effect)
+    Xmat, terms = _design(com, formula, drop=group_cols if formula is None else ())
     off = check_offset(cell_values(offset, "offset", Ydf.index, Ydf.columns), W, Ydf.index,
                        Ydf.columns)
     if row_effect == "fixed" and Xmat.shape[1]:
@@ -308,13 +325,38 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     if species_random is not None or community_slopes is not None:
         _species_traits(com, [t for t in (species_random, community_slopes) if t is not None],
                         info)
-    if extra_terms or species_random is not None or community_slopes is not None:
+    if extra_terms or species_random is not None or community_slopes is not None or group_terms:
         from .terms import default_terms
-        model_terms = default_terms(terms, int(num_lv), row_effect, species_random=species_random,
-                                    community=community_slopes) + tuple(extra_terms)
+        model_terms = (default_terms(terms, int(num_lv), row_effect, species_random=species_random,
+                                     community=community_slopes) + tuple(group_terms)
+                       + tuple(extra_terms))
+    if groups:
+        info["site_effects"] = list(groups)
     return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
-                   offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms)
+                   offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms,
+                   groups=groups or None)
+
+
+#: warn when the unstructured covariance has more parameters than this share of the observations
+UNSTRUCTURED_SHARE = 0.1
+
+
+def _unstructured_rank(n, m):
+    """num_lv of the unstructured species covariance (``num_lv="species"``, the formula's
+    ``(0 + species | site)``): m, one latent variable per species, so that Theta Theta' (Theta
+    lower triangular m x m) is any covariance. Warns when its m (m + 1) / 2 parameters are
+    many for the n m observations."""
+    k = m * (m + 1) // 2
+    if k > UNSTRUCTURED_SHARE * n * m:
+        warnings.warn(
+            f"the unstructured species covariance (0 + species | site) has {k} parameters for "
+            f"{n} sites x {m} species ({n * m} observations): more than "
+            f"{UNSTRUCTURED_SHARE:.0%} of the data, with {n} x {k} variational parameters on top. "
+            "Estimates will be noisy and the fit slow; a reduced-rank model, rr(0 + species | "
+            "site, d = 2) (num_lv=2), captures the main correlations with far fewer parameters "
+            "(compare them with jsdm.anova or AIC).", DataWarning, stacklevel=4)
+    return m
 
 
 def _species_traits(com, terms, info):

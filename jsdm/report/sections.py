@@ -200,6 +200,10 @@ def model_section(fit, opts):
              "none (maximum likelihood)" if fit.prior_sd is None else f"{fit.prior_sd:g}")]
     if fit.row_sigma is not None:
         spec.append(("row effect sd", fmt(fit.row_sigma)))
+    pred = fit.problem.predictor
+    for t in pred.group_terms:
+        for g, _, _, _, sd in t.varcorr_rows(pred, fit.state.params):
+            spec.append((esc(f"grouped site effect (1 | {g}) sd"), fmt(sd)))
     stats = [(k, _stat(v)) for k, v in tables.fit_statistics(fit)]
     body = (row("<h3>Model</h3>" + key_values(spec), "<h3>Fit</h3>" + key_values(stats))
             + "<h3>Diagnostics</h3>" + diagnostics_html(fit, shared(fit, opts, "diagnosis")))

@@ -65,6 +65,10 @@ def _check_nested(a, b, na, nb):
                         f"contained in those of {nb!r} ({', '.join(pb.terms) or 'none'})")
     if pa.row_effect is not None and pa.row_effect != pb.row_effect:
         problems.append(f"row effects {pa.row_effect!r} vs {pb.row_effect!r}")
+    ga, gb = _group_names(pa), _group_names(pb)
+    if not ga <= gb:
+        problems.append(f"grouped site effects of {na!r} ({', '.join(sorted(ga))}) are not all "
+                        f"in {nb!r} ({', '.join(sorted(gb)) or 'none'})")
     ra, rb = _species_random(pa), _species_random(pb)
     if not ra[0] <= rb[0]:
         problems.append(f"{na!r} has random species effects on {sorted(ra[0] - rb[0])} that "
@@ -72,9 +76,19 @@ def _check_nested(a, b, na, nb):
     if problems:
         raise JSDMError(f"model {na!r} is not nested in {nb!r}: " + "; ".join(problems)
                         + ". Compare non-nested models by AIC/BIC instead.")
-    # a variance (or correlation) added by the larger model: its null is on the boundary
+    # a variance (or correlation) added by the larger model (latent variables, a row effect,
+    # a grouping, species random effects): its null is on the boundary, the chi-square
+    # p-value conservative (about twice the 50:50 chi-square mixture's for one variance)
     return (pa.d != pb.d or (pa.row_effect is None and pb.row_effect == "random")
-            or ra[0] != rb[0] or ra[1] < rb[1])
+            or ra[0] != rb[0] or ra[1] < rb[1] or ga != gb)
+
+
+def _group_names(prob):
+    """Names of the grouped site effects of a problem ((1 | plot), nested chains expanded)."""
+    out = set()
+    for t in prob.predictor.group_terms:
+        out.update(getattr(t, "chain", (t.group,)))
+    return out
 
 
 def _species_random(prob):

@@ -236,9 +236,9 @@ def gllvm_on_cluster(data, X, *, client, chunks, family, trials, call, n_init, s
         settings["site_formula"] = call["formula"]
     specs, prob = None, None
     if hasattr(data, "chunk_specs"):            # jsdm.model.cluster_data.ClusterData
-        if call.get("species_random") is not None or call.get("community_slopes") is not None:
-            raise JSDMError("random_species= and fourth_corner= are not available with client= "
-                            "yet; fit them in memory")
+        if any(call.get(k) for k in ("species_random", "community_slopes", "site_effects")):
+            raise JSDMError("random_species=, fourth_corner= and site_effects= are not available "
+                            "with ClusterData yet; fit them in memory")
         specs = data.chunk_specs(family=family, num_lv=call["num_lv"],
                                  row_effect=call["row_effect"], formula=call["formula"],
                                  client=client, chunks=chunks)

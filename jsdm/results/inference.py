@@ -216,7 +216,7 @@ def _schur(blocks):
     Hpp, Hpv, Hvv = blocks.Hpp, blocks.Hpv, blocks.Hvv
     P, n, q = Hpv.shape
     if q == 0 or n == 0:
-        return -Hpp, []
+        return _drop_extra(-Hpp, blocks), []
     w = np.linalg.eigvalsh(-Hvv)
     bad = np.flatnonzero(~(w[:, 0] > 1e-12 * np.maximum(w[:, -1], 1e-300)))
     try:
@@ -224,7 +224,21 @@ def _schur(blocks):
     except np.linalg.LinAlgError:                                      # a singular site block
         return np.full((P, P), np.nan), bad.tolist()
     S = Hpp - Hpv.reshape(P, n * q) @ Z.reshape(n * q, P)
-    return -0.5 * (S + S.T), bad.tolist()
+    return _drop_extra(-0.5 * (S + S.T), blocks), bad.tolist()
+
+
+def _drop_extra(negS, blocks):
+    """Eliminate the group-scope variational parameters (the last ``blocks.n_extra`` rows)."""
+    E = getattr(blocks, "n_extra", 0)
+    if not E:
+        return negS
+    k = negS.shape[0] - E
+    A, B, D = negS[:k, :k], negS[:k, k:], negS[k:, k:]
+    try:
+        S = A - B @ np.linalg.solve(D, B.T)
+    except np.linalg.LinAlgError:
+        return np.full((k, k), np.nan)
+    return 0.5 * (S + S.T)
 
 
 def _one_blas_thread():

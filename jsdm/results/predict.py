@@ -49,6 +49,9 @@ def new_design(fit, newdata):
     import formulaic
 
     Xtrain = fit.community.X
+    if prob.formula is None and prob.groups:       # grouping columns are not covariates
+        used = {c for g in prob.groups for c in g.split(":")}
+        Xtrain = Xtrain.drop(columns=[c for c in Xtrain.columns if str(c) in used])
     formula = prob.formula or "~ " + " + ".join(f"`{c}`" for c in Xtrain.columns)
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
     spec = formulaic.model_matrix("~ " + rhs, Xtrain).model_spec
@@ -77,6 +80,10 @@ def _setup(fit, newdata, lv, offset, trials):
         elif prob.row_effect == "random":
             extra += np.exp(2.0 * P.log_sigma)
         scores = P.a @ P.theta.T if (lv == "conditional" and prob.d) else None
+        gm, gv = group_parts(fit, None)
+        F = F + gm[:, None]
+        if lv != "conditional":
+            extra = extra + gv
         return F, scores, extra, fit.sites, prob.trials if trials is None else trials
     if lv == "conditional":
         raise JSDMError("new sites have no fitted site scores: use lv='marginal' with newdata "
@@ -91,7 +98,52 @@ def _setup(fit, newdata, lv, offset, trials):
         off = np.asarray(offset, dtype=float)
         F = F + (off[:, None] if off.ndim == 1 else off)
     extra = np.full(len(newdata), np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
+    gm, gv = group_parts(fit, newdata)
+    F = F + gm[:, None]
+    extra = extra + gv
     return np.asarray(F, dtype=float), None, extra, newdata.index, trials
+
+
+def group_parts(fit, newdata):
+    """Grouped site effects' (mean (k,), variance (k,)) for the fitted sites (newdata None) or
+    new ones: conditional on the levels the fit has seen (their q), marginal over unseen
+    levels (N(0, sigma^2)). New sites need the grouping columns in ``newdata``."""
+    prob, P = fit.problem, fit.state.params
+    pred = prob.predictor
+    k = prob.n if newdata is None else len(newdata)
+    mean, var = np.zeros(k), np.zeros(k)
+    for t in pred.group_terms:
+        if not hasattr(t, "predict_parts"):
+            continue
+        labels = None if newdata is None else _group_labels(fit, t, newdata)
+        m_, v_ = t.predict_parts(pred, P, labels)
+        mean, var = mean + m_, var + v_
+    return mean, var
+
+
+def _group_labels(fit, term, newdata):
+    """Level labels of a group term's groupings for new sites (a dict for nested chains)."""
+    site_key = str(fit.problem.sites.name or "site")
+    names = getattr(term, "chain", (term.group,))
+    out = {}
+    for name in names:
+        cols = name.split(":")
+        if cols[-1] == site_key and site_key not in newdata.columns:   # plot:site: new sites
+            out[name] = np.array([None] * len(newdata), dtype=object)
+            continue
+        miss = [c for c in cols if c not in newdata.columns]
+        if miss:
+            raise JSDMError(f"newdata needs the grouping column(s) {miss} of the grouped site "
+                            f"effect (1 | {name}) (levels the fit has seen are predicted from "
+                            "their estimated effect, new levels integrated over).")
+        if len(cols) == 1:
+            out[name] = newdata[cols[0]].to_numpy()
+        else:
+            lab = newdata[cols[0]].astype(str)
+            for c in cols[1:]:
+                lab = lab + ":" + newdata[c].astype(str)
+            out[name] = lab.to_numpy()
+    return out if hasattr(term, "chain") else out[term.group]
 
 
 def _species_random_part(fit, X):
@@ -492,6 +544,9 @@ def simulate(fit, n=1, conditional=True, seed=None):
     lv = "conditional" if conditional else "marginal"
     prob, P = fit.problem, fit.state.params
     F, scores, extra, sites, tr = _setup(fit, None, lv, None, None)
+    if not conditional and prob.predictor.group_terms:     # fresh levels are drawn below
+        gm, gv = group_parts(fit, None)
+        F, extra = F - gm[:, None], np.maximum(extra - gv, 0.0)
     row_sd = np.sqrt(extra)[:, None]
     tables = []
     for _ in range(int(n)):
@@ -500,6 +555,9 @@ def simulate(fit, n=1, conditional=True, seed=None):
         else:
             z = rng.standard_normal((prob.n, prob.d))
             eta = F + z @ P.theta.T + row_sd * rng.standard_normal((prob.n, 1))
+            for t in prob.predictor.group_terms:         # fresh levels: one draw per level
+                if hasattr(t, "draw"):
+                    eta = eta + t.draw(prob.predictor, P, rng)[:, None]
         y = prob.family.sample(eta, P.s, tr, rng)
         tables.append(pd.DataFrame(y, index=sites, columns=fit.species))
     if n == 1:

@@ -155,7 +155,8 @@ def summary(fit, alpha=0.05):
         notes.append("the fit did NOT converge: estimates and SEs are unreliable (see fit.diagnose()).")
     tables = {}
     names = {"fixef": "fixed_effects", "coef": "coefficients", "loading": "loadings",
-             "dispersion": "dispersion", "row_effect": "row_effects", "row_sigma": "row_effects_sd"}
+             "dispersion": "dispersion", "row_effect": "row_effects", "row_sigma": "row_effects_sd",
+             "group_sd": "grouped_site_effects_sd"}
     for block, name in names.items():
         if block in full.index.get_level_values("block"):
             tables[name] = full.xs(block, level="block")

@@ -6,6 +6,7 @@ wide call; ``make_term(spec)`` rebuilds a term from its ``spec()`` (saved fits);
 """
 from .base import Reported, Term
 from .dispersion import S_BOUNDS, Dispersion
+from .group_effects import GroupEffects, JointGroupEffects, NestedGroupEffects
 from .latent import LatentVariables
 from .predictor import LinearPredictor
 from .row_effects import FixedRowEffects, RandomRowEffects
@@ -24,7 +25,8 @@ def register_term(cls):
 
 
 for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
-             SpeciesRandom, CommunitySlopes):
+             SpeciesRandom, CommunitySlopes, GroupEffects, JointGroupEffects,
+             NestedGroupEffects):
     register_term(_cls)
 
 
@@ -66,7 +68,8 @@ def default_terms(covariates=(), num_lv=0, row_effect=None, species_random=None,
     return tuple(terms)
 
 
-__all__ = ["CommunitySlopes", "CholeskySlot", "Dispersion", "FixedRowEffects", "LatentVariables", "LinearPredictor",
+__all__ = ["CommunitySlopes", "CholeskySlot", "Dispersion", "FixedRowEffects", "GroupEffects",
+           "JointGroupEffects", "LatentVariables", "LinearPredictor", "NestedGroupEffects",
            "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "Reported", "S_BOUNDS", "Slot",
            "SpeciesIntercepts", "SpeciesRandom", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

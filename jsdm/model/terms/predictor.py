@@ -52,10 +52,13 @@ class LinearPredictor:
     """
 
     def __init__(self, terms, *, n, m, X, offset=None, family=None, n_disp=None, s_free=None,
-                 sites=None, species=None, covariates=(), traits=None, trait_names=()):
+                 sites=None, species=None, covariates=(), traits=None, trait_names=(),
+                 groups=None):
         self.terms = tuple(terms)
         self.traits = None if traits is None else np.asarray(traits, dtype=float)
         self.trait_names = tuple(trait_names)
+        #: {grouping name: (codes (n,), level labels)} of the group-scope terms
+        self.groups = dict(groups or {})
         self.n, self.m, self.X = int(n), int(m), X
         self.p = X.shape[1]
         self.offset, self.family = offset, family
@@ -118,12 +121,20 @@ class LinearPredictor:
         plan += [t for t in self.terms if t.bilinear]
         self._mean_plan = [t for t in plan if t is OFFSET or t.active(self)]
         self.glm_terms = [t for t in self.terms if t.in_glm_start]
+        # group scope: one random coordinate per level of a site grouping, q by level
+        self.group_terms = [t for t in self.terms if getattr(t, "group_random", False)]
+        for t in self.group_terms:
+            if t.group not in self.groups:
+                from ...exceptions import JSDMError
+                raise JSDMError(f"the term {t.lme4()} needs the grouping {t.group!r}, which the "
+                                f"problem does not have (known: {sorted(self.groups)}).")
         self._shapes = self.field_shapes()
         # fields every gradient writes (the rest start at zero): the blocks' coordinates
         filled = {"L"} if self.kr else set()
         filled |= {"Lsp"} if self.ksr else set()
         filled |= {f for t in self.global_terms for f in t.fields(self)}
         filled |= {"s"} if self.dispersion is not None else set()
+        filled |= {f for t in self.group_terms for f in t.fields(self)}
         probe = self._probe_fields()
         self._filled = filled | probe
 
@@ -250,7 +261,7 @@ class LinearPredictor:
         """
         M = self.mean(P, rows, cols)
         kr = self.kr
-        if not kr and not self.ksr:
+        if not kr and not self.ksr and not self.group_terms:
             return M, np.zeros_like(M)
         if kr:
             UR = self.site_design(P, cols, random_only=True)
@@ -264,6 +275,8 @@ class LinearPredictor:
             Ls = P.Lsp[cols]
             V += ZZ @ (Ls @ np.swapaxes(Ls, 1, 2)).reshape(len(Ls), -1).T
         np.maximum(V, 0.0, out=V)
+        for t in self.group_terms:         # group scope: (r, 1) each
+            V += t.variance(self, P, rows)
         return M, V
 
     # --- block designs -------------------------------------------------------------------------
@@ -324,8 +337,11 @@ class LinearPredictor:
 
     def _kl_sites(self, P):
         kr = self.kr
+        extra = 0.0
+        for t in self.group_terms:          # group scope: each level's KL spread over its sites
+            extra = extra + t.kl_by_site(self, P)
         if not kr:
-            return np.zeros(self.n)
+            return np.zeros(self.n) + extra
         L = P.L
         mu = self.site_means(P)[:, :kr]
         if self._unit_prior:        # N(0, I): 0.5 (tr Sigma + |mu|^2 - kr) - log det L
@@ -333,7 +349,7 @@ class LinearPredictor:
         else:
             sq = (L ** 2).sum(2) + mu ** 2
             out = 0.5 * (sq @ self.prior_precision(P) - kr + self.prior_logdet(P))
-        return out - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
+        return out - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1) + extra
 
     # --- species random effects: the joint species q -------------------------------------------
     def species_random_design(self, P, rows=slice(None)):
@@ -443,6 +459,9 @@ class LinearPredictor:
             self.set_site_means(g, gu)
         if gs is not None:
             g.s = gs
+        for t in self.group_terms:
+            for k, v in t.gradient(self, P, Gm, Gv).items():
+                setattr(g, k, v)
         return g
 
     # --- starting values --------------------------------------------------------------------------

@@ -141,3 +141,19 @@ class RandomRowEffects(Term):
         sigma = float(np.exp(P.log_sigma))
         return [Reported("row_sigma", [0], [("", "sigma")], [sigma],
                          [layout.slices["log_sigma"].start], [sigma], transform=np.exp)]
+
+    # --- random-effect tables (jsdm.results.ranef) -----------------------------------------
+    def ranef_table(self, ctx, P):
+        import pandas as pd
+        return {"site": pd.DataFrame({"(Intercept)": P.alpha}, index=pd.Index(ctx.sites, name="site"))}
+
+    def ranef_sd_table(self, ctx, P):
+        import pandas as pd
+        k = next(sl.start for t, sl in ctx.site_terms if t is self)
+        sd = np.sqrt((P.L[:, k, :] ** 2).sum(1))
+        return {"site": pd.DataFrame({"(Intercept)": sd}, index=pd.Index(ctx.sites, name="site"))}
+
+    def varcorr_rows(self, ctx, P):
+        s = float(np.exp(P.log_sigma))
+        return [("site", "(Intercept)", None, s * s, s)]
+

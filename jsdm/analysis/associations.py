@@ -87,6 +87,9 @@ def species_mean(fit, beta0=None, B=None, theta=None, s=None):
     -------
     ndarray (m,)
     """
+    on_cluster = getattr(fit, "_cluster_species_mean", None)    # a cluster fit: summed by chunk
+    if on_cluster is not None:
+        return on_cluster(beta0, B, theta, s)
     prob, fam = fit.problem, fit.family
     t0, b0, B0, s0 = _species_arrays(fit)
     theta = t0 if theta is None else theta
@@ -753,3 +756,23 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAU
     tab.attrs.update(method=method, alpha=alpha, measure=_measure(add_family_variance) or "theta",
                      min_records=info.attrs["min_records"], **ci.info)
     return tab
+
+
+class _ChunkView:
+    """What ``species_mean`` reads of a fit, for one chunk of sites of a cluster fit."""
+
+    def __init__(self, chunk, P, row_sigma):
+        self.problem, self.family = chunk.prob, chunk.prob.family
+        self.state = type("State", (), {"params": P})()
+        self.row_effect = chunk.prob.row_effect
+        self.row_sigma = row_sigma
+        alpha = getattr(P, "alpha", None)
+        self.row_effects = None if alpha is None else pd.Series(alpha)
+
+
+def _chunk_species_mean(chunk, P, args, row_sigma):
+    """Worker task of a cluster fit: one chunk's sums for ``species_mean`` (its mean
+    times the number of observed sites, and that number), summed by the driver."""
+    view = _ChunkView(chunk, P, row_sigma)
+    w = np.broadcast_to(chunk.prob.W, chunk.prob.Y.shape).sum(0)
+    return species_mean(view, *args) * np.maximum(w, 1.0), w

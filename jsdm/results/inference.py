@@ -330,6 +330,10 @@ def information(fit):
     """
     if fit in _CACHE:
         return _CACHE[fit]
+    from_cluster = getattr(fit, "_cluster_information", None)     # a cluster fit: summed parts
+    if from_cluster is not None:
+        info = _CACHE[fit] = from_cluster()
+        return info
     prob, layout = fit.problem, fit.state.layout
     entries = float(layout.n_model) * (layout.size - layout.n_model)
     if entries > MAX_CROSS_ENTRIES:
@@ -351,6 +355,20 @@ def information(fit):
                        jmat)
     _warn(info, fit)
     _CACHE[fit] = info
+    return info
+
+
+def information_from(fit, negS, bad_sites):
+    """The :class:`Information` of a fit from its negative Schur complement ``negS`` (packed
+    model order), computed elsewhere (a cluster fit sums it over its chunks of sites)."""
+    labels, order, jac = _packed_labels_and_order(fit)
+    jmat = _reported_jacobian(fit, order, jac)
+    with _one_blas_thread():
+        ok = negS.size and np.isfinite(negS).all()
+        w = _scaled_eigh(negS, vectors=False) if ok else np.full(len(labels), np.nan)
+        cov, flagged = _invert_checked(negS, labels, first=w if ok else None)
+    info = Information(negS, cov, w, labels, flagged, list(bad_sites), order, jac, jmat)
+    _warn(info, fit)
     return info
 
 

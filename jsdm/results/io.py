@@ -188,7 +188,11 @@ def _load(path, max_bytes, stage):
         if version < 3:
             state = _upgrade_state(problem, state)
         settings = _decode(manifest["settings"], ctx)
-    fit = GLLVMResults(problem, state, settings)
+    if isinstance(settings, dict) and "cluster" in settings:     # fitted on a Dask cluster
+        from .cluster import ClusterGLLVMResults
+        fit = ClusterGLLVMResults(problem, state, settings)
+    else:
+        fit = GLLVMResults(problem, state, settings)
     stage[0] = "checking the fit's consistency"
     check_consistency(fit, path)
     return fit
@@ -246,6 +250,9 @@ def check_consistency(fit, path="the fit"):
     """
     prob, state = fit.problem, fit.state
     _check_data_shapes(prob, path)          # again: check_consistency is also public
+    if "cluster" in getattr(fit, "_settings", {}):
+        _check_cluster_parts(fit, path)     # its data stayed on the cluster: no ELBO to recompute
+        return
     _check_state_shapes(prob, state, path)
     stored = float(state.value)
     recomputed = _recomputed_elbo(prob, state.params)
@@ -256,6 +263,28 @@ def check_consistency(fit, path="the fit"):
             f"{str(path)!r} is inconsistent: its stored ELBO ({stored:.10g}) differs from the ELBO "
             f"recomputed from its data and estimates ({recomputed:.10g}). The file was damaged "
             "or edited; do not use it, and save the fit again from its source.")
+
+
+def _check_cluster_parts(fit, path):
+    """A saved cluster fit: site scores and curvature of the shapes its labels imply."""
+    from ..model.distributed import global_slots
+
+    info = fit._settings["cluster"]
+    n, k = len(info["sites"]), int(fit.state.layout.n_model)
+    for s in global_slots(fit.state.layout):
+        v = getattr(fit.state.params, s.field, None)
+        if np.shape(v) != s.shape or not np.isfinite(np.asarray(v, dtype=float)).all():
+            raise JSDMError(f"{str(path)!r} is inconsistent: estimate {s.field!r} has shape "
+                            f"{np.shape(v)}, the model needs {s.shape} finite values")
+    if np.shape(fit.state.grad) != (k,):
+        raise JSDMError(f"{str(path)!r} is inconsistent: the stored gradient has shape "
+                        f"{np.shape(fit.state.grad)}, the model has {k} parameters")
+    lv = np.asarray(info.get("lv"))
+    negS = np.asarray(info.get("neg_schur"))
+    if lv.shape != (n, fit.num_lv) or negS.shape != (k, k):
+        raise JSDMError(f"{str(path)!r} is inconsistent: a cluster fit of {n} sites and {k} model "
+                        f"parameters stores site scores of shape {lv.shape} and a curvature of "
+                        f"shape {negS.shape}")
 
 
 def _check_data_shapes(prob, path):

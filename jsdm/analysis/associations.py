@@ -105,7 +105,7 @@ def species_mean(fit, beta0=None, B=None, theta=None, s=None):
     v = (theta ** 2).sum(1) + (fit.row_sigma ** 2 if fit.row_effect == "random" else 0.0)
     W = prob.W
     with np.errstate(over="ignore", invalid="ignore"):
-        if fam.link == "log":
+        if fam.link == "log" and not fam.mean_uses_dispersion:
             mu = fam.mean(F + 0.5 * v, None, s)
         else:
             x, w = np.polynomial.hermite_e.hermegauss(_GH_NODES)
@@ -121,17 +121,20 @@ def _observation_term(fit, beta0=None, B=None, theta=None, s=None):
         return np.full(len(fit.species), float(fam.link_residual_variance))
     s = fit.state.params.s if s is None else s
     mu = species_mean(fit, beta0, B, theta, s)
-    return np.asarray(fam.observation_variance(mu, s), dtype=float)
+    prob = fit.problem
+    tr = None                          # the species' mean number of trials (beta-binomial)
+    if prob.trials is not None:
+        obs = np.broadcast_to(prob.W > 0, prob.trials.shape)
+        tr = np.where(obs, prob.trials, 0.0).sum(0) / np.maximum(obs.sum(0), 1)
+    return np.asarray(fam.observation_variance(mu, s, tr), dtype=float)
 
 
 def _gllvm_term(fit, kind, disp=None):
     """R gllvm's getResidualCor diagonal term per species (m,) (``kind`` lognormal/trigamma)."""
     fam, m = fit.family, len(fit.species)
     disp = fit.dispersion if disp is None else disp
-    if disp is not None and not isinstance(disp, pd.DataFrame):
+    if disp is not None:                # (m,), or (m, q) for a vector per species
         disp = np.asarray(disp, dtype=float)
-    else:
-        disp = None                     # no dispersion, or a vector per species (cut points)
     vals = fam.link_variance(disp, m, method=kind)
     return np.broadcast_to(np.asarray(vals, dtype=float), (m,))
 

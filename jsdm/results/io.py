@@ -460,13 +460,22 @@ def _encode_sequence(value, key, arrays):
 
 def _encode_family(fam, key, arrays):
     extra = {k: v for k, v in vars(fam).items()
-             if k != "link" and isinstance(v, (bool, int, str))
-             or (isinstance(v, float) and math.isfinite(v))}
+             if k != "link" and (v is None or isinstance(v, (bool, int, str))
+                                 or (isinstance(v, float) and math.isfinite(v)))}
     # arrays bound to the data (ordinal: the categories each species uses)
     data = {k: _put(arrays, f"{key}/{k}", v) for k, v in vars(fam).items()
             if isinstance(v, np.ndarray) and v.dtype != object}
-    return {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra,
-            "arrays": data}
+    out = {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra,
+           "arrays": data}
+    if getattr(fam, "members", None) is not None:          # a family per species
+        out["species"] = [_label(sp) for sp in fam.species]
+        out["members"] = [_encode_family(f, f"{key}/member{i}", arrays)
+                          for i, f in enumerate(fam.members)]
+        out["groups"] = [_encode_family(g["family"], f"{key}/group{i}", arrays)
+                         for i, g in enumerate(fam.groups)]          # bound to their columns
+        out["member_q"] = None if fam.member_q is None else [
+            None if q is None else int(q) for q in fam.member_q]
+    return out
 
 
 def _encode_frame(df, key, arrays):
@@ -591,6 +600,8 @@ def _decode_community(meta, ctx):
 
 def _decode_family(meta, ctx):
     from ..families import get_family
+    if "members" in meta:
+        return _decode_mixed(meta, ctx)
     fam = get_family(meta["name"], link=meta["link"])
     for k, v in meta.get("attributes", {}).items():
         if getattr(fam, k, _DROP) != v:
@@ -598,6 +609,22 @@ def _decode_family(meta, ctx):
     for k, name in meta.get("arrays", {}).items():
         setattr(fam, k, np.array(ctx["arrays"][name]))
     return fam
+
+
+def _decode_mixed(meta, ctx):
+    """A family per species, bound to the saved species order, each group's family bound to
+    its columns as saved, with the saved nuisance widths."""
+    from ..families import Mixed
+
+    members = [_decode_family(m, ctx) for m in meta["members"]]
+    bound = Mixed(dict(zip(meta["species"], members))).bind(pd.Index(meta["species"]))
+    for g, gm in zip(bound.groups, meta.get("groups", [])):
+        g["family"] = _decode_family(gm, ctx)
+    widths = meta.get("arrays", {}).get("widths")
+    if widths is not None:
+        bound.widths = np.asarray(ctx["arrays"][widths], dtype=int)
+        bound.member_q = list(meta["member_q"])
+    return bound
 
 
 def _dataclasses():

@@ -577,6 +577,9 @@ def safe_solve(H, g):
         return np.linalg.solve(H + 1e-8 * scale[..., None, None] * eye, g[..., None])[..., 0]
 
 
+UNIFORM_MAX_PANELS = 1024
+
+
 def uniform_expectation(fun, mu, sd, extra=(), width=2.0, n_gl=10):
     """E[f(U)], U ~ N(mu, sd^2), by composite Gauss-Legendre on u in mu +- 9 sd.
 
@@ -584,11 +587,15 @@ def uniform_expectation(fun, mu, sd, extra=(), width=2.0, n_gl=10):
     half-width ~1 about the real axis (every link here) is integrated to
     ~1e-14 whatever sd: the generic rule for wide normals, costing about
     ``9 sd / width * 2 * n_gl`` evaluations per cell. 1-D arrays; ``sd > 0``.
+    At most ``UNIFORM_MAX_PANELS`` panels (sd above ~113 gets wider panels: such
+    variances of the linear predictor only occur at wild trial points, which
+    the optimiser rejects; without the cap one such cell could ask for GiBs).
     """
     x, w = np.polynomial.legendre.leggauss(n_gl)
     mu, sd = np.asarray(mu, dtype=float), np.asarray(sd, dtype=float)
     extra = [np.asarray(e, dtype=float) for e in extra]
     panels = 4.0 * np.ceil(np.maximum(18.0 * sd / width, 4.0) / 4.0)      # few distinct counts
+    panels = np.minimum(panels, UNIFORM_MAX_PANELS)
     out = None
     for p in np.unique(panels):
         sel = np.flatnonzero(panels == p)

@@ -13,8 +13,8 @@ from .results.fitted import GLLVMResults
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
           n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
-          random_species=None, fourth_corner=None, site_effects=None, num_lv_c=0, num_rr=0,
-          lv_formula=None, quadratic=False):
+          random_species=None, fourth_corner=None, site_effects=None, client=None, chunks=None,
+          num_lv_c=0, num_rr=0, lv_formula=None, quadratic=False):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -110,6 +110,15 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         (fixed), as R gllvm's trait formula: ``"Snow + Slope + (Snow + Slope):(Height + SLA)"``
         (the covariate first). Replaces the species-specific slopes on those covariates;
         traits come from the Community. ``fit.fourth_corner()`` gives the coefficients.
+    client : dask.distributed.Client, optional
+        Fit on that Dask cluster: the sites are split into chunks that stay on the
+        workers with their site parameters; the driver steps the species
+        parameters (docs/scaling.md). Needs ``pip install 'jsdm[dask]'``. Returns a
+        ``jsdm.results.cluster.ClusterGLLVMResults``. ``data`` may also be a
+        ``jsdm.model.cluster_data.ClusterData`` (Parquet files, Zarr or dask arrays).
+    chunks : int, optional
+        Number of chunks of sites with ``client`` (default: two per worker, and
+        at most about 5 million cells per chunk).
 
     num_lv_c : int >= 0
         Concurrent ordination (R gllvm's ``num.lv.c``): this many latent variables
@@ -186,6 +195,16 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         lv_formula, quadratic = ordn.get("lv_formula", lv_formula), ordn.get("quadratic", quadratic)
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
+    if client is None and chunks is not None:
+        raise JSDMError("chunks= splits the sites over a Dask cluster; give client= too")
+    if client is not None and (num_lv_c or num_rr or quadratic):
+        raise JSDMError("constrained, concurrent and quadratic ordination are not available on a "
+                        "Dask cluster yet; fit them without client=")
+    if client is not None:
+        from .results.cluster import gllvm_on_cluster
+        return gllvm_on_cluster(data, X, client=client, chunks=chunks, family=fam, trials=trials,
+                                call=call, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol,
+                                verbose=verbose, prior_sd=prior_sd, formula=formula)
     prob = build_problem(data, X, family=fam, trials=trials, num_lv_c=num_lv_c, num_rr=num_rr,
                          lv_formula=lv_formula, quadratic=quadratic, **call)
     if prior_sd is not None:

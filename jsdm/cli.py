@@ -82,10 +82,12 @@ def _family_names():
     """Registered family names with their short aliases, for --family's help."""
     from .families import _REGISTRY
 
-    out = []
+    out, seen = [], set()
     for cls in dict.fromkeys(_REGISTRY.values()):
+        name = cls.name if cls.name not in seen else cls.aliases[0]    # tweedie / tweedie_power
+        seen.add(cls.name)
         short = [a for a in cls.aliases if len(a) <= 3]
-        out.append(cls.name + (f" ({', '.join(short)})" if short else ""))
+        out.append(name + (f" ({', '.join(short)})" if short else ""))
     return ", ".join(out)
 
 #: Every file a run may write into --out (a folder holding only these may be overwritten).

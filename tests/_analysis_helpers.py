@@ -82,3 +82,33 @@ def upper(M):
 
 __all__ = ["reference_dir", "load_reference", "mite_x2", "quiet_fit", "fit_mite_poisson", "cor_from",
            "random_rotation", "rotated_fit", "upper", "pd"]
+
+
+def mite_long():
+    """The mite data in long form, as ``../shared/data/mite/mite_long.csv`` (built by the R
+    script ``wave2_mite_aravo.R``), from the bundled copy (``jsdm.datasets.load_mite``).
+
+    One row per site x species (site varies fastest): site, species, count, SubsDens and
+    WatrCont standardised (mean 0, sd with n - 1, R's ``scale()``), Substrate, Shrub, Topo
+    (as text), pa = (count > 0), logy1 = log(count + 1). ``tests/test_group_effects.py``
+    checks it equals the shared CSV when that is there.
+    """
+    import numpy as np
+    import pandas as pd
+
+    com = jsdm.datasets.load_mite()
+    X = com.X
+    rows = []
+    for sp in com.Y.columns:
+        part = pd.DataFrame({"site": com.Y.index.astype(str), "species": sp,
+                             "count": com.Y[sp].to_numpy()})
+        for c in ("SubsDens", "WatrCont"):
+            x = X[c].astype(float)
+            part[c] = ((x - x.mean()) / x.std(ddof=1)).to_numpy()
+        for c in ("Substrate", "Shrub", "Topo"):
+            part[c] = X[c].astype(str).to_numpy()
+        rows.append(part)
+    long = pd.concat(rows, ignore_index=True)
+    long["pa"] = (long["count"] > 0).astype(int)
+    long["logy1"] = np.log1p(long["count"].astype(float))
+    return long

@@ -80,7 +80,8 @@ def bci_like(seed=50, n_single=90, truth=False):
 
 
 def aravo_available():
-    return (ARAVO / "aravo_spe.csv").is_file()
+    """Always true now: aravo is bundled (``jsdm.datasets.load_aravo``)."""
+    return hasattr(jsdm.datasets, "load_aravo") or (ARAVO / "aravo_spe.csv").is_file()
 
 
 def aravo_pa():

@@ -233,7 +233,7 @@ def test_fit_and_summary_render_as_html(fit):
 # --- layers ---------------------------------------------------------------------------------
 #: modules that still refit through the top-level API from inside results/ (issues 16 and 17);
 #: their refits belong beside jsdm/selection.py
-PENDING_CYCLES = {"results/crossval.py", "results/profile.py"}
+PENDING_CYCLES = {"results/crossval.py"}
 
 
 def _imports(path):

@@ -193,3 +193,81 @@ def test_species_information_and_informative_records():
     assert not tab.loc["g", "headline"] and tab.loc["a", "headline"]
     assert tab.loc["g", "occupied"] == 1 and tab.loc["h", "prevalence"] == pytest.approx(38 / 40)
     assert species_information(fit, min_records=30).loc["a", "rare"]
+
+
+def test_starts_that_end_at_different_optima_are_reported(clean):
+    """diagnose() says when the starts' final ELBOs differ by more than the tolerance."""
+    from jsdm.analysis.diagnostics import START_TOL, check_starts
+
+    _, fit = clean
+    best = fit.llf
+
+    def with_starts(values):
+        return GLLVMResults(fit.problem, replace(fit.state, start_values=list(values)), fit.settings)
+
+    assert check_starts(with_starts([best])) == []                              # one start: silent
+    assert check_starts(with_starts([best, best - 0.5 * START_TOL, best])) == []  # optimiser noise
+    apart = with_starts([best - 0.3, best, best - 4.2])
+    probs = check_starts(apart)
+    assert len(probs) == 1 and probs[0].kind == "starts"
+    assert "2 of 3 starts" in probs[0].message and f"{best - 4.2:.4f}" in probs[0].evidence
+    assert "n_init=10" in probs[0].remedy
+    assert "starts" in [p.kind for p in apart.diagnose(hessian=False).problems]
+    with pytest.warns(jsdm.JSDMWarning, match="starts ended more than"):
+        warn_quick_checks(apart)
+    failed = check_starts(with_starts([best, -np.inf, best]))       # a start that broke down
+    assert len(failed) == 1 and "1 of 3 starts failed numerically" in failed[0].message
+
+
+def test_a_start_that_fails_numerically_leaves_the_others(monkeypatch):
+    """A start whose Newton step meets a singular matrix is recorded as failed (-inf) and the
+    fit keeps the best of the others; when every start fails, a JSDMError says what to try.
+    (Found by bench/bench_starts.py: dune cover classes, Tweedie, seed 1001, n_init=5: a
+    jittered start's site precisions reached 1e26 and the whole fit stopped with LinAlgError.)"""
+    import jsdm.model.fit as engine
+
+    com, _ = jsdm.simulate_community(30, 5, num_lv=1, family="poisson", seed=2)
+    real = engine._run_start
+    calls = []
+
+    def second_fails(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise np.linalg.LinAlgError("Singular matrix")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine, "_run_start", second_fails)
+    fit = jsdm.gllvm(com, family="poisson", num_lv=1, n_init=3, seed=0)
+    vals = fit.state.start_values
+    assert len(vals) == 3 and vals[1] == -np.inf and np.isfinite(vals[0]) and np.isfinite(vals[2])
+    assert fit.llf == max(vals[0], vals[2])
+    assert "starts" in [p.kind for p in fit.diagnose(hessian=False).problems]
+
+    def always_fails(*args, **kw):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(engine, "_run_start", always_fails)
+    with pytest.raises(jsdm.JSDMError, match="every start of the fit failed numerically"):
+        jsdm.gllvm(com, family="poisson", num_lv=1, n_init=2, seed=0)
+
+
+def test_precision_at_its_upper_bound_is_reported():
+    """Cover classes divided by 10 are a lattice: a beta precision can grow without bound for a
+    species with few distinct values (its values reproduced exactly). diagnose() names those
+    species; a beta fit to simulated continuous data has none."""
+    from jsdm.analysis.diagnostics import check_dispersion_at_ceiling
+
+    cover = jsdm.datasets.load_dune().Y.astype(float) / 10.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jsdm.gllvm(cover, family="beta_hurdle", num_lv=2, seed=1, n_init=1)
+    probs = check_dispersion_at_ceiling(fit)
+    assert len(probs) == 1 and "unbounded" in probs[0].message
+    flagged = {sp for _, sp, term in probs[0].parameters if term == "phi"}
+    distinct = cover.apply(lambda c: c[c > 0].nunique())
+    assert flagged and distinct[list(flagged)].max() <= 4                # few distinct values
+    assert distinct[list(flagged)].mean() < distinct.drop(list(flagged)).mean()
+    assert fit.params.loc[("dispersion", sorted(flagged)[0], "phi")] > 1e5
+    assert "dispersion_at_ceiling" in [p.kind for p in fit.diagnose(hessian=False).problems]
+    com, _ = jsdm.simulate_community(80, 5, num_lv=1, family="beta", seed=2)
+    assert check_dispersion_at_ceiling(jsdm.gllvm(com, family="beta", num_lv=1, seed=0)) == []

@@ -235,3 +235,17 @@ def test_df_with_row_effects(sim, row_effect, extra):
     fit = quiet_fit(com, family="poisson", num_lv=1, row_effect=row_effect, n_init=1, seed=0,
                     maxiter=2)
     assert fit.df == M * 3 + M * 1 + extra
+
+
+def test_default_fits_are_deterministic_without_a_seed():
+    """Same data, same call, same result, also when no seed is given (randomised Dunn-Smyth
+    residuals and jittered starts draw from a fixed default seed)."""
+    import warnings
+
+    com, _ = jsdm.simulate_community(40, 6, num_lv=2, family="zip", seed=1, intercept=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = jsdm.gllvm(com, family="zip", num_lv=2)
+        b = jsdm.gllvm(com, family="zip", num_lv=2)
+    assert a.llf == b.llf and a.state.start_values == b.state.start_values
+    np.testing.assert_array_equal(a.loadings, b.loadings)

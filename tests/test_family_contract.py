@@ -38,7 +38,7 @@ def test_every_family_answers_the_questions_the_layers_ask(name):
     fam = get_family(name)
     m = 3
     y = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
-    if name in ("beta",):
+    if name in ("beta", "ordered_beta", "beta_hurdle"):
         y = np.array([[0.2, 0.5, 0.7], [0.4, 0.3, 0.9]])
     if name in ("gamma",):
         y = y + 0.5
@@ -52,7 +52,8 @@ def test_every_family_answers_the_questions_the_layers_ask(name):
     assert info is None or np.shape(info) == (m,)
     assert isinstance(fam.dispersion_can_vanish, bool)
     assert isinstance(fam.dispersion_is_response_sd, bool)
-    fam.check_y(np.full((2, 2), fam.missing_fill))          # the fill value is a valid response
+    tr = np.full((2, 2), 3.0) if fam.uses_trials else None
+    fam.check_y(np.full((2, 2), fam.missing_fill), tr)      # the fill value is a valid response
     s0 = fam.start_intercept(y, np.ones_like(y))
     assert np.shape(s0) == (m,) and np.all(np.isfinite(s0))
     size = fam.size(disp) if disp is not None else None

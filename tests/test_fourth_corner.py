@@ -7,7 +7,6 @@ bound must be at least as high; the coefficients then differ (the bounds have di
 optima), so only their signs are compared. A9b (randomX) did not converge in R (WAVE2.md:
 its random-slope variance collapsed to 1e-9 with |gradient| 4.2)."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,20 +14,17 @@ import pytest
 
 import jsdm
 
-ROOT = Path(__file__).resolve().parents[1] / ".." / "shared"
-ARAVO = ROOT / "data" / "aravo"
-REF = ROOT / "reference"
+from _analysis_helpers import reference_dir
+
+REF = reference_dir()
 TRAITS_FORMULA = "Snow + Slope + (Snow + Slope):(Height + SLA)"
 
 
 def _aravo():
-    if not (ARAVO / "aravo_spe.csv").exists():
-        pytest.skip("aravo data (../shared/data/aravo) not available")
-    spe = pd.read_csv(ARAVO / "aravo_spe.csv", index_col=0)
-    env = pd.read_csv(ARAVO / "aravo_env.csv", index_col=0)
-    tr = pd.read_csv(ARAVO / "aravo_traits.csv", index_col=0)
-    X = env[["Snow", "Slope"]].astype(float)
-    T = tr[["Height", "SLA"]].astype(float)
+    aravo = jsdm.datasets.load_aravo()      # the bundled copy of ../shared/data/aravo
+    spe = aravo.Y
+    X = aravo.X[["Snow", "Slope"]].astype(float)
+    T = aravo.traits[["Height", "SLA"]].astype(float)
     # as wave2_mite_aravo.R: scale() with sd (n - 1)
     return jsdm.Community((spe > 0).astype(float), (X - X.mean()) / X.std(),
                           (T - T.mean()) / T.std())

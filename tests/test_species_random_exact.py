@@ -8,7 +8,6 @@
 """
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,10 +17,10 @@ import jsdm
 from jsdm.model.fit import fit_problem
 from jsdm.model.formula import parse_random_species
 from jsdm.model.problem import build_problem
+from _analysis_helpers import mite_long, reference_dir
 from _engine_helpers import common_sd_gaussian
 
-REF = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
-MITE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mite" / "mite_long.csv"
+REF = reference_dir()
 
 
 def _community(seed=1, n=30, m=12):
@@ -76,13 +75,13 @@ def test_gaussian_elbo_is_the_exact_mixedlm_loglik(case):
 # --- glmmTMB / lme4 references (mite, long data) ---------------------------------------------
 def _ref(name):
     path = REF / name
-    if not path.exists() or not MITE.exists():
+    if not path.exists():
         pytest.skip("reference fits (../shared/reference) not available")
     return json.loads(path.read_text())["fit"]
 
 
 def _fit(formula, family):
-    long = pd.read_csv(MITE)
+    long = mite_long()
     long["pa"] = long["pa"].astype(float)
     return jsdm.gllvm(long, formula=formula, family=family, gtol=1e-5)
 
@@ -280,8 +279,6 @@ def test_every_species_random_formula_parses_prints_and_fits(formula):
     assert "random species effects" in text and "equivalent wide call" in text
     sr = parsed.species_random
     assert sr is not None and sr.lme4() in text
-    if not MITE.exists():
-        pytest.skip("mite long table not available")
     fit = _fit(formula, "poisson")
     assert fit.converged
     assert fit.problem.predictor.species_random_terms[0][0] == sr

@@ -87,6 +87,9 @@ def species_mean(fit, beta0=None, B=None, theta=None, s=None):
     -------
     ndarray (m,)
     """
+    on_cluster = getattr(fit, "_cluster_species_mean", None)    # a cluster fit: summed by chunk
+    if on_cluster is not None:
+        return on_cluster(beta0, B, theta, s)
     prob, fam = fit.problem, fit.family
     t0, b0, B0, s0 = _species_arrays(fit)
     theta = t0 if theta is None else theta
@@ -102,7 +105,7 @@ def species_mean(fit, beta0=None, B=None, theta=None, s=None):
     v = (theta ** 2).sum(1) + (fit.row_sigma ** 2 if fit.row_effect == "random" else 0.0)
     W = prob.W
     with np.errstate(over="ignore", invalid="ignore"):
-        if fam.link == "log":
+        if fam.link == "log" and not fam.mean_uses_dispersion:
             mu = fam.mean(F + 0.5 * v, None, s)
         else:
             x, w = np.polynomial.hermite_e.hermegauss(_GH_NODES)
@@ -118,17 +121,20 @@ def _observation_term(fit, beta0=None, B=None, theta=None, s=None):
         return np.full(len(fit.species), float(fam.link_residual_variance))
     s = fit.state.params.s if s is None else s
     mu = species_mean(fit, beta0, B, theta, s)
-    return np.asarray(fam.observation_variance(mu, s), dtype=float)
+    prob = fit.problem
+    tr = None                          # the species' mean number of trials (beta-binomial)
+    if prob.trials is not None:
+        obs = np.broadcast_to(prob.W > 0, prob.trials.shape)
+        tr = np.where(obs, prob.trials, 0.0).sum(0) / np.maximum(obs.sum(0), 1)
+    return np.asarray(fam.observation_variance(mu, s, tr), dtype=float)
 
 
 def _gllvm_term(fit, kind, disp=None):
     """R gllvm's getResidualCor diagonal term per species (m,) (``kind`` lognormal/trigamma)."""
     fam, m = fit.family, len(fit.species)
     disp = fit.dispersion if disp is None else disp
-    if disp is not None and not isinstance(disp, pd.DataFrame):
+    if disp is not None:                # (m,), or (m, q) for a vector per species
         disp = np.asarray(disp, dtype=float)
-    else:
-        disp = None                     # no dispersion, or a vector per species (cut points)
     vals = fam.link_variance(disp, m, method=kind)
     return np.broadcast_to(np.asarray(vals, dtype=float), (m,))
 
@@ -750,3 +756,23 @@ def association_table(fit, alpha=0.05, method="delta", add_family_variance=DEFAU
     tab.attrs.update(method=method, alpha=alpha, measure=_measure(add_family_variance) or "theta",
                      min_records=info.attrs["min_records"], **ci.info)
     return tab
+
+
+class _ChunkView:
+    """What ``species_mean`` reads of a fit, for one chunk of sites of a cluster fit."""
+
+    def __init__(self, chunk, P, row_sigma):
+        self.problem, self.family = chunk.prob, chunk.prob.family
+        self.state = type("State", (), {"params": P})()
+        self.row_effect = chunk.prob.row_effect
+        self.row_sigma = row_sigma
+        alpha = getattr(P, "alpha", None)
+        self.row_effects = None if alpha is None else pd.Series(alpha)
+
+
+def _chunk_species_mean(chunk, P, args, row_sigma):
+    """Worker task of a cluster fit: one chunk's sums for ``species_mean`` (its mean
+    times the number of observed sites, and that number), summed by the driver."""
+    view = _ChunkView(chunk, P, row_sigma)
+    w = np.broadcast_to(chunk.prob.W, chunk.prob.Y.shape).sum(0)
+    return species_mean(view, *args) * np.maximum(w, 1.0), w

@@ -64,6 +64,10 @@ PENALTY_SHARE = 0.5
 #: distance of s from its lower bound within which the dispersion counts as at the bound
 #: (a factor e^3 = 20: NB phi below 4e-8, over-dispersion of no consequence at any count)
 BOUND_TOL = 3.0
+#: starts whose final ELBO is this far below the best one (nats, or this fraction of |ELBO| on
+#: large data) ended at another optimum; smaller differences are the optimiser's tolerance
+START_TOL = 0.01
+START_RTOL = 1e-6
 
 
 @dataclass
@@ -75,8 +79,8 @@ class Problem:
     kind : str
         Short name ("convergence", "hessian", "near_singular", "large_coefficient",
         "covariate_scaling", "collapsed_lv", "sparse_species", "row_variance",
-        "group_variance", "degenerate_dispersion", "dispersion_at_bound", "large_se",
-        "penalty_dominated", "species_random_variance").
+        "group_variance", "degenerate_dispersion", "dispersion_at_bound", "dispersion_at_ceiling",
+        "large_se", "penalty_dominated", "species_random_variance", "starts").
     message : str
         One-line statement of the problem.
     evidence : str
@@ -443,7 +447,8 @@ def check_collapsed_lvs(fit):
 def informative_records(fit):
     """Informative records per species (m,): sites with y > 0; for binomial the smaller of
     that and the sites below the number of trials (a species present everywhere says as
-    little as one absent everywhere); for Gaussian every observed site."""
+    little as one absent everywhere); for Gaussian every observed site. A model with a
+    family per species asks each species' own family."""
     prob = fit.problem
     Y = np.where(prob.W > 0, prob.Y, np.nan)
     info = fit.family.informative_records(Y, prob.trials)     # None: every observed site
@@ -505,6 +510,44 @@ def check_dispersion_at_bound(fit):
         "nothing to fix: the data show no over-dispersion for these species; their "
         f"{name}, its SE and interval carry no information (the report prints them as 'at bound')",
         [("dispersion", sp, name) for sp in who])]
+
+
+def dispersion_at_ceiling(fit):
+    """Series (species, term) -> value of the estimated nuisance parameters at the upper end
+    of their range (unconstrained s within ``BOUND_TOL`` of its upper bound)."""
+    P, layout = fit.state.params, fit.state.layout
+    if P.s is None:
+        return pd.Series(dtype=float)
+    sl = layout.slices["s"]
+    packed = layout.pack(P)[sl]
+    est = fit.params.loc["dispersion"]
+    if len(est) != packed.size:           # (not the terms' packed order: nothing to say)
+        return pd.Series(dtype=float)
+    return est[packed >= S_BOUNDS[1] - BOUND_TOL]
+
+
+def check_dispersion_at_ceiling(fit):
+    """Nuisance parameters at the upper end of their range (a beta precision: the species'
+    non-zero values reproduced exactly, an unbounded likelihood)."""
+    at = dispersion_at_ceiling(fit)
+    if at.empty:
+        return []
+    meaning = getattr(fit.family, "dispersion_ceiling_meaning", None) or (
+        "at the upper end of the range the fit allows; where it is a precision the species' "
+        "values are reproduced exactly and the likelihood is unbounded there")
+    who = list(dict.fromkeys(sp for sp, _ in at.index))
+    ev = "; ".join(f"{_fmt(sp)}: {term} = {v:.3g}" for (sp, term), v in list(at.items())[:5])
+    if len(at) > 5:
+        ev += f" (+{len(at) - 5} more)"
+    return [Problem(
+        "dispersion_at_ceiling",
+        f"{len(at)} nuisance parameter(s) of {len(who)} species at the upper bound: {meaning}",
+        ev, "these estimates and their SEs carry no information. Where the likelihood is "
+        "unbounded (a precision fitted to few distinct values), fits from different starts can "
+        "differ by how many species reach the bound and their ELBOs are not comparable: look at "
+        "these species (how many distinct non-zero values?), drop them, fit fewer latent "
+        "variables, or use a family for classes (cover classes: ordinal)",
+        [("dispersion", sp, term) for sp, term in at.index])]
 
 
 def _species_dispersions(fit):
@@ -657,9 +700,42 @@ def check_approximation(fit, n_draws=500, seed=0):
     return problems, stats
 
 
+def check_starts(fit, tol=None):
+    """Starts that ended at different optima (the ELBO has several local maxima here).
+
+    ``fit.state.start_values`` holds the final ELBO of each start; the fit keeps the
+    best. Starts more than ``tol`` (default ``START_TOL`` nats, or ``START_RTOL`` of
+    |ELBO| when larger) below it ended at another, lower optimum.
+    """
+    allv = np.asarray(getattr(fit.state, "start_values", None) or [], dtype=float)
+    n, failed = allv.size, int((~np.isfinite(allv)).sum())
+    vals = allv[np.isfinite(allv)]
+    if n < 2 or not vals.size:
+        return []
+    best = vals.max()
+    tol = max(START_TOL, START_RTOL * abs(best)) if tol is None else float(tol)
+    behind = np.sort(vals[vals < best - tol])
+    if not behind.size and not failed:
+        return []
+    what = [f"{behind.size} of {n} starts ended more than {tol:.3g} below the best"] if \
+        behind.size else []
+    what += [f"{failed} of {n} starts failed numerically"] if failed else []
+    return [Problem(
+        "starts", "; ".join(what),
+        f"final ELBO of the starts: best {best:.4f}"
+        + ("; lower ones " + ", ".join(f"{v:.4f}" for v in behind[:5])
+           + (" ..." if behind.size > 5 else "") if behind.size else "")
+        + (f"; {failed} failed (a singular step)" if failed else "")
+        + f" (the fit kept the best; tolerance {tol:.3g})",
+        "the ELBO has several local optima for these data, so even the best of these starts may "
+        f"not be the highest: refit with more starts (n_init={max(10, 3 * n)}) and a few seeds and "
+        "keep the best; estimates that differ between such fits are not well determined", [])]
+
+
 QUICK = (check_covariate_scaling, check_sparse_species, check_collapsed_lvs, check_row_variance,
          check_group_variance, check_species_random_variance, check_large_coefficients,
-         check_degenerate_dispersion, check_dispersion_at_bound)
+         check_degenerate_dispersion, check_dispersion_at_bound, check_dispersion_at_ceiling,
+         check_starts)
 
 
 def quick_checks(fit):
@@ -734,7 +810,8 @@ def diagnose(fit, hessian=True, approximation=True, n_draws=500, seed=0):
     for check in QUICK:
         problems += check_large_coefficients(fit, se) if check is check_large_coefficients else check(fit)
     problems += check_large_se(fit, se) + check_penalty_dominated(fit, se)
-    stats = {"family": f"{fit.family.name} ({fit.family.link})", "sites x species": f"{fit.problem.n} x {fit.problem.m}",
+    fam_text = getattr(fit.family, "composition", None) or f"{fit.family.name} ({fit.family.link})"
+    stats = {"family": fam_text, "sites x species": f"{fit.problem.n} x {fit.problem.m}",
              "num_lv": fit.num_lv, "ELBO": float(fit.llf), "converged": bool(fit.converged),
              "max scaled gradient": float(fit.state.scaled_grad),
              "max |gradient|": float(fit.max_grad)}

@@ -76,9 +76,10 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
         Size of the community.
     num_lv : int
         Number of latent variables d (0 <= d <= n_species).
-    family : str or Family
+    family : str, Family, list or mapping
         "poisson", "negative_binomial" ("nb"), "binomial", "gaussian", or any
-        registered family.
+        registered family; or one family per species (a list of n_species, or a
+        mapping {"sp01": ..., ...}), which share the latent variables.
     n_covariates : int
         Number of site covariates x1..xp, drawn N(0, 1) (standardised).
     seed : int, Generator or None
@@ -91,6 +92,13 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
         "zip" (default 0.3), beta precision phi (default 10), Tweedie and gamma
         phi (default 1); for "ordinal" the cut points tau_1 = 0 < tau_2 < ...
         (K-1 values, or one row per species; default (0, 1, 2): categories 0-3).
+        Families with several nuisance parameters per species take one value of
+        each (or one row per species), in the order of ``family.dispersion_labels``
+        (zinb: pi, phi; hurdle_nb: p_present, phi; ordered_beta: cut_zero,
+        cut_one, phi; tweedie_power: phi, power); each family's own default
+        otherwise (``family.default_dispersion``). A family per species takes the
+        members' defaults, or an (n_species, q) array with NaN where a species
+        has fewer.
     trials : int or array broadcastable to (n_sites, n_species), optional
         Binomial trials; None gives 0/1 data.
     intercept : float, optional
@@ -111,8 +119,13 @@ def simulate_community(n_sites=50, n_species=20, num_lv=2, family="poisson", n_c
     """
     from ..families import get_family
 
-    fam = get_family(family, link=link)
     _check_sizes(n_sites, n_species, num_lv, n_covariates)
+    if isinstance(family, (list, tuple)):              # a family per species, in order
+        if len(family) != n_species:
+            raise JSDMError(f"family as a list needs one family per species ({n_species}), got "
+                            f"{len(family)}")
+        family = dict(zip(_labels("sp", n_species), family))
+    fam = get_family(family, link=link).bind(_labels("sp", n_species))
     rng = np.random.default_rng(seed)
     beta0 = rng.normal(0.0 if intercept is None else intercept, intercept_sd, n_species)
     B = rng.normal(0.0, coef_sd, (n_species, n_covariates))
@@ -141,11 +154,18 @@ def _label(fam, y, X, beta0, B, theta, Z, disp, eta, trials):
         z=pd.DataFrame(Z, index=sites, columns=lvs),
         dispersion=None if disp is None else (
             pd.Series(disp, index=species, name="dispersion") if disp.ndim == 1 else
-            pd.DataFrame(disp, index=species, columns=[f"tau{k + 1}" for k in range(disp.shape[1])])),
+            pd.DataFrame(disp, index=species, columns=_dispersion_columns(fam, disp.shape[1]))),
         eta=pd.DataFrame(eta, index=sites, columns=species),
         family=fam.name, link=fam.link, trials=trials,
     )
     return com, truth
+
+
+def _dispersion_columns(fam, k):
+    """Column labels of a vector dispersion: the family's, or tau1.. for cut points."""
+    if hasattr(fam, "cutpoints") or not hasattr(fam, "dispersion_labels"):
+        return [f"tau{j + 1}" for j in range(k)]
+    return list(fam.dispersion_labels(k))
 
 
 def _check_sizes(n_sites, n_species, num_lv, n_covariates):
@@ -192,6 +212,22 @@ def _cutpoints(fam, cuts, m):
 
 def _dispersion(fam, dispersion, m):
     """Per-species dispersion array (m,) or None for families without one."""
+    groups = fam.column_groups(m)
+    if groups[0][0] is not fam and fam.has_dispersion:  # a family per species: each its own default
+        q = fam.n_dispersion(np.full((1, m), np.nan))     # the widest member's nuisance count
+        if dispersion is not None:
+            disp = np.asarray(dispersion, dtype=float)
+            if disp.shape != (m, q):
+                raise JSDMError(f"a mixed-family community takes dispersion=None (each family's "
+                                f"default) or an array (n_species, {q}) on the "
+                                "families' reported scales, NaN where a species has fewer")
+            return disp
+        out = np.full((m, q), np.nan)
+        for member, cols in groups:
+            d = _dispersion(member, None, cols.size)
+            if d is not None:
+                out[cols, :1 if d.ndim == 1 else d.shape[1]] = d.reshape(cols.size, -1)
+        return out
     if not fam.has_dispersion:
         if dispersion is not None:
             raise JSDMError(f"family {fam.name!r} has no dispersion parameter; "
@@ -201,9 +237,18 @@ def _dispersion(fam, dispersion, m):
         return _cutpoints(fam, dispersion, m)
     if dispersion is None:
         dispersion = fam.default_dispersion if fam.default_dispersion is not None else 1.0
-    disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,)).copy()
-    if not (np.isfinite(disp).all() and (disp > 0).all()):
-        raise JSDMError(f"dispersion must be positive and finite, got {dispersion!r}.")
+    q = fam.n_dispersion(np.full((1, m), np.nan))       # a fixed vector per species, or None
+    try:
+        disp = np.broadcast_to(np.asarray(dispersion, dtype=float), (m,) if q is None else (m, q)).copy()
+    except ValueError:
+        raise JSDMError(f"family {fam.name!r} takes {q or 1} dispersion value(s) per species "
+                        f"({', '.join(fam.dispersion_labels(q)) if q else fam.dispersion_name}); "
+                        f"give {q or 1} value(s) or one row of them per species, got "
+                        f"shape {np.shape(dispersion)}.") from None
+    positive = np.asarray(getattr(fam, "dispersion_positive", None) or True)   # per column
+    if not (np.isfinite(disp).all() and np.where(positive, disp > 0, True).all()):
+        raise JSDMError(f"dispersion must be finite (and positive where it is a scale or a "
+                        f"probability), got {dispersion!r}.")
     with np.errstate(divide="ignore", invalid="ignore"):
         ok = np.isfinite(fam.dispersion_param(disp))
     if not ok.all():

@@ -176,6 +176,36 @@ class Family:
         """Unconstrained parameter s from a reported dispersion."""
         return np.log(disp)
 
+    # --- a vector of nuisance parameters per species: what fit.params reports for each entry --
+    def reported_dispersion(self, s):
+        """(rows, q): the reported value behind each entry of a vector ``s`` (rows, q): by
+        default the last q columns of ``dispersion(s)``; NaN where an entry is held."""
+        s = np.asarray(s, dtype=float)
+        return np.asarray(self.dispersion(s), dtype=float)[:, -s.shape[1]:]
+
+    def reported_dispersion_labels(self, rows, q):
+        """(rows, q) labels of the entries of a vector ``s`` (default: ``dispersion_labels(q)``
+        on every row)."""
+        labels = getattr(self, "dispersion_labels", None)
+        names = list(labels(q)) if labels is not None else [f"dispersion{k + 1}" for k in range(q)]
+        out = np.empty((rows, q), dtype=object)
+        out[:] = names
+        return out
+
+    def dispersion_jacobian(self, s, h=1e-6):
+        """d reported_dispersion(s) / d s per row, (rows, q, q); default: central differences
+        (exact families override it)."""
+        s = np.asarray(s, dtype=float)
+        rows, q = s.shape
+        D = np.empty((rows, q, q))
+        for i in range(q):
+            step = np.zeros_like(s)
+            step[:, i] = h * (1.0 + np.abs(s[:, i]))
+            with np.errstate(invalid="ignore", over="ignore"):
+                diff = self.reported_dispersion(s + step) - self.reported_dispersion(s - step)
+            D[:, :, i] = diff / (2.0 * step[:, i:i + 1])
+        return D
+
     def n_dispersion(self, y, species=None):
         """Length q of each species' dispersion vector, or None when ``s`` is a scalar per species.
 
@@ -184,6 +214,29 @@ class Family:
         NaN for missing cells). ``species`` (labels) is only used in messages.
         """
         return None
+
+    def label(self):
+        """Short label: the name, with the link where it is not the default
+        ("poisson", "binomial(probit)")."""
+        return self.name if self.link == self.default_link else f"{self.name}({self.link})"
+
+    def column_groups(self, m):
+        """[(family, column indices)]: which family models which of the ``m`` species columns.
+
+        One family: ``[(self, arange(m))]``. A mixed family (a family per species) returns
+        one pair per distinct member family; layers that need a family's per-species
+        answers (its data checks, its default dispersion) ask each member for its columns.
+        """
+        return [(self, np.arange(m))]
+
+    def bind(self, species):
+        """The family for a response table with these species (columns), in their order.
+
+        Every family but the mixed one (a family per species: ``family=`` a mapping) returns
+        itself; ``build_problem`` binds before checking the responses (each species is
+        checked by its own family), then ``prepare`` binds to the values.
+        """
+        return self
 
     # --- data-dependent structure (only ordinal uses these today) --------------
     #: True when one dispersion parameter (vector) is shared by all species: s is then (1, q)
@@ -234,6 +287,13 @@ class Family:
     # (probit 1, logit pi^2/3; 0 where the family has none)
     link_residual_variance = 0.0
 
+    # a family whose GLLVM fit (one start) gives a better start for this one where the
+    # likelihood has many local optima (zero inflation, hurdles); None: no such start
+    start_family = None
+
+    # True where E[y | eta] depends on the dispersion s as well (zero inflation, hurdles,
+    # point masses): response-scale means need s, and g^-1(eta) is not the mean of y
+    mean_uses_dispersion = False
     # --- what the layers above ask of a family (never its name) -------------------------
     #: plain-text phrase for a methods paragraph ("a Poisson distribution", ...)
     description = None
@@ -281,6 +341,8 @@ class Family:
     # --- family-specific words and numbers for the analysis layer (associations, diagnostics) --
     #: what a dispersion at the lower end of its range means, in words (diagnostics, report)
     dispersion_floor_meaning: Optional[str] = None
+    #: ... and at the upper end (a precision there: the species' values fitted exactly)
+    dispersion_ceiling_meaning: Optional[str] = None
 
     def observation_variance(self, mu, s=None, trials=None):
         """Variance of one observation around its mean, on the link scale.

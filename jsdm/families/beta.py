@@ -73,6 +73,10 @@ class Beta(Family):
     default_link = "logit"
     has_dispersion = True
     dispersion_name = "phi"
+    dispersion_ceiling_meaning = (
+        "the precision phi at its upper bound: the species' values inside (0, 1) are reproduced "
+        "exactly and the likelihood is unbounded (few distinct values, e.g. cover classes "
+        "converted to proportions)")
     missing_fill = 0.5
     default_dispersion = 10.0
     dispersion_can_vanish = True

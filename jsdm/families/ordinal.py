@@ -337,6 +337,24 @@ class Ordinal(Family):
         free = self.free_dispersion()
         return tau if free is None else np.where(free, tau, np.nan)
 
+    def reported_dispersion(self, s):
+        """The estimated cut points behind the entries of s (:meth:`free_cutpoints`)."""
+        return self.free_cutpoints(s)
+
+    def reported_dispersion_labels(self, rows, q):
+        """"k|l" per estimated cut point (:meth:`free_cutpoint_labels`)."""
+        names = self.free_cutpoint_labels(rows)
+        if names is not None:
+            return names
+        return super().reported_dispersion_labels(rows, q + 2)[:, 1:q + 1]
+
+    def dispersion_jacobian(self, s, h=None):
+        """Exact: tau_(k+2) = sum_(i <= k) exp(s_i) (log gaps), lower triangular; a row's held
+        entries come after its free ones, so its free block is exact."""
+        s = np.asarray(s, dtype=float)
+        q = s.shape[1]
+        return np.tril(np.ones((q, q)))[None, :, :] * np.exp(s)[:, None, :]
+
     def free_cutpoint_labels(self, rows):
         """(rows, q) labels "k|l" of the estimated cut points: between category k and the next used
         one l (l = k + 1 unless categories between were merged); None where held."""

@@ -94,6 +94,8 @@ class ZeroInflatedPoisson(Family):
     default_dispersion = 0.3
     dispersion_floor_meaning = "no zero inflation: indistinguishable from Poisson"
     discrete = True
+    mean_uses_dispersion = True
+    start_family = "negative_binomial"   # an extra start from its fit (model.fit.related_start)
 
     def ell(self, y, m, v, s=None, trials=None, order=1):
         """Exact E[log f(y | eta)], eta ~ N(m, v); quadrature only in the y = 0 cells."""

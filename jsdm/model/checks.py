@@ -282,8 +282,13 @@ def check_response_scale(Y, W, family, species):
             f"responses as large as {big:.3g} cannot be fitted reliably in floating point "
             f"(limit {MAX_ABS_RESPONSE:.0e}). Change their unit first, e.g. Y / 1e{k}, and "
             "read the estimates in that unit.")
-    if not family.dispersion_is_response_sd:
-        return
+    for fam, cols in family.column_groups(Y.shape[1]):     # a family per species: each its own
+        if fam.dispersion_is_response_sd:
+            _check_sd(Y[:, cols], obs[:, cols], species[cols])
+
+
+def _check_sd(Y, obs, species):
+    """Refuse Gaussian-like responses whose sd the residual sd cannot take."""
     Yo = np.where(obs, Y, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)         # all-missing species

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from ..exceptions import ConvergenceWarning
+from ..exceptions import ConvergenceWarning, JSDMError
 from ..optim.lbfgs import minimize_lbfgs
 from .objective import cell_eval, evaluate, gradient_from, release_cache
 from .params import Layout, Params
@@ -251,7 +251,12 @@ def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=F
     """Fit the model; return the best :class:`FitState` over ``n_init`` starts.
 
     The starts are drawn from ``seed`` (``None`` means ``DEFAULT_SEED``, so that
-    fits are reproducible by default; pass another seed for other starts).
+    fits are reproducible by default; pass another seed for other starts). Start 1 is
+    the per-species GLMs with an SVD of their Dunn-Smyth residuals; the others jitter
+    the residuals. Where the family names a ``start_family`` (zero-inflated and hurdle
+    counts) and ``n_init >= 2``, one more start comes after these: the fit of that
+    family (see ``related_start``), so the default starts of such a family are a
+    superset of the plain ones.
 
     Each start runs block Newton sweeps (SQUAREM-accelerated), joint Newton
     steps on the means, then a diagonally scaled L-BFGS polish; ``maxiter``
@@ -361,9 +366,16 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     best, values, joined = None, [], []
     work, work_layout, order = prob, layout, None
     known = Joiner(work)
-    for k in range(max(1, int(n_init)) if start is None else 1):
-        P0 = start if start is not None else initial_params(
-            prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
+    n_plain = max(1, int(n_init)) if start is None else 1
+    extra = 1 if start is None and n_plain >= 2 else 0         # the related-family start
+    for k in range(n_plain + extra):
+        if k == n_plain:
+            P0 = related_start(prob, rng, glm)
+            if P0 is None:              # the family names none, or the data do not suit it
+                break
+        else:
+            P0 = start if start is not None else \
+                initial_params(prob, rng, jitter=0.0 if k == 0 else 0.5, glm=glm)
         if k == 0 and not (prob.predictor.global_terms or prob.predictor.nonlinear_terms):
             order = anchor_order(P0.theta)
             if order is not None:
@@ -371,19 +383,31 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
                 work_layout = make_layout(work)     # its held dispersion entries, in its order
         if order is not None:
             P0 = to_triangular(reorder_species(P0, order, layout))
-        run = _run_start(work, work_layout, P0, maxiter, gtol,
-                         _printer(k, t0) if verbose else None,
-                         known.reset() if k > 0 else None)
+        try:
+            run = _run_start(work, work_layout, P0, maxiter, gtol,
+                             _printer(k, t0) if verbose else None,
+                             known.reset() if k > 0 else None)
+        except (np.linalg.LinAlgError, FloatingPointError) as err:
+            # a start that ran into a numerically singular step (e.g. a jittered start whose
+            # linear predictor exploded) is one that failed: the others decide
+            values.append(-np.inf)
+            joined.append(None)
+            failure = f"start {k + 1}: {type(err).__name__}: {err}"
+            continue
         if known.hit is not None:       # heading to an optimum already found: not run out
             values.append(known.values[known.hit])
             joined.append(known.hit)
             continue
         values.append(run[1])
         joined.append(None)
-        if k + 1 < n_init and start is None:
+        if k + 1 < n_plain + extra and start is None:
             known.add(run[0], run[1])
         if best is None or run[1] > best[1]:
             best = run
+    if best is None:
+        raise JSDMError(f"every start of the fit failed numerically ({failure}). Check the data "
+                        "(a species with extreme values, covariates on very different scales), "
+                        "try other starts (seed=, n_init=) or fewer latent variables.")
     P, _, n_iter, n_eval, message, hist = best
     if order is not None:       # back to the user's species order and identifiability convention
         release_cache(work)
@@ -411,6 +435,45 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
             + "or fewer latent variables; fit.diagnose() shows which parameters carry the gradient.",
             ConvergenceWarning, stacklevel=3)
     return state
+
+
+def related_start(prob, rng, glm):
+    """A start from the fit of a related, better-behaved family (``family.start_family``).
+
+    Zero-inflated and hurdle count models have many local optima: whether a species'
+    zeros are explained by the latent variables or by its zero probability is decided
+    by where the fit starts. A negative binomial GLLVM (one start) on the same data puts
+    the latent variables on the co-occurrence pattern with the overdispersion in phi
+    (for the hurdle NB, a hurdle Poisson GLLVM, which fits the same truncated counts);
+    its coefficients and variational parameters start the family's own fit (its
+    nuisance parameters start as in the default start). None when the family names no
+    such family, the model has no latent variables, or the data do not suit that family.
+    """
+    from dataclasses import replace
+
+    from ..families import get_family
+
+    name = getattr(prob.family, "start_family", None)
+    if name is None or prob.d == 0:
+        return None
+    other = get_family(name)
+    try:
+        other.check_y(np.where(prob.W > 0, prob.Y, np.nan), prob.trials)
+    except JSDMError:
+        return None
+    sub = replace(prob, family=other, info={k: v for k, v in prob.info.items()
+                                           if k != "n_dispersion"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = fit_problem(sub, n_init=1, seed=int(rng.integers(2 ** 31)))
+    P0 = initial_params(prob, rng, glm=glm)
+    src = state.params
+    for slot in make_layout(prob).slots:        # every term's parameters; s keeps its own start
+        if slot.field == "s":
+            continue
+        val = getattr(src, slot.field)
+        setattr(P0, slot.field, None if val is None else np.array(val, dtype=float))
+    return P0
 
 
 def reorder_species(P, order, layout=None, prob=None):
@@ -558,6 +621,22 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
         P, h3, done = full_newton(prob, layout, P, min(left, FULL_NEWTON_ITERATIONS), gtol,
                                   callback=record("full"), stop=join)
         left -= len(h3)
+        more = min(NEWTON_ITERATIONS - n_nt, left)
+        if not done and more > 0 and len(h3) < FULL_NEWTON_ITERATIONS and \
+                (join is None or join.hit is None):
+            # it stalled (far from the optimum its quadratic model was off: a 400 x 6 ZINB
+            # from 5 mean steps stayed at -5611.19, from 15 it converged at -5584.11): the
+            # rest of the mean steps a larger problem gets, then the full phase again
+            P, h2b, done = newton_ascent(prob, P, max_iter=more, rtol=1e-12,
+                                         callback=record("newton"), layout=layout,
+                                         gtol=0.5 * gtol, stop=join)
+            left -= len(h2b)
+            h3 = h3 + h2b
+            if not done and left > 0 and (join is None or join.hit is None):
+                P, h3b, done = full_newton(prob, layout, P, min(left, FULL_NEWTON_ITERATIONS),
+                                           gtol, callback=record("full"), stop=join)
+                left -= len(h3b)
+                h3 = h3 + h3b
         if join is not None and join.hit is not None:
             return (P, h3[-1][1], len(h1) + len(h2) + len(h3), 0,
                     "joined an earlier start's optimum", hist)

@@ -54,6 +54,12 @@ def affordable(prob, layout):
             and cells <= MAX_ENTRIES)
 
 
+#: a full Newton phase that makes this many accepted steps in a row, each raising the ELBO by
+#: at most this fraction of it, has stalled (its caller goes on another way)
+_FLAT_STEPS = 5
+_FLAT_RTOL = 1e-12
+
+
 def full_newton(prob, layout, P, max_iter, gtol, callback=None, stop=None):
     """Levenberg-Marquardt iterations in all parameters until the scaled gradient is at most ``gtol``.
 
@@ -75,7 +81,7 @@ def full_newton(prob, layout, P, max_iter, gtol, callback=None, stop=None):
     order = 2 if P.s is not None else 1
     ce = cell_eval(prob, P, order=order, clip=False)
     hist, lam, nu, converged = [], 1e-3, 2.0, False
-    it = 0
+    it, flat = 0, 0
     while it < max_iter:
         g = layout.pack_grad(gradient_from(prob, P, ce), P)
         if scaled_max(layout, P, g, curvature_diagonal(prob, layout, P, ce)) <= gtol:
@@ -94,9 +100,18 @@ def full_newton(prob, layout, P, max_iter, gtol, callback=None, stop=None):
                 nu = 2.0
                 break
             lam, nu = max(lam, 1e-6) * nu, 2.0 * nu
+        before = float(ce["site"].sum())
         P, ce = T, ct
         it += 1
         val = float(ce["site"].sum())
+        # accepted steps that no longer raise the ELBO while the gradient is not small: the
+        # quadratic model is off here (stalled); hand back rather than creep
+        flat = flat + 1 if val - before <= _FLAT_RTOL * (1.0 + abs(val)) else 0
+        if flat >= _FLAT_STEPS:
+            hist.append((it, val))
+            if callback is not None:
+                callback(it, val)
+            return P, hist, False
         hist.append((it, val))
         if callback is not None:
             callback(it, val)

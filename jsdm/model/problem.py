@@ -270,7 +270,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     ``site_effects``: grouped site effects, a grouping column name or a list of them
     (columns of the site table, ``Community.X``): ``"plot"`` is ``(1 | plot)``,
     ``"a:b"`` the combinations of a and b, ``"a/b"`` both ``a`` and ``a:b`` (nested);
-    see :func:`jsdm.model.terms.group_effects.site_groupings`.
+    see ``jsdm.model.terms.group_effects.site_groupings``.
 
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
     appended to the classic ones (intercepts, slopes, ``num_lv`` latent variables,
@@ -286,6 +286,7 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
         raise JSDMError(f"row_effect must be one of None, 'fixed', 'random'; got {row_effect!r}")
     com = _as_community(data, X, response, site, species)
     Ydf = com.Y
+    fam = fam.bind(Ydf.columns)         # a mixed family: one family per species, in this order
     Y = Ydf.to_numpy(dtype=float)
     if unstructured:
         num_lv = _unstructured_rank(*Y.shape)

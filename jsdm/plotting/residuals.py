@@ -93,6 +93,7 @@ def plot_residuals(fit, seed=None, *, figsize=(13.0, 7.5)):
         ax.set_title(title)
         if title not in ("normal Q-Q", "scale-location"):
             ax.axhline(0.0, color="0.6", lw=0.8, ls="--", gid="zero")
-    fig.suptitle(f"Dunn-Smyth residuals: {fit.family.name}, {len(fit.sites)} sites x {m} species")
+    fam = getattr(fit.family, "composition", fit.family.name)
+    fig.suptitle(f"Dunn-Smyth residuals: {fam}, {len(fit.sites)} sites x {m} species")
     fig.tight_layout()
     return fig

@@ -213,7 +213,7 @@ def _ordination_tables(fit):
 def model_section(fit, opts):
     """Model specification, fit statistics and diagnose() in plain words."""
     fam = fit.family
-    spec = [("family", esc(f"{fam.name} (link: {fam.link})")),
+    spec = [("family", esc(getattr(fam, "composition", None) or f"{fam.name} (link: {fam.link})")),
             ("latent variables (num_lv)", str(fit.num_lv)),
             ("covariates", esc(fit.problem.formula or (", ".join(fit.terms) or "none"))),
             ("design terms (species-specific slopes)", esc(", ".join(fit.terms) or "none")),
@@ -236,13 +236,22 @@ def model_section(fit, opts):
     body = (row("<h3>Model</h3>" + key_values(spec), "<h3>Fit</h3>" + key_values(stats))
             + _ordination_tables(fit)
             + "<h3>Diagnostics</h3>" + diagnostics_html(fit, shared(fit, opts, "diagnosis")))
+    fams = fit.families
+    if fams.nunique() > 1:                  # a family per species
+        body += ("<details><summary>Family of each species</summary>"
+                 + table(fams.to_frame()) + "</details>")
     disp = fit.dispersion
-    if isinstance(disp, pd.DataFrame):      # ordinal cut points: species x cut point
+    if isinstance(disp, pd.DataFrame) and hasattr(fam, "cutpoints"):   # ordinal: species x cut point
         note = getattr(fit.family, "structure_note", lambda: "per species")()
         body += (f"<p>Cut points {esc(note)}: {esc(', '.join(map(str, disp.columns)))} (the first "
                  "finite one is 0 by definition, the intercept sets the location; categories a "
                  "species never shows are merged with its neighbours: their cut points are equal, "
                  "or infinite beyond its smallest and largest category).</p>")
+    elif isinstance(disp, pd.DataFrame):    # several nuisance parameters per species
+        parts = [f"{esc(str(c))}: median {num(col.median())}, range {num(col.min())} to "
+                 f"{num(col.max())} ({int(col.notna().sum())} species)"
+                 for c, col in disp.items() if col.notna().any()]
+        body += "<p>Nuisance parameters per species (" + "; ".join(parts) + ").</p>"
     elif disp is not None:
         info = shared(fit, opts, "species")
         at = info["dispersion_at_bound"].to_numpy()
@@ -400,10 +409,14 @@ def _wide_coefficients(coefs, fit, info):
     wide = pd.DataFrame.from_dict(cells, orient="index").reindex(index=list(fit.species))
     wide = wide[[c for c in ["Intercept", *fit.terms] if c in wide.columns]]
     disp = fit.dispersion
-    if isinstance(disp, pd.DataFrame):
+    if isinstance(disp, pd.DataFrame) and hasattr(fit.family, "cutpoints"):
         wide[disp.columns.name or "cut points"] = [
             " &lt; ".join(num(v) for v in np.unique(r[np.isfinite(r)]))   # merged ones once
             for r in disp.reindex(wide.index).to_numpy()]
+    elif isinstance(disp, pd.DataFrame):    # zinb, hurdles, ordered beta, a family per species
+        wide[disp.columns.name or "dispersion"] = [
+            ", ".join(f"{esc(str(c))} {num(v)}" for c, v in r.items() if np.isfinite(v))
+            for _, r in disp.reindex(wide.index).iterrows()]
     elif disp is not None:
         at = info["dispersion_at_bound"].reindex(wide.index).to_numpy()
         wide[disp.name] = ['<span class="flag">at bound</span>' if a else num(v)
@@ -608,6 +621,7 @@ def methods_section(fit, opts):
 
     prob, s = fit.problem, fit.settings
     fam = esc(fit.family.describe())
+    link = "each family's" if fit.family.link == "mixed" else esc(fit.family.link)
     cov = (f", species-specific slopes for the site covariates ({esc(', '.join(fit.terms))})"
            if fit.terms else "")
     row = {"fixed": " and fixed site effects", "random": " and normally distributed random site "
@@ -628,7 +642,7 @@ def methods_section(fit, opts):
     text = (
         f"We fitted a generalized linear latent variable model (GLLVM), a joint species distribution "
         f"model, to the responses of {prob.m} species at {prob.n} sites. Responses were modelled with "
-        f"{fam} and {esc(fit.family.link)} link. The linear predictor had species-specific intercepts"
+        f"{fam} and {link} link. The linear predictor had species-specific intercepts"
         f"{cov}{row}, and {lv}. {notes} "
         "Parameters were estimated by maximising the exact variational lower bound (evidence lower "
         "bound, ELBO) of the marginal log-likelihood, with a Gaussian variational distribution for "

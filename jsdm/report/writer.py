@@ -136,8 +136,9 @@ def _subtitle(fit):
 
     fam = fit.family
     when = _dt.date.today().isoformat()
-    return (f"{fit.problem.n} sites &times; {fit.problem.m} species &middot; {esc(fam.name)} "
-            f"({esc(fam.link)}) &middot; {fit.num_lv} latent variable{'s' if fit.num_lv != 1 else ''}"
+    fam_text = getattr(fam, "composition", None) or f"{fam.name} ({fam.link})"
+    return (f"{fit.problem.n} sites &times; {fit.problem.m} species &middot; {esc(fam_text)} "
+            f"&middot; {fit.num_lv} latent variable{'s' if fit.num_lv != 1 else ''}"
             f" &middot; jsdm {esc(__version__)} &middot; {when}")
 
 

@@ -23,6 +23,12 @@ def _same_array(a, b):
     return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
 
 
+def _family_names(prob):
+    """(name, link) of each species' family (one family: the same for all)."""
+    members = getattr(prob.family, "members", None) or [prob.family] * prob.m
+    return [(f.name, f.link) for f in members]
+
+
 def _check_same_data(fits, names):
     """Raise JSDMError naming the first difference between the fits' data."""
     ref, rn = fits[0].problem, names[0]
@@ -32,8 +38,9 @@ def _check_same_data(fits, names):
             (list(prob.species) == list(ref.species), "species (columns of the response)"),
             (list(prob.sites) == list(ref.sites), "sites (rows of the response)"),
             (_same_array(_observed(prob), _observed(ref)), "response values or missing cells"),
-            ((prob.family.name, prob.family.link) == (ref.family.name, ref.family.link),
-             f"family ({prob.family.name}/{prob.family.link} vs {ref.family.name}/{ref.family.link})"),
+            (_family_names(prob) == _family_names(ref),
+             f"family ({prob.family.name}/{prob.family.link} vs {ref.family.name}/{ref.family.link}"
+             ", per species where it varies)"),
             (_same_array(prob.trials, ref.trials), "binomial trials"),
             (_same_array(prob.offset, ref.offset), "offsets"),
         ]

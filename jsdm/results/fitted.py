@@ -92,6 +92,18 @@ class GLLVMResults:
         return self.problem.family
 
     @property
+    def families(self):
+        """Series species -> family of each species ("poisson", "binomial(probit)", ...).
+
+        One value throughout unless the model has a family per species (``family=``
+        a mapping), where it says which family each species was fitted with.
+        """
+        out = pd.Series("", index=self.species, name="family", dtype=object)
+        for fam, cols in self.family.column_groups(len(self.species)):
+            out.iloc[cols] = fam.label()
+        return out
+
+    @property
     def num_lv(self):
         """Number of latent variables d (int)."""
         return self.problem.d
@@ -131,7 +143,8 @@ class GLLVMResults:
         return [f"LV{k + 1}" for k in range(self.num_lv)]
 
     def __repr__(self):
-        return (f"<GLLVMResults: {self.family.name}({self.family.link}), {self.problem.n} sites x "
+        fam = getattr(self.family, "composition", f"{self.family.name}({self.family.link})")
+        return (f"<GLLVMResults: {fam}, {self.problem.n} sites x "
                 f"{self.problem.m} species, num_lv={self.num_lv}, ELBO={self.llf:.3f}, "
                 f"{'converged' if self.converged else 'NOT converged'}>")
 
@@ -180,8 +193,10 @@ class GLLVMResults:
     def df(self):
         """Number of model parameters (every term's free model parameters), counted as R
         gllvm counts them: loadings m d - d (d - 1) / 2, fixed row effects n - 1, a random
-        row effect's sd 1."""
-        return int(self.state.layout.n_model)
+        row effect's sd 1; plus parameters estimated by profiling (a Tweedie power shared
+        by all species, :func:`jsdm.profile_power`)."""
+        profiled = self._settings.get("profiled") or {}     # estimated outside the engine
+        return int(self.state.layout.n_model + len(profiled))
 
     @property
     def nobs(self):
@@ -389,19 +404,6 @@ class GLLVMResults:
     #: species label of a dispersion shared by all species (ordinal common cut points)
     _COMMON = "(common)"
 
-    def _vector_dispersion(self):
-        """[((species, term), value)] of the estimated entries of a vector dispersion, in the
-        packed order: the free cut points tau_2 < ... of each species (or the common set)."""
-        fam, s, free = self.family, self.state.params.s, self.state.layout.s_free
-        vals = fam.free_cutpoints(s)
-        labels = fam.free_cutpoint_labels(s.shape[0])
-        names = [self._COMMON] if s.shape[0] == 1 and self.problem.m > 1 else list(self.species)
-        out = []
-        for j, k in zip(*np.nonzero(free)):
-            term = labels[j, k] if labels is not None else self._dispersion_labels(k + 2)[k + 1]
-            out.append(((names[j], term), float(vals[j, k])))
-        return out
-
     def _dispersion_labels(self, k):
         labels = getattr(self.family, "dispersion_labels", None)
         return list(labels(k)) if labels is not None else [f"cut{i + 1}" for i in range(k)]
@@ -423,7 +425,7 @@ class GLLVMResults:
     def ranef(self, condsd=False):
         """Predicted random effects per grouping (variational means).
 
-        See :func:`jsdm.results.ranef.ranef`. For species random effects these are the
+        See ``jsdm.results.ranef.ranef``. For species random effects these are the
         shrunken deviations from the community (and trait) mean, as lme4's ``ranef``.
 
         Parameters
@@ -568,7 +570,7 @@ class GLLVMResults:
     def fourth_corner(self, se=False, alpha=0.05):
         """Fourth-corner coefficients: covariates x traits.
 
-        See :func:`jsdm.results.random_effects.fourth_corner`.
+        See ``jsdm.results.random_effects.fourth_corner``.
 
         Parameters
         ----------

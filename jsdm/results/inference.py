@@ -195,6 +195,40 @@ def _reported_cov(info):
     return 0.5 * (out + out.T)
 
 
+def _vector_dispersion_interval(fit, pos, est, se, se_u, z):
+    """Intervals for the free entries of a vector dispersion at packed positions ``pos``.
+
+    An entry that depends on its own unconstrained parameter only (a zero-
+    inflation probability, an NB dispersion, a first cut point, ...) gets the
+    Wald interval of that parameter mapped through ``family.reported_dispersion`` (so a
+    probability stays in (0, 1)). An entry that depends on several (ordinal cut
+    points as sums of exponentials) gets the Wald interval of its logarithm,
+    mapped back, where the family marks its column positive
+    (``dispersion_positive``, default all), else the plain Wald interval.
+    """
+    s = np.asarray(fit.state.params.s, dtype=float)
+    m, q = s.shape
+    where = {int(p): jk for p, jk in zip(_free_positions(fit.state.layout),
+                                         _free_entries(fit.state.layout))}
+    j, k = (np.array(a, dtype=int) for a in zip(*[where[int(p)] for p in pos])) if len(pos) else \
+        (np.zeros(0, int), np.zeros(0, int))
+    D = np.nan_to_num(_vector_dispersion_jacobian(fit.family, s))
+    off = np.abs(D - D * np.eye(q)).max(axis=2)             # (m, q): per reported entry
+    own = off <= 1e-9 * np.maximum(np.abs(D).max(axis=(1, 2)), 1e-300)[:, None]
+    positive = np.asarray(getattr(fit.family, "dispersion_positive", None) or [True] * q)
+    lo_s, hi_s = s.copy(), s.copy()
+    lo_s[j, k] -= z * se_u
+    hi_s[j, k] += z * se_u
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        a = fit.family.reported_dispersion(lo_s)[j, k]
+        b = fit.family.reported_dispersion(hi_s)[j, k]
+        w = z * se / est
+        mine = own[j, k]
+        lo = np.where(mine, np.minimum(a, b), np.where(positive[k], est * np.exp(-w), est - z * se))
+        hi = np.where(mine, np.maximum(a, b), np.where(positive[k], est * np.exp(w), est + z * se))
+    return lo, hi
+
+
 def _scaled_eigh(A, vectors=True):
     """Eigen-decomposition of D^-1/2 A D^-1/2 (D = |diag A|), ascending; eigenvalues only
     when ``vectors`` is False (several times faster for large A)."""
@@ -296,6 +330,10 @@ def information(fit):
     """
     if fit in _CACHE:
         return _CACHE[fit]
+    from_cluster = getattr(fit, "_cluster_information", None)     # a cluster fit: summed parts
+    if from_cluster is not None:
+        info = _CACHE[fit] = from_cluster()
+        return info
     prob, layout = fit.problem, fit.state.layout
     entries = float(layout.n_model) * (layout.size - layout.n_model)
     if entries > MAX_CROSS_ENTRIES:
@@ -317,6 +355,20 @@ def information(fit):
                        jmat)
     _warn(info, fit)
     _CACHE[fit] = info
+    return info
+
+
+def information_from(fit, negS, bad_sites):
+    """The :class:`Information` of a fit from its negative Schur complement ``negS`` (packed
+    model order), computed elsewhere (a cluster fit sums it over its chunks of sites)."""
+    labels, order, jac = _packed_labels_and_order(fit)
+    jmat = _reported_jacobian(fit, order, jac)
+    with _one_blas_thread():
+        ok = negS.size and np.isfinite(negS).all()
+        w = _scaled_eigh(negS, vectors=False) if ok else np.full(len(labels), np.nan)
+        cov, flagged = _invert_checked(negS, labels, first=w if ok else None)
+    info = Information(negS, cov, w, labels, flagged, list(bad_sites), order, jac, jmat)
+    _warn(info, fit)
     return info
 
 
@@ -408,11 +460,10 @@ def conf_int(fit, alpha=0.05):
     packed = fit.state.layout.pack(fit.state.params)[info.order]
     with np.errstate(invalid="ignore"):
         se_u = np.sqrt(np.diag(info.cov_packed)[info.order])
-    if info.jmat is not None:          # cut points: Wald interval for log(tau), mapped back
+    if info.jmat is not None:          # a vector dispersion
         sel = np.asarray(block == "dispersion")
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            w = z * se[sel] / est[sel]
-            lo[sel], hi[sel] = est[sel] * np.exp(-w), est[sel] * np.exp(w)
+        lo[sel], hi[sel] = _vector_dispersion_interval(fit, info.order[sel], est[sel], se[sel],
+                                                       se_u[sel], z)
     for rows, fwd in _reported(fit)["transforms"]:
         sel = np.zeros(len(est), dtype=bool)
         sel[rows] = True

@@ -188,7 +188,11 @@ def _load(path, max_bytes, stage):
         if version < 3:
             state = _upgrade_state(problem, state)
         settings = _decode(manifest["settings"], ctx)
-    fit = GLLVMResults(problem, state, settings)
+    if isinstance(settings, dict) and "cluster" in settings:     # fitted on a Dask cluster
+        from .cluster import ClusterGLLVMResults
+        fit = ClusterGLLVMResults(problem, state, settings)
+    else:
+        fit = GLLVMResults(problem, state, settings)
     stage[0] = "checking the fit's consistency"
     check_consistency(fit, path)
     return fit
@@ -246,6 +250,9 @@ def check_consistency(fit, path="the fit"):
     """
     prob, state = fit.problem, fit.state
     _check_data_shapes(prob, path)          # again: check_consistency is also public
+    if "cluster" in getattr(fit, "_settings", {}):
+        _check_cluster_parts(fit, path)     # its data stayed on the cluster: no ELBO to recompute
+        return
     _check_state_shapes(prob, state, path)
     stored = float(state.value)
     recomputed = _recomputed_elbo(prob, state.params)
@@ -256,6 +263,28 @@ def check_consistency(fit, path="the fit"):
             f"{str(path)!r} is inconsistent: its stored ELBO ({stored:.10g}) differs from the ELBO "
             f"recomputed from its data and estimates ({recomputed:.10g}). The file was damaged "
             "or edited; do not use it, and save the fit again from its source.")
+
+
+def _check_cluster_parts(fit, path):
+    """A saved cluster fit: site scores and curvature of the shapes its labels imply."""
+    from ..model.distributed import global_slots
+
+    info = fit._settings["cluster"]
+    n, k = len(info["sites"]), int(fit.state.layout.n_model)
+    for s in global_slots(fit.state.layout):
+        v = getattr(fit.state.params, s.field, None)
+        if np.shape(v) != s.shape or not np.isfinite(np.asarray(v, dtype=float)).all():
+            raise JSDMError(f"{str(path)!r} is inconsistent: estimate {s.field!r} has shape "
+                            f"{np.shape(v)}, the model needs {s.shape} finite values")
+    if np.shape(fit.state.grad) != (k,):
+        raise JSDMError(f"{str(path)!r} is inconsistent: the stored gradient has shape "
+                        f"{np.shape(fit.state.grad)}, the model has {k} parameters")
+    lv = np.asarray(info.get("lv"))
+    negS = np.asarray(info.get("neg_schur"))
+    if lv.shape != (n, fit.num_lv) or negS.shape != (k, k):
+        raise JSDMError(f"{str(path)!r} is inconsistent: a cluster fit of {n} sites and {k} model "
+                        f"parameters stores site scores of shape {lv.shape} and a curvature of "
+                        f"shape {negS.shape}")
 
 
 def _check_data_shapes(prob, path):
@@ -431,13 +460,22 @@ def _encode_sequence(value, key, arrays):
 
 def _encode_family(fam, key, arrays):
     extra = {k: v for k, v in vars(fam).items()
-             if k != "link" and isinstance(v, (bool, int, str))
-             or (isinstance(v, float) and math.isfinite(v))}
+             if k != "link" and (v is None or isinstance(v, (bool, int, str))
+                                 or (isinstance(v, float) and math.isfinite(v)))}
     # arrays bound to the data (ordinal: the categories each species uses)
     data = {k: _put(arrays, f"{key}/{k}", v) for k, v in vars(fam).items()
             if isinstance(v, np.ndarray) and v.dtype != object}
-    return {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra,
-            "arrays": data}
+    out = {"kind": "family", "name": fam.name, "link": fam.link, "attributes": extra,
+           "arrays": data}
+    if getattr(fam, "members", None) is not None:          # a family per species
+        out["species"] = [_label(sp) for sp in fam.species]
+        out["members"] = [_encode_family(f, f"{key}/member{i}", arrays)
+                          for i, f in enumerate(fam.members)]
+        out["groups"] = [_encode_family(g["family"], f"{key}/group{i}", arrays)
+                         for i, g in enumerate(fam.groups)]          # bound to their columns
+        out["member_q"] = None if fam.member_q is None else [
+            None if q is None else int(q) for q in fam.member_q]
+    return out
 
 
 def _encode_frame(df, key, arrays):
@@ -562,6 +600,8 @@ def _decode_community(meta, ctx):
 
 def _decode_family(meta, ctx):
     from ..families import get_family
+    if "members" in meta:
+        return _decode_mixed(meta, ctx)
     fam = get_family(meta["name"], link=meta["link"])
     for k, v in meta.get("attributes", {}).items():
         if getattr(fam, k, _DROP) != v:
@@ -569,6 +609,22 @@ def _decode_family(meta, ctx):
     for k, name in meta.get("arrays", {}).items():
         setattr(fam, k, np.array(ctx["arrays"][name]))
     return fam
+
+
+def _decode_mixed(meta, ctx):
+    """A family per species, bound to the saved species order, each group's family bound to
+    its columns as saved, with the saved nuisance widths."""
+    from ..families import Mixed
+
+    members = [_decode_family(m, ctx) for m in meta["members"]]
+    bound = Mixed(dict(zip(meta["species"], members))).bind(pd.Index(meta["species"]))
+    for g, gm in zip(bound.groups, meta.get("groups", [])):
+        g["family"] = _decode_family(gm, ctx)
+    widths = meta.get("arrays", {}).get("widths")
+    if widths is not None:
+        bound.widths = np.asarray(ctx["arrays"][widths], dtype=int)
+        bound.member_q = list(meta["member_q"])
+    return bound
 
 
 def _dataclasses():

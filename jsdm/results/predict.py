@@ -198,7 +198,7 @@ def response_mean(family, eta, trials, s):
 
 def marginal_mean(family, F, var, s=None):
     """E[g^-1(eta)] per trial for eta ~ N(F, var), arrays of one shape (ordinal: E[y], given s)."""
-    if family.link == "log":
+    if family.link == "log" and not family.mean_uses_dispersion:
         return np.exp(F + 0.5 * var)
     if family.link == "identity":
         return np.asarray(F, dtype=float)
@@ -479,10 +479,10 @@ def _confidence(fit, newdata, F, var, type, level, trials):
     variance on the response scale).
     """
     prob, P, fam = fit.problem, fit.state.params, fit.problem.family
-    if type == "response" and np.ndim(P.s) == 2:
+    if type == "response" and (np.ndim(P.s) == 2 or fam.mean_uses_dispersion):
         raise JSDMError(f"confidence intervals on the response scale are not available for family "
-                        f"{fam.name!r} (its mean depends on the cut points); use type='link', or "
-                        "interval='prediction'")
+                        f"{fam.name!r} (its mean depends on its {fam.dispersion_name} parameters too); "
+                        "use type='link', or interval='prediction'")
     X = prob.X if newdata is None else new_design(fit, newdata)
     z = stats.norm.isf((1.0 - level) / 2.0)
     C, pos = _model_cov(fit)

@@ -49,7 +49,9 @@ def residuals(fit, kind="dunn-smyth", seed=None):
             var = _variance(prob.family, mu, P.s, prob.trials)
             with np.errstate(divide="ignore", invalid="ignore"):
                 r = r / np.sqrt(var)
-    return pd.DataFrame(r, index=fit.sites, columns=fit.species)
+    out = pd.DataFrame(r, index=fit.sites, columns=fit.species)
+    out.attrs["families"] = fit.families.to_dict()       # which family each column's residuals use
+    return out
 
 
 def _variance(family, mu, s, trials):

@@ -22,13 +22,17 @@ class Summary:
         1 - confidence level of the intervals.
     notes : list of str
         Sentences printed under the tables (what the numbers mean, warnings).
+    families : Series or None
+        The family of each species where a model has a family per species
+        (``family=`` a mapping), else None.
     """
 
-    def __init__(self, header, tables, alpha, notes):
+    def __init__(self, header, tables, alpha, notes, families=None):
         self.header = header
         self.tables = tables
         self.alpha = alpha
         self.notes = list(notes)
+        self.families = families       # Series species -> family where it varies, else None
 
     @property
     def coefficients(self):
@@ -63,6 +67,8 @@ class Summary:
         width = max(len(title), *(len(s) for s in lines))
         out = [title.center(width), "=" * width, *lines, "=" * width]
         level = f"[{self.alpha / 2:.3g}, {1 - self.alpha / 2:.3g}]"
+        if self.families is not None:
+            out += ["", "Families (per species):", self.families.to_frame().to_string(), "-" * width]
         for name, tab in self.tables.items():
             out += ["", f"{name.replace('_', ' ').capitalize()} (CI {level}):",
                     _table_text(tab), "-" * width]
@@ -76,6 +82,8 @@ class Summary:
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in self.header.items())
         parts = [f"<h4>GLLVM results</h4><table>{rows}</table>"]
+        if self.families is not None:
+            parts.append("<h4>Families (per species)</h4>" + self.families.to_frame().to_html())
         for name, tab in self.tables.items():
             parts.append(f"<h4>{html.escape(name.replace('_', ' ').capitalize())}</h4>"
                          + tab.to_html(float_format=lambda x: f"{x:.4g}"))
@@ -98,7 +106,9 @@ def _table_text(tab):
 
 def _header(fit):
     prob = fit.problem
-    h = {"Family": fit.family.name, "Link": fit.family.link, "Sites": prob.n,
+    fam = fit.family
+    h = {"Family": getattr(fam, "composition", fam.name),
+         "Link": "per species" if fam.link == "mixed" else fam.link, "Sites": prob.n,
          "Species": prob.m, "Observations": fit.nobs, "Latent variables": fit.num_lv,
          "Row effect": fit.row_effect or "none", "Covariates": ", ".join(fit.terms) or "none",
          "ELBO (log-lik bound)": float(fit.llf), "Df (parameters)": fit.df, "AIC": float(fit.aic),
@@ -170,4 +180,5 @@ def summary(fit, alpha=0.05):
                      "as.data.frame(VarCorr()); intervals on the log (sd) and Fisher-z (cor) scales. "
                      "A variance near 0 sits on the boundary: its Wald SE and likelihood-ratio "
                      "tests are not reliable there.")
-    return Summary(_header(fit), tables, alpha, notes)
+    fams = fit.families
+    return Summary(_header(fit), tables, alpha, notes, fams if fams.nunique() > 1 else None)

@@ -49,9 +49,9 @@ def default_terms(covariates=(), num_lv=0, row_effect=None, species_random=None,
     Species intercepts, species slopes and latent variables are always listed (with
     zero width when there are no covariates or latent variables) so that every fit
     has ``beta0``, ``B``, ``theta`` and ``a``; a row effect only when asked for.
-    ``species_random`` (a :class:`SpeciesRandom`): random species coefficients, which
+    ``species_random`` (a ``SpeciesRandom``): random species coefficients, which
     take the place of the fixed species intercepts / slopes on the same columns
-    (those are then held at 0). ``community`` (a :class:`CommunitySlopes`): community slopes
+    (those are then held at 0). ``community`` (a ``CommunitySlopes``): community slopes
     and trait interactions (the fourth corner); the species slopes on its columns are held.
     """
     if species_random is not None or community is not None:

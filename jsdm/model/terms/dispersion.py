@@ -84,23 +84,14 @@ class Dispersion:
         # the estimated (free) entries, in packed order: per species, or the common set
         s = np.asarray(P.s)
         free = self.free_mask(ctx)
-        vals = _free_values(fam, s)
-        names = fam.free_cutpoint_labels(s.shape[0]) if hasattr(fam, "free_cutpoint_labels") \
-            else None
+        vals = np.asarray(fam.reported_dispersion(s), dtype=float)
+        names = fam.reported_dispersion_labels(s.shape[0], s.shape[1])
         rows = [COMMON] if self.shared and ctx.m > 1 else list(ctx.species)
         D = vector_dispersion_jacobian(fam, s)
         jj, kk = np.nonzero(free)
-        labels = [(rows[j], names[j, k] if names is not None else self.labels(k + 2)[k + 1])
-                  for j, k in zip(jj, kk)]
+        labels = [(rows[j], names[j, k]) for j, k in zip(jj, kk)]
         return [Reported("dispersion", jj, labels, vals[jj, kk],
                          start + np.arange(len(jj)), D[jj, kk, kk])]
-
-
-def _free_values(family, s):
-    """The reported value behind each entry of a vector s (rows, q)."""
-    if hasattr(family, "free_cutpoints"):
-        return np.asarray(family.free_cutpoints(s), dtype=float)
-    return np.asarray(family.dispersion(s), dtype=float)[:, -s.shape[1]:]
 
 
 def _dispersion_jacobian(family, s, h=1e-6):
@@ -110,12 +101,6 @@ def _dispersion_jacobian(family, s, h=1e-6):
 
 
 def vector_dispersion_jacobian(family, s):
-    """d (estimated cut points tau_2, ..., tau_(q+1)) / d s per row of s, (rows, q, q).
-
-    tau_(k+2) = sum_(i <= k) exp(s_i) (ordinal log gaps): lower triangular. A row's
-    held entries come after its free ones, so its free block is exact.
-    """
-    if hasattr(family, "dispersion_jacobian"):
-        return family.dispersion_jacobian(s)
-    rows, q = s.shape
-    return np.tril(np.ones((q, q)))[None, :, :] * np.exp(s)[:, None, :]
+    """d (reported entries) / d s per row of a vector s, (rows, q, q): the family's
+    ``dispersion_jacobian`` (exact for ordinal cut points, central differences by default)."""
+    return family.dispersion_jacobian(np.asarray(s, dtype=float))

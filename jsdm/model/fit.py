@@ -234,7 +234,7 @@ def neg_elbo_opt(prob, layout, nc):
     """f(y) = -ELBO and its gradient in the optimiser's coordinates (see NonCentred)."""
     def fg(y):
         x = nc.from_opt(y)
-        with np.errstate(over="ignore", invalid="ignore"):   # a line-search trial may be wild
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # a wild trial point
             P = layout.unpack(x)
             ev = evaluate(prob, P)
         if not np.isfinite(ev.value):

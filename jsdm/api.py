@@ -13,7 +13,8 @@ from .results.fitted import GLLVMResults
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
           n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
-          random_species=None, fourth_corner=None, site_effects=None, client=None, chunks=None):
+          random_species=None, fourth_corner=None, site_effects=None, client=None, chunks=None,
+          num_lv_c=0, num_rr=0, lv_formula=None, quadratic=False):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
 
     Parameters
@@ -119,6 +120,28 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         Number of chunks of sites with ``client`` (default: two per worker, and
         at most about 5 million cells per chunk).
 
+    num_lv_c : int >= 0
+        Concurrent ordination (R gllvm's ``num.lv.c``): this many latent variables
+        z_i = C' x_i + e_i, e_i ~ N(0, I), explained partly by the covariates of
+        ``lv_formula``; unconstrained latent variables (``num_lv``) follow them.
+    num_rr : int >= 0
+        Constrained ordination (R gllvm's ``num.RR``; reduced-rank regression, the
+        model-based RDA/CCA): this many latent variables z_i = C' x_i without a
+        residual.
+    lv_formula : str, optional
+        Right-hand side on the site covariates of the ordination (R gllvm's
+        ``lv.formula``), e.g. "~ SubsDens + WatrCont"; no intercept. Required with
+        ``num_lv_c`` or ``num_rr``. ``num_lv`` stays the number of *unconstrained*
+        latent variables (pass ``num_lv=0`` for a purely constrained or concurrent
+        ordination). See docs/ordination_constrained.md.
+    quadratic : False, True or "lv"
+        Unimodal responses to the latent variables (R gllvm's ``quadratic``):
+        eta_ij gains - sum_k D_jk z_ik^2 with D_jk >= 0 per species (True) or one D_k
+        per latent variable shared by all species ("lv"). Gives species optima and
+        tolerances (``fit.optima``, ``fit.tolerances``). Exact ELBO for Poisson
+        (and Gaussian); a documented approximation for other families
+        (docs/ordination_constrained.md).
+
     Returns
     -------
     GLLVMResults
@@ -161,16 +184,29 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
             call["species_random"] = call.pop("random_species")
         if "fourth_corner" in call:
             call["community_slopes"] = call.pop("fourth_corner")
+        ordn = {k: call.pop(k) for k in ("num_lv_c", "num_rr", "lv_formula", "quadratic") if k in call}
+        for k, v in ordn.items():
+            given = {"num_lv_c": num_lv_c, "num_rr": num_rr, "lv_formula": lv_formula,
+                     "quadratic": quadratic}[k]
+            if given not in (0, None, False) and given != v:
+                raise JSDMError(f"{k}={given!r} contradicts the formula's rr() term ({k}={v!r}); "
+                                "give it in one place")
+        num_lv_c, num_rr = ordn.get("num_lv_c", num_lv_c), ordn.get("num_rr", num_rr)
+        lv_formula, quadratic = ordn.get("lv_formula", lv_formula), ordn.get("quadratic", quadratic)
     # ---
     call["num_lv"] = 2 if call["num_lv"] is None else call["num_lv"]
     if client is None and chunks is not None:
         raise JSDMError("chunks= splits the sites over a Dask cluster; give client= too")
+    if client is not None and (num_lv_c or num_rr or quadratic):
+        raise JSDMError("constrained, concurrent and quadratic ordination are not available on a "
+                        "Dask cluster yet; fit them without client=")
     if client is not None:
         from .results.cluster import gllvm_on_cluster
         return gllvm_on_cluster(data, X, client=client, chunks=chunks, family=fam, trials=trials,
                                 call=call, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol,
                                 verbose=verbose, prior_sd=prior_sd, formula=formula)
-    prob = build_problem(data, X, family=fam, trials=trials, **call)
+    prob = build_problem(data, X, family=fam, trials=trials, num_lv_c=num_lv_c, num_rr=num_rr,
+                         lv_formula=lv_formula, quadratic=quadratic, **call)
     if prior_sd is not None:
         prob.info["prior_sd"] = float(prior_sd)
     state = fit_problem(prob, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol, verbose=verbose)
@@ -185,6 +221,9 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         settings["random_species"] = call["species_random"].lme4()
     if call.get("community_slopes") is not None:
         settings["fourth_corner"] = call["community_slopes"].lme4()
+    if num_lv_c or num_rr or quadratic:
+        settings.update(num_lv_c=int(num_lv_c), num_rr=int(num_rr), lv_formula=lv_formula,
+                        quadratic=quadratic)
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)
@@ -192,3 +231,55 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         from .analysis.diagnostics import warn_quick_checks
         warn_quick_checks(fit, stacklevel=3)
     return fit
+
+
+ORDINATION_TYPES = ("unconstrained", "concurrent", "constrained")
+
+
+def compare_ordinations(data, X=None, *, lv_formula, d=2, types=ORDINATION_TYPES,
+                        family="poisson", **kwargs):
+    """Fit unconstrained, concurrent and constrained ordinations with the same dimension d
+    and compare them by AIC and BIC.
+
+    Parameters
+    ----------
+    data, X : as in :func:`gllvm`.
+    lv_formula : str
+        Covariates of the constrained and concurrent ordinations (``gllvm(lv_formula=)``).
+    d : int >= 1
+        Number of latent dimensions of every model: ``num_lv=d`` (unconstrained),
+        ``num_lv_c=d`` (concurrent), ``num_rr=d`` (constrained).
+    types : sequence of {"unconstrained", "concurrent", "constrained"}
+    family, **kwargs
+        Passed to every :func:`gllvm` call (e.g. ``formula``, ``row_effect``,
+        ``n_init``, ``seed``).
+
+    Returns
+    -------
+    (DataFrame, dict)
+        The table (one row per type: df, ELBO, AIC, BIC, dAIC, dBIC from the best of
+        each, sorted by AIC) and the fits by type. The ELBO stands for the
+        log-likelihood as in R gllvm; a constrained model has no random part, so its
+        ELBO is its exact log-likelihood while the others' are bounds (their AIC is
+        conservative).
+    """
+    bad = [t for t in types if t not in ORDINATION_TYPES]
+    if bad or not types:
+        raise JSDMError(f"types must be among {ORDINATION_TYPES}, got {list(types)!r}")
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+        raise JSDMError(f"d must be a whole number >= 1, got {d!r}")
+    args = {"unconstrained": dict(num_lv=d),
+            "concurrent": dict(num_lv=0, num_lv_c=d, lv_formula=lv_formula),
+            "constrained": dict(num_lv=0, num_rr=d, lv_formula=lv_formula)}
+    fits, rows = {}, []
+    for t in types:
+        fit = gllvm(data, X, family=family, **{**kwargs, **args[t]})
+        fits[t] = fit
+        rows.append({"type": t, "d": d, "df": fit.df, "elbo": fit.llf, "aic": fit.aic,
+                     "bic": fit.bic, "converged": fit.converged})
+    import pandas as pd
+
+    tab = pd.DataFrame(rows).set_index("type")
+    tab["d_aic"] = tab["aic"] - tab["aic"].min()
+    tab["d_bic"] = tab["bic"] - tab["bic"].min()
+    return tab.sort_values("aic"), fits

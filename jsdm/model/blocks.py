@@ -397,20 +397,31 @@ def group_step(prob, P, ce):
 
 def global_step(prob, P, ce):
     """A Newton step in the global coefficients that enter the cells (community slopes, the
-    fourth corner), one term at a time, halved until the ELBO does not fall."""
+    fourth corner, canonical coefficients of constrained / concurrent ordination), one term
+    at a time, halved until the ELBO does not fall. ``Term.global_newton`` gives the
+    gradient and the Hessian in the term's global fields (``global_fields``; default: all
+    its fields), flattened in that order."""
     pred = prob.predictor
     order = 2 if P.s is not None else 1
     for t in pred.global_terms:
         g, H = t.global_newton(pred, P, ce["Gm"], ce["Gv"])
-        step = safe_solve(-H + 1e-10 * np.eye(len(g)), g)
+        g = np.ravel(g)
+        scale = 1.0 + np.abs(np.diag(H)).max() if len(g) else 1.0
+        step = safe_solve(-H + 1e-10 * scale * np.eye(len(g)), g)
         old = float(ce["site"].sum())
+        fields = t.global_fields(pred) or tuple(t.fields(pred))
         frac = 1.0
         for _ in range(_NHALF + 1):
             T = P.copy()
-            for f in t.fields(pred):
-                setattr(T, f, getattr(P, f) + frac * step)
-            ct = cell_eval(prob, T, order)
-            if float(ct["site"].sum()) >= old - 1e-12 * abs(old):
+            at = 0
+            for f in fields:
+                cur = np.asarray(getattr(P, f), dtype=float)
+                setattr(T, f, cur + frac * step[at:at + cur.size].reshape(cur.shape))
+                at += cur.size
+            with np.errstate(over="ignore", invalid="ignore"):
+                ct = cell_eval(prob, T, order)
+            val = float(ct["site"].sum())
+            if np.isfinite(val) and val >= old - 1e-12 * abs(old):
                 P, ce = T, ct
                 break
             frac *= 0.5
@@ -537,6 +548,9 @@ def curvature_diagonal(prob, layout, P, ce=None):
             setattr(G, k, v)
     for t in pred.global_terms:
         for k, v in t.curvature_global(pred, P, C).items():
+            setattr(G, k, v)
+    for t in pred.nonlinear_terms:
+        for k, v in t.curvature_extra(pred, P, C).items():
             setattr(G, k, v)
     if P.s is not None:
         gss = ce["gss"]

@@ -28,6 +28,10 @@ formula term                                  jsdm
 ``(1 | plot/site)``                           ``site_effects=["plot"]``, ``row_effect="random"``
 ``rr(0 + species | site, d = k)``             ``num_lv=k`` (glmmTMB's default k = 2);
                                               no ``rr()`` term: ``num_lv=0``
+``rr(..., lv = ~ x + z)``                     concurrent ordination: ``num_lv_c=k``,
+                                              ``lv_formula="~ x + z"`` (jsdm extension)
+``rr(..., lv = ~ x + z, residual = FALSE)``   constrained ordination: ``num_rr=k``
+``rr(..., quadratic = TRUE)`` (or ``"lv"``)   ``quadratic=True`` (``"lv"``)
 ``offset(expr)``                              ``offset`` = expr evaluated per row
 ============================================  ==========================================
 """
@@ -116,6 +120,10 @@ class ParsedFormula:
         if self.community is not None:
             extra += [c for c in self.community.columns if c not in self.slopes + tuple(extra)]
         return tuple(self.slopes) + tuple(extra)
+    num_lv_c: int = 0
+    num_rr: int = 0
+    lv_formula: Optional[str] = None
+    quadratic: object = False
 
     @property
     def site_formula(self):
@@ -138,6 +146,12 @@ class ParsedFormula:
             out["fourth_corner"] = com.lme4()
         if self.site_effects:
             out["site_effects"] = list(self.site_effects)
+        if self.num_lv_c or self.num_rr:            # ordination (jsdm extension of rr())
+            out.update(num_lv_c=self.num_lv_c, num_rr=self.num_rr, lv_formula=self.lv_formula)
+            if out["formula"] is None and not self.design_columns:
+                out["formula"] = "~ 1"  # the ordination covariates get no species slopes
+        if self.quadratic:
+            out["quadratic"] = self.quadratic
         return out
 
     @property
@@ -157,6 +171,14 @@ class ParsedFormula:
                                           species_random=self.species_random,
                                           community=self.community)
                  if t.active(_Dims(cols))]
+        if self.num_lv_c or self.num_rr or self.quadratic:     # ordination (terms/ordination.py)
+            from .terms.ordination import ordination_terms
+            lv_cols = tuple(c.strip() for c in (self.lv_formula or "~").split("~", 1)[1].split("+")
+                            if c.strip())
+            terms = [t for t in ordination_terms(tuple(default_terms(
+                cols, d, self.row_effect, species_random=self.species_random,
+                community=self.community)), self.num_lv_c, self.num_rr, lv_cols, self.quadratic)
+                if t.kind in ("lv_c", "rr", "quadratic") or t.active(_Dims(cols))]
         if self.num_lv == UNSTRUCTURED:
             terms.append(_UnstructuredShown())
         return terms + _group_terms(list(self.site_effects))
@@ -290,6 +312,8 @@ class _Parts:
         self.site_effects = []
         self.nested_site = None
         self.species_bars, self.has_intercept = [], False
+        self.num_lv_c = self.num_rr = 0
+        self.lv_formula, self.quadratic = None, False
 
     def fail(self, term, why):
         raise JSDMError(f"formula term {term!r} in {self.formula!r}: {why} "
@@ -591,11 +615,62 @@ def _read_covstruct(parts, sign, piece, name, inner):
     if parts.num_lv == UNSTRUCTURED:
         parts.fail(piece, "the unstructured term (0 + species | site) and rr() are two covariance "
                           "structures for the same effects; keep one.")
+    opts = _rr_options(parts, piece, args[1:])          # ordination options (jsdm extension)
+    d = opts["d"]
+    if opts["quadratic"]:
+        parts.quadratic = opts["quadratic"]
+    if opts["lv"] is not None:
+        if parts.lv_formula is not None and parts.lv_formula != opts["lv"]:
+            parts.fail(piece, "constrained and concurrent rr() terms must share one lv formula.")
+        parts.lv_formula = opts["lv"]
+        if opts["residual"]:
+            if parts.num_lv_c:
+                parts.fail(piece, "only one concurrent rr(..., lv = ~ ...) term is allowed.")
+            parts.num_lv_c = d
+            parts.random_terms.append((piece, f"{d} concurrent latent variable(s) on "
+                                              f"{opts['lv']} -> num_lv_c={d}"))
+        else:
+            if parts.num_rr:
+                parts.fail(piece, "only one constrained rr(..., residual = FALSE) term is allowed.")
+            parts.num_rr = d
+            parts.random_terms.append((piece, f"{d} constrained latent variable(s) on "
+                                              f"{opts['lv']} -> num_rr={d}"))
+        return
     if parts.num_lv is not None:
-        parts.fail(piece, "only one rr() term is allowed.")
-    parts.num_lv = _rank(parts, piece, args[1:])
-    d = parts.num_lv
+        parts.fail(piece, "only one rr() term without lv = is allowed.")
+    parts.num_lv = d
     parts.random_terms.append((piece, f"{d} latent variable(s) -> num_lv={d}"))
+
+
+def _rr_options(parts, piece, args):
+    """d, lv (ordination formula), residual and quadratic of an rr() term's arguments."""
+    opts = {"d": None, "lv": None, "residual": True, "quadratic": False}
+    rank_args = []
+    for a in args:
+        key, _, value = a.partition("=")
+        key, value = key.strip(), value.strip()
+        if key == "lv":
+            if not value.startswith("~"):
+                parts.fail(piece, f"lv must be a one-sided formula, e.g. lv = ~ x + z; got {value!r}.")
+            opts["lv"] = "~ " + value[1:].strip()
+        elif key == "residual":
+            if value.upper() not in ("TRUE", "FALSE", "T", "F"):
+                parts.fail(piece, f"residual must be TRUE or FALSE, got {value!r}.")
+            opts["residual"] = value.upper() in ("TRUE", "T")
+        elif key == "quadratic":
+            v = value.strip("'\"")
+            if v.upper() in ("TRUE", "T"):
+                opts["quadratic"] = True
+            elif v.lower() == "lv":
+                opts["quadratic"] = "lv"
+            elif v.upper() not in ("FALSE", "F"):
+                parts.fail(piece, f"quadratic must be TRUE, FALSE or \"lv\", got {value!r}.")
+        else:
+            rank_args.append(a)
+    if not opts["residual"] and opts["lv"] is None:
+        parts.fail(piece, "residual = FALSE (constrained ordination) needs lv = ~ covariates.")
+    opts["d"] = _rank(parts, piece, rank_args)
+    return opts
 
 
 def _rank(parts, piece, args):
@@ -712,7 +787,9 @@ def _finish(parts, response, slopes, absorbed):
                          slopes=slopes, absorbed=absorbed, num_lv=num_lv, row_effect=row_effect,
                          offsets=tuple(parts.offsets), terms=tuple(terms), species_random=sr,
                          community=getattr(parts, "community", None),
-                         site_effects=tuple(parts.site_effects))
+                         site_effects=tuple(parts.site_effects),
+                         num_lv_c=parts.num_lv_c, num_rr=parts.num_rr,
+                         lv_formula=parts.lv_formula, quadratic=parts.quadratic)
 
 
 def parse_random_species(text, species="species", both=False):
@@ -948,7 +1025,10 @@ def _covariate_columns(parsed, long, resp):
 
     site, species = parsed.site, parsed.species
     covs = []
-    for slope in parsed.design_columns:
+    lv_terms = [] if not parsed.lv_formula else [
+        c.strip() for c in parsed.lv_formula.split("~", 1)[1].split("+") if c.strip()]
+    for slope in list(parsed.design_columns) + [c for c in lv_terms
+                                                if c not in parsed.design_columns]:
         used = _columns_in(slope, list(long.columns))
         if not used:
             raise JSDMError(f"the term {species}:{slope} names no column of the long table; its "
@@ -1027,8 +1107,15 @@ def _merge_arguments(parsed, num_lv, row_effect, offset):
     if offset is not None and parsed.offsets:
         raise JSDMError(f"an offset is given twice: offset= and offset({parsed.offsets[0]}) in "
                         f"{where}; keep one.")
-    return dict(formula=parsed.site_formula, num_lv=parsed.num_lv, row_effect=parsed.row_effect,
-                offset=offset)
+    out = dict(formula=parsed.site_formula, num_lv=parsed.num_lv, row_effect=parsed.row_effect,
+               offset=offset)
+    if parsed.num_lv_c or parsed.num_rr:            # ordination (jsdm extension of rr())
+        out.update(num_lv_c=parsed.num_lv_c, num_rr=parsed.num_rr, lv_formula=parsed.lv_formula)
+        if out["formula"] is None and not parsed.design_columns:
+            out["formula"] = "~ 1"      # the ordination covariates get no species slopes
+    if parsed.quadratic:
+        out["quadratic"] = parsed.quadratic
+    return out
 
 
 def _offset_values(expr, long):

@@ -40,8 +40,10 @@ def affordable(prob, layout):
     """Whether this phase runs: a full Newton step costs little enough (see module doc), and
     there are no random row effects (in these centred coordinates the ELBO is badly curved as
     their sd goes to 0; the L-BFGS polish works in non-centred ones, ``fit.NonCentred``)."""
-    if (prob.row_effect == "random" or prob.predictor.ksr or prob.predictor.global_terms
-            or prob.predictor.group_terms):
+    pred = prob.predictor
+    fd_only = any(not t.global_fields(pred) for t in pred.global_terms)   # fourth corner
+    if (prob.row_effect == "random" or pred.ksr or fd_only or pred.nonlinear_terms
+            or pred.group_terms):
         return False
     pm = layout.n_model
     nv = layout.size - pm

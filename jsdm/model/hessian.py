@@ -314,8 +314,9 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     as the fit's full Newton steps use it; standard errors use central ones.
     """
     pred = prob.predictor
-    if pred.ksr or pred.global_terms:   # species random effects, the fourth corner: by
-        # differences of the gradient (model.hessian_fd)
+    if pred.ksr or pred.nonlinear_terms or any(not t.global_fields(pred) for t in pred.global_terms):
+        # species random effects, the fourth corner, quadratic responses: by differences of
+        # the gradient (model.hessian_fd); canonical coefficients: analytic + their columns
         from .hessian_fd import fd_blocks
         out = fd_blocks(prob, P, layout)
         return _with_group_block(prob, P, layout, out) if pred.group_terms else out
@@ -348,6 +349,8 @@ def hessian_blocks(prob, P, layout, h=_STEP, forward=False):
     _log_diag_chain(pred, P, ev, tri, Hvv, [Hcross] + ([fixed[2]] if fixed is not None else [])
                     + [hv for _, _, hv in hyper])
     out = _assemble(pred, layout, Hphiphi, Hcross, Hvv, fixed, hyper)
+    if pred.global_terms:        # canonical coefficients (the others went to fd_blocks above)
+        _global_columns(prob, P, layout, out)
     if pred.group_terms:
         out = _with_group_block(prob, P, layout, out)
     return out
@@ -413,6 +416,39 @@ def _with_group_block(prob, P, layout, hb, rel_step=1e-5):
         site = Hc[hb.site_pos.reshape(-1), :].reshape(n, q, len(cols))     # (n, q, k)
         Hpv[new] = np.transpose(site, (2, 0, 1))
     return HessianBlocks(Hpp, Hpv, hb.Hvv, hb.site_pos, n_extra=E)
+def global_positions(layout):
+    """Packed positions of the terms' global model coordinates (canonical coefficients)."""
+    pred, pos = layout.predictor, positions(layout)
+    out = [np.asarray(getattr(pos, f)).ravel() for t in pred.global_terms
+           for f in t.global_fields(pred)]
+    return np.concatenate(out).astype(int) if out else np.zeros(0, dtype=int)
+
+
+def _global_columns(prob, P, layout, blocks, h=1e-5):
+    """Rows and columns of the global model coordinates by central differences of the
+    analytic packed gradient (two gradient evaluations per coordinate; there are few:
+    p_lv x d canonical coefficients). Everything else stays analytic."""
+    gpos = global_positions(layout)
+    x0 = layout.pack(P)
+    Pn = layout.n_model
+    cols = np.empty((len(gpos), layout.size))
+    for r, k in enumerate(gpos):
+        step = h * max(1.0, abs(x0[k]))
+        g = []
+        for sgn in (1.0, -1.0):
+            x = x0.copy()
+            x[k] += sgn * step
+            Q = layout.unpack(x)
+            g.append(layout.pack_grad(evaluate(prob, Q).grad, Q))
+        cols[r] = (g[0] - g[1]) / (2.0 * step)
+    cols[:, gpos] = 0.5 * (cols[:, gpos] + cols[:, gpos].T)
+    blocks.Hpp[gpos, :] = cols[:, :Pn]
+    blocks.Hpp[:, gpos] = cols[:, :Pn].T
+    sp = blocks.site_pos
+    for r, k in enumerate(gpos):
+        blocks.Hpv[k] = cols[r][sp]
+
+
 
 
 def _fixed_site_parts(pred, P, E, Jphi, Jpsi):

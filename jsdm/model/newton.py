@@ -469,8 +469,8 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
 
 def gauge_step(prob, P, ce=None):
     """The latent variables' closed-form gauge step (:func:`jsdm.model.terms.latent.gauge_step`)."""
-    if prob.predictor.lv is None:
-        return P, ce
+    if prob.predictor.lv is None or prob.predictor.nonlinear_terms:
+        return P, ce        # (quadratic responses: shifts and rescalings of z are no symmetry)
     pred = prob.predictor
     objective = (lambda Q: pred.kl(Q) - penalty.value(prob, Q) / max(prob.n, 1)) \
         if penalty.prior_sd(prob) is not None else pred.kl       # penalty (prior_sd)

@@ -87,7 +87,8 @@ class Problem:
                                sites=self.sites, species=self.species, covariates=self.terms,
                                traits=self.info.get("traits"),
                                trait_names=self.info.get("trait_names", ()),
-                               groups=self.groups)
+                               groups=self.groups,
+                               designs=self.info.get("designs"))
         object.__setattr__(self, "predictor", pred)
 
     @property
@@ -263,7 +264,7 @@ def _check_terms(terms, formula):
 def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=None,
                   offset=None, trials=None, response=None, site=None, species=None,
                   extra_terms=(), species_random=None, community_slopes=None,
-                  site_effects=None):
+                  site_effects=None, num_lv_c=0, num_rr=0, lv_formula=None, quadratic=False):
     """Validate user input and build a :class:`Problem`.
 
     ``site_effects``: grouped site effects, a grouping column name or a list of them
@@ -274,6 +275,8 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     ``extra_terms``: further terms of the linear predictor (``jsdm.model.terms.Term``)
     appended to the classic ones (intercepts, slopes, ``num_lv`` latent variables,
     ``row_effect``); the optimiser and the outputs take them as they come.
+    ``num_lv_c``, ``num_rr``, ``lv_formula``: concurrent and constrained ordination
+    (``jsdm.model.terms.ordination``) on the design of ``lv_formula``.
     """
     fam = get_family(family)
     unstructured = isinstance(num_lv, str) and num_lv == "species"
@@ -326,14 +329,41 @@ def build_problem(data, X=None, *, family, num_lv=2, formula=None, row_effect=No
     if species_random is not None or community_slopes is not None:
         _species_traits(com, [t for t in (species_random, community_slopes) if t is not None],
                         info)
-    if extra_terms or species_random is not None or community_slopes is not None or group_terms:
+    num_lv_c, num_rr = check_ordination(num_lv_c, num_rr, lv_formula, Y.shape[1], int(num_lv))
+    quadratic = check_quadratic(quadratic, int(num_lv) + num_lv_c)
+    ordination = bool(num_lv_c or num_rr or quadratic)
+    if (extra_terms or species_random is not None or community_slopes is not None or group_terms
+            or ordination):
         from .terms import default_terms
-        model_terms = (default_terms(terms, int(num_lv), row_effect, species_random=species_random,
-                                     community=community_slopes) + tuple(group_terms)
-                       + tuple(extra_terms))
+        model_terms = default_terms(terms, int(num_lv), row_effect, species_random=species_random,
+                                    community=community_slopes)
+        if ordination:                  # ordination (terms/ordination.py, quadratic.py)
+            from .terms.ordination import choose_anchors, ordination_terms
+            lv_cols, anchors = (), None
+            if num_lv_c or num_rr:
+                Xlv, lv_cols = _design(com, lv_formula)
+                if Xlv.shape[1] == 0:
+                    raise JSDMError(f"lv_formula {lv_formula!r} gives no covariate columns; name "
+                                    "at least one site covariate, e.g. lv_formula='~ SubsDens + "
+                                    "WatrCont'")
+                both = [c for c in lv_cols if c in terms]
+                if both:
+                    raise JSDMError(
+                        f"{show(both)} have species-specific slopes (formula) and enter the "
+                        f"ordination (lv_formula {lv_formula!r}): x_i' C theta_j is then absorbed "
+                        "by the slopes x_i' B_j and not identified. Keep each covariate in one "
+                        "place, e.g. formula='~ 1' (no slopes) or an lv_formula without them.")
+                info["designs"] = {"lv": Xlv}
+                info["lv_columns"] = tuple(lv_cols)
+                info["lv_formula"] = lv_formula
+                anchors = choose_anchors(Y, W, Xlv, num_rr) if num_rr else None
+            model_terms = ordination_terms(model_terms, num_lv_c, num_rr, tuple(lv_cols),
+                                           quadratic, anchors)
+        model_terms = model_terms + tuple(group_terms) + tuple(extra_terms)
     if groups:
         info["site_effects"] = list(groups)
-    return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv), row_effect=row_effect,
+    return Problem(Y=Yf, W=W, X=Xmat, family=fam, num_lv=int(num_lv) + num_lv_c,
+                   row_effect=row_effect,
                    sites=Ydf.index.copy(), species=Ydf.columns.copy(), terms=terms,
                    offset=off, trials=tr, formula=formula, info=info, model_terms=model_terms,
                    groups=groups or None)
@@ -379,6 +409,40 @@ def _species_traits(com, terms, info):
         raise JSDMError(f"species traits {show(names)} are missing for species {show(bad)}; "
                         "impute them or leave those species out (Community.subset).")
     info["traits"], info["trait_names"] = vals, tuple(names)
+
+
+def check_quadratic(quadratic, d):
+    """Validate ``quadratic``: False, True or "lv" (case-insensitive); needs latent variables."""
+    if isinstance(quadratic, str) and quadratic.lower() == "lv":
+        quadratic = "lv"
+    if quadratic not in (False, True, "lv"):
+        raise JSDMError(f"quadratic must be False, True or 'lv', got {quadratic!r}")
+    if quadratic and d == 0:
+        raise JSDMError("quadratic responses need latent variables: set num_lv >= 1 or "
+                        "num_lv_c >= 1 (quadratic responses to constrained num_rr latent "
+                        "variables are not available)")
+    return quadratic
+
+
+def check_ordination(num_lv_c, num_rr, lv_formula, m, num_lv):
+    """Validate the ordination arguments; returns (num_lv_c, num_rr) as ints."""
+    out = []
+    for name, v in (("num_lv_c", num_lv_c), ("num_rr", num_rr)):
+        if v is None:
+            v = 0
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise JSDMError(f"{name} must be a whole number >= 0, got {v!r}")
+        out.append(int(v))
+    if (out[0] or out[1]) and lv_formula is None:
+        raise JSDMError("num_lv_c / num_rr need the covariates of the ordination: pass "
+                        "lv_formula=, e.g. lv_formula='~ SubsDens + WatrCont'")
+    if lv_formula is not None and not (out[0] or out[1]):
+        raise JSDMError("lv_formula= was given without num_lv_c= (concurrent) or num_rr= "
+                        "(constrained ordination); set one of them, or drop lv_formula")
+    if out[0] + out[1] + num_lv > m:
+        raise JSDMError(f"num_lv + num_lv_c + num_rr = {out[0] + out[1] + num_lv} exceeds the "
+                        f"number of species ({m})")
+    return tuple(out)
 
 
 def _trials(trials, W, Ydf):

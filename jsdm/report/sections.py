@@ -188,6 +188,28 @@ def data_section(fit, opts):
 
 
 # --- model and convergence -------------------------------------------------------
+def _ordination_tables(fit):
+    """Canonical coefficients (constrained / concurrent) and the quadratic summary, as HTML."""
+    from ..results.ordination_terms import ordination_parts
+
+    parts, quadratic = ordination_parts(fit)
+    out = ""
+    if parts & {"constrained", "concurrent"}:
+        can = fit.canonical.reset_index()
+        out += ("<h3>Canonical coefficients</h3><p>Effect of each ordination covariate on the "
+                "site scores of the constrained / concurrent latent variables, with standard "
+                "errors and 95% Wald intervals.</p>" + can.to_html(index=False, float_format="%.3g",
+                                                                 classes="table"))
+    if quadratic:
+        gl = fit.gradient_length
+        out += ("<h3>Quadratic responses</h3><p>Gradient length (range of the site scores in "
+                "units of the median species tolerance): "
+                + ", ".join(f"{esc(k)} {v:.2f}" for k, v in gl.items())
+                + ". Species optima and tolerances: <code>fit.quadratic_table()</code>.</p>")
+    return out
+
+
+
 def model_section(fit, opts):
     """Model specification, fit statistics and diagnose() in plain words."""
     fam = fit.family
@@ -204,8 +226,15 @@ def model_section(fit, opts):
     for t in pred.group_terms:
         for g, _, _, _, sd in t.varcorr_rows(pred, fit.state.params):
             spec.append((esc(f"grouped site effect (1 | {g}) sd"), fmt(sd)))
+    kind = fit.ordination_type
+    if kind not in ("unconstrained", "none"):      # constrained / concurrent / quadratic
+        spec.insert(2, ("ordination", esc(kind)))
+        lvf = fit.problem.info.get("lv_formula")
+        if lvf:
+            spec.insert(3, ("ordination covariates (lv_formula)", esc(lvf)))
     stats = [(k, _stat(v)) for k, v in tables.fit_statistics(fit)]
     body = (row("<h3>Model</h3>" + key_values(spec), "<h3>Fit</h3>" + key_values(stats))
+            + _ordination_tables(fit)
             + "<h3>Diagnostics</h3>" + diagnostics_html(fit, shared(fit, opts, "diagnosis")))
     fams = fit.families
     if fams.nunique() > 1:                  # a family per species

@@ -135,7 +135,11 @@ class GLLVMResults:
 
     @property
     def lv_names(self):
-        """Names of the latent variables: ["LV1", ..., "LVd"]."""
+        """Names of the latent variables: ["LV1", ..., "LVd"] (concurrent ones first, as
+        "CLV1", ...)."""
+        lv = self.problem.predictor.lv
+        if lv is not None and lv.kind != "lv":
+            return list(lv.coord_names(self.problem.predictor))
         return [f"LV{k + 1}" for k in range(self.num_lv)]
 
     def __repr__(self):
@@ -155,6 +159,7 @@ class GLLVMResults:
                          f"{self.nobs} observed cells"),
                 ("Covariates", html.escape(", ".join(self.terms)) or "none"),
                 ("Latent variables", str(self.num_lv)),
+                ("Ordination", self.ordination_type),
                 ("Row effect", html.escape(str(self.row_effect or "none"))),
                 ("ELBO (log-lik bound)", f"{self.llf:.3f}"),
                 ("df / AIC / BIC", f"{self.df} / {self.aic:.2f} / {self.bic:.2f}"),
@@ -295,6 +300,73 @@ class GLLVMResults:
     def lv(self):
         """Sites x LV variational means (site scores)."""
         return pd.DataFrame(self.state.params.a, index=self.sites, columns=self.lv_names)
+
+    # --- constrained / concurrent / quadratic ordination (results/ordination_terms.py) ---
+    @property
+    def ordination_type(self):
+        """The ordination fitted, in words ("unconstrained", "constrained", "concurrent",
+        combinations, with "(quadratic)" for unimodal responses)."""
+        from .ordination_terms import ordination_type
+        return ordination_type(self)
+
+    @_cached
+    def canonical(self):
+        """Canonical coefficients of the constrained (``num_rr``) and concurrent (``num_lv_c``)
+        latent variables with standard errors: DataFrame indexed by (covariate, lv) with
+        estimate, std_err, z, lower, upper (see :func:`jsdm.results.ordination_terms.
+        canonical_coefficients` for the conventions)."""
+        from .ordination_terms import canonical_coefficients
+        return canonical_coefficients(self)
+
+    @_cached
+    def ordination_scores(self):
+        """Sites x LV scores of every latent variable (concurrent: C'x_i + a_i; constrained:
+        C'x_i; unconstrained: a_i)."""
+        from .ordination_terms import ordination_scores
+        return ordination_scores(self)
+
+    @_cached
+    def ordination_loadings(self):
+        """Species x LV loadings matching ``ordination_scores``."""
+        from .ordination_terms import ordination_loadings
+        return ordination_loadings(self)
+
+    @_cached
+    def optima(self):
+        """Species x LV optima u_jk = theta_jk / (2 D_jk) of quadratic responses (NaN where the
+        response is monotone, D_jk = 0); SEs in :meth:`quadratic_table`."""
+        return self.quadratic_table(se=False)["optimum"].unstack("lv").reindex(
+            index=self.species, columns=self.lv_names)
+
+    @_cached
+    def tolerances(self):
+        """Species x LV tolerances t_jk = 1 / sqrt(2 D_jk) of quadratic responses (inf where
+        D_jk = 0); SEs in :meth:`quadratic_table`."""
+        return self.quadratic_table(se=False)["tolerance"].unstack("lv").reindex(
+            index=self.species, columns=self.lv_names)
+
+    def quadratic_table(self, se=True):
+        """Quadratic coefficients, optima and tolerances with delta-method SEs.
+
+        Parameters
+        ----------
+        se : bool
+            Add the standard errors (D_se, optimum_se, tolerance_se).
+
+        Returns
+        -------
+        DataFrame
+            Indexed by (species, lv); see :func:`jsdm.results.ordination_terms.quadratic_table`.
+        """
+        from .ordination_terms import quadratic_table
+        return quadratic_table(self, se=se)
+
+    @_cached
+    def gradient_length(self):
+        """Gradient length (turnover) per latent variable of a quadratic fit: the range of the
+        site scores in units of the species' median tolerance (Series)."""
+        from .ordination_terms import gradient_length
+        return gradient_length(self)
 
     @_cached
     def lv_cov(self):
@@ -1038,12 +1110,46 @@ class GLLVMResults:
         matplotlib Axes
             See :func:`jsdm.plotting.plot_ordination`.
         """
+        from .ordination_terms import ordination_parts
+        parts, quadratic = ordination_parts(self)
+        if quadratic:     # optima in the fitted axes (a rotation changes the model)
+            from ..plotting.ordination_terms import plot_optima
+            return plot_optima(self, ax=ax, axes=axes, color=color, species=species)
+        if parts & {"constrained", "concurrent"}:
+            from ..plotting.ordination_terms import plot_constrained
+            return plot_constrained(self, ax=ax, axes=axes, scaling=scaling, exponent=exponent,
+                                    color=color, biplot=biplot,
+                                    covariate_arrows=True,      # (the point of these plots)
+                                    species=species, label_species=label_species,
+                                    species_scale=species_scale)
         from ..plotting import plot_ordination
         return plot_ordination(self, biplot=biplot, color=color, ellipses=ellipses, ax=ax,
                                axes=axes, scaling=scaling, exponent=exponent,
                                species_scale=species_scale, covariate_arrows=covariate_arrows,
                                alpha=alpha, site_labels=site_labels, species=species,
                                label_species=label_species, level=level)
+
+    def plot_response_curves(self, lv=0, species=None, ax=None, scale="response"):
+        """Expected response of each species along one latent variable (bell-shaped with
+        quadratic responses).
+
+        Parameters
+        ----------
+        lv : int or str
+            The latent variable (index or name); the others are held at 0.
+        species : list, optional
+            Species to draw (default: all up to 20, else the 20 with the largest peaks).
+        ax : matplotlib Axes, optional
+        scale : {"response", "link"}
+            Expected response or linear predictor.
+
+        Returns
+        -------
+        matplotlib Axes
+            See :func:`jsdm.plotting.ordination_terms.plot_response_curves`.
+        """
+        from ..plotting.ordination_terms import plot_response_curves
+        return plot_response_curves(self, lv=lv, species=species, ax=ax, scale=scale)
 
     def plot_associations(self, cluster=True, only_significant=False, ax=None, *, alpha=0.05,
                           method="delta", add_family_variance="observation", cmap="RdBu_r",

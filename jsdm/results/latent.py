@@ -185,6 +185,10 @@ def site_latent(fit, newdata=None, offset=None, trials=None):
     Xn = new_design(fit, newdata)
     F = np.broadcast_to(P.beta0, (k, prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
     F = np.array(F, dtype=float)
+    from ..model.terms.ordination import has_ordination, ordination_fixed_mean
+    if has_ordination(prob.predictor):
+        from .predict import new_lv_design
+        F += ordination_fixed_mean(prob.predictor, P, new_lv_design(fit, newdata))
     if offset is not None:
         off = np.asarray(offset, dtype=float)
         F = F + (off[:, None] if off.ndim == 1 else off)
@@ -195,8 +199,12 @@ def site_latent(fit, newdata=None, offset=None, trials=None):
 
 
 def _fixed_fitted(prob, P):
+    from ..model.terms.ordination import has_ordination, ordination_fixed_mean
+
     F = np.broadcast_to(P.beta0, (prob.n, prob.m)) + (prob.X @ P.B.T if prob.p else 0.0)
     F = np.array(F, dtype=float)
+    if has_ordination(prob.predictor):      # constrained / concurrent: x_i' C theta_j
+        F += ordination_fixed_mean(prob.predictor, P)
     if prob.offset is not None:
         F += prob.offset
     if prob.row_effect == "fixed":

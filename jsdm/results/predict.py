@@ -67,6 +67,26 @@ def new_design(fit, newdata):
     return mm.to_numpy(dtype=float)
 
 
+def new_lv_design(fit, newdata):
+    """The ordination design (k, p_lv) of new sites, encoded as ``lv_formula`` encoded the
+    fitted sites (constrained / concurrent ordination)."""
+    import formulaic
+
+    prob = fit.problem
+    rhs = prob.info["lv_formula"].split("~", 1)[-1]
+    spec = formulaic.model_matrix("~ " + rhs, fit.community.X).model_spec
+    try:
+        mm = pd.DataFrame(spec.get_model_matrix(newdata, na_action="raise"))
+    except Exception as exc:  # formulaic raises many types
+        raise JSDMError(f"could not encode newdata for lv_formula {prob.info['lv_formula']!r}: "
+                        f"{exc}") from None
+    mm = mm.drop(columns=[c for c in mm.columns if c == "Intercept"])
+    if tuple(str(c) for c in mm.columns) != tuple(prob.info["lv_columns"]):
+        raise JSDMError(f"newdata encodes to ordination columns {list(mm.columns)}, the fit used "
+                        f"{list(prob.info['lv_columns'])}; give newdata the same covariates")
+    return mm.to_numpy(dtype=float)
+
+
 def _setup(fit, newdata, lv, offset, trials):
     """Fixed part (k, m), LV-score part or None, extra marginal variance (k,), labels, trials."""
     prob, P = fit.problem, fit.state.params
@@ -84,6 +104,9 @@ def _setup(fit, newdata, lv, offset, trials):
         F = F + gm[:, None]
         if lv != "conditional":
             extra = extra + gv
+        from ..model.terms.ordination import has_ordination, ordination_fixed_mean
+        if has_ordination(prob.predictor):      # constrained / concurrent: x_i' C theta_j
+            F = F + ordination_fixed_mean(prob.predictor, P)
         return F, scores, extra, fit.sites, prob.trials if trials is None else trials
     if lv == "conditional":
         raise JSDMError("new sites have no fitted site scores: use lv='marginal' with newdata "
@@ -97,6 +120,9 @@ def _setup(fit, newdata, lv, offset, trials):
     if offset is not None:
         off = np.asarray(offset, dtype=float)
         F = F + (off[:, None] if off.ndim == 1 else off)
+    from ..model.terms.ordination import has_ordination, ordination_fixed_mean
+    if has_ordination(prob.predictor):
+        F = F + ordination_fixed_mean(prob.predictor, P, new_lv_design(fit, newdata))
     extra = np.full(len(newdata), np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
     gm, gv = group_parts(fit, newdata)
     F = F + gm[:, None]

@@ -116,6 +116,8 @@ def _header(fit):
          "Max scaled gradient": float(fit.scaled_grad), "Max |gradient|": float(fit.max_grad),
          "Iterations": fit.n_iter,
          "Fit time (s)": float(fit.fit_time)}
+    if fit.ordination_type not in ("unconstrained", "none"):
+        h["Ordination"] = fit.ordination_type
     structure = getattr(fit.family, "cut_structure", None)
     if structure is not None:                     # ordinal: cut points per species or common
         h["Cut points"] = structure

@@ -8,6 +8,8 @@ from .base import Reported, Term
 from .dispersion import S_BOUNDS, Dispersion
 from .group_effects import GroupEffects, JointGroupEffects, NestedGroupEffects
 from .latent import LatentVariables
+from .ordination import ConcurrentLatentVariables, ReducedRank
+from .quadratic import QuadraticResponse
 from .predictor import LinearPredictor
 from .row_effects import FixedRowEffects, RandomRowEffects
 from .slots import CholeskySlot, MaskedSlot, PinnedFirstSlot, Slot
@@ -26,7 +28,7 @@ def register_term(cls):
 
 for _cls in (SpeciesIntercepts, SpeciesSlopes, LatentVariables, FixedRowEffects, RandomRowEffects,
              SpeciesRandom, CommunitySlopes, GroupEffects, JointGroupEffects,
-             NestedGroupEffects):
+             NestedGroupEffects, ConcurrentLatentVariables, ReducedRank, QuadraticResponse):
     register_term(_cls)
 
 
@@ -68,8 +70,9 @@ def default_terms(covariates=(), num_lv=0, row_effect=None, species_random=None,
     return tuple(terms)
 
 
-__all__ = ["CommunitySlopes", "CholeskySlot", "Dispersion", "FixedRowEffects", "GroupEffects",
-           "JointGroupEffects", "LatentVariables", "LinearPredictor", "NestedGroupEffects",
-           "MaskedSlot", "PinnedFirstSlot", "RandomRowEffects", "Reported", "S_BOUNDS", "Slot",
+__all__ = ["CommunitySlopes", "CholeskySlot", "ConcurrentLatentVariables", "Dispersion",
+           "FixedRowEffects", "GroupEffects", "JointGroupEffects", "LatentVariables",
+           "LinearPredictor", "NestedGroupEffects", "MaskedSlot", "PinnedFirstSlot",
+           "QuadraticResponse", "RandomRowEffects", "ReducedRank", "Reported", "S_BOUNDS", "Slot",
            "SpeciesIntercepts", "SpeciesRandom", "SpeciesSlopes", "Term", "default_terms", "make_term",
            "register_term"]

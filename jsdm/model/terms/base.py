@@ -183,6 +183,17 @@ class Term:
         """Approximate curvature of the ELBO along each hyperparameter (scaling)."""
         return {}
 
+    # --- global model coordinates (canonical coefficients) ------------------------------------
+    # Terms with ``global_cell = True`` (community slopes, canonical coefficients) have
+    # global model coordinates entering the cells: ``global_gradient``, ``global_newton``
+    # (gradient and Hessian, flattened in the order of ``global_fields``) and
+    # ``curvature_global``; ``blocks.global_step`` steps them.
+    def global_fields(self, ctx):
+        """Params fields that ``global_newton`` steps, in its order; () means all of the
+        term's fields (community slopes). A term naming them (canonical coefficients) also
+        keeps the analytic Hessian, with its global rows by differences of the gradient."""
+        return ()
+
     # --- starting values ----------------------------------------------------------------------
     def start(self, ctx, P, init):
         """Write starting values into P (in place). ``init``: dict with "glm" (the

@@ -146,19 +146,56 @@ def transform_site_cov(L, T, idx=None):
     return np.linalg.cholesky(0.5 * (S + np.swapaxes(S, 1, 2)))
 
 
+def lv_blocks(P):
+    """Column ranges of the latent variables that rotate separately: [(0, d)], or, with
+    concurrent ordination followed by unconstrained latent variables (``P.C_lv`` with
+    d_c < d columns), [(0, d_c), (d_c, d)]."""
+    d = P.theta.shape[1]
+    C = getattr(P, "C_lv", None)
+    if C is None or np.ndim(C) != 2 or C.shape[1] in (0, d):
+        return [(0, d)]
+    return [(0, C.shape[1]), (C.shape[1], d)]
+
+
+def _block_tril(theta, blocks):
+    out = np.zeros_like(theta)
+    for s, e in blocks:
+        out[:, s:e] = np.tril(theta[:, s:e])
+    return out
+
+
+def _block_rotation(theta, blocks):
+    Q = np.zeros((theta.shape[1],) * 2)
+    for s, e in blocks:
+        Q[s:e, s:e] = triangular_rotation(theta[:, s:e])
+    return Q
+
+
+def _rotate_canonical(P, new, R):
+    """Concurrent ordination: C_lv -> C_lv R (R: the new scores are R' z on its columns)."""
+    C = getattr(P, "C_lv", None)
+    if C is not None and np.ndim(C) == 2 and C.shape[1]:
+        k = C.shape[1]
+        new.C_lv = C @ R[:k, :k]
+
+
 def to_triangular(P):
     """Rotate the latent variables so that theta's first d rows are lower triangular.
 
     a_i -> Q' a_i, A_i -> Q' A_i Q, theta_j -> Q' theta_j with Q orthogonal from a QR
-    factorisation of theta_top': every m_ij, v_ij and KL term is unchanged.
+    factorisation of theta_top': every m_ij, v_ij and KL term is unchanged. With
+    concurrent ordination the rotation is block diagonal (concurrent, unconstrained)
+    and the canonical coefficients rotate along.
     """
     if P.theta.shape[1] == 0:
         return P
-    Qm = triangular_rotation(P.theta)
+    blocks = lv_blocks(P)
+    Qm = _block_rotation(P.theta, blocks)
     new = P.copy()
-    new.theta = np.tril(P.theta @ Qm)
+    new.theta = _block_tril(P.theta @ Qm, blocks)
     new.a = P.a @ Qm
     new.L = transform_site_cov(P.L, Qm.T)
+    _rotate_canonical(P, new, Qm)
     return new
 
 
@@ -167,7 +204,10 @@ def normalise(P):
     d = P.theta.shape[1]
     if d == 0:
         return P
-    sign = np.sign(np.diag(P.theta[:d]))
+    diag = np.zeros(d)
+    for s, e in lv_blocks(P):
+        diag[s:e] = np.diag(P.theta[:e - s, s:e])
+    sign = np.sign(diag)
     sign[sign == 0] = 1.0
     P = P.copy()
     P.theta = P.theta * sign
@@ -176,6 +216,7 @@ def normalise(P):
     full[:d] = sign
     # L -> D L D keeps L lower triangular with a positive diagonal and A -> D A D
     P.L = P.L * full[None, :, None] * full[None, None, :]
+    _rotate_canonical(P, P, np.diag(sign))
     return P
 
 
@@ -200,16 +241,22 @@ def gauge_step(ctx, P, kl_terms, ce=None):
     abar = P.a.mean(0)
     ac = P.a - abar
     S = (ac.T @ ac + A.sum(0)) / n
-    w, V = np.linalg.eigh(0.5 * (S + S.T))
-    if not (np.all(np.isfinite(w)) and w.min() > 1e-12 * max(w.max(), 1e-300)):
-        return P, ce
-    S_half, S_mhalf = (V * np.sqrt(w)) @ V.T, (V / np.sqrt(w)) @ V.T
-    Q = triangular_rotation(P.theta @ S_half)
-    T = Q.T @ S_mhalf
+    blocks = lv_blocks(P)
+    T, S_half, Q = np.zeros((d, d)), np.zeros((d, d)), np.zeros((d, d))
+    for s, e in blocks:          # block diagonal T (concurrent and unconstrained apart)
+        Sb = S[s:e, s:e]
+        w, V = np.linalg.eigh(0.5 * (Sb + Sb.T))
+        if not (np.all(np.isfinite(w)) and w.min() > 1e-12 * max(w.max(), 1e-300)):
+            return P, ce
+        S_half[s:e, s:e] = (V * np.sqrt(w)) @ V.T
+        Qb = triangular_rotation(P.theta[:, s:e] @ S_half[s:e, s:e])
+        Q[s:e, s:e] = Qb
+        T[s:e, s:e] = Qb.T @ ((V / np.sqrt(w)) @ V.T)
     new = P.copy()
     new.beta0 = P.beta0 + P.theta @ abar
-    new.theta = np.tril(P.theta @ S_half @ Q)
+    new.theta = _block_tril(P.theta @ S_half @ Q, blocks)
     new.a = ac @ T.T
+    _rotate_canonical(P, new, T.T)
     try:
         new.L = transform_site_cov(P.L, T)
     except np.linalg.LinAlgError:

@@ -53,7 +53,7 @@ class LinearPredictor:
 
     def __init__(self, terms, *, n, m, X, offset=None, family=None, n_disp=None, s_free=None,
                  sites=None, species=None, covariates=(), traits=None, trait_names=(),
-                 groups=None):
+                 groups=None, designs=None):
         self.terms = tuple(terms)
         self.traits = None if traits is None else np.asarray(traits, dtype=float)
         self.trait_names = tuple(trait_names)
@@ -65,6 +65,7 @@ class LinearPredictor:
         self.sites = sites if sites is not None else list(range(self.n))
         self.species = species if species is not None else list(range(self.m))
         self.covariates = tuple(covariates)
+        self.designs = dict(designs or {})      # further site designs by name ("lv": X_lv)
         self.dispersion = (Dispersion(family, n_disp, free=s_free)
                            if family is not None and family.has_dispersion else None)
         self._index()
@@ -106,6 +107,10 @@ class LinearPredictor:
         self.bilinear = [(dict(self.species_terms)[t], dict(self.site_terms)[t])
                          for t in self.terms if t.bilinear and t.site_width(self)]
         self.hyper_terms = [(t, sl) for t, sl in self.random_site_terms if t.hyper_fields]
+        # terms whose moments are not of the linear / bilinear form (quadratic responses):
+        # they add to (m, v) and to the gradient through their own chain rule
+        self.nonlinear_terms = [t for t in self.terms
+                                if getattr(t, "nonlinear", False) and t.active(self)]
         self._unit_prior = all(t.unit_prior for t, _ in self.random_site_terms)
         self._ones_kr = np.ones(self.kr)
         self._ones_kr.flags.writeable = False
@@ -232,6 +237,8 @@ class LinearPredictor:
                 val = self.offset[rows][:, cols]
             else:
                 val = t.mean(self, P, rows, cols)
+                if val is None:
+                    continue
             if F is None:
                 F = np.broadcast_to(val, (self.count_rows(rows), self.count_cols(cols))).copy()
             else:
@@ -274,6 +281,10 @@ class LinearPredictor:
             ZZ = self.species_random_design2(P, rows)
             Ls = P.Lsp[cols]
             V += ZZ @ (Ls @ np.swapaxes(Ls, 1, 2)).reshape(len(Ls), -1).T
+        for t in self.nonlinear_terms:     # quadratic responses: their own (m, v) parts
+            dm, dv = t.moments_extra(self, P, rows, cols)
+            M += dm
+            V += dv
         np.maximum(V, 0.0, out=V)
         for t in self.group_terms:         # group scope: (r, 1) each
             V += t.variance(self, P, rows)
@@ -457,6 +468,8 @@ class LinearPredictor:
             self.set_species_coef(g, gb * self.free)
         if kv:
             self.set_site_means(g, gu)
+        for t in self.nonlinear_terms:
+            t.gradient_extra(self, P, Gm, Gv, g)
         if gs is not None:
             g.s = gs
         for t in self.group_terms:

@@ -249,7 +249,7 @@ def test_quadratic_arguments_are_checked():
         jsdm.gllvm(Y, family="poisson", num_lv=2, quadratic="yes")
     with pytest.raises(jsdm.JSDMError, match="latent variables"):
         jsdm.gllvm(Y, family="poisson", num_lv=0, quadratic=True)
-    assert QuadraticResponse("lv") == QuadraticResponse(**{"mode": "lv"})
+    assert QuadraticResponse("lv") == QuadraticResponse(mode="lv")
 
 
 def test_plots_and_report_of_a_quadratic_fit(tmp_path):

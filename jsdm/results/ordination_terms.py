@@ -195,7 +195,7 @@ def covariate_arrows(fit):
     pred, rr, conc = _terms(fit)
     X = lv_design(pred)
     sd = X.std(0)
-    parts, cols, names = [], [], None
+    parts, names = [], None
     scores = ordination_scores(fit)
     canon = canonical_coefficients(fit, se=False)["estimate"]
     for t in (conc, rr):
@@ -239,7 +239,6 @@ def quadratic_table(fit, se=True):
         raise JSDMError("this fit has no quadratic responses; refit with quadratic=True or 'lv'")
     pred = fit.problem.predictor
     P = fit.state.params
-    d = pred.d
     names = list(fit.lv_names)
     D = term.D(pred, P)
     th = P.theta

@@ -134,7 +134,7 @@ class QuadraticResponse(Term):
 
     def _cells(self, ctx, P, rows, cols, derivs):
         mu, S, b, Dp = self._parts(ctx, P, rows, cols)
-        r, c, kr = len(mu), len(b), S.shape[1]
+        kr = S.shape[1]
         log_link = ctx.family is not None and ctx.family.link == "log"
         # m part
         mq = -((mu ** 2) @ Dp.T + np.einsum("ikk->ik", S) @ Dp.T)              # (r, c)

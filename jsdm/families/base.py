@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from scipy import special
 
 from .._numerics import binned_expectation, gh_rule, uniform_expectation
 from ..exceptions import JSDMError
@@ -391,3 +392,23 @@ def _check_nonneg_int(y, name):
             f"family {name!r} needs non-negative whole-number counts; found {bad.tolist()}. "
             "Use family='gaussian' (or 'tweedie') for continuous data, or round the counts."
         )
+
+
+class LogitLogPair:
+    """Mixin: two nuisance parameters per species, a probability and a positive scale.
+
+    Reported as (expit(s_0), exp(s_1)) and packed as (logit, log): the zero-inflated
+    negative binomial (pi, phi), the NB hurdle and the beta hurdle (p_present, phi).
+    """
+
+    def dispersion(self, s):
+        """(m, 2): expit(s_0), exp(s_1)."""
+        if s is None:
+            return None
+        s = np.asarray(s, dtype=float)
+        return np.stack([special.expit(s[..., 0]), np.exp(s[..., 1])], axis=-1)
+
+    def dispersion_param(self, disp):
+        """s = (logit of the probability, log of the scale) from (m, 2) reported values."""
+        disp = np.asarray(disp, dtype=float)
+        return np.stack([special.logit(disp[..., 0]), np.log(disp[..., 1])], axis=-1)

@@ -15,11 +15,12 @@ import numpy as np
 from scipy import special
 
 from ..exceptions import JSDMError
+from .base import LogitLogPair
 from .beta import Beta
 from .hurdle import _Hurdle
 
 
-class BetaHurdle(_Hurdle):
+class BetaHurdle(LogitLogPair, _Hurdle):
     """Proportions in [0, 1) with exact zeros: species presence p, beta cover where present."""
 
     name = "beta_hurdle"
@@ -51,17 +52,6 @@ class BetaHurdle(_Hurdle):
         """Column names of ``dispersion``: presence probability and beta precision."""
         return ["p_present", "phi"]
 
-    def dispersion(self, s):
-        """(m, 2): p = expit(s_0), phi = exp(s_1)."""
-        if s is None:
-            return None
-        s = np.asarray(s, dtype=float)
-        return np.stack([special.expit(s[..., 0]), np.exp(s[..., 1])], axis=-1)
-
-    def dispersion_param(self, disp):
-        """s = (logit p, log phi)."""
-        disp = np.asarray(disp, dtype=float)
-        return np.stack([special.logit(disp[..., 0]), np.log(disp[..., 1])], axis=-1)
 
     def mean(self, eta, trials=None, s=None):
         """p expit(eta); expit(eta) when ``s`` is None."""

@@ -30,7 +30,7 @@ from scipy import special
 
 from .._numerics import log1pexp
 from ..exceptions import DataWarning, JSDMError
-from .base import ELL, Family, _check_nonneg_int
+from .base import ELL, Family, LogitLogPair, _check_nonneg_int
 from .truncated import TruncatedNegativeBinomial, TruncatedPoisson
 
 
@@ -168,7 +168,7 @@ class HurdlePoisson(_Hurdle):
         return self._presence_start(y)
 
 
-class HurdleNegativeBinomial(_Hurdle):
+class HurdleNegativeBinomial(LogitLogPair, _Hurdle):
     """Hurdle NB: species presence probability p, zero-truncated NB2 abundance (phi)."""
 
     name = "hurdle_nb"
@@ -185,17 +185,6 @@ class HurdleNegativeBinomial(_Hurdle):
         """Column names of ``dispersion``: presence probability and NB dispersion."""
         return ["p_present", "phi"]
 
-    def dispersion(self, s):
-        """(m, 2): p = expit(s_0), phi = exp(s_1)."""
-        if s is None:
-            return None
-        s = np.asarray(s, dtype=float)
-        return np.stack([special.expit(s[..., 0]), np.exp(s[..., 1])], axis=-1)
-
-    def dispersion_param(self, disp):
-        """s = (logit p, log phi)."""
-        disp = np.asarray(disp, dtype=float)
-        return np.stack([special.logit(disp[..., 0]), np.log(disp[..., 1])], axis=-1)
 
     def dispersion_start(self, y, mu, n_dispersion=None):
         """(logit share of non-zeros, NB moment estimate of log phi from the non-zero counts)."""

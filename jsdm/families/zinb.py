@@ -32,7 +32,7 @@ from scipy import special
 
 from .._numerics import (binned_expectation, blocked, gauss_hermite, graded_expectation,
                          log1pexp)
-from .base import ELL, Family, _check_nonneg_int
+from .base import ELL, Family, LogitLogPair, _check_nonneg_int
 from .negative_binomial import NegativeBinomial
 
 _NB = NegativeBinomial()
@@ -97,7 +97,7 @@ def zero_expectations(m, v, a, sp):
     return binned_expectation(m, v * ib * ib, _BINS, _N_OUT, extra=(ib, corner, a, sp, r))
 
 
-class ZeroInflatedNegativeBinomial(Family):
+class ZeroInflatedNegativeBinomial(LogitLogPair, Family):
     """Counts with excess zeros and overdispersion: species pi (zero inflation) and phi (NB2)."""
 
     name = "zinb"
@@ -188,17 +188,6 @@ class ZeroInflatedNegativeBinomial(Family):
         counts = _NB.sample(eta, sp, rng=rng)
         return np.where(rng.random(eta.shape) < special.expit(a), 0.0, counts)
 
-    def dispersion(self, s):
-        """(m, 2): pi = expit(s_0), phi = exp(s_1)."""
-        if s is None:
-            return None
-        s = np.asarray(s, dtype=float)
-        return np.stack([special.expit(s[..., 0]), np.exp(s[..., 1])], axis=-1)
-
-    def dispersion_param(self, disp):
-        """s = (logit pi, log phi) from (m, 2) reported values (or a pair for every species)."""
-        disp = np.asarray(disp, dtype=float)
-        return np.stack([special.logit(disp[..., 0]), np.log(disp[..., 1])], axis=-1)
 
     def dispersion_start(self, y, mu, n_dispersion=None):
         """NB moment estimate of phi on the non-zero-inflated part, and pi from the excess zeros.

@@ -57,6 +57,31 @@ def _inv_logdet(A):
     return np.linalg.inv(A), np.linalg.slogdet(A)[1]
 
 
+def _mm(A, B):
+    """Batched product of small matrices A (..., k, l) @ B (..., l, m), by broadcasting
+    (numpy's batched matmul and einsum loop over the many tiny matrices slowly)."""
+    out = A[..., :, 0:1] * B[..., 0:1, :]
+    for l in range(1, A.shape[-1]):
+        out = out + A[..., :, l:l + 1] * B[..., l:l + 1, :]
+    return out
+
+
+def _mv(A, x):
+    """Batched A (..., k, l) @ x (..., l)."""
+    out = A[..., :, 0] * x[..., 0:1]
+    for l in range(1, A.shape[-1]):
+        out = out + A[..., :, l] * x[..., l:l + 1]
+    return out
+
+
+def _mtv(A, x):
+    """Batched A' x: A (..., l, k), x (..., l)."""
+    out = A[..., 0, :] * x[..., 0:1]
+    for l in range(1, A.shape[-2]):
+        out = out + A[..., l, :] * x[..., l:l + 1]
+    return out
+
+
 class QuadraticResponse(Term):
     """Quadratic responses to the latent variables of the model's latent-variable term.
 
@@ -136,52 +161,54 @@ class QuadraticResponse(Term):
         mu, S, b, Dp = self._parts(ctx, P, rows, cols)
         kr = S.shape[1]
         log_link = ctx.family is not None and ctx.family.link == "log"
+        St = np.swapaxes(S, 1, 2)
+        dS = np.diagonal(S, axis1=1, axis2=2)                                    # (r, kr)
         # m part
-        mq = -((mu ** 2) @ Dp.T + np.einsum("ikk->ik", S) @ Dp.T)              # (r, c)
+        mq = -((mu ** 2 + dS) @ Dp.T)                                            # (r, c)
         g = b[None, :, :] - 2.0 * Dp[None, :, :] * mu[:, None, :]               # (r, c, kr)
-        Sb = np.einsum("ikl,jl->ijk", S, b)                                      # Sigma b
-        bSb = np.einsum("jk,ijk->ij", b, Sb)
+        Sb = b @ St                                                              # Sigma b (r, c, kr)
+        bSb = (Sb * b[None, :, :]).sum(2)
         if log_link:
             K = np.eye(kr) + 2.0 * S[:, None, :, :] * Dp[None, :, None, :]       # I + 2 S D
             Ki, logdet = _inv_logdet(K)
-            M = np.einsum("ijkl,ilm->ijkm", Ki, S)                               # K^-1 S
+            M = _mm(Ki, S[:, None, :, :])                                        # K^-1 S
             M = 0.5 * (M + np.swapaxes(M, 2, 3))
-            Mg = np.einsum("ijkl,ijl->ijk", M, g)
-            trDS = np.einsum("ikk,jk->ij", S, Dp)
+            Mg = _mv(M, g)
+            trDS = dS @ Dp.T
             vq = (g * Mg).sum(2) - logdet + 2.0 * trDS - bSb
         else:
-            Sg = np.einsum("ikl,ijl->ijk", S, g)
-            DS = Dp[None, :, :, None] * S[:, None, :, :]                         # D S (r,c,k,l)
-            tr2 = np.einsum("ijkl,ijlk->ij", DS, DS)
+            Sg = _mv(S[:, None, :, :], g)
+            S2 = S * S
+            DS2D = ((Dp @ np.swapaxes(S2, 1, 2)) * Dp[None, :, :])               # (r, c, kr)
+            tr2 = DS2D.sum(2)                                                    # tr(D S D S)
             vq = (g * Sg).sum(2) + 2.0 * tr2 - bSb
         if not derivs:
             return mq, vq
         out = {}
         # d m_q
         out["m_mu"] = -2.0 * Dp[None, :, :] * mu[:, None, :]                    # (r, c, kr)
-        out["m_D"] = -(mu[:, None, :] ** 2 + np.einsum("ikk->ik", S)[:, None, :])
+        out["m_D"] = -(mu[:, None, :] ** 2 + dS[:, None, :])
         # dm_q/dSigma = -D (diagonal)
+        idx = np.arange(kr)
         if log_link:
-            h = np.einsum("ijlk,ijl->ijk", Ki, g)                                # K^-T g
-            DKi = Dp[None, :, :, None] * Ki                                      # D K^-1
+            h = _mtv(Ki, g)                                                      # K^-T g
             out["v_b"] = 2.0 * Mg - 2.0 * Sb
             out["v_mu"] = -4.0 * Dp[None, :, :] * Mg
-            vS = h[..., :, None] * h[..., None, :] - 2.0 * DKi
+            vS = h[..., :, None] * h[..., None, :] - 2.0 * Dp[None, :, :, None] * Ki
             vS = 0.5 * (vS + np.swapaxes(vS, 2, 3))
-            idx = np.arange(kr)
             vS[:, :, idx, idx] += 2.0 * Dp[None, :, :]
             vS -= b[None, :, :, None] * b[None, :, None, :]
             out["v_S"] = vS
             out["v_D"] = (-4.0 * mu[:, None, :] * Mg - 2.0 * Mg ** 2
-                          - 2.0 * np.einsum("ijkk->ijk", M) + 2.0 * np.einsum("ikk->ik", S)[:, None, :])
+                          - 2.0 * M[:, :, idx, idx] + 2.0 * dS[:, None, :])
         else:
             out["v_b"] = 2.0 * Sg - 2.0 * Sb
             out["v_mu"] = -4.0 * Dp[None, :, :] * Sg
-            DSD = DS * Dp[None, :, None, :]                                      # D S D
-            SDS = np.einsum("ikl,jl,ilm->ijkm", S, Dp, S)
+            DSD = Dp[None, :, :, None] * S[:, None, :, :] * Dp[None, :, None, :]  # D S D
             vS = g[..., :, None] * g[..., None, :] + 4.0 * DSD - b[None, :, :, None] * b[None, :, None, :]
             out["v_S"] = 0.5 * (vS + np.swapaxes(vS, 2, 3))
-            out["v_D"] = -4.0 * mu[:, None, :] * Sg + 4.0 * np.einsum("ijkk->ijk", SDS)
+            # diag(S D S)_k = sum_l S_kl^2 D_l
+            out["v_D"] = -4.0 * mu[:, None, :] * Sg + 4.0 * (Dp @ np.swapaxes(S2, 1, 2))
         out["Dp"] = Dp
         return mq, vq, out
 
@@ -201,13 +228,14 @@ class QuadraticResponse(Term):
             rows = slice(s0, min(n, s0 + step))
             _, _, o = self._cells(ctx, P, rows, slice(None), True)
             gm, gv = Gm[rows], Gv[rows]
-            g_mu[rows] = np.einsum("ij,ijk->ik", gm, o["m_mu"]) + np.einsum("ij,ijk->ik", gv, o["v_mu"])
-            gS = np.einsum("ij,ijkl->ikl", gv, o["v_S"])
+            r = gm.shape[0]
+            g_mu[rows] = (gm[:, None, :] @ o["m_mu"] + gv[:, None, :] @ o["v_mu"])[:, 0, :]
+            gS = (gv[:, None, :] @ o["v_S"].reshape(r, ctx.m, kr * kr)).reshape(r, kr, kr)
             idx = np.arange(kr)
             gS[:, idx, idx] -= gm @ o["Dp"]
             g_S[rows] = gS
-            g_b += np.einsum("ij,ijk->jk", gv, o["v_b"])
-            g_D += np.einsum("ij,ijk->jk", gm, o["m_D"]) + np.einsum("ij,ijk->jk", gv, o["v_D"])
+            g_b += (gv[:, :, None] * o["v_b"]).sum(0)
+            g_D += (gm[:, :, None] * o["m_D"] + gv[:, :, None] * o["v_D"]).sum(0)
         # scatter: LV means a (and C for concurrent), L, theta, D
         lv = ctx.lv
         g.a = g.a + g_mu[:, :d]

@@ -528,9 +528,7 @@ SQUAREM_ITERATIONS = 2      # block sweeps: cheap progress from the start
 NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergence) ...
 NEWTON_ITERATIONS_SMALL = 5     # ... or this many before a full Newton phase (``affordable``)
 FULL_NEWTON_ITERATIONS = 100    # Newton steps in all parameters (small problems, full_newton.py)
-NONLINEAR_SWEEPS = 0        # block sweeps before L-BFGS for terms with nonlinear moments:
-# none (the quadratic candidates start from the linear fit; 10 sweeps cost 25-40 % of the
-# fit and found the same optima on mite and a 200 x 50 NB community, issue 15)
+NONLINEAR_SWEEPS = 10       # block sweeps before L-BFGS for terms with nonlinear moments
 
 
 class Joiner:

@@ -313,8 +313,8 @@ class GLLVMResults:
     def canonical(self):
         """Canonical coefficients of the constrained (``num_rr``) and concurrent (``num_lv_c``)
         latent variables with standard errors: DataFrame indexed by (covariate, lv) with
-        estimate, std_err, z, lower, upper (see :func:`jsdm.results.ordination_terms.
-        canonical_coefficients` for the conventions)."""
+        estimate, std_err, z, lower, upper (see ``canonical_coefficients`` in
+        ``jsdm/results/ordination_terms.py`` for the conventions)."""
         from .ordination_terms import canonical_coefficients
         return canonical_coefficients(self)
 
@@ -356,7 +356,7 @@ class GLLVMResults:
         Returns
         -------
         DataFrame
-            Indexed by (species, lv); see :func:`jsdm.results.ordination_terms.quadratic_table`.
+            Indexed by (species, lv); see ``quadratic_table`` in ``jsdm/results/ordination_terms.py``.
         """
         from .ordination_terms import quadratic_table
         return quadratic_table(self, se=se)
@@ -1146,7 +1146,7 @@ class GLLVMResults:
         Returns
         -------
         matplotlib Axes
-            See :func:`jsdm.plotting.ordination_terms.plot_response_curves`.
+            See ``plot_response_curves`` in ``jsdm/plotting/ordination_terms.py``.
         """
         from ..plotting.ordination_terms import plot_response_curves
         return plot_response_curves(self, lv=lv, species=species, ax=ax, scale=scale)

@@ -640,3 +640,34 @@ def trigamma(x):
     series = ix * (1.0 + ix * (0.5 + ix * (1.0 / 6.0 + ix2 * (-1.0 / 30.0 + ix2 * (
         1.0 / 42.0 + ix2 * (-1.0 / 30.0 + ix2 * (5.0 / 66.0 + ix2 * (-691.0 / 2730.0 + ix2 * 7.0 / 6.0))))))))
     return acc + series
+
+
+def truncated_cg(apply, prec, rhs, rtol, maxiter):
+    """Preconditioned conjugate gradients on A x = rhs, stopped at negative curvature.
+
+    ``apply(v)`` is A v and ``prec(r)`` the preconditioner applied to r (arrays of
+    ``rhs``'s shape). Stops after ``maxiter`` products, when the residual norm is at most
+    ``rtol`` times that of ``rhs``, or at a direction of no positive curvature (truncated
+    Newton), returning the iterate so far or, at the first step, the preconditioned
+    right-hand side.
+    """
+    x = np.zeros_like(rhs)
+    r = rhs.copy()
+    z = prec(r)
+    q, rz = z.copy(), float((r * z).sum())
+    stop = rtol * np.sqrt(float((rhs * rhs).sum()))
+    for _ in range(maxiter):
+        Aq = apply(q)
+        curv = float((q * Aq).sum())
+        if curv <= 0:
+            return x if x.any() else z
+        step = rz / curv
+        x += step * q
+        r -= step * Aq
+        if np.sqrt(float((r * r).sum())) <= stop:
+            break
+        z = prec(r)
+        rz_new = float((r * z).sum())
+        q = z + (rz_new / rz) * q
+        rz = rz_new
+    return x

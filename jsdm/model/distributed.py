@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from .._numerics import truncated_cg
 from ..exceptions import ConvergenceWarning, JSDMError
 from .blocks import curvature_diagonal, site_step
 from .objective import cell_eval, gradient_from
@@ -775,26 +776,7 @@ def _pcg(cluster, rhs, live, B, rtol=1e-4):
         cluster.products.append((time.perf_counter() - t0, len(cluster.chunks) * 2 * v.nbytes))
         return out
 
-    x = np.zeros_like(rhs)
-    r = rhs * free
-    z = prec(r)
-    q, rz = z.copy(), float((r * z).sum())
-    stop = rtol * np.sqrt(float((r * r).sum()))
-    for _ in range(CG_ITER):
-        Aq = A(q)
-        curv = float((q * Aq).sum())
-        if curv <= 0:
-            return x if x.any() else z
-        a = rz / curv
-        x += a * q
-        r -= a * Aq
-        if np.sqrt(float((r * r).sum())) <= stop:
-            break
-        z = prec(r)
-        rz_new = float((r * z).sum())
-        q = z + (rz_new / rz) * q
-        rz = rz_new
-    return x
+    return truncated_cg(A, prec, rhs * free, rtol, CG_ITER)
 
 
 def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hook=None):

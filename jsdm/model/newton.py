@@ -25,6 +25,7 @@ steps. Every stage is accepted only if the ELBO increases.
 """
 import numpy as np
 
+from .._numerics import truncated_cg
 from . import penalty
 from .blocks import (_chol_inv, ascend, bilinear_pair, group_step, polish_dispersion,
                      scaled_gradient, global_step, species_random_prior, species_step)
@@ -275,26 +276,7 @@ class _Schur:
         """Preconditioned CG on -S x = rhs; stops early at negative curvature (truncated Newton)."""
         Minv = self.block_preconditioner()
         prec = lambda r: np.einsum("jkl,jl->jk", Minv, r)   # noqa: E731
-        x = np.zeros_like(rhs)
-        r = rhs.copy()
-        z = prec(r)
-        q, rz = z.copy(), float((r * z).sum())
-        stop = rtol * np.sqrt(float((rhs * rhs).sum()))
-        for _ in range(maxiter):
-            Aq = self.neg_schur(q)
-            curv = float((q * Aq).sum())
-            if curv <= 0:
-                return x if x.any() else z          # no positive curvature: preconditioned gradient
-            step = rz / curv
-            x += step * q
-            r -= step * Aq
-            if np.sqrt(float((r * r).sum())) <= stop:
-                break
-            z = prec(r)
-            rz_new = float((r * z).sum())
-            q = z + (rz_new / rz) * q
-            rz = rz_new
-        return x
+        return truncated_cg(self.neg_schur, prec, rhs, rtol, maxiter)
 
 
 def _dense_schur(prob, ce, op):

@@ -15,7 +15,29 @@ from .base import Reported, Term
 from .slots import PinnedFirstSlot, Slot
 
 
-class FixedRowEffects(Term):
+class _SiteAlpha:
+    """One coordinate per site, alpha_i, added to every species of the site (row effects)."""
+
+    def mean(self, ctx, P, rows, cols):
+        return P.alpha[rows, None]
+
+    def site_width(self, ctx):
+        return 1
+
+    def site_design(self, ctx, P, cols=slice(None)):
+        return np.ones((ctx.count_cols(cols), 1))
+
+    def get_site(self, P):
+        return P.alpha[:, None]
+
+    def set_site(self, P, values):
+        P.alpha = np.array(values[:, 0], dtype=float)
+
+    def coord_names(self, ctx):
+        return ["alpha"]
+
+
+class FixedRowEffects(_SiteAlpha, Term):
     """One fixed effect per site, the first pinned at 0."""
 
     kind = "row_fixed"
@@ -34,26 +56,10 @@ class FixedRowEffects(Term):
     def slots(self, ctx):
         return [PinnedFirstSlot("alpha_fixed", "alpha", (ctx.n,), model=True, scope="site")]
 
-    def mean(self, ctx, P, rows, cols):
-        return P.alpha[rows, None]
-
-    def site_width(self, ctx):
-        return 1
-
-    def site_design(self, ctx, P, cols=slice(None)):
-        return np.ones((ctx.count_cols(cols), 1))
-
-    def get_site(self, P):
-        return P.alpha[:, None]
-
-    def set_site(self, P, values):
-        P.alpha = np.array(values[:, 0], dtype=float)
 
     def site_pinned(self, ctx):
         return [(0, 0)]
 
-    def coord_names(self, ctx):
-        return ["alpha"]
 
     def start(self, ctx, P, init):
         P.alpha = np.zeros(ctx.n)
@@ -65,7 +71,7 @@ class FixedRowEffects(Term):
                          P.alpha[1:], pos)]
 
 
-class RandomRowEffects(Term):
+class RandomRowEffects(_SiteAlpha, Term):
     """alpha_i ~ N(0, sigma^2) with variational mean ``alpha`` and log sd ``log_sigma``."""
 
     kind = "row_random"
@@ -89,23 +95,7 @@ class RandomRowEffects(Term):
                 Slot("alpha_random", "alpha", (ctx.n,), model=False, scope="site",
                      label=("row_effect_mean", ["alpha"]))]
 
-    def mean(self, ctx, P, rows, cols):
-        return P.alpha[rows, None]
 
-    def site_width(self, ctx):
-        return 1
-
-    def site_design(self, ctx, P, cols=slice(None)):
-        return np.ones((ctx.count_cols(cols), 1))
-
-    def get_site(self, P):
-        return P.alpha[:, None]
-
-    def set_site(self, P, values):
-        P.alpha = np.array(values[:, 0], dtype=float)
-
-    def coord_names(self, ctx):
-        return ["alpha"]
 
     def prior_precision(self, ctx, P):
         return np.array([np.exp(-2.0 * P.log_sigma)])

@@ -28,7 +28,12 @@ def plot_fourth_corner(fit, ax=None, alpha=0.05, cmap="RdBu_r"):
     covs = list(dict.fromkeys(tab["covariate"]))
     trs = list(dict.fromkeys(tab["trait"]))
     est, sig = est.loc[covs, trs], sig.loc[covs, trs]
-    ax = get_ax(ax, figsize=(1.2 + 0.9 * len(trs), 1.0 + 0.7 * len(covs)))
+    own = ax is None
+    # room for the labels, the colour bar and the title (the cells alone were too small
+    # for them: a 2 x 2 table cut its covariate names and title)
+    ax = get_ax(ax, figsize=(3.8 + 0.9 * len(trs), 2.4 + 0.6 * len(covs)))
+    if own:
+        ax.figure.set_layout_engine("constrained")
     vals = est.to_numpy(dtype=float)
     lim = np.nanmax(np.abs(vals)) if np.isfinite(vals).any() else 1.0
     im = ax.imshow(vals, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")

@@ -174,6 +174,9 @@ def newton_means(prob, P, ce):
     conjugate gradients with matrix-free products (cost O(n m) per product).
     """
     pred = prob.predictor
+    if pred.nonlinear_terms:        # quadratic responses: blocks assembled cell by cell
+        from .newton_nonlinear import newton_means as nonlinear_means
+        return nonlinear_means(prob, P, ce)
     m = pred.m
     Xt = pred.species_design(P)
     U = pred.site_design(P)
@@ -366,9 +369,11 @@ def covariance_step(prob, P, ce):
         UR = pred.site_design(P, random_only=True)
         UU = (UR[:, :, None] * UR[:, None, :]).reshape(prob.m, kr * kr)
         Lam = -(2.0 * ce["Gv"] @ UU).reshape(n, kr, kr)
+        for t in pred.nonlinear_terms:   # their part of d ELL / d Sigma_i (quadratic responses)
+            Lam -= 2.0 * t.sigma_gradient(pred, P, ce["Gm"], ce["Gv"])
         idx = np.arange(kr)
         Lam[:, idx, idx] += pred.prior_precision(P)
-        new.L, _ = _chol_inv(Lam)
+        new.L = _chol_inv_where_pd(Lam, P.L)
     order = 2 if P.s is not None else 1    # the dispersion step that follows needs order 2
     ct = cell_eval(prob, new, order)
     keep = ~(ct["site"] >= ce["site"])
@@ -384,6 +389,19 @@ def covariance_step(prob, P, ce):
             t.hyper_update(pred, new, mu[:, sl], sq[:, sl])
         ct = cell_eval(prob, new, order)
     return new, ct
+
+
+def _chol_inv_where_pd(Lam, L_old):
+    """Cholesky factors of Lam_i^-1 where Lam_i is positive definite; ``L_old`` elsewhere
+    (with a nonlinear term the fixed point's Lam_i need not be)."""
+    Lam = 0.5 * (Lam + np.swapaxes(Lam, 1, 2))
+    ok = np.all(np.linalg.eigvalsh(Lam) > 0, axis=1) if len(Lam) else np.zeros(0, bool)
+    if ok.all():
+        return _chol_inv(Lam)[0]
+    out = L_old.copy()
+    if ok.any():
+        out[ok] = _chol_inv(Lam[ok])[0]
+    return out
 
 
 def _species_cov_step(prob, P, new, ct, order):

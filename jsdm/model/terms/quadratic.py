@@ -201,25 +201,38 @@ class QuadraticResponse(Term):
         """(m_q, v_q) (r, c): what the quadratic part adds to the cells' mean and variance."""
         return self._cells(ctx, P, rows, cols, False)
 
-    def gradient_extra(self, ctx, P, Gm, Gv, g):
-        """Add the quadratic part's chain rule to the natural gradient ``g`` (in place)."""
-        n, kr, d = ctx.n, ctx.kr, ctx.d
+    def _chain(self, ctx, P, Gm, Gv):
+        """The quadratic part's chain rule from Gm, Gv (n, m): its gradient in the site means
+        (n, kr), the site covariances (n, kr, kr; symmetric), the random site design b
+        (m, kr) and the padded D (m, kr)."""
+        n, kr = ctx.n, ctx.kr
         step = max(1, 200_000 // max(ctx.m * kr * kr, 1))
         g_mu = np.zeros((n, kr))
         g_S = np.zeros((n, kr, kr))
         g_b = np.zeros((ctx.m, kr))
         g_D = np.zeros((ctx.m, kr))
+        idx = np.arange(kr)
         for s0 in range(0, n, step):
             rows = slice(s0, min(n, s0 + step))
             _, _, o = self._cells(ctx, P, rows, slice(None), True)
             gm, gv = Gm[rows], Gv[rows]
             g_mu[rows] = (gm[None] * o["m_mu"] + gv[None] * o["v_mu"]).sum(2).T
             gS = (gv[None, None] * o["v_S"]).sum(3).transpose(2, 0, 1)
-            idx = np.arange(kr)
             gS[:, idx, idx] -= gm @ o["Dp"]
             g_S[rows] = gS
             g_b += (gv[None] * o["v_b"]).sum(1).T
             g_D += (gm[None] * o["m_D"] + gv[None] * o["v_D"]).sum(1).T
+        return g_mu, g_S, g_b, g_D
+
+    def sigma_gradient(self, ctx, P, Gm, Gv):
+        """What the quadratic part adds to d ELL / d Sigma_i, (n, kr, kr) symmetric (the
+        covariance fixed point of the Newton phase)."""
+        return self._chain(ctx, P, Gm, Gv)[1]
+
+    def gradient_extra(self, ctx, P, Gm, Gv, g):
+        """Add the quadratic part's chain rule to the natural gradient ``g`` (in place)."""
+        d = ctx.d
+        g_mu, g_S, g_b, g_D = self._chain(ctx, P, Gm, Gv)
         # scatter: LV means a (and C for concurrent), L, theta, D
         lv = ctx.lv
         g.a = g.a + g_mu[:, :d]
@@ -233,6 +246,70 @@ class QuadraticResponse(Term):
         gD = g_D[:, :d]
         g.D_q = gD if self.mode == "species" else gD.sum(0)
         return g
+
+    def newton_cells(self, ctx, P, rows):
+        """Per-cell derivatives of the *total* moments (m, v) of the cells ``rows`` x all
+        species in x = (theta_j (d), D_j (d), mu_i (kr)), with Sigma_i held fixed; the
+        joint Newton step of ``jsdm.model.newton_nonlinear`` assembles its blocks from them.
+
+        With g = b - 2 D mu, N = M = (Sigma^-1 + 2 D)^-1, h = M g, t = mu + h (log link:
+        v = g'Mg - log det(I + 2 Sigma D) + 2 tr(D Sigma)) or N = Sigma, h = Sigma g, t = mu
+        (other links: v = g' Sigma g + 2 tr(D Sigma D Sigma)):
+
+            m_theta = mu,  m_D = -(mu^2 + Sigma_kk),  m_mu = g
+            v_theta = 2 h, v_D = (see ``_cells``),     v_mu = -4 D h
+            m_theta,mu = I,  m_D,mu = -2 diag(mu),  m_mu,mu = -2 D
+            v_theta,theta = 2 N,            v_theta_k,D_l = -4 N_kl t_l,
+            v_theta_k,mu_l = -4 N_kl D_l,   v_D_k,D_l = 8 t_k N_kl t_l + 4 N_kl^2,
+            v_D_k,mu_l = 8 t_k N_kl D_l - 4 h_k [k = l],  v_mu_k,mu_l = 8 D_k N_kl D_l
+
+        (with g = b - 2 D mu, v depends on (b, D, mu) through g and, for D, directly:
+        these are the chain rule's two parts). Returns a dict of arrays with the cells first,
+        (r, m, ...): "g" (kr), "m_D" (d), "v_th" (d), "v_D" (d), "v_mu" (kr), "v_thth",
+        "v_thD", "v_DD" (d, d), "v_thmu", "v_Dmu" (d, kr), "v_mumu" (kr, kr), "mu" (r, kr),
+        "Dp" (m, kr).
+        """
+        mu, S, b, Dp = self._parts(ctx, P, rows, slice(None))
+        d, kr = ctx.d, S.shape[1]
+        r, m = mu.shape[0], b.shape[0]
+        log_link = ctx.family is not None and ctx.family.link == "log"
+        g = b[None] - 2.0 * Dp[None] * mu[:, None]                              # (r, m, kr)
+        if log_link:
+            ST = S.transpose(1, 2, 0)
+            K = 2.0 * ST[:, :, :, None] * Dp.T[None, :, None, :]                # I + 2 S D
+            idx = np.arange(kr)
+            K[idx, idx] += 1.0
+            Ki, _ = _inv_logdet_t(K)
+            NT = _mm_t(Ki, ST[:, :, :, None])                                   # K^-1 S
+            N = np.moveaxis(0.5 * (NT + NT.transpose(1, 0, 2, 3)), (0, 1), (-2, -1))
+            h = np.einsum("rmkl,rml->rmk", N, g)
+            t = mu[:, None] + h
+        else:
+            N = np.broadcast_to(S[:, None], (r, m, kr, kr))
+            h = np.einsum("rkl,rml->rmk", S, g)
+            t = np.broadcast_to(mu[:, None], (r, m, kr))
+        dS = np.diagonal(S, axis1=1, axis2=2)
+        if log_link:
+            diagN = np.diagonal(N, axis1=2, axis2=3)
+            v_D = -4.0 * mu[:, None] * h - 2.0 * h ** 2 - 2.0 * diagN + 2.0 * dS[:, None]
+        else:
+            SDS = np.einsum("rkl,ml,rlk->rmk", S, Dp, S)                         # diag(S D S)
+            v_D = -4.0 * mu[:, None] * h + 4.0 * SDS
+        NDp = N * Dp[None, :, None, :]                                          # N_kl D_l
+        tN = t[..., :, None] * N                                                # t_k N_kl
+        v_Dmu = 8.0 * tN * Dp[None, :, None, :]
+        v_Dmu[..., np.arange(kr), np.arange(kr)] -= 4.0 * h
+        return {
+            "g": g, "m_D": -(mu ** 2 + dS)[:, None, :d], "v_th": 2.0 * h[..., :d],
+            "v_D": v_D[..., :d], "v_mu": -4.0 * Dp[None] * h,
+            "v_thth": 2.0 * N[..., :d, :d],
+            "v_thD": -4.0 * (N * t[..., None, :])[..., :d, :d],
+            "v_DD": (8.0 * tN * t[..., None, :] + 4.0 * N ** 2)[..., :d, :d],
+            "v_thmu": -4.0 * NDp[..., :d, :],
+            "v_Dmu": v_Dmu[..., :d, :],
+            "v_mumu": 8.0 * Dp[None, :, :, None] * NDp,
+            "mu": mu, "Dp": Dp,
+        }
 
     def curvature_extra(self, ctx, P, C):
         """{"D_q": approximate curvature of the ELBO along each D} from C = -2 Gv (n, m): the

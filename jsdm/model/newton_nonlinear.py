@@ -1,0 +1,299 @@
+"""Joint Newton steps on the means for models with a nonlinear term (quadratic responses).
+
+The linear engine's joint step (``newton.py``) builds its blocks from the designs of
+m_ij = Xt_i' phi_j + U_j' u_i and v_ij = U^R_j' Sigma_i U^R_j. With quadratic responses
+(``terms/quadratic.py``) m and v are nonlinear in theta_j, D and mu_i (m_mu = theta - 2 D mu,
+v through M = (Sigma^-1 + 2 D)^-1), so here the blocks are assembled cell by cell from the
+term's exact first and second derivatives of (m, v) (``QuadraticResponse.newton_cells``).
+Per cell, with x the cell's coordinates (its species' phi_j and D_j, or the global D, and
+its site's u_i) and E_mm = 2 Gv, E_mv, E_vv the second derivatives of ell in (m, v):
+
+    d2 ell / dx dx' = E_mm m_x m_x' + E_mv (m_x v_x' + v_x m_x') + E_vv v_x v_x'
+                      + Gm m_xx + Gv v_xx
+
+(E_mv, E_vv from one extra evaluation of the family, ``newton.mv_curvature``). Summed
+over sites they give the species blocks (and, for ``quadratic="lv"``, the block of the
+global D_k), over species the site blocks; the cross blocks (species x site) are the
+cells' own. The site blocks are eliminated (Schur complement) as in ``newton.py``; a site
+block that is not negative definite (where Gm m_xx outweighs the rest) has its positive
+eigenvalues mirrored, so the step stays an ascent direction. Sigma_i is held fixed here
+and updated by ``newton.covariance_step`` (its fixed point with the quadratic part's
+d ELL / d Sigma). Every step is accepted only if the ELBO does not fall (halving).
+"""
+import numpy as np
+
+from .._numerics import truncated_cg
+from . import penalty
+from .blocks import bilinear_pair
+from .objective import _CHUNK_CELLS, cell_eval
+
+#: Schur systems up to this many flops ((unknowns)^2 x site coordinates) are built densely
+_DENSE_FLOPS = 4e8
+
+
+def supported(prob):
+    """Whether this joint step covers the model: one nonlinear term with ``newton_cells``,
+    plain latent variables (not concurrent), no global, group or species-random terms."""
+    pred = prob.predictor
+    nl = pred.nonlinear_terms
+    return (len(nl) == 1 and hasattr(nl[0], "newton_cells") and pred.lv is not None
+            and not hasattr(pred.lv, "fixed_scores") and not pred.global_terms
+            and not pred.group_terms and not pred.ksr and len(pred.bilinear) == 1)
+
+
+class _Blocks:
+    """Gradient and curvature of the ELBO in (species block, global D, site means)."""
+
+    def __init__(self, prob, P, ce):
+        from .newton import mv_curvature
+
+        pred = prob.predictor
+        term = pred.nonlinear_terms[0]
+        self.species_mode = term.mode == "species"
+        n, m, d, kr, kv, ks = pred.n, pred.m, pred.d, pred.kr, pred.kv, pred.ks
+        sp, _ = bilinear_pair(pred)
+        self.ks, self.kv, self.d = ks, kv, d
+        self.kp = ks + (d if self.species_mode else 0)
+        self.ng = 0 if self.species_mode else d
+        kp, ng = self.kp, self.ng
+        nz = kp + ng + kv
+        th = np.arange(sp.start, sp.stop)
+        Dz = ks + np.arange(d) if self.species_mode else kp + np.arange(d)
+        mz_ = kp + ng + np.arange(kr)
+        u0 = kp + ng
+        Emv, Evv = mv_curvature(prob, P, ce)
+        Gm_all, Gv_all = ce["Gm"], ce["Gv"]
+        U = pred.site_design(P)                                   # (m, kv)
+        self.Hpp = np.zeros((m, kp, kp))
+        self.Hpg = np.zeros((m, kp, ng))
+        self.Hgg = np.zeros((ng, ng))
+        self.Huu = np.zeros((n, kv, kv))
+        self.C = np.zeros((n, m, kp, kv))
+        self.Cg = np.zeros((n, ng, kv))
+        self.gp = np.zeros((m, kp))
+        self.gg = np.zeros(ng)
+        self.gu = np.zeros((n, kv))
+        step = max(1, (_CHUNK_CELLS // 8) // max(m, 1))
+        ix = np.ix_
+        for s0 in range(0, n, step):
+            rows = slice(s0, min(n, s0 + step))
+            q = term.newton_cells(pred, P, rows)
+            Gm, Gv = Gm_all[rows], Gv_all[rows]
+            r = Gm.shape[0]
+            mz = np.zeros((r, m, nz))
+            vz = np.zeros((r, m, nz))
+            mz[:, :, :ks] = pred.species_design(P, rows)[:, None, :]
+            mz[:, :, Dz] = q["m_D"]
+            mz[:, :, u0:] = U[None]
+            mz[:, :, mz_] = q["g"]
+            vz[:, :, th] = q["v_th"]
+            vz[:, :, Dz] = q["v_D"]
+            vz[:, :, mz_] = q["v_mu"]
+            gv, gm = Gv[..., None, None], Gm[..., None, None]
+            H = (2.0 * gv) * (mz[..., :, None] * mz[..., None, :])
+            ev, evv = Emv[rows][..., None, None], Evv[rows][..., None, None]
+            mv = mz[..., :, None] * vz[..., None, :]
+            H += ev * (mv + np.swapaxes(mv, -1, -2))
+            H += evv * (vz[..., :, None] * vz[..., None, :])
+            # Gm m_xx + Gv v_xx (the term's second derivatives)
+            H[..., ix(th, th)[0], ix(th, th)[1]] += gv * q["v_thth"]
+            blk = gv * q["v_thD"]
+            H[..., ix(th, Dz)[0], ix(th, Dz)[1]] += blk
+            H[..., ix(Dz, th)[0], ix(Dz, th)[1]] += np.swapaxes(blk, -1, -2)
+            H[..., ix(Dz, Dz)[0], ix(Dz, Dz)[1]] += gv * q["v_DD"]
+            blk = gv * q["v_thmu"]
+            blk[..., np.arange(d), np.arange(d)] += Gm[..., None]          # m_theta,mu = I
+            H[..., ix(th, mz_)[0], ix(th, mz_)[1]] += blk
+            H[..., ix(mz_, th)[0], ix(mz_, th)[1]] += np.swapaxes(blk, -1, -2)
+            blk = gv * q["v_Dmu"]
+            blk[..., np.arange(d), np.arange(d)] -= 2.0 * Gm[..., None] * q["mu"][:, None, :d]
+            H[..., ix(Dz, mz_)[0], ix(Dz, mz_)[1]] += blk
+            H[..., ix(mz_, Dz)[0], ix(mz_, Dz)[1]] += np.swapaxes(blk, -1, -2)
+            blk = gv * q["v_mumu"]
+            blk[..., np.arange(kr), np.arange(kr)] -= 2.0 * Gm[..., None] * q["Dp"][None]
+            H[..., ix(mz_, mz_)[0], ix(mz_, mz_)[1]] += blk
+            gz = Gm[..., None] * mz + Gv[..., None] * vz
+            self.Hpp += H[:, :, :kp, :kp].sum(0)
+            self.Hpg += H[:, :, :kp, kp:u0].sum(0)
+            self.Hgg += H[:, :, kp:u0, kp:u0].sum((0, 1))
+            self.Huu[rows] = H[:, :, u0:, u0:].sum(1)
+            self.C[rows] = H[:, :, :kp, u0:]
+            self.Cg[rows] = H[:, :, kp:u0, u0:].sum(1)
+            self.gp += gz[:, :, :kp].sum(0)
+            self.gg += gz[:, :, kp:u0].sum((0, 1))
+            self.gu[rows] = gz[:, :, u0:].sum(1)
+        # the KL (prior of the random site coordinates) and the penalty
+        if kr:
+            pr = pred.prior_precision(P)
+            idx = np.arange(kr)
+            self.Huu[:, idx, idx] -= pr
+            self.gu[:, :kr] -= pr * pred.site_means(P)[:, :kr]
+        pen = penalty.species_curvature(prob)
+        if pen is not None:
+            self.Hpp[:, np.arange(ks), np.arange(ks)] -= pen
+            self.gp[:, :ks] += penalty.species_gradient(prob, P)
+        # held coordinates: the loadings' fixed zeros; D at its bound 0 pushed below it
+        free = np.ones((m, kp))
+        free[:, :ks] = pred.free
+        Dq = np.asarray(P.D_q, dtype=float)
+        if self.species_mode:
+            free[:, ks:] = ~((Dq <= 0.0) & (self.gp[:, ks:] < 0.0))
+            self.free_g = np.ones(0)
+        else:
+            self.free_g = (~((Dq <= 0.0) & (self.gg < 0.0))).astype(float)
+        self.free = free
+        for i, k in pred.pinned:
+            self.gu[i, k] = 0.0
+            self.Huu[i, k, :] = self.Huu[i, :, k] = 0.0
+            self.Huu[i, k, k] = -1.0
+            self.C[i, :, :, k] = 0.0
+            self.Cg[i, :, k] = 0.0
+        self.C *= free[None, :, :, None]
+        self.Cg *= self.free_g[None, :, None]
+        self.Dinv = np.linalg.inv(_negative_definite(self.Huu))
+
+    # --- the Schur complement over (species block, global D) -----------------------------
+    def _split(self, z):
+        m, kp = self.free.shape
+        return z[:m * kp].reshape(m, kp), z[m * kp:]
+
+    def ct(self, z):
+        """C' z: (n, kv)."""
+        x, y = self._split(z)
+        return np.einsum("ijpu,jp->iu", self.C, x) + np.einsum("igu,g->iu", self.Cg, y)
+
+    def c(self, w):
+        """C w for w (n, kv): flat (m kp + ng)."""
+        x = np.einsum("ijpu,iu->jp", self.C, w)
+        y = np.einsum("igu,iu->g", self.Cg, w)
+        return np.concatenate([x.ravel(), y])
+
+    def dinv(self, w):
+        return np.einsum("iuv,iv->iu", self.Dinv, w)
+
+    def hzz(self, z):
+        x, y = self._split(z)
+        hx = np.einsum("jpq,jq->jp", self.Hpp, x) + self.Hpg @ y
+        hy = np.einsum("jpg,jp->g", self.Hpg, x) + self.Hgg @ y
+        return np.concatenate([hx.ravel(), hy])
+
+    @property
+    def freez(self):
+        return np.concatenate([self.free.ravel(), self.free_g])
+
+    def neg_schur(self, z):
+        f = self.freez
+        out = (self.c(self.dinv(self.ct(z * f))) - self.hzz(z * f)) * f
+        return out + z * (1.0 - f)
+
+    def dense(self):
+        """-S as a dense matrix (identity on held entries)."""
+        m, kp = self.free.shape
+        N = m * kp + self.ng
+        A = np.zeros((N, N))
+        idx = np.arange(m)
+        A[:m * kp, :m * kp].reshape(m, kp, m, kp)[idx, :, idx, :] = -self.Hpp
+        A[:m * kp, m * kp:] = -self.Hpg.reshape(m * kp, self.ng)
+        A[m * kp:, :m * kp] = A[:m * kp, m * kp:].T
+        A[m * kp:, m * kp:] = -self.Hgg
+        n, kv = self.Huu.shape[0], self.kv
+        Cf = np.concatenate([self.C.transpose(1, 2, 0, 3).reshape(m * kp, n, kv),
+                             self.Cg.transpose(1, 0, 2)], axis=0)          # (N, n, kv)
+        CD = np.einsum("aiu,iuv->aiv", Cf, self.Dinv).reshape(N, n * kv)
+        A += CD @ Cf.reshape(N, n * kv).T
+        f = self.freez
+        held = f == 0
+        A[held, :] = 0.0
+        A[:, held] = 0.0
+        A[held, held] = 1.0
+        return 0.5 * (A + A.T)
+
+    def preconditioner(self):
+        """Inverses of the species-diagonal blocks of -S and of its global block."""
+        m, kp = self.free.shape
+        B = -self.Hpp + np.einsum("ijpu,iuv,ijqv->jpq", self.C, self.Dinv, self.C, optimize=True)
+        B = np.where(self.free[:, :, None] * self.free[:, None, :] > 0, B, 0.0)
+        jj, kk = np.nonzero(self.free == 0)
+        B[jj, kk, kk] = 1.0
+        ridge = 1e-10 * np.abs(np.diagonal(B, axis1=1, axis2=2)).max(axis=1) + 1e-12
+        Bi = np.linalg.inv(_positive_definite(B + ridge[:, None, None] * np.eye(kp)))
+        if self.ng:
+            G = -self.Hgg + np.einsum("igu,iuv,ihv->gh", self.Cg, self.Dinv, self.Cg)
+            G = np.where(np.outer(self.free_g, self.free_g) > 0, G, 0.0)
+            G[np.diag_indices(self.ng)] = np.where(self.free_g > 0, np.diag(G), 1.0)
+            Gi = np.linalg.inv(_positive_definite(G[None] + 1e-12 * np.eye(self.ng))[0])
+        else:
+            Gi = np.zeros((0, 0))
+
+        def prec(r):
+            x, y = self._split(r)
+            return np.concatenate([np.einsum("jpq,jq->jp", Bi, x).ravel(), Gi @ y])
+        return prec
+
+    def step(self):
+        """(d phi (m, ks), d D (shape of D_q), d u (n, kv)): the Newton step."""
+        m, kp = self.free.shape
+        N = m * kp + self.ng
+        f = self.freez
+        rhs = (np.concatenate([self.gp.ravel(), self.gg]) - self.c(self.dinv(self.gu))) * f
+        if float(N) ** 2 * self.Huu.shape[0] * self.kv <= _DENSE_FLOPS:
+            dz = _solve_pd(self.dense(), rhs)
+        else:
+            dz = truncated_cg(self.neg_schur, self.preconditioner(), rhs, 1e-4, 200)
+        dz = dz * f
+        du = -self.dinv(self.gu + self.ct(dz))
+        x, y = self._split(dz)
+        dD = x[:, self.ks:] if self.species_mode else y
+        return x[:, :self.ks], dD, du
+
+
+def _negative_definite(H):
+    """H (k, q, q) symmetric with its non-negative eigenvalues mirrored below zero (and
+    kept away from zero), so that it is negative definite."""
+    w, V = np.linalg.eigh(0.5 * (H + np.swapaxes(H, 1, 2)))
+    scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-12)
+    w = -np.maximum(np.abs(w), 1e-8 * scale)
+    return np.einsum("kab,kb,kcb->kac", V, w, V)
+
+
+def _positive_definite(B):
+    return -_negative_definite(-B)
+
+
+def _solve_pd(A, rhs):
+    """Solve A x = rhs for symmetric A, damping until A is positive definite."""
+    lam = 0.0
+    scale = max(np.abs(np.diag(A)).max(), 1.0)
+    for _ in range(40):
+        try:
+            c = np.linalg.cholesky(A + lam * np.eye(len(A)))
+            return np.linalg.solve(c.T, np.linalg.solve(c, rhs))
+        except np.linalg.LinAlgError:
+            lam = max(10.0 * lam, 1e-8 * scale)
+    raise np.linalg.LinAlgError("could not make the Newton system positive definite")
+
+
+def newton_means(prob, P, ce):
+    """One joint Newton step on species coefficients, loadings, D and site means (Sigma_i
+    fixed), halved until the ELBO does not fall. Returns (P, cell_eval, accepted)."""
+    pred = prob.predictor
+    blocks = _Blocks(prob, P, ce)
+    dphi, dD, du = blocks.step()
+    del blocks
+    phi, u = pred.species_coef(P), pred.site_means(P)
+    Dq = np.asarray(P.D_q, dtype=float)
+    old = float(ce["site"].sum())
+    floor = old - 1e-12 * abs(old)
+    t = 1.0
+    for _ in range(12):
+        T = P.copy()
+        pred.set_species_coef(T, phi + t * dphi)
+        T.D_q = np.maximum(Dq + t * dD, 0.0)
+        pred.set_site_means(T, u + t * du)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ct = cell_eval(prob, T)
+        val = float(ct["site"].sum())
+        if np.isfinite(val) and val >= floor:
+            return T, ct, True
+        t *= 0.5
+    return P, ce, False

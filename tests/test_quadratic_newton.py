@@ -110,7 +110,7 @@ def test_blocks_match_the_gradient_and_its_finite_differences(family, mode, case
         for j in (0, m - 1):
             if B.free[j, a]:
                 _, _, du = diff(**species_shift(a, j))
-                close(B.C[:, j, a, :] * free_u, du * free_u)
+                close(B.C[a, :, :, j].T * free_u, du * free_u)
     for g in range(B.ng):
         e = np.zeros(B.ng)
         e[g] = h

@@ -13,6 +13,7 @@ from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .full_newton import affordable, full_newton
 from .newton import newton_ascent
+from .newton_nonlinear import supported as nonlinear_supported
 from .start import glm_start, initial_params
 from .terms.latent import ANCHOR_GAIN, anchor_order, normalise, to_triangular  # noqa: F401
 
@@ -284,6 +285,7 @@ def _one_blas_thread():
 
 
 QUADRATIC_SCREEN = 150     # L-BFGS iterations per quadratic start before the best is finished
+QUADRATIC_SCREEN_NEWTON = 5     # ... or joint Newton steps, where newton_nonlinear covers the model
 
 
 def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
@@ -331,8 +333,9 @@ def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     layout = make_layout(prob)
     starts, _ = _quadratic_starts(prob, n_init, seed, maxiter, gtol)
     runs = []
+    screen = QUADRATIC_SCREEN_NEWTON if nonlinear_supported(prob) else QUADRATIC_SCREEN
     for k, P0 in enumerate(starts):
-        runs.append(_run_start(prob, layout, P0, min(QUADRATIC_SCREEN, maxiter), gtol,
+        runs.append(_run_start(prob, layout, P0, min(screen, maxiter), gtol,
                                _printer(f"quadratic start {k + 1}", t0) if verbose else None))
     values = [r[1] for r in runs]
     best = runs[int(np.argmax(values))]
@@ -529,6 +532,7 @@ NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergenc
 NEWTON_ITERATIONS_SMALL = 5     # ... or this many before a full Newton phase (``affordable``)
 FULL_NEWTON_ITERATIONS = 100    # Newton steps in all parameters (small problems, full_newton.py)
 NONLINEAR_SWEEPS = 10       # block sweeps before L-BFGS for terms with nonlinear moments
+NONLINEAR_NEWTON_ITERATIONS = 60    # joint Newton steps for them (newton_nonlinear.py)
 
 
 class Joiner:
@@ -591,7 +595,10 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
         return rec
 
     nonlinear = bool(prob.predictor.nonlinear_terms)
-    n_sq = min(SQUAREM_ITERATIONS if not nonlinear else NONLINEAR_SWEEPS, maxiter)
+    # quadratic responses: the joint Newton step of newton_nonlinear.py where it covers the
+    # model; otherwise block sweeps (their curvature leaves the term out) and L-BFGS
+    nl_newton = nonlinear and nonlinear_supported(prob)
+    n_sq = min(0 if nl_newton else NONLINEAR_SWEEPS if nonlinear else SQUAREM_ITERATIONS, maxiter)
     h1 = []
     if n_sq > 0:
         P, h1 = squarem_ascent(prob, layout, P, max_iter=n_sq, rtol=1e-10,
@@ -602,8 +609,8 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
     # 0.27 -> 0.24 s CPU, same optima; bench/bench_small.py). Terms with nonlinear moments
     # (quadratic responses): the Newton phases' curvature leaves them out, so block sweeps
     # (monotone) hand over to L-BFGS directly
-    n_nt = min(0 if nonlinear else (NEWTON_ITERATIONS_SMALL if full else NEWTON_ITERATIONS),
-               maxiter - len(h1))
+    n_nt = min(NONLINEAR_NEWTON_ITERATIONS if nl_newton else 0 if nonlinear else
+               (NEWTON_ITERATIONS_SMALL if full else NEWTON_ITERATIONS), maxiter - len(h1))
     if n_nt > 0:
         P, h2, done = newton_ascent(prob, P, max_iter=n_nt, rtol=1e-12, callback=record("newton"),
                                     layout=layout, gtol=0.5 * gtol, stop=join)

@@ -64,64 +64,69 @@ class _Blocks:
         Emv, Evv = mv_curvature(prob, P, ce)
         Gm_all, Gv_all = ce["Gm"], ce["Gv"]
         U = pred.site_design(P)                                   # (m, kv)
-        self.Hpp = np.zeros((m, kp, kp))
-        self.Hpg = np.zeros((m, kp, ng))
         self.Hgg = np.zeros((ng, ng))
-        self.Huu = np.zeros((n, kv, kv))
-        self.C = np.zeros((n, m, kp, kv))
-        self.Cg = np.zeros((n, ng, kv))
-        self.gp = np.zeros((m, kp))
         self.gg = np.zeros(ng)
-        self.gu = np.zeros((n, kv))
+        self.Hpp = np.zeros((kp, kp, m))
+        self.Hpg = np.zeros((kp, ng, m))
+        self.Huu = np.zeros((kv, kv, n))
+        self.C = np.zeros((kp, kv, n, m))
+        self.Cg = np.zeros((ng, kv, n))
+        self.gp = np.zeros((kp, m))
+        self.gu = np.zeros((kv, n))
         step = max(1, (_CHUNK_CELLS // 8) // max(m, 1))
-        ix = np.ix_
+        # per-cell arrays with the coordinate axes first, (nz, [nz,] r, m): elementwise
+        # products then run over long contiguous rows
         for s0 in range(0, n, step):
             rows = slice(s0, min(n, s0 + step))
             q = term.newton_cells(pred, P, rows)
             Gm, Gv = Gm_all[rows], Gv_all[rows]
             r = Gm.shape[0]
-            mz = np.zeros((r, m, nz))
-            vz = np.zeros((r, m, nz))
-            mz[:, :, :ks] = pred.species_design(P, rows)[:, None, :]
-            mz[:, :, Dz] = q["m_D"]
-            mz[:, :, u0:] = U[None]
-            mz[:, :, mz_] = q["g"]
-            vz[:, :, th] = q["v_th"]
-            vz[:, :, Dz] = q["v_D"]
-            vz[:, :, mz_] = q["v_mu"]
-            gv, gm = Gv[..., None, None], Gm[..., None, None]
-            H = (2.0 * gv) * (mz[..., :, None] * mz[..., None, :])
-            ev, evv = Emv[rows][..., None, None], Evv[rows][..., None, None]
-            mv = mz[..., :, None] * vz[..., None, :]
-            H += ev * (mv + np.swapaxes(mv, -1, -2))
-            H += evv * (vz[..., :, None] * vz[..., None, :])
+            mz = np.zeros((nz, r, m))
+            vz = np.zeros((nz, r, m))
+            mz[:ks] = pred.species_design(P, rows).T[:, :, None]
+            mz[Dz] = q["m_D"]
+            mz[u0:] = U.T[:, None, :]
+            mz[mz_] = q["g"]
+            vz[th] = q["v_th"]
+            vz[Dz] = q["v_D"]
+            vz[mz_] = q["v_mu"]
+            a = 2.0 * Gv * mz + Emv[rows] * vz                 # E_mm m + E_mv v
+            b = Emv[rows] * mz + Evv[rows] * vz                # E_mv m + E_vv v
+            H = a[:, None] * mz[None] + b[:, None] * vz[None]
             # Gm m_xx + Gv v_xx (the term's second derivatives)
-            H[..., ix(th, th)[0], ix(th, th)[1]] += gv * q["v_thth"]
-            blk = gv * q["v_thD"]
-            H[..., ix(th, Dz)[0], ix(th, Dz)[1]] += blk
-            H[..., ix(Dz, th)[0], ix(Dz, th)[1]] += np.swapaxes(blk, -1, -2)
-            H[..., ix(Dz, Dz)[0], ix(Dz, Dz)[1]] += gv * q["v_DD"]
-            blk = gv * q["v_thmu"]
-            blk[..., np.arange(d), np.arange(d)] += Gm[..., None]          # m_theta,mu = I
-            H[..., ix(th, mz_)[0], ix(th, mz_)[1]] += blk
-            H[..., ix(mz_, th)[0], ix(mz_, th)[1]] += np.swapaxes(blk, -1, -2)
-            blk = gv * q["v_Dmu"]
-            blk[..., np.arange(d), np.arange(d)] -= 2.0 * Gm[..., None] * q["mu"][:, None, :d]
-            H[..., ix(Dz, mz_)[0], ix(Dz, mz_)[1]] += blk
-            H[..., ix(mz_, Dz)[0], ix(mz_, Dz)[1]] += np.swapaxes(blk, -1, -2)
-            blk = gv * q["v_mumu"]
-            blk[..., np.arange(kr), np.arange(kr)] -= 2.0 * Gm[..., None] * q["Dp"][None]
-            H[..., ix(mz_, mz_)[0], ix(mz_, mz_)[1]] += blk
-            gz = Gm[..., None] * mz + Gv[..., None] * vz
-            self.Hpp += H[:, :, :kp, :kp].sum(0)
-            self.Hpg += H[:, :, :kp, kp:u0].sum(0)
-            self.Hgg += H[:, :, kp:u0, kp:u0].sum((0, 1))
-            self.Huu[rows] = H[:, :, u0:, u0:].sum(1)
-            self.C[rows] = H[:, :, :kp, u0:]
-            self.Cg[rows] = H[:, :, kp:u0, u0:].sum(1)
-            self.gp += gz[:, :, :kp].sum(0)
-            self.gg += gz[:, :, kp:u0].sum((0, 1))
-            self.gu[rows] = gz[:, :, u0:].sum(1)
+            H[np.ix_(th, th)] += Gv * q["v_thth"]
+            blk = Gv * q["v_thD"]
+            H[np.ix_(th, Dz)] += blk
+            H[np.ix_(Dz, th)] += blk.transpose(1, 0, 2, 3)
+            H[np.ix_(Dz, Dz)] += Gv * q["v_DD"]
+            blk = Gv * q["v_thmu"]
+            blk[np.arange(d), np.arange(d)] += Gm                           # m_theta,mu = I
+            H[np.ix_(th, mz_)] += blk
+            H[np.ix_(mz_, th)] += blk.transpose(1, 0, 2, 3)
+            blk = Gv * q["v_Dmu"]
+            blk[np.arange(d), np.arange(d)] -= 2.0 * Gm * q["mu"].T[:d, :, None]
+            H[np.ix_(Dz, mz_)] += blk
+            H[np.ix_(mz_, Dz)] += blk.transpose(1, 0, 2, 3)
+            blk = Gv * q["v_mumu"]
+            blk[np.arange(kr), np.arange(kr)] -= 2.0 * Gm * q["Dp"].T[:, None, :]
+            H[np.ix_(mz_, mz_)] += blk
+            gz = Gm * mz + Gv * vz
+            self.Hpp += H[:kp, :kp].sum(2)
+            self.Hpg += H[:kp, kp:u0].sum(2)
+            self.Hgg += H[kp:u0, kp:u0].sum((2, 3))
+            self.Huu[:, :, rows] = H[u0:, u0:].sum(3)
+            self.C[:, :, rows] = H[:kp, u0:]
+            self.Cg[:, :, rows] = H[kp:u0, u0:].sum(3)
+            self.gp += gz[:kp].sum(1)
+            self.gg += gz[kp:u0].sum((1, 2))
+            self.gu[:, rows] = gz[u0:].sum(2)
+        # back to the cells-first layout of the solve (C stays coordinates first)
+        self.Hpp = self.Hpp.transpose(2, 0, 1).copy()
+        self.Hpg = self.Hpg.transpose(2, 0, 1).copy()
+        self.Huu = self.Huu.transpose(2, 0, 1).copy()
+        self.Cg = self.Cg.transpose(2, 0, 1).copy()
+        self.gp = self.gp.T.copy()
+        self.gu = self.gu.T.copy()
         # the KL (prior of the random site coordinates) and the penalty
         if kr:
             pr = pred.prior_precision(P)
@@ -146,9 +151,9 @@ class _Blocks:
             self.gu[i, k] = 0.0
             self.Huu[i, k, :] = self.Huu[i, :, k] = 0.0
             self.Huu[i, k, k] = -1.0
-            self.C[i, :, :, k] = 0.0
+            self.C[:, k, i, :] = 0.0
             self.Cg[i, :, k] = 0.0
-        self.C *= free[None, :, :, None]
+        self.C *= free.T[:, None, None, :]
         self.Cg *= self.free_g[None, :, None]
         self.Dinv = np.linalg.inv(_negative_definite(self.Huu))
 
@@ -160,11 +165,11 @@ class _Blocks:
     def ct(self, z):
         """C' z: (n, kv)."""
         x, y = self._split(z)
-        return np.einsum("ijpu,jp->iu", self.C, x) + np.einsum("igu,g->iu", self.Cg, y)
+        return np.einsum("puij,jp->iu", self.C, x) + np.einsum("igu,g->iu", self.Cg, y)
 
     def c(self, w):
         """C w for w (n, kv): flat (m kp + ng)."""
-        x = np.einsum("ijpu,iu->jp", self.C, w)
+        x = np.einsum("puij,iu->jp", self.C, w)
         y = np.einsum("igu,iu->g", self.Cg, w)
         return np.concatenate([x.ravel(), y])
 
@@ -197,7 +202,7 @@ class _Blocks:
         A[m * kp:, :m * kp] = A[:m * kp, m * kp:].T
         A[m * kp:, m * kp:] = -self.Hgg
         n, kv = self.Huu.shape[0], self.kv
-        Cf = np.concatenate([self.C.transpose(1, 2, 0, 3).reshape(m * kp, n, kv),
+        Cf = np.concatenate([self.C.transpose(3, 0, 2, 1).reshape(m * kp, n, kv),
                              self.Cg.transpose(1, 0, 2)], axis=0)          # (N, n, kv)
         CD = np.einsum("aiu,iuv->aiv", Cf, self.Dinv).reshape(N, n * kv)
         A += CD @ Cf.reshape(N, n * kv).T
@@ -211,7 +216,7 @@ class _Blocks:
     def preconditioner(self):
         """Inverses of the species-diagonal blocks of -S and of its global block."""
         m, kp = self.free.shape
-        B = -self.Hpp + np.einsum("ijpu,iuv,ijqv->jpq", self.C, self.Dinv, self.C, optimize=True)
+        B = -self.Hpp + np.einsum("puij,iuv,qvij->jpq", self.C, self.Dinv, self.C, optimize=True)
         B = np.where(self.free[:, :, None] * self.free[:, None, :] > 0, B, 0.0)
         jj, kk = np.nonzero(self.free == 0)
         B[jj, kk, kk] = 1.0

@@ -264,50 +264,49 @@ class QuadraticResponse(Term):
             v_D_k,mu_l = 8 t_k N_kl D_l - 4 h_k [k = l],  v_mu_k,mu_l = 8 D_k N_kl D_l
 
         (with g = b - 2 D mu, v depends on (b, D, mu) through g and, for D, directly:
-        these are the chain rule's two parts). Returns a dict of arrays with the cells first,
-        (r, m, ...): "g" (kr), "m_D" (d), "v_th" (d), "v_D" (d), "v_mu" (kr), "v_thth",
-        "v_thD", "v_DD" (d, d), "v_thmu", "v_Dmu" (d, kr), "v_mumu" (kr, kr), "mu" (r, kr),
-        "Dp" (m, kr).
+        these are the chain rule's two parts). Returns a dict of arrays with the coordinate
+        axes first and the cells last, (..., r, m) (as in ``_cells``): "g" (kr), "m_D" (d;
+        (d, r, 1)), "v_th" (d), "v_D" (d), "v_mu" (kr), "v_thth", "v_thD", "v_DD" (d, d),
+        "v_thmu", "v_Dmu" (d, kr), "v_mumu" (kr, kr); and "mu" (r, kr), "Dp" (m, kr).
         """
         mu, S, b, Dp = self._parts(ctx, P, rows, slice(None))
         d, kr = ctx.d, S.shape[1]
-        r, m = mu.shape[0], b.shape[0]
         log_link = ctx.family is not None and ctx.family.link == "log"
-        g = b[None] - 2.0 * Dp[None] * mu[:, None]                              # (r, m, kr)
+        muT, ST, bT, DT = mu.T, S.transpose(1, 2, 0), b.T, Dp.T                 # (kr, ...)
+        g = bT[:, None, :] - 2.0 * DT[:, None, :] * muT[:, :, None]             # (kr, r, m)
         if log_link:
-            ST = S.transpose(1, 2, 0)
-            K = 2.0 * ST[:, :, :, None] * Dp.T[None, :, None, :]                # I + 2 S D
+            K = 2.0 * ST[:, :, :, None] * DT[None, :, None, :]                   # I + 2 S D
             idx = np.arange(kr)
             K[idx, idx] += 1.0
             Ki, _ = _inv_logdet_t(K)
-            NT = _mm_t(Ki, ST[:, :, :, None])                                   # K^-1 S
-            N = np.moveaxis(0.5 * (NT + NT.transpose(1, 0, 2, 3)), (0, 1), (-2, -1))
-            h = np.einsum("rmkl,rml->rmk", N, g)
-            t = mu[:, None] + h
+            N = _mm_t(Ki, ST[:, :, :, None])                                     # K^-1 S
+            N = 0.5 * (N + N.transpose(1, 0, 2, 3))                              # (kr, kr, r, m)
+            h = (N * g[None]).sum(1)
+            t = muT[:, :, None] + h
+            v_D = (-4.0 * muT[:, :, None] * h - 2.0 * h ** 2 - 2.0 * N[idx, idx]
+                   + 2.0 * np.diagonal(S, axis1=1, axis2=2).T[:, :, None])
         else:
-            N = np.broadcast_to(S[:, None], (r, m, kr, kr))
-            h = np.einsum("rkl,rml->rmk", S, g)
-            t = np.broadcast_to(mu[:, None], (r, m, kr))
+            N = ST[:, :, :, None]                                                # (kr, kr, r, 1)
+            h = (N * g[None]).sum(1)
+            t = muT[:, :, None]
+            SDS = Dp @ np.swapaxes(S * S, 1, 2)                                  # (r, m, kr)
+            v_D = -4.0 * t * h + 4.0 * SDS.transpose(2, 0, 1)
+        NDp = N * DT[None, :, None, :]                                          # N_kl D_l
+        tN = t[:, None] * N                                                     # t_k N_kl
+        v_Dmu = 8.0 * tN * DT[None, :, None, :]
+        v_Dmu = v_Dmu + np.zeros_like(h)[None]
+        idx = np.arange(kr)
+        v_Dmu[idx, idx] -= 4.0 * h
         dS = np.diagonal(S, axis1=1, axis2=2)
-        if log_link:
-            diagN = np.diagonal(N, axis1=2, axis2=3)
-            v_D = -4.0 * mu[:, None] * h - 2.0 * h ** 2 - 2.0 * diagN + 2.0 * dS[:, None]
-        else:
-            SDS = np.einsum("rkl,ml,rlk->rmk", S, Dp, S)                         # diag(S D S)
-            v_D = -4.0 * mu[:, None] * h + 4.0 * SDS
-        NDp = N * Dp[None, :, None, :]                                          # N_kl D_l
-        tN = t[..., :, None] * N                                                # t_k N_kl
-        v_Dmu = 8.0 * tN * Dp[None, :, None, :]
-        v_Dmu[..., np.arange(kr), np.arange(kr)] -= 4.0 * h
         return {
-            "g": g, "m_D": -(mu ** 2 + dS)[:, None, :d], "v_th": 2.0 * h[..., :d],
-            "v_D": v_D[..., :d], "v_mu": -4.0 * Dp[None] * h,
-            "v_thth": 2.0 * N[..., :d, :d],
-            "v_thD": -4.0 * (N * t[..., None, :])[..., :d, :d],
-            "v_DD": (8.0 * tN * t[..., None, :] + 4.0 * N ** 2)[..., :d, :d],
-            "v_thmu": -4.0 * NDp[..., :d, :],
-            "v_Dmu": v_Dmu[..., :d, :],
-            "v_mumu": 8.0 * Dp[None, :, :, None] * NDp,
+            "g": g, "m_D": -(mu ** 2 + dS).T[:d, :, None], "v_th": 2.0 * h[:d],
+            "v_D": v_D[:d], "v_mu": -4.0 * DT[:, None, :] * h,
+            "v_thth": 2.0 * N[:d, :d],
+            "v_thD": -4.0 * (N * t[None])[:d, :d],
+            "v_DD": (8.0 * tN * t[None] + 4.0 * N ** 2)[:d, :d],
+            "v_thmu": -4.0 * NDp[:d],
+            "v_Dmu": v_Dmu[:d],
+            "v_mumu": 8.0 * DT[:, None, None, :] * NDp,
             "mu": mu, "Dp": Dp,
         }
 

@@ -285,7 +285,7 @@ def _one_blas_thread():
 
 
 QUADRATIC_SCREEN = 150     # L-BFGS iterations per quadratic start before the best is finished
-QUADRATIC_SCREEN_NEWTON = 5     # ... or joint Newton steps, where newton_nonlinear covers the model
+QUADRATIC_SCREEN_NEWTON = 200   # ... or iterations of the Newton route (newton_nonlinear covers the model)
 
 
 def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
@@ -336,7 +336,8 @@ def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     screen = QUADRATIC_SCREEN_NEWTON if nonlinear_supported(prob) else QUADRATIC_SCREEN
     for k, P0 in enumerate(starts):
         runs.append(_run_start(prob, layout, P0, min(screen, maxiter), gtol,
-                               _printer(f"quadratic start {k + 1}", t0) if verbose else None))
+                               _printer(f"quadratic start {k + 1}", t0) if verbose else None,
+                               hold=QUADRATIC_HOLD))
     values = [r[1] for r in runs]
     best = runs[int(np.argmax(values))]
     P, value, n_iter, n_eval, message, hist = best
@@ -532,7 +533,9 @@ NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergenc
 NEWTON_ITERATIONS_SMALL = 5     # ... or this many before a full Newton phase (``affordable``)
 FULL_NEWTON_ITERATIONS = 100    # Newton steps in all parameters (small problems, full_newton.py)
 NONLINEAR_SWEEPS = 10       # block sweeps before L-BFGS for terms with nonlinear moments
-NONLINEAR_NEWTON_ITERATIONS = 60    # joint Newton steps for them (newton_nonlinear.py)
+NONLINEAR_NEWTON_ITERATIONS = 60    # joint Newton steps for them (newton_nonlinear.py) ...
+NONLINEAR_NEWTON_SWEEPS = 0     # ... after this many block sweeps
+QUADRATIC_HOLD = 3          # first Newton steps of a quadratic start with D held at its start value
 
 
 class Joiner:
@@ -577,7 +580,7 @@ JOIN_RTOL = 1e-6        # ... or this fraction of |ELBO|, when larger
 JOIN_ETA = 0.05         # largest difference in the mean linear predictor (any cell)
 
 
-def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
+def _run_start(prob, layout, P, maxiter, gtol, cb, join=None, hold=0):
     """One start: returns (P, ELBO, iterations, evaluations, message, history).
 
     ``join`` (a :class:`Joiner`, for starts after the first) is asked after every
@@ -598,7 +601,8 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
     # quadratic responses: the joint Newton step of newton_nonlinear.py where it covers the
     # model; otherwise block sweeps (their curvature leaves the term out) and L-BFGS
     nl_newton = nonlinear and nonlinear_supported(prob)
-    n_sq = min(0 if nl_newton else NONLINEAR_SWEEPS if nonlinear else SQUAREM_ITERATIONS, maxiter)
+    n_sq = min(NONLINEAR_NEWTON_SWEEPS if nl_newton else NONLINEAR_SWEEPS if nonlinear
+               else SQUAREM_ITERATIONS, maxiter)
     h1 = []
     if n_sq > 0:
         P, h1 = squarem_ascent(prob, layout, P, max_iter=n_sq, rtol=1e-10,
@@ -611,11 +615,15 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
     # (monotone) hand over to L-BFGS directly
     n_nt = min(NONLINEAR_NEWTON_ITERATIONS if nl_newton else 0 if nonlinear else
                (NEWTON_ITERATIONS_SMALL if full else NEWTON_ITERATIONS), maxiter - len(h1))
-    if n_nt > 0:
-        P, h2, done = newton_ascent(prob, P, max_iter=n_nt, rtol=1e-12, callback=record("newton"),
-                                    layout=layout, gtol=0.5 * gtol, stop=join)
-    else:
-        h2, done = [], False
+    h2, done = [], False
+    if nl_newton and hold > 0 and n_nt > 0:
+        P, h2, _ = newton_ascent(prob, P, max_iter=min(hold, n_nt), rtol=1e-12,
+                                 callback=record("held D"), hold_nonlinear=True)
+    if n_nt - len(h2) > 0:
+        P, h2b, done = newton_ascent(prob, P, max_iter=n_nt - len(h2), rtol=1e-12,
+                                     callback=record("newton"), layout=layout, gtol=0.5 * gtol,
+                                     stop=join)
+        h2 = h2 + h2b
     left = maxiter - len(h1) - len(h2)
     if join is not None and join.hit is not None:
         return P, h2[-1][1], len(h1) + len(h2), 0, "joined an earlier start's optimum", hist

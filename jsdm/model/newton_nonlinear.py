@@ -44,7 +44,7 @@ def supported(prob):
 class _Blocks:
     """Gradient and curvature of the ELBO in (species block, global D, site means)."""
 
-    def __init__(self, prob, P, ce):
+    def __init__(self, prob, P, ce, hold=False):
         from .newton import mv_curvature
 
         pred = prob.predictor
@@ -142,10 +142,10 @@ class _Blocks:
         free[:, :ks] = pred.free
         Dq = np.asarray(P.D_q, dtype=float)
         if self.species_mode:
-            free[:, ks:] = ~((Dq <= 0.0) & (self.gp[:, ks:] < 0.0))
+            free[:, ks:] = ~((Dq <= 0.0) & (self.gp[:, ks:] < 0.0)) & (not hold)
             self.free_g = np.ones(0)
         else:
-            self.free_g = (~((Dq <= 0.0) & (self.gg < 0.0))).astype(float)
+            self.free_g = (~((Dq <= 0.0) & (self.gg < 0.0)) & (not hold)).astype(float)
         self.free = free
         for i, k in pred.pinned:
             self.gu[i, k] = 0.0
@@ -278,11 +278,12 @@ def _solve_pd(A, rhs):
     raise np.linalg.LinAlgError("could not make the Newton system positive definite")
 
 
-def newton_means(prob, P, ce):
+def newton_means(prob, P, ce, hold=False):
     """One joint Newton step on species coefficients, loadings, D and site means (Sigma_i
-    fixed), halved until the ELBO does not fall. Returns (P, cell_eval, accepted)."""
+    fixed), halved until the ELBO does not fall. Returns (P, cell_eval, accepted).
+    ``hold``: D held where it is (the quadratic starts' first steps, see ``fit``)."""
     pred = prob.predictor
-    blocks = _Blocks(prob, P, ce)
+    blocks = _Blocks(prob, P, ce, hold)
     dphi, dD, du = blocks.step()
     del blocks
     phi, u = pred.species_coef(P), pred.site_means(P)

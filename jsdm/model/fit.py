@@ -286,6 +286,7 @@ def _one_blas_thread():
 
 QUADRATIC_SCREEN = 150     # L-BFGS iterations per quadratic start before the best is finished
 QUADRATIC_SCREEN_NEWTON = 200   # ... or iterations of the Newton route (newton_nonlinear covers the model)
+QUADRATIC_SCREEN_GTOL = 0.05    # ... run to this scaled gradient (the fit's gtol, if larger)
 
 
 def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
@@ -333,16 +334,20 @@ def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     layout = make_layout(prob)
     starts, _ = _quadratic_starts(prob, n_init, seed, maxiter, gtol)
     runs = []
-    screen = QUADRATIC_SCREEN_NEWTON if nonlinear_supported(prob) else QUADRATIC_SCREEN
+    newton = nonlinear_supported(prob)
+    # the Newton route runs each start to a looser tolerance first (ELBO within a fraction
+    # of a nat of its optimum, which ranks the starts), and the best one on to ``gtol``
+    screen = QUADRATIC_SCREEN_NEWTON if newton else QUADRATIC_SCREEN
+    screen_gtol = max(gtol, QUADRATIC_SCREEN_GTOL) if newton else gtol
     for k, P0 in enumerate(starts):
-        runs.append(_run_start(prob, layout, P0, min(screen, maxiter), gtol,
+        runs.append(_run_start(prob, layout, P0, min(screen, maxiter), screen_gtol,
                                _printer(f"quadratic start {k + 1}", t0) if verbose else None,
-                               hold=QUADRATIC_HOLD))
+                               hold=QUADRATIC_HOLD if newton else 0))
     values = [r[1] for r in runs]
     best = runs[int(np.argmax(values))]
     P, value, n_iter, n_eval, message, hist = best
     used = sum(r[2] for r in runs)
-    if used < maxiter and not message.startswith("converged"):
+    if used < maxiter and (screen_gtol > gtol or not message.startswith("converged")):
         P, value, more, n_more, message, h_more = _run_start(
             prob, layout, P, maxiter - used, gtol, _printer("finish", t0) if verbose else None)
         n_iter, n_eval = n_iter + more, n_eval + n_more
@@ -535,6 +540,7 @@ FULL_NEWTON_ITERATIONS = 100    # Newton steps in all parameters (small problems
 NONLINEAR_SWEEPS = 10       # block sweeps before L-BFGS for terms with nonlinear moments
 NONLINEAR_NEWTON_ITERATIONS = 60    # joint Newton steps for them (newton_nonlinear.py) ...
 NONLINEAR_NEWTON_SWEEPS = 0     # ... after this many block sweeps
+NONLINEAR_SQUAREM = True    # SQUAREM on those Newton steps (newton_ascent's ``accelerate``)
 QUADRATIC_HOLD = 3          # first Newton steps of a quadratic start with D held at its start value
 
 
@@ -622,7 +628,7 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None, hold=0):
     if n_nt - len(h2) > 0:
         P, h2b, done = newton_ascent(prob, P, max_iter=n_nt - len(h2), rtol=1e-12,
                                      callback=record("newton"), layout=layout, gtol=0.5 * gtol,
-                                     stop=join)
+                                     stop=join, accelerate=nl_newton and NONLINEAR_SQUAREM)
         h2 = h2 + h2b
     left = maxiter - len(h1) - len(h2)
     if join is not None and join.hit is not None:

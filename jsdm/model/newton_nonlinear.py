@@ -267,12 +267,14 @@ def _positive_definite(B):
 
 def _solve_pd(A, rhs):
     """Solve A x = rhs for symmetric A, damping until A is positive definite."""
+    from scipy.linalg import cho_factor, cho_solve
+
     lam = 0.0
     scale = max(np.abs(np.diag(A)).max(), 1.0)
     for _ in range(40):
         try:
-            c = np.linalg.cholesky(A + lam * np.eye(len(A)))
-            return np.linalg.solve(c.T, np.linalg.solve(c, rhs))
+            return cho_solve(cho_factor(A + lam * np.eye(len(A)), lower=True,
+                                        check_finite=False), rhs, check_finite=False)
         except np.linalg.LinAlgError:
             lam = max(10.0 * lam, 1e-8 * scale)
     raise np.linalg.LinAlgError("could not make the Newton system positive definite")
@@ -300,6 +302,11 @@ def newton_means(prob, P, ce, hold=False):
             ct = cell_eval(prob, T)
         val = float(ct["site"].sum())
         if np.isfinite(val) and val >= floor:
+            if _TRACE:
+                print(f"  step t={t:g} gain={val - old:.4g}")
             return T, ct, True
         t *= 0.5
     return P, ce, False
+
+
+_TRACE = False

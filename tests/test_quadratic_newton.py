@@ -138,3 +138,17 @@ def test_newton_step_raises_the_elbo(family, mode, case):
         after = float(ce["site"].sum())
         assert after > before
         before = after
+
+
+@pytest.mark.parametrize("family,mode,case", CASES)
+def test_dense_schur_matches_its_products(family, mode, case):
+    """The dense Schur complement (factorised for small systems) and the matrix-free
+    products of the conjugate-gradient route are the same operator."""
+    prob = _problem(family, mode, **case)
+    P = _point(prob)
+    B = _Blocks(prob, P, cell_eval(prob, P))
+    A = B.dense()
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        z = rng.normal(size=A.shape[0])
+        np.testing.assert_allclose(A @ z, B.neg_schur(z), rtol=1e-10, atol=1e-10)

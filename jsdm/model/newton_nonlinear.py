@@ -27,6 +27,8 @@ from . import penalty
 from .blocks import bilinear_pair
 from .objective import _CHUNK_CELLS, cell_eval
 
+#: cells per chunk of the per-cell arrays (nz^2 of them per cell: kept within the caches)
+_BLOCK_CELLS = 8192
 #: Schur systems up to this many flops ((unknowns)^2 x site coordinates) are built densely
 _DENSE_FLOPS = 4e8
 
@@ -73,7 +75,7 @@ class _Blocks:
         self.Cg = np.zeros((ng, kv, n))
         self.gp = np.zeros((kp, m))
         self.gu = np.zeros((kv, n))
-        step = max(1, (_CHUNK_CELLS // 8) // max(m, 1))
+        step = max(1, _BLOCK_CELLS // max(m, 1))
         # per-cell arrays with the coordinate axes first, (nz, [nz,] r, m): elementwise
         # products then run over long contiguous rows
         for s0 in range(0, n, step):
@@ -193,21 +195,28 @@ class _Blocks:
 
     def dense(self):
         """-S as a dense matrix (identity on held entries)."""
+        from scipy.linalg.blas import dsyrk
+
         m, kp = self.free.shape
-        N = m * kp + self.ng
-        A = np.zeros((N, N))
-        idx = np.arange(m)
-        A[:m * kp, :m * kp].reshape(m, kp, m, kp)[idx, :, idx, :] = -self.Hpp
-        A[:m * kp, m * kp:] = -self.Hpg.reshape(m * kp, self.ng)
-        A[m * kp:, :m * kp] = A[:m * kp, m * kp:].T
-        A[m * kp:, m * kp:] = -self.Hgg
+        mk, ng = m * kp, self.ng
+        N = mk + ng
         n, kv = self.Huu.shape[0], self.kv
-        Cf = np.concatenate([self.C.transpose(3, 0, 2, 1).reshape(m * kp, n, kv),
+        # -S = -H_zz + C D^-1 C' = -H_zz - G G', G = C chol(-D^-1) (a symmetric rank-k update)
+        Lc = np.linalg.cholesky(-self.Dinv)                                 # (n, kv, kv)
+        Cf = np.concatenate([self.C.transpose(3, 0, 2, 1).reshape(mk, n, kv),
                              self.Cg.transpose(1, 0, 2)], axis=0)          # (N, n, kv)
-        CD = np.einsum("aiu,iuv->aiv", Cf, self.Dinv).reshape(N, n * kv)
-        A += CD @ Cf.reshape(N, n * kv).T
-        f = self.freez
-        held = f == 0
+        G = np.einsum("aiu,iuv->aiv", Cf, Lc).reshape(N, n * kv)
+        A = dsyrk(-1.0, G, lower=1)
+        A = np.tril(A) + np.tril(A, -1).T
+        jj = np.repeat(np.arange(m), kp) * kp
+        rows = np.arange(mk)
+        for q in range(kp):        # the species blocks, -H_pp (block diagonal)
+            A[rows, jj + q] -= self.Hpp[:, :, q].reshape(mk)
+        if ng:
+            A[:mk, mk:] -= self.Hpg.reshape(mk, ng)
+            A[mk:, :mk] -= self.Hpg.reshape(mk, ng).T
+            A[mk:, mk:] -= self.Hgg
+        held = self.freez == 0
         A[held, :] = 0.0
         A[:, held] = 0.0
         A[held, held] = 1.0
@@ -276,7 +285,7 @@ def _solve_pd(A, rhs):
             return cho_solve(cho_factor(A + lam * np.eye(len(A)), lower=True,
                                         check_finite=False), rhs, check_finite=False)
         except np.linalg.LinAlgError:
-            lam = max(10.0 * lam, 1e-8 * scale)
+            lam = max(10.0 * lam, 1e-6 * scale)
     raise np.linalg.LinAlgError("could not make the Newton system positive definite")
 
 

@@ -29,9 +29,11 @@ m = E[eta] and
   an approximation (moment matching) otherwise.
 
 The term is *nonlinear*: it adds to the moments and to the gradient through its own
-chain rule (``moments_extra``, ``gradient_extra``); the engine's Newton blocks treat
-it as fixed and the fit finishes with L-BFGS; its Hessian for standard errors is
-built by central differences of the analytic gradient.
+chain rule (``moments_extra``, ``gradient_extra``), to the covariance fixed point
+(``sigma_gradient``), and gives the exact per-cell first and second derivatives of
+(m, v) in (theta_j, D, mu_i) from which ``jsdm.model.newton_nonlinear`` assembles the
+joint Newton step (``newton_cells``); its Hessian for standard errors is built by
+central differences of the analytic gradient.
 """
 import numpy as np
 

@@ -22,18 +22,34 @@ def _point(prob, seed=5):
 
 
 def _grad_blocks(prob, P):
-    """(species block incl. D_j (m, kp), global D (ng,), site means (n, kv)) of the analytic
-    gradient (unclipped)."""
+    """(species block incl. D_j (m, kp), global D (ng,), site block (n, kv + ns): the site
+    means and the free entries of Sigma_i) of the analytic gradient (unclipped)."""
+    from jsdm.model.terms.quadratic import sigma_pairs
+
     pred = prob.predictor
-    g = evaluate(prob, P).grad
+    ev = evaluate(prob, P)
+    g = ev.grad
     gp = pred.species_coef(g) * pred.free
+    # d ELBO / d Sigma_i (symmetric): sum_j Gv U U' + the term's part + (Sigma^-1 - Pr) / 2
+    kr = pred.kr
+    UR = pred.site_design(P, random_only=True)
+    UU = (UR[:, :, None] * UR[:, None, :]).reshape(pred.m, kr * kr)
+    G = (ev.Gv @ UU).reshape(pred.n, kr, kr)
+    G += pred.nonlinear_terms[0].sigma_gradient(pred, P, ev.Gm, ev.Gv)
+    S = P.L @ np.swapaxes(P.L, 1, 2)
+    G += 0.5 * (np.linalg.inv(S) - np.diag(pred.prior_precision(P)))
+    gS = np.column_stack([G[:, k, l] * (1 if k == l else 2) for k, l in sigma_pairs(kr)])
+    gu = np.column_stack([pred.site_means(g), gS])
     Dq = np.asarray(g.D_q, dtype=float)
     if Dq.ndim == 2:
-        return np.column_stack([gp, Dq]), np.zeros(0), pred.site_means(g)
-    return gp, Dq, pred.site_means(g)
+        return np.column_stack([gp, Dq]), np.zeros(0), gu
+    return gp, Dq, gu
 
 
 def _shift(prob, P, dphi=None, dD=None, du=None):
+    """P moved in the species block, D, and the site block (means, then Sigma's entries)."""
+    from jsdm.model.terms.quadratic import sigma_pairs
+
     pred = prob.predictor
     T = P.copy()
     if dphi is not None:
@@ -41,7 +57,14 @@ def _shift(prob, P, dphi=None, dD=None, du=None):
     if dD is not None:
         T.D_q = np.asarray(P.D_q, dtype=float) + dD
     if du is not None:
-        pred.set_site_means(T, pred.site_means(P) + du)
+        kv = pred.kv
+        pred.set_site_means(T, pred.site_means(P) + du[:, :kv])
+        S = P.L @ np.swapaxes(P.L, 1, 2)
+        for e, (k, l) in enumerate(sigma_pairs(pred.kr)):
+            S[:, k, l] += du[:, kv + e]
+            if k != l:
+                S[:, l, k] += du[:, kv + e]
+        T.L = np.linalg.cholesky(S)
     return T
 
 
@@ -79,7 +102,7 @@ def test_blocks_match_the_gradient_and_its_finite_differences(family, mode, case
     tol = 2e-5
     h = 1e-5
     m, kp = B.gp.shape
-    ks, n, kv = pred.ks, pred.n, pred.kv
+    ks, n, kv = pred.ks, pred.n, B.kv
 
     def close(a, b):
         scale = max(np.abs(b).max(), 1.0)

@@ -68,6 +68,12 @@ def _mm_t(A, B):
     return out
 
 
+def sigma_pairs(kr):
+    """The free entries (k, l), k <= l, of a kr x kr symmetric matrix, in the order of the
+    joint Newton step's Sigma coordinates."""
+    return [(k, l) for k in range(kr) for l in range(k, kr)]
+
+
 class QuadraticResponse(Term):
     """Quadratic responses to the latent variables of the model's latent-variable term.
 
@@ -249,7 +255,7 @@ class QuadraticResponse(Term):
         g.D_q = gD if self.mode == "species" else gD.sum(0)
         return g
 
-    def newton_cells(self, ctx, P, rows):
+    def newton_cells(self, ctx, P, rows, sigma=False):
         """Per-cell derivatives of the *total* moments (m, v) of the cells ``rows`` x all
         species in x = (theta_j (d), D_j (d), mu_i (kr)), with Sigma_i held fixed; the
         joint Newton step of ``jsdm.model.newton_nonlinear`` assembles its blocks from them.
@@ -276,6 +282,7 @@ class QuadraticResponse(Term):
         log_link = ctx.family is not None and ctx.family.link == "log"
         muT, ST, bT, DT = mu.T, S.transpose(1, 2, 0), b.T, Dp.T                 # (kr, ...)
         g = bT[:, None, :] - 2.0 * DT[:, None, :] * muT[:, :, None]             # (kr, r, m)
+        Ki = None
         if log_link:
             K = 2.0 * ST[:, :, :, None] * DT[None, :, None, :]                   # I + 2 S D
             idx = np.arange(kr)
@@ -300,7 +307,9 @@ class QuadraticResponse(Term):
         idx = np.arange(kr)
         v_Dmu[idx, idx] -= 4.0 * h
         dS = np.diagonal(S, axis1=1, axis2=2)
+        out = {} if not sigma else self._sigma_cells(S, ST, DT, g, Ki, d)
         return {
+            **out,
             "g": g, "m_D": -(mu ** 2 + dS).T[:d, :, None], "v_th": 2.0 * h[:d],
             "v_D": v_D[:d], "v_mu": -4.0 * DT[:, None, :] * h,
             "v_thth": 2.0 * N[:d, :d],
@@ -311,6 +320,75 @@ class QuadraticResponse(Term):
             "v_mumu": 8.0 * DT[:, None, None, :] * NDp,
             "mu": mu, "Dp": Dp,
         }
+
+    @staticmethod
+    def _sigma_cells(S, ST, DT, g, Ki, d):
+        """The derivatives of m and v in the entries of Sigma_i (``newton_cells(sigma=True)``).
+
+        Sigma's free entries are taken in the order of ``sigma_pairs(kr)``: E = e_k e_k' for a
+        diagonal entry, e_k e_l' + e_l e_k' for an off-diagonal one (a symmetric step
+        Sigma + sum_E ds_E E). With f = K^-T g, Pm = D K^-1 (symmetric), Q = Pm Sigma
+        (log link; other links: K = I, f = g, v = g'Sigma g + 2 tr(D Sigma D Sigma)):
+
+            m_E = -tr(D E),   v_E = f'E f - 2 tr(Pm E) + 2 tr(D E)
+            d v_E / d g_a = 2 (K^-1 E f)_a             (theta, mu, D through g = b - 2 D mu)
+            d v_E / d D_l (g fixed) = -4 (Sigma f)_l (K^-1 E f)_l - 2 (K^-1 E)_ll
+                                      + 4 (K^-1 E Q)_ll + 2 E_ll
+            d2 v / dE1 dE2 = -4 f'E1 Pm E2 f + 4 tr(Pm E2 Pm E1),   d m_E / d D_l = -E_ll
+
+        (other links: d v_E / d g = 2 E g, d v_E / d D_l = 8 (Sigma D E)_ll,
+        d2 v / dE1 dE2 = 4 tr(D E1 D E2)). Arrays with the coordinates first, cells last.
+        """
+        kr = ST.shape[0]
+        pairs = sigma_pairs(kr)
+        ns = len(pairs)
+        shape = g.shape[1:]
+        zero = np.zeros(shape)
+        D = DT[:, None, :]                                                  # (kr, 1, m)
+        if Ki is not None:
+            f = (Ki * g[:, None]).sum(0)                                    # K^-T g
+            Pm = D[:, None] * Ki                                            # D_a Ki[a, b]
+            Pm = 0.5 * (Pm + Pm.transpose(1, 0, 2, 3))
+            Q = _mm_t(Pm, ST[:, :, :, None])                                # Pm Sigma
+            Sf = (ST[:, :, :, None] * f[None]).sum(1)                       # (kr, r, m)
+        else:
+            f = g
+            SD = ST[:, :, :, None] * D[None]                                # S[a, b] D_b
+        m_S = np.zeros((ns,) + shape)
+        v_S = np.zeros((ns,) + shape)
+        v_Sg = np.zeros((ns, kr) + shape)
+        v_SD = np.zeros((ns, kr) + shape)
+        m_SD = np.zeros((ns, kr) + shape)
+        v_SS = np.zeros((ns, ns) + shape)
+        for e, (k, l) in enumerate(pairs):
+            sym = [(k, l)] if k == l else [(k, l), (l, k)]
+            for b, c in sym:
+                if b == c:
+                    m_S[e] -= D[b] + zero
+                    m_SD[e, b] -= 1.0
+                if Ki is not None:
+                    v_S[e] += f[b] * f[c] - 2.0 * Pm[c, b] + (2.0 * D[b] if b == c else 0.0)
+                    v_Sg[e] += 2.0 * Ki[:, b] * f[c][None]
+                    v_SD[e] += -4.0 * Sf * Ki[:, b] * f[c][None] + 4.0 * Ki[:, b] * Q[c]
+                    v_SD[e, c] -= 2.0 * Ki[c, b]
+                    if b == c:
+                        v_SD[e, b] += 2.0
+                else:
+                    v_S[e] += g[b] * g[c] + 4.0 * D[c] * ST[c, b][:, None] * D[b]
+                    v_Sg[e, b] += 2.0 * g[c]
+                    v_SD[e, c] += 8.0 * SD[c, b]
+            for e2, (k2, l2) in enumerate(pairs):
+                sym2 = [(k2, l2)] if k2 == l2 else [(k2, l2), (l2, k2)]
+                acc = zero.copy()
+                for b, c in sym:
+                    for dd, ee in sym2:
+                        if Ki is not None:
+                            acc = acc - 4.0 * f[b] * Pm[c, dd] * f[ee] + 4.0 * Pm[c, dd] * Pm[ee, b]
+                        elif c == dd and ee == b:
+                            acc = acc + 4.0 * D[b] * D[c]
+                v_SS[e, e2] = acc
+        return {"m_S": m_S, "v_S": v_S, "v_Sg": v_Sg, "v_SD": v_SD[:, :d], "m_SD": m_SD[:, :d],
+                "v_SS": v_SS}
 
     def curvature_extra(self, ctx, P, C):
         """{"D_q": approximate curvature of the ELBO along each D} from C = -2 Gv (n, m): the

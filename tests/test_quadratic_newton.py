@@ -60,7 +60,7 @@ def _shift(prob, P, dphi=None, dD=None, du=None):
         kv = pred.kv
         pred.set_site_means(T, pred.site_means(P) + du[:, :kv])
         S = P.L @ np.swapaxes(P.L, 1, 2)
-        for e, (k, l) in enumerate(sigma_pairs(pred.kr)):
+        for e, (k, l) in enumerate(sigma_pairs(pred.kr)[:du.shape[1] - kv]):
             S[:, k, l] += du[:, kv + e]
             if k != l:
                 S[:, l, k] += du[:, kv + e]
@@ -74,13 +74,15 @@ CASES = [("poisson", True, dict(num_lv=2)), ("poisson", "lv", dict(num_lv=2)),
          ("negative_binomial", "lv", dict(num_lv=2, row_effect="fixed"))]
 
 
+@pytest.mark.parametrize("sigma", [False, True])
 @pytest.mark.parametrize("family,mode,case", CASES)
-def test_blocks_match_the_gradient_and_its_finite_differences(family, mode, case, monkeypatch):
+def test_blocks_match_the_gradient_and_its_finite_differences(family, mode, case, sigma,
+                                                              monkeypatch):
     """Every block of the curvature (species, global D, site, and the species x site cross
     blocks) against central differences of the analytic gradient: a coordinate of all
     species (or all sites) at once for the diagonal blocks (the ELBO separates over species
     given the sites and over sites given the species), one species at a time for the cross
-    blocks. E_mv, E_vv come from a forward difference of the family's derivatives in v
+    blocks; the site block with and without the entries of Sigma_i. E_mv, E_vv come from a forward difference of the family's derivatives in v
     (step 1e-4 (1 + v) in the fit, relative error of that order): taken here with step 1e-7,
     so that what is compared is the assembly."""
     from jsdm.model import newton
@@ -91,8 +93,9 @@ def test_blocks_match_the_gradient_and_its_finite_differences(family, mode, case
     P = _point(prob)
     ce = cell_eval(prob, P, clip=False)
     assert supported(prob) and not (ce["Gv"] > 0).any()
-    B = _Blocks(prob, P, ce)
+    B = _Blocks(prob, P, ce, sigma=sigma)
     gp, gg, gu = _grad_blocks(prob, P)
+    gu = gu[:, :B.kv]           # the site means, and Sigma's entries when in the step
     np.testing.assert_allclose(B.gp * B.free, gp * B.free, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(B.gg, gg, rtol=1e-9, atol=1e-9)
     free_u = np.ones_like(gu)
@@ -112,7 +115,8 @@ def test_blocks_match_the_gradient_and_its_finite_differences(family, mode, case
         kw = {k: v for k, v in kw.items() if v is not None}
         plus = _grad_blocks(prob, _shift(prob, P, **kw))
         minus = _grad_blocks(prob, _shift(prob, P, **{k: -v for k, v in kw.items()}))
-        return [(a - b) / (2 * h) for a, b in zip(plus, minus)]
+        dp, dg, du = [(a - b) / (2 * h) for a, b in zip(plus, minus)]
+        return dp, dg, du[:, :B.kv]
 
     def species_shift(a, j=None):
         e = np.zeros((m, kp))

@@ -30,7 +30,11 @@ from .objective import _CHUNK_CELLS, cell_eval
 #: cells per chunk of the per-cell arrays (nz^2 of them per cell: kept within the caches)
 _BLOCK_CELLS = 8192
 #: Schur systems up to this many flops ((unknowns)^2 x site coordinates) are built densely
-_DENSE_FLOPS = 4e8
+#: (a symmetric rank-k update and a Cholesky factor: 1000 x 300 with quadratic=True, 1500
+#: unknowns, about 0.5 s). Beyond, truncated CG: from the quadratic starts the system is often
+#: indefinite, where CG stops at the first direction of negative curvature and its step can be
+#: poor (1000 x 300, quadratic="lv": 2 products, a step 6e6 times the damped direct one's)
+_DENSE_FLOPS = 1e10
 
 
 def supported(prob):
@@ -241,7 +245,10 @@ class _Blocks:
         Lc = np.linalg.cholesky(-self.Dinv)                                 # (n, kv, kv)
         Cf = np.concatenate([self.C.transpose(3, 0, 2, 1).reshape(mk, n, kv),
                              self.Cg.transpose(1, 0, 2)], axis=0)          # (N, n, kv)
-        G = np.einsum("aiu,iuv->aiv", Cf, Lc).reshape(N, n * kv)
+        G = np.zeros((N, n, kv))
+        for u in range(kv):             # G = Cf Lc per site (kv is small: a few products)
+            G += Cf[:, :, u, None] * Lc[None, :, u, :]
+        G = G.reshape(N, n * kv)
         A = dsyrk(-1.0, G, lower=1)
         A = np.tril(A) + np.tril(A, -1).T
         jj = np.repeat(np.arange(m), kp) * kp

@@ -25,7 +25,7 @@ import numpy as np
 from .._numerics import truncated_cg
 from . import penalty
 from .blocks import bilinear_pair
-from .objective import _CHUNK_CELLS, cell_eval
+from .objective import cell_eval
 
 #: cells per chunk of the per-cell arrays (nz^2 of them per cell: kept within the caches)
 _BLOCK_CELLS = 8192

@@ -328,8 +328,10 @@ def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
 
 def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     """Fit a model with nonlinear terms (quadratic responses): the candidates of
-    :func:`_quadratic_starts`, each polished for ``QUADRATIC_SCREEN`` iterations, the best
-    one then to convergence."""
+    :func:`_quadratic_starts`, each run to scaled gradient ``QUADRATIC_SCREEN_GTOL`` by the
+    joint Newton route (``newton_nonlinear``: ``QUADRATIC_HOLD`` steps with D held first),
+    or, where that route does not cover the model, polished for ``QUADRATIC_SCREEN``
+    iterations of block sweeps and L-BFGS; the best one then to convergence."""
     t0 = time.perf_counter()
     layout = make_layout(prob)
     starts, _ = _quadratic_starts(prob, n_init, seed, maxiter, gtol)
@@ -617,7 +619,8 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None, hold=0):
     # the joint mean steps converge linearly (slowly along flat ridges of the ELBO): where
     # the full Newton phase is cheap, hand over to it early (28 x 12 NB, 2 LVs, 3 starts:
     # 0.27 -> 0.24 s CPU, same optima; bench/bench_small.py). Terms with nonlinear moments
-    # (quadratic responses): the Newton phases' curvature leaves them out, so block sweeps
+    # (quadratic responses): the joint step of newton_nonlinear.py where it covers the model
+    # (no sweeps: their curvature leaves the term out); otherwise block sweeps
     # (monotone) hand over to L-BFGS directly
     n_nt = min(NONLINEAR_NEWTON_ITERATIONS if nl_newton else 0 if nonlinear else
                (NEWTON_ITERATIONS_SMALL if full else NEWTON_ITERATIONS), maxiter - len(h1))

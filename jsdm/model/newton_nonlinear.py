@@ -22,7 +22,6 @@ d ELL / d Sigma). Every step is accepted only if the ELBO does not fall (halving
 """
 import numpy as np
 
-from .._numerics import truncated_cg
 from . import penalty
 from .blocks import bilinear_pair
 from .objective import cell_eval
@@ -31,9 +30,7 @@ from .objective import cell_eval
 _BLOCK_CELLS = 8192
 #: Schur systems up to this many flops ((unknowns)^2 x site coordinates) are built densely
 #: (a symmetric rank-k update and a Cholesky factor: 1000 x 300 with quadratic=True, 1500
-#: unknowns, about 0.5 s). Beyond, truncated CG: from the quadratic starts the system is often
-#: indefinite, where CG stops at the first direction of negative curvature and its step can be
-#: poor (1000 x 300, quadratic="lv": 2 products, a step 6e6 times the damped direct one's)
+#: unknowns, about 0.5 s); beyond, damped CG (``_Blocks.solve_cg``)
 _DENSE_FLOPS = 1e10
 
 
@@ -265,27 +262,56 @@ class _Blocks:
         A[held, held] = 1.0
         return 0.5 * (A + A.T)
 
-    def preconditioner(self):
-        """Inverses of the species-diagonal blocks of -S and of its global block."""
+    def preconditioner_blocks(self):
+        """The species-diagonal blocks of -S (m, kp, kp) and its global block (ng, ng), made
+        positive definite (their non-positive eigenvalues mirrored)."""
         m, kp = self.free.shape
         B = -self.Hpp + np.einsum("puij,iuv,qvij->jpq", self.C, self.Dinv, self.C, optimize=True)
         B = np.where(self.free[:, :, None] * self.free[:, None, :] > 0, B, 0.0)
         jj, kk = np.nonzero(self.free == 0)
         B[jj, kk, kk] = 1.0
         ridge = 1e-10 * np.abs(np.diagonal(B, axis1=1, axis2=2)).max(axis=1) + 1e-12
-        Bi = np.linalg.inv(_positive_definite(B + ridge[:, None, None] * np.eye(kp)))
+        B = _positive_definite(B + ridge[:, None, None] * np.eye(kp))
         if self.ng:
             G = -self.Hgg + np.einsum("igu,iuv,ihv->gh", self.Cg, self.Dinv, self.Cg)
             G = np.where(np.outer(self.free_g, self.free_g) > 0, G, 0.0)
             G[np.diag_indices(self.ng)] = np.where(self.free_g > 0, np.diag(G), 1.0)
-            Gi = np.linalg.inv(_positive_definite(G[None] + 1e-12 * np.eye(self.ng))[0])
+            G = _positive_definite(G[None] + 1e-12 * np.eye(self.ng))[0]
         else:
-            Gi = np.zeros((0, 0))
+            G = np.zeros((0, 0))
+        return B, G
 
-        def prec(r):
-            x, y = self._split(r)
-            return np.concatenate([np.einsum("jpq,jq->jp", Bi, x).ravel(), Gi @ y])
-        return prec
+    def solve_cg(self, rhs, rtol=1e-4, maxiter=200):
+        """-S x = rhs by preconditioned CG, Levenberg-damped where -S is not positive definite.
+
+        From the quadratic starts -S is often indefinite; CG truncated at the first
+        direction of negative curvature then gave poor steps (1000 x 300, quadratic="lv":
+        after 2 products, a step 6e6 times the damped direct solution). Here, when CG meets
+        negative curvature, lam times the diagonal of the block preconditioner is added to
+        -S (lam = 1e-3, then x10) and CG starts again.
+        """
+        B, G = self.preconditioner_blocks()
+        dB = np.diagonal(B, axis1=1, axis2=2).ravel()
+        dg = np.diag(G) if self.ng else np.zeros(0)
+        diag = np.concatenate([dB, dg])
+        lam = 0.0
+        kp = B.shape[1]
+        for _ in range(12):
+            Bi = np.linalg.inv(B + lam * dB.reshape(-1, kp)[:, :, None] * np.eye(kp))
+            Gi = np.linalg.inv(G + lam * np.diag(dg)) if self.ng else G
+
+            def prec(r, Bi=Bi, Gi=Gi):
+                x, y = self._split(r)
+                return np.concatenate([np.einsum("jpq,jq->jp", Bi, x).ravel(), Gi @ y])
+
+            def apply(z, lam=lam):
+                return self.neg_schur(z) + lam * diag * z
+
+            x, ok = _pcg(apply, prec, rhs, rtol, maxiter)
+            if ok:
+                return x
+            lam = 1e-3 if lam == 0.0 else 10.0 * lam
+        return x
 
     def step(self):
         """(d phi (m, ks), d D (shape of D_q), d u (n, kv)): the Newton step."""
@@ -296,7 +322,7 @@ class _Blocks:
         if float(N) ** 2 * self.Huu.shape[0] * self.kv <= _DENSE_FLOPS:
             dz = _solve_pd(self.dense(), rhs)
         else:
-            dz = truncated_cg(self.neg_schur, self.preconditioner(), rhs, 1e-4, 200)
+            dz = self.solve_cg(rhs)
         dz = dz * f
         du = -self.dinv(self.gu + self.ct(dz))
         x, y = self._split(dz)
@@ -308,6 +334,31 @@ class _Blocks:
             dS[:, k, l] = du[:, self.kv0 + e]
             dS[:, l, k] = du[:, self.kv0 + e]
         return x[:, :self.ks], dD, du[:, :self.kv0], _damped(self.S, dS)
+
+
+def _pcg(apply, prec, rhs, rtol, maxiter):
+    """Preconditioned CG on A x = rhs: (x, True), or (x so far, False) at a direction of
+    non-positive curvature."""
+    x = np.zeros_like(rhs)
+    r = rhs.copy()
+    z = prec(r)
+    q, rz = z.copy(), float(r @ z)
+    stop = rtol * np.sqrt(float(rhs @ rhs))
+    for _ in range(maxiter):
+        Aq = apply(q)
+        curv = float(q @ Aq)
+        if curv <= 0:
+            return x, False
+        step = rz / curv
+        x += step * q
+        r -= step * Aq
+        if np.sqrt(float(r @ r)) <= stop:
+            break
+        z = prec(r)
+        rz_new = float(r @ z)
+        q = z + (rz_new / rz) * q
+        rz = rz_new
+    return x, True
 
 
 def _damped(S, dS):

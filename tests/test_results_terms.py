@@ -286,3 +286,22 @@ def test_cross_validation_cells_with_two_quadratic_lvs_against_a_grid():
                    - D[j, 0] * Z1 ** 2 - D[j, 1] * Z2 ** 2)
             ref = np.log((stats.poisson.pmf(Yn[i, j], np.exp(eta)) * w).sum())
             assert lpd[i, j] == pytest.approx(ref, abs=0.04)
+
+
+def test_standard_errors_of_ordinal_cutpoints_with_species_random_effects():
+    """Ordinal cut points (a vector dispersion, reported through a Jacobian) with species random
+    effects, whose q joins the model block of the covariance: fit.bse used to fail with a
+    dimension mismatch. The cut points' SEs equal the delta method J Cov J' by hand."""
+    aravo = jsdm.datasets.load_aravo()
+    com = aravo.subset(species=list(aravo.species[:12])).drop_empty()
+    fit = quiet_fit(com, family="ordinal", num_lv=1, formula="~ scale(Snow)",
+                    random_species="(1 + scale(Snow) | species)", n_init=1)
+    se = fit.bse
+    assert len(se) == len(fit.params)
+    cut = se.index.get_level_values(0) == "dispersion"          # the cut points
+    assert cut.any() and np.all(np.isfinite(se[cut])) and np.all(se[cut] > 0)
+    from jsdm.results.inference import information
+    info = information(fit)
+    J = info.jmat.toarray()
+    C = np.where(np.isfinite(info.cov_packed), info.cov_packed, 0.0)
+    np.testing.assert_allclose(se[cut].to_numpy(), np.sqrt(np.diag(J @ C @ J.T))[cut], rtol=1e-10)

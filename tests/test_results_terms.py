@@ -305,3 +305,30 @@ def test_standard_errors_of_ordinal_cutpoints_with_species_random_effects():
     J = info.jmat.toarray()
     C = np.where(np.isfinite(info.cov_packed), info.cov_packed, 0.0)
     np.testing.assert_allclose(se[cut].to_numpy(), np.sqrt(np.diag(J @ C @ J.T))[cut], rtol=1e-10)
+
+
+def test_cross_validation_reports_categories_unseen_in_training():
+    """An ordinal category a species shows only at held-out sites has probability 0 under the
+    refitted model (its model merged the category away): the cell is left out of every score
+    and reported (count, species, a warning), not turned into -inf or a silently skipped site."""
+    rng = np.random.default_rng(5)
+    n, m = 40, 5
+    z = rng.normal(size=n)
+    Y = np.clip(np.round(1 + 0.8 * z[:, None] + rng.normal(0, 0.7, (n, m))), 0, 2)
+    Y[0, 0] = 3.0                                    # species s0 shows category 3 once
+    Y = pd.DataFrame(Y, index=[f"site{i}" for i in range(n)], columns=[f"s{j}" for j in range(m)])
+    fit = quiet_fit(Y, family="ordinal", num_lv=1, n_init=1)
+    with pytest.warns(jsdm.JSDMWarning, match="left out of every score"):
+        cv = jsdm.cross_validate(fit, k=2, n_jobs=1, conditional=False)
+    # expected: held-out cells whose category the species does not show in the fold's training
+    folds = cv.folds.reindex(Y.index).to_numpy()
+    expected = 0
+    for f in np.unique(folds):
+        train, test = Y[folds != f], Y[folds == f]
+        for sp in Y.columns:
+            expected += int((~test[sp].isin(set(train[sp]))).sum())
+    assert expected >= 1
+    assert cv.table["cells_excluded"].iloc[0] == expected
+    assert cv.table["sites_unscored"].iloc[0] == 0
+    assert np.all(np.isfinite(cv.sites["lpd"]))
+    assert "s0" in " ".join(cv.fold_info["excluded_species"])

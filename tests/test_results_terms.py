@@ -332,3 +332,23 @@ def test_cross_validation_reports_categories_unseen_in_training():
     assert cv.table["sites_unscored"].iloc[0] == 0
     assert np.all(np.isfinite(cv.sites["lpd"]))
     assert "s0" in " ".join(cv.fold_info["excluded_species"])
+
+
+def test_traits_transformed_in_the_formula():
+    """A trait transformed in the formula (scale(SLA), np.log1p(Height)) is the same model as the
+    transformed trait given as a column; a trait that is not there is still refused clearly;
+    an interaction without its covariate's main effect gets fourth-corner advice."""
+    aravo = jsdm.datasets.load_aravo()
+    com = aravo.subset(species=list(aravo.species[:20])).drop_empty()
+    T = com.traits.copy()
+    T["sla_std"] = (T["SLA"] - T["SLA"].mean()) / T["SLA"].std()
+    T["log_height"] = np.log1p(T["Height"])
+    com2 = jsdm.Community(com.Y, com.X, traits=T)
+    kw = dict(family="ordinal", num_lv=1, formula="~ scale(Snow)", n_init=1)
+    a = quiet_fit(com, fourth_corner="scale(Snow) + scale(Snow):(scale(SLA) + np.log1p(Height))", **kw)
+    b = quiet_fit(com2, fourth_corner="scale(Snow) + scale(Snow):(sla_std + log_height)", **kw)
+    assert a.llf == pytest.approx(b.llf, rel=1e-9)
+    with pytest.raises(JSDMError, match="not in the community's traits"):
+        quiet_fit(com, fourth_corner="scale(Snow) + scale(Snow):leafsize", **kw)
+    with pytest.raises(JSDMError, match="give each covariate's community slope"):
+        quiet_fit(com, fourth_corner="scale(Snow):scale(SLA)", **kw)

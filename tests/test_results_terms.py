@@ -286,3 +286,69 @@ def test_cross_validation_cells_with_two_quadratic_lvs_against_a_grid():
                    - D[j, 0] * Z1 ** 2 - D[j, 1] * Z2 ** 2)
             ref = np.log((stats.poisson.pmf(Yn[i, j], np.exp(eta)) * w).sum())
             assert lpd[i, j] == pytest.approx(ref, abs=0.04)
+
+
+def test_standard_errors_of_ordinal_cutpoints_with_species_random_effects():
+    """Ordinal cut points (a vector dispersion, reported through a Jacobian) with species random
+    effects, whose q joins the model block of the covariance: fit.bse used to fail with a
+    dimension mismatch. The cut points' SEs equal the delta method J Cov J' by hand."""
+    aravo = jsdm.datasets.load_aravo()
+    com = aravo.subset(species=list(aravo.species[:12])).drop_empty()
+    fit = quiet_fit(com, family="ordinal", num_lv=1, formula="~ scale(Snow)",
+                    random_species="(1 + scale(Snow) | species)", n_init=1)
+    se = fit.bse
+    assert len(se) == len(fit.params)
+    cut = se.index.get_level_values(0) == "dispersion"          # the cut points
+    assert cut.any() and np.all(np.isfinite(se[cut])) and np.all(se[cut] > 0)
+    from jsdm.results.inference import information
+    info = information(fit)
+    J = info.jmat.toarray()
+    C = np.where(np.isfinite(info.cov_packed), info.cov_packed, 0.0)
+    np.testing.assert_allclose(se[cut].to_numpy(), np.sqrt(np.diag(J @ C @ J.T))[cut], rtol=1e-10)
+
+
+def test_cross_validation_reports_categories_unseen_in_training():
+    """An ordinal category a species shows only at held-out sites has probability 0 under the
+    refitted model (its model merged the category away): the cell is left out of every score
+    and reported (count, species, a warning), not turned into -inf or a silently skipped site."""
+    rng = np.random.default_rng(5)
+    n, m = 40, 5
+    z = rng.normal(size=n)
+    Y = np.clip(np.round(1 + 0.8 * z[:, None] + rng.normal(0, 0.7, (n, m))), 0, 2)
+    Y[0, 0] = 3.0                                    # species s0 shows category 3 once
+    Y = pd.DataFrame(Y, index=[f"site{i}" for i in range(n)], columns=[f"s{j}" for j in range(m)])
+    fit = quiet_fit(Y, family="ordinal", num_lv=1, n_init=1)
+    with pytest.warns(jsdm.JSDMWarning, match="left out of every score"):
+        cv = jsdm.cross_validate(fit, k=2, n_jobs=1, conditional=False)
+    # expected: held-out cells whose category the species does not show in the fold's training
+    folds = cv.folds.reindex(Y.index).to_numpy()
+    expected = 0
+    for f in np.unique(folds):
+        train, test = Y[folds != f], Y[folds == f]
+        for sp in Y.columns:
+            expected += int((~test[sp].isin(set(train[sp]))).sum())
+    assert expected >= 1
+    assert cv.table["cells_excluded"].iloc[0] == expected
+    assert cv.table["sites_unscored"].iloc[0] == 0
+    assert np.all(np.isfinite(cv.sites["lpd"]))
+    assert "s0" in " ".join(cv.fold_info["excluded_species"])
+
+
+def test_traits_transformed_in_the_formula():
+    """A trait transformed in the formula (scale(SLA), np.log1p(Height)) is the same model as the
+    transformed trait given as a column; a trait that is not there is still refused clearly;
+    an interaction without its covariate's main effect gets fourth-corner advice."""
+    aravo = jsdm.datasets.load_aravo()
+    com = aravo.subset(species=list(aravo.species[:20])).drop_empty()
+    T = com.traits.copy()
+    T["sla_std"] = (T["SLA"] - T["SLA"].mean()) / T["SLA"].std()
+    T["log_height"] = np.log1p(T["Height"])
+    com2 = jsdm.Community(com.Y, com.X, traits=T)
+    kw = dict(family="ordinal", num_lv=1, formula="~ scale(Snow)", n_init=1)
+    a = quiet_fit(com, fourth_corner="scale(Snow) + scale(Snow):(scale(SLA) + np.log1p(Height))", **kw)
+    b = quiet_fit(com2, fourth_corner="scale(Snow) + scale(Snow):(sla_std + log_height)", **kw)
+    assert a.llf == pytest.approx(b.llf, rel=1e-9)
+    with pytest.raises(JSDMError, match="not in the community's traits"):
+        quiet_fit(com, fourth_corner="scale(Snow) + scale(Snow):leafsize", **kw)
+    with pytest.raises(JSDMError, match="give each covariate's community slope"):
+        quiet_fit(com, fourth_corner="scale(Snow):scale(SLA)", **kw)

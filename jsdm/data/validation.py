@@ -311,7 +311,9 @@ def check_table(frame, what, axis_word):
             inf = np.isinf(col.to_numpy(dtype=float, na_value=np.nan))
             if inf.any():
                 raise JSDMError(
-                    f"{what} column {name!r} is infinite at {axis_word}s {show(col.index[inf])}. "
+                    f"{what} column {name!r} is infinite at "
+                    f"{'species' if axis_word == 'species' else axis_word + 's'} "
+                    f"{show(col.index[inf])}. "
                     "Replace them by finite values (or NaN and then impute)."
                 )
 

@@ -866,7 +866,14 @@ def parse_fourth_corner(text, species="species"):
     if isinstance(text, CommunitySlopes):
         return text
     body = text.split("~", 1)[1] if "~" in text else text
-    parsed = _parse("~ 0 + " + species + " + " + body, "_no_site_", species, wide=True)
+    try:
+        parsed = _parse("~ 0 + " + species + " + " + body, "_no_site_", species, wide=True)
+    except JSDMError as exc:
+        # the formula reader's advice is for formula=; here the usual slip is an interaction
+        # written without its covariate's main effect
+        raise JSDMError(f"fourth_corner={text!r}: {exc} In fourth_corner= give each covariate's "
+                        "community slope with its trait interactions, e.g. 'x + x:height' or "
+                        "'x + x:(height + sla)'.") from None
     if parsed.community is None:
         raise JSDMError(f"fourth_corner={text!r} has no covariate:trait interaction; write e.g. "
                         "'x + x:height' (the covariate first, with its main effect).")

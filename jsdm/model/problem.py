@@ -397,18 +397,44 @@ def _species_traits(com, terms, info):
     if not names:
         return
     T = com.traits
-    missing = [t for t in names if T is None or t not in T.columns]
+    cols = {}
+    missing = []
+    for t in names:
+        if T is not None and t in T.columns:
+            cols[t] = T.loc[com.Y.columns, t]
+            continue
+        col = None if T is None else _trait_expression(T.loc[com.Y.columns], t)
+        if col is None:
+            missing.append(t)
+        else:
+            cols[t] = col
     if missing:
         raise JSDMError(f"species trait(s) {show(missing)} are not in the community's traits "
                         f"{show([] if T is None else list(T.columns))}; give them as "
-                        "Community(Y, X, traits=...).")
-    T = T.loc[com.Y.columns, names]
+                        "Community(Y, X, traits=...) (a numeric trait may be transformed in the "
+                        "formula, e.g. scale(SLA) or log(Height)).")
+    T = pd.DataFrame(cols, index=com.Y.columns)
     vals = T.to_numpy(dtype=float)
     if not np.isfinite(vals).all():
         bad = T.index[~np.isfinite(vals).all(axis=1)]
         raise JSDMError(f"species traits {show(names)} are missing for species {show(bad)}; "
                         "impute them or leave those species out (Community.subset).")
     info["traits"], info["trait_names"] = vals, tuple(names)
+
+
+def _trait_expression(T, expr):
+    """One numeric column from a transformation of the traits written in a formula (e.g.
+    ``scale(SLA)``, ``log(Height)``), evaluated on the species' traits; None when ``expr``
+    is not such an expression (or gives several columns, e.g. a factor)."""
+    import formulaic
+
+    try:
+        mm = formulaic.model_matrix("~ 0 + " + expr, T, na_action="ignore")
+    except Exception:  # formulaic raises many types; the caller reports the name as missing
+        return None
+    if mm.shape[1] != 1:
+        return None
+    return pd.Series(np.asarray(mm, dtype=float)[:, 0], index=T.index)
 
 
 def check_quadratic(quadratic, d):

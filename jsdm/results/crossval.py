@@ -221,14 +221,26 @@ def run_fold(task):
                             "levels together, or merge rare levels)") from None
         Y = task["test_Y"]
         W = np.isfinite(Y).astype(float)
+        # a held-out response the refitted model gives probability 0 whatever the latent
+        # variables (an ordinal category the species never showed in the training sites: its
+        # model merged it away) would make every score -inf; it is left out and reported
+        Y0 = np.where(W > 0, Y, 0.0)
+        with np.errstate(all="ignore"):
+            impossible = (W > 0) & ~np.isfinite(sl.loglik(Y0, sl.F))
+        used = getattr(fit.problem.family, "categories_used", None)
+        if used is not None:        # above every category of the training sites (it would be
+            impossible |= (W > 0) & (Y0 > used.shape[1] - 1)      # read as the top one)
+        W[impossible] = 0.0
         sc = score_sites(sl, np.where(W > 0, Y, 0.0), W, method=task["method"],
                          n_draws=task["n_draws"], seed=task["seed"] * 1000 + task["fold"],
                          conditional=task["conditional"])
     Ytr = task["train"].Y.to_numpy(dtype=float)
     prev = np.nanmean(np.where(np.isnan(Ytr), np.nan, Ytr > 0), axis=0)
     msgs = sorted({f"{w.category.__name__}: {str(w.message).split('. ')[0]}" for w in caught})
+    excluded = [str(task["train"].species[j]) for j in np.nonzero(impossible)[1]]
     return dict(name=task["name"], fold=task["fold"], rows=task["test_rows"], scores=sc,
                 prevalence=prev, converged=bool(fit.converged), elbo=float(fit.llf),
+                excluded=excluded,
                 warnings=msgs, fit=fit if task["keep_fits"] else None)
 
 
@@ -398,6 +410,8 @@ def _model_row(fit, Y, arr, site, sp_tab, results, conditional):
     if conditional:
         row["rmse_conditional"] = float(np.sqrt(np.nanmean((Y - arr["mean_cond"]) ** 2)))
     row["folds_converged"] = f"{sum(r['converged'] for r in results)}/{len(results)}"
+    row["cells_excluded"] = sum(len(r.get("excluded", [])) for r in results)
+    row["sites_unscored"] = int(np.isnan(site["lpd"]).sum())
     return row
 
 
@@ -416,6 +430,8 @@ def _collect(fits, folds, results, opts, by):
         for r in mine:
             info.append({"model": name, "fold": r["fold"], "n_test": len(r["rows"]),
                          "converged": r["converged"], "elbo_train": r["elbo"],
+                         "cells_excluded": len(r.get("excluded", [])),
+                         "excluded_species": ", ".join(sorted(set(r.get("excluded", [])))),
                          "warnings": "; ".join(r["warnings"])})
             if r["fit"] is not None:
                 kept[(name, r["fold"])] = r["fit"]
@@ -425,6 +441,7 @@ def _collect(fits, folds, results, opts, by):
     _add_differences(table, sites)
     fold_info = pd.DataFrame(info)
     _warn_folds(fold_info)
+    _warn_unscored(table)
     return CVResult(table, pd.concat(species, names=["model", "species"]), sites, folds,
                     fold_info, dict(opts, k=int(folds.nunique()),
                                     by=by if isinstance(by, (str, type(None))) else "groups"),
@@ -444,6 +461,25 @@ def _add_differences(table, sites):
     table["diff_se"] = ses
     table["within_one_se"] = table["lpd_diff"] >= -table["diff_se"]
     table["rank"] = table["lpd"].rank(ascending=False, method="min").astype(int)
+
+
+def _warn_unscored(table):
+    """Say what the scores leave out: held-out cells the fold's model calls impossible, and
+    sites whose score is undefined (NaN; the sums skip them)."""
+    for name, row in table.iterrows():
+        if row["cells_excluded"]:
+            warnings.warn(
+                f"model {name!r}: {int(row['cells_excluded'])} held-out cell(s) were left out of "
+                "every score: the model refitted without them gives their response probability 0 "
+                "(an ordinal category the species never showed in that fold's training sites). "
+                "See CVResult.fold_info['excluded_species']; fewer folds, or blocked folds, "
+                "keep more categories in training.", JSDMWarning, stacklevel=4)
+        if row["sites_unscored"]:
+            warnings.warn(
+                f"model {name!r}: the log predictive density of {int(row['sites_unscored'])} "
+                "held-out site(s) is undefined (NaN) and left out of lpd; CVResult.sites shows "
+                "which. Comparisons with other models use the sites both scored.",
+                JSDMWarning, stacklevel=4)
 
 
 def _warn_folds(info):

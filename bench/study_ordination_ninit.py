@@ -9,6 +9,9 @@ it. Writes bench/results/study_ordination_ninit.json.
 Usage::
 
     python bench/study_ordination_ninit.py [--seeds 10] [--quadratic-seeds 3]
+        [--cases quadratic] [--out bench/results/study_ordination_ninit_quadratic.json]
+
+(``--cases``: only the cases whose name contains one of these comma-separated words.)
 """
 import argparse
 import json
@@ -34,6 +37,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--quadratic-seeds", type=int, default=3)
+    ap.add_argument("--cases", default="", help="comma-separated words; only matching cases")
+    ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     com, X = mite()
     cases = {
@@ -46,6 +51,9 @@ def main():
         "quadratic TRUE (Poisson)": (dict(family="poisson", num_lv=2, quadratic=True),
                                      args.quadratic_seeds),
     }
+    words = [w for w in args.cases.split(",") if w]
+    if words:
+        cases = {k: v for k, v in cases.items() if any(w in k for w in words)}
     out = {}
     for name, (kw, n_seeds) in cases.items():
         rec = {}
@@ -70,8 +78,9 @@ def main():
             print(f"{name:26s} {key}: {r['within_0.01_of_best']}/{r['n']} at the best "
                   f"({best:.3f}); ELBOs {np.round(sorted(r['elbo']), 2).tolist()}; "
                   f"median {np.median(r['cpu_s']):.1f} s CPU", flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1))
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .full_newton import affordable, full_newton
 from .newton import newton_ascent
+from .newton_nonlinear import supported as nonlinear_supported
 from .start import glm_start, initial_params
 from .terms.latent import ANCHOR_GAIN, anchor_order, normalise, to_triangular  # noqa: F401
 
@@ -284,6 +285,8 @@ def _one_blas_thread():
 
 
 QUADRATIC_SCREEN = 150     # L-BFGS iterations per quadratic start before the best is finished
+QUADRATIC_SCREEN_NEWTON = 200   # ... or iterations of the Newton route (newton_nonlinear covers the model)
+QUADRATIC_SCREEN_GTOL = 0.05    # ... run to this scaled gradient (the fit's gtol, if larger)
 
 
 def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
@@ -325,20 +328,28 @@ def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
 
 def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     """Fit a model with nonlinear terms (quadratic responses): the candidates of
-    :func:`_quadratic_starts`, each polished for ``QUADRATIC_SCREEN`` iterations, the best
-    one then to convergence."""
+    :func:`_quadratic_starts`, each run to scaled gradient ``QUADRATIC_SCREEN_GTOL`` by the
+    joint Newton route (``newton_nonlinear``: ``QUADRATIC_HOLD`` steps with D held first),
+    or, where that route does not cover the model, polished for ``QUADRATIC_SCREEN``
+    iterations of block sweeps and L-BFGS; the best one then to convergence."""
     t0 = time.perf_counter()
     layout = make_layout(prob)
     starts, _ = _quadratic_starts(prob, n_init, seed, maxiter, gtol)
     runs = []
+    newton = nonlinear_supported(prob)
+    # the Newton route runs each start to a looser tolerance first (ELBO within a fraction
+    # of a nat of its optimum, which ranks the starts), and the best one on to ``gtol``
+    screen = QUADRATIC_SCREEN_NEWTON if newton else QUADRATIC_SCREEN
+    screen_gtol = max(gtol, QUADRATIC_SCREEN_GTOL) if newton else gtol
     for k, P0 in enumerate(starts):
-        runs.append(_run_start(prob, layout, P0, min(QUADRATIC_SCREEN, maxiter), gtol,
-                               _printer(f"quadratic start {k + 1}", t0) if verbose else None))
+        runs.append(_run_start(prob, layout, P0, min(screen, maxiter), screen_gtol,
+                               _printer(f"quadratic start {k + 1}", t0) if verbose else None,
+                               hold=QUADRATIC_HOLD if newton else 0))
     values = [r[1] for r in runs]
     best = runs[int(np.argmax(values))]
     P, value, n_iter, n_eval, message, hist = best
     used = sum(r[2] for r in runs)
-    if used < maxiter and not message.startswith("converged"):
+    if used < maxiter and (screen_gtol > gtol or not message.startswith("converged")):
         P, value, more, n_more, message, h_more = _run_start(
             prob, layout, P, maxiter - used, gtol, _printer("finish", t0) if verbose else None)
         n_iter, n_eval = n_iter + more, n_eval + n_more
@@ -529,6 +540,10 @@ NEWTON_ITERATIONS = 15      # joint Newton steps on the means (linear convergenc
 NEWTON_ITERATIONS_SMALL = 5     # ... or this many before a full Newton phase (``affordable``)
 FULL_NEWTON_ITERATIONS = 100    # Newton steps in all parameters (small problems, full_newton.py)
 NONLINEAR_SWEEPS = 10       # block sweeps before L-BFGS for terms with nonlinear moments
+NONLINEAR_NEWTON_ITERATIONS = 60    # joint Newton steps for them (newton_nonlinear.py) ...
+NONLINEAR_NEWTON_SWEEPS = 0     # ... after this many block sweeps
+NONLINEAR_SQUAREM = True    # SQUAREM on those Newton steps (newton_ascent's ``accelerate``)
+QUADRATIC_HOLD = 3          # first Newton steps of a quadratic start with D held at its start value
 
 
 class Joiner:
@@ -573,7 +588,7 @@ JOIN_RTOL = 1e-6        # ... or this fraction of |ELBO|, when larger
 JOIN_ETA = 0.05         # largest difference in the mean linear predictor (any cell)
 
 
-def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
+def _run_start(prob, layout, P, maxiter, gtol, cb, join=None, hold=0):
     """One start: returns (P, ELBO, iterations, evaluations, message, history).
 
     ``join`` (a :class:`Joiner`, for starts after the first) is asked after every
@@ -591,7 +606,11 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
         return rec
 
     nonlinear = bool(prob.predictor.nonlinear_terms)
-    n_sq = min(SQUAREM_ITERATIONS if not nonlinear else NONLINEAR_SWEEPS, maxiter)
+    # quadratic responses: the joint Newton step of newton_nonlinear.py where it covers the
+    # model; otherwise block sweeps (their curvature leaves the term out) and L-BFGS
+    nl_newton = nonlinear and nonlinear_supported(prob)
+    n_sq = min(NONLINEAR_NEWTON_SWEEPS if nl_newton else NONLINEAR_SWEEPS if nonlinear
+               else SQUAREM_ITERATIONS, maxiter)
     h1 = []
     if n_sq > 0:
         P, h1 = squarem_ascent(prob, layout, P, max_iter=n_sq, rtol=1e-10,
@@ -600,15 +619,20 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None):
     # the joint mean steps converge linearly (slowly along flat ridges of the ELBO): where
     # the full Newton phase is cheap, hand over to it early (28 x 12 NB, 2 LVs, 3 starts:
     # 0.27 -> 0.24 s CPU, same optima; bench/bench_small.py). Terms with nonlinear moments
-    # (quadratic responses): the Newton phases' curvature leaves them out, so block sweeps
+    # (quadratic responses): the joint step of newton_nonlinear.py where it covers the model
+    # (no sweeps: their curvature leaves the term out); otherwise block sweeps
     # (monotone) hand over to L-BFGS directly
-    n_nt = min(0 if nonlinear else (NEWTON_ITERATIONS_SMALL if full else NEWTON_ITERATIONS),
-               maxiter - len(h1))
-    if n_nt > 0:
-        P, h2, done = newton_ascent(prob, P, max_iter=n_nt, rtol=1e-12, callback=record("newton"),
-                                    layout=layout, gtol=0.5 * gtol, stop=join)
-    else:
-        h2, done = [], False
+    n_nt = min(NONLINEAR_NEWTON_ITERATIONS if nl_newton else 0 if nonlinear else
+               (NEWTON_ITERATIONS_SMALL if full else NEWTON_ITERATIONS), maxiter - len(h1))
+    h2, done = [], False
+    if nl_newton and hold > 0 and n_nt > 0:
+        P, h2, _ = newton_ascent(prob, P, max_iter=min(hold, n_nt), rtol=1e-12,
+                                 callback=record("held D"), hold_nonlinear=True)
+    if n_nt - len(h2) > 0:
+        P, h2b, done = newton_ascent(prob, P, max_iter=n_nt - len(h2), rtol=1e-12,
+                                     callback=record("newton"), layout=layout, gtol=0.5 * gtol,
+                                     stop=join, accelerate=nl_newton and NONLINEAR_SQUAREM)
+        h2 = h2 + h2b
     left = maxiter - len(h1) - len(h2)
     if join is not None and join.hit is not None:
         return P, h2[-1][1], len(h1) + len(h2), 0, "joined an earlier start's optimum", hist

@@ -29,9 +29,11 @@ m = E[eta] and
   an approximation (moment matching) otherwise.
 
 The term is *nonlinear*: it adds to the moments and to the gradient through its own
-chain rule (``moments_extra``, ``gradient_extra``); the engine's Newton blocks treat
-it as fixed and the fit finishes with L-BFGS; its Hessian for standard errors is
-built by central differences of the analytic gradient.
+chain rule (``moments_extra``, ``gradient_extra``), to the covariance fixed point
+(``sigma_gradient``), and gives the exact per-cell first and second derivatives of
+(m, v) in (theta_j, D, mu_i) from which ``jsdm.model.newton_nonlinear`` assembles the
+joint Newton step (``newton_cells``); its Hessian for standard errors is built by
+central differences of the analytic gradient.
 """
 import numpy as np
 
@@ -64,6 +66,12 @@ def _mm_t(A, B):
     for j in range(1, A.shape[1]):
         out = out + A[:, j, None] * B[j][None]
     return out
+
+
+def sigma_pairs(kr):
+    """The free entries (k, l), k <= l, of a kr x kr symmetric matrix, in the order of the
+    joint Newton step's Sigma coordinates."""
+    return [(k, l) for k in range(kr) for l in range(k, kr)]
 
 
 class QuadraticResponse(Term):
@@ -201,25 +209,38 @@ class QuadraticResponse(Term):
         """(m_q, v_q) (r, c): what the quadratic part adds to the cells' mean and variance."""
         return self._cells(ctx, P, rows, cols, False)
 
-    def gradient_extra(self, ctx, P, Gm, Gv, g):
-        """Add the quadratic part's chain rule to the natural gradient ``g`` (in place)."""
-        n, kr, d = ctx.n, ctx.kr, ctx.d
+    def _chain(self, ctx, P, Gm, Gv):
+        """The quadratic part's chain rule from Gm, Gv (n, m): its gradient in the site means
+        (n, kr), the site covariances (n, kr, kr; symmetric), the random site design b
+        (m, kr) and the padded D (m, kr)."""
+        n, kr = ctx.n, ctx.kr
         step = max(1, 200_000 // max(ctx.m * kr * kr, 1))
         g_mu = np.zeros((n, kr))
         g_S = np.zeros((n, kr, kr))
         g_b = np.zeros((ctx.m, kr))
         g_D = np.zeros((ctx.m, kr))
+        idx = np.arange(kr)
         for s0 in range(0, n, step):
             rows = slice(s0, min(n, s0 + step))
             _, _, o = self._cells(ctx, P, rows, slice(None), True)
             gm, gv = Gm[rows], Gv[rows]
             g_mu[rows] = (gm[None] * o["m_mu"] + gv[None] * o["v_mu"]).sum(2).T
             gS = (gv[None, None] * o["v_S"]).sum(3).transpose(2, 0, 1)
-            idx = np.arange(kr)
             gS[:, idx, idx] -= gm @ o["Dp"]
             g_S[rows] = gS
             g_b += (gv[None] * o["v_b"]).sum(1).T
             g_D += (gm[None] * o["m_D"] + gv[None] * o["v_D"]).sum(1).T
+        return g_mu, g_S, g_b, g_D
+
+    def sigma_gradient(self, ctx, P, Gm, Gv):
+        """What the quadratic part adds to d ELL / d Sigma_i, (n, kr, kr) symmetric (the
+        covariance fixed point of the Newton phase)."""
+        return self._chain(ctx, P, Gm, Gv)[1]
+
+    def gradient_extra(self, ctx, P, Gm, Gv, g):
+        """Add the quadratic part's chain rule to the natural gradient ``g`` (in place)."""
+        d = ctx.d
+        g_mu, g_S, g_b, g_D = self._chain(ctx, P, Gm, Gv)
         # scatter: LV means a (and C for concurrent), L, theta, D
         lv = ctx.lv
         g.a = g.a + g_mu[:, :d]
@@ -233,6 +254,141 @@ class QuadraticResponse(Term):
         gD = g_D[:, :d]
         g.D_q = gD if self.mode == "species" else gD.sum(0)
         return g
+
+    def newton_cells(self, ctx, P, rows, sigma=False):
+        """Per-cell derivatives of the *total* moments (m, v) of the cells ``rows`` x all
+        species in x = (theta_j (d), D_j (d), mu_i (kr)), with Sigma_i held fixed; the
+        joint Newton step of ``jsdm.model.newton_nonlinear`` assembles its blocks from them.
+
+        With g = b - 2 D mu, N = M = (Sigma^-1 + 2 D)^-1, h = M g, t = mu + h (log link:
+        v = g'Mg - log det(I + 2 Sigma D) + 2 tr(D Sigma)) or N = Sigma, h = Sigma g, t = mu
+        (other links: v = g' Sigma g + 2 tr(D Sigma D Sigma)):
+
+            m_theta = mu,  m_D = -(mu^2 + Sigma_kk),  m_mu = g
+            v_theta = 2 h, v_D = (see ``_cells``),     v_mu = -4 D h
+            m_theta,mu = I,  m_D,mu = -2 diag(mu),  m_mu,mu = -2 D
+            v_theta,theta = 2 N,            v_theta_k,D_l = -4 N_kl t_l,
+            v_theta_k,mu_l = -4 N_kl D_l,   v_D_k,D_l = 8 t_k N_kl t_l + 4 N_kl^2,
+            v_D_k,mu_l = 8 t_k N_kl D_l - 4 h_k [k = l],  v_mu_k,mu_l = 8 D_k N_kl D_l
+
+        (with g = b - 2 D mu, v depends on (b, D, mu) through g and, for D, directly:
+        these are the chain rule's two parts). Returns a dict of arrays with the coordinate
+        axes first and the cells last, (..., r, m) (as in ``_cells``): "g" (kr), "m_D" (d;
+        (d, r, 1)), "v_th" (d), "v_D" (d), "v_mu" (kr), "v_thth", "v_thD", "v_DD" (d, d),
+        "v_thmu", "v_Dmu" (d, kr), "v_mumu" (kr, kr); and "mu" (r, kr), "Dp" (m, kr).
+        """
+        mu, S, b, Dp = self._parts(ctx, P, rows, slice(None))
+        d, kr = ctx.d, S.shape[1]
+        log_link = ctx.family is not None and ctx.family.link == "log"
+        muT, ST, bT, DT = mu.T, S.transpose(1, 2, 0), b.T, Dp.T                 # (kr, ...)
+        g = bT[:, None, :] - 2.0 * DT[:, None, :] * muT[:, :, None]             # (kr, r, m)
+        Ki = None
+        if log_link:
+            K = 2.0 * ST[:, :, :, None] * DT[None, :, None, :]                   # I + 2 S D
+            idx = np.arange(kr)
+            K[idx, idx] += 1.0
+            Ki, _ = _inv_logdet_t(K)
+            N = _mm_t(Ki, ST[:, :, :, None])                                     # K^-1 S
+            N = 0.5 * (N + N.transpose(1, 0, 2, 3))                              # (kr, kr, r, m)
+            h = (N * g[None]).sum(1)
+            t = muT[:, :, None] + h
+            v_D = (-4.0 * muT[:, :, None] * h - 2.0 * h ** 2 - 2.0 * N[idx, idx]
+                   + 2.0 * np.diagonal(S, axis1=1, axis2=2).T[:, :, None])
+        else:
+            N = ST[:, :, :, None]                                                # (kr, kr, r, 1)
+            h = (N * g[None]).sum(1)
+            t = muT[:, :, None]
+            SDS = Dp @ np.swapaxes(S * S, 1, 2)                                  # (r, m, kr)
+            v_D = -4.0 * t * h + 4.0 * SDS.transpose(2, 0, 1)
+        NDp = N * DT[None, :, None, :]                                          # N_kl D_l
+        tN = t[:, None] * N                                                     # t_k N_kl
+        v_Dmu = 8.0 * tN * DT[None, :, None, :]
+        v_Dmu = v_Dmu + np.zeros_like(h)[None]
+        idx = np.arange(kr)
+        v_Dmu[idx, idx] -= 4.0 * h
+        dS = np.diagonal(S, axis1=1, axis2=2)
+        out = {} if not sigma else self._sigma_cells(S, ST, DT, g, Ki, d)
+        return {
+            **out,
+            "g": g, "m_D": -(mu ** 2 + dS).T[:d, :, None], "v_th": 2.0 * h[:d],
+            "v_D": v_D[:d], "v_mu": -4.0 * DT[:, None, :] * h,
+            "v_thth": 2.0 * N[:d, :d],
+            "v_thD": -4.0 * (N * t[None])[:d, :d],
+            "v_DD": (8.0 * tN * t[None] + 4.0 * N ** 2)[:d, :d],
+            "v_thmu": -4.0 * NDp[:d],
+            "v_Dmu": v_Dmu[:d],
+            "v_mumu": 8.0 * DT[:, None, None, :] * NDp,
+            "mu": mu, "Dp": Dp,
+        }
+
+    @staticmethod
+    def _sigma_cells(S, ST, DT, g, Ki, d):
+        """The derivatives of m and v in the entries of Sigma_i (``newton_cells(sigma=True)``).
+
+        Sigma's free entries are taken in the order of ``sigma_pairs(kr)``: E = e_k e_k' for a
+        diagonal entry, e_k e_l' + e_l e_k' for an off-diagonal one (a symmetric step
+        Sigma + sum_E ds_E E). With f = K^-T g, Pm = D K^-1 (symmetric), Q = Pm Sigma
+        (log link; other links: K = I, f = g, v = g'Sigma g + 2 tr(D Sigma D Sigma)):
+
+            m_E = -tr(D E),   v_E = f'E f - 2 tr(Pm E) + 2 tr(D E)
+            d v_E / d g_a = 2 (K^-1 E f)_a             (theta, mu, D through g = b - 2 D mu)
+            d v_E / d D_l (g fixed) = -4 (Sigma f)_l (K^-1 E f)_l - 2 (K^-1 E)_ll
+                                      + 4 (K^-1 E Q)_ll + 2 E_ll
+            d2 v / dE1 dE2 = -4 f'E1 Pm E2 f + 4 tr(Pm E2 Pm E1),   d m_E / d D_l = -E_ll
+
+        (other links: d v_E / d g = 2 E g, d v_E / d D_l = 8 (Sigma D E)_ll,
+        d2 v / dE1 dE2 = 4 tr(D E1 D E2)). Arrays with the coordinates first, cells last.
+        """
+        kr = ST.shape[0]
+        pairs = sigma_pairs(kr)
+        ns = len(pairs)
+        shape = g.shape[1:]
+        zero = np.zeros(shape)
+        D = DT[:, None, :]                                                  # (kr, 1, m)
+        if Ki is not None:
+            f = (Ki * g[:, None]).sum(0)                                    # K^-T g
+            Pm = D[:, None] * Ki                                            # D_a Ki[a, b]
+            Pm = 0.5 * (Pm + Pm.transpose(1, 0, 2, 3))
+            Q = _mm_t(Pm, ST[:, :, :, None])                                # Pm Sigma
+            Sf = (ST[:, :, :, None] * f[None]).sum(1)                       # (kr, r, m)
+        else:
+            f = g
+            SD = ST[:, :, :, None] * D[None]                                # S[a, b] D_b
+        m_S = np.zeros((ns,) + shape)
+        v_S = np.zeros((ns,) + shape)
+        v_Sg = np.zeros((ns, kr) + shape)
+        v_SD = np.zeros((ns, kr) + shape)
+        m_SD = np.zeros((ns, kr) + shape)
+        v_SS = np.zeros((ns, ns) + shape)
+        for e, (k, l) in enumerate(pairs):
+            sym = [(k, l)] if k == l else [(k, l), (l, k)]
+            for b, c in sym:
+                if b == c:
+                    m_S[e] -= D[b] + zero
+                    m_SD[e, b] -= 1.0
+                if Ki is not None:
+                    v_S[e] += f[b] * f[c] - 2.0 * Pm[c, b] + (2.0 * D[b] if b == c else 0.0)
+                    v_Sg[e] += 2.0 * Ki[:, b] * f[c][None]
+                    v_SD[e] += -4.0 * Sf * Ki[:, b] * f[c][None] + 4.0 * Ki[:, b] * Q[c]
+                    v_SD[e, c] -= 2.0 * Ki[c, b]
+                    if b == c:
+                        v_SD[e, b] += 2.0
+                else:
+                    v_S[e] += g[b] * g[c] + 4.0 * D[c] * ST[c, b][:, None] * D[b]
+                    v_Sg[e, b] += 2.0 * g[c]
+                    v_SD[e, c] += 8.0 * SD[c, b]
+            for e2, (k2, l2) in enumerate(pairs):
+                sym2 = [(k2, l2)] if k2 == l2 else [(k2, l2), (l2, k2)]
+                acc = zero.copy()
+                for b, c in sym:
+                    for dd, ee in sym2:
+                        if Ki is not None:
+                            acc = acc - 4.0 * f[b] * Pm[c, dd] * f[ee] + 4.0 * Pm[c, dd] * Pm[ee, b]
+                        elif c == dd and ee == b:
+                            acc = acc + 4.0 * D[b] * D[c]
+                v_SS[e, e2] = acc
+        return {"m_S": m_S, "v_S": v_S, "v_Sg": v_Sg, "v_SD": v_SD[:, :d], "m_SD": m_SD[:, :d],
+                "v_SS": v_SS}
 
     def curvature_extra(self, ctx, P, C):
         """{"D_q": approximate curvature of the ELBO along each D} from C = -2 Gv (n, m): the

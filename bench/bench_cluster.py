@@ -71,7 +71,24 @@ def run(n, m, maxiter):
             "s_per_product": float(np.nanmean(prods[:, 0])),
             "bytes_per_product": float(np.nanmean(prods[:, 1])),
             "worker_peak_rss_gib": [round(v / 2**30, 3) for v in peaks.values()],
-            "elbo": fit.llf, "converged": fit.converged, "scaled_grad": fit.scaled_grad}
+            "elbo": fit.llf, "converged": fit.converged, "scaled_grad": fit.scaled_grad,
+            "joint": _joint_record(fit.cluster_info.get("joint") or {})}
+
+
+def _joint_record(j):
+    """The joint Newton phase's counts: iterations, round trips, CG products, time and bytes
+    per iteration."""
+    if not j:
+        return {}
+    it = max(1, j["iterations"])
+    sec = j.get("seconds") or [np.nan]
+    return {"iterations": j["iterations"], "round_trips": j["rounds"],
+            "cg_products": j["products"], "line_search_trials": j["line_search"],
+            "converged_in_phase": j["converged"], "elapsed_s": round(j["elapsed"], 1),
+            "s_per_iteration": [round(v, 2) for v in sec],
+            "mean_s_per_iteration": float(np.mean(sec)),
+            "bytes_to_workers_per_iteration": j.get("bytes_to", 0) / it,
+            "bytes_back_per_iteration": j.get("bytes_back", 0) / it}
 
 
 def main():
@@ -79,15 +96,20 @@ def main():
     ap.add_argument("--sites", type=int, nargs="+", default=[2000, 5000])
     ap.add_argument("--species", type=int, default=200)
     ap.add_argument("--maxiter", type=int, default=5000)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                  "bench_cluster.json"))
+    ap.add_argument("--note", default="shared 2-core machine (other engineers' jobs running): "
+                    "wall times are noisy")
     args = ap.parse_args()
-    out = os.path.join(os.path.dirname(__file__), "results", "bench_cluster.json")
+    out = args.out
     old = json.load(open(out)) if os.path.exists(out) else []
     print(f"{'n':>8} {'m':>6} {'wall s':>8} {'iter':>5} {'evals':>6} {'s/round':>8} "
           f"{'KB out':>8} {'KB back':>8} {'peak GiB':>9} converged")
     for n in args.sites:
         r = run(n, args.species, args.maxiter)
-        r["note"] = "shared 2-core machine (other engineers' jobs running): wall times are noisy"
+        r["note"] = args.note
         old.append(r)
+        print(json.dumps(r.get("joint")))
         print(f"{r['n']:>8} {r['m']:>6} {r['wall_s']:>8} {r['iterations']:>5} "
               f"{r['evaluations']:>6} {r['s_per_round']:>8.3f} "
               f"{r['bytes_to_workers_per_round'] / 1e3:>8.1f} {r['bytes_back_per_round'] / 1e3:>8.1f} "

@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from .._numerics import truncated_cg
+from . import distributed_newton
 from ..exceptions import ConvergenceWarning, JSDMError
 from .blocks import curvature_diagonal, site_step
 from .objective import cell_eval, gradient_from
@@ -710,6 +711,7 @@ class ClusterFitState:
     interrupted: bool = False
 
 
+JOINT = True            # the joint Newton phase (distributed_newton.py) first, where it applies
 NEWTON_STEPS = 8        # profiled Newton-CG steps before the L-BFGS polish (they converge fast,
 #                         then linearly: measured on 300 x 60 NB, 45 round trips with 8, 114 without)
 CG_ITER = 50
@@ -793,13 +795,8 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
     lo, hi = _bounds(layout)
     x = np.asarray(start_x, dtype=float).copy()
     hist, it_total, n_eval = [], 0, 0
-    val, g, h, site_s = cluster.round(x)
-    n_eval += 1
-    if not np.isfinite(val):
-        raise JSDMError("the ELBO is not finite at the starting values; check the data (a "
-                        "species or site with extreme values) or fit in memory first")
+    val, g, smax, site_s = -np.inf, np.zeros_like(x), np.inf, np.inf
     printer = _progress(cluster, t0) if verbose else None
-    smax = _scaled(x, g, h, lo, hi)
     message, interrupted = "converged at the start", False
 
     def ncb(it, f, gmax):
@@ -810,6 +807,17 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
             hook(len(hist), cluster)
 
     try:
+        if JOINT and distributed_newton.supported(cluster):
+            # the in-memory engine's joint Newton iterations, mapped over the chunks: few
+            # passes over the cells; the profiled evaluation below confirms (or finishes)
+            x, k, _ = distributed_newton.joint_phase(cluster, x, gtol, lo, hi, ncb)
+            it_total += k
+        val, g, h, site_s = cluster.round(x)
+        n_eval += 1
+        if not np.isfinite(val):
+            raise JSDMError("the ELBO is not finite at the starting values; check the data (a "
+                            "species or site with extreme values) or fit in memory first")
+        smax = _scaled(x, g, h, lo, hi)
         if NEWTON_STEPS and max(smax, site_s) > gtol:
             x, val, g, h, site_s, k, ne = newton_phase(cluster, x, val, g, h, gtol, lo, hi, ncb,
                                                       min(NEWTON_STEPS, maxiter))
@@ -857,6 +865,8 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
                       ConvergenceWarning, stacklevel=3)
         g = np.full_like(x, np.nan)
         smax = np.nan
+        if not np.isfinite(val):        # interrupted in the joint phase: its last ELBO
+            val = (getattr(cluster, "joint", None) or {}).get("value", val)
     converged = bool(np.isfinite(smax) and max(smax, site_s) <= gtol) and not interrupted
     if not converged and not interrupted:
         warnings.warn(

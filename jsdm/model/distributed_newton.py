@@ -39,6 +39,7 @@ from .newton import (_EXACT_FROM, _Schur, _apply, _coupling, _cross, _site_block
 from .objective import cell_eval, gradient_from
 from .params import S_BOUNDS
 
+SWEEPS = 3              # block sweeps first (the in-memory engine starts with SQUAREM sweeps)
 JOINT_STEPS = 40        # joint iterations at most before the profiled driver takes over
 CG_RTOL, CG_MAXITER = 1e-4, 200     # as ``newton._Schur.solve_cg`` in memory
 _ROWS = 500             # sites per block when the preconditioner's blocks are summed
@@ -174,6 +175,20 @@ def joint_covariance(chunk, P, key, accept):
     return Updated(new, out)
 
 
+def joint_sweep_sites(chunk, P, key):
+    """The sweep's site step (``blocks.site_step``, per site) and the chunk's part of the species
+    step's system (``blocks.species_system``) at the new sites."""
+    from .blocks import site_step, species_system
+    from .distributed import Updated
+
+    st = _state(key, P)
+    new, ct = site_step(chunk.prob, P, st["ce"])
+    _STATE[key] = {"P": new, "ce": ct}
+    g, H = species_system(chunk.prob, new, ct)
+    return Updated(new, {"g": g, "H": H, "species": ct["species"], "gs": ct["gs"],
+                         "gss": ct["gss"], "value": float(ct["site"].sum())})
+
+
 def joint_moment(chunk, P, key, abar):
     """The chunk's part of the gauge step's second moment (``latent.gauge_moment``)."""
     from .terms.latent import gauge_moment
@@ -200,10 +215,70 @@ def joint_gauge_dispersion(chunk, P, key, x, abar, tr):
     st["pending"] = None
     ct = cell_eval(chunk.prob, T, _order(T))
     st["pending"] = (T, ct)
-    return {"dkl": dkl, "species": ct["species"], "value": float(ct["site"].sum())}
+    return {"dkl": dkl, "species": ct["species"], "value": float(ct["site"].sum()),
+            "gs": ct["gs"], "gss": ct["gss"]}
 
 
-def joint_commit(chunk, P, key, accept):
+def _polish_moments(chunk, st, P, cols):
+    """Means and variances of the chunk's cells in the species ``cols`` (kept while they are
+    the ones polished)."""
+    from .objective import moments
+
+    got = st.get("polish")
+    if got is not None and np.array_equal(got[0], cols):
+        return got[1], got[2]
+    pred = chunk.prob.predictor
+    M, V = moments(chunk.prob, P, cols=cols, S2=pred.site_cov2(P) if pred.kr else None)
+    st["polish"] = (np.array(cols), M, V)
+    return M, V
+
+
+def _columns_ell(chunk, M, V, cols, idx, s):
+    prob = chunk.prob
+    tr = None if prob.trials is None else prob.trials[:, cols[idx]]
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = prob.family.ell(prob.Y[:, cols[idx]], M[:, idx], V[:, idx], s, tr, order=2)
+    return e, prob.W[:, cols[idx]]
+
+
+def joint_polish_eval(chunk, P, key, cols, live, s):
+    """The chunk's sums over sites of the ELBO and its first two dispersion derivatives for
+    the species ``cols[live]`` at dispersions ``s`` (``blocks.polish_dispersion``'s trial)."""
+    st = _state(key, P)
+    M, V = _polish_moments(chunk, st, P, cols)
+    e, W = _columns_ell(chunk, M, V, cols, live, s)
+    return {"value": (W * e.value).sum(0), "gs": (W * e.d_s).sum(0), "gss": (W * e.d_ss).sum(0)}
+
+
+def joint_polish_apply(chunk, P, key, cols, moved, x):
+    """The polished dispersions (the driver's x) of the species ``cols[moved]``: the chunk's
+    cells in those columns re-evaluated and its cell derivatives and sums patched (as
+    ``blocks._polish_columns`` does in memory)."""
+    from .distributed import Updated, put_global
+
+    st = _state(key, P)
+    M, V = _polish_moments(chunk, st, P, cols)
+    ce = st["ce"]
+    new = put_global(chunk.layout, P, x)
+    c = cols[moved]
+    e_old, W = _columns_ell(chunk, M, V, cols, moved, P.s[c])
+    e, _ = _columns_ell(chunk, M, V, cols, moved, new.s[c])
+    val, old = W * e.value, W * e_old.value
+    ce["site"] += (val - old).sum(1)
+    ce["species"][c] = val.sum(0)
+    ce["gs"][c], ce["gss"][c] = (W * e.d_s).sum(0), (W * e.d_ss).sum(0)
+    ce["Gm"][:, c] = W * e.d_m
+    gv = W * e.d_v
+    if ce["clip"]:
+        if (gv > 0.0).any():
+            ce["clipped"] = True
+        gv = np.minimum(gv, 0.0)
+    ce["Gv"][:, c] = gv
+    _STATE[key] = {"P": new, "ce": ce}
+    return Updated(new, True)
+
+
+def joint_commit(chunk, P, key, accept, check=True):
     """Take the pending point (``accept``) or stay, and return the sums of the engine's
     convergence rule: the gradient and curvature diagonal in the driver's entries, the
     largest scaled gradient of the chunk's site entries, and sum tr(A)."""
@@ -217,6 +292,8 @@ def joint_commit(chunk, P, key, accept):
     else:
         ce = st["ce"]
     _STATE[key] = {"P": P, "ce": ce}
+    if not check:
+        return Updated(P, _summary(P, ce))
     prob, layout = chunk.prob, chunk.layout
     cg = ce if not ce["clipped"] else cell_eval(prob, P, _order(P), clip=False)
     full = layout.pack_grad(gradient_from(prob, P, cg), P)
@@ -278,7 +355,7 @@ def joint_phase(cluster, x, gtol, lo, hi, cb, max_steps=JOINT_STEPS):
     ``gtol`` / 2 (the in-memory Newton phase's target), the ELBO stops rising, or
     ``max_steps``. Returns (x, iterations, converged); the chunks' site parameters are those
     of the returned x. A lost chunk ends the phase at the last committed x."""
-    from .distributed import _scaled, pack_global, put_global
+    from .distributed import _scaled, put_global
 
     layout = cluster.layout
     pos = cluster.coef_positions()
@@ -294,6 +371,7 @@ def joint_phase(cluster, x, gtol, lo, hi, cb, max_steps=JOINT_STEPS):
     def call(fn, *args, per_chunk=None):
         stats["rounds"] += 1
         return _call(cluster, fn, *args, per_chunk=per_chunk)
+    call.cluster = cluster
 
     try:
         outs = call(joint_init, x)
@@ -303,6 +381,12 @@ def joint_phase(cluster, x, gtol, lo, hi, cb, max_steps=JOINT_STEPS):
         n = sum(o["n"] for o in outs)
         trA = sum(o["trA"] for o in outs)
         stats["value"] = val
+        for sw in range(SWEEPS):       # block sweeps: cheap progress from the start
+            val = _sweep(cluster, call, layout, Pd0, x, val)
+            x = cluster.x
+            stats["sweeps"] = sw + 1
+            stats["value"] = val
+            cb(sw + 1, -val, np.nan)
         for it in range(max_steps):
             t0 = time.perf_counter()
             Pd = put_global(layout, Pd0, x)
@@ -352,29 +436,14 @@ def joint_phase(cluster, x, gtol, lo, hi, cb, max_steps=JOINT_STEPS):
                     G = Pd.copy()
                     gauge_species(Pd, G, abar, tr)
             # 4. dispersions, halved per species (with the gauge map; without it if the KL rose)
-            frac, k, moved = np.ones(len(sp_old)), 0, ds is not None or tr is not None
-            new_val, x_new = val, x
-            while moved and k <= _NHALF:
-                T = G.copy()
-                if ds is not None:
-                    T.s = np.clip(Pd.s + (frac if ds.ndim == 1 else frac[:, None]) * ds,
-                                  *S_BOUNDS)
-                x_new = pack_global(layout, T)
-                res = call(joint_gauge_dispersion, x_new, abar, tr)
-                new_val = sum(r["value"] for r in res)
-                if tr is not None and not sum(r["dkl"] for r in res) >= 0.0:
-                    tr, G = None, Pd        # the gauge step would lower the ELBO: without it
-                    moved = ds is not None
-                    new_val, x_new = val, x
-                    continue
-                sp_new = np.sum([r["species"] for r in res], axis=0)
-                bad = ~(sp_new >= sp_old - 1e-10 * np.abs(sp_old))
-                if ds is None or not bad.any():
-                    break
-                frac = np.where(bad, frac * 0.5 if k < _NHALF - 1 else 0.0, frac)
-                k += 1
+            x_new, new_val, moved, last = _species_trials(call, layout, Pd, G, None, ds, sp_old,
+                                                          val, x, abar, tr)
+            if moved and ds is not None and last is not None:   # rare species' dispersions
+                call(joint_commit, True, False)
+                x_new, new_val = _polish(call, layout, Pd0, x_new, new_val, last, 0.5 * gtol)
+                moved = False
             # 5. commit and the engine's convergence rule
-            outs = call(joint_commit, moved)
+            outs = call(joint_commit, moved, True)
             cluster.x = x = x_new
             g = np.sum([o["g"] for o in outs], axis=0)
             h = np.sum([o["h"] for o in outs], axis=0)
@@ -401,6 +470,134 @@ def joint_phase(cluster, x, gtol, lo, hi, cb, max_steps=JOINT_STEPS):
             _call(cluster, joint_drop)
         except Exception:       # pragma: no cover - the chunks' states go with their workers
             pass
+
+
+def _sweep(cluster, call, layout, Pd0, x, val):
+    """One block sweep (``blocks._sweep``): the sites' Newton step on every chunk, then the
+    species' Newton step from the sums over the chunks (``blocks.species_system``), halved per
+    species. Returns the ELBO; ``cluster.x`` the new species parameters."""
+    from .._numerics import safe_solve
+    from .blocks import species_regularise
+    from .distributed import put_global
+
+    outs = call(joint_sweep_sites)
+    g = np.sum([o["g"] for o in outs], axis=0)
+    H = np.sum([o["H"] for o in outs], axis=0)
+    sp_old = np.sum([o["species"] for o in outs], axis=0)
+    val = sum(o["value"] for o in outs)
+    Pd = put_global(layout, Pd0, x)
+    g, H, _ = species_regularise(_template(cluster), Pd, g, H)
+    step = safe_solve(H, g)
+    ds = None
+    if Pd.s is not None:
+        gs = np.sum([o["gs"] for o in outs], axis=0)
+        gss = np.sum([o["gss"] for o in outs], axis=0)
+        ds = np.clip(dispersion_step(*hold_fixed(gs, gss, _s_free(cluster)), 1.0), -2.0, 2.0)
+    del outs
+    x_new, new_val, moved, _ = _species_trials(call, layout, Pd, Pd, step, ds, sp_old, val, x)
+    call(joint_commit, moved, False)
+    cluster.x = x_new
+    return new_val
+
+
+def _species_trials(call, layout, Pd, G, step, ds, sp_old, val, x, abar=None, tr=None):
+    """The species stage's trial points on the chunks, each species' step halved until its
+    ELBO does not fall (as ``blocks._accept_species``): coefficients ``step`` (m, ks) or None,
+    dispersions ``ds`` or None, from the driver's Params ``Pd`` (G: with the gauge map ``tr``
+    applied, dropped if the KL would rise). The last trial stays pending on the chunks.
+    Returns (x, ELBO, whether a trial is pending, the last trial's per-species sums)."""
+    from .distributed import pack_global
+
+    pred = _template(call.cluster).predictor
+    frac, k, moved = np.ones(len(sp_old)), 0, ds is not None or tr is not None or step is not None
+    new_val, x_new, last = val, x, None
+    phi = pred.species_coef(G) if step is not None else None
+    while moved and k <= _NHALF:
+        T = G.copy()
+        if step is not None:
+            pred.set_species_coef(T, phi + frac[:, None] * step)
+        if ds is not None:
+            T.s = np.clip(Pd.s + (frac if ds.ndim == 1 else frac[:, None]) * ds, *S_BOUNDS)
+        x_new = pack_global(layout, T)
+        res = call(joint_gauge_dispersion, x_new, abar, tr)
+        new_val = sum(r["value"] for r in res)
+        if tr is not None and not sum(r["dkl"] for r in res) >= 0.0:
+            tr, G = None, Pd        # the gauge step would lower the ELBO: without it
+            moved = ds is not None or step is not None
+            new_val, x_new = val, x
+            continue
+        sp_new = np.sum([r["species"] for r in res], axis=0)
+        last = {"species": sp_new}
+        if ds is not None:
+            last["gs"] = np.sum([r["gs"] for r in res], axis=0)
+            last["gss"] = np.sum([r["gss"] for r in res], axis=0)
+        bad = ~(sp_new >= sp_old - 1e-10 * np.abs(sp_old))
+        if (ds is None and step is None) or not bad.any():
+            break
+        frac = np.where(bad, frac * 0.5 if k < _NHALF - 1 else 0.0, frac)
+        k += 1
+    return x_new, new_val, moved, last
+
+
+POLISH_ITER = 30
+
+
+def _polish(call, layout, Pd0, x, val, last, tol, max_iter=POLISH_ITER):
+    """``blocks.polish_dispersion`` over the chunks: Newton iterations on the dispersions of
+    the species whose scaled gradient exceeds ``tol`` (sums over the chunks of the columns'
+    ELBO and derivatives, one round trip each), each halved until its ELBO does not fall.
+    Scalar dispersions only. Returns (x, ELBO)."""
+    from .distributed import pack_global, put_global
+
+    Pd = put_global(layout, Pd0, x)
+    if Pd.s is None or np.ndim(Pd.s) != 1:
+        return x, val
+    lo, hi = S_BOUNDS
+
+    def scaled(s, gs, gss):
+        pushing = ((s <= lo) & (gs < 0)) | ((s >= hi) & (gs > 0))
+        return np.where(pushing, 0.0, np.abs(gs)) / np.sqrt(np.maximum(-gss, 1.0))
+
+    gs, gss = last["gs"], last["gss"]
+    J = np.nonzero(scaled(Pd.s, gs, gss) > tol)[0]
+    if not J.size:
+        return x, val
+    s, v = Pd.s[J].copy(), last["species"][J].copy()
+    g, h = gs[J].copy(), gss[J].copy()
+    mult = np.ones(J.size)
+    for _ in range(max_iter):
+        live = np.nonzero((scaled(s, g, h) > tol / 10.0) & (mult > 1e-3))[0]
+        if not live.size:
+            break
+        step = np.clip(dispersion_step(g[live], h[live], 1.0), -2.0, 2.0) * mult[live]
+        trial = np.clip(s[live] + step, lo, hi)
+        res = call(joint_polish_eval, J, live, trial)
+        tsum = np.sum([r["value"] for r in res], axis=0)
+        ok = np.isfinite(tsum) & (tsum >= v[live] - 1e-12 * np.abs(v[live]))
+        acc, rej = live[ok], live[~ok]
+        mult[rej] *= 0.5
+        mult[acc] = 1.0
+        if acc.size:
+            s[acc], v[acc] = trial[ok], tsum[ok]
+            g[acc] = np.sum([r["gs"] for r in res], axis=0)[ok]
+            h[acc] = np.sum([r["gss"] for r in res], axis=0)[ok]
+    moved = np.nonzero(s != Pd.s[J])[0]
+    if not moved.size:
+        return x, val
+    gain = float(v[moved].sum() - last["species"][J[moved]].sum())
+    Pd.s = Pd.s.copy()
+    Pd.s[J[moved]] = s[moved]
+    x_new = pack_global(layout, Pd)
+    call(joint_polish_apply, J, moved, x_new)
+    call.cluster.x = x_new
+    return x_new, val + gain
+
+
+def _template(cluster):
+    from .distributed import template_layout
+
+    spec = cluster.specs[0]
+    return template_layout(spec.model, len(spec.model["terms"]))[1]
 
 
 def _s_free(cluster):

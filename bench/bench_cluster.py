@@ -43,6 +43,14 @@ def run(n, m, maxiter):
     from distributed import Client, LocalCluster
     from jsdm.model.cluster_data import ClusterData
 
+    import dask
+
+    # the chunks' data and site parameters live in the worker processes, outside Dask's
+    # managed memory: its spill/pause thresholds (60 / 80 % of the limit) would pause a
+    # worker holding them for good; the limit itself (terminate at 95 %) stays
+    dask.config.set({"distributed.worker.memory.target": False,
+                     "distributed.worker.memory.spill": False,
+                     "distributed.worker.memory.pause": False})
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
         paths, X = write_parquet(n, m, folder)

@@ -159,7 +159,14 @@ def _map(fun, items):
     items = list(items)
     if _POOL["pool"] is None or len(items) < 4:
         return [fun(i) for i in items]
-    return list(_POOL["pool"].map(fun, items))
+    # numpy's floating-point error state is per thread: the workers take the caller's (an
+    # engine step that silences overflow at a trial point must not warn from a pool thread)
+    err = np.geterr()
+
+    def call(i):
+        with np.errstate(**err):
+            return fun(i)
+    return list(_POOL["pool"].map(call, items))
 
 
 def binned_expectation(mu, var, bins, n_out, assign=None, extra=()):

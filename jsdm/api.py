@@ -237,9 +237,9 @@ ORDINATION_TYPES = ("unconstrained", "concurrent", "constrained")
 
 
 def compare_ordinations(data, X=None, *, lv_formula, d=2, types=ORDINATION_TYPES,
-                        family="poisson", **kwargs):
+                        family="poisson", cv=None, cv_seed=0, **kwargs):
     """Fit unconstrained, concurrent and constrained ordinations with the same dimension d
-    and compare them by AIC and BIC.
+    and compare them by AIC and BIC, and optionally by cross-validation.
 
     Parameters
     ----------
@@ -253,6 +253,15 @@ def compare_ordinations(data, X=None, *, lv_formula, d=2, types=ORDINATION_TYPES
     family, **kwargs
         Passed to every :func:`gllvm` call (e.g. ``formula``, ``row_effect``,
         ``n_init``, ``seed``).
+    cv : int, optional
+        Also compare the types by K-fold cross-validation by sites with ``cv`` folds
+        (:func:`jsdm.cross_validate`, the same folds for every type; each fold refits
+        each type). Adds the columns ``lpd`` (log predictive density of the held-out
+        sites, higher is better), ``lpd_diff`` and ``diff_se`` (from the best type, with
+        the paired standard error of the difference) and ``lpd_conditional``. The
+        :class:`~jsdm.results.crossval.CVResult` is in ``table.attrs["cv"]``.
+    cv_seed : int
+        Seed of the fold assignment.
 
     Returns
     -------
@@ -282,4 +291,10 @@ def compare_ordinations(data, X=None, *, lv_formula, d=2, types=ORDINATION_TYPES
     tab = pd.DataFrame(rows).set_index("type")
     tab["d_aic"] = tab["aic"] - tab["aic"].min()
     tab["d_bic"] = tab["bic"] - tab["bic"].min()
+    if cv is not None:
+        from .results.crossval import cross_validate
+        res = cross_validate(fits, k=cv, seed=cv_seed)
+        cols = [c for c in ("lpd", "lpd_diff", "diff_se", "lpd_conditional") if c in res.table]
+        tab = tab.join(res.table[cols])
+        tab.attrs["cv"] = res
     return tab.sort_values("aic"), fits

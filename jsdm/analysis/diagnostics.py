@@ -672,6 +672,12 @@ def check_approximation(fit, n_draws=500, seed=0):
     """
     if fit.num_lv == 0 and fit.row_effect != "random":
         return [], {"variational approximation": "exact (no latent variables)"}
+    from ..results.likelihood import not_per_site
+
+    why = not_per_site(fit)
+    if why:
+        return [], {"variational approximation": f"not checked: {why} (the importance-sampling "
+                                                  "check integrates one site at a time)"}
     est = fit.loglik_is(n_draws=n_draws, seed=seed)
     n = len(est.sites)
     stats = {"log-likelihood (importance sampling)": f"{est.value:.3f} (MC se {est.se:.3f}, "

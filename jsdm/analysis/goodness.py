@@ -254,7 +254,7 @@ def joint_occurrence(fit, newdata=None, kind="probability", n_draws=4000, seed=0
     for start in range(0, sl.k, step):
         rows = slice(start, min(sl.k, start + step))
         sub = sl.rows(rows)
-        eta = sub.F[None] + (U @ sub.loadings.T)[:, None, :]             # (K, k, m)
+        eta = sub.eta(U if U.shape[1] == 1 else U[:, rows])             # (K, k, m)
         p = 1.0 - sub.prob_zero(eta)
         joint += np.einsum("K,Kij,Kil->jl", w, p, p)
         pm = np.einsum("K,Kij->ij", w, p)
@@ -271,20 +271,25 @@ def joint_occurrence(fit, newdata=None, kind="probability", n_draws=4000, seed=0
 
 
 def _prior_points(sl, n_draws, seed, width=7.0, panels=16, nodes=4):
-    """Points U (K, r) and weights w (K,) summing to 1 for expectations over u ~ N(0, Sigma_u):
-    a composite Gauss-Legendre product rule on +- ``width`` prior sds for r <= 2 (the presence
-    probability can be a near-step in u), seeded Monte Carlo beyond."""
+    """Points U (K, 1, r) (or (K, k, r) when the prior differs between sites) and weights w (K,)
+    summing to 1 for expectations over u ~ N(0, Sigma_u): a composite Gauss-Legendre product
+    rule on +- ``width`` prior sds for r <= 2 (the presence probability can be a near-step in
+    u), seeded Monte Carlo beyond."""
     from ..results.marginal import _composite
 
     r = sl.r
     if r == 0:
-        return np.zeros((1, 0)), np.ones(1)
+        return np.zeros((1, 1, 0)), np.ones(1)
     C = np.linalg.cholesky(sl.prior_cov)
     if r <= 2:
         t, wt = _composite(panels, nodes)
         t, wt = width * t, width * wt * np.exp(-0.5 * (width * t) ** 2) / np.sqrt(2 * np.pi)
         Z = np.stack([g.ravel() for g in np.meshgrid(*([t] * r), indexing="ij")], axis=-1)
         w = np.prod(np.stack(np.meshgrid(*([wt] * r), indexing="ij")), axis=0).ravel()
-        return Z @ C.T, w / w.sum()
-    Z = analysis_rng(seed).standard_normal((int(n_draws), r))
-    return Z @ C.T, np.full(int(n_draws), 1.0 / int(n_draws))
+        w = w / w.sum()
+    else:
+        Z = analysis_rng(seed).standard_normal((int(n_draws), r))
+        w = np.full(int(n_draws), 1.0 / int(n_draws))
+    if C.ndim == 2:
+        return (Z @ C.T)[:, None, :], w
+    return np.einsum("iab,Kb->Kia", C, Z), w

@@ -501,6 +501,11 @@ def _ranges(cats):
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(10)
 _NEAR, _NEAR_WIDTH, _FAR_WIDTH, _FAR_Z, _INSIDE = 6.0, 3.0, 12.0, 3.0, 40.0
+# panels per interval at most: beyond sd ~ 270 the far panels widen past 12 (without the cap a
+# trial step of an optimiser to sd ~ 1e6 asked for ~1.5 million panels per cell, and a
+# cross-validation fold's fit ran out of memory at 13 GB). There the integrand's rate of
+# change is set by the normal weight, which varies on the scale of sd, not of the panel
+_MAX_PANELS = 400
 
 
 def _wide_expectation(fun, mu, sd, a, b):
@@ -551,7 +556,7 @@ def _panels(fun, mu, sd, left, right, width, extra):
     (at most ``width`` wide; counts rounded up to multiples of 4 so that few groups form);
     None when every interval is empty."""
     length = np.maximum(right - left, 0.0)
-    count = np.where(length > 0, np.maximum(np.ceil(length / width), 1.0), 0.0)
+    count = np.where(length > 0, np.clip(np.ceil(length / width), 1.0, _MAX_PANELS), 0.0)
     count = np.where(count > 2, 4.0 * np.ceil(count / 4.0), count).astype(int)
     out = None
     for p in np.unique(count[count > 0]):

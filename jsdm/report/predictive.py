@@ -17,6 +17,14 @@ def _approximation(fit, opts):
     if fit.num_lv == 0 and fit.row_effect != "random":
         return head + ("<p>The model has no latent variables: the ELBO is the exact "
                        "log-likelihood.</p>")
+    from ..results.likelihood import not_per_site
+
+    why = not_per_site(fit)
+    if why:
+        return head + (f"<p>Not checked: {esc(why)}, so the marginal likelihood does not split "
+                       "into per-site integrals and the importance-sampling check does not apply. "
+                       "The ELBO is a lower bound of the log-likelihood; compare such models by "
+                       "cross-validation.</p>")
     n_draws = opts.get("is_draws", 500)
     est = fit.loglik_is(n_draws=n_draws, seed=0)
     n = len(est.sites)

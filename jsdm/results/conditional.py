@@ -201,12 +201,16 @@ def score_sites(sl, Y, W, method="auto", n_draws=1000, seed=0, conditional=True)
     from .predict import marginal_mean
 
     k, m = Y.shape
-    var = sl.marginal_variance()[None, :] * np.ones((k, 1))
-    out = {"lpd_cell": marginal.cell_marginal(sl, Y, W)}
-    mu = marginal_mean(sl.family, sl.F, var, sl.s)
-    out["mean"] = mu if sl.trials is None else mu * sl.trials
     pres = has_presence(sl.family)
-    out["presence"] = _marginal_presence(sl, var) if pres else None
+    if sl.quad is None:
+        var = np.broadcast_to(sl.marginal_variance(), (k, m)).copy()
+        out = {"lpd_cell": marginal.cell_marginal(sl, Y, W)}
+        mu = marginal_mean(sl.family, sl.F, var, sl.s)
+        out["presence"] = _marginal_presence(sl, var) if pres else None
+    else:           # quadratic responses: eta is not normal, integrals over the prior of u
+        lpd, mu, p1 = marginal.prior_cells(sl, Y, W, n_draws=max(int(n_draws), 2000), seed=seed)
+        out = {"lpd_cell": lpd, "presence": p1 if pres else None}
+    out["mean"] = mu if sl.trials is None else mu * sl.trials
     keys = ["lpd", "lpd_se"] + (["lpd_cond", "mean_cond"] + (["presence_cond"] if pres else [])
                                 if conditional else [])
     for key in keys:

@@ -1,8 +1,16 @@
 """Cross-validation by sites: refit on training sites, score the held-out sites.
 
-For each fold the model is refitted to the training sites (same family,
-formula, number of latent variables, row effect, starts and seed) and the
-held-out sites are scored as new sites, whose latent variables are unknown:
+For each fold the model is refitted to the training sites (the same model:
+family, formula, latent variables, row effect and every other term, i.e.
+constrained or concurrent ordination, quadratic responses, species random
+effects, community slopes and grouped site effects; the same starts and seed)
+and the held-out sites are scored as new sites, whose latent variables are
+unknown. Species random effects enter at the fold fit's estimates; a grouped
+site effect at the level's estimate (its q) for a level the fold's fit has
+seen and integrated over its distribution for a new level (``by=`` that
+grouping holds whole levels out). With quadratic responses the per-species
+scores integrate over the prior of the latent variables directly (the
+linear predictor is not normal):
 
 - ``lpd``: the log predictive density of the whole site, log p(y_i), joint
   over species and integrated over the site's latent variables (quadrature for
@@ -167,6 +175,12 @@ def _refit_spec(fit):
                 maxiter=st.get("maxiter", 5000), gtol=st.get("gtol", 1e-3))
     if st.get("prior_sd") is not None:
         spec["prior_sd"] = st["prior_sd"]
+    # the model's other terms, as the wide call names them (an lme4-style formula was
+    # translated into these when the model was fitted)
+    for key in ("num_lv_c", "num_rr", "lv_formula", "quadratic", "site_effects",
+                "random_species", "fourth_corner"):
+        if st.get(key) not in (None, 0, False, [], ""):
+            spec[key] = st[key]
     return spec
 
 

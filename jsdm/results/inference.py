@@ -168,8 +168,12 @@ def _reported_jacobian(fit, order, jac):
     P = fit.state.params
     if P.s is None or np.ndim(P.s) != 2:
         return None
+    from ..model.hessian_fd import extended_size
+
     layout = fit.state.layout
-    J = sparse.lil_matrix((len(order), layout.n_model))
+    # columns: the covariance's packed entries (with species random effects their q's
+    # entries join the model block: ordinal cut points with random slopes failed here)
+    J = sparse.lil_matrix((len(order), extended_size(layout)))
     J[np.arange(len(order)), order] = jac
     D = _vector_dispersion_jacobian(fit.family, P.s)
     pos = np.full(layout.s_free.shape, -1)

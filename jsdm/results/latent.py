@@ -14,6 +14,20 @@ its loadings on each species' linear predictor (theta_j, and 1 for the row
 effect) and ``Sigma_u`` its prior covariance (I_d, sigma^2). For fitted sites
 the variational posterior q(u_i) = N(mean_i, cov_i) comes along.
 
+With quadratic (unimodal) responses the linear predictor is quadratic in u,
+
+    eta_i = F_i + Lambda u_i - D (c_i + u_i)^2
+
+(``quad`` holds D_jk >= 0, zero for the row effect; ``quad_center`` the covariate part
+c_i = C' x_i of concurrent latent variables, else 0), so eta is not normal under q:
+:func:`q_moments` gives its exact mean and the variance the families see (the same
+closed forms as the engine's quadratic term).
+
+Terms whose random effects are shared *between* sites (species random effects,
+grouped site effects) enter F at their estimates (conditional on the fitted species
+and on the levels the fit has seen); at a new site in a level the fit has not seen,
+that level's effect is one more latent coordinate (``"group"``) with its prior variance.
+
 When the engine changes (new terms: grouped site effects, species random
 effects), :func:`site_latent` is what changes; the rest reads only the fields
 and methods below.
@@ -37,8 +51,9 @@ class SiteLatent:
         Fixed part of the linear predictor at the k sites.
     loadings : ndarray (m, r)
         Loadings of the site's latent vector u_i on each species' linear predictor.
-    prior_cov : ndarray (r, r)
-        Prior covariance of u_i.
+    prior_cov : ndarray (r, r) or (k, r, r)
+        Prior covariance of u_i (per site when a coordinate's prior differs between sites,
+        e.g. grouped site effects of seen and unseen levels).
     mean, cov : ndarray (k, r), (k, r, r), or None
         Variational posterior q(u_i) of fitted sites (None for new sites).
     family : Family
@@ -62,6 +77,8 @@ class SiteLatent:
     sites: pd.Index
     species: pd.Index
     latent_names: tuple
+    quad: Optional[np.ndarray] = None
+    quad_center: Optional[np.ndarray] = None
 
     @property
     def k(self):
@@ -78,18 +95,33 @@ class SiteLatent:
     def rows(self, rows):
         """The same model restricted to the sites ``rows`` (slice, index array or mask)."""
         pick = (lambda a: None if a is None else a[rows])
-        return SiteLatent(self.F[rows], self.loadings, self.prior_cov, pick(self.mean),
+        prior = self.prior_cov if self.prior_cov.ndim == 2 else self.prior_cov[rows]
+        return SiteLatent(self.F[rows], self.loadings, prior, pick(self.mean),
                           pick(self.cov), self.family, self.s, pick(self.trials),
-                          self.sites[rows], self.species, self.latent_names)
+                          self.sites[rows], self.species, self.latent_names, self.quad,
+                          pick(self.quad_center))
 
     # --- the linear predictor -----------------------------------------------------------
     def eta(self, U):
         """Linear predictor at latent values ``U`` (..., k, r) -> (..., k, m)."""
-        return self.F + np.asarray(U) @ self.loadings.T
+        U = np.asarray(U)
+        eta = self.F + U @ self.loadings.T
+        if self.quad is not None:
+            Uc = U if self.quad_center is None else U + self.quad_center
+            eta = eta - (Uc * Uc) @ self.quad.T
+        return eta
 
     def marginal_variance(self):
-        """Prior variance of each species' linear predictor, diag(Lambda Sigma_u Lambda'), (m,)."""
-        return np.einsum("ja,ab,jb->j", self.loadings, self.prior_cov, self.loadings)
+        """Prior variance of each species' linear predictor, diag(Lambda Sigma_u Lambda'): (m,),
+        or (k, m) when the prior differs between sites (linear models; with quadratic
+        responses see :meth:`prior_moments`)."""
+        return np.einsum("ja,...ab,jb->...j", self.loadings, self.prior_cov, self.loadings)
+
+    def prior_moments(self):
+        """Mean and variance (k, m) of the linear predictor with u at its prior (the
+        variance the families see: exact for linear models, see :func:`q_moments`)."""
+        k, r = self.k, self.r
+        return q_moments(self, np.zeros((k, r)), np.broadcast_to(self.prior_cov, (k, r, r)))
 
     # --- the response distribution, bound to the dispersion and trials -------------------
     def _tr(self, shape):
@@ -122,6 +154,45 @@ class SiteLatent:
         """One draw of y given eta (shape of eta)."""
         eta = np.asarray(eta, dtype=float)
         return self.family.sample(eta, self.s, self._tr(eta.shape), rng)
+
+
+def q_moments(sl, mean, cov):
+    """Mean and variance (k, m) of each site's linear predictor under u_i ~ N(mean_i, cov_i).
+
+    Linear in u: eta ~ N(F + Lambda mean, Lambda cov Lambda'). Quadratic responses
+    (``sl.quad``), per cell with b = lambda_j, D = diag(D_j), mu = c_i + mean_i, S = cov_i,
+    g = b - 2 D mu: E[eta] = F + b' mean - mu' D mu - tr(D S) exactly, and the variance is
+
+    - log link: v = 2 (log E[e^eta] - E[eta]) = g' (S^-1 + 2 D)^-1 g - log det(I + 2 S D)
+      + 2 tr(D S), so that a normal with (E[eta], v) has the exact E[e^eta] (the Poisson
+      ELBO is then exact, other log-link families approximate);
+    - other links: Var[eta] = g' S g + 2 tr(D S D S) (moment matching).
+
+    These are the engine's closed forms (``jsdm/model/terms/quadratic.py``), so the
+    per-site ELBO here equals the fit's.
+    """
+    lam = sl.loadings
+    mean = np.asarray(mean, dtype=float)
+    cov = np.asarray(cov, dtype=float)
+    M = sl.F + mean @ lam.T
+    if sl.quad is None:
+        V = np.einsum("ja,iab,jb->ij", lam, cov, lam)
+        return M, np.maximum(V, 0.0)
+    D = sl.quad                                                         # (m, r)
+    mu = mean if sl.quad_center is None else mean + sl.quad_center      # (k, r)
+    dS = np.diagonal(cov, axis1=1, axis2=2)                             # (k, r)
+    M = M - (mu ** 2 + dS) @ D.T
+    g = lam[None] - 2.0 * D[None] * mu[:, None]                         # (k, m, r)
+    if getattr(sl.family, "link", None) == "log":
+        r = D.shape[1]
+        K = np.eye(r) + 2.0 * cov[:, None] * D[None, :, None, :]         # I + 2 S D, (k, m, r, r)
+        MS = np.linalg.solve(K, np.broadcast_to(cov[:, None], K.shape))  # (S^-1 + 2 D)^-1
+        V = (np.einsum("ija,ijab,ijb->ij", g, MS, g) - np.linalg.slogdet(K)[1]
+             + 2.0 * dS @ D.T)
+    else:
+        V = (np.einsum("ija,iab,ijb->ij", g, cov, g)
+             + 2.0 * np.einsum("ja,iab,jb,iab->ij", D, cov, D, cov))
+    return M, np.maximum(V, 0.0)
 
 
 def has_presence(family):
@@ -157,6 +228,7 @@ def site_latent(fit, newdata=None, offset=None, trials=None):
         New sites for a fit with fixed row effects (their effect is unknown).
     """
     prob, P = fit.problem, fit.state.params
+    pred = prob.predictor
     d = prob.d
     random_row = prob.row_effect == "random"
     names = tuple(fit.lv_names) + (("row",) if random_row else ())
@@ -167,12 +239,19 @@ def site_latent(fit, newdata=None, offset=None, trials=None):
         prior = np.zeros((d + 1, d + 1))
         prior[:d, :d] = np.eye(d)
         prior[d, d] = np.exp(2.0 * P.log_sigma)
+    r = lam.shape[1]
     s = None if P.s is None else np.asarray(P.s, dtype=float)
+    quad = _quadratic_coefficients(pred, P, r)
+    from .predict import _species_random_part, group_parts
     if newdata is None:
-        F = _fixed_fitted(prob, P)
+        F = _fixed_fitted(prob, P) + _species_random_part(fit, prob.X)
+        F = F + group_parts(fit, None)[0][:, None]
         mean, cov = _q_fitted(prob, P, random_row)
+        center = None
+        if quad is not None and hasattr(pred.lv, "fixed_scores"):
+            center = _pad(pred.lv.fixed_scores(pred, P), r)
         return SiteLatent(F, lam, prior, mean, cov, prob.family, s, prob.trials, prob.sites,
-                          prob.species, names)
+                          prob.species, names, quad, center)
     if prob.row_effect == "fixed":
         raise JSDMError("a fit with fixed row effects cannot describe new sites (their effect is "
                         "unknown); refit with row_effect='random' or None")
@@ -184,18 +263,47 @@ def site_latent(fit, newdata=None, offset=None, trials=None):
     k = len(newdata)
     Xn = new_design(fit, newdata)
     F = np.broadcast_to(P.beta0, (k, prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
-    F = np.array(F, dtype=float)
+    F = np.array(F, dtype=float) + _species_random_part(fit, Xn)
     from ..model.terms.ordination import has_ordination, ordination_fixed_mean
-    if has_ordination(prob.predictor):
+    center = None
+    if has_ordination(pred):
         from .predict import new_lv_design
-        F += ordination_fixed_mean(prob.predictor, P, new_lv_design(fit, newdata))
+        Xlv = new_lv_design(fit, newdata)
+        F += ordination_fixed_mean(pred, P, Xlv)
+        if quad is not None and hasattr(pred.lv, "fixed_scores"):     # concurrent: C' x_i
+            center = _pad(Xlv @ P.C_lv, r)
     if offset is not None:
         off = np.asarray(offset, dtype=float)
         F = F + (off[:, None] if off.ndim == 1 else off)
+    gm, gv = group_parts(fit, newdata)
+    F = F + gm[:, None]
+    if np.any(gv > 0):
+        # the grouped site effects at these sites: N(mu_g, s_g^2) for a level the fit has seen,
+        # N(0, sigma^2) for a new one; one more latent coordinate, its variance per site
+        names = names + ("group",)
+        lam = np.column_stack([lam, np.ones(prob.m)])
+        prior = np.broadcast_to(np.pad(prior, ((0, 1), (0, 1))), (k, r + 1, r + 1)).copy()
+        prior[:, r, r] = np.maximum(gv, 1e-12)
+        quad = None if quad is None else np.pad(quad, ((0, 0), (0, 1)))
+        center = None if center is None else np.pad(center, ((0, 0), (0, 1)))
     tr = None if trials is None else np.broadcast_to(np.asarray(trials, dtype=float),
                                                      (k, prob.m)).copy()
     return SiteLatent(F, lam, prior, None, None, prob.family, s, tr, newdata.index,
-                      prob.species, names)
+                      prob.species, names, quad, center)
+
+
+def _pad(A, r):
+    """(k, c) -> (k, r) with zero columns added on the right."""
+    return np.pad(np.asarray(A, dtype=float), ((0, 0), (0, r - A.shape[1])))
+
+
+def _quadratic_coefficients(pred, P, r):
+    """D (m, r) of the quadratic-response term (zeros beyond its latent variables), or None."""
+    term = next((t for t in getattr(pred, "nonlinear_terms", []) if t.kind == "quadratic"), None)
+    if term is None:
+        return None
+    D = np.asarray(term.D(pred, P), dtype=float)
+    return _pad(D, r)
 
 
 def _fixed_fitted(prob, P):

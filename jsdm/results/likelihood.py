@@ -86,6 +86,19 @@ class LoglikIS:
                               "min_ess": self.min_ess, "n_draws": self.n_draws}])
 
 
+def not_per_site(fit):
+    """Why the fit's marginal likelihood is not a product of per-site integrals ('' when it
+    is): random effects shared between sites (species random effects integrate over all
+    sites at once; a grouped site effect is one draw for all the sites of its level)."""
+    pred = fit.problem.predictor
+    why = []
+    if getattr(pred, "species_random_terms", None):
+        why.append("its species random effects are shared by all sites")
+    if getattr(pred, "group_terms", None):
+        why.append("its grouped site effects are shared by the sites of each level")
+    return " and ".join(why)
+
+
 def loglik_is(fit, n_draws=1000, seed=0, df=5.0, scale=1.5):
     """Importance-sampling estimate of the marginal log-likelihood at the fitted parameters.
 
@@ -111,6 +124,12 @@ def loglik_is(fit, n_draws=1000, seed=0, df=5.0, scale=1.5):
     A model with no latent dimension (``num_lv=0`` and no random row effect)
     has an exact likelihood: the estimate equals the ELBO and its SE is 0.
     """
+    why = not_per_site(fit)
+    if why:
+        raise JSDMError(f"loglik_is integrates each site's latent variables separately, but {why}: "
+                        "the marginal likelihood does not split into per-site integrals, so this "
+                        "estimate is not available for it (its ELBO is still a lower bound of "
+                        "the log-likelihood; compare such models by cross-validation)")
     if int(n_draws) != n_draws or n_draws < 2:
         raise JSDMError(f"n_draws must be a whole number >= 2, got {n_draws!r}")
     if not (np.isfinite(df) and df > 0) or not (np.isfinite(scale) and scale > 0):

@@ -40,21 +40,21 @@ _LOG_2PI = np.log(2.0 * np.pi)
 # --- Gaussian pieces ------------------------------------------------------------------------
 def gaussian_kl(mean, cov, prior_cov):
     """KL(N(mean_i, cov_i) || N(0, prior_cov)) per site, (k,)."""
-    r = prior_cov.shape[0]
+    r = prior_cov.shape[-1]
     if r == 0:
         return np.zeros(mean.shape[0])
+    prior_cov = np.broadcast_to(prior_cov, cov.shape)          # (r, r) or per site (k, r, r)
     Pinv = np.linalg.inv(prior_cov)
-    tr = np.einsum("ab,iba->i", Pinv, cov)
-    quad = np.einsum("ia,ab,ib->i", mean, Pinv, mean)
+    tr = np.einsum("iab,iba->i", Pinv, cov)
+    quad = np.einsum("ia,iab,ib->i", mean, Pinv, mean)
     logdet_p = np.linalg.slogdet(prior_cov)[1]
     logdet_q = np.linalg.slogdet(cov)[1]
     return 0.5 * (tr + quad - r + logdet_p - logdet_q)
 
 
 def _moments(sl, mean, cov):
-    M = sl.F + mean @ sl.loadings.T
-    V = np.einsum("ja,iab,jb->ij", sl.loadings, cov, sl.loadings)
-    return M, np.maximum(V, 0.0)
+    from .latent import q_moments
+    return q_moments(sl, mean, cov)
 
 
 def site_elbo(sl, Y, W, mean=None, cov=None):
@@ -86,22 +86,33 @@ def fit_q(sl, Y, W, maxiter=200, tol=1e-8, start=None):
     Y = np.where(W > 0, Y, 0.0)
     if r == 0:
         return np.zeros((k, 0)), np.zeros((k, 0, 0))
-    lam, Pinv = sl.loadings, np.linalg.inv(sl.prior_cov)
     if start is None:
-        a, A = np.zeros((k, r)), np.broadcast_to(sl.prior_cov, (k, r, r)).copy()
+        # the prior, narrowed where a species' prior variance of eta is large: with loadings
+        # of separated species (lambda' Sigma_u lambda in the hundreds) E[e^eta] at the prior
+        # overflows and the first step would be undefined (mite, Poisson, 2 LVs: singular)
+        shrink = np.minimum(1.0, 4.0 / np.maximum(
+            np.broadcast_to(sl.marginal_variance(), (k, sl.m)).max(1), 1e-300))
+        a = np.zeros((k, r))
+        A = np.broadcast_to(sl.prior_cov, (k, r, r)) * shrink[:, None, None]
     else:
         a, A = np.array(start[0], dtype=float), np.array(start[1], dtype=float)
+    if sl.quad is not None:
+        return _laplace_q(sl, Y, W, a, maxiter, tol)
+    lam = sl.loadings
+    Pinv = np.broadcast_to(np.linalg.inv(sl.prior_cov), (k, r, r))
     val = site_elbo(sl, Y, W, a, A)
     for _ in range(int(maxiter)):
         M, V = _moments(sl, a, A)
-        e = sl.ell(Y, M, V)
-        gm, gv = W * e.d_m, np.minimum(W * e.d_v, 0.0)
-        grad = gm @ lam - a @ Pinv
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = sl.ell(Y, M, V)
+        gm, gv = _finite(W * e.d_m), np.minimum(_finite(W * e.d_v), 0.0)
+        grad = gm @ lam - np.einsum("ia,iab->ib", a, Pinv)
         H = Pinv + np.einsum("ja,ij,jb->iab", lam, -2.0 * gv, lam)
         step = np.linalg.solve(H, grad[..., None])[..., 0]
         a_new, val_new = _halve(sl, Y, W, a, A, step, val)
         M, V = _moments(sl, a_new, A)
-        gv = np.minimum(W * sl.ell(Y, M, V).d_v, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            gv = np.minimum(_finite(W * sl.ell(Y, M, V).d_v), 0.0)
         A_new = np.linalg.inv(Pinv + np.einsum("ja,ij,jb->iab", lam, -2.0 * gv, lam))
         val_A = site_elbo(sl, Y, W, a_new, A_new)
         keep = val_A >= val_new - 1e-12 * np.abs(val_new)
@@ -111,6 +122,80 @@ def fit_q(sl, Y, W, maxiter=200, tol=1e-8, start=None):
         if change < tol:
             break
     return a, A
+
+
+def _finite(x, big=1e150):
+    """x with NaN as 0 and infinities clipped to +-big (an overflowing cell then gives a
+    large, finite curvature: a short step, not an undefined one)."""
+    return np.clip(np.nan_to_num(x, nan=0.0, posinf=big, neginf=-big), -big, big)
+
+
+def _laplace_q(sl, Y, W, a, maxiter=200, tol=1e-8):
+    """Laplace approximation N(mode_i, H_i^-1) of each site's posterior when the linear
+    predictor is quadratic in u (unimodal responses), where the linear-model variational
+    steps of :func:`fit_q` do not apply. The mode of
+
+        h(u) = sum_j W_ij log f(y_ij | eta_ij(u)) + log N(u; 0, Sigma_u),
+        eta_ij(u) = F_ij + lambda_j' u - sum_k D_jk (c_ik + u_k)^2,
+
+    by Newton steps on a curvature that is never indefinite (the parts of the exact Hessian
+    that could make it so are dropped from the step, not from the final covariance when
+    that is positive definite), each halved until h does not decrease. Only the
+    integration points are centred on it: the integrals themselves use the exact model.
+    """
+    k, r = a.shape
+    lam, D = sl.loadings, sl.quad
+    Pinv = np.broadcast_to(np.linalg.inv(sl.prior_cov), (k, r, r))
+    Wm = np.broadcast_to(W, Y.shape)
+    c = 0.0 if sl.quad_center is None else sl.quad_center
+    zeros = np.zeros(Y.shape)
+
+    def h(u):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ll = np.where(Wm > 0, sl.loglik(Y, sl.eta(u)), 0.0).sum(-1)
+            return ll - 0.5 * np.einsum("ia,iab,ib->i", u, Pinv, u)
+
+    def derivs(u):
+        e = sl.ell(Y, sl.eta(u), zeros)              # v = 0: d_m = l', 2 d_v = l''
+        l1, l2 = Wm * e.d_m, 2.0 * Wm * e.d_v
+        g = lam[None] - 2.0 * D[None] * (u + c)[:, None]                 # (k, m, r)
+        grad = np.einsum("ij,ija->ia", l1, g) - np.einsum("ia,iab->ib", u, Pinv)
+        curv = np.einsum("ij,ija,ijb->iab", -l2, g, g)
+        lin = 2.0 * np.einsum("ij,ja->ia", l1, D)                         # -d2 eta / du2 terms
+        return grad, curv, lin
+
+    val = h(a)
+    for _ in range(int(maxiter)):
+        grad, curv, lin = derivs(a)
+        safe = Pinv + _psd(curv) + np.einsum("ia,ab->iab", np.maximum(lin, 0.0), np.eye(r))
+        step = np.linalg.solve(safe, grad[..., None])[..., 0]
+        t = np.ones(k)
+        new_a, todo = a.copy(), np.ones(k, dtype=bool)
+        for _ in range(30):
+            cand = a + t[:, None] * step
+            v = h(cand)
+            ok = todo & np.isfinite(v) & (v >= val - 1e-12 * np.abs(val))
+            new_a[ok], val[ok] = cand[ok], v[ok]
+            todo &= ~ok
+            if not todo.any():
+                break
+            t[todo] *= 0.5
+        change = np.abs(new_a - a).max()
+        a = new_a
+        if change < tol:
+            break
+    _, curv, lin = derivs(a)
+    H = Pinv + curv + np.einsum("ia,ab->iab", lin, np.eye(r))
+    Hs = Pinv + _psd(curv) + np.einsum("ia,ab->iab", np.maximum(lin, 0.0), np.eye(r))
+    pd_ok = np.all(np.linalg.eigvalsh(H) > 1e-10, axis=-1)
+    H = np.where(pd_ok[:, None, None], H, Hs)
+    return a, np.linalg.inv(H)
+
+
+def _psd(A):
+    """Each symmetric matrix of a batch with its negative eigenvalues set to 0."""
+    w, V = np.linalg.eigh(0.5 * (A + np.swapaxes(A, -1, -2)))
+    return np.einsum("...ab,...b,...cb->...ac", V, np.maximum(w, 0.0), V)
 
 
 def _halve(sl, Y, W, a, A, step, val, n_halve=30):
@@ -330,8 +415,10 @@ def cell_marginal(sl, Y, W, n_panels=24, n_gl=8, width=10.0, maxiter=100):
     """
     Y = np.asarray(Y, dtype=float)
     W = np.broadcast_to(np.asarray(W, dtype=float), Y.shape)
+    if sl.quad is not None:         # eta is not normal: r-dimensional integrals over the prior
+        return prior_cells(sl, Y, W)[0]
     Y0 = np.where(W > 0, Y, 0.0)
-    sd = np.sqrt(sl.marginal_variance())[None, :] * np.ones_like(sl.F)
+    sd = np.broadcast_to(np.sqrt(sl.marginal_variance()), sl.F.shape)
     if not np.any(sd > 0):
         out = sl.loglik(Y0, sl.F)
         return np.where(W > 0, out, np.nan)
@@ -344,6 +431,58 @@ def cell_marginal(sl, Y, W, n_panels=24, n_gl=8, width=10.0, maxiter=100):
         lw = np.log(wk)[:, None, None] + np.log(half) - 0.5 * X ** 2 - 0.5 * _LOG_2PI
         out = np.logaddexp(out, special.logsumexp(lw + sl.loglik(Y0, sl.F + sd * X), axis=0))
     return np.where(W > 0, out, np.nan)
+
+
+def prior_cells(sl, Y, W, n_draws=2000, seed=0):
+    """Per-cell log p(y_ij), E[y_ij] (per trial) and P(y_ij > 0), each (k, m), marginal over
+    the site's latent vector: for quadratic responses, whose linear predictor is not normal.
+
+    log p(y_ij) integrates over u around each cell's own posterior (the Laplace
+    approximation of :func:`fit_q` with only species j observed; a steep response makes
+    that posterior far narrower than the prior); E[y] and P(y > 0) integrate over the prior.
+    Both by quadrature for r <= 2, seeded importance sampling beyond. P(y > 0) is NaN for
+    families without a zero class."""
+    from .latent import has_presence
+
+    Y = np.asarray(Y, dtype=float)
+    W = np.broadcast_to(np.asarray(W, dtype=float), Y.shape)
+    k, r = sl.k, sl.r
+    pts = make_points(sl, np.zeros((k, r)), np.broadcast_to(sl.prior_cov, (k, r, r)),
+                      choose_method("auto", r), n_draws=n_draws, seed=seed, scale=1.0)
+    lw = pts.logw - special.logsumexp(pts.logw, axis=0)          # weights summing to 1
+    lpd, mean, pres = (np.full(Y.shape, np.nan) for _ in range(3))
+    Y0 = np.where(W > 0, Y, 0.0)
+    presence = has_presence(sl.family)
+    for rows in _chunks(sl, pts.U.shape[0]):
+        sub = sl.rows(rows)
+        eta = sub.eta(pts.U[:, rows])                                # (K, k', m)
+        w = np.exp(lw[:, rows])[..., None]
+        with np.errstate(over="ignore", under="ignore"):
+            mean[rows] = (w * sub.response_mean(eta) / (1.0 if sub.trials is None
+                                                         else np.maximum(sub.trials, 1e-300))
+                          ).sum(0)
+            if presence:
+                pres[rows] = np.clip((w * (1.0 - sub.prob_zero(eta))).sum(0), 0.0, 1.0)
+    # log p(y_ij): a unimodal response makes a cell's posterior narrow (a steep response) and
+    # not Gaussian (two modes, or a ring for r = 2: the two sides of the optimum)
+    if r == 1:          # a dense composite rule over the prior: spacing 0.006 prior sds
+        pts = make_points(sl, np.zeros((k, 1)), np.broadcast_to(sl.prior_cov, (k, 1, 1)),
+                          "quadrature", n_nodes=(400, 8), scale=1.0)
+    else:               # one mixture of t proposals per site: its prior and each cell's Laplace q
+        ii, jj = np.nonzero(W > 0)
+        Wc = np.zeros((len(ii), sl.m))
+        Wc[np.arange(len(ii)), jj] = 1.0
+        a, A = fit_q(sl.rows(ii), Y0[ii], Wc)
+        means = np.zeros((k, sl.m + 1, r))
+        covs = np.broadcast_to(sl.prior_cov, (k, r, r))[:, None].repeat(sl.m + 1, axis=1)
+        covs[:, 1:] = covs[:, :1] / 1.5 ** 2          # unobserved cells: the prior again
+        means[ii, jj + 1], covs[ii, jj + 1] = a, A
+        covs[:, 0] /= 1.5 ** 2                          # the prior itself, unwidened
+        pts = _mixture(sl, means, covs, max(int(n_draws), 4 * (sl.m + 1)), seed)
+    for rows in _chunks(sl, pts.U.shape[0]):
+        ll = cell_loglik(sl.rows(rows), Y0[rows], W[rows], pts.U[:, rows])      # (K, k', m)
+        lpd[rows] = special.logsumexp(pts.logw[:, rows, None] + ll, axis=0)
+    return np.where(W > 0, lpd, np.nan), mean, pres
 
 
 def normal_expectation(fun, mean, sd, width=8.0, n_panels=24, n_gl=8):
@@ -432,8 +571,16 @@ def mixture_points(sl, Y, W, q, n_draws=1000, seed=None, df=5.0, scale=1.5):
         return Points(np.zeros((1, k, 0)), np.zeros((1, k)), "exact")
     lm, lc = loo_q(sl, Y, W, q)
     means = np.concatenate([q[0][:, None], lm], axis=1)                     # (k, C, r)
-    chols = np.linalg.cholesky(np.concatenate([q[1][:, None], lc], axis=1)
-                               + 1e-12 * np.eye(r)) * float(scale)           # (k, C, r, r)
+    covs = np.concatenate([q[1][:, None], lc], axis=1)
+    return _mixture(sl, means, covs, n_draws, seed, df, scale)
+
+
+def _mixture(sl, means, covs, n_draws, seed, df=5.0, scale=1.5):
+    """Importance-sampling points from an equal mixture of multivariate t proposals with
+    locations ``means`` (k, C, r) and scale matrices ``scale**2 covs`` (k, C, r, r), drawn
+    stratified over the components, with balance-heuristic (whole-mixture) weights."""
+    k, r = means.shape[0], means.shape[2]
+    chols = np.linalg.cholesky(covs + 1e-12 * np.eye(r)) * float(scale)      # (k, C, r, r)
     C, K = means.shape[1], int(n_draws)
     if K < C:
         raise JSDMError(f"n_draws={K} is fewer than the {C} mixture components (species + 1); "

@@ -100,6 +100,9 @@ def _setup(fit, newdata, lv, offset, trials):
         elif prob.row_effect == "random":
             extra += np.exp(2.0 * P.log_sigma)
         scores = P.a @ P.theta.T if (lv == "conditional" and prob.d) else None
+        if lv == "conditional":
+            for t in prob.predictor.nonlinear_terms:    # quadratic responses: their part of E_q[eta]
+                scores = scores + t.moments_extra(prob.predictor, P, slice(None), slice(None))[0]
         gm, gv = group_parts(fit, None)
         F = F + gm[:, None]
         if lv != "conditional":
@@ -294,6 +297,14 @@ def predict(fit, newdata=None, type=None, lv=None, interval=None, alpha=None, of
     fam, P = fit.problem.family, fit.state.params
     F, scores, extra, sites, tr = _setup(fit, newdata, lv, offset, trials)
     var = (P.theta ** 2).sum(1)[None, :] + extra[:, None]
+    quad = quadratic_marginal(fit, newdata) if lv == "marginal" else None
+    if quad is not None:
+        if interval == "confidence":
+            raise JSDMError("confidence intervals of marginal predictions are not available for "
+                            "quadratic responses yet (their delta method leaves the quadratic "
+                            "coefficients out); use interval='prediction', or lv='conditional' "
+                            "at the fitted sites")
+        F, var = F + quad[0], quad[1] + extra[:, None]
     if lv == "conditional":
         eta = F if scores is None else F + scores
         if summary == "presence":
@@ -320,7 +331,8 @@ def predict(fit, newdata=None, type=None, lv=None, interval=None, alpha=None, of
         else:
             lo, hi = _confidence(fit, newdata, F, var, type, level, tr)
     else:
-        eta_fn = _eta_sampler(F, scores, var, lv)
+        eta_fn = _eta_sampler(F, scores, var, lv) if quad is None else \
+            _quadratic_sampler(fit, newdata, F - quad[0], extra)
         lo, hi = _prediction(fam, eta_fn, P.s, tr, level, n_draws, seed)
     out = pred.stack().rename("prediction").to_frame()
     out["lower"] = np.asarray(lo).ravel()
@@ -528,6 +540,58 @@ def _inverse_link(fam):
     return lambda eta: fam.mean(eta, None)
 
 
+def _quadratic_parts(fit, newdata):
+    """(term, theta (m, d), D (m, d), c (k, d)) of a fit with quadratic responses (c: the
+    covariate part C' x_i of concurrent latent variables at the sites, else 0), or None."""
+    prob, P = fit.problem, fit.state.params
+    pred = prob.predictor
+    term = next((t for t in pred.nonlinear_terms if t.kind == "quadratic"), None)
+    if term is None:
+        return None
+    theta = np.asarray(P.theta, dtype=float).reshape(prob.m, prob.d)
+    D = np.asarray(term.D(pred, P), dtype=float)
+    k = prob.n if newdata is None else len(newdata)
+    c = np.zeros((k, prob.d))
+    if hasattr(pred.lv, "fixed_scores"):
+        c = pred.lv.fixed_scores(pred, P) if newdata is None else np.pad(
+            new_lv_design(fit, newdata) @ P.C_lv, ((0, 0), (0, prob.d - P.C_lv.shape[1])))
+    return term, theta, D, c
+
+
+def quadratic_marginal(fit, newdata):
+    """What quadratic responses change in the marginal linear predictor, z ~ N(0, I):
+    (mean shift (k, m), variance (k, m)), or None without them.
+
+    eta = F + z' theta_j - sum_k D_jk (c_ik + z_k)^2 (F holds c' theta_j) has the exact mean
+    F - sum_k D_jk (c_ik^2 + 1); its variance is represented as for the engine's term: for a
+    log link by v = 2 (log E[e^eta] - E[eta]), so that exp(mean + v / 2) is the exact E[e^eta];
+    for other links by Var[eta] (moment matching, an approximation)."""
+    parts = _quadratic_parts(fit, newdata)
+    if parts is None:
+        return None
+    _, theta, D, c = parts
+    shift = -((c ** 2 + 1.0) @ D.T)
+    g = theta[None] - 2.0 * D[None] * c[:, None]                          # (k, m, d)
+    if fit.problem.family.link == "log":
+        K = 1.0 + 2.0 * D                                                 # I + 2 S D, S = I
+        var = (g ** 2 / K).sum(-1) - np.log(K).sum(-1) + 2.0 * D.sum(-1)
+    else:
+        var = (g ** 2).sum(-1) + 2.0 * (D ** 2).sum(-1)
+    return shift, np.maximum(var, 0.0)
+
+
+def _quadratic_sampler(fit, newdata, F, extra):
+    """Function rng -> one marginal draw of eta (k, m) with quadratic responses: z ~ N(0, I)
+    drawn, the quadratic evaluated exactly (F: the fixed part, holding c' theta_j)."""
+    _, theta, D, c = _quadratic_parts(fit, newdata)
+    sd = np.sqrt(extra)[:, None]
+
+    def draw(rng):
+        z = rng.standard_normal(c.shape)
+        return F + z @ theta.T - ((c + z) ** 2) @ D.T + sd * rng.standard_normal((len(c), 1))
+    return draw
+
+
 def _eta_sampler(F, scores, var, lv):
     """Function rng -> one draw of eta (k, m)."""
     if lv == "conditional":
@@ -570,6 +634,7 @@ def simulate(fit, n=1, conditional=True, seed=None):
     lv = "conditional" if conditional else "marginal"
     prob, P = fit.problem, fit.state.params
     F, scores, extra, sites, tr = _setup(fit, None, lv, None, None)
+    quad = None if conditional else _quadratic_parts(fit, None)
     if not conditional and prob.predictor.group_terms:     # fresh levels are drawn below
         gm, gv = group_parts(fit, None)
         F, extra = F - gm[:, None], np.maximum(extra - gv, 0.0)
@@ -581,6 +646,8 @@ def simulate(fit, n=1, conditional=True, seed=None):
         else:
             z = rng.standard_normal((prob.n, prob.d))
             eta = F + z @ P.theta.T + row_sd * rng.standard_normal((prob.n, 1))
+            if quad is not None:            # unimodal responses: - D (c + z)^2
+                eta = eta - ((quad[3] + z) ** 2) @ quad[2].T
             for t in prob.predictor.group_terms:         # fresh levels: one draw per level
                 if hasattr(t, "draw"):
                     eta = eta + t.draw(prob.predictor, P, rng)[:, None]

@@ -90,7 +90,8 @@ def _joint_record(j):
         return {}
     it = max(1, j["iterations"])
     sec = j.get("seconds") or [np.nan]
-    return {"iterations": j["iterations"], "round_trips": j["rounds"],
+    return {"sweeps": j.get("sweeps", 0), "iterations": j["iterations"],
+            "round_trips": j["rounds"],
             "cg_products": j["products"], "line_search_trials": j["line_search"],
             "converged_in_phase": j["converged"], "elapsed_s": round(j["elapsed"], 1),
             "s_per_iteration": [round(v, 2) for v in sec],

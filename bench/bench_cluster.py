@@ -43,6 +43,14 @@ def run(n, m, maxiter):
     from distributed import Client, LocalCluster
     from jsdm.model.cluster_data import ClusterData
 
+    import dask
+
+    # the chunks' data and site parameters live in the worker processes, outside Dask's
+    # managed memory: its spill/pause thresholds (60 / 80 % of the limit) would pause a
+    # worker holding them for good; the limit itself (terminate at 95 %) stays
+    dask.config.set({"distributed.worker.memory.target": False,
+                     "distributed.worker.memory.spill": False,
+                     "distributed.worker.memory.pause": False})
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
         paths, X = write_parquet(n, m, folder)
@@ -71,7 +79,25 @@ def run(n, m, maxiter):
             "s_per_product": float(np.nanmean(prods[:, 0])),
             "bytes_per_product": float(np.nanmean(prods[:, 1])),
             "worker_peak_rss_gib": [round(v / 2**30, 3) for v in peaks.values()],
-            "elbo": fit.llf, "converged": fit.converged, "scaled_grad": fit.scaled_grad}
+            "elbo": fit.llf, "converged": fit.converged, "scaled_grad": fit.scaled_grad,
+            "joint": _joint_record(fit.cluster_info.get("joint") or {})}
+
+
+def _joint_record(j):
+    """The joint Newton phase's counts: iterations, round trips, CG products, time and bytes
+    per iteration."""
+    if not j:
+        return {}
+    it = max(1, j["iterations"])
+    sec = j.get("seconds") or [np.nan]
+    return {"sweeps": j.get("sweeps", 0), "iterations": j["iterations"],
+            "round_trips": j["rounds"],
+            "cg_products": j["products"], "line_search_trials": j["line_search"],
+            "converged_in_phase": j["converged"], "elapsed_s": round(j["elapsed"], 1),
+            "s_per_iteration": [round(v, 2) for v in sec],
+            "mean_s_per_iteration": float(np.mean(sec)),
+            "bytes_to_workers_per_iteration": j.get("bytes_to", 0) / it,
+            "bytes_back_per_iteration": j.get("bytes_back", 0) / it}
 
 
 def main():
@@ -79,15 +105,20 @@ def main():
     ap.add_argument("--sites", type=int, nargs="+", default=[2000, 5000])
     ap.add_argument("--species", type=int, default=200)
     ap.add_argument("--maxiter", type=int, default=5000)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                  "bench_cluster.json"))
+    ap.add_argument("--note", default="shared 2-core machine (other engineers' jobs running): "
+                    "wall times are noisy")
     args = ap.parse_args()
-    out = os.path.join(os.path.dirname(__file__), "results", "bench_cluster.json")
+    out = args.out
     old = json.load(open(out)) if os.path.exists(out) else []
     print(f"{'n':>8} {'m':>6} {'wall s':>8} {'iter':>5} {'evals':>6} {'s/round':>8} "
           f"{'KB out':>8} {'KB back':>8} {'peak GiB':>9} converged")
     for n in args.sites:
         r = run(n, args.species, args.maxiter)
-        r["note"] = "shared 2-core machine (other engineers' jobs running): wall times are noisy"
+        r["note"] = args.note
         old.append(r)
+        print(json.dumps(r.get("joint")))
         print(f"{r['n']:>8} {r['m']:>6} {r['wall_s']:>8} {r['iterations']:>5} "
               f"{r['evaluations']:>6} {r['s_per_round']:>8.3f} "
               f"{r['bytes_to_workers_per_round'] / 1e3:>8.1f} {r['bytes_back_per_round'] / 1e3:>8.1f} "

@@ -91,8 +91,9 @@ def bilinear_pair(pred):
     return pred.bilinear[0]
 
 
-def species_step(prob, P, ce, only_dispersion=False, order=1):
-    """One batched Newton step over species; returns (P_new, cell_eval at P_new)."""
+def species_system(prob, P, ce):
+    """The species step's gradient g (m, k) and minus Hessian H (m, k, k): sums over sites
+    (a cluster fit adds them over its chunks)."""
     pred = prob.predictor
     n, m = pred.n, pred.m
     Gm, Gv = ce["Gm"], ce["Gv"]
@@ -110,6 +111,15 @@ def species_step(prob, P, ce, only_dispersion=False, order=1):
         Q = (Gv.T @ S2).reshape(m, kr, kr)                 # sum_i Gv Sigma_i
         g[:, sp] += 2.0 * np.einsum("jkl,jl->jk", Q[:, si, :], UR)
         H[:, sp, sp] -= 2.0 * Q[:, si, si]
+    return g, H
+
+
+def species_regularise(prob, P, g, H):
+    """The species system (``species_system``, summed over sites) completed with what is not
+    a sum over sites: the penalty, the species random effects' prior, held entries, a ridge.
+    Returns (g, H, the species random effects' new covariance factors or None)."""
+    pred = prob.predictor
+    k = H.shape[-1]
     pen = penalty.species_curvature(prob)                   # penalty (prior_sd)
     if pen is not None:
         H += np.diag(pen)
@@ -123,6 +133,14 @@ def species_step(prob, P, ce, only_dispersion=False, order=1):
         H[jj, :, kk] = 0.0
         H[jj, kk, kk] = 1.0
     H += 1e-10 * np.eye(k)
+    return g, H, Lsp
+
+
+def species_step(prob, P, ce, only_dispersion=False, order=1):
+    """One batched Newton step over species; returns (P_new, cell_eval at P_new)."""
+    pred = prob.predictor
+    g, H = species_system(prob, P, ce)
+    g, H, Lsp = species_regularise(prob, P, g, H)
     shared = P.s is not None and prob.family.shared_dispersion
     if shared and only_dispersion:
         return shared_dispersion_step(prob, P, ce, order)

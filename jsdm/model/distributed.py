@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from .._numerics import truncated_cg
+from . import distributed_newton
 from ..exceptions import ConvergenceWarning, JSDMError
 from .blocks import curvature_diagonal, site_step
 from .objective import cell_eval, gradient_from
@@ -96,13 +97,22 @@ def build_chunk(spec):
     info = {} if mod["n_disp"] is None else {"n_dispersion": mod["n_disp"]}
     prob = Problem(Y=Yf, W=W, X=np.asarray(arr["X"], dtype=float), family=fam,
                    num_lv=mod["num_lv"], row_effect=mod["row_effect"],
-                   sites=pd.Index(spec.sites), species=mod["species"], terms=mod["terms"],
+                   sites=pd.Index(spec.sites), species=mod.get("data_species", mod["species"]),
+                   terms=mod["terms"],
                    offset=arr.get("offset"), trials=arr.get("trials"), formula=mod["formula"],
                    info=info, model_terms=mod["model_terms"])
+    if mod.get("order") is not None:        # the fit's species order (anchor species first)
+        prob = _species_order(prob, mod["order"])
     if spec.row0 != 0:          # alpha_1 = 0 pins the first site of the data, not of each chunk
         prob.predictor.pinned = []
     layout = Layout(prob.predictor)
     return Chunk(spec.index, spec.row0, prob, layout, global_positions(layout), spec)
+
+
+def _species_order(prob, order):
+    from .fit import _reordered_problem
+
+    return _reordered_problem(prob, np.asarray(order))
 
 
 def global_slots(layout):
@@ -710,6 +720,7 @@ class ClusterFitState:
     interrupted: bool = False
 
 
+JOINT = True            # the joint Newton phase (distributed_newton.py) first, where it applies
 NEWTON_STEPS = 8        # profiled Newton-CG steps before the L-BFGS polish (they converge fast,
 #                         then linearly: measured on 300 x 60 NB, 45 round trips with 8, 114 without)
 CG_ITER = 50
@@ -793,13 +804,8 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
     lo, hi = _bounds(layout)
     x = np.asarray(start_x, dtype=float).copy()
     hist, it_total, n_eval = [], 0, 0
-    val, g, h, site_s = cluster.round(x)
-    n_eval += 1
-    if not np.isfinite(val):
-        raise JSDMError("the ELBO is not finite at the starting values; check the data (a "
-                        "species or site with extreme values) or fit in memory first")
+    val, g, smax, site_s = -np.inf, np.zeros_like(x), np.inf, np.inf
     printer = _progress(cluster, t0) if verbose else None
-    smax = _scaled(x, g, h, lo, hi)
     message, interrupted = "converged at the start", False
 
     def ncb(it, f, gmax):
@@ -810,6 +816,17 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
             hook(len(hist), cluster)
 
     try:
+        if JOINT and distributed_newton.supported(cluster):
+            # the in-memory engine's joint Newton iterations, mapped over the chunks: few
+            # passes over the cells; the profiled evaluation below confirms (or finishes)
+            x, k, _ = distributed_newton.joint_phase(cluster, x, gtol, lo, hi, ncb)
+            it_total += k
+        val, g, h, site_s = cluster.round(x)
+        n_eval += 1
+        if not np.isfinite(val):
+            raise JSDMError("the ELBO is not finite at the starting values; check the data (a "
+                            "species or site with extreme values) or fit in memory first")
+        smax = _scaled(x, g, h, lo, hi)
         if NEWTON_STEPS and max(smax, site_s) > gtol:
             x, val, g, h, site_s, k, ne = newton_phase(cluster, x, val, g, h, gtol, lo, hi, ncb,
                                                       min(NEWTON_STEPS, maxiter))
@@ -857,6 +874,8 @@ def fit_cluster(cluster, start_x, *, maxiter=5000, gtol=1e-3, verbose=False, hoo
                       ConvergenceWarning, stacklevel=3)
         g = np.full_like(x, np.nan)
         smax = np.nan
+        if not np.isfinite(val):        # interrupted in the joint phase: its last ELBO
+            val = (getattr(cluster, "joint", None) or {}).get("value", val)
     converged = bool(np.isfinite(smax) and max(smax, site_s) <= gtol) and not interrupted
     if not converged and not interrupted:
         warnings.warn(
@@ -1115,12 +1134,85 @@ def run(prob, client, *, chunks=None, n_init=1, seed=0, maxiter=5000, gtol=1e-3,
     for k in range(max(1, int(n_init))):
         cluster = ClusterState(client, specs, layout)
         x0 = cluster_start(cluster, model, p, n, seed, jitter=0.0 if k == 0 else 0.5)
+        order = anchor_species(cluster, x0) if k == 0 else None
+        if order is not None:       # as in memory: the fit runs with well-loaded anchors first
+            x0 = reorder_cluster(cluster, x0, order)
         st = fit_cluster(cluster, x0, maxiter=maxiter, gtol=gtol, verbose=verbose, hook=hook)
+        if order is not None:       # back to the data's species order and convention
+            x = reorder_cluster(cluster, st.x, np.argsort(order))
+            val, g, _, _ = cluster.round(x, curvature=False)
+            st = replace(st, x=x, params=put_global(cluster.layout, cluster.template_params(), x),
+                         grad=g, value=val if np.isfinite(val) else st.value)
         if best is None or st.value > best.value:
             best = st
         if st.interrupted:
             break
     return normalise_signs(best)
+
+
+def anchor_species(cluster, x):
+    """The in-memory fit's anchor order (``latent.anchor_order``) of the start's loadings, or
+    None (the data's order is as good, or the model has no latent variables to pin)."""
+    from .terms.latent import anchor_order
+
+    model = cluster.specs[0].model
+    if model.get("order") is not None or not model["num_lv"] or \
+            not distributed_newton.supported(cluster):
+        return None
+    P = put_global(cluster.layout, cluster.template_params(), x)
+    theta = getattr(P, "theta", None)
+    return None if theta is None or not theta.size else anchor_order(theta)
+
+
+def reorder_cluster(cluster, x, order):
+    """Take the species in ``order`` (relative to the chunks' present order) on the driver and
+    the chunks, and rotate the latent variables so that the new first d species' loadings are
+    lower triangular (an exact symmetry: ``latent.to_triangular``); returns the new x."""
+    from .fit import reorder_species
+    from .terms.latent import _block_rotation, _block_tril, lv_blocks
+
+    order = np.asarray(order)
+    model = cluster.specs[0].model
+    data_species = model.get("data_species", model["species"])
+    total = order if model.get("order") is None else np.asarray(model["order"])[order]
+    if np.array_equal(total, np.arange(len(total))):
+        new_model = {k: v for k, v in model.items() if k not in ("order", "data_species")}
+        new_model["species"] = data_species
+    else:
+        new_model = {**model, "order": total, "data_species": data_species,
+                     "species": data_species[total]}
+    P = reorder_species(put_global(cluster.layout, cluster.template_params(), x), order,
+                        cluster.layout)
+    blocks = lv_blocks(P)
+    Qm = _block_rotation(P.theta, blocks)
+    P.theta = _block_tril(P.theta @ Qm, blocks)
+    cluster.specs = [replace(sp, model=new_model) for sp in cluster.specs]
+    cluster.layout, _ = template_layout(new_model, len(new_model["terms"]))
+    cluster._coef_pos = None
+    x_new = pack_global(cluster.layout, P)
+    cluster.call(reorder_chunk, per_chunk=[(order, Qm, x_new, sp) for sp in cluster.specs])
+    cluster.x = x_new
+    return x_new
+
+
+def reorder_chunk(chunk, P, order, Qm, x, spec):
+    """Worker task: the chunk's species in ``order`` and its sites rotated by Qm (a_i -> Qm' a_i,
+    as ``latent.to_triangular``); the species fields from the driver's x; ``spec`` (the
+    chunk's spec in the new order) rebuilds it."""
+    from .terms.latent import transform_site_cov
+
+    chunk.spec = spec
+    chunk.prob = _species_order(chunk.prob, order)
+    if chunk.row0 != 0:
+        chunk.prob.predictor.pinned = []
+    chunk.layout = Layout(chunk.prob.predictor)
+    chunk.gidx = global_positions(chunk.layout)
+    _LAST.pop(id(chunk), None)
+    _OPS.pop(id(chunk), None)
+    new = put_global(chunk.layout, P, x)
+    new.a = P.a @ Qm
+    new.L = transform_site_cov(P.L, Qm.T)
+    return Updated(new, True)
 
 
 def normalise_signs(st):

@@ -176,6 +176,7 @@ class ClusterGLLVMResults(GLLVMResults):
         data["bad_sites"] = [int(np.flatnonzero(self.sites == s)[0]) for s in info.bad_sites]
         data.pop("rounds", None)
         data.pop("products", None)
+        data.pop("joint", None)
         settings = dict(self._settings)
         settings["cluster"] = data
         return save(_Saving(self, settings), path)
@@ -213,7 +214,8 @@ def fit_on_cluster(prob, client, settings, *, chunks=None, n_init=1, seed=0, max
         "nobs": dist.nobs_of(cl), "chunks": len(cl.specs),
         "recoveries": cl.recoveries, "interrupted": bool(st.interrupted),
         "rounds": [list(r) for r in cl.rounds],
-        "products": [list(r) for r in cl.products]}
+        "products": [list(r) for r in cl.products],
+        "joint": dict(getattr(cl, "joint", None) or {})}
     return ClusterGLLVMResults(prob0, state, settings, cluster=cl)
 
 

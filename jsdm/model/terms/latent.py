@@ -233,32 +233,22 @@ def gauge_step(ctx, P, kl_terms, ce=None):
     T = R S^-1/2 (S = M / n, R from a QR factorisation of (theta_top S^1/2)').
     No cell is evaluated; ``ce["site"]`` (when given) is updated for the new KL
     terms (``kl_terms(P)`` -> (n,)).
+
+    The pieces (:func:`gauge_moment`, :func:`gauge_transform`, :func:`gauge_species`,
+    :func:`gauge_sites`) are sums over sites and per-site maps, so that a cluster fit
+    reduces the moments over its chunks and applies the same transform.
     """
     n, d = ctx.n, ctx.d
     if d == 0 or n == 0:
         return P, ce
-    A = P.A
     abar = P.a.mean(0)
-    ac = P.a - abar
-    S = (ac.T @ ac + A.sum(0)) / n
-    blocks = lv_blocks(P)
-    T, S_half, Q = np.zeros((d, d)), np.zeros((d, d)), np.zeros((d, d))
-    for s, e in blocks:          # block diagonal T (concurrent and unconstrained apart)
-        Sb = S[s:e, s:e]
-        w, V = np.linalg.eigh(0.5 * (Sb + Sb.T))
-        if not (np.all(np.isfinite(w)) and w.min() > 1e-12 * max(w.max(), 1e-300)):
-            return P, ce
-        S_half[s:e, s:e] = (V * np.sqrt(w)) @ V.T
-        Qb = triangular_rotation(P.theta[:, s:e] @ S_half[s:e, s:e])
-        Q[s:e, s:e] = Qb
-        T[s:e, s:e] = Qb.T @ ((V / np.sqrt(w)) @ V.T)
+    tr = gauge_transform(P, gauge_moment(P, abar) / n)
+    if tr is None:
+        return P, ce
     new = P.copy()
-    new.beta0 = P.beta0 + P.theta @ abar
-    new.theta = _block_tril(P.theta @ S_half @ Q, blocks)
-    new.a = ac @ T.T
-    _rotate_canonical(P, new, T.T)
+    gauge_species(P, new, abar, tr)
     try:
-        new.L = transform_site_cov(P.L, T)
+        gauge_sites(P, new, abar, tr)
     except np.linalg.LinAlgError:
         return P, ce
     if ce is None:
@@ -267,6 +257,46 @@ def gauge_step(ctx, P, kl_terms, ce=None):
     if not float(site.sum()) >= float(ce["site"].sum()):
         return P, ce
     return new, {**ce, "site": site}
+
+
+def gauge_moment(P, abar):
+    """sum_i (a_i - abar)(a_i - abar)' + A_i over the sites of P, (d, d)."""
+    ac = P.a - abar
+    return ac.T @ ac + P.A.sum(0)
+
+
+def gauge_transform(P, S):
+    """The gauge step's (T, S^1/2, Q) for the second moment S (d, d) of the latent
+    variables (``gauge_moment / n``), or None where S is not positive definite."""
+    d = P.theta.shape[1]
+    blocks = lv_blocks(P)
+    T, S_half, Q = np.zeros((d, d)), np.zeros((d, d)), np.zeros((d, d))
+    for s, e in blocks:          # block diagonal T (concurrent and unconstrained apart)
+        Sb = S[s:e, s:e]
+        w, V = np.linalg.eigh(0.5 * (Sb + Sb.T))
+        if not (np.all(np.isfinite(w)) and w.min() > 1e-12 * max(w.max(), 1e-300)):
+            return None
+        S_half[s:e, s:e] = (V * np.sqrt(w)) @ V.T
+        Qb = triangular_rotation(P.theta[:, s:e] @ S_half[s:e, s:e])
+        Q[s:e, s:e] = Qb
+        T[s:e, s:e] = Qb.T @ ((V / np.sqrt(w)) @ V.T)
+    return T, S_half, Q
+
+
+def gauge_species(P, new, abar, tr):
+    """The gauge step on the species fields (intercepts, loadings), written into ``new``."""
+    _, S_half, Q = tr
+    new.beta0 = P.beta0 + P.theta @ abar
+    new.theta = _block_tril(P.theta @ S_half @ Q, lv_blocks(P))
+
+
+def gauge_sites(P, new, abar, tr):
+    """The gauge step on the site fields (means, covariance factors; concurrent ordination's
+    coefficients), written into ``new``. Raises LinAlgError (a covariance not definite)."""
+    T = tr[0]
+    new.a = (P.a - abar) @ T.T
+    _rotate_canonical(P, new, T.T)
+    new.L = transform_site_cov(P.L, T)
 
 
 ANCHOR_GAIN = 2.0

@@ -966,8 +966,10 @@ def _progress(cluster, t0, every=1.0):
         if now - last[0] >= every:
             last[0] = now
             r = cluster.rounds[-1] if cluster.rounds else (np.nan,)
-            print(f"[jsdm] cluster iter {it:4d}  ELBO {elbo:.4f}  max|grad| {gmax:.2e}  "
-                  f"{r[0]:.2f}s/evaluation  {now - t0:.1f}s", file=sys.stderr)
+            grad = "-" if not np.isfinite(gmax) else f"{gmax:.2e}"      # not checked yet
+            per = "" if not np.isfinite(r[0]) else f"  {r[0]:.2f}s/evaluation"
+            print(f"[jsdm] cluster iter {it:4d}  ELBO {elbo:.4f}  max|grad| {grad}{per}  "
+                  f"{now - t0:.1f}s", file=sys.stderr)
     return cb
 
 

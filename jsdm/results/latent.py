@@ -20,7 +20,7 @@ With quadratic (unimodal) responses the linear predictor is quadratic in u,
 
 (``quad`` holds D_jk >= 0, zero for the row effect; ``quad_center`` the covariate part
 c_i = C' x_i of concurrent latent variables, else 0), so eta is not normal under q:
-:func:`q_moments` gives its exact mean and the variance the families see (the same
+``q_moments`` gives its exact mean and the variance the families see (the same
 closed forms as the engine's quadratic term).
 
 Terms whose random effects are shared *between* sites (species random effects,
@@ -119,7 +119,7 @@ class SiteLatent:
 
     def prior_moments(self):
         """Mean and variance (k, m) of the linear predictor with u at its prior (the
-        variance the families see: exact for linear models, see :func:`q_moments`)."""
+        variance the families see: exact for linear models, see ``q_moments``)."""
         k, r = self.k, self.r
         return q_moments(self, np.zeros((k, r)), np.broadcast_to(self.prior_cov, (k, r, r)))
 

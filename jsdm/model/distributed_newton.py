@@ -156,12 +156,9 @@ def joint_trial(chunk, P, key, db, t):
     return float(ct["site"].sum())
 
 
-def joint_covariance(chunk, P, key, accept):
-    """Take the pending means step (``accept``) or stay; then the covariance step
-    (``newton.covariance_step``, per site). Returns the sums the gauge and dispersion steps
-    need: n, sum a_i, the per-species ELBO and dispersion derivatives."""
-    from .distributed import Updated
-
+def _settle(key, P, accept):
+    """Take the chunk's pending trial point (``accept``) or stay at its last one: (P, ce),
+    with the chunk's state reset to them (the operator and the trial's arrays go)."""
     st = _state(key, P)
     if accept:
         if st.get("pending") is None:
@@ -169,7 +166,18 @@ def joint_covariance(chunk, P, key, accept):
         P, ce = st["pending"]
     else:
         ce = st["ce"]
-    _STATE[key] = st = {"P": P, "ce": ce}       # (the operator and its arrays go)
+    _STATE[key] = {"P": P, "ce": ce}
+    return P, ce
+
+
+def joint_covariance(chunk, P, key, accept):
+    """Take the pending means step (``accept``) or stay; then the covariance step
+    (``newton.covariance_step``, per site). Returns the sums the gauge and dispersion steps
+    need: n, sum a_i, the per-species ELBO and dispersion derivatives."""
+    from .distributed import Updated
+
+    P, ce = _settle(key, P, accept)
+    st = _STATE[key]
     new, ct = covariance_step(chunk.prob, P, ce)
     st["P"], st["ce"] = new, ct
     out = {"value": float(ct["site"].sum()), "n": new.a.shape[0], "sa": new.a.sum(0),
@@ -286,14 +294,7 @@ def joint_commit(chunk, P, key, accept, check=True):
     largest scaled gradient of the chunk's site entries, and sum tr(A)."""
     from .distributed import Updated
 
-    st = _state(key, P)
-    if accept:
-        if st.get("pending") is None:
-            raise JointStale(f"chunk {key[1]} has no pending step")
-        P, ce = st["pending"]
-    else:
-        ce = st["ce"]
-    _STATE[key] = {"P": P, "ce": ce}
+    P, ce = _settle(key, P, accept)
     if not check:
         return Updated(P, _summary(P, ce))
     prob, layout = chunk.prob, chunk.layout

@@ -303,9 +303,14 @@ _LAST = {}
 
 
 def species_blocks(prob, P, ce, rows=500):
-    """The species-diagonal blocks (m, ks, ks) of the negative curvature of the profiled
-    ELBO in the species coefficients, -H_bb + sum_i C_i D_i^-1 C_i' (the joint Newton
-    step's block preconditioner, before inversion): a sum over the chunk's sites."""
+    """Species-diagonal blocks (m, ks, ks) for the profiled driver's scaling and
+    preconditioner: -H_bb - sum_i C_i D_i^-1 C_i', a sum over the chunk's sites.
+
+    With the site blocks D_i negative definite, the sites' part is *added* to -H_bb here
+    (the blocks are at least -H_bb's), whereas the joint Newton step's preconditioner
+    (``newton._Schur.block_preconditioner``) subtracts it (the Schur complement's blocks,
+    -H_bb + sum_i C_i D_i^-1 C_i'). This function only scales the profiled driver; which
+    of the two serves it better was not measured (see ``PROFILED_BLOCKS``)."""
     from .newton import _coupling, _cross, _site_blocks, _species_blocks
 
     pred = prob.predictor

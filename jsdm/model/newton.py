@@ -502,9 +502,10 @@ def _squarem(prob, layout, step):
 
 def gauge_step(prob, P, ce=None):
     """The latent variables' closed-form gauge step (:func:`jsdm.model.terms.latent.gauge_step`)."""
-    if prob.predictor.lv is None or prob.predictor.nonlinear_terms:
-        return P, ce        # (quadratic responses: shifts and rescalings of z are no symmetry)
     pred = prob.predictor
+    if pred.lv is None or not all(t.vanishes(P) for t in pred.nonlinear_terms):
+        return P, ce        # (quadratic responses: shifts and rescalings of z are no symmetry,
+                            # unless every D is at its bound 0, where the model is the linear one)
     objective = (lambda Q: pred.kl(Q) - penalty.value(prob, Q) / max(prob.n, 1)) \
         if penalty.prior_sd(prob) is not None else pred.kl       # penalty (prior_sd)
     return latent.gauge_step(pred, P, objective, ce)

@@ -68,6 +68,46 @@ def _mm_t(A, B):
     return out
 
 
+def _resolvent(ST, DT):
+    """K^-1, log det K and M = K^-1 Sigma = (Sigma^-1 + 2 D)^-1 (symmetric) for K = I + 2 Sigma D,
+    per site and species column: ST (kr, kr, r) the sites' Sigma, DT (kr, c) the columns' D
+    (c = 1 where D is shared by all species, ``quadratic="lv"``: the result then broadcasts
+    over the species). Returns arrays with the axes first: (kr, kr, r, c), (r, c), (kr, kr, r, c).
+
+    For kr <= 2 by explicit formulas: with D diagonal, det K = (1 + 2 s00 D0)(1 + 2 s11 D1)
+    - 4 s01^2 D0 D1 and M = (Sigma + 2 det(Sigma) adj(D)) / det K entrywise, adj(D) =
+    diag(D1, D0) (a few elementwise operations on (r, c) arrays instead of forming K, its
+    inverse and the product)."""
+    kr = ST.shape[0]
+    s = ST[..., None]                                                       # (kr, kr, r, 1)
+    D = DT[:, None, :]                                                      # (kr, 1, c)
+    if kr == 1:
+        k = 1.0 + 2.0 * s[0, 0] * D[0]
+        Ki = (1.0 / k)[None, None]
+        return Ki, np.log(k), (s[0, 0] / k)[None, None]
+    if kr == 2:
+        s00, s01, s11 = s[0, 0], s[0, 1], s[1, 1]
+        a0, a1 = 2.0 * D[0], 2.0 * D[1]
+        k00, k11 = 1.0 + s00 * a0, 1.0 + s11 * a1
+        det = k00 * k11 - (s01 * s01) * (a0 * a1)
+        inv = 1.0 / det
+        detS = s00 * s11 - s01 * s01
+        Ki = np.empty((2, 2) + det.shape)
+        Ki[0, 0], Ki[1, 1] = k11 * inv, k00 * inv
+        Ki[0, 1], Ki[1, 0] = -(s01 * a1) * inv, -(s01 * a0) * inv
+        M = np.empty_like(Ki)
+        M[0, 0] = (s00 + detS * a1) * inv
+        M[1, 1] = (s11 + detS * a0) * inv
+        M[0, 1] = M[1, 0] = s01 * inv
+        return Ki, np.log(det), M
+    K = 2.0 * s * DT[None, :, None, :]                                      # I + 2 S D
+    idx = np.arange(kr)
+    K[idx, idx] += 1.0
+    Ki, logdet = _inv_logdet_t(K)
+    M = _mm_t(Ki, s)                                                        # K^-1 S
+    return Ki, logdet, 0.5 * (M + M.transpose(1, 0, 2, 3))
+
+
 def sigma_pairs(kr):
     """The free entries (k, l), k <= l, of a kr x kr symmetric matrix, in the order of the
     joint Newton step's Sigma coordinates."""
@@ -127,6 +167,11 @@ class QuadraticResponse(Term):
         d = self._d(ctx)
         P.D_q = np.full((ctx.m, d) if self.mode == "species" else (d,), D_START)
 
+    def vanishes(self, P):
+        """Whether the term is zero at P (every D at its bound 0): the model is then the
+        linear one, and the latent variables' gauge is free again (``newton.gauge_step``)."""
+        return not np.any(np.asarray(P.D_q))
+
     def D(self, ctx, P, cols=slice(None)):
         """(c, d) quadratic coefficients of the species ``cols``."""
         Dq = np.asarray(P.D_q, dtype=float)
@@ -163,13 +208,8 @@ class QuadraticResponse(Term):
         Sb = (S @ bT).transpose(1, 0, 2)                                         # Sigma b
         bSb = (Sb * bT[:, None, :]).sum(0)
         S2D = None
-        if log_link:
-            K = 2.0 * ST[:, :, :, None] * DT[None, :, None, :]                   # I + 2 S D
-            idx = np.arange(kr)
-            K[idx, idx] += 1.0
-            Ki, logdet = _inv_logdet_t(K)
-            M = _mm_t(Ki, ST[:, :, :, None])                                     # K^-1 S
-            M = 0.5 * (M + M.transpose(1, 0, 2, 3))
+        if log_link:    # K = I + 2 S D, M = K^-1 S (per site only where D is shared)
+            Ki, logdet, M = _resolvent(ST, DT[:, :1] if self.mode == "lv" else DT)
             Mg = (M * g[None]).sum(1)
             vq = (g * Mg).sum(0) - logdet + 2.0 * (dS @ Dp.T) - bSb
         else:
@@ -283,13 +323,9 @@ class QuadraticResponse(Term):
         muT, ST, bT, DT = mu.T, S.transpose(1, 2, 0), b.T, Dp.T                 # (kr, ...)
         g = bT[:, None, :] - 2.0 * DT[:, None, :] * muT[:, :, None]             # (kr, r, m)
         Ki = None
-        if log_link:
-            K = 2.0 * ST[:, :, :, None] * DT[None, :, None, :]                   # I + 2 S D
-            idx = np.arange(kr)
-            K[idx, idx] += 1.0
-            Ki, _ = _inv_logdet_t(K)
-            N = _mm_t(Ki, ST[:, :, :, None])                                     # K^-1 S
-            N = 0.5 * (N + N.transpose(1, 0, 2, 3))                              # (kr, kr, r, m)
+        idx = np.arange(kr)
+        if log_link:    # N = K^-1 S, K = I + 2 S D (per site only where D is shared)
+            Ki, _, N = _resolvent(ST, DT[:, :1] if self.mode == "lv" else DT)
             h = (N * g[None]).sum(1)
             t = muT[:, :, None] + h
             v_D = (-4.0 * muT[:, :, None] * h - 2.0 * h ** 2 - 2.0 * N[idx, idx]

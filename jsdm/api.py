@@ -5,14 +5,14 @@ import numpy as np
 
 from .exceptions import JSDMError
 from .model.checks import check_fit_options
-from .model.fit import DEFAULT_SEED, fit_problem
+from .model.fit import DEFAULT_N_INIT, DEFAULT_SEED, fit_problem
 from .model.problem import build_problem
 from .results.fitted import GLLVMResults
 
 
 def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=None, row_effect=None,
           offset=None, trials=None, response=None, site=None, species=None, cutpoints=None,
-          n_init=3, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
+          n_init=None, seed=None, maxiter=5000, gtol=1e-3, verbose=False, checks=True, prior_sd=None,
           random_species=None, fourth_corner=None, site_effects=None, client=None, chunks=None,
           num_lv_c=0, num_rr=0, lv_formula=None, quadratic=False):
     """Fit a generalized linear latent variable model (a JSDM) by exact variational approximation.
@@ -65,8 +65,14 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
         shared by all species (R gllvm's ``zeta.struc = "common"``; far fewer
         parameters for sparse cover tables). Categories a species (or, with
         "common", every species) never uses are merged; a DataWarning says which.
-    n_init : int >= 1
-        Number of starts; the one with the highest ELBO is kept.
+    n_init : int >= 1, optional
+        Number of starts; the one with the highest ELBO is kept. The default,
+        None, is 3 starts, and for quadratic responses (``quadratic=``) the linear
+        fit from 3 starts followed by d + 2 quadratic starts, one per pattern of
+        starting D (docs: "Starting values and n_init"). A given n_init with
+        quadratic responses runs the linear fit from n_init starts and the first
+        n_init of those d + 2 patterns (``n_init=1``: one quadratic start, as R
+        gllvm's ``n.init = 1``; faster, less reliable on data with several optima).
     seed : int >= 0 or numpy Generator, optional
         Seed of the starting values (the jittered starts and the randomised
         residuals they come from). The default, None, uses a fixed seed (0):
@@ -203,7 +209,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     if client is not None:
         from .results.cluster import gllvm_on_cluster
         return gllvm_on_cluster(data, X, client=client, chunks=chunks, family=fam, trials=trials,
-                                call=call, n_init=n_init, seed=seed, maxiter=maxiter, gtol=gtol,
+                                call=call, n_init=DEFAULT_N_INIT if n_init is None else n_init, seed=seed, maxiter=maxiter, gtol=gtol,
                                 verbose=verbose, prior_sd=prior_sd, formula=formula)
     prob = build_problem(data, X, family=fam, trials=trials, num_lv_c=num_lv_c, num_rr=num_rr,
                          lv_formula=lv_formula, quadratic=quadratic, **call)
@@ -224,6 +230,8 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     if num_lv_c or num_rr or quadratic:
         settings.update(num_lv_c=int(num_lv_c), num_rr=int(num_rr), lv_formula=lv_formula,
                         quadratic=quadratic)
+    if state.quadratic_starts:
+        settings["quadratic_starts"] = int(state.quadratic_starts)
     if call["formula"] != formula:
         settings["site_formula"] = call["formula"]
     fit = GLLVMResults(prob, state, settings)

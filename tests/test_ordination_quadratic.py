@@ -151,9 +151,10 @@ def mite():
 
 
 def _fit(com, **kw):
+    """The default starts (the linear fit from 3 starts, then all d + 2 quadratic starts)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jsdm.JSDMWarning)
-        return jsdm.gllvm(com.Y, num_lv=2, n_init=1, **kw)
+        return jsdm.gllvm(com.Y, num_lv=2, **kw)
 
 
 def test_poisson_common_quadratic_matches_gllvm(mite):
@@ -208,6 +209,28 @@ def test_nb_quadratic_against_gllvm(mite, mode, name):
     fit = _fit(com, family="negative_binomial", quadratic=mode)
     print(f"{name}: jsdm {fit.llf:.3f}, gllvm {ref['logLik']:.3f}")
     assert fit.llf >= ref["logLik"]
+
+
+def test_n_init_sets_the_quadratic_starts(mite):
+    """n_init=None (the default) runs one quadratic start per pattern of D (d + 2); a given
+    n_init runs the first n_init of them. The default's best start is at least as good as
+    any single one (the first pattern is among its starts)."""
+    com, _ = mite
+    Y = com.Y.iloc[:, :12]
+    fits = {}
+    for k in (None, 1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jsdm.JSDMWarning)
+            fits[k] = jsdm.gllvm(Y, family="poisson", num_lv=2, quadratic="lv", n_init=k,
+                                 checks=False)
+    assert fits[None].state.quadratic_starts == 4 and fits[None].settings["quadratic_starts"] == 4
+    assert fits[1].state.quadratic_starts == 1 and len(fits[1].state.start_values) == 1
+    assert fits[2].state.quadratic_starts == 2
+    assert fits[None].settings["n_init"] is None and fits[1].settings["n_init"] == 1
+    assert fits[None].llf >= fits[1].llf - 1e-6
+    assert fits[2].state.start_values[0] == pytest.approx(fits[1].state.start_values[0], abs=1e-6)
+    linear = jsdm.gllvm(Y, family="poisson", num_lv=2, checks=False)
+    assert linear.state.quadratic_starts == 0 and "quadratic_starts" not in linear.settings
 
 
 # --- recovery ----------------------------------------------------------------------------------------

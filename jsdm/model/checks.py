@@ -40,12 +40,12 @@ def check_fit_options(n_init, maxiter, gtol, seed):
 
     Parameters
     ----------
-    n_init : int >= 1
+    n_init : int >= 1, or None (the default number of starts)
     maxiter : int >= 1
     gtol : float > 0, finite
     seed : None, int >= 0 or numpy Generator
     """
-    if not (_whole(n_init) and n_init >= 1):
+    if n_init is not None and not (_whole(n_init) and n_init >= 1):
         raise JSDMError(f"n_init (the number of starts) must be a whole number >= 1, got {n_init!r}")
     if not (_whole(maxiter) and maxiter >= 1):
         raise JSDMError(f"maxiter must be a whole number >= 1, got {maxiter!r}")

@@ -38,6 +38,7 @@ class FitState:
     # optimum it joined (stopped early: see ``Joiner``; its start_values entry is that
     # optimum's ELBO)
     start_joined: list = field(default_factory=list)
+    quadratic_starts: int = 0       # quadratic responses: the quadratic starts run (start_values)
 
     @property
     def max_grad(self):
@@ -249,7 +250,8 @@ DEFAULT_SEED = 0     # seed=None means this seed: the same call gives the same f
 
 def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=False,
                 start=None):
-    """Fit the model; return the best :class:`FitState` over ``n_init`` starts.
+    """Fit the model; return the best :class:`FitState` over ``n_init`` starts (None: the
+    default, ``DEFAULT_N_INIT``; quadratic responses: see :func:`_quadratic_starts`).
 
     The starts are drawn from ``seed`` (``None`` means ``DEFAULT_SEED``, so that
     fits are reproducible by default; pass another seed for other starts). Start 1 is
@@ -289,15 +291,25 @@ QUADRATIC_SCREEN_NEWTON = 200   # ... or iterations of the Newton route (newton_
 QUADRATIC_SCREEN_GTOL = 0.05    # ... run to this scaled gradient (the fit's gtol, if larger)
 
 
+DEFAULT_N_INIT = 3      # starts when n_init is None (the default of jsdm.gllvm)
+
+
+def n_starts(n_init):
+    """The number of starts n_init stands for (None: ``DEFAULT_N_INIT``)."""
+    return DEFAULT_N_INIT if n_init is None else max(1, int(n_init))
+
+
 def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
     """Starting points for models with quadratic responses, from the linear fit.
 
     The ELBO of quadratic (unimodal) responses has many local maxima (on the mite data
     starting all D at 0.1 ends 100 nats below starting D at 1 on one latent variable).
     The linear model (the same terms without the quadratic one) is fitted first with
-    the engine's Newton phases; its estimates start d + 2 quadratic candidates: D = 0.5
-    and D = 1 on every latent variable, and D = 1 on latent variable k alone (0.1 on
-    the others), k = 1..d. Returns (list of Params, the linear fit's ELBO).
+    the engine's Newton phases (``n_starts(n_init)`` starts); its estimates start the
+    quadratic candidates: D = 0.5 and D = 1 on every latent variable, and D = 1 on
+    latent variable k alone (0.1 on the others), k = 1..d; all d + 2 of them when n_init
+    is None (the default), else the first n_init. Returns (list of Params, the linear
+    fit's ELBO).
     """
     import dataclasses
 
@@ -305,7 +317,7 @@ def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
     lin = dataclasses.replace(prob, model_terms=lin_terms, info=dict(prob.info))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        st = _fit(lin, n_init, seed, maxiter, gtol, False, None)
+        st = _fit(lin, n_starts(n_init), seed, maxiter, gtol, False, None)
     release_cache(lin)
     pred = prob.predictor
     d = pred.d
@@ -315,6 +327,8 @@ def _quadratic_starts(prob, n_init, seed, maxiter, gtol):
         v = np.full(d, 0.1)
         v[k] = 1.0
         pats.append(v)
+    if n_init is not None:
+        pats = pats[:max(1, int(n_init))]
     out = []
     for v in pats:
         P = pred.zeros()
@@ -357,7 +371,8 @@ def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     P = normalise(P)
     value, g, smax = _final_check(prob, layout, P)
     state = FitState(P, value, g, smax <= gtol, n_iter, n_eval, message,
-                     time.perf_counter() - t0, layout, values, hist, smax)
+                     time.perf_counter() - t0, layout, values, hist, smax,
+                     quadratic_starts=len(values))
     if not state.converged:
         warnings.warn(
             f"the fit did not converge: max scaled gradient = {smax:.3g} > gtol = {gtol:g} "
@@ -377,7 +392,7 @@ def _fit(prob, n_init, seed, maxiter, gtol, verbose, start):
     best, values, joined = None, [], []
     work, work_layout, order = prob, layout, None
     known = Joiner(work)
-    n_plain = max(1, int(n_init)) if start is None else 1
+    n_plain = n_starts(n_init) if start is None else 1
     extra = 1 if start is None and n_plain >= 2 else 0         # the related-family start
     for k in range(n_plain + extra):
         if k == n_plain:

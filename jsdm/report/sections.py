@@ -639,6 +639,11 @@ def methods_section(fit, opts):
              "observation-level variance added to the diagonal of &Theta;&Theta;&prime; "
              "(Nakagawa, Johnson &amp; Schielzeth 2017).")
     k = shared(fit, opts, "species").attrs["min_records"]
+    n_start = 3 if s.get("n_init") is None else s.get("n_init")
+    nq = s.get("quadratic_starts", 0)
+    quad_starts = (f" of the model without the quadratic term, whose estimates then started {nq} "
+                   f"fit{'s' if nq != 1 else ''} with quadratic responses (different starting "
+                   "tolerances), keeping the best" if nq else "")
     text = (
         f"We fitted a generalized linear latent variable model (GLLVM), a joint species distribution "
         f"model, to the responses of {prob.m} species at {prob.n} sites. Responses were modelled with "
@@ -648,9 +653,9 @@ def methods_section(fit, opts):
         "bound, ELBO) of the marginal log-likelihood, with a Gaussian variational distribution for "
         "each site's latent variables; expectations without a closed form were computed by "
         f"one-dimensional Gauss-Hermite quadrature, so the bound itself is not approximated further.{pen} "
-        f"The optimiser was run from {s.get('n_init', 1)} starting value{'s' if s.get('n_init', 1) != 1 else ''} "
+        f"The optimiser was run from {n_start} starting value{'s' if n_start != 1 else ''} "
         f"(per-species GLMs and a factor analysis of their residuals) with random seed {esc(s.get('seed'))}, "
-        f"keeping the best bound; the fit {'converged' if fit.converged else 'did NOT converge'} "
+        f"keeping the best bound{quad_starts}; the fit {'converged' if fit.converged else 'did NOT converge'} "
         f"(largest curvature-scaled gradient |g<sub>k</sub>|/&radic;max(h<sub>k</sub>, 1) "
         f"{fit.scaled_grad:.1e}, tolerance {esc(s.get('gtol', 'n/a'))}). Standard errors came from "
         f"the Hessian of the bound; intervals for residual correlations by the delta "

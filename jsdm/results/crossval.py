@@ -171,7 +171,7 @@ def _check_models(fits):
 def _refit_spec(fit):
     prob, st = fit.problem, fit.settings
     spec = dict(family=prob.family, num_lv=prob.d, formula=prob.formula,
-                row_effect=prob.row_effect, n_init=st.get("n_init", 3), seed=st.get("seed"),
+                row_effect=prob.row_effect, n_init=st.get("n_init"), seed=st.get("seed"),
                 maxiter=st.get("maxiter", 5000), gtol=st.get("gtol", 1e-3))
     if st.get("prior_sd") is not None:
         spec["prior_sd"] = st["prior_sd"]

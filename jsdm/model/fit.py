@@ -13,6 +13,7 @@ from .problem import unstandardised
 from .blocks import curvature_diagonal, scaled_gradient, scaled_max, squarem_ascent
 from .full_newton import affordable, full_newton
 from .newton import newton_ascent
+from .newton_nonlinear import DAMPING_MEMO
 from .newton_nonlinear import supported as nonlinear_supported
 from .start import glm_start, initial_params
 from .terms.latent import ANCHOR_GAIN, anchor_order, normalise, to_triangular  # noqa: F401
@@ -354,7 +355,10 @@ def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     # the Newton route runs each start to a looser tolerance first (ELBO within a fraction
     # of a nat of its optimum, which ranks the starts), and the best one on to ``gtol``
     screen = QUADRATIC_SCREEN_NEWTON if newton else QUADRATIC_SCREEN
-    screen_gtol = max(gtol, QUADRATIC_SCREEN_GTOL) if newton else gtol
+    # (a single start has nothing to be ranked against: it runs to ``gtol`` at once)
+    screen_gtol = max(gtol, QUADRATIC_SCREEN_GTOL) if newton and len(starts) > 1 else gtol
+    if len(starts) == 1:
+        screen = maxiter
     for k, P0 in enumerate(starts):
         runs.append(_run_start(prob, layout, P0, min(screen, maxiter), screen_gtol,
                                _printer(f"quadratic start {k + 1}", t0) if verbose else None,
@@ -363,6 +367,9 @@ def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     best = runs[int(np.argmax(values))]
     P, value, n_iter, n_eval, message, hist = best
     used = sum(r[2] for r in runs)
+    if screen_gtol > gtol and message.startswith("converged") and \
+            _final_check(prob, layout, P)[2] <= gtol:
+        screen_gtol = gtol      # the best start already meets gtol: no finishing run
     if used < maxiter and (screen_gtol > gtol or not message.startswith("converged")):
         P, value, more, n_more, message, h_more = _run_start(
             prob, layout, P, maxiter - used, gtol, _printer("finish", t0) if verbose else None)
@@ -624,6 +631,8 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None, hold=0):
     # quadratic responses: the joint Newton step of newton_nonlinear.py where it covers the
     # model; otherwise block sweeps (their curvature leaves the term out) and L-BFGS
     nl_newton = nonlinear and nonlinear_supported(prob)
+    if nl_newton:       # each start's damping of the dense Newton solve starts afresh
+        prob.predictor.__dict__[DAMPING_MEMO] = {}
     n_sq = min(NONLINEAR_NEWTON_SWEEPS if nl_newton else NONLINEAR_SWEEPS if nonlinear
                else SQUAREM_ITERATIONS, maxiter)
     h1 = []

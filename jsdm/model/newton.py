@@ -457,8 +457,6 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
             P, ce = polish_dispersion(prob, P, ce, polish_tol)
         return P, ce
 
-    if accelerate and layout is not None:
-        step = _squarem(prob, layout, step)
     last = {}
 
     def converged(P, ce):
@@ -471,14 +469,20 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
 
         def done(P, ce):
             return bool(stop(P, float(ce["site"].sum()))) or (check is not None and check(P, ce))
+    if accelerate and layout is not None:
+        step = _squarem(prob, layout, step, done)
     P, hist = ascend(step, prob, P, max_iter, rtol, callback, done)
     return P, hist, last.get("converged", False)
 
 
-def _squarem(prob, layout, step):
-    """``step`` accelerated by one SQUAREM extrapolation per two steps (see ``newton_ascent``)."""
+def _squarem(prob, layout, step, done=None):
+    """``step`` accelerated by one SQUAREM extrapolation per two steps (see ``newton_ascent``);
+    ``done(P, ce)`` (optional) is asked after the first of them, which is returned when it
+    says so (the rest of the iteration, two or three steps, would only go past the end)."""
     def sq(P, ce):
         P1, c1 = step(P, ce)
+        if done is not None and done(P1, c1):
+            return P1, c1
         P2, c2 = step(P1, c1)
         x0, x1, x2 = layout.pack(P), layout.pack(P1), layout.pack(P2)
         r, v = x1 - x0, x2 - 2 * x1 + x0

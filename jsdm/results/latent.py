@@ -242,10 +242,9 @@ def site_latent(fit, newdata=None, offset=None, trials=None):
     r = lam.shape[1]
     s = None if P.s is None else np.asarray(P.s, dtype=float)
     quad = _quadratic_coefficients(pred, P, r)
-    from .predict import _species_random_part, group_parts
+    from .predict import fixed_part, group_parts
     if newdata is None:
-        F = _fixed_fitted(prob, P) + _species_random_part(fit, prob.X)
-        F = F + group_parts(fit, None)[0][:, None]
+        F = fixed_part(fit)
         mean, cov = _q_fitted(prob, P, random_row)
         center = None
         if quad is not None and hasattr(pred.lv, "fixed_scores"):
@@ -255,28 +254,19 @@ def site_latent(fit, newdata=None, offset=None, trials=None):
     if prob.row_effect == "fixed":
         raise JSDMError("a fit with fixed row effects cannot describe new sites (their effect is "
                         "unknown); refit with row_effect='random' or None")
-    from .predict import new_design
-
     if not isinstance(newdata, pd.DataFrame):
         raise JSDMError("newdata must be a DataFrame of site covariates (one row per new site), "
                         f"got {type(newdata).__name__}")
     k = len(newdata)
-    Xn = new_design(fit, newdata)
-    F = np.broadcast_to(P.beta0, (k, prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
-    F = np.array(F, dtype=float) + _species_random_part(fit, Xn)
-    from ..model.terms.ordination import has_ordination, ordination_fixed_mean
-    center = None
+    from ..model.terms.ordination import has_ordination
+    center, Xlv = None, None
     if has_ordination(pred):
         from .predict import new_lv_design
         Xlv = new_lv_design(fit, newdata)
-        F += ordination_fixed_mean(pred, P, Xlv)
         if quad is not None and hasattr(pred.lv, "fixed_scores"):     # concurrent: C' x_i
             center = _pad(Xlv @ P.C_lv, r)
-    if offset is not None:
-        off = np.asarray(offset, dtype=float)
-        F = F + (off[:, None] if off.ndim == 1 else off)
-    gm, gv = group_parts(fit, newdata)
-    F = F + gm[:, None]
+    F = fixed_part(fit, newdata, offset, Xlv)
+    gv = group_parts(fit, newdata)[1]
     if np.any(gv > 0):
         # the grouped site effects at these sites: N(mu_g, s_g^2) for a level the fit has seen,
         # N(0, sigma^2) for a new one; one more latent coordinate, its variance per site
@@ -299,25 +289,13 @@ def _pad(A, r):
 
 def _quadratic_coefficients(pred, P, r):
     """D (m, r) of the quadratic-response term (zeros beyond its latent variables), or None."""
-    term = next((t for t in getattr(pred, "nonlinear_terms", []) if t.kind == "quadratic"), None)
+    from ..model.terms.quadratic import quadratic_term
+
+    term = quadratic_term(pred)
     if term is None:
         return None
     D = np.asarray(term.D(pred, P), dtype=float)
     return _pad(D, r)
-
-
-def _fixed_fitted(prob, P):
-    from ..model.terms.ordination import has_ordination, ordination_fixed_mean
-
-    F = np.broadcast_to(P.beta0, (prob.n, prob.m)) + (prob.X @ P.B.T if prob.p else 0.0)
-    F = np.array(F, dtype=float)
-    if has_ordination(prob.predictor):      # constrained / concurrent: x_i' C theta_j
-        F += ordination_fixed_mean(prob.predictor, P)
-    if prob.offset is not None:
-        F += prob.offset
-    if prob.row_effect == "fixed":
-        F += P.alpha[:, None]
-    return F
 
 
 def _q_fitted(prob, P, random_row):

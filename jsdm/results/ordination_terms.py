@@ -213,8 +213,9 @@ def covariate_arrows(fit):
 
 # --- quadratic responses ---------------------------------------------------------------------------
 def _quadratic(fit):
-    pred = fit.problem.predictor
-    return next((t for t in pred.nonlinear_terms if t.kind == "quadratic"), None)
+    from ..model.terms.quadratic import quadratic_term
+
+    return quadratic_term(fit.problem.predictor)
 
 
 def quadratic_table(fit, se=True):

@@ -87,15 +87,45 @@ def new_lv_design(fit, newdata):
     return mm.to_numpy(dtype=float)
 
 
-def _setup(fit, newdata, lv, offset, trials):
-    """Fixed part (k, m), LV-score part or None, extra marginal variance (k,), labels, trials."""
+def fixed_part(fit, newdata=None, offset=None, Xlv=None):
+    """The part of the linear predictor that is known given the site covariates, (k, m):
+    intercepts, covariate slopes, the species random effects' mean part, the offset, the
+    covariate part x_i' C theta_j of constrained and concurrent ordination, the grouped site
+    effects' means (their q for levels the fit has seen) and, at the fitted sites, fixed row
+    effects. ``newdata`` None: the fitted sites (with the fit's offset); else new sites
+    (``offset`` theirs; ``Xlv`` their ordination design, when the caller has it already).
+    One function for ``predict`` and ``site_latent``."""
+    from ..model.terms.ordination import has_ordination, ordination_fixed_mean
+
     prob, P = fit.problem, fit.state.params
     if newdata is None:
         F = P.beta0 + (prob.X @ P.B.T if prob.p else 0.0) + _species_random_part(fit, prob.X)
         F = F + (prob.offset if prob.offset is not None else 0.0)
         F = np.broadcast_to(F, (prob.n, prob.m)).astype(float)     # (m,) without covariates
+        if prob.row_effect == "fixed":
+            F = F + P.alpha[:, None]
+        if has_ordination(prob.predictor):      # constrained / concurrent: x_i' C theta_j
+            F = F + ordination_fixed_mean(prob.predictor, P)
+        return F + group_parts(fit, None)[0][:, None]
+    Xn = new_design(fit, newdata)
+    F = np.broadcast_to(P.beta0, (len(newdata), prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
+    F = F + _species_random_part(fit, Xn)
+    if offset is not None:
+        off = np.asarray(offset, dtype=float)
+        F = F + (off[:, None] if off.ndim == 1 else off)
+    if has_ordination(prob.predictor):
+        F = F + ordination_fixed_mean(prob.predictor, P,
+                                      new_lv_design(fit, newdata) if Xlv is None else Xlv)
+    return np.asarray(F + group_parts(fit, newdata)[0][:, None], dtype=float)
+
+
+def _setup(fit, newdata, lv, offset, trials):
+    """Fixed part (k, m), LV-score part or None, extra marginal variance (k,), labels, trials."""
+    prob, P = fit.problem, fit.state.params
+    if newdata is None:
+        F = fixed_part(fit)
         extra = np.zeros(prob.n)
-        if prob.row_effect == "fixed" or (prob.row_effect == "random" and lv == "conditional"):
+        if prob.row_effect == "random" and lv == "conditional":
             F = F + P.alpha[:, None]
         elif prob.row_effect == "random":
             extra += np.exp(2.0 * P.log_sigma)
@@ -103,13 +133,8 @@ def _setup(fit, newdata, lv, offset, trials):
         if lv == "conditional":
             for t in prob.predictor.nonlinear_terms:    # quadratic responses: their part of E_q[eta]
                 scores = scores + t.moments_extra(prob.predictor, P, slice(None), slice(None))[0]
-        gm, gv = group_parts(fit, None)
-        F = F + gm[:, None]
-        if lv != "conditional":
-            extra = extra + gv
-        from ..model.terms.ordination import has_ordination, ordination_fixed_mean
-        if has_ordination(prob.predictor):      # constrained / concurrent: x_i' C theta_j
-            F = F + ordination_fixed_mean(prob.predictor, P)
+        else:
+            extra = extra + group_parts(fit, None)[1]
         return F, scores, extra, fit.sites, prob.trials if trials is None else trials
     if lv == "conditional":
         raise JSDMError("new sites have no fitted site scores: use lv='marginal' with newdata "
@@ -117,20 +142,9 @@ def _setup(fit, newdata, lv, offset, trials):
     if prob.row_effect == "fixed":
         raise JSDMError("a fit with fixed row effects cannot predict new sites (their effect is "
                         "unknown); refit with row_effect='random' or None")
-    Xn = new_design(fit, newdata)
-    F = np.broadcast_to(P.beta0, (len(newdata), prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
-    F = F + _species_random_part(fit, Xn)
-    if offset is not None:
-        off = np.asarray(offset, dtype=float)
-        F = F + (off[:, None] if off.ndim == 1 else off)
-    from ..model.terms.ordination import has_ordination, ordination_fixed_mean
-    if has_ordination(prob.predictor):
-        F = F + ordination_fixed_mean(prob.predictor, P, new_lv_design(fit, newdata))
+    F = fixed_part(fit, newdata, offset)
     extra = np.full(len(newdata), np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
-    gm, gv = group_parts(fit, newdata)
-    F = F + gm[:, None]
-    extra = extra + gv
-    return np.asarray(F, dtype=float), None, extra, newdata.index, trials
+    return F, None, extra + group_parts(fit, newdata)[1], newdata.index, trials
 
 
 def group_parts(fit, newdata):
@@ -545,7 +559,9 @@ def _quadratic_parts(fit, newdata):
     covariate part C' x_i of concurrent latent variables at the sites, else 0), or None."""
     prob, P = fit.problem, fit.state.params
     pred = prob.predictor
-    term = next((t for t in pred.nonlinear_terms if t.kind == "quadratic"), None)
+    from ..model.terms.quadratic import quadratic_term
+
+    term = quadratic_term(pred)
     if term is None:
         return None
     theta = np.asarray(P.theta, dtype=float).reshape(prob.m, prob.d)

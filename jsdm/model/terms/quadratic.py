@@ -108,6 +108,11 @@ def _resolvent(ST, DT):
     return Ki, logdet, 0.5 * (M + M.transpose(1, 0, 2, 3))
 
 
+def quadratic_term(pred):
+    """The model's quadratic-response term, or None (``pred``: a problem's predictor)."""
+    return next((t for t in getattr(pred, "nonlinear_terms", ()) if t.kind == "quadratic"), None)
+
+
 def sigma_pairs(kr):
     """The free entries (k, l), k <= l, of a kr x kr symmetric matrix, in the order of the
     joint Newton step's Sigma coordinates."""

@@ -184,6 +184,34 @@ def test_dense_schur_matches_its_products(family, mode, case):
 
 
 @pytest.mark.parametrize("family,mode,case", CASES[:2])
+def test_step_on_the_face_of_the_bound(family, mode, case):
+    """D entries near their bound 0 that the step takes below it are set to reach 0 exactly,
+    and the rest of the step solves the Newton system given them (projected Newton); entries
+    farther from the bound are left to the line search's clipping."""
+    from jsdm.model import newton_nonlinear as nl
+    from jsdm.model.newton import newton_ascent
+
+    prob = _problem(family, mode, **case)
+    P, _, _ = newton_ascent(prob, _point(prob), max_iter=30)     # -S positive definite here
+    B = _Blocks(prob, P, cell_eval(prob, P))
+    A, Asym = B.dense(lower=True), B.dense()
+    assert np.linalg.eigvalsh(Asym)[0] > 0
+    rhs = (np.concatenate([B.gp.ravel(), B.gg]) - B.c(B.dinv(B.gu))) * B.freez
+    idx = B._D_index()
+    D = np.full(idx.size, 0.5)
+    D[::2] = 0.5 * nl._FACE_NEAR            # every other entry near the bound ...
+    dz0 = np.zeros(rhs.size)
+    dz0[idx] = -1.0                         # ... and a step taking all of them below it
+    dz = B._on_face(A.copy(), rhs, dz0, D)
+    near = np.zeros(rhs.size, bool)
+    near[idx[::2]] = B.freez[idx[::2]] > 0          # (D entries held at 0 by the blocks stay)
+    assert near.any()
+    np.testing.assert_array_equal(dz[near], -D[::2][near[idx[::2]]])  # exactly onto the bound
+    free = ~near & (B.freez > 0)
+    np.testing.assert_allclose((Asym @ dz)[free], rhs[free], rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("family,mode,case", CASES[:2])
 def test_cg_route_solves_the_damped_system(family, mode, case):
     """The conjugate-gradient route (large systems): near an optimum (30 Newton iterations
     from the test point; -S positive definite there) it solves -S x = rhs as the dense

@@ -320,14 +320,32 @@ class _Blocks:
             lam = 1e-3 if lam == 0.0 else 10.0 * lam
         return x
 
-    def step(self):
-        """(d phi (m, ks), d D (shape of D_q), d u (n, kv)): the Newton step."""
+    def _D_index(self):
+        """Positions of the D coordinates in the flattened (species block, global) vector."""
+        m, kp = self.free.shape
+        if self.species_mode:
+            return (np.arange(m)[:, None] * kp + self.ks + np.arange(self.d)[None, :]).ravel()
+        return m * kp + np.arange(self.ng)
+
+    def step(self, D=None):
+        """(d phi (m, ks), d D (shape of D_q), d u (n, kv)): the Newton step.
+
+        ``D`` (the current D_q; dense systems): D is bounded below by 0, and a step that
+        takes free D entries below 0 is not the Newton step of what a line search then
+        evaluates (D clipped at 0, the other coordinates moved as if it were not). Such
+        entries are set to reach 0 exactly, and the step is solved again for the rest given
+        them (the Newton step on that face of the bound; projected Newton), up to
+        ``_FACE_ROUNDS`` times as new entries cross. 1000 x 300 NB, quadratic=True: full
+        steps with up to 460 of 600 D entries crossing lowered the ELBO by 1e3-2e7 nats."""
         m, kp = self.free.shape
         N = m * kp + self.ng
         f = self.freez
         rhs = (np.concatenate([self.gp.ravel(), self.gg]) - self.c(self.dinv(self.gu))) * f
         if float(N) ** 2 * self.Huu.shape[0] * self.kv <= _DENSE_FLOPS:
-            dz = _solve_pd(self.dense(lower=True), rhs, self.memo)
+            A = self.dense(lower=True)
+            dz = _solve_pd(A, rhs, self.memo)
+            if D is not None:
+                dz = self._on_face(A, rhs, dz, np.ravel(np.asarray(D, dtype=float)))
         else:
             dz = self.solve_cg(rhs)
         dz = dz * f
@@ -341,6 +359,41 @@ class _Blocks:
             dS[:, k, l] = du[:, self.kv0 + e]
             dS[:, l, k] = du[:, self.kv0 + e]
         return x[:, :self.ks], dD, du[:, :self.kv0], _damped(self.S, dS)
+
+
+    def _on_face(self, A, rhs, dz, D):
+        """The step with the D entries it takes below 0 set to reach 0 exactly and the rest
+        solved given them (``step``). A: the lower triangle of -S (kept as it was)."""
+        idx = self._D_index()
+        fixed = np.zeros(len(rhs), bool)
+        for _ in range(_FACE_ROUNDS):
+            cross = (D + dz[idx] < 0.0) & (D <= _FACE_NEAR) & (self.freez[idx] > 0) & ~fixed[idx]
+            if not cross.any():
+                break
+            fixed[idx[cross]] = True
+            c = np.nonzero(fixed)[0]
+            vc = np.zeros(len(rhs))
+            vc[idx] = -D
+            vc = vc[c]
+            # columns c of the symmetric matrix from its lower triangle
+            cols = np.empty((len(rhs), len(c)))
+            for i, k in enumerate(c):
+                cols[:k, i] = A[k, :k]
+                cols[k:, i] = A[k:, k]
+            free = np.nonzero(~fixed)[0]
+            dz = np.empty(len(rhs))
+            dz[c] = vc
+            # the rest: the same system on the free coordinates (its lower triangle is the
+            # lower triangle of A's free rows and columns, the indices being sorted)
+            dz[free] = _solve_pd(A[np.ix_(free, free)], (rhs - cols @ vc)[free], self.memo)
+        return dz
+
+
+#: D entries within this of the bound 0 are put on it when the step crosses it (farther ones
+#: are clipped by the line search, which shortens the step)
+_FACE_NEAR = 0.01
+#: rounds of ``_Blocks._on_face`` (each fixes the D entries the last solve took below 0)
+_FACE_ROUNDS = 4
 
 
 def _pcg(apply, prec, rhs, rtol, maxiter):
@@ -427,7 +480,7 @@ def newton_means(prob, P, ce, hold=False):
     ``hold``: D held where it is (the quadratic starts' first steps, see ``fit``)."""
     pred = prob.predictor
     blocks = _Blocks(prob, P, ce, hold, sigma=JOINT_SIGMA)
-    dphi, dD, du, dS = blocks.step()
+    dphi, dD, du, dS = blocks.step(P.D_q)
     S = blocks.S if dS is not None else None
     del blocks
     phi, u = pred.species_coef(P), pred.site_means(P)
@@ -447,7 +500,7 @@ def newton_means(prob, P, ce, hold=False):
         val = float(ct["site"].sum())
         if np.isfinite(val) and val >= floor:
             if _TRACE:
-                print(f"  step t={t:g} gain={val - old:.4g}")
+                print(f"  step t={t:g} gain={val - old:.4g} D at 0: {int((T.D_q == 0).sum())}")
             return T, ct, True
         t *= 0.5
     return P, ce, False

@@ -252,7 +252,7 @@ DEFAULT_SEED = 0     # seed=None means this seed: the same call gives the same f
 def fit_problem(prob, *, n_init=1, seed=None, maxiter=5000, gtol=1e-3, verbose=False,
                 start=None):
     """Fit the model; return the best :class:`FitState` over ``n_init`` starts (None: the
-    default, ``DEFAULT_N_INIT``; quadratic responses: see :func:`_quadratic_starts`).
+    default, ``DEFAULT_N_INIT``; quadratic responses: see ``_quadratic_starts``).
 
     The starts are drawn from ``seed`` (``None`` means ``DEFAULT_SEED``, so that
     fits are reproducible by default; pass another seed for other starts). Start 1 is

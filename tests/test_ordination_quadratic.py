@@ -234,6 +234,21 @@ def test_n_init_sets_the_quadratic_starts(mite):
     assert linear.state.quadratic_starts == 0 and "quadratic_starts" not in linear.settings
 
 
+def test_covariances_stuck_in_their_fixed_point_are_finished_by_newton(mite):
+    """Presence/absence with random row effects, quadratic=True, one start: the site
+    covariances' fixed point could not move some sites' Sigma (its matrix not positive
+    definite there), and the fit stopped unconverged (scaled gradient 0.11, all of it in
+    L; ELBO -779.2297). Joint Newton steps with Sigma's entries finish it (measured:
+    converged, scaled gradient 2.4e-5, ELBO -779.2151)."""
+    com, X = mite
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jsdm.JSDMWarning)
+        fit = jsdm.gllvm((com.Y > 0).astype(int), X, family="binomial", num_lv=2,
+                         quadratic=True, row_effect="random", n_init=1, checks=False)
+    assert fit.converged and fit.scaled_grad <= 1e-3
+    assert fit.llf > -779.2297 + 1e-3
+
+
 # --- recovery ----------------------------------------------------------------------------------------
 def test_recovers_optima_and_tolerances():
     """Poisson, 400 sites x 15 species, one latent variable, unimodal responses with true

@@ -362,7 +362,8 @@ def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
     for k, P0 in enumerate(starts):
         runs.append(_run_start(prob, layout, P0, min(screen, maxiter), screen_gtol,
                                _printer(f"quadratic start {k + 1}", t0) if verbose else None,
-                               hold=QUADRATIC_HOLD if newton else 0))
+                               hold=QUADRATIC_HOLD if newton else 0,
+                               sigma_phase=len(starts) == 1))
     values = [r[1] for r in runs]
     best = runs[int(np.argmax(values))]
     P, value, n_iter, n_eval, message, hist = best
@@ -372,7 +373,8 @@ def _fit_nonlinear(prob, n_init, seed, maxiter, gtol, verbose):
         screen_gtol = gtol      # the best start already meets gtol: no finishing run
     if used < maxiter and (screen_gtol > gtol or not message.startswith("converged")):
         P, value, more, n_more, message, h_more = _run_start(
-            prob, layout, P, maxiter - used, gtol, _printer("finish", t0) if verbose else None)
+            prob, layout, P, maxiter - used, gtol, _printer("finish", t0) if verbose else None,
+            sigma_phase=True)
         n_iter, n_eval = n_iter + more, n_eval + n_more
         hist = hist + h_more
     P = normalise(P)
@@ -566,6 +568,7 @@ NONLINEAR_NEWTON_ITERATIONS = 60    # joint Newton steps for them (newton_nonlin
 NONLINEAR_NEWTON_SWEEPS = 0     # ... after this many block sweeps
 NONLINEAR_SQUAREM = True    # SQUAREM on those Newton steps (newton_ascent's ``accelerate``)
 QUADRATIC_HOLD = 3          # first Newton steps of a quadratic start with D held at its start value
+SIGMA_NEWTON_ITERATIONS = 20    # joint steps with Sigma's entries after an unconverged Newton phase
 
 
 class Joiner:
@@ -610,12 +613,15 @@ JOIN_RTOL = 1e-6        # ... or this fraction of |ELBO|, when larger
 JOIN_ETA = 0.05         # largest difference in the mean linear predictor (any cell)
 
 
-def _run_start(prob, layout, P, maxiter, gtol, cb, join=None, hold=0):
+def _run_start(prob, layout, P, maxiter, gtol, cb, join=None, hold=0, sigma_phase=False):
     """One start: returns (P, ELBO, iterations, evaluations, message, history).
 
     ``join`` (a :class:`Joiner`, for starts after the first) is asked after every
     Newton iteration; when it says the start joined an optimum already found, the start
-    ends there (its caller reads ``join.hit``).
+    ends there (its caller reads ``join.hit``). ``sigma_phase`` (the run that finishes a
+    quadratic fit): where its Newton phase ends unconverged, joint steps with the site
+    covariances' entries follow before L-BFGS (``newton_nonlinear.JOINT_SIGMA``; not in
+    the screening runs, whose endpoints rank the starts).
     """
     t0 = time.perf_counter()
     hist = []
@@ -657,6 +663,15 @@ def _run_start(prob, layout, P, maxiter, gtol, cb, join=None, hold=0):
                                      callback=record("newton"), layout=layout, gtol=0.5 * gtol,
                                      stop=join, accelerate=nl_newton and NONLINEAR_SQUAREM)
         h2 = h2 + h2b
+        if sigma_phase and nl_newton and not done and (join is None or join.hit is None) and \
+                maxiter - len(h1) - len(h2) > 0:
+            # unconverged: Newton steps with the site covariances' entries in the joint
+            # step (where their fixed point cannot move them; newton_nonlinear.JOINT_SIGMA)
+            P, h2b, done = newton_ascent(prob, P, max_iter=min(SIGMA_NEWTON_ITERATIONS,
+                                                               maxiter - len(h1) - len(h2)),
+                                         rtol=1e-14, callback=record("newton+S"), layout=layout,
+                                         gtol=0.5 * gtol, stop=join, joint_sigma=True)
+            h2 = h2 + h2b
     left = maxiter - len(h1) - len(h2)
     if join is not None and join.hit is not None:
         return P, h2[-1][1], len(h1) + len(h2), 0, "joined an earlier start's optimum", hist

@@ -166,7 +166,7 @@ def _cross(prob, ce, Xt, U, rows, free, cpl=None):
 _DIRECT_MAX = 200       # species-block unknowns up to which the Schur system is built densely
 
 
-def newton_means(prob, P, ce, hold_nonlinear=False):
+def newton_means(prob, P, ce, hold_nonlinear=False, joint_sigma=False):
     """One joint Newton step on species coefficients/loadings and site means.
 
     The Schur complement is formed and factorised when it has at most
@@ -176,7 +176,7 @@ def newton_means(prob, P, ce, hold_nonlinear=False):
     pred = prob.predictor
     if pred.nonlinear_terms:        # quadratic responses: blocks assembled cell by cell
         from .newton_nonlinear import newton_means as nonlinear_means
-        return nonlinear_means(prob, P, ce, hold_nonlinear)
+        return nonlinear_means(prob, P, ce, hold_nonlinear, joint_sigma)
     m = pred.m
     Xt = pred.species_design(P)
     U = pred.site_design(P)
@@ -423,7 +423,7 @@ def _species_cov_step(prob, P, new, ct, order):
 
 
 def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None, gtol=None,
-                  stop=None, hold_nonlinear=False, accelerate=False):
+                  stop=None, hold_nonlinear=False, accelerate=False, joint_sigma=False):
     """Alternate joint mean Newton steps, covariance, gauge and dispersion updates.
 
     Each iteration: ``newton_means``; ``covariance_step``; ``gauge_step`` (the
@@ -440,12 +440,14 @@ def newton_ascent(prob, P, max_iter=100, rtol=1e-12, callback=None, layout=None,
     SQUAREM (as ``blocks.squarem_ascent`` does for the block sweeps) and one step from the
     extrapolated point, kept when its ELBO beats the second step's. For quadratic responses,
     where the alternation of the mean step and the covariance fixed point converges
-    linearly (the gradient halving per step near the optimum).
+    linearly (the gradient halving per step near the optimum). ``joint_sigma``: the
+    entries of the site covariances in the joint step too (nonlinear terms; see
+    ``newton_nonlinear.JOINT_SIGMA``).
     """
     polish_tol = 1e-4 if gtol is None else gtol
 
     def step(P, ce):
-        P, ce, _ = newton_means(prob, P, ce, hold_nonlinear)
+        P, ce, _ = newton_means(prob, P, ce, hold_nonlinear, joint_sigma)
         if prob.predictor.global_terms:
             P, ce = global_step(prob, P, ce)
         P, ce = covariance_step(prob, P, ce)

@@ -474,12 +474,12 @@ def _solve_pd(A, rhs, memo=None):
     raise np.linalg.LinAlgError("could not make the Newton system positive definite")
 
 
-def newton_means(prob, P, ce, hold=False):
+def newton_means(prob, P, ce, hold=False, joint_sigma=False):
     """One joint Newton step on species coefficients, loadings, D and site means (Sigma_i
     fixed), halved until the ELBO does not fall. Returns (P, cell_eval, accepted).
     ``hold``: D held where it is (the quadratic starts' first steps, see ``fit``)."""
     pred = prob.predictor
-    blocks = _Blocks(prob, P, ce, hold, sigma=JOINT_SIGMA)
+    blocks = _Blocks(prob, P, ce, hold, sigma=JOINT_SIGMA or joint_sigma)
     dphi, dD, du, dS = blocks.step(P.D_q)
     S = blocks.S if dS is not None else None
     del blocks
@@ -513,5 +513,9 @@ _TRACE = False
 #: start converged, against 76 steps with the fixed point). Near an optimum the step with
 #: them converges quadratically on its own (200 x 40 NB: scaled gradient 1e-4, 1e-7,
 #: 1e-13), but in the fit the tail stayed linear (gradient halving per iteration) with and
-#: without them: the dispersion's own step alternates with this one.
+#: without them: the dispersion's own step alternates with this one. A start whose Newton
+#: phase ends unconverged gets a phase with them (``fit._run_start``): where the fixed
+#: point cannot move a site's Sigma (its matrix not positive definite, or the ELBO would
+#: fall) the gradient stays there (mite presence/absence, quadratic=True, random row
+#: effects: scaled gradient 0.11 in L after 57 iterations; 3 joint steps reach 2e-5).
 JOINT_SIGMA = False

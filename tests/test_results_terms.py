@@ -352,3 +352,25 @@ def test_traits_transformed_in_the_formula():
         quiet_fit(com, fourth_corner="scale(Snow) + scale(Snow):leafsize", **kw)
     with pytest.raises(JSDMError, match="give each covariate's community slope"):
         quiet_fit(com, fourth_corner="scale(Snow):scale(SLA)", **kw)
+
+
+def test_confidence_intervals_refuse_terms_the_delta_method_leaves_out(mixed_fits):
+    """The delta method of marginal confidence intervals takes intercepts, slopes, loadings
+    and row effects. For constrained ordination it gave intervals from the intercepts'
+    variance alone (mite: median link-scale width 0.54, the canonical coefficients'
+    uncertainty left out); such models are refused with the terms named, and prediction
+    intervals still work. The plain model keeps its intervals."""
+    sr, gr, X = mixed_fits
+    Y, _ = _mite(n_sites=40, n_species=8)
+    rr = quiet_fit(Y, X, family="poisson", num_lv=0, num_rr=1, formula="~ 1",
+                   lv_formula="~ water", n_init=1)
+    new = X.iloc[:3]
+    for fit, words in ((rr, "canonical coefficients"), (sr, "species random effects"),
+                       (gr, "grouped site effects")):
+        with pytest.raises(JSDMError, match=words):
+            fit.predict(new, type="link", interval="confidence")
+        out = fit.predict(new, type="link", interval="prediction", n_draws=200, seed=1)
+        assert np.all(out["lower"] <= out["upper"])
+    plain = quiet_fit(Y, X, family="poisson", num_lv=1, formula="~ water", n_init=1)
+    ci = plain.predict(new, type="link", interval="confidence")
+    assert np.all(ci["lower"] < ci["prediction"]) and np.all(ci["prediction"] < ci["upper"])

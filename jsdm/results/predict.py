@@ -339,6 +339,13 @@ def predict(fit, newdata=None, type=None, lv=None, interval=None, alpha=None, of
         if summary not in ("mean", "median"):
             raise JSDMError(f"confidence intervals are available for summary='mean' or 'median', "
                             f"not {summary!r}")
+        left_out = _outside_delta_method(fit.problem.predictor)
+        if left_out:
+            raise JSDMError(
+                "confidence intervals of marginal predictions are not available for this model "
+                "yet: their delta method covers intercepts, covariate slopes, loadings and row "
+                f"effects, and would leave out the uncertainty of its {' and '.join(left_out)} "
+                "(the intervals would be too narrow); use interval='prediction'")
         if summary == "median" and type == "response":
             lo, hi = _confidence(fit, newdata, F, var, "link", level, None)
             lo, hi = (response_mean(fam, x, tr, P.s) for x in (lo, hi))
@@ -353,6 +360,24 @@ def predict(fit, newdata=None, type=None, lv=None, interval=None, alpha=None, of
     out["upper"] = np.asarray(hi).ravel()
     out.index.names = ["site", "species"]
     out.attrs["summary"] = pred.attrs["summary"]
+    return out
+
+
+def _outside_delta_method(pred):
+    """The model terms whose parameters the delta method of ``_confidence`` leaves out: it
+    takes the species' intercepts, slopes and loadings and the row effects; names of the
+    others present in ``pred`` (empty: it covers the model)."""
+    from ..model.terms.ordination import has_ordination
+
+    out = []
+    if has_ordination(pred):
+        out.append("canonical coefficients (constrained or concurrent ordination)")
+    if pred.ksr:
+        out.append("species random effects")
+    if pred.global_terms:
+        out.append("community slopes (fourth corner)")
+    if pred.group_terms:
+        out.append("grouped site effects")
     return out
 
 

@@ -87,14 +87,14 @@ def new_lv_design(fit, newdata):
     return mm.to_numpy(dtype=float)
 
 
-def fixed_part(fit, newdata=None, offset=None, Xlv=None):
+def fixed_part(fit, newdata=None, offset=None, Xlv=None, Xn=None):
     """The part of the linear predictor that is known given the site covariates, (k, m):
     intercepts, covariate slopes, the species random effects' mean part, the offset, the
     covariate part x_i' C theta_j of constrained and concurrent ordination, the grouped site
     effects' means (their q for levels the fit has seen) and, at the fitted sites, fixed row
     effects. ``newdata`` None: the fitted sites (with the fit's offset); else new sites
-    (``offset`` theirs; ``Xlv`` their ordination design, when the caller has it already).
-    One function for ``predict`` and ``site_latent``."""
+    (``offset`` theirs; ``Xlv`` and ``Xn`` their ordination and covariate designs, when the
+    caller has them already). One function for ``predict`` and ``site_latent``."""
     from ..model.terms.ordination import has_ordination, ordination_fixed_mean
 
     prob, P = fit.problem, fit.state.params
@@ -107,7 +107,7 @@ def fixed_part(fit, newdata=None, offset=None, Xlv=None):
         if has_ordination(prob.predictor):      # constrained / concurrent: x_i' C theta_j
             F = F + ordination_fixed_mean(prob.predictor, P)
         return F + group_parts(fit, None)[0][:, None]
-    Xn = new_design(fit, newdata)
+    Xn = new_design(fit, newdata) if Xn is None else Xn
     F = np.broadcast_to(P.beta0, (len(newdata), prob.m)) + (Xn @ P.B.T if prob.p else 0.0)
     F = F + _species_random_part(fit, Xn)
     if offset is not None:
@@ -313,11 +313,6 @@ def predict(fit, newdata=None, type=None, lv=None, interval=None, alpha=None, of
     var = (P.theta ** 2).sum(1)[None, :] + extra[:, None]
     quad = quadratic_marginal(fit, newdata) if lv == "marginal" else None
     if quad is not None:
-        if interval == "confidence":
-            raise JSDMError("confidence intervals of marginal predictions are not available for "
-                            "quadratic responses yet (their delta method leaves the quadratic "
-                            "coefficients out); use interval='prediction', or lv='conditional' "
-                            "at the fitted sites")
         F, var = F + quad[0], quad[1] + extra[:, None]
     if lv == "conditional":
         eta = F if scores is None else F + scores
@@ -339,18 +334,19 @@ def predict(fit, newdata=None, type=None, lv=None, interval=None, alpha=None, of
         if summary not in ("mean", "median"):
             raise JSDMError(f"confidence intervals are available for summary='mean' or 'median', "
                             f"not {summary!r}")
-        left_out = _outside_delta_method(fit.problem.predictor)
-        if left_out:
+        pred_ = fit.problem.predictor
+        if pred_.group_terms:
             raise JSDMError(
-                "confidence intervals of marginal predictions are not available for this model "
-                "yet: their delta method covers intercepts, covariate slopes, loadings and row "
-                f"effects, and would leave out the uncertainty of its {' and '.join(left_out)} "
-                "(the intervals would be too narrow); use interval='prediction'")
+                "confidence intervals of marginal predictions are not available for models with "
+                "grouped site effects yet (the means of the levels the fit has seen are "
+                "variational, outside the model's covariance); use interval='prediction'")
+        conf = _confidence_numeric if _outside_delta_method(pred_) or quad is not None \
+            else _confidence
         if summary == "median" and type == "response":
-            lo, hi = _confidence(fit, newdata, F, var, "link", level, None)
+            lo, hi = conf(fit, newdata, F, var, "link", level, None, offset)
             lo, hi = (response_mean(fam, x, tr, P.s) for x in (lo, hi))
         else:
-            lo, hi = _confidence(fit, newdata, F, var, type, level, tr)
+            lo, hi = conf(fit, newdata, F, var, type, level, tr, offset)
     else:
         eta_fn = _eta_sampler(F, scores, var, lv) if quad is None else \
             _quadratic_sampler(fit, newdata, F - quad[0], extra)
@@ -521,7 +517,7 @@ def _row_positions(fit, newdata, k):
     return None
 
 
-def _confidence(fit, newdata, F, var, type, level, trials):
+def _confidence(fit, newdata, F, var, type, level, trials, offset=None):
     """Delta-method interval (k, m) for the marginal mean.
 
     The gradient of the mean covers the species' intercepts, slopes and loadings
@@ -564,6 +560,77 @@ def _confidence(fit, newdata, F, var, type, level, trials):
     return _scale(inv(c - z * se_c), trials), _scale(inv(c + z * se_c), trials)
 
 
+def _confidence_numeric(fit, newdata, F, var, type, level, trials, offset=None, h=1e-5):
+    """Delta-method interval (k, m) for the marginal mean with the gradient in *every* model
+    coordinate by central differences: for models whose linear predictor has more than the
+    intercepts, slopes, loadings and row effects of ``_confidence`` (canonical coefficients
+    of constrained and concurrent ordination, species random effects' means and community
+    slopes, quadratic responses' D). The marginal moments (F, var) are recomputed at each
+    perturbed parameter vector by the functions ``predict`` uses, so the interval is of
+    exactly what ``predict`` returns; on a model both cover it equals ``_confidence``
+    (tested). Costs 2 x (model coordinates) evaluations of those moments."""
+    import dataclasses
+
+    from ..model.terms.ordination import has_ordination
+    from .fitted import GLLVMResults
+    from .inference import information
+
+    prob, fam = fit.problem, fit.problem.family
+    P0 = fit.state.params
+    if type == "response" and (np.ndim(P0.s) == 2 or fam.mean_uses_dispersion):
+        raise JSDMError(f"confidence intervals on the response scale are not available for family "
+                        f"{fam.name!r} (its mean depends on its {fam.dispersion_name} parameters too); "
+                        "use type='link', or interval='prediction'")
+    from ..model.hessian_fd import extended_size
+
+    layout = fit.state.layout
+    C = information(fit).cov_packed
+    # the packed entries the covariance spans: the model parameters (first in the packed
+    # order) and, with species random effects, their species-level q right after them
+    midx = np.arange(extended_size(layout))
+    x0 = layout.pack(P0)
+    Xn = None if newdata is None else new_design(fit, newdata)
+    Xlv = new_lv_design(fit, newdata) if newdata is not None and has_ordination(prob.predictor) \
+        else None
+    proxy = GLLVMResults(prob, fit.state, fit.settings)
+    g, dg = _LINKS[fam.link]
+
+    def target(x):
+        P = layout.unpack(x)
+        object.__setattr__(proxy, "_state", dataclasses.replace(fit.state, params=P))
+        Fx = fixed_part(proxy, newdata, None if newdata is None else offset, Xlv, Xn)
+        k = Fx.shape[0]
+        extra = np.full(k, np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
+        vx = (P.theta ** 2).sum(1)[None, :] + extra[:, None]
+        quad = quadratic_marginal(proxy, newdata, Xlv)
+        if quad is not None:
+            Fx, vx = Fx + quad[0], quad[1] + extra[:, None]
+        if type == "link":
+            return Fx
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return g(marginal_mean(fam, Fx, vx))
+
+    f0 = target(x0)
+    J = np.empty((f0.size, midx.size))
+    for a, i in enumerate(midx):
+        step = h * max(1.0, abs(x0[i]))
+        xp, xm = x0.copy(), x0.copy()
+        xp[i] += step
+        xm[i] -= step
+        J[:, a] = (target(xp) - target(xm)).ravel() / (2.0 * step)
+    bad = ~np.isfinite(np.diag(C))
+    Cf = np.where(np.isfinite(C), C, 0.0)
+    se = np.sqrt(np.maximum(np.einsum("ia,ab,ib->i", J, Cf, J), 0.0)).reshape(f0.shape)
+    touched = (np.abs(J[:, bad]) > 0).any(axis=1).reshape(f0.shape) if bad.any() else False
+    se = np.where(touched, np.nan, se)
+    z = stats.norm.isf((1.0 - level) / 2.0)
+    if type == "link":
+        return F - z * se, F + z * se
+    c = f0
+    inv = _inverse_link(fam)
+    return _scale(inv(c - z * se), trials), _scale(inv(c + z * se), trials)
+
+
 def _quad_form(C, pos, G, rpos=None, Gr=None):
     """Var of sum_a G[i, j, a] phi_ja (+ Gr[i, j] r_i) for each (site i, species j), (k, m)."""
     Cs = _gather(C, pos[:, :, None], pos[:, None, :])                  # (m, q, q)
@@ -579,7 +646,7 @@ def _inverse_link(fam):
     return lambda eta: fam.mean(eta, None)
 
 
-def _quadratic_parts(fit, newdata):
+def _quadratic_parts(fit, newdata, Xlv=None):
     """(term, theta (m, d), D (m, d), c (k, d)) of a fit with quadratic responses (c: the
     covariate part C' x_i of concurrent latent variables at the sites, else 0), or None."""
     prob, P = fit.problem, fit.state.params
@@ -594,12 +661,14 @@ def _quadratic_parts(fit, newdata):
     k = prob.n if newdata is None else len(newdata)
     c = np.zeros((k, prob.d))
     if hasattr(pred.lv, "fixed_scores"):
+        if newdata is not None and Xlv is None:
+            Xlv = new_lv_design(fit, newdata)
         c = pred.lv.fixed_scores(pred, P) if newdata is None else np.pad(
-            new_lv_design(fit, newdata) @ P.C_lv, ((0, 0), (0, prob.d - P.C_lv.shape[1])))
+            Xlv @ P.C_lv, ((0, 0), (0, prob.d - P.C_lv.shape[1])))
     return term, theta, D, c
 
 
-def quadratic_marginal(fit, newdata):
+def quadratic_marginal(fit, newdata, Xlv=None):
     """What quadratic responses change in the marginal linear predictor, z ~ N(0, I):
     (mean shift (k, m), variance (k, m)), or None without them.
 
@@ -607,7 +676,7 @@ def quadratic_marginal(fit, newdata):
     F - sum_k D_jk (c_ik^2 + 1); its variance is represented as for the engine's term: for a
     log link by v = 2 (log E[e^eta] - E[eta]), so that exp(mean + v / 2) is the exact E[e^eta];
     for other links by Var[eta] (moment matching, an approximation)."""
-    parts = _quadratic_parts(fit, newdata)
+    parts = _quadratic_parts(fit, newdata, Xlv)
     if parts is None:
         return None
     _, theta, D, c = parts

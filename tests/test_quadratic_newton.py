@@ -240,3 +240,23 @@ def test_cg_route_solves_the_damped_system(family, mode, case):
     finally:
         nl._DENSE_FLOPS = old
     assert ok and float(ct["site"].sum()) > before
+
+
+def test_damped_solve_leaves_its_matrix_as_it_was():
+    """``_solve_pd`` damps an indefinite system on its diagonal and restores the diagonal:
+    the face step (``_Blocks._on_face``) solves again from the same matrix, which must not
+    carry the first solve's damping (it was then damped twice)."""
+    from jsdm.model.newton_nonlinear import _solve_pd
+
+    rng = np.random.default_rng(3)
+    B = rng.normal(size=(6, 6))
+    A = B + B.T - 3.0 * np.eye(6)                       # indefinite
+    assert np.linalg.eigvalsh(A)[0] < 0
+    A0 = A.copy()
+    memo = {}
+    x = _solve_pd(A, np.ones(6), memo)
+    np.testing.assert_array_equal(A, A0)
+    assert memo["lam"] > 0                             # it was damped
+    lam = memo["lam"] * max(np.abs(np.diag(A0)).max(), 1.0)
+    np.testing.assert_allclose((np.tril(A0) + np.tril(A0, -1).T + lam * np.eye(6)) @ x,
+                               np.ones(6), rtol=1e-10, atol=1e-10)

@@ -448,7 +448,8 @@ def _positive_definite(B):
 def _solve_pd(A, rhs, memo=None):
     """Solve A x = rhs for symmetric A (its lower triangle is read), damping until A is
     positive definite: A + lam I with lam = 0, then 1e-6, 1e-5, ... times the largest
-    diagonal entry. A's diagonal is overwritten (the caller's matrix is a scratch copy).
+    diagonal entry. A's diagonal is restored on return (``_Blocks._on_face`` solves again
+    from the same matrix).
 
     ``memo`` (a dict, optional) carries the damping between the steps of one fit: the next
     solve tries lam / 10 of the last one first (lam = 0 once that was 0). From the quadratic
@@ -461,16 +462,19 @@ def _solve_pd(A, rhs, memo=None):
     rel = 0.0 if memo is None else memo.get("lam", 0.0) / 10.0
     lam = 0.0 if rel < 1e-6 else rel * scale
     idx = np.arange(len(A))
-    for _ in range(40):
-        A[idx, idx] = diag + lam
-        try:
-            x = cho_solve(cho_factor(A, lower=True, check_finite=False), rhs,
-                          check_finite=False)
-            if memo is not None:
-                memo["lam"] = lam / scale
-            return x
-        except np.linalg.LinAlgError:
-            lam = max(10.0 * lam, 1e-6 * scale)
+    try:
+        for _ in range(40):
+            A[idx, idx] = diag + lam
+            try:
+                x = cho_solve(cho_factor(A, lower=True, check_finite=False), rhs,
+                              check_finite=False)
+                if memo is not None:
+                    memo["lam"] = lam / scale
+                return x
+            except np.linalg.LinAlgError:
+                lam = max(10.0 * lam, 1e-6 * scale)
+    finally:
+        A[idx, idx] = diag
     raise np.linalg.LinAlgError("could not make the Newton system positive definite")
 
 

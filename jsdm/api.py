@@ -5,7 +5,7 @@ import numpy as np
 
 from .exceptions import JSDMError
 from .model.checks import check_fit_options
-from .model.fit import DEFAULT_N_INIT, DEFAULT_SEED, fit_problem
+from .model.fit import DEFAULT_SEED, fit_problem, n_starts
 from .model.problem import build_problem
 from .results.fitted import GLLVMResults
 
@@ -209,7 +209,7 @@ def gllvm(data, X=None, *, family="poisson", num_lv=None, formula=None, link=Non
     if client is not None:
         from .results.cluster import gllvm_on_cluster
         return gllvm_on_cluster(data, X, client=client, chunks=chunks, family=fam, trials=trials,
-                                call=call, n_init=DEFAULT_N_INIT if n_init is None else n_init, seed=seed, maxiter=maxiter, gtol=gtol,
+                                call=call, n_init=n_starts(n_init), seed=seed, maxiter=maxiter, gtol=gtol,
                                 verbose=verbose, prior_sd=prior_sd, formula=formula)
     prob = build_problem(data, X, family=fam, trials=trials, num_lv_c=num_lv_c, num_rr=num_rr,
                          lv_formula=lv_formula, quadratic=quadratic, **call)

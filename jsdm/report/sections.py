@@ -639,7 +639,9 @@ def methods_section(fit, opts):
              "observation-level variance added to the diagonal of &Theta;&Theta;&prime; "
              "(Nakagawa, Johnson &amp; Schielzeth 2017).")
     k = shared(fit, opts, "species").attrs["min_records"]
-    n_start = 3 if s.get("n_init") is None else s.get("n_init")
+    from ..model.fit import n_starts
+
+    n_start = n_starts(s.get("n_init"))
     nq = s.get("quadratic_starts", 0)
     quad_starts = (f" of the model without the quadratic term, whose estimates then started {nq} "
                    f"fit{'s' if nq != 1 else ''} with quadratic responses (different starting "

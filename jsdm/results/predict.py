@@ -119,8 +119,9 @@ def fixed_part(fit, newdata=None, offset=None, Xlv=None, Xn=None):
     return np.asarray(F + group_parts(fit, newdata)[0][:, None], dtype=float)
 
 
-def _setup(fit, newdata, lv, offset, trials):
-    """Fixed part (k, m), LV-score part or None, extra marginal variance (k,), labels, trials."""
+def _setup(fit, newdata, lv, offset, trials, Xn=None, Xlv=None):
+    """Fixed part (k, m), LV-score part or None, extra marginal variance (k,), labels, trials
+    (``Xn``, ``Xlv``: the new sites' designs, when the caller has them already)."""
     prob, P = fit.problem, fit.state.params
     if newdata is None:
         F = fixed_part(fit)
@@ -142,9 +143,21 @@ def _setup(fit, newdata, lv, offset, trials):
     if prob.row_effect == "fixed":
         raise JSDMError("a fit with fixed row effects cannot predict new sites (their effect is "
                         "unknown); refit with row_effect='random' or None")
-    F = fixed_part(fit, newdata, offset)
+    F = fixed_part(fit, newdata, offset, Xlv, Xn)
     extra = np.full(len(newdata), np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
     return F, None, extra + group_parts(fit, newdata)[1], newdata.index, trials
+
+
+def _marginal_moments(fit, newdata, F, extra, quadratic=True, Xlv=None):
+    """(F, var, quad): the marginal linear predictor's mean and variance (k, m) from
+    ``_setup``'s fixed part F and extra variance (row and group effects), with the
+    quadratic responses' parts when ``quadratic`` (``quadratic_marginal``'s (shift,
+    variance), else None, as quad)."""
+    var = (fit.state.params.theta ** 2).sum(1)[None, :] + extra[:, None]
+    quad = quadratic_marginal(fit, newdata, Xlv) if quadratic else None
+    if quad is not None:
+        F, var = F + quad[0], quad[1] + extra[:, None]
+    return F, var, quad
 
 
 def group_parts(fit, newdata):
@@ -310,10 +323,7 @@ def predict(fit, newdata=None, type=None, lv=None, interval=None, alpha=None, of
     summary = _check_summary(summary, type, lv, fit.family)
     fam, P = fit.problem.family, fit.state.params
     F, scores, extra, sites, tr = _setup(fit, newdata, lv, offset, trials)
-    var = (P.theta ** 2).sum(1)[None, :] + extra[:, None]
-    quad = quadratic_marginal(fit, newdata) if lv == "marginal" else None
-    if quad is not None:
-        F, var = F + quad[0], quad[1] + extra[:, None]
+    F, var, quad = _marginal_moments(fit, newdata, F, extra, lv == "marginal")
     if lv == "conditional":
         eta = F if scores is None else F + scores
         if summary == "presence":
@@ -526,10 +536,7 @@ def _confidence(fit, newdata, F, var, type, level, trials, offset=None):
     variance on the response scale).
     """
     prob, P, fam = fit.problem, fit.state.params, fit.problem.family
-    if type == "response" and (np.ndim(P.s) == 2 or fam.mean_uses_dispersion):
-        raise JSDMError(f"confidence intervals on the response scale are not available for family "
-                        f"{fam.name!r} (its mean depends on its {fam.dispersion_name} parameters too); "
-                        "use type='link', or interval='prediction'")
+    _check_response_scale(fam, P, type)
     X = prob.X if newdata is None else new_design(fit, newdata)
     z = stats.norm.isf((1.0 - level) / 2.0)
     C, pos = _model_cov(fit)
@@ -560,6 +567,14 @@ def _confidence(fit, newdata, F, var, type, level, trials, offset=None):
     return _scale(inv(c - z * se_c), trials), _scale(inv(c + z * se_c), trials)
 
 
+def _check_response_scale(fam, P, type):
+    """Refuse response-scale confidence intervals where the mean depends on the dispersion."""
+    if type == "response" and (np.ndim(P.s) == 2 or fam.mean_uses_dispersion):
+        raise JSDMError(f"confidence intervals on the response scale are not available for family "
+                        f"{fam.name!r} (its mean depends on its {fam.dispersion_name} parameters too); "
+                        "use type='link', or interval='prediction'")
+
+
 def _confidence_numeric(fit, newdata, F, var, type, level, trials, offset=None, h=1e-5):
     """Delta-method interval (k, m) for the marginal mean with the gradient in *every* model
     coordinate by central differences: for models whose linear predictor has more than the
@@ -575,13 +590,11 @@ def _confidence_numeric(fit, newdata, F, var, type, level, trials, offset=None, 
     from .fitted import GLLVMResults
     from .inference import information
 
+    from ..model.hessian_fd import extended_size
+
     prob, fam = fit.problem, fit.problem.family
     P0 = fit.state.params
-    if type == "response" and (np.ndim(P0.s) == 2 or fam.mean_uses_dispersion):
-        raise JSDMError(f"confidence intervals on the response scale are not available for family "
-                        f"{fam.name!r} (its mean depends on its {fam.dispersion_name} parameters too); "
-                        "use type='link', or interval='prediction'")
-    from ..model.hessian_fd import extended_size
+    _check_response_scale(fam, P0, type)
 
     layout = fit.state.layout
     C = information(fit).cov_packed
@@ -598,13 +611,8 @@ def _confidence_numeric(fit, newdata, F, var, type, level, trials, offset=None, 
     def target(x):
         P = layout.unpack(x)
         object.__setattr__(proxy, "_state", dataclasses.replace(fit.state, params=P))
-        Fx = fixed_part(proxy, newdata, None if newdata is None else offset, Xlv, Xn)
-        k = Fx.shape[0]
-        extra = np.full(k, np.exp(2.0 * P.log_sigma) if prob.row_effect == "random" else 0.0)
-        vx = (P.theta ** 2).sum(1)[None, :] + extra[:, None]
-        quad = quadratic_marginal(proxy, newdata, Xlv)
-        if quad is not None:
-            Fx, vx = Fx + quad[0], quad[1] + extra[:, None]
+        Fx, _, extra, _, _ = _setup(proxy, newdata, "marginal", offset, None, Xn, Xlv)
+        Fx, vx, _ = _marginal_moments(proxy, newdata, Fx, extra, Xlv=Xlv)
         if type == "link":
             return Fx
         with np.errstate(divide="ignore", invalid="ignore"):
